@@ -1,0 +1,262 @@
+"""Decoding X-ray files (DICOM, PNG, JPEG) into display-ready 8-bit grayscale pixels.
+
+Every failure is raised as `XRayDecodeError` with a sentence a technologist can act on;
+callers never have to show a traceback.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from core.errors import XRayDecodeError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS = 60_000_000  # ~7700x7700: above any real radiograph, below a decompression bomb
+MIN_SIDE = 16  # smaller than this cannot be a radiograph (1x1 tracking pixels, icons)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+METADATA_TAGS = (
+    "PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
+    "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber", "StudyDate", "StudyDescription",
+    "Modality", "BodyPartExamined", "ViewPosition", "PhotometricInterpretation",
+)
+
+
+@dataclass(frozen=True)
+class XRay:
+    """A decoded X-ray.
+
+    pixels: uint8 array (rows, cols), 0 = black, 255 = white, as a radiologist would view it
+        (DICOM: after modality LUT, VOI LUT/window and MONOCHROME1 inversion).
+    metadata: DICOM header fields (None when absent; empty for PNG/JPEG), plus
+        'PixelSpacing' as [row_mm, col_mm] when known.
+    source_format: 'dicom', 'png' or 'jpeg'.
+    notes: things the user should know about how the file was read (e.g. multi-frame).
+    """
+
+    pixels: np.ndarray
+    metadata: dict[str, Any]
+    source_format: str
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
+
+
+def load_xray(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> XRay:
+    """Read a DICOM, PNG or JPEG X-ray from a path or from bytes."""
+    data = _read_bytes(source)
+    if not data:
+        raise XRayDecodeError("The file is empty (0 bytes): nothing was uploaded or it was cut off.")
+    if _looks_like_dicom(data):
+        return _load_dicom(data, max_pixels=max_pixels)
+    if data.startswith(PNG_MAGIC) or data.startswith(JPEG_MAGIC):
+        return _load_raster(data, max_pixels=max_pixels)
+    raise XRayDecodeError(
+        "This is not an X-ray image RadTriage can read: expected a DICOM (.dcm), PNG or JPEG file."
+    )
+
+
+def _read_bytes(source: str | Path | bytes) -> bytes:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source)
+    path = Path(source)
+    if not path.is_file():
+        raise XRayDecodeError(f"No such file: {path}")
+    return path.read_bytes()
+
+
+def _looks_like_dicom(data: bytes) -> bool:
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+# --------------------------------------------------------------------------- PNG / JPEG
+
+
+def _load_raster(data: bytes, *, max_pixels: int) -> XRay:
+    kind = "png" if data.startswith(PNG_MAGIC) else "jpeg"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            _check_size(image.width, image.height, max_pixels=max_pixels)
+            image.load()
+    except XRayDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise XRayDecodeError(
+            f"The image is too large to analyse safely (over {max_pixels:,} pixels)."
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise XRayDecodeError(
+            f"The {kind.upper()} file is damaged or truncated and cannot be decoded ({exc})."
+        ) from None
+    return XRay(pixels=_to_gray_uint8(image), metadata={}, source_format=kind)
+
+
+def _to_gray_uint8(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
+        # 16-bit X-ray PNGs rarely use the full range: stretch the range actually used.
+        return _stretch_to_uint8(np.asarray(image, dtype=np.float64))
+    if mode in {"RGBA", "LA", "PA"}:
+        # Transparent regions are background: composite over black, like a light box.
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    if mode != "L":
+        image = image.convert("RGB").convert("L")
+    return np.asarray(image, dtype=np.uint8).copy()
+
+
+def _check_size(width: int, height: int, *, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise XRayDecodeError(
+            f"The image is too large to analyse safely ({width}x{height} = {width * height:,} "
+            f"pixels; the limit is {max_pixels:,})."
+        )
+    if min(width, height) < MIN_SIDE:
+        raise XRayDecodeError(
+            f"The image is only {width}x{height} pixels: too small to be a radiograph "
+            f"(at least {MIN_SIDE}x{MIN_SIDE} is needed)."
+        )
+
+
+def _stretch_to_uint8(values: np.ndarray) -> np.ndarray:
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if hi <= lo:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.round((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- DICOM
+
+
+def _load_dicom(data: bytes, *, max_pixels: int) -> XRay:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except InvalidDicomError as exc:
+        raise XRayDecodeError(f"The DICOM file is not valid ({exc}).") from None
+    except Exception as exc:  # pydicom raises many types on a cut-off header
+        raise XRayDecodeError(
+            f"The DICOM file is truncated or corrupt: its header could not be read ({exc})."
+        ) from None
+
+    if "PixelData" not in ds and "FloatPixelData" not in ds:
+        raise XRayDecodeError(
+            "The DICOM file contains no image (no Pixel Data): it may be a report, a "
+            "presentation state or a key-object note rather than an X-ray."
+        )
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    _check_size(cols, rows, max_pixels=max_pixels)
+
+    notes: list[str] = []
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    raw = _decode_dicom_pixels(ds, frames=frames)
+    if frames > 1:
+        notes.append(f"Multi-frame DICOM ({frames} frames): only the first frame was analysed.")
+    pixels = dicom_to_display(raw, ds)
+    return XRay(pixels=pixels, metadata=dicom_metadata(ds), source_format="dicom",
+                notes=tuple(notes))
+
+
+def _decode_dicom_pixels(ds: Any, *, frames: int) -> np.ndarray:
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    syntax_name = f"{syntax.name} ({syntax})" if syntax is not None else "unknown"
+    try:
+        from pydicom.pixels import pixel_array
+
+        arr = pixel_array(ds, index=0) if frames > 1 else ds.pixel_array
+    except NotImplementedError:
+        raise XRayDecodeError(
+            f"The DICOM transfer syntax {syntax_name} is not supported; ask the modality or PACS "
+            "to send uncompressed, JPEG, JPEG 2000 or RLE."
+        ) from None
+    except (RuntimeError, ValueError, AttributeError, EOFError, OSError, KeyError) as exc:
+        text = str(exc)
+        if "transfer syntax" in text.lower() and ("unable" in text.lower() or "no" in text.lower()):
+            raise XRayDecodeError(
+                f"The DICOM transfer syntax {syntax_name} is not supported; ask the modality or "
+                "PACS to send uncompressed, JPEG, JPEG 2000 or RLE."
+            ) from None
+        raise XRayDecodeError(
+            f"The DICOM pixel data is truncated or corrupt and cannot be decoded ({text})."
+        ) from None
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # colour DICOM (RGB/YBR): luminance
+        arr = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    if arr.ndim != 2:
+        raise XRayDecodeError(f"The DICOM image has an unexpected shape {arr.shape}.")
+    return arr
+
+
+def dicom_to_display(arr: np.ndarray, ds: Any) -> np.ndarray:
+    """Stored values -> uint8 display pixels, in the order DICOM requires.
+
+    1. Modality LUT (RescaleSlope/RescaleIntercept or a Modality LUT Sequence), (0028,1052-3).
+    2. VOI: VOI LUT Sequence (0028,3010) or WindowCenter/WindowWidth (0028,1050-1), first value;
+       without either, the full range actually present.
+    3. MONOCHROME1 (0028,0004): invert so that bone is white.
+    """
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    center, width = _first_window(ds)
+    if "VOILUTSequence" in ds:
+        values = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
+        out = _stretch_to_uint8(values)
+    elif center is not None and width is not None and width >= 1:
+        out = window_linear(values, center=center, width=width)
+    else:
+        out = _stretch_to_uint8(values)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        out = 255 - out
+    return out
+
+
+def window_linear(values: np.ndarray, *, center: float, width: float) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2.1 'LINEAR' window, output 0..255 uint8."""
+    if width <= 1:
+        return np.where(values < center - 0.5, 0, 255).astype(np.uint8)
+    scaled = ((values - (center - 0.5)) / (width - 1.0) + 0.5) * 255.0
+    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+
+
+def _first_window(ds: Any) -> tuple[float | None, float | None]:
+    def first(value: Any) -> float | None:
+        if value is None:
+            return None
+        try:
+            return float(value[0]) if hasattr(value, "__len__") and not isinstance(value, str) \
+                else float(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+
+    return first(ds.get("WindowCenter")), first(ds.get("WindowWidth"))
+
+
+def dicom_metadata(ds: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for tag in METADATA_TAGS:
+        value = ds.get(tag)
+        meta[tag] = None if value in (None, "") else str(value)
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    try:
+        meta["PixelSpacing"] = [float(v) for v in spacing] if spacing else None
+    except (TypeError, ValueError):
+        meta["PixelSpacing"] = None
+    return meta
