@@ -15,3 +15,7 @@ class RegistryError(RadTriageError):
 
 class UnknownConditionError(RadTriageError):
     """A condition code that RadTriage does not know."""
+
+
+class BodyPartMismatchError(RadTriageError):
+    """The image's body part (DICOM BodyPartExamined) is not one the condition applies to."""

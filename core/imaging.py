@@ -82,6 +82,35 @@ def _looks_like_dicom(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 
+RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", "RG", "PX", "OT"})
+KNOWN_VIEW_POSITIONS = frozenset(
+    {"AP", "PA", "LL", "RL", "LLD", "RLD", "LAT", "LATERAL", "OBL", "LLO", "RLO", "LAO", "RAO",
+     "LPO", "RPO", "AXIAL", "FRONTAL", "CRANIAL", "CAUDAL"}
+)
+
+
+def validate_radiograph(xray: XRay) -> XRay:
+    """Refuse DICOM that is not a projection radiograph; note odd header values.
+
+    A CT slice decodes fine but our models were never trained on one, so it is refused with a
+    clear message. PNG/JPEG carry no header and pass unchanged.
+    """
+    if xray.source_format != "dicom":
+        return xray
+    modality = (xray.metadata.get("Modality") or "").upper()
+    if modality and modality not in RADIOGRAPH_MODALITIES:
+        raise XRayDecodeError(
+            f"This DICOM is modality '{modality}', not an X-ray radiograph (CR or DX): RadTriage's "
+            "models only read plain X-rays."
+        )
+    notes = list(xray.notes)
+    view = (xray.metadata.get("ViewPosition") or "").upper()
+    if view and view not in KNOWN_VIEW_POSITIONS:
+        notes.append(f"Unrecognised ViewPosition '{view}' in the DICOM header; check the projection.")
+    return XRay(pixels=xray.pixels, metadata=xray.metadata, source_format=xray.source_format,
+                notes=tuple(notes))
+
+
 # --------------------------------------------------------------------------- PNG / JPEG
 
 
