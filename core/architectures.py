@@ -16,6 +16,8 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "mobilenetv2": {"family": "fast", "input_size": (128, 128), "backbone_name": "mobilenetv2"},
     "densenet121": {"family": "intensive", "input_size": (224, 224), "backbone_name": "densenet121"},
     "placeholder": {"family": "placeholder", "input_size": (128, 128), "backbone_name": None},
+    # A model built elsewhere and registered by an admin: served as-is, input size from its entry.
+    "custom": {"family": "custom", "input_size": None, "backbone_name": None},
 }
 
 # ImageNet statistics for DenseNet's "torch" preprocessing (inputs already in [0, 1]).
@@ -42,6 +44,8 @@ def build_model(
         raise ValueError(
             f"Unknown architecture '{architecture}'; choose one of {', '.join(ARCHITECTURES)}."
         )
+    if architecture == "custom":
+        raise ValueError("'custom' models are registered from a file, not built here.")
     if architecture == "placeholder":
         return build_placeholder(input_size=input_size or ARCHITECTURES["placeholder"]["input_size"])
     if seed is not None:

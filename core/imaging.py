@@ -29,7 +29,7 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 METADATA_TAGS = (
     "PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
     "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber", "StudyDate", "StudyDescription",
-    "Modality", "BodyPartExamined", "ViewPosition", "PhotometricInterpretation",
+    "Modality", "BodyPartExamined", "ViewPosition", "PatientPosition", "PhotometricInterpretation",
 )
 
 
@@ -87,6 +87,11 @@ KNOWN_VIEW_POSITIONS = frozenset(
     {"AP", "PA", "LL", "RL", "LLD", "RLD", "LAT", "LATERAL", "OBL", "LLO", "RLO", "LAO", "RAO",
      "LPO", "RPO", "AXIAL", "FRONTAL", "CRANIAL", "CAUDAL"}
 )
+# Patient Position (0018,5100) defined terms; some exporters put the view (PA/AP) there instead.
+KNOWN_PATIENT_POSITIONS = frozenset(
+    {"HFP", "HFS", "HFDR", "HFDL", "FFDR", "FFDL", "FFP", "FFS", "LFP", "LFS", "RFP", "RFS",
+     "AFDR", "AFDL", "PFDR", "PFDL", "SITTING", "STANDING", "ERECT", "SUPINE", "PRONE"}
+)
 
 
 def validate_radiograph(xray: XRay) -> XRay:
@@ -104,9 +109,11 @@ def validate_radiograph(xray: XRay) -> XRay:
             "models only read plain X-rays."
         )
     notes = list(xray.notes)
-    view = (xray.metadata.get("ViewPosition") or "").upper()
-    if view and view not in KNOWN_VIEW_POSITIONS:
-        notes.append(f"Unrecognised ViewPosition '{view}' in the DICOM header; check the projection.")
+    for tag, known in (("ViewPosition", KNOWN_VIEW_POSITIONS),
+                       ("PatientPosition", KNOWN_VIEW_POSITIONS | KNOWN_PATIENT_POSITIONS)):
+        value = (xray.metadata.get(tag) or "").upper()
+        if value and value not in known:
+            notes.append(f"Unrecognised {tag} '{value}' in the DICOM header; check the projection.")
     return XRay(pixels=xray.pixels, metadata=xray.metadata, source_format=xray.source_format,
                 notes=tuple(notes))
 

@@ -1,0 +1,171 @@
+"""Model cards (models/<model-id>/card.md) rendered from a registry entry. Framework-free."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+DATA_SOURCES: dict[str, dict[str, str]] = {
+    "pneumonia": {
+        "source": "Kermany et al. 2018, paediatric chest X-rays (Guangzhou Women and Children's "
+                  "Medical Center), split by patient",
+        "licence": "CC BY 4.0",
+        "not_trained_on": "adult chest films, lateral views, CT, portable ICU films, other "
+                          "hospitals' equipment; it cannot tell bacterial from viral pneumonia "
+                          "or detect other chest findings",
+    },
+    "cardiomegaly": {
+        "source": "NIH ChestX-ray14 subset at 128x128 (labels mined from radiology reports, so "
+                  "noisy; no patient ids, so test scores may be optimistic)",
+        "licence": "NIH ChestX-ray14 terms (public, cite Wang et al. 2017)",
+        "not_trained_on": "paediatric films, lateral views, images above 128 px detail; it "
+                          "does not measure the cardiothoracic ratio",
+    },
+    "fracture": {
+        "source": "Kaggle 'bone fracture detection using X-rays' (upper limb, many paediatric), "
+                  "split by source image",
+        "licence": "not stated by the publisher: demo/research use only",
+        "not_trained_on": "lower limb, spine, pelvis, skull or rib fractures; subtle or "
+                          "occult fractures; it does not localise the fracture",
+    },
+    "knee_osteoarthritis": {
+        "source": "Chen et al. 2019 knee joint crops from the Osteoarthritis Initiative, KL "
+                  "graded, CLAHE; positive = KL >= 2; split by patient",
+        "licence": "CC BY 4.0 + OAI data-use terms",
+        "not_trained_on": "uncropped knee films (the model expects a crop centred on the "
+                          "joint), other joints, post-operative knees; it does not grade KL",
+    },
+    "knee_osteoporosis": {
+        "source": "Roboflow 'osteoporosis knee' export of the Kaggle osteoporosis knee set "
+                  "(25 images)",
+        "licence": "MIT",
+        "not_trained_on": "almost everything: 25 images cannot represent any population; "
+                          "osteoporosis is diagnosed by DXA, not by a knee film",
+    },
+}
+
+PAPER_TABLE1 = {  # accuracy %, DenseNet121 / MobileNetV2, the seed paper's own data
+    "pneumonia": (95.8, 87.2), "knee_osteoarthritis": (94.2, 97.0),
+    "knee_osteoporosis": (91.8, 86.9), "fracture": (73.0, 77.0), "cardiomegaly": (63.0, 65.6),
+}
+
+
+def _fmt(value: Any, ci: Any = None, pct: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    scale = 100.0 if pct else 1.0
+    text = f"{value * scale:.1f}" if pct else f"{value:.3f}"
+    if ci and None not in ci:
+        text += (f" ({ci[0] * scale:.1f}-{ci[1] * scale:.1f})" if pct
+                 else f" ({ci[0]:.3f}-{ci[1]:.3f})")
+    return text
+
+
+def metrics_table(metrics: dict[str, Any]) -> str:
+    rows = ["| split | n (neg/pos) | AUC | accuracy % | sensitivity % | specificity % | PPV % "
+            "| NPV % | F1 |", "|---|---|---|---|---|---|---|---|---|"]
+    for split, m in metrics.items():
+        rows.append(
+            f"| {split} | {m['n']} ({m['n_negative']}/{m['n_positive']}) "
+            f"| {_fmt(m['auc'], m.get('auc_ci95'))} "
+            f"| {_fmt(m['accuracy'], m.get('accuracy_ci95'), True)} "
+            f"| {_fmt(m['sensitivity'], m.get('sensitivity_ci95'), True)} "
+            f"| {_fmt(m['specificity'], m.get('specificity_ci95'), True)} "
+            f"| {_fmt(m['ppv'], m.get('ppv_ci95'), True)} "
+            f"| {_fmt(m['npv'], m.get('npv_ci95'), True)} "
+            f"| {_fmt(m['f1'], m.get('f1_ci95'))} |"
+        )
+    return "\n".join(rows)
+
+
+def render_card(entry: dict[str, Any]) -> str:
+    cond = entry["condition"]
+    src = DATA_SOURCES.get(cond, {"source": "see training.data", "licence": "unknown",
+                                  "not_trained_on": "unknown"})
+    t = entry.get("training", {})
+    cal = entry.get("calibration", {})
+    base = entry.get("baseline", {})
+    metrics = entry.get("metrics", {})
+    main_split = "test" if "test" in metrics else "val"
+    m = metrics.get(main_split, {})
+    weights = t.get("imagenet_weights") or "none (random initialisation, trained from scratch)"
+    lines = [f"# Model card: {entry['id']}", ""]
+    if entry.get("status") == "experimental":
+        lines += [f"> **EXPERIMENTAL — not validated.** {entry.get('experimental_reason', '')}",
+                  "> Results from this model must always be shown with this warning.", ""]
+    lines += [
+        "## Intended use",
+        f"Triage aid for **{cond.replace('_', ' ')}** on {', '.join(entry['class_labels'])} "
+        "X-rays: it reorders a worklist and highlights studies for a radiologist's attention. "
+        "It is not a diagnosis, must not be used without a radiologist reading the image, and "
+        "is a research prototype without regulatory clearance.",
+        "",
+        "## Model",
+        f"- Architecture: {entry['architecture']} ({entry.get('family')}), input "
+        f"{entry['input_size'][0]}x{entry['input_size'][1]} RGB (grayscale replicated), X/255; "
+        "backbone-specific scaling inside the model.",
+        f"- Initial weights: {weights}.",
+        f"- Protocol: `{t.get('protocol')}`, {t.get('epochs_run')} of {t.get('epochs_planned')} "
+        f"epoch(s) run{' (stopped early)' if t.get('stopped_early') else ''}, batch "
+        f"{t.get('batch_size')}, Adam lr {t.get('learning_rate')}, class weights "
+        f"{t.get('class_weights')}, seed {t.get('seed')}; stages "
+        + "; ".join(f"epochs {s['start_epoch'] + 1}-{s['end_epoch']}: {s['trainable']} at "
+                    f"{s['lr']:g}" for s in t.get("stages", []) if s['end_epoch'] >
+                    s['start_epoch']) + ".",
+        f"- Augmentation: {t.get('augmentation')}.",
+        f"- BatchNorm: {t.get('batchnorm')}; trainable BatchNorm statistics re-estimated on "
+        "clean training images after training.",
+        f"- Training wall time: {t.get('wall_time_s')} s on {t.get('hardware')}.",
+        f"- Command: `{t.get('command')}`",
+        "",
+        "## Data",
+        f"- Source: {src['source']}.",
+        f"- Licence: {src['licence']}.",
+        f"- Images per split (data set): {t.get('n')}; used: {t.get('n_used')}.",
+        f"- Not trained on: {src['not_trained_on']}.",
+        *[f"- Note: {n}" for n in t.get("notes", [])],
+        "",
+        "## Calibration and operating threshold",
+        f"- Calibration: {cal.get('method')} fitted on the validation split "
+        f"(p = sigmoid(a * logit(p_raw) + b), a = {cal.get('a')}, b = {cal.get('b')}); "
+        f"validation log-loss {cal.get('val_log_loss_raw')} -> "
+        f"{cal.get('val_log_loss_calibrated')}.",
+        f"- Threshold: **{entry['threshold']:.4f}** on the calibrated probability; rule: "
+        f"{entry.get('threshold_rule')}. \"Positive\" means p >= threshold, not p >= 0.5.",
+        "",
+        "## Performance (bootstrap 95% intervals)",
+        metrics_table(metrics),
+        "",
+        f"Confusion on {main_split} (tn/fp/fn/tp): {m.get('confusion')}. "
+        f"Calibrated ECE {m.get('ece', float('nan')):.3f}, log-loss "
+        f"{m.get('log_loss', float('nan')):.3f}. Plots: `roc.png`, `reliability.png`, "
+        "`confusion.png`.",
+        "",
+        "## Trivial baseline (shortcut check)",
+        f"- {base.get('method')}: {main_split} AUC {_fmt(base.get('auc'), base.get('auc_ci95'))}"
+        f" vs this model's {_fmt(m.get('auc'), m.get('auc_ci95'))}.",
+        "- A high baseline means global brightness/layout cues (side markers, acquisition "
+        "differences) already separate the classes in this data set; only the gap between the "
+        "two is evidence that the network looks at the anatomy.",
+        "",
+        "## Limitations",
+    ]
+    limits = list(entry.get("limitations") or [])
+    limits += [
+        "Evaluated on held-out images of the same public data set, not on an external "
+        "hospital: expect lower performance elsewhere (different scanners, populations, "
+        "prevalence). PPV/NPV depend on prevalence and are given at this test set's prevalence.",
+        f"Accuracy in the seed paper's Table 1 (its own data, DenseNet121 / MobileNetV2): "
+        f"{PAPER_TABLE1.get(cond)} %; not directly comparable with these data.",
+    ]
+    lines += [f"- {x}" for x in limits]
+    if entry.get("gradcam_review"):
+        lines += ["", "## Grad-CAM review", entry["gradcam_review"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_card(path: str | Path, entry: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_card(entry), encoding="utf-8")
+    return path

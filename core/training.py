@@ -1,0 +1,694 @@
+"""Training: tf.data pipeline, the paper's protocols, resumable runs, artifact + registry entry.
+
+TensorFlow/Keras are imported inside functions only (core/ stays importable without them).
+
+A run lives in `<models_dir>/<model_id>/`:
+    checkpoints/last.weights.h5, best.weights.h5, state.json   (resume; never committed)
+    model.keras, roc.png, reliability.png, confusion.png, card.md, metrics.json   (artifact)
+
+Decisions worth knowing (why, not what):
+- Backbone BatchNorm layers stay frozen (inference mode) when the backbone starts from ImageNet
+  weights: updating them on small X-ray batches is what makes fine-tuned Keras models drift.
+  Backbones trained from scratch must learn their BatchNorm statistics, so theirs train.
+- The head's BatchNorm momentum is lowered (0.99 -> 0.9) so its moving statistics keep up with
+  a backbone being fine-tuned, and after training every trainable BatchNorm layer's statistics
+  are re-estimated on clean (un-augmented) training images (`reestimate_batchnorm`). Without
+  this, the served probabilities were badly shifted (mean 0.075 on a balanced test set).
+- Probabilities are then calibrated on the validation split (Platt by default) and the
+  operating threshold is chosen on calibrated validation probabilities (core.evaluation).
+- Checkpoints are written every epoch, with the epoch count, learning rate and best validation
+  AUC in state.json, so `resume=True` continues an interrupted run where it stopped. Adam's
+  moment estimates are not kept across a resume (they re-warm within a few dozen steps), and
+  ReduceLROnPlateau/EarlyStopping patience counters restart at a resume or a new stage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.architectures import ARCHITECTURES
+from core.calibration import apply_calibration
+from core.conditions import get_condition
+from core.data import ArraySplit, Sample, load_arrays, load_samples, split_counts, to_model_input
+from core.evaluation import (
+    DEFAULT_MIN_SENSITIVITY,
+    choose_threshold,
+    evaluate_predictions,
+    fit_calibration,
+    plot_confusion,
+    plot_reliability,
+    plot_roc,
+    roc_auc,
+    thumbnail_baseline,
+)
+
+CLASS_LABELS = {
+    "pneumonia": ["no pneumonia", "pneumonia"],
+    "cardiomegaly": ["no cardiomegaly", "cardiomegaly"],
+    "fracture": ["no fracture", "fracture"],
+    "knee_osteoarthritis": ["no osteoarthritis (KL 0-1)", "osteoarthritis (KL >= 2)"],
+    "knee_osteoporosis": ["no osteoporosis", "osteoporosis"],
+}
+
+# The paper's two protocols, plus the house fine-tuning recipe used for the delivered fast
+# models. Every number can be overridden from the command line; the registry records what ran.
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    # Transfer learning: backbone frozen, head trained.
+    "quick": {"epochs": 5, "batch_size": 25, "lr": 1e-3, "schedule": "frozen",
+              "patience_lr": 2, "patience_stop": 3},
+    # Gradual unfreezing: head, then the top third, two thirds, all of the backbone.
+    "intensive": {"epochs": 50, "batch_size": 16, "lr": 1e-5, "schedule": "gradual",
+                  "stage_epochs": 2, "patience_lr": 3, "patience_stop": 8},
+    # Head warm-up at 1e-3 for `warmup_epochs`, then the whole backbone at `lr`.
+    "finetune": {"epochs": 12, "batch_size": 32, "lr": 2e-4, "schedule": "warmup",
+                 "warmup_epochs": 1, "patience_lr": 2, "patience_stop": 4},
+}
+HEAD_LR = 1e-3
+
+
+@dataclass
+class TrainConfig:
+    condition: str
+    data: str
+    architecture: str = "mobilenetv2"
+    model_id: str | None = None
+    input_size: tuple[int, int] | None = None
+    protocol: str = "quick"
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    warmup_epochs: int | None = None
+    seed: int = 42
+    imagenet_weights: str | None = None
+    augment: bool = True
+    horizontal_flip: bool | None = None  # None: the condition's allow_horizontal_flip
+    rotation_degrees: float = 20.0
+    brightness: float = 0.10
+    contrast: float = 0.20
+    zoom: float = 0.10
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    val_fraction: float = 0.3  # carved from train by group when the data has no val split
+    max_train: int | None = None  # stratified random subset, recorded in the registry
+    max_val: int | None = None
+    calibration: str = "platt"
+    min_sensitivity: float = DEFAULT_MIN_SENSITIVITY
+    bn_reestimate_images: int = 2048
+    dense_units: tuple[int, ...] = (256,)
+    dropout: float = 0.3
+    threads: int | None = None
+    cache_dir: str | None = None
+    n_boot: int = 1000
+    status: str | None = None  # None: 'validated', or 'experimental' when data are tiny
+    experimental_reason: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def resolved(self) -> TrainConfig:
+        get_condition(self.condition)
+        if self.architecture not in ("mobilenetv2", "densenet121"):
+            raise ValueError("architecture must be mobilenetv2 or densenet121")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}")
+        p = PROTOCOLS[self.protocol]
+        size = tuple(self.input_size or ARCHITECTURES[self.architecture]["input_size"])
+        c = TrainConfig(**{**asdict(self), "input_size": (int(size[0]), int(size[1]))})
+        c.epochs = int(self.epochs or p["epochs"])
+        c.batch_size = int(self.batch_size or p["batch_size"])
+        c.lr = float(self.lr or p["lr"])
+        c.warmup_epochs = int(self.warmup_epochs if self.warmup_epochs is not None
+                              else p.get("warmup_epochs", 0))
+        if c.horizontal_flip is None:
+            c.horizontal_flip = get_condition(self.condition).allow_horizontal_flip
+        if c.model_id is None:
+            c.model_id = f"{self.condition}-{self.architecture}-{size[0]}-v1"
+        return c
+
+
+@dataclass
+class Stage:
+    start_epoch: int
+    end_epoch: int  # exclusive
+    trainable: str  # "head" | "top1/3" | "top2/3" | "all"
+    lr: float
+
+
+def plan_stages(config: TrainConfig, *, pretrained: bool) -> list[Stage]:
+    """The protocol's schedule as epoch ranges with what is trainable and at which rate."""
+    p = PROTOCOLS[config.protocol]
+    epochs, lr = int(config.epochs or 0), float(config.lr or 0)
+    if p["schedule"] == "frozen":
+        if not pretrained:
+            # A frozen random backbone learns nothing: train everything instead (recorded).
+            return [Stage(0, epochs, "all", lr)]
+        return [Stage(0, epochs, "head", lr)]
+    if p["schedule"] == "warmup":
+        warm = min(int(config.warmup_epochs or 0), epochs) if pretrained else 0
+        stages = [Stage(0, warm, "head", HEAD_LR)] if warm else []
+        return stages + [Stage(warm, epochs, "all", lr)] if epochs > warm else stages
+    # gradual unfreezing
+    if not pretrained:
+        return [Stage(0, epochs, "all", lr)]
+    k = int(p.get("stage_epochs", 2))
+    stages, start = [], 0
+    for trainable in ("head", "top1/3", "top2/3"):
+        end = min(start + k, epochs)
+        if end > start:
+            stages.append(Stage(start, end, trainable, lr))
+        start = end
+    if epochs > start:
+        stages.append(Stage(start, epochs, "all", lr))
+    return stages
+
+
+# ----------------------------------------------------------------------------- TF helpers
+
+
+def configure_tensorflow(threads: int | None = None, seed: int | None = None) -> None:
+    """Thread counts (shared CPU) and seeds; call before building any model."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    n = threads or int(os.environ.get("RADTRIAGE_TF_THREADS", "0")) or (os.cpu_count() or 1)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, n))
+    except RuntimeError:
+        pass  # already initialised in this process (tests): keep the settings
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+
+
+def _backbone(model: Any) -> Any | None:
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            return layer
+    return None
+
+
+def _walk(layer: Any) -> list[Any]:
+    out = [layer]
+    for sub in getattr(layer, "layers", []) or []:
+        out.extend(_walk(sub))
+    return out
+
+
+def set_trainable(model: Any, what: str, *, freeze_backbone_bn: bool) -> None:
+    """Freeze/unfreeze the backbone: 'head' (none of it), 'top1/3', 'top2/3' or 'all'."""
+    import keras
+
+    backbone = _backbone(model)
+    model.trainable = True
+    if backbone is None:
+        return
+    layers = backbone.layers
+    fraction = {"head": 0.0, "top1/3": 1 / 3, "top2/3": 2 / 3, "all": 1.0}[what]
+    cutoff = len(layers) - int(round(fraction * len(layers)))
+    backbone.trainable = fraction > 0
+    for i, layer in enumerate(layers):
+        trainable = i >= cutoff
+        if freeze_backbone_bn and isinstance(layer, keras.layers.BatchNormalization):
+            trainable = False
+        layer.trainable = trainable
+
+
+def predict_probabilities(model: Any, gray: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
+    """uint8 (n, h, w) -> raw model probabilities float64 (n,)."""
+    out = []
+    for start in range(0, len(gray), batch_size):
+        batch = to_model_input(gray[start:start + batch_size])
+        out.append(np.asarray(model(batch, training=False)).reshape(-1))
+    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+
+def reestimate_batchnorm(model: Any, gray: np.ndarray, *, batch_size: int = 64,
+                         max_images: int = 2048, seed: int = 0) -> int:
+    """Replace moving statistics of every trainable BatchNorm layer by their average over
+    clean training batches (cumulative average via momentum k/(k+1)); returns layers updated.
+
+    Frozen (trainable=False) BatchNorm layers run in inference mode and are left alone.
+    """
+    import keras
+
+    bns = [layer for layer in _walk(model)
+           if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    if not bns or len(gray) == 0:
+        return 0
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(gray))[:max_images]
+    momenta = [layer.momentum for layer in bns]
+    try:
+        for k, start in enumerate(range(0, len(idx), batch_size)):
+            batch = idx[start:start + batch_size]
+            if len(batch) < 2:
+                break
+            for layer in bns:
+                layer.momentum = k / (k + 1.0)
+            model(to_model_input(gray[batch]), training=True)
+    finally:
+        for layer, m in zip(bns, momenta, strict=True):
+            layer.momentum = m
+    return len(bns)
+
+
+def make_dataset(split: ArraySplit, *, batch_size: int, training: bool, config: TrainConfig,
+                 seed: int) -> Any:
+    """uint8 arrays -> tf.data of (float32 RGB [0,1] (b, h, w, 3), float32 labels (b, 1)).
+
+    Training adds the paper's augmentation: rotation up to +-rotation_degrees, zoom,
+    brightness and contrast jitter, horizontal flip only where the condition allows it.
+    """
+    import keras
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(
+        (split.x[..., None], split.y.astype(np.float32)[:, None])
+    ).cache()
+    if training:
+        ds = ds.shuffle(len(split.y), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=False)
+
+    rotate = keras.layers.RandomRotation(config.rotation_degrees / 360.0, fill_mode="constant",
+                                         fill_value=0.0, seed=seed)
+    zoom = (keras.layers.RandomZoom(config.zoom, config.zoom, fill_mode="constant",
+                                    fill_value=0.0, seed=seed + 1) if config.zoom else None)
+    flip = bool(config.horizontal_flip)
+    brightness, contrast = float(config.brightness), float(config.contrast)
+
+    def to_float(x: Any, y: Any) -> tuple[Any, Any]:
+        return tf.cast(x, tf.float32) / 255.0, y
+
+    def augment(x: Any, y: Any) -> tuple[Any, Any]:
+        n = tf.shape(x)[0]
+        x = rotate(x, training=True)
+        if zoom is not None:
+            x = zoom(x, training=True)
+        if flip:
+            coin = tf.random.uniform((n, 1, 1, 1)) < 0.5
+            x = tf.where(coin, tf.reverse(x, axis=[2]), x)
+        mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+        c = tf.random.uniform((n, 1, 1, 1), 1 - contrast, 1 + contrast)
+        b = tf.random.uniform((n, 1, 1, 1), -brightness, brightness)
+        x = tf.clip_by_value((x - mean) * c + mean + b, 0.0, 1.0)
+        return x, y
+
+    def to_rgb(x: Any, y: Any) -> tuple[Any, Any]:
+        return tf.image.grayscale_to_rgb(x), y
+
+    ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
+    if training and config.augment:
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(to_rgb, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def class_weights(y: np.ndarray) -> dict[int, float]:
+    """Balanced weights n / (2 n_c): each class contributes half of the loss."""
+    n = len(y)
+    counts = np.bincount(y.astype(int), minlength=2)
+    return {c: float(n / (2 * max(counts[c], 1))) for c in (0, 1)}
+
+
+class _Progress:
+    """Keras callback factory: a tqdm bar per epoch with loss and ETA (mininterval in logs)."""
+
+    @staticmethod
+    def make(steps: int, total_epochs: int, log: Callable[[str], None]) -> Any:
+        import keras
+        from tqdm import tqdm
+
+        class Progress(keras.callbacks.Callback):
+            bar: Any = None
+
+            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+                interval = 0.5 if sys.stderr.isatty() else 30.0
+                self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{total_epochs}",
+                                unit="batch", mininterval=interval, file=sys.stderr)
+
+            def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+                self.bar.update(1)
+                if logs and "loss" in logs:
+                    self.bar.set_postfix(loss=f"{float(logs['loss']):.4f}", refresh=False)
+
+            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+                self.bar.close()
+                shown = {k: round(float(v), 4) for k, v in (logs or {}).items()}
+                log(f"epoch {epoch + 1}/{total_epochs}: {shown}")
+
+        return Progress()
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RunResult:
+    model_id: str
+    artifact: Path
+    entry: dict[str, Any]
+    history: list[dict[str, float]]
+    epochs_run: int
+    finished: bool
+
+
+def _subset(split: ArraySplit, n: int | None, seed: int) -> ArraySplit:
+    if n is None or n >= split.n:
+        return split
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    for c in (0, 1):
+        idx = np.flatnonzero(split.y == c)
+        take = int(round(n * len(idx) / split.n))
+        keep.extend(rng.choice(idx, size=min(take, len(idx)), replace=False).tolist())
+    keep.sort()
+    return ArraySplit(split.x[keep], split.y[keep], [split.paths[i] for i in keep],
+                      [split.groups[i] for i in keep])
+
+
+def _carve_val(samples: list[Sample], config: TrainConfig) -> list[Sample]:
+    """No val split: move a group-disjoint, label-stratified fraction of train to 'val'."""
+    rng = np.random.default_rng(config.seed)
+    train = [s for s in samples if s.split == config.train_split]
+    moved: set[str] = set()
+    for label in (0, 1):
+        groups = sorted({s.group for s in train if s.label == label})
+        k = max(1, int(round(config.val_fraction * len(groups))))
+        moved.update(rng.choice(groups, size=min(k, len(groups)), replace=False).tolist())
+    return [Sample(s.path, config.val_split, s.label, s.group)
+            if s.split == config.train_split and s.group in moved else s for s in samples]
+
+
+def train_model(
+    config: TrainConfig,
+    *,
+    models_dir: str | Path,
+    registry_path: str | Path | None = None,
+    activate: bool = False,
+    resume: bool = False,
+    command: str | None = None,
+    log: Callable[[str], None] = print,
+    stop_after_epochs: int | None = None,
+) -> RunResult:
+    """Train (or resume), then calibrate, threshold, evaluate, save and register.
+
+    stop_after_epochs: stop this sitting after that many new epochs (a budgeted sitting of a
+    long run); the run is left resumable and nothing is registered until it finishes.
+    """
+    import keras
+
+    from core.architectures import build_model
+
+    config = config.resolved()
+    assert config.model_id and config.input_size and config.epochs and config.batch_size
+    configure_tensorflow(config.threads, config.seed)
+    out_dir = Path(models_dir) / config.model_id
+    ckpt_dir = out_dir / "checkpoints"
+    state_file = ckpt_dir / "state.json"
+    if not resume and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    state: dict[str, Any] = {}
+    if resume and state_file.is_file():
+        state = json.loads(state_file.read_text())
+        log(f"resuming {config.model_id}: {state['epochs_done']} epoch(s) done, "
+            f"best val AUC {state.get('best_val_auc')}")
+
+    # ---- data
+    samples = load_samples(config.data, condition=config.condition)
+    if not any(s.split == config.val_split for s in samples):
+        samples = _carve_val(samples, config)
+        config.notes.append(f"no '{config.val_split}' split in the data: "
+                            f"{config.val_fraction:.0%} of training groups held out as val")
+    counts = split_counts(samples)
+    cache = config.cache_dir
+    train = _subset(load_arrays([s for s in samples if s.split == config.train_split],
+                                input_size=config.input_size, cache_dir=cache),
+                    config.max_train, config.seed)
+    val = _subset(load_arrays([s for s in samples if s.split == config.val_split],
+                              input_size=config.input_size, cache_dir=cache),
+                  config.max_val, config.seed + 1)
+    test_samples = [s for s in samples if s.split == config.test_split]
+    test = (load_arrays(test_samples, input_size=config.input_size, cache_dir=cache)
+            if test_samples else None)
+    if train.n == 0 or len(set(train.y.tolist())) < 2:
+        raise ValueError("the training split needs images of both classes")
+    log(f"data: train {train.counts()}, val {val.counts()}, "
+        f"test {test.counts() if test else None}")
+
+    # ---- model
+    pretrained = config.imagenet_weights is not None
+    model = build_model(config.architecture, input_size=config.input_size,
+                        imagenet_weights=config.imagenet_weights,
+                        dense_units=config.dense_units, dropout=config.dropout, seed=config.seed)
+    model.get_layer("head_bn").momentum = 0.9
+    if state.get("epochs_done"):
+        model.load_weights(ckpt_dir / "last.weights.h5")
+
+    stages = plan_stages(config, pretrained=pretrained)
+    train_ds = make_dataset(train, batch_size=config.batch_size, training=True,
+                            config=config, seed=config.seed)
+    val_ds = make_dataset(val, batch_size=64, training=False, config=config, seed=0)
+    weights = class_weights(train.y)
+    steps = math.ceil(train.n / config.batch_size)
+    history: list[dict[str, float]] = list(state.get("history", []))
+    best_auc = state.get("best_val_auc")
+    epochs_done = int(state.get("epochs_done", 0))
+    wall = float(state.get("wall_s", 0.0))
+    lr_now = state.get("lr")
+    stopped_early = bool(state.get("stopped_early", False))
+    new_epochs = 0
+    p = PROTOCOLS[config.protocol]
+
+    class Persist(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.t0 = time.time()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            nonlocal best_auc, epochs_done, wall, lr_now, new_epochs
+            logs = {k: float(v) for k, v in (logs or {}).items()}
+            history.append({"epoch": epoch + 1, **logs})
+            wall += time.time() - self.t0
+            epochs_done = epoch + 1
+            new_epochs += 1
+            lr_now = float(self.model.optimizer.learning_rate.numpy())
+            if best_auc is None or logs.get("val_auc", -1) > best_auc:
+                best_auc = logs.get("val_auc")
+            self.model.save_weights(ckpt_dir / "last.weights.h5")
+            _write_state(state_file, epochs_done=epochs_done, best_val_auc=best_auc,
+                         lr=lr_now, history=history, wall_s=wall, stopped_early=False,
+                         config=asdict(config))
+            if stop_after_epochs is not None and new_epochs >= stop_after_epochs:
+                self.model.stop_training = True
+
+    for stage in stages:
+        if stopped_early or epochs_done >= stage.end_epoch:
+            continue
+        if stop_after_epochs is not None and new_epochs >= stop_after_epochs:
+            break
+        set_trainable(model, stage.trainable, freeze_backbone_bn=pretrained)
+        lr = stage.lr
+        if lr_now is not None and epochs_done > stage.start_epoch:
+            lr = float(lr_now)  # resuming inside this stage: keep the reduced rate
+        model.compile(optimizer=keras.optimizers.Adam(lr),
+                      loss=keras.losses.BinaryCrossentropy(),
+                      metrics=[keras.metrics.AUC(name="auc"),
+                               keras.metrics.BinaryAccuracy(name="accuracy")])
+        log(f"stage {stage.trainable}: epochs {max(epochs_done, stage.start_epoch) + 1}"
+            f"-{stage.end_epoch}, lr {lr:g}, trainable weights "
+            f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights):,}")
+        final_stage = stage is stages[-1]
+        early = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
+                                              patience=int(p["patience_stop"]))
+        callbacks = [
+            _Progress.make(steps, config.epochs, log),
+            keras.callbacks.ModelCheckpoint(
+                str(ckpt_dir / "best.weights.h5"), monitor="val_auc", mode="max",
+                save_best_only=True, save_weights_only=True,
+                initial_value_threshold=best_auc),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.3,
+                                              patience=int(p["patience_lr"]), min_lr=1e-7),
+            early,
+            Persist(),
+        ]
+        model.fit(train_ds, validation_data=val_ds, epochs=stage.end_epoch,
+                  initial_epoch=max(epochs_done, stage.start_epoch), class_weight=weights,
+                  callbacks=callbacks, verbose=0)
+        if early.stopped_epoch and final_stage:
+            stopped_early = True
+            _write_state(state_file, epochs_done=epochs_done, best_val_auc=best_auc,
+                         lr=lr_now, history=history, wall_s=wall, stopped_early=True,
+                         config=asdict(config))
+
+    finished = stopped_early or epochs_done >= config.epochs
+    if not finished:
+        log(f"sitting over after {new_epochs} new epoch(s): {epochs_done}/{config.epochs} done; "
+            "continue with --resume")
+        return RunResult(config.model_id, out_dir / "model.keras", {}, history, epochs_done,
+                         False)
+
+    # ---- finish: best weights, BatchNorm statistics, calibration, threshold, evaluation
+    if (ckpt_dir / "best.weights.h5").is_file():
+        model.load_weights(ckpt_dir / "best.weights.h5")
+    n_bn = reestimate_batchnorm(model, train.x, max_images=config.bn_reestimate_images,
+                                seed=config.seed)
+    log(f"re-estimated statistics of {n_bn} BatchNorm layer(s) on clean training images")
+    final = build_model(config.architecture, input_size=config.input_size, imagenet_weights=None,
+                        dense_units=config.dense_units, dropout=config.dropout)
+    final.set_weights(model.get_weights())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    artifact = out_dir / "model.keras"
+    final.save(artifact)
+
+    entry = finalize_model(
+        final, config=config, out_dir=out_dir, train=train, val=val, test=test,
+        counts=counts, history=history, epochs_run=epochs_done, wall_s=wall,
+        stopped_early=stopped_early, stages=stages, command=command, log=log,
+        artifact_root=Path(registry_path).resolve().parent if registry_path else None,
+    )
+    if registry_path is not None:
+        register_entry(entry, registry_path=registry_path, activate=activate)
+        log(f"registered {config.model_id} in {registry_path}"
+            + (" (active)" if activate else " (inactive)"))
+    return RunResult(config.model_id, artifact, entry, history, epochs_done, True)
+
+
+def _write_state(path: Path, **state: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1, default=str))
+    tmp.replace(path)
+
+
+def finalize_model(
+    model: Any, *, config: TrainConfig, out_dir: Path, train: ArraySplit, val: ArraySplit,
+    test: ArraySplit | None, counts: dict[str, dict[str, int]], history: list[dict[str, float]],
+    epochs_run: int, wall_s: float, stopped_early: bool, stages: Sequence[Stage],
+    command: str | None, log: Callable[[str], None] = print,
+    artifact_root: Path | None = None,
+) -> dict[str, Any]:
+    """Calibrate + threshold on val, evaluate val/test, write plots, card and metrics.json;
+    return the registry entry (not yet registered)."""
+    from core.model_card import write_card
+    from core.registry import sha256_file
+
+    assert config.model_id and config.input_size
+    labels = CLASS_LABELS[config.condition]
+    val_raw = predict_probabilities(model, val.x)
+    calibration = fit_calibration(val.y, val_raw, method=config.calibration)
+    val_cal = apply_calibration(val_raw, calibration)
+    threshold = choose_threshold(val.y, val_cal, min_sensitivity=config.min_sensitivity)
+    metrics = {"val": evaluate_predictions(val.y, val_cal, threshold, n_boot=config.n_boot,
+                                           seed=config.seed)}
+    metrics["val"]["auc_raw"] = round(roc_auc(val.y, val_raw), 4)
+    metrics["val"]["mean_probability_raw"] = round(float(val_raw.mean()), 4)
+    eval_split, eval_y, eval_raw = "val", val.y, val_raw
+    if test is not None and test.n:
+        test_raw = predict_probabilities(model, test.x)
+        test_cal = apply_calibration(test_raw, calibration)
+        metrics["test"] = evaluate_predictions(test.y, test_cal, threshold,
+                                               n_boot=config.n_boot, seed=config.seed)
+        metrics["test"]["mean_probability_raw"] = round(float(test_raw.mean()), 4)
+        eval_split, eval_y, eval_raw = "test", test.y, test_raw
+    eval_cal = apply_calibration(eval_raw, calibration)
+    m = metrics[eval_split]
+    title = f"{config.model_id} ({eval_split}, n={m['n']})"
+    plot_roc(out_dir / "roc.png", eval_y, eval_cal, title=title, threshold=threshold,
+             auc_ci=m["auc_ci95"])
+    plot_reliability(out_dir / "reliability.png", eval_y, eval_cal, p_raw=eval_raw, title=title)
+    plot_confusion(out_dir / "confusion.png", m["confusion"], labels=labels, title=title)
+    baseline = (thumbnail_baseline(train.x, train.y, test.x, test.y, n_boot=config.n_boot)
+                if test is not None and test.n else
+                thumbnail_baseline(train.x, train.y, val.x, val.y, n_boot=config.n_boot))
+    baseline["split"] = eval_split
+    log(f"{eval_split}: AUC {m['auc']} {m['auc_ci95']}, accuracy {m['accuracy']}, "
+        f"sensitivity {m['sensitivity']}, specificity {m['specificity']}, threshold "
+        f"{threshold:.4f}; baseline AUC {baseline['auc']}")
+
+    status = config.status or "validated"
+    reason = config.experimental_reason
+    if status == "experimental" and not reason:
+        reason = "experimental model: not validated for clinical use"
+    # Registry paths are relative to the registry file's folder.
+    rel = (Path(os.path.relpath(out_dir.resolve(), artifact_root)) if artifact_root
+           else Path("models") / config.model_id)
+    weights_name = Path(config.imagenet_weights).name if config.imagenet_weights else None
+    entry: dict[str, Any] = {
+        "id": config.model_id,
+        "condition": config.condition,
+        "architecture": config.architecture,
+        "family": ARCHITECTURES[config.architecture]["family"],
+        "input_size": list(config.input_size),
+        "class_labels": labels,
+        "preprocessing": {"color": "rgb", "resize": "area/linear", "scale": "x/255"},
+        "gradcam_layer": None,
+        "threshold": round(float(threshold), 6),
+        "threshold_rule": (f"highest threshold with validation sensitivity >= "
+                           f"{config.min_sensitivity:.2f} (calibrated probability)"),
+        "calibration": {k: (round(v, 6) if isinstance(v, float) else v)
+                        for k, v in calibration.items()},
+        "metrics": metrics,
+        "baseline": baseline,
+        "artifact": str(rel / "model.keras"),
+        "sha256": sha256_file(out_dir / "model.keras"),
+        "status": status,
+        "training": {
+            "data": str(config.data),
+            "n": counts,
+            "n_used": {"train": train.counts(), "val": val.counts(),
+                       **({"test": test.counts()} if test is not None else {})},
+            "protocol": config.protocol,
+            "stages": [asdict(s) for s in stages],
+            "epochs_planned": config.epochs,
+            "epochs_run": epochs_run,
+            "stopped_early": stopped_early,
+            "best_val_auc_during_training": max(
+                (h.get("val_auc", 0.0) for h in history), default=None),
+            "batch_size": config.batch_size,
+            "learning_rate": config.lr,
+            "optimizer": "Adam",
+            "class_weights": class_weights(train.y),
+            "augmentation": {
+                "rotation_degrees": config.rotation_degrees, "zoom": config.zoom,
+                "brightness": config.brightness, "contrast": config.contrast,
+                "horizontal_flip": config.horizontal_flip, "enabled": config.augment},
+            "seed": config.seed,
+            "imagenet_weights": weights_name,
+            "batchnorm": "backbone BN frozen" if weights_name else "all BN trained",
+            "wall_time_s": round(wall_s, 1),
+            "hardware": f"{platform.machine()} CPU x{os.cpu_count()}",
+            "command": command,
+            "notes": list(config.notes),
+        },
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "card": str(rel / "card.md"),
+    }
+    if status == "experimental":
+        entry["experimental_reason"] = reason
+    (out_dir / "metrics.json").write_text(json.dumps(
+        {"metrics": metrics, "baseline": baseline, "history": history}, indent=1))
+    write_card(out_dir / "card.md", entry)
+    return entry
+
+
+def register_entry(entry: dict[str, Any], *, registry_path: str | Path,
+                   activate: bool = False) -> None:
+    from core.registry import Registry
+
+    registry_path = Path(registry_path)
+    registry = Registry.load(registry_path)
+    registry.register(entry, activate=activate)
+    registry.save()

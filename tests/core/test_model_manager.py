@@ -1,0 +1,183 @@
+"""ModelManager: verified lazy loading, a bounded cache, thread safety, flagged placeholders."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.analysis import PLACEHOLDER_WARNING, analyze_xray
+from core.errors import BodyPartMismatchError, RegistryError
+from core.imaging import XRay
+from core.model_manager import ModelManager
+from core.registry import sha256_file
+from tests.core.tiny_models import SIZE, make_blob_images
+
+pytestmark = pytest.mark.slow
+
+
+def registry_entry(model_id: str, artifact: str, sha: str | None, **extra) -> dict:
+    return {
+        "id": model_id, "condition": "pneumonia", "architecture": "custom",
+        "input_size": [SIZE, SIZE], "class_labels": ["no blob", "blob"], "threshold": 0.5,
+        "artifact": artifact, "sha256": sha, **extra,
+    }
+
+
+def write_registry(path: Path, models: list[dict], active: dict[str, str]) -> None:
+    path.write_text(json.dumps({"models": models, "active_models": active}))
+    # Bump mtime so a manager that already read the old file notices the change.
+    stamp = time.time() + 5
+    os.utime(path, (stamp, stamp))
+
+
+@pytest.fixture(scope="module")
+def saved_model(blob_model, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("artifacts") / "blob.keras"
+    blob_model.save(path)
+    return path
+
+
+@pytest.fixture()
+def registry(tmp_path, saved_model) -> Path:
+    shutil.copy(saved_model, tmp_path / "model.keras")
+    path = tmp_path / "registry.json"
+    sha = sha256_file(tmp_path / "model.keras")
+    write_registry(path, [registry_entry("blob-v1", "model.keras", sha)], {"pneumonia": "blob-v1"})
+    return path
+
+
+def test_the_active_model_is_loaded_verified_and_predicts(registry, blob_model):
+    manager = ModelManager(registry)
+    loaded = manager.get(condition="pneumonia")
+    assert not loaded.is_placeholder and loaded.placeholder_reason is None
+    assert loaded.model_id == "blob-v1"
+    assert loaded.sha256 == sha256_file(registry.parent / "model.keras")
+    images = make_blob_images(8, seed=3).images
+    np.testing.assert_allclose(loaded.predict(images), blob_model.predict(images, verbose=0).ravel(),
+                               atol=1e-5)
+
+
+def test_the_cache_loads_each_model_once(registry):
+    manager = ModelManager(registry)
+    first = manager.get(condition="pneumonia")
+    for _ in range(5):
+        assert manager.get(condition="pneumonia") is first
+    assert manager.get(model_id="blob-v1") is first
+    assert manager.load_count == 1
+
+
+def test_concurrent_first_requests_load_once_and_agree(registry):
+    manager = ModelManager(registry)
+    images = make_blob_images(4, seed=5).images
+    results, errors = [], []
+
+    def work() -> None:
+        try:
+            results.append(manager.get(condition="pneumonia").predict(images))
+        except Exception as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert manager.load_count == 1
+    for result in results[1:]:
+        np.testing.assert_allclose(result, results[0], atol=1e-6)
+
+
+def test_missing_artifact_gives_a_flagged_placeholder(registry):
+    (registry.parent / "model.keras").unlink()
+    loaded = ModelManager(registry).get(condition="pneumonia")
+    assert loaded.is_placeholder and loaded.architecture == "placeholder"
+    assert "missing" in loaded.placeholder_reason
+    assert loaded.sha256 is None
+
+
+def test_corrupt_artifact_gives_a_flagged_placeholder(registry):
+    artifact = registry.parent / "model.keras"
+    artifact.write_bytes(b"not a keras file at all" * 100)
+    write_registry(registry, [registry_entry("blob-v1", "model.keras", sha256_file(artifact))],
+                   {"pneumonia": "blob-v1"})
+    loaded = ModelManager(registry).get(condition="pneumonia")
+    assert loaded.is_placeholder and "could not be loaded" in loaded.placeholder_reason
+
+
+def test_wrong_checksum_gives_a_flagged_placeholder(registry):
+    write_registry(registry, [registry_entry("blob-v1", "model.keras", "0" * 64)],
+                   {"pneumonia": "blob-v1"})
+    loaded = ModelManager(registry).get(condition="pneumonia")
+    assert loaded.is_placeholder and "checksum" in loaded.placeholder_reason
+
+
+def test_no_active_model_gives_a_flagged_placeholder_and_analysis_warns(registry):
+    write_registry(registry, [], {})
+    manager = ModelManager(registry)
+    xray = XRay(pixels=np.full((100, 80), 90, np.uint8), metadata={}, source_format="png")
+    outcome = analyze_xray(xray, condition="cardiomegaly", manager=manager)
+    assert outcome.is_placeholder and outcome.model_id == "placeholder:cardiomegaly"
+    assert outcome.warnings[0].startswith(PLACEHOLDER_WARNING)
+    assert outcome.to_dict()["is_placeholder"] is True
+    assert outcome.heatmap.shape == (128, 128)
+
+
+def test_switching_the_active_model_takes_effect_without_restart(registry, saved_model):
+    manager = ModelManager(registry)
+    assert manager.get(condition="pneumonia").model_id == "blob-v1"
+    shutil.copy(saved_model, registry.parent / "model2.keras")
+    sha = sha256_file(registry.parent / "model2.keras")
+    write_registry(
+        registry,
+        [registry_entry("blob-v1", "model.keras", sha), registry_entry("blob-v2", "model2.keras", sha)],
+        {"pneumonia": "blob-v2"},
+    )
+    assert manager.get(condition="pneumonia").model_id == "blob-v2"
+
+
+def test_the_cache_is_bounded(registry, saved_model):
+    shutil.copy(saved_model, registry.parent / "model2.keras")
+    sha = sha256_file(registry.parent / "model2.keras")
+    write_registry(
+        registry,
+        [registry_entry("blob-v1", "model.keras", sha), registry_entry("blob-v2", "model2.keras", sha)],
+        {"pneumonia": "blob-v1"},
+    )
+    manager = ModelManager(registry, cache_size=1)
+    manager.get(model_id="blob-v1")
+    manager.get(model_id="blob-v2")
+    assert manager.cached_model_ids() == ["blob-v2"]
+
+
+def test_experimental_models_carry_their_warning(registry):
+    sha = sha256_file(registry.parent / "model.keras")
+    write_registry(
+        registry,
+        [registry_entry("blob-v1", "model.keras", sha, status="experimental",
+                        experimental_reason="trained on 25 images")],
+        {"pneumonia": "blob-v1"},
+    )
+    xray = XRay(pixels=np.full((SIZE, SIZE), 90, np.uint8), metadata={}, source_format="png")
+    outcome = analyze_xray(xray, condition="pneumonia", manager=ModelManager(registry))
+    assert outcome.experimental and not outcome.is_placeholder
+    assert outcome.warnings == ["EXPERIMENTAL MODEL: trained on 25 images"]
+
+
+def test_a_chest_model_is_never_run_on_a_knee(registry):
+    knee = XRay(pixels=np.zeros((64, 64), np.uint8), metadata={"BodyPartExamined": "KNEE"},
+                source_format="dicom")
+    with pytest.raises(BodyPartMismatchError, match="KNEE"):
+        analyze_xray(knee, condition="pneumonia", manager=ModelManager(registry))
+
+
+def test_a_model_id_for_another_condition_is_refused(registry):
+    with pytest.raises(RegistryError, match="is for pneumonia, not fracture"):
+        ModelManager(registry).get(condition="fracture", model_id="blob-v1")

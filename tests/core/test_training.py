@@ -1,0 +1,145 @@
+"""A real (tiny) training run: loss falls, checkpoints resume, the registry entry validates,
+and training preprocesses exactly like serving."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.data import load_samples, resize_gray, to_model_input
+from core.registry import Registry, sha256_file, validate_registry
+from core.training import TrainConfig, plan_stages, train_model
+
+pytestmark = pytest.mark.slow
+
+
+def _make_dataset(root: Path, *, n_per_class: int = 16, size: int = 40, seed: int = 0) -> Path:
+    """<root>/<split>/<negative|positive>/*.png: positives carry a bright blob."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_per_class), ("val", 8), ("test", 6)):
+        for label in ("negative", "positive"):
+            folder = root / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = rng.integers(20, 90, (size, size)).astype(np.uint8)
+                if label == "positive":
+                    r, c = rng.integers(4, size - 16, 2)
+                    img[r:r + 12, c:c + 12] = 230
+                Image.fromarray(img).save(folder / f"{split}-{label}-{i}.png")
+    return root
+
+
+def _config(data: Path, **kw) -> TrainConfig:
+    base = dict(condition="fracture", data=str(data), architecture="mobilenetv2",
+                model_id="tiny-fracture", input_size=(32, 32), protocol="quick", epochs=4,
+                batch_size=8, lr=3e-3, n_boot=50, bn_reestimate_images=64, threads=2,
+                dense_units=(16,))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "registry.json").write_text(json.dumps({"active_models": {}, "models": []}))
+    _make_dataset(tmp_path / "data")
+    return tmp_path
+
+
+def test_a_tiny_run_learns_registers_and_its_artifact_loads(project: Path) -> None:
+    import keras
+
+    result = train_model(_config(project / "data"), models_dir=project / "models",
+                         registry_path=project / "registry.json", activate=True,
+                         command="pytest", log=lambda _m: None)
+    losses = [h["loss"] for h in result.history]
+    assert result.finished and result.epochs_run == 4
+    assert losses[-1] < losses[0]
+
+    registry = Registry.load(project / "registry.json")  # validates
+    entry = registry.entry("tiny-fracture")
+    assert registry.active_models == {"fracture": "tiny-fracture"}
+    assert validate_registry(registry.to_document()) == []
+    artifact = registry.artifact_path(entry)
+    assert entry.artifact == "models/tiny-fracture/model.keras"
+    assert sha256_file(artifact) == entry.sha256
+    raw = entry.raw
+    assert raw["training"]["epochs_run"] == 4 and raw["training"]["seed"] == 42
+    assert raw["calibration"]["method"] == "platt"
+    assert 0 < raw["threshold"] < 1
+    for split in ("val", "test"):
+        assert {"auc", "auc_ci95", "accuracy", "sensitivity", "specificity"} <= set(
+            raw["metrics"][split])
+    assert "auc" in raw["baseline"]
+    card = (project / raw["card"]).read_text()
+    assert "Intended use" in card and "Limitations" in card and "baseline" in card
+    for png in ("roc.png", "reliability.png", "confusion.png"):
+        assert (artifact.parent / png).stat().st_size > 1000
+
+    model = keras.models.load_model(artifact, compile=False)
+    out = model.predict(np.zeros((1, 32, 32, 3), np.float32), verbose=0)
+    assert out.shape == (1, 1) and 0 <= float(out[0, 0]) <= 1
+    assert not (artifact.parent / "checkpoints" / "best.weights.h5").is_relative_to(
+        project / "models" / "tiny-fracture" / "model.keras")
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(project: Path) -> None:
+    logs: list[str] = []
+    first = train_model(_config(project / "data"), models_dir=project / "models",
+                        registry_path=project / "registry.json", stop_after_epochs=2,
+                        log=logs.append)
+    assert not first.finished and first.epochs_run == 2
+    assert Registry.load(project / "registry.json").models == {}  # nothing registered yet
+    state = json.loads((project / "models/tiny-fracture/checkpoints/state.json").read_text())
+    assert state["epochs_done"] == 2
+
+    second = train_model(_config(project / "data"), models_dir=project / "models",
+                         registry_path=project / "registry.json", resume=True, log=logs.append)
+    assert second.finished and second.epochs_run == 4
+    assert [h["epoch"] for h in second.history] == [1, 2, 3, 4]  # continued, not restarted
+    assert any("resuming tiny-fracture: 2 epoch(s) done" in m for m in logs)
+    assert "tiny-fracture" in Registry.load(project / "registry.json").models
+
+
+def test_training_and_serving_preprocess_an_image_identically() -> None:
+    from core.imaging import load_xray
+    from core.preprocessing import preprocess_gray
+
+    rng = np.random.default_rng(3)
+    for shape, size in (((300, 260), (128, 128)), ((64, 80), (128, 128)), ((128, 128), (128, 128))):
+        pixels = rng.integers(0, 256, shape).astype(np.uint8)
+        served = preprocess_gray(pixels, input_size=size)
+        trained = to_model_input(resize_gray(pixels, input_size=size))
+        np.testing.assert_array_equal(served, trained)
+    real = Path(__file__).resolve().parents[3] / "shared/data/pneumonia/test/positive"
+    if real.is_dir():
+        path = sorted(real.iterdir())[0]
+        from core.data import decode_resized
+
+        np.testing.assert_array_equal(
+            preprocess_gray(load_xray(path).pixels, input_size=(128, 128)),
+            to_model_input(decode_resized(path, input_size=(128, 128))))
+
+
+def test_groups_crossing_splits_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text(
+        "path,split,label,group\na.jpg,train,0,p1\nb.jpg,test,1,p1\nc.jpg,val,0,p2\n")
+    with pytest.raises(ValueError, match="more than one split"):
+        load_samples(tmp_path / "m.csv")
+
+
+def test_protocol_stages_follow_the_paper() -> None:
+    quick = plan_stages(_config(Path("."), protocol="quick", epochs=5).resolved(),
+                        pretrained=True)
+    assert [(s.trainable, s.start_epoch, s.end_epoch) for s in quick] == [("head", 0, 5)]
+    intensive = plan_stages(_config(Path("."), protocol="intensive", epochs=50, lr=None,
+                                    batch_size=None).resolved(), pretrained=True)
+    assert [s.trainable for s in intensive] == ["head", "top1/3", "top2/3", "all"]
+    assert intensive[-1].end_epoch == 50 and intensive[0].lr == 1e-5
+    cfg = TrainConfig(condition="pneumonia", data=".", protocol="intensive").resolved()
+    assert (cfg.epochs, cfg.batch_size, cfg.lr) == (50, 16, 1e-5)
+    assert cfg.horizontal_flip is False  # chest films: laterality matters
+    assert TrainConfig(condition="fracture", data=".").resolved().horizontal_flip is True
