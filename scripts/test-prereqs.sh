@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Make sure what the test suite talks to is there: PostgreSQL, Redis, Debian's Chromium.
+# Idempotent: starts only what is not already answering. Used by `make test` (and so .ci/run).
+set -euo pipefail
+
+say() { printf '[test-prereqs] %s\n' "$*"; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" = 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# PostgreSQL on 127.0.0.1:5432 (trust auth, database "test")
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    say "installing PostgreSQL"; apt_install postgresql postgresql-client
+  fi
+  say "starting PostgreSQL"
+  as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+  for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
+pg_isready -h 127.0.0.1 -p 5432 >/dev/null || { say "PostgreSQL is not answering on 127.0.0.1:5432"; exit 1; }
+
+# Redis on 127.0.0.1:6379
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  command -v redis-server >/dev/null || { say "installing Redis"; apt_install redis-server; }
+  say "starting Redis"
+  mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir /tmp --logfile /tmp/radtriage-redis.log
+  for _ in $(seq 20); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.5; done
+fi
+redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null || { say "Redis is not answering on 127.0.0.1:6379"; exit 1; }
+
+# Debian's Chromium for the browser tests (Playwright drives it; it never downloads a browser)
+if [ ! -x /usr/bin/chromium ]; then
+  say "installing Debian chromium for the browser tests"
+  apt_install chromium fonts-dejavu-core || say "could not install chromium: browser tests will skip"
+fi
+
+# WeasyPrint's system libraries (Pango) for PDF reports
+if ! ldconfig -p 2>/dev/null | grep -q libpango-1.0; then
+  say "installing Pango for WeasyPrint"
+  apt_install libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 || say "could not install Pango"
+fi
+say "PostgreSQL, Redis and Chromium ready"
