@@ -42,13 +42,21 @@ if not ALLOWED_HOSTS:
     ALLOWED_HOSTS = ["localhost", "127.0.0.1", "[::1]", "testserver"]
 
 INSTALLED_APPS = [
+    "daphne",  # first, so `manage.py runserver` serves ASGI (websockets) too
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "channels",
     "web.engine",
+    "web.clinical",
+    "web.api",
+    "web.ui",
 ]
 
 MIDDLEWARE = [
@@ -63,6 +71,7 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "web.urls"
 WSGI_APPLICATION = "web.wsgi.application"
+ASGI_APPLICATION = "web.asgi.application"
 
 TEMPLATES = [
     {
@@ -107,4 +116,107 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+}
+
+LOGIN_URL = "ui:login"
+LOGIN_REDIRECT_URL = "ui:worklist"
+LOGOUT_REDIRECT_URL = "ui:login"
+
+DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("RADTRIAGE_MAX_UPLOAD_BYTES", str(200 * 2**20)))
+FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 2**20
+
+# --------------------------------------------------------------------------- Redis, Celery, Channels
+# One Redis serves as Celery broker and channel layer. DEBUG may fall back to a local Redis;
+# production must say where it is.
+REDIS_URL = os.environ.get("REDIS_URL", "")
+if not REDIS_URL:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "REDIS_URL is not set. Production (DEBUG=0) needs the Redis used as job queue and "
+            "websocket layer, e.g. REDIS_URL=redis://redis:6379/0."
+        )
+    REDIS_URL = "redis://127.0.0.1:6379/0"
+if not DEBUG and "DATABASE_URL" not in os.environ:
+    raise ImproperlyConfigured(
+        "DATABASE_URL is not set. Production (DEBUG=0) needs PostgreSQL, e.g. "
+        "DATABASE_URL=postgres://radtriage:secret@db:5432/radtriage (SQLite is for a demo only)."
+    )
+
+# Prefixes keep several deployments (or test sessions) apart on one Redis.
+RADTRIAGE_NAMESPACE = os.environ.get("RADTRIAGE_NAMESPACE", "radtriage")
+QUEUE_INTERACTIVE = "interactive"  # single uploads: a person is waiting
+QUEUE_BATCH = "batch"  # bulk imports
+QUEUE_MAINTENANCE = "maintenance"  # the sweeper; cheap, never behind a model job
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            "hosts": [os.environ.get("CHANNEL_REDIS_URL", REDIS_URL)],
+            "prefix": f"{RADTRIAGE_NAMESPACE}.asgi",
+            "capacity": 1000,
+            "expiry": 60,
+        },
+    }
+}
+
+# Analysis job limits (seconds). The sweeper only treats a running job as lost once it is
+# older than the hard limit, so a slow-but-alive job is never run twice by the sweeper.
+ANALYSIS_SOFT_TIME_LIMIT = int(os.environ.get("RADTRIAGE_ANALYSIS_SOFT_TIME_LIMIT", "240"))
+ANALYSIS_TIME_LIMIT = int(os.environ.get("RADTRIAGE_ANALYSIS_TIME_LIMIT", "300"))
+if ANALYSIS_SOFT_TIME_LIMIT >= ANALYSIS_TIME_LIMIT:
+    raise ImproperlyConfigured(
+        "RADTRIAGE_ANALYSIS_SOFT_TIME_LIMIT must be smaller than RADTRIAGE_ANALYSIS_TIME_LIMIT."
+    )
+ANALYSIS_MAX_RETRIES = int(os.environ.get("RADTRIAGE_ANALYSIS_MAX_RETRIES", "5"))
+STUCK_QUEUED_AFTER = int(os.environ.get("RADTRIAGE_STUCK_QUEUED_AFTER", "900"))
+STUCK_RUNNING_AFTER = max(
+    int(os.environ.get("RADTRIAGE_STUCK_RUNNING_AFTER", "0")), ANALYSIS_TIME_LIMIT + 5
+)
+SWEEP_INTERVAL = float(os.environ.get("RADTRIAGE_SWEEP_INTERVAL", "60"))
+
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+CELERY_TASK_IGNORE_RESULT = True  # the database row is the result
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_DEFAULT_QUEUE = QUEUE_MAINTENANCE
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # An unacknowledged job (its worker vanished) comes back after this long; it must exceed
+    # the hard time limit or a live job would be delivered twice.
+    "visibility_timeout": ANALYSIS_TIME_LIMIT + 60,
+    # Every broker key (queues, unacked set) lives under the namespace.
+    "global_keyprefix": f"{RADTRIAGE_NAMESPACE}.",
+}
+CELERY_BEAT_SCHEDULE = {
+    "sweep-stuck-analyses": {
+        "task": "worker.tasks.sweep_stuck_analyses",
+        "schedule": SWEEP_INTERVAL,
+        "options": {"queue": QUEUE_MAINTENANCE, "expires": max(SWEEP_INTERVAL, 1.0)},
+    }
+}
+
+# --------------------------------------------------------------------------- REST API
+REST_FRAMEWORK = {
+    # Token first, so an anonymous call gets 401 + WWW-Authenticate rather than 403.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "web.api.errors.json_exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "RadTriage API",
+    "DESCRIPTION": "Upload X-rays, follow asynchronous AI analyses, download Grad-CAM heat maps.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
 }

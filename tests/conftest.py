@@ -1,0 +1,27 @@
+"""Test-wide environment: real PostgreSQL and Redis on 127.0.0.1, isolated from other users.
+
+Set before Django's settings are read (pytest-django sets Django up after conftests load).
+Override any of these from the environment (e.g. .ci/run exports DATABASE_URL).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "web.settings")
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
+# A Redis database index of its own, and a namespace (queue keys, channel-layer prefix) per
+# test session, so parallel runs and a developer's `make run` never see each other's jobs.
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/5")
+os.environ.setdefault("RADTRIAGE_NAMESPACE", f"rtt{uuid.uuid4().hex[:8]}")
+os.environ.setdefault("MEDIA_ROOT", tempfile.mkdtemp(prefix="radtriage-media-"))
+
+
+def pytest_configure(config) -> None:
+    # Load the settings module now, so pytest-django (whose own hook runs last) sets Django up
+    # even though DJANGO_SETTINGS_MODULE only appeared above.
+    from django.conf import settings
+
+    assert settings.DATABASES

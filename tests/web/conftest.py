@@ -1,0 +1,10 @@
+import pytest
+
+from tests.web.fixtures import *  # noqa: F403 - shared fixtures (users, registry, worker)
+
+
+@pytest.fixture(autouse=True)
+def isolated_media(settings, tmp_path):
+    """Each web test gets its own MEDIA_ROOT, so 'no orphan files' can be checked exactly."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT

@@ -1,0 +1,292 @@
+"""Fixtures shared by tests/web and tests/worker: real users, real files, a tiny real Keras
+model in a tiny registry, and real Celery worker / beat / Redis subprocesses."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_SIZE = 64
+
+
+# --------------------------------------------------------------------------- files
+
+
+def dicom_bytes(
+    *,
+    patient_id: str = "MRN-1001",
+    patient_name: str = "Doe^Jane",
+    study_uid: str | None = None,
+    sop_uid: str | None = None,
+    body_part: str = "CHEST",
+    modality: str = "DX",
+    accession: str = "ACC-1",
+    size: int = 96,
+    seed: int = 0,
+) -> bytes:
+    """A small, standard-conformant uncompressed DICOM radiograph."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 4096, size=(size, size), dtype=np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("upload.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientID = patient_id
+    ds.PatientName = patient_name
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "F"
+    ds.AccessionNumber = accession
+    ds.StudyDate = "20261125"
+    ds.StudyDescription = "XR CHEST PA"
+    ds.Modality = modality
+    ds.BodyPartExamined = body_part
+    ds.ViewPosition = "PA"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def png_bytes(*, size: int = 80, seed: int = 1) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, size=(size, size), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def upload(client: Any, data: bytes, name: str = "xray.dcm", **fields: Any) -> Any:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return client.post("/api/uploads/", {"file": SimpleUploadedFile(name, data), **fields},
+                       format="multipart")
+
+
+def media_files() -> list[Path]:
+    from django.conf import settings
+
+    root = Path(settings.MEDIA_ROOT)
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.1,
+             what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- people
+
+
+@pytest.fixture()
+def radiologist(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user("dr.house", password="pw-radiologist")
+
+
+@pytest.fixture()
+def api(radiologist: Any) -> Any:
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_login(radiologist)
+    return client
+
+
+def session_cookie_header(client: Any) -> tuple[bytes, bytes]:
+    return b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+WS_ORIGIN = (b"origin", b"http://testserver")
+
+
+# --------------------------------------------------------------------------- model registry
+
+
+@pytest.fixture(scope="session")
+def tiny_registry() -> Iterator[Path]:
+    """registry.json with a tiny real Keras model for pneumonia and a missing artifact for
+    cardiomegaly (so that condition runs the flagged placeholder)."""
+    folder = Path(tempfile.mkdtemp(prefix="radtriage-registry-"))
+    code = f"""
+import keras
+from core.registry import Registry, sha256_file
+from pathlib import Path
+folder = Path({str(folder)!r})
+keras.utils.set_random_seed(0)
+inp = keras.Input(({TINY_SIZE}, {TINY_SIZE}, 3), name="image")
+x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_a")(inp)
+x = keras.layers.MaxPooling2D(2)(x)
+x = keras.layers.Conv2D(8, 3, padding="same", name="conv_last")(x)
+x = keras.layers.Activation("relu", name="out_relu")(x)
+x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+out = keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
+(folder / "models").mkdir()
+artifact = folder / "models" / "tiny.keras"
+keras.Model(inp, out).save(artifact)
+doc = {{"schema_version": 1, "active_models": {{}}, "models": []}}
+reg = Registry.from_document(doc, path=folder / "registry.json")
+base = {{"architecture": "mobilenetv2", "input_size": [{TINY_SIZE}, {TINY_SIZE}],
+         "class_labels": ["normal", "abnormal"], "threshold": 0.5, "status": "validated"}}
+reg.register({{**base, "id": "pneumonia-tiny-test", "condition": "pneumonia",
+               "artifact": "models/tiny.keras", "sha256": sha256_file(artifact)}}, activate=True)
+reg.register({{**base, "id": "cardiomegaly-missing", "condition": "cardiomegaly",
+               "artifact": "models/missing.keras"}}, activate=True)
+reg.save()
+"""
+    # A subprocess keeps TensorFlow out of the test process (the web side must never need it).
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=300,
+                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    path = folder / "registry.json"
+    assert json.loads(path.read_text())["active_models"]["pneumonia"] == "pneumonia-tiny-test"
+    yield path
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def db_url_for_services() -> str:
+    from django.db import connection
+
+    s = connection.settings_dict
+    user = s.get("USER") or "postgres"
+    auth = f"{user}:{s['PASSWORD']}" if s.get("PASSWORD") else user
+    return f"postgres://{auth}@{s.get('HOST') or '127.0.0.1'}:{s.get('PORT') or 5432}/{s['NAME']}"
+
+
+class Service:
+    """A subprocess in its own process group, logging to a file we can read."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name, self.argv, self.env = name, argv, env
+        self.log_path = log_dir / f"{name}-{int(time.time() * 1000)}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, ready_text: str | None = None, timeout: float = 60) -> Service:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(self.argv, cwd=REPO, env=self.env, stdout=handle,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        if ready_text:
+            wait_for(lambda: ready_text in self.log() or self.proc.poll() is not None,
+                     timeout=timeout, what=f"{self.name} to start")
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited at start:\n{self.log()[-4000:]}")
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def children(self) -> list[int]:
+        assert self.proc is not None
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no cleanup, no ack, like a power cut."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def service_env(**overrides: str) -> dict[str, str]:
+    from django.conf import settings
+
+    env = {**os.environ, "DATABASE_URL": db_url_for_services(), "MEDIA_ROOT": str(
+        settings.MEDIA_ROOT), "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
+        "DB_CONN_MAX_AGE": "0"}
+    env.update(overrides)
+    return env
+
+
+def celery_worker(name: str, env: dict[str, str], log_dir: Path) -> Service:
+    argv = [sys.executable, "-m", "celery", "-A", "worker", "worker",
+            "-Q", "interactive,batch,maintenance", "--concurrency", "1", "--pool", "prefork",
+            "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "--loglevel", "INFO"]
+    return Service(name, argv, env, log_dir)
+
+
+def celery_beat(env: dict[str, str], log_dir: Path) -> Service:
+    argv = [sys.executable, "-m", "celery", "-A", "worker", "beat", "--loglevel", "INFO",
+            "--schedule", str(log_dir / f"beat-schedule-{time.time_ns()}")]
+    return Service("beat", argv, env, log_dir)
+
+
+def redis_server(port: int, log_dir: Path) -> Service:
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no"]
+    return Service(f"redis-{port}", argv, dict(os.environ), log_dir)
+
+
+@pytest.fixture(scope="session")
+def service_logs() -> Iterator[Path]:
+    folder = Path(tempfile.mkdtemp(prefix="radtriage-services-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def live_worker(django_db_setup: Any, django_db_blocker: Any, tiny_registry: Path,
+                service_logs: Path) -> Iterator[Service]:
+    """One real Celery worker for the session, on the test database, the session's Redis
+    namespace and the tiny registry."""
+    with django_db_blocker.unblock():
+        env = service_env(RADTRIAGE_REGISTRY=str(tiny_registry))
+    worker = celery_worker("live", env, service_logs).start(ready_text="ready.", timeout=90)
+    yield worker
+    worker.stop()
+    if os.environ.get("RADTRIAGE_SHOW_WORKER_LOG"):
+        print(worker.log())

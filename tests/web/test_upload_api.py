@@ -1,0 +1,156 @@
+"""Uploads through the REST API, against PostgreSQL and the Redis broker (no worker needed)."""
+
+from __future__ import annotations
+
+import redis
+from django.conf import settings
+
+from tests.web.fixtures import dicom_bytes, media_files, png_bytes, upload
+from web.clinical.models import Analysis, AuditEvent, Image, Patient, Study
+
+
+def queued_messages(queue: str) -> int:
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    return int(client.llen(f"{settings.RADTRIAGE_NAMESPACE}.{queue}"))
+
+
+def test_a_dicom_upload_files_patient_and_study_from_its_header_and_enqueues_jobs(
+        api, transactional_db) -> None:
+    before = queued_messages("interactive")
+    response = upload(api, dicom_bytes(patient_id="MRN-42", patient_name="Doe^Jane",
+                                       accession="ACC-42"))
+
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["created"] is True
+    patient = Patient.objects.get(patient_id="MRN-42")
+    assert patient.display_name == "Jane Doe" and patient.sex == "F"
+    study = Study.objects.get(accession_number="ACC-42")
+    assert study.patient == patient and study.body_part == "CHEST"
+    assert study.status == Study.Status.ANALYSING
+    image = Image.objects.get()
+    assert image.format == "dicom" and image.dicom_header["PatientID"] == "MRN-42"
+    assert image.size_bytes == len(image.file.read()) and len(image.sha256) == 64
+    assert image.thumbnail.name
+    # "all that apply to this body part": both chest conditions, queued for the worker.
+    conditions = sorted(a["condition"] for a in body["image"]["analyses"])
+    assert conditions == ["cardiomegaly", "pneumonia"]
+    assert set(Analysis.objects.values_list("state", flat=True)) == {"queued"}
+    assert queued_messages("interactive") == before + 2
+    assert AuditEvent.objects.filter(action="image.upload", patient=patient,
+                                     actor_label="dr.house").exists()
+
+
+def test_the_same_dicom_uploaded_twice_is_recognised_not_duplicated(api, db) -> None:
+    data = dicom_bytes(patient_id="MRN-7")
+    first = upload(api, data)
+    again = upload(api, data)
+
+    assert first.status_code == 201 and again.status_code == 200
+    assert again.json()["created"] is False
+    assert again.json()["image"]["id"] == first.json()["image"]["id"]
+    assert Image.objects.count() == 1 and Analysis.objects.count() == 2
+
+
+def test_a_re_exported_dicom_with_the_same_sop_instance_uid_is_not_duplicated(api, db) -> None:
+    upload(api, dicom_bytes(sop_uid="1.2.826.0.1.3680043.8.498.1", seed=1))
+    again = upload(api, dicom_bytes(sop_uid="1.2.826.0.1.3680043.8.498.1", seed=2))
+
+    assert again.status_code == 200 and again.json()["created"] is False
+    assert Image.objects.count() == 1
+
+
+def test_a_second_image_of_the_same_study_joins_the_existing_patient_and_study(api, db) -> None:
+    upload(api, dicom_bytes(patient_id="MRN-9", study_uid="1.2.3.4.9", seed=1))
+    upload(api, dicom_bytes(patient_id="MRN-9", study_uid="1.2.3.4.9", seed=2))
+
+    assert Patient.objects.count() == 1 and Study.objects.count() == 1
+    assert Image.objects.count() == 2
+
+
+def test_a_png_upload_takes_patient_and_study_from_the_form(api, db) -> None:
+    response = upload(api, png_bytes(), "knee.png", patient_id="MRN-PNG", patient_name="Roe^Rick",
+                      body_part="knee", priority="urgent", accession_number="A-PNG",
+                      queue="batch")
+
+    assert response.status_code == 201, response.content
+    study = Study.objects.get(accession_number="A-PNG")
+    assert study.patient.patient_id == "MRN-PNG" and study.body_part == "KNEE"
+    assert study.priority == Study.Priority.URGENT
+    assert sorted(Analysis.objects.values_list("condition", flat=True)) == [
+        "fracture", "knee_osteoarthritis", "knee_osteoporosis"]
+    assert set(Analysis.objects.values_list("queue", flat=True)) == {"batch"}
+
+
+def test_the_uploader_can_choose_which_conditions_run(api, db) -> None:
+    response = upload(api, dicom_bytes(), conditions="pneumonia")
+
+    assert response.status_code == 201
+    assert list(Analysis.objects.values_list("condition", flat=True)) == ["pneumonia"]
+
+
+def test_a_png_without_a_patient_id_is_refused_and_leaves_nothing_behind(api, db) -> None:
+    response = upload(api, png_bytes(), "chest.png", body_part="chest")
+
+    assert response.status_code == 400
+    assert "patient ID" in response.json()["error"]
+    assert not Patient.objects.exists() and not Image.objects.exists()
+    assert media_files() == []
+
+
+def test_a_truncated_dicom_is_refused_with_the_decoder_message(api, db) -> None:
+    data = dicom_bytes()
+    response = upload(api, data[: len(data) // 2])
+
+    assert response.status_code == 400
+    assert "truncated or corrupt" in response.json()["error"]
+    assert not Study.objects.exists() and media_files() == []
+
+
+def test_a_file_that_is_not_an_image_is_refused(api, db) -> None:
+    response = upload(api, b"%PDF-1.7 definitely not an x-ray", "report.pdf", patient_id="X")
+
+    assert response.status_code == 400
+    assert "DICOM (.dcm), PNG or JPEG" in response.json()["error"]
+
+
+def test_a_ct_slice_is_refused_as_not_a_radiograph(api, db) -> None:
+    response = upload(api, dicom_bytes(modality="CT"))
+
+    assert response.status_code == 400
+    assert "not an X-ray radiograph" in response.json()["error"]
+
+
+def test_an_unknown_condition_is_refused(api, db) -> None:
+    response = upload(api, dicom_bytes(), conditions="pneumonia,gout")
+
+    assert response.status_code == 400
+    assert "gout" in response.json()["error"]
+    assert not Image.objects.exists()
+
+
+def test_a_chest_condition_on_a_knee_dicom_is_refused(api, db) -> None:
+    response = upload(api, dicom_bytes(body_part="KNEE"), conditions="pneumonia")
+
+    assert response.status_code == 400
+    assert "KNEE" in response.json()["error"]
+    assert not Image.objects.exists() and media_files() == []
+
+
+def test_a_study_uid_that_belongs_to_another_patient_is_a_conflict(api, db) -> None:
+    upload(api, dicom_bytes(patient_id="MRN-A", study_uid="1.2.3.77", seed=1))
+    response = upload(api, dicom_bytes(patient_id="MRN-B", study_uid="1.2.3.77", seed=2))
+
+    assert response.status_code == 409
+    assert "belongs to another patient" in response.json()["error"]
+    assert Image.objects.count() == 1 and not Patient.objects.filter(
+        patient_id="MRN-B").exists()
+    assert len([p for p in media_files() if p.suffix == ".dcm"]) == 1
+
+
+def test_a_body_part_with_no_model_is_stored_without_analysis_and_says_so(api, db) -> None:
+    response = upload(api, dicom_bytes(body_part="SKULL"))
+
+    assert response.status_code == 201
+    assert "No RadTriage model applies" in response.json()["warnings"][0]
+    assert Image.objects.count() == 1 and not Analysis.objects.exists()

@@ -1,0 +1,34 @@
+"""Every API error is JSON: {"error": "<a sentence>", "detail": <DRF's detail>}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import JsonResponse
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+
+def _first_message(detail: Any) -> str:
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            message = _first_message(value)
+            if message:
+                return message if key in ("detail", "non_field_errors") else f"{key}: {message}"
+        return ""
+    if isinstance(detail, list):
+        return _first_message(detail[0]) if detail else ""
+    return str(detail)
+
+
+def json_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    response = exception_handler(exc, context)
+    if response is None:
+        return None  # a real bug: let Django log it and answer 500
+    detail = response.data
+    response.data = {"error": _first_message(detail) or "Request failed.", "detail": detail}
+    return response
+
+
+def api_not_found(request: Any, exception: Exception | None = None) -> JsonResponse:
+    return JsonResponse({"error": f"No API endpoint at {request.path}."}, status=404)

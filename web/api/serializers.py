@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from core.conditions import CONDITIONS
+from web.clinical.models import Analysis, Annotation, Image, Patient, Study
+
+PRIORITIES = {"stat": Study.Priority.STAT, "urgent": Study.Priority.URGENT,
+              "routine": Study.Priority.ROUTINE}
+
+
+class PatientSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Patient
+        fields = ["id", "patient_id", "name", "display_name", "birth_date", "sex"]
+
+
+class AnalysisSerializer(serializers.ModelSerializer):
+    is_finding = serializers.BooleanField(read_only=True)
+    heatmap_url = serializers.SerializerMethodField()
+    heatmap_raw_url = serializers.SerializerMethodField()
+    study_id = serializers.IntegerField(source="image.study_id", read_only=True)
+    display_warning = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Analysis
+        fields = [
+            "id", "image", "study_id", "condition", "state", "queue", "probability", "threshold",
+            "positive", "is_finding", "model_id", "model_sha256", "architecture",
+            "is_placeholder", "placeholder_reason", "experimental", "experimental_reason",
+            "display_warning", "gradcam_method", "gradcam_layer", "notes", "heatmap_url",
+            "heatmap_raw_url", "error_message", "attempts", "requeues", "enqueued_at",
+            "started_at", "finished_at",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_heatmap_url(self, obj: Analysis) -> str | None:
+        return reverse("api:analysis-heatmap", args=[obj.pk]) if obj.heatmap else None
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_heatmap_raw_url(self, obj: Analysis) -> str | None:
+        if not obj.heatmap_raw:
+            return None
+        return reverse("api:analysis-heatmap", args=[obj.pk]) + "?kind=raw"
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_display_warning(self, obj: Analysis) -> str | None:
+        if obj.is_placeholder:
+            return ("Placeholder model: no diagnostic value. "
+                    + (obj.placeholder_reason or "No trained model is available."))
+        if obj.experimental:
+            return obj.experimental_reason or "Experimental model: not validated for clinical use."
+        return None
+
+
+class ImageSerializer(serializers.ModelSerializer):
+    analyses = AnalysisSerializer(many=True, read_only=True)
+    thumbnail_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Image
+        fields = ["id", "study", "sop_instance_uid", "series_instance_uid", "format",
+                  "original_filename", "size_bytes", "sha256", "width", "height",
+                  "view_position", "dicom_header", "decode_notes", "thumbnail_url",
+                  "created_at", "analyses"]
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_thumbnail_url(self, obj: Image) -> str | None:
+        return reverse("api:image-thumbnail", args=[obj.pk]) if obj.thumbnail else None
+
+
+class StudyListSerializer(serializers.ModelSerializer):
+    patient = PatientSerializer(read_only=True)
+    priority = serializers.CharField(source="get_priority_display", read_only=True)
+    ai_flagged = serializers.BooleanField(read_only=True)
+    image_count = serializers.IntegerField(read_only=True)
+    pending_count = serializers.IntegerField(read_only=True)
+    failed_count = serializers.IntegerField(read_only=True)
+    assigned_radiologist = serializers.CharField(source="assigned_radiologist.username",
+                                                 default=None, read_only=True)
+
+    class Meta:
+        model = Study
+        fields = ["id", "study_instance_uid", "accession_number", "study_date", "modality",
+                  "body_part", "description", "priority", "status", "assigned_radiologist",
+                  "patient", "ai_flagged", "image_count", "pending_count", "failed_count",
+                  "created_at"]
+        read_only_fields = fields
+
+
+class StudyDetailSerializer(StudyListSerializer):
+    images = ImageSerializer(many=True, read_only=True)
+
+    class Meta(StudyListSerializer.Meta):
+        fields = [f for f in StudyListSerializer.Meta.fields
+                  if f not in ("image_count", "pending_count", "failed_count")] + ["images"]
+        read_only_fields = fields
+
+
+class UploadSerializer(serializers.Serializer):
+    """Multipart upload of one X-ray. DICOM header values win over the form's."""
+
+    file = serializers.FileField()
+    conditions = serializers.CharField(
+        required=False, default="all",
+        help_text="Comma-separated condition codes, or 'all' for every condition that applies "
+                  f"to the body part. Known: {', '.join(CONDITIONS)}.",
+    )
+    priority = serializers.ChoiceField(choices=list(PRIORITIES), required=False,
+                                       default="routine")
+    queue = serializers.ChoiceField(choices=["interactive", "batch"], required=False,
+                                    default="interactive")
+    patient_id = serializers.CharField(required=False, allow_blank=True, max_length=64)
+    patient_name = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    birth_date = serializers.DateField(required=False, allow_null=True)
+    sex = serializers.ChoiceField(choices=["M", "F", "O", ""], required=False, allow_blank=True)
+    study_instance_uid = serializers.CharField(required=False, allow_blank=True, max_length=64)
+    accession_number = serializers.CharField(required=False, allow_blank=True, max_length=64)
+    study_date = serializers.DateField(required=False, allow_null=True)
+    modality = serializers.CharField(required=False, allow_blank=True, max_length=16)
+    body_part = serializers.CharField(required=False, allow_blank=True, max_length=64)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=200)
+
+    def validate_conditions(self, value: str) -> list[str] | None:
+        value = (value or "").strip()
+        if value.lower() in ("", "all"):
+            return None
+        codes = [c.strip() for c in value.split(",") if c.strip()]
+        unknown = [c for c in codes if c not in CONDITIONS]
+        if unknown:
+            raise serializers.ValidationError(
+                f"Unknown condition(s) {', '.join(unknown)}; known: {', '.join(CONDITIONS)}.")
+        return codes
+
+    def validate_queue(self, value: str) -> str:
+        return {"interactive": settings.QUEUE_INTERACTIVE, "batch": settings.QUEUE_BATCH}[value]
+
+
+class UploadResultSerializer(serializers.Serializer):
+    created = serializers.BooleanField()
+    warnings = serializers.ListField(child=serializers.CharField())
+    study = StudyListSerializer()
+    image = ImageSerializer()
+
+
+class AnnotationSerializer(serializers.ModelSerializer):
+    author = serializers.CharField(source="author.username", read_only=True)
+
+    class Meta:
+        model = Annotation
+        fields = ["id", "image", "author", "shapes", "note", "analysis", "verdict", "created_at"]
+        read_only_fields = ["id", "author", "created_at"]
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        analysis = attrs.get("analysis")
+        if attrs.get("verdict") and analysis is None:
+            raise serializers.ValidationError("A verdict needs the analysis it is about.")
+        if analysis is not None and analysis.image_id != attrs["image"].pk:
+            raise serializers.ValidationError("The analysis belongs to another image.")
+        if not isinstance(attrs.get("shapes", []), list):
+            raise serializers.ValidationError({"shapes": "Shapes must be a JSON list."})
+        return attrs

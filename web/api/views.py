@@ -1,0 +1,186 @@
+"""REST API views: parse, call one service or selector, serialise."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.http import FileResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics, serializers, status
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from web.api.serializers import (
+    PRIORITIES,
+    AnalysisSerializer,
+    AnnotationSerializer,
+    StudyDetailSerializer,
+    StudyListSerializer,
+    UploadResultSerializer,
+    UploadSerializer,
+)
+from web.clinical import selectors
+from web.clinical.models import Analysis, Image, Study
+from web.clinical.services import (
+    UploadFields,
+    UploadRejected,
+    analysis_enqueue,
+    audit_record,
+    image_upload,
+)
+
+
+def client_ip(request: Any) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None
+
+
+class UploadView(APIView):
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(request=UploadSerializer, responses={201: UploadResultSerializer,
+                                                        200: UploadResultSerializer},
+                   summary="Upload one X-ray (DICOM, PNG or JPEG) and enqueue its analyses")
+    def post(self, request: Request) -> Response:
+        form = UploadSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        upload = data["file"]
+        content = upload.read()
+        fields = UploadFields(
+            patient_id=data.get("patient_id", ""), patient_name=data.get("patient_name", ""),
+            birth_date=data.get("birth_date"), sex=data.get("sex", ""),
+            study_instance_uid=data.get("study_instance_uid", ""),
+            accession_number=data.get("accession_number", ""), study_date=data.get("study_date"),
+            modality=data.get("modality", ""), body_part=data.get("body_part", ""),
+            description=data.get("description", ""), priority=PRIORITIES[data["priority"]],
+        )
+        try:
+            result = image_upload(data=content, filename=upload.name or "", fields=fields,
+                                  conditions=data["conditions"], queue=data["queue"],
+                                  uploaded_by=request.user, ip_address=client_ip(request))
+        except UploadRejected as exc:
+            return Response({"error": str(exc)}, status=exc.status_code)
+        study = selectors.study_worklist().get(pk=result.image.study_id)
+        image = Image.objects.prefetch_related("analyses").get(pk=result.image.pk)
+        body = UploadResultSerializer({"created": result.created, "warnings": result.warnings,
+                                       "study": study, "image": image}).data
+        return Response(body, status=status.HTTP_201_CREATED if result.created
+                        else status.HTTP_200_OK)
+
+
+@extend_schema(parameters=[OpenApiParameter("status", str, enum=list(Study.Status.values))])
+class StudyListView(generics.ListAPIView):
+    serializer_class = StudyListSerializer
+
+    def get_queryset(self):
+        return selectors.study_worklist(status=self.request.query_params.get("status") or None)
+
+
+class StudyDetailView(generics.RetrieveAPIView):
+    serializer_class = StudyDetailSerializer
+
+    def get_object(self) -> Study:
+        try:
+            study = selectors.study_detail(study_id=self.kwargs["pk"])
+        except Study.DoesNotExist:
+            raise NotFound(f"No study with id {self.kwargs['pk']}.") from None
+        audit_record(actor=self.request.user, action="study.view", patient=study.patient,
+                     study=study, obj=study, ip_address=client_ip(self.request))
+        return study
+
+
+class AnalysisDetailView(generics.RetrieveAPIView):
+    serializer_class = AnalysisSerializer
+
+    def get_object(self) -> Analysis:
+        try:
+            return selectors.analysis_get(analysis_id=self.kwargs["pk"])
+        except Analysis.DoesNotExist:
+            raise NotFound(f"No analysis with id {self.kwargs['pk']}.") from None
+
+
+class AnalysisHeatmapView(APIView):
+    @extend_schema(
+        parameters=[OpenApiParameter("kind", str, enum=["overlay", "raw"],
+                                     description="overlay (default): colour Grad-CAM over the "
+                                                 "X-ray; raw: 8-bit grayscale heat map")],
+        responses={(200, "image/png"): bytes},
+        summary="Download the Grad-CAM heat map of a finished analysis",
+    )
+    def get(self, request: Request, pk: int) -> FileResponse:
+        try:
+            analysis = selectors.analysis_get(analysis_id=pk)
+        except Analysis.DoesNotExist:
+            raise NotFound(f"No analysis with id {pk}.") from None
+        kind = request.query_params.get("kind", "overlay")
+        if kind not in ("overlay", "raw"):
+            raise ValidationError({"kind": "Use kind=overlay or kind=raw."})
+        field = analysis.heatmap if kind == "overlay" else analysis.heatmap_raw
+        if not field:
+            raise NotFound(f"Analysis {pk} has no heat map yet (state: {analysis.state}).")
+        audit_record(actor=request.user, action="heatmap.download",
+                     patient=analysis.image.study.patient, study=analysis.image.study,
+                     obj=analysis, ip_address=client_ip(request), detail={"kind": kind})
+        return FileResponse(field.open("rb"), content_type="image/png",
+                            filename=f"analysis-{pk}-{kind}.png")
+
+
+class ImageThumbnailView(APIView):
+    @extend_schema(responses={(200, "image/png"): bytes}, summary="A 256 px thumbnail")
+    def get(self, request: Request, pk: int) -> FileResponse:
+        image = Image.objects.filter(pk=pk).first()
+        if image is None or not image.thumbnail:
+            raise NotFound(f"No thumbnail for image {pk}.")
+        return FileResponse(image.thumbnail.open("rb"), content_type="image/png")
+
+
+class AnalysisRequestSerializer(serializers.Serializer):
+    conditions = serializers.ListField(child=serializers.CharField(), allow_empty=False)
+    queue = serializers.ChoiceField(choices=["interactive", "batch"], default="interactive")
+    model_id = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class ImageAnalysesView(APIView):
+    @extend_schema(request=AnalysisRequestSerializer, responses={201: AnalysisSerializer(many=True)},
+                   summary="Run (again) chosen conditions on a stored image")
+    def post(self, request: Request, pk: int) -> Response:
+        image = Image.objects.select_related("study__patient").filter(pk=pk).first()
+        if image is None:
+            raise NotFound(f"No image with id {pk}.")
+        form = AnalysisRequestSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        queue = {"interactive": settings.QUEUE_INTERACTIVE,
+                 "batch": settings.QUEUE_BATCH}[form.validated_data["queue"]]
+        from core.conditions import CONDITIONS
+
+        unknown = [c for c in form.validated_data["conditions"] if c not in CONDITIONS]
+        if unknown:
+            raise ValidationError({"conditions": f"Unknown condition(s) {', '.join(unknown)}."})
+        with transaction.atomic():
+            analyses = [analysis_enqueue(image=image, condition=code, queue=queue,
+                                         created_by=request.user,
+                                         model_id=form.validated_data["model_id"])
+                        for code in form.validated_data["conditions"]]
+            audit_record(actor=request.user, action="analysis.request",
+                         patient=image.study.patient, study=image.study, obj=image,
+                         ip_address=client_ip(request),
+                         detail={"conditions": form.validated_data["conditions"]})
+        return Response(AnalysisSerializer(analyses, many=True).data,
+                        status=status.HTTP_201_CREATED)
+
+
+class AnnotationCreateView(generics.CreateAPIView):
+    serializer_class = AnnotationSerializer
+
+    def perform_create(self, serializer: AnnotationSerializer) -> None:
+        with transaction.atomic():
+            annotation = serializer.save(author=self.request.user)
+            study = annotation.image.study
+            audit_record(actor=self.request.user, action="annotation.create",
+                         patient=study.patient, study=study, obj=annotation,
+                         ip_address=client_ip(self.request))

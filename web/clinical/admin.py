@@ -1,0 +1,55 @@
+from django.contrib import admin
+
+from web.clinical.models import Analysis, Annotation, AuditEvent, Image, Patient, Study
+
+
+@admin.register(Patient)
+class PatientAdmin(admin.ModelAdmin):
+    list_display = ["patient_id", "name", "birth_date", "sex"]
+    search_fields = ["patient_id", "name"]
+
+
+@admin.register(Study)
+class StudyAdmin(admin.ModelAdmin):
+    list_display = ["study_instance_uid", "patient", "accession_number", "body_part", "priority",
+                    "status", "assigned_radiologist"]
+    list_filter = ["status", "priority", "modality"]
+    search_fields = ["study_instance_uid", "accession_number", "patient__patient_id"]
+    raw_id_fields = ["patient"]
+
+
+@admin.register(Image)
+class ImageAdmin(admin.ModelAdmin):
+    list_display = ["sop_instance_uid", "study", "format", "width", "height", "created_at"]
+    search_fields = ["sop_instance_uid", "sha256"]
+    raw_id_fields = ["study"]
+
+
+@admin.register(Analysis)
+class AnalysisAdmin(admin.ModelAdmin):
+    list_display = ["id", "condition", "state", "probability", "model_id", "is_placeholder",
+                    "attempts", "finished_at"]
+    list_filter = ["state", "condition", "is_placeholder", "experimental"]
+    raw_id_fields = ["image"]
+
+
+@admin.register(Annotation)
+class AnnotationAdmin(admin.ModelAdmin):
+    list_display = ["id", "image", "author", "verdict", "created_at"]
+    raw_id_fields = ["image", "analysis"]
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    list_display = ["at", "actor_label", "action", "patient", "object_type", "object_id"]
+    list_filter = ["action"]
+    search_fields = ["actor_label", "patient__patient_id"]
+
+    def has_add_permission(self, request):  # append-only
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

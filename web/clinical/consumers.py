@@ -1,0 +1,53 @@
+"""Websocket consumers: authenticate, join a group, forward analysis events as JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from web.clinical.events import WORKLIST_GROUP, study_group
+from web.clinical.models import Study
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_NOT_FOUND = 4404
+
+
+class LiveConsumer(AsyncJsonWebsocketConsumer):
+    """/ws/worklist/ and /ws/studies/<id>/. Anonymous connections are refused at handshake."""
+
+    async def connect(self) -> None:
+        self.joined: list[str] = []
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated or not user.is_active:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        study_id = self.scope["url_route"]["kwargs"].get("study_id")
+        if study_id is None:
+            group = WORKLIST_GROUP
+        else:
+            if not await _study_exists(study_id):
+                await self.close(code=CLOSE_NOT_FOUND)
+                return
+            group = study_group(study_id)
+        await self.channel_layer.group_add(group, self.channel_name)
+        self.joined.append(group)
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        for group in self.joined:
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        if isinstance(content, dict) and content.get("type") == "ping":
+            await self.send_json({"type": "pong"})
+
+    async def analysis_event(self, message: dict[str, Any]) -> None:
+        await self.send_json({"type": "analysis", "event": message["event"],
+                              "analysis": message["analysis"]})
+
+
+@database_sync_to_async
+def _study_exists(study_id: int) -> bool:
+    return Study.objects.filter(pk=study_id).exists()

@@ -1,0 +1,221 @@
+"""The clinical domain. Logic lives in services.py / selectors.py; these are the tables."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Patient(models.Model):
+    class Sex(models.TextChoices):
+        MALE = "M", "Male"
+        FEMALE = "F", "Female"
+        OTHER = "O", "Other"
+        UNKNOWN = "", "Unknown"
+
+    patient_id = models.CharField("Patient ID (MRN)", max_length=64, unique=True)
+    name = models.CharField(max_length=200, blank=True)
+    birth_date = models.DateField(null=True, blank=True)
+    sex = models.CharField(max_length=1, choices=Sex.choices, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["patient_id"]
+
+    def __str__(self) -> str:
+        return f"{self.display_name} ({self.patient_id})"
+
+    @property
+    def display_name(self) -> str:
+        # DICOM person names are 'Family^Given^Middle'.
+        parts = [p for p in self.name.split("^") if p]
+        if len(parts) >= 2:
+            return f"{parts[1]} {parts[0]}".strip()
+        return self.name or "(no name)"
+
+
+class Study(models.Model):
+    class Priority(models.IntegerChoices):
+        STAT = 1, "STAT"
+        URGENT = 2, "Urgent"
+        ROUTINE = 3, "Routine"
+
+    class Status(models.TextChoices):
+        RECEIVED = "received", "Received"
+        ANALYSING = "analysing", "AI analysing"
+        AI_COMPLETE = "ai_complete", "AI complete"
+        IN_REVIEW = "in_review", "In review"
+        REPORTED = "reported", "Reported"
+
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="studies")
+    study_instance_uid = models.CharField("StudyInstanceUID", max_length=64, unique=True)
+    accession_number = models.CharField(max_length=64, blank=True, db_index=True)
+    study_date = models.DateField(null=True, blank=True)
+    modality = models.CharField(max_length=16, blank=True)
+    body_part = models.CharField("Body part (DICOM BodyPartExamined)", max_length=64, blank=True)
+    description = models.CharField(max_length=200, blank=True)
+    priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.ROUTINE)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RECEIVED)
+    assigned_radiologist = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="assigned_studies",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["priority", "-created_at"]
+        verbose_name_plural = "studies"
+        indexes = [models.Index(fields=["priority", "-created_at"], name="study_worklist_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.accession_number or self.study_instance_uid} ({self.patient.patient_id})"
+
+
+def image_upload_to(instance: Image, filename: str) -> str:
+    return f"images/{instance.study.study_instance_uid}/{filename}"
+
+
+class Image(models.Model):
+    class Format(models.TextChoices):
+        DICOM = "dicom", "DICOM"
+        PNG = "png", "PNG"
+        JPEG = "jpeg", "JPEG"
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="images")
+    sop_instance_uid = models.CharField("SOPInstanceUID", max_length=64, unique=True)
+    series_instance_uid = models.CharField(max_length=64, blank=True)
+    file = models.FileField(upload_to=image_upload_to, max_length=255)
+    original_filename = models.CharField(max_length=255, blank=True)
+    format = models.CharField(max_length=8, choices=Format.choices)
+    dicom_header = models.JSONField("DICOM header summary", default=dict, blank=True)
+    decode_notes = models.JSONField(default=list, blank=True)
+    thumbnail = models.FileField(upload_to="thumbnails/", max_length=255, blank=True)
+    size_bytes = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64, unique=True)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    view_position = models.CharField(max_length=16, blank=True)
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="uploaded_images",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.format} {self.sop_instance_uid}"
+
+
+class Analysis(models.Model):
+    """One condition run on one image. The row is the job's state and its result."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="analyses")
+    condition = models.CharField(max_length=32)
+    requested_model_id = models.CharField(max_length=128, blank=True,
+                                          help_text="Blank: the registry's active model.")
+    model_id = models.CharField("model id used", max_length=128, blank=True)
+    model_sha256 = models.CharField("model artifact sha256 used", max_length=64, blank=True)
+    architecture = models.CharField(max_length=32, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED,
+                             db_index=True)
+    queue = models.CharField(max_length=32, default="interactive")
+    probability = models.FloatField(null=True, blank=True)
+    threshold = models.FloatField(null=True, blank=True)
+    positive = models.BooleanField("label at the model's threshold", null=True, blank=True)
+    is_placeholder = models.BooleanField(default=False)
+    placeholder_reason = models.TextField(blank=True)
+    experimental = models.BooleanField(default=False)
+    experimental_reason = models.TextField(blank=True)
+    gradcam_method = models.CharField(max_length=32, blank=True)
+    gradcam_layer = models.CharField(max_length=128, blank=True)
+    notes = models.JSONField(default=list, blank=True)
+    heatmap = models.FileField("Grad-CAM overlay PNG", upload_to="heatmaps/", max_length=255,
+                               blank=True)
+    heatmap_raw = models.FileField("raw Grad-CAM heat map (8-bit grayscale PNG)",
+                                   upload_to="heatmaps/", max_length=255, blank=True)
+    error_message = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    requeues = models.PositiveIntegerField(default=0)
+    worker = models.CharField(max_length=200, blank=True, help_text="host:pid of the last run")
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        verbose_name_plural = "analyses"
+        indexes = [models.Index(fields=["state", "enqueued_at"], name="analysis_sweep_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.condition} on image {self.image_id}: {self.state}"
+
+    @property
+    def is_finding(self) -> bool:
+        """A positive label a radiologist may treat as an AI flag (never a placeholder's)."""
+        return bool(self.state == self.State.SUCCEEDED and self.positive
+                    and not self.is_placeholder)
+
+
+class Annotation(models.Model):
+    class Verdict(models.TextChoices):
+        AGREE = "agree", "Agree"
+        DISAGREE = "disagree", "Disagree"
+        UNCERTAIN = "uncertain", "Uncertain"
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="annotations")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
+                               related_name="annotations")
+    shapes = models.JSONField(default=list, blank=True)
+    note = models.TextField(blank=True)
+    analysis = models.ForeignKey(Analysis, null=True, blank=True, on_delete=models.SET_NULL,
+                                 related_name="annotations")
+    verdict = models.CharField(max_length=16, choices=Verdict.choices, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(verdict="") | Q(analysis__isnull=False),
+                name="annotation_verdict_needs_analysis",
+            )
+        ]
+
+
+class AuditEvent(models.Model):
+    """Who did what to which patient's data. Append-only; never edited from the app."""
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                              on_delete=models.SET_NULL, related_name="+")
+    actor_label = models.CharField(max_length=150, help_text="username, or 'system' for jobs")
+    action = models.CharField(max_length=64)
+    patient = models.ForeignKey(Patient, null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="+")
+    study = models.ForeignKey(Study, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="+")
+    object_type = models.CharField(max_length=32, blank=True)
+    object_id = models.CharField(max_length=64, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action}"

@@ -1,0 +1,55 @@
+"""Selectors: read-only queries the views, API and consumers share."""
+
+from __future__ import annotations
+
+from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet
+
+from web.clinical.models import Analysis, Image, Study
+
+
+def _flagged_subquery() -> Exists:
+    return Exists(Analysis.objects.filter(
+        image__study=OuterRef("pk"), state=Analysis.State.SUCCEEDED, positive=True,
+        is_placeholder=False,
+    ))
+
+
+def study_worklist(*, status: str | None = None) -> QuerySet[Study]:
+    """Studies for the worklist: most urgent first, AI-flagged first within a priority.
+
+    `ai_flagged` counts only real findings: a placeholder model's positive is never a flag.
+    """
+    qs = (
+        Study.objects.select_related("patient", "assigned_radiologist")
+        .annotate(
+            ai_flagged=_flagged_subquery(),
+            image_count=Count("images", distinct=True),
+            pending_count=Count("images__analyses", distinct=True, filter=Q(
+                images__analyses__state__in=[Analysis.State.QUEUED, Analysis.State.RUNNING])),
+            failed_count=Count("images__analyses", distinct=True, filter=Q(
+                images__analyses__state=Analysis.State.FAILED)),
+        )
+        .order_by("priority", "-ai_flagged", "-created_at", "-id")
+    )
+    if status:
+        qs = qs.filter(status=status)
+    return qs
+
+
+def study_detail(*, study_id: int) -> Study:
+    """One study with its images and their analyses, newest analysis last. Raises DoesNotExist."""
+    return (
+        Study.objects.select_related("patient", "assigned_radiologist")
+        .annotate(ai_flagged=_flagged_subquery())
+        .prefetch_related(
+            Prefetch("images", queryset=Image.objects.order_by("created_at", "id").prefetch_related(
+                Prefetch("analyses", queryset=Analysis.objects.order_by("created_at", "id")),
+                "annotations",
+            ))
+        )
+        .get(pk=study_id)
+    )
+
+
+def analysis_get(*, analysis_id: int) -> Analysis:
+    return Analysis.objects.select_related("image__study__patient").get(pk=analysis_id)

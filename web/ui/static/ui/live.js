@@ -1,0 +1,38 @@
+// Websocket with reconnect. On reconnect the page re-reads the server (events may have been missed).
+"use strict";
+window.radtriageLive = function (path, onEvent, onReconnect) {
+  const status = document.getElementById("live-status");
+  let delay = 1000, everConnected = false;
+  function setStatus(state, text) {
+    if (status) { status.dataset.state = state; status.textContent = text; }
+  }
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const ws = new WebSocket(scheme + "://" + location.host + path);
+    ws.onopen = function () {
+      setStatus("live", "live");
+      if (everConnected && onReconnect) onReconnect();
+      everConnected = true; delay = 1000;
+    };
+    ws.onmessage = function (msg) {
+      const data = JSON.parse(msg.data);
+      if (data.type === "analysis") onEvent(data);
+    };
+    ws.onclose = function () {
+      setStatus("offline", "offline – reconnecting");
+      setTimeout(connect, delay); delay = Math.min(delay * 2, 30000);
+    };
+  }
+  connect();
+};
+window.radtriageEscape = function (value) {
+  return String(value == null ? "" : value).replace(/[&<>"']/g, function (c) {
+    return {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c];
+  });
+};
+window.radtriageCsrf = function () {
+  const m = document.cookie.match(/(?:^|; )csrftoken=([^;]+)/);
+  if (m) return decodeURIComponent(m[1]);
+  const input = document.querySelector("input[name=csrfmiddlewaretoken]");
+  return input ? input.value : "";
+};

@@ -1,0 +1,55 @@
+// Study page: redraw one analysis from the event payload; unknown analyses -> reload the page.
+"use strict";
+(function () {
+  const esc = window.radtriageEscape;
+  const studyId = window.RADTRIAGE_STUDY_ID;
+  const stateLabels = {queued: "Queued", running: "Running", succeeded: "Succeeded", failed: "Failed"};
+  const studyLabels = {received: "Received", analysing: "AI analysing", ai_complete: "AI complete",
+                       in_review: "In review", reported: "Reported"};
+  function fixed(x, n) { return x == null ? "" : Number(x).toFixed(n); }
+
+  function render(a) {
+    let html = '<div class="head"><strong>' + esc(a.condition) + '</strong> <span class="badge state-' +
+      esc(a.state) + '">' + esc(stateLabels[a.state] || a.state) + "</span></div>";
+    if (a.state === "succeeded") {
+      if (a.is_placeholder) {
+        // Never shown as a finding: no probability, no label.
+        html += '<p class="warning placeholder-warning" role="alert">PLACEHOLDER MODEL — NO DIAGNOSTIC VALUE. ' +
+          esc(a.placeholder_reason) + "</p>";
+      } else {
+        if (a.experimental) {
+          html += '<p class="warning experimental-warning" role="alert">EXPERIMENTAL MODEL — ' +
+            esc(a.experimental_reason || "not validated for clinical use.") + "</p>";
+        }
+        html += '<p class="result">Probability <b class="prob">' + fixed(a.probability, 3) + "</b> " +
+          (a.positive ? '<span class="badge flag">AI flag</span> (at or above threshold ' + fixed(a.threshold, 2) + ")"
+                      : "below threshold " + fixed(a.threshold, 2)) + "</p>";
+      }
+      if (a.heatmap_url) {
+        html += '<img class="heatmap" alt="Grad-CAM heat map over the X-ray" src="' + esc(a.heatmap_url) +
+          "?t=" + Date.now() + '">';
+      }
+    } else if (a.state === "failed") {
+      html += '<p class="error">' + esc(a.error_message) + "</p>";
+    }
+    html += '<p class="model">Model <code>' + esc(a.model_id || "(active model)") + "</code>" +
+      (a.model_sha256 ? ' · sha256 <code title="' + esc(a.model_sha256) + '">' + esc(a.model_sha256.slice(0, 12)) + "…</code>" : "") +
+      "</p>";
+    return html;
+  }
+
+  function onEvent(data) {
+    const a = data.analysis;
+    const el = document.querySelector('[data-analysis-id="' + a.id + '"]');
+    if (!el) { location.reload(); return; }
+    el.className = "analysis state-" + a.state + (a.is_placeholder ? " placeholder" : "") +
+      (a.is_finding ? " finding" : "");
+    el.innerHTML = render(a);
+    const status = document.getElementById("study-status");
+    if (status && a.study_status) {
+      status.className = "badge state-" + a.study_status;
+      status.textContent = studyLabels[a.study_status] || a.study_status;
+    }
+  }
+  window.radtriageLive("/ws/studies/" + studyId + "/", onEvent, function () { location.reload(); });
+})();

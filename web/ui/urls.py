@@ -1,0 +1,14 @@
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from web.ui import views
+
+app_name = "ui"
+
+urlpatterns = [
+    path("login/", auth_views.LoginView.as_view(template_name="ui/login.html",
+                                                redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("", views.worklist, name="worklist"),
+    path("studies/<int:study_id>/", views.study_page, name="study"),
+]

@@ -1,0 +1,28 @@
+"""The pages: short views over selectors; live updates come from static JS over websockets."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+
+from web.clinical import selectors
+from web.clinical.models import Study
+from web.clinical.services import audit_record
+
+
+@login_required
+def worklist(request: HttpRequest) -> HttpResponse:
+    studies = selectors.study_worklist()[:200]
+    return render(request, "ui/worklist.html", {"studies": studies})
+
+
+@login_required
+def study_page(request: HttpRequest, study_id: int) -> HttpResponse:
+    try:
+        study = selectors.study_detail(study_id=study_id)
+    except Study.DoesNotExist:
+        raise Http404("No such study.") from None
+    audit_record(actor=request.user, action="study.view", patient=study.patient, study=study,
+                 obj=study, ip_address=request.META.get("REMOTE_ADDR") or None)
+    return render(request, "ui/study.html", {"study": study})
