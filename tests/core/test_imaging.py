@@ -255,3 +255,23 @@ def test_truncated_png_and_jpeg_are_refused():
 def test_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(XRayDecodeError, match="No such file"):
         load_xray(tmp_path / "nope.dcm")
+
+
+def test_jpeg_baseline_and_jpeg2000_dicom_decode(tmp_path):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
+
+    original = gradient_image(64, 64)
+    plain = make_dicom(tmp_path / "plain.dcm", original)
+
+    baseline = dcmread(plain)
+    baseline.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    baseline.PixelData = encapsulate([png_bytes(Image.fromarray(original), format="JPEG", quality=95)])
+    baseline.save_as(tmp_path / "jpeg.dcm")
+    decoded = load_xray(tmp_path / "jpeg.dcm").pixels.astype(int)
+    assert np.abs(decoded - original.astype(int)).mean() < 3
+
+    j2k = dcmread(plain)
+    j2k.compress(JPEG2000Lossless)
+    j2k.save_as(tmp_path / "j2k.dcm")
+    np.testing.assert_array_equal(load_xray(tmp_path / "j2k.dcm").pixels, load_xray(plain).pixels)
