@@ -1,0 +1,88 @@
+"""`manage.py train`: train, calibrate, evaluate and register one model (thin wrapper over
+core.training.train_model). TensorFlow is imported only inside handle()."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+
+class Command(BaseCommand):
+    help = ("Train a model for a condition on a data folder (<split>/<negative|positive>/) or a "
+            "manifest CSV; writes models/<model-id>/ and registers it (inactive unless "
+            "--activate). Interrupted runs continue with --resume.")
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--condition", required=True)
+        parser.add_argument("--data", required=True,
+                            help="folder laid out like ../shared/data/<condition>, or a CSV")
+        parser.add_argument("--architecture", default="mobilenetv2",
+                            choices=["mobilenetv2", "densenet121"])
+        parser.add_argument("--model-id", default=None)
+        parser.add_argument("--input-size", type=int, default=None, help="square side in px")
+        parser.add_argument("--protocol", default="quick",
+                            choices=["quick", "intensive", "finetune"])
+        parser.add_argument("--epochs", type=int, default=None)
+        parser.add_argument("--batch-size", type=int, default=None)
+        parser.add_argument("--lr", type=float, default=None)
+        parser.add_argument("--warmup-epochs", type=int, default=None)
+        parser.add_argument("--seed", type=int, default=42)
+        parser.add_argument("--imagenet-weights", default=None,
+                            help="local no-top weights file (never downloaded)")
+        parser.add_argument("--no-augment", action="store_true")
+        parser.add_argument("--max-train", type=int, default=None,
+                            help="train on a stratified random subset (recorded)")
+        parser.add_argument("--max-val", type=int, default=None)
+        parser.add_argument("--train-split", default="train")
+        parser.add_argument("--calibration", default="platt", choices=["platt", "temperature"])
+        parser.add_argument("--min-sensitivity", type=float, default=0.90)
+        parser.add_argument("--threads", type=int, default=None)
+        parser.add_argument("--bn-images", type=int, default=2048,
+                            help="training images used to re-estimate BatchNorm statistics")
+        parser.add_argument("--cache-dir", default=str(Path(settings.BASE_DIR) / "var" / "cache"))
+        parser.add_argument("--models-dir", default=None,
+                            help="default: models/ next to the registry")
+        parser.add_argument("--registry", default=str(settings.RADTRIAGE_REGISTRY))
+        parser.add_argument("--experimental", default=None, metavar="REASON",
+                            help="register with status experimental and this reason")
+        parser.add_argument("--activate", action="store_true")
+        parser.add_argument("--resume", action="store_true")
+        parser.add_argument("--max-epochs-this-sitting", type=int, default=None,
+                            help="stop after N new epochs, resumable (budgeted CPU sittings)")
+
+    def handle(self, *args: Any, **o: Any) -> None:
+        from core.training import TrainConfig, train_model
+
+        registry = Path(o["registry"])
+        size = (o["input_size"], o["input_size"]) if o["input_size"] else None
+        config = TrainConfig(
+            condition=o["condition"], data=o["data"], architecture=o["architecture"],
+            model_id=o["model_id"], input_size=size, protocol=o["protocol"],
+            epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"],
+            warmup_epochs=o["warmup_epochs"], seed=o["seed"],
+            imagenet_weights=o["imagenet_weights"], augment=not o["no_augment"],
+            max_train=o["max_train"], max_val=o["max_val"], train_split=o["train_split"],
+            calibration=o["calibration"], min_sensitivity=o["min_sensitivity"],
+            threads=o["threads"], bn_reestimate_images=o["bn_images"], cache_dir=o["cache_dir"],
+            status="experimental" if o["experimental"] else None,
+            experimental_reason=o["experimental"],
+        )
+        try:
+            result = train_model(
+                config, models_dir=Path(o["models_dir"] or registry.parent / "models"),
+                registry_path=registry, activate=o["activate"], resume=o["resume"],
+                command="python manage.py train " + shlex.join(sys.argv[2:]),
+                log=lambda m: self.stdout.write(m), stop_after_epochs=o["max_epochs_this_sitting"],
+            )
+        except (FileNotFoundError, ValueError) as exc:
+            raise CommandError(str(exc)) from exc
+        if result.finished:
+            self.stdout.write(self.style.SUCCESS(f"{result.model_id}: {result.artifact}"))
+        else:
+            self.stdout.write(f"{result.model_id}: {result.epochs_run} epoch(s) done; "
+                              "run again with --resume to continue")
