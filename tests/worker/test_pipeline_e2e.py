@@ -1,0 +1,159 @@
+"""End to end: API upload -> Redis -> a real Celery worker (tiny real Keras model) ->
+PostgreSQL rows + heat map files -> a websocket event through the real Redis channel layer."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.testing import WebsocketCommunicator
+from PIL import Image as PILImage
+
+from tests.web.fixtures import (
+    WS_ORIGIN,
+    dicom_bytes,
+    session_cookie_header,
+    upload,
+    wait_for,
+)
+from web.asgi import application
+from web.clinical.models import Analysis
+from worker.tasks import analyze
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+JOB_TIMEOUT = 120  # the first job imports TensorFlow and loads the model in the worker
+
+
+async def _collect_until_done(communicator: WebsocketCommunicator, ids: set[int],
+                              events: list[dict[str, Any]]) -> None:
+    done: set[int] = set()
+    while not ids <= done:
+        event = await communicator.receive_json_from(timeout=JOB_TIMEOUT)
+        events.append(event)
+        if event["event"] in ("finished", "failed"):
+            done.add(event["analysis"]["id"])
+
+
+def test_an_uploaded_dicom_is_analysed_by_a_worker_and_the_browser_is_told(live_worker,
+                                                                           api) -> None:
+    events: list[dict[str, Any]] = []
+
+    async def scenario() -> Any:
+        communicator = WebsocketCommunicator(application, "/ws/worklist/",
+                                             headers=[session_cookie_header(api), WS_ORIGIN])
+        connected, _ = await communicator.connect()
+        assert connected
+        response = await sync_to_async(upload)(api, dicom_bytes(patient_id="MRN-E2E"))
+        assert response.status_code == 201, response.content
+        ids = {a["id"] for a in response.json()["image"]["analyses"]}
+        await _collect_until_done(communicator, ids, events)
+        await communicator.disconnect()
+        return response.json()
+
+    body = async_to_sync(scenario)()
+
+    by_id = {a["id"]: a for a in body["image"]["analyses"]}
+    pneumonia = Analysis.objects.get(pk=next(i for i, a in by_id.items()
+                                             if a["condition"] == "pneumonia"))
+    cardiomegaly = Analysis.objects.get(pk=next(i for i, a in by_id.items()
+                                                if a["condition"] == "cardiomegaly"))
+    # The finished event carries the stored result.
+    finished = {e["analysis"]["id"]: e["analysis"] for e in events if e["event"] == "finished"}
+    assert set(finished) == {pneumonia.pk, cardiomegaly.pk}, events
+    assert {e["event"] for e in events} >= {"started", "finished"}
+    assert finished[pneumonia.pk]["probability"] == pytest.approx(pneumonia.probability)
+
+    # The real model ran and is recorded with the artifact's hash.
+    assert pneumonia.state == "succeeded" and 0.0 <= pneumonia.probability <= 1.0
+    assert pneumonia.model_id == "pneumonia-tiny-test" and len(pneumonia.model_sha256) == 64
+    assert pneumonia.is_placeholder is False and pneumonia.attempts == 1
+    assert pneumonia.positive == (pneumonia.probability >= pneumonia.threshold)
+    # No trained model for cardiomegaly: a flagged placeholder, never a finding.
+    assert cardiomegaly.state == "succeeded" and cardiomegaly.is_placeholder is True
+    assert "missing" in cardiomegaly.placeholder_reason
+    assert finished[cardiomegaly.pk]["is_finding"] is False
+
+    # The heat map downloads as a PNG overlay at the X-ray's size, plus the raw map.
+    result = api.get(f"/api/analyses/{pneumonia.pk}/").json()
+    overlay = api.get(result["heatmap_url"])
+    assert overlay.status_code == 200 and overlay["Content-Type"] == "image/png"
+    picture = np.asarray(PILImage.open(io.BytesIO(b"".join(overlay.streaming_content))))
+    assert picture.shape == (96, 96, 3)
+    raw = api.get(result["heatmap_raw_url"])
+    assert np.asarray(PILImage.open(io.BytesIO(b"".join(raw.streaming_content)))).ndim == 2
+
+    study = api.get(f"/api/studies/{body['study']['id']}/").json()
+    assert study["status"] == "ai_complete"
+
+
+def test_a_study_page_socket_hears_only_its_own_study(live_worker, api) -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        first = await sync_to_async(upload)(api, dicom_bytes(patient_id="MRN-S1"),
+                                            conditions="pneumonia")
+        study_id = first.json()["study"]["id"]
+        communicator = WebsocketCommunicator(application, f"/ws/studies/{study_id}/",
+                                             headers=[session_cookie_header(api), WS_ORIGIN])
+        assert (await communicator.connect())[0]
+        other = await sync_to_async(upload)(api, dicom_bytes(patient_id="MRN-S2", seed=5),
+                                            conditions="pneumonia")
+        mine = await sync_to_async(upload)(
+            api, dicom_bytes(patient_id="MRN-S1", study_uid=first.json()["study"][
+                "study_instance_uid"], seed=6), conditions="pneumonia")
+        events: list[dict[str, Any]] = []
+        await _collect_until_done(communicator, {mine.json()["image"]["analyses"][0]["id"]},
+                                  events)
+        other_id = other.json()["image"]["analyses"][0]["id"]
+        await sync_to_async(wait_for)(
+            lambda: Analysis.objects.get(pk=other_id).state == "succeeded",
+            timeout=JOB_TIMEOUT, what="the other study's job")
+        assert await communicator.receive_nothing(timeout=0.5)
+        await communicator.disconnect()
+        return events
+
+    events = async_to_sync(scenario)()
+    assert {e["analysis"]["study_id"] for e in events} == {events[0]["analysis"]["study_id"]}
+
+
+def test_a_corrupt_stored_image_fails_once_with_its_message(live_worker, api) -> None:
+    response = upload(api, dicom_bytes(patient_id="MRN-BAD"), conditions="pneumonia")
+    analysis = Analysis.objects.select_related("image").get(
+        pk=response.json()["image"]["analyses"][0]["id"])
+    wait_for(lambda: Analysis.objects.get(pk=analysis.pk).state == "succeeded",
+             timeout=JOB_TIMEOUT, what="the first run")
+    # The stored file rots on disk; a re-run must fail cleanly, not retry forever.
+    path = analysis.image.file.path
+    with open(path, "r+b") as handle:
+        handle.truncate(Path(path).stat().st_size - 5000)
+    rerun = api.post(f"/api/images/{analysis.image_id}/analyses/",
+                     {"conditions": ["pneumonia"]}, format="json")
+    assert rerun.status_code == 201
+    failed = wait_for(lambda: Analysis.objects.filter(pk=rerun.json()[0]["id"],
+                                                      state="failed").first(),
+                      timeout=JOB_TIMEOUT, what="the re-run to fail")
+
+    assert "truncated or corrupt" in failed.error_message
+    assert failed.attempts == 1 and failed.probability is None and not failed.heatmap
+
+
+def test_a_duplicate_delivery_gives_one_result(live_worker, api) -> None:
+    response = upload(api, dicom_bytes(patient_id="MRN-DUP"), conditions="pneumonia")
+    analysis_id = response.json()["image"]["analyses"][0]["id"]
+    # The broker hands the same job out twice more (redelivery after a lost ack).
+    analyze.apply_async(args=[analysis_id], queue="interactive")
+    analyze.apply_async(args=[analysis_id], queue="interactive")
+
+    done = wait_for(lambda: Analysis.objects.filter(pk=analysis_id, state="succeeded").first(),
+                    timeout=JOB_TIMEOUT, what="the job")
+    first_finish = done.finished_at
+    wait_for(lambda: live_worker.log().count(f"Analysis {analysis_id} already succeeded") >= 2,
+             timeout=JOB_TIMEOUT, what="both duplicates to be consumed")
+
+    done.refresh_from_db()
+    assert done.finished_at == first_finish and done.attempts == 1
+    heatmaps = list(Path(done.heatmap.path).parent.glob(f"analysis-{analysis_id}-*"))
+    assert len(heatmaps) == 2  # one overlay, one raw map: nothing written twice
