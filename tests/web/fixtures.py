@@ -113,7 +113,7 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 
 
 
 @pytest.fixture()
-def radiologist(django_user_model: Any) -> Any:
+def radiologist(db: Any, django_user_model: Any) -> Any:
     return django_user_model.objects.create_user("dr.house", password="pw-radiologist")
 
 
