@@ -44,6 +44,10 @@ DATA_SOURCES: dict[str, dict[str, str]] = {
     },
 }
 
+REGION = {"pneumonia": "frontal chest", "cardiomegaly": "frontal chest",
+          "fracture": "upper-limb", "knee_osteoarthritis": "knee (joint crop)",
+          "knee_osteoporosis": "knee"}
+
 PAPER_TABLE1 = {  # accuracy %, DenseNet121 / MobileNetV2, the seed paper's own data
     "pneumonia": (95.8, 87.2), "knee_osteoarthritis": (94.2, 97.0),
     "knee_osteoporosis": (91.8, 86.9), "fracture": (73.0, 77.0), "cardiomegaly": (63.0, 65.6),
@@ -95,8 +99,8 @@ def render_card(entry: dict[str, Any]) -> str:
                   "> Results from this model must always be shown with this warning.", ""]
     lines += [
         "## Intended use",
-        f"Triage aid for **{cond.replace('_', ' ')}** on {', '.join(entry['class_labels'])} "
-        "X-rays: it reorders a worklist and highlights studies for a radiologist's attention. "
+        f"Triage aid for **{cond.replace('_', ' ')}** on {REGION.get(cond, '')} X-rays "
+        f"(outputs: {' / '.join(entry['class_labels'])}): it reorders a worklist and highlights studies for a radiologist's attention. "
         "It is not a diagnosis, must not be used without a radiologist reading the image, and "
         "is a research prototype without regulatory clearance.",
         "",

@@ -462,7 +462,6 @@ def train_model(
     stages = plan_stages(config, pretrained=pretrained)
     train_ds = make_dataset(train, batch_size=config.batch_size, training=True,
                             config=config, seed=config.seed)
-    val_ds = make_dataset(val, batch_size=64, training=False, config=config, seed=0)
     weights = class_weights(train.y)
     steps = math.ceil(train.n / config.batch_size)
     history: list[dict[str, float]] = list(state.get("history", []))
@@ -473,6 +472,24 @@ def train_model(
     stopped_early = bool(state.get("stopped_early", False))
     new_epochs = 0
     p = PROTOCOLS[config.protocol]
+
+    bn_probe = _subset(train, min(train.n, 512), config.seed + 2).x
+
+    class CleanValidation(keras.callbacks.Callback):
+        """Validation after re-estimating trainable BatchNorm statistics on clean training
+        images, so val_auc (which drives checkpointing, the learning rate and early stopping)
+        measures the model as it will be served, not with statistics of augmented batches."""
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            reestimate_batchnorm(self.model, bn_probe, max_images=len(bn_probe),
+                                 seed=config.seed + epoch)
+            p_val = predict_probabilities(self.model, val.x)
+            q = np.clip(p_val, 1e-7, 1 - 1e-7)
+            if logs is not None:
+                logs["val_auc"] = roc_auc(val.y, p_val)
+                logs["val_loss"] = float(-np.mean(val.y * np.log(q)
+                                                  + (1 - val.y) * np.log1p(-q)))
+                logs["val_accuracy"] = float(np.mean((p_val >= 0.5) == (val.y == 1)))
 
     class Persist(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
@@ -506,8 +523,7 @@ def train_model(
             lr = float(lr_now)  # resuming inside this stage: keep the reduced rate
         model.compile(optimizer=keras.optimizers.Adam(lr),
                       loss=keras.losses.BinaryCrossentropy(),
-                      metrics=[keras.metrics.AUC(name="auc"),
-                               keras.metrics.BinaryAccuracy(name="accuracy")])
+                      metrics=[keras.metrics.AUC(name="auc")])
         log(f"stage {stage.trainable}: epochs {max(epochs_done, stage.start_epoch) + 1}"
             f"-{stage.end_epoch}, lr {lr:g}, trainable weights "
             f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights):,}")
@@ -515,6 +531,7 @@ def train_model(
         early = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
                                               patience=int(p["patience_stop"]))
         callbacks = [
+            CleanValidation(),
             _Progress.make(steps, config.epochs, log),
             keras.callbacks.ModelCheckpoint(
                 str(ckpt_dir / "best.weights.h5"), monitor="val_auc", mode="max",
@@ -525,7 +542,7 @@ def train_model(
             early,
             Persist(),
         ]
-        model.fit(train_ds, validation_data=val_ds, epochs=stage.end_epoch,
+        model.fit(train_ds, epochs=stage.end_epoch,
                   initial_epoch=max(epochs_done, stage.start_epoch), class_weight=weights,
                   callbacks=callbacks, verbose=0)
         if early.stopped_epoch and final_stage:
@@ -692,3 +709,17 @@ def register_entry(entry: dict[str, Any], *, registry_path: str | Path,
     registry = Registry.load(registry_path)
     registry.register(entry, activate=activate)
     registry.save()
+
+
+def annotate_model(registry_path: str | Path, model_id: str, **fields: Any) -> None:
+    """Add review fields (e.g. gradcam_review, limitations) to an entry; re-render its card."""
+    from core.model_card import write_card
+    from core.registry import Registry
+
+    registry = Registry.load(registry_path)
+    entry = registry.entry(model_id)
+    raw = {**entry.raw, **fields}
+    registry.models[model_id] = type(entry)(raw)
+    registry.save()
+    if raw.get("card"):
+        write_card(Path(registry_path).resolve().parent / raw["card"], raw)
