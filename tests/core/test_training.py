@@ -3,6 +3,7 @@ and training preprocesses exactly like serving."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -82,8 +83,24 @@ def test_a_tiny_run_learns_registers_and_its_artifact_loads(project: Path) -> No
     model = keras.models.load_model(artifact, compile=False)
     out = model.predict(np.zeros((1, 32, 32, 3), np.float32), verbose=0)
     assert out.shape == (1, 1) and 0 <= float(out[0, 0]) <= 1
-    assert not (artifact.parent / "checkpoints" / "best.weights.h5").is_relative_to(
-        project / "models" / "tiny-fracture" / "model.keras")
+
+    # `manage.py evaluate` goes through the serving path (ModelManager: checksum, calibration,
+    # registry threshold) and reproduces the test metrics recorded at training time.
+    from django.core.management import call_command
+
+    out = project / "eval.json"
+    call_command("evaluate", model="tiny-fracture", data=str(project / "data"), split="test",
+                 json=str(out), registry=str(project / "registry.json"), n_boot=50,
+                 plots=str(project / "plots"), stdout=io.StringIO())
+    report = json.loads(out.read_text())
+    assert report["n"] == 12 and report["threshold"] == pytest.approx(raw["threshold"])
+    for name in ("auc", "accuracy", "sensitivity", "specificity"):
+        assert report[name] == pytest.approx(raw["metrics"]["test"][name], abs=1e-3)
+        assert len(report[f"{name}_ci95"]) == 2
+    assert (project / "plots" / "roc.png").is_file()
+    table = io.StringIO()
+    call_command("evaluate", table=True, registry=str(project / "registry.json"), stdout=table)
+    assert "| fracture |" in table.getvalue() and "77.0" in table.getvalue()
 
 
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(project: Path) -> None:

@@ -290,3 +290,30 @@ def live_worker(django_db_setup: Any, django_db_blocker: Any, tiny_registry: Pat
     worker.stop()
     if os.environ.get("RADTRIAGE_SHOW_WORKER_LOG"):
         print(worker.log())
+
+
+@pytest.fixture()
+def private_redis(service_logs: Path) -> Iterator[tuple[Service, int]]:
+    """A throwaway redis-server of our own (never the machine's shared one), free to kill."""
+    port = free_port()
+    server = redis_server(port, service_logs).start(ready_text="Ready to accept connections",
+                                                     timeout=20)
+    yield server, port
+    server.kill()
+
+
+@pytest.fixture()
+def broker_switch() -> Iterator[Callable[[str], None]]:
+    """Point this test process's Celery producer at another broker URL (restored after)."""
+    from worker.celery import app
+
+    original = app.conf.broker_url
+
+    def switch(url: str) -> None:
+        app.pool.force_close_all()
+        app._pool = None
+        app.amqp._producer_pool = None
+        app.conf.broker_url = url
+
+    yield switch
+    switch(original)
