@@ -305,6 +305,8 @@ def private_redis(service_logs: Path) -> Iterator[tuple[Service, int]]:
 @pytest.fixture()
 def broker_switch() -> Iterator[Callable[[str], None]]:
     """Point this test process's Celery producer at another broker URL (restored after)."""
+    from kombu import pools
+
     from worker.celery import app
 
     original = app.conf.broker_url
@@ -313,6 +315,7 @@ def broker_switch() -> Iterator[Callable[[str], None]]:
         app.pool.force_close_all()
         app._pool = None
         app.amqp._producer_pool = None
+        pools.reset()  # kombu caches producer pools per connection, process-wide
         app.conf.broker_url = url
 
     yield switch
