@@ -6,8 +6,21 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import worker_process_init
+from celery.utils.log import current_process_index
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "web.settings")
 
 app = Celery("radtriage", include=["worker.tasks"])
 app.config_from_object("django.conf:settings", namespace="CELERY")
+
+
+@worker_process_init.connect
+def pin_one_gpu_per_process(**_: object) -> None:
+    """With RADTRIAGE_ONE_GPU_PER_PROCESS=1 and `--concurrency <number of GPUs>`, pool process
+    i sees only GPU i. Runs after fork and before TensorFlow is first imported (lazily, by the
+    first job), which is the only moment CUDA_VISIBLE_DEVICES can still take effect."""
+    if os.environ.get("RADTRIAGE_ONE_GPU_PER_PROCESS", "").lower() in {"1", "true", "yes"}:
+        gpus = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+        index = current_process_index(base=0) or 0
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)] if gpus else str(index)
