@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--split", default="test")
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--annotate", action="store_true")
+    ap.add_argument("--note", default="", help="what a person saw in the montage, for the card")
     args = ap.parse_args()
 
     from core.training import configure_tensorflow
@@ -90,8 +91,16 @@ def main() -> None:
     print(json.dumps(summary, indent=1))
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
-    _montage(out / f"gradcam-{loaded.model_id}.png", arrays.x[:16], h[:16], p[:16],
-             arrays.y[:16])
+    show = np.r_[np.flatnonzero(arrays.y == 0)[:8], np.flatnonzero(arrays.y == 1)[:8]]
+    _montage(out / f"gradcam-{loaded.model_id}.png", arrays.x[show], h[show], p[show],
+             arrays.y[show])
+    # Where the heat sits, as a mean map per true class (rows top->bottom, in thirds).
+    for label in (0, 1):
+        m = h[arrays.y == label].mean(0) if (arrays.y == label).any() else None
+        if m is not None:
+            thirds = [float(m[i * hh // 3:(i + 1) * hh // 3].sum() / m.sum()) for i in range(3)]
+            summary[f"heat_by_third_top_mid_bottom_label{label}"] = [round(t, 2) for t in thirds]
+    print(json.dumps({k: v for k, v in summary.items() if k.startswith("heat_by")}))
     if args.annotate:
         from core.training import annotate_model
 
@@ -103,8 +112,11 @@ def main() -> None:
             f"({summary['corner_area_share']:.0%} of the area); the hottest point is in the "
             f"outer band for {summary['peak_in_band_fraction']:.0%} of images and "
             f"{summary['images_with_over_half_heat_in_corners']} image(s) have more than half "
-            f"their heat in a corner (where side markers and burned-in text sit)."
-        )
+            f"their heat in a corner (where side markers and burned-in text sit). Share of "
+            f"heat in the top/middle/bottom thirds: negatives "
+            f"{summary.get('heat_by_third_top_mid_bottom_label0')}, positives "
+            f"{summary.get('heat_by_third_top_mid_bottom_label1')}. {args.note}"
+        ).strip()
         annotate_model(args.registry, loaded.model_id, gradcam_stats=summary,
                        gradcam_review=text)
         print("annotated", loaded.model_id)

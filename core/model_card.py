@@ -100,7 +100,8 @@ def render_card(entry: dict[str, Any]) -> str:
     lines += [
         "## Intended use",
         f"Triage aid for **{cond.replace('_', ' ')}** on {REGION.get(cond, '')} X-rays "
-        f"(outputs: {' / '.join(entry['class_labels'])}): it reorders a worklist and highlights studies for a radiologist's attention. "
+        f"(outputs: {' / '.join(entry['class_labels'])}): it reorders a worklist and "
+        "highlights studies for a radiologist's attention. "
         "It is not a diagnosis, must not be used without a radiologist reading the image, and "
         "is a research prototype without regulatory clearance.",
         "",
@@ -112,7 +113,8 @@ def render_card(entry: dict[str, Any]) -> str:
         f"- Protocol: `{t.get('protocol')}`, {t.get('epochs_run')} of {t.get('epochs_planned')} "
         f"epoch(s) run{' (stopped early)' if t.get('stopped_early') else ''}, batch "
         f"{t.get('batch_size')}, Adam lr {t.get('learning_rate')}, class weights "
-        f"{t.get('class_weights')}, seed {t.get('seed')}; stages "
+        f"{ {k: round(v, 3) for k, v in (t.get('class_weights') or {}).items()} }, "
+        f"seed {t.get('seed')}; stages "
         + "; ".join(f"epochs {s['start_epoch'] + 1}-{s['end_epoch']}: {s['trainable']} at "
                     f"{s['lr']:g}" for s in t.get("stages", []) if s['end_epoch'] >
                     s['start_epoch']) + ".",

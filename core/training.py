@@ -73,7 +73,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     "intensive": {"epochs": 50, "batch_size": 16, "lr": 1e-5, "schedule": "gradual",
                   "stage_epochs": 2, "patience_lr": 3, "patience_stop": 8},
     # Head warm-up at 1e-3 for `warmup_epochs`, then the whole backbone at `lr`.
-    "finetune": {"epochs": 12, "batch_size": 32, "lr": 2e-4, "schedule": "warmup",
+    "finetune": {"epochs": 12, "batch_size": 32, "lr": 1e-4, "schedule": "warmup",
                  "warmup_epochs": 1, "patience_lr": 2, "patience_stop": 4},
 }
 HEAD_LR = 1e-3
@@ -113,6 +113,7 @@ class TrainConfig:
     threads: int | None = None
     cache_dir: str | None = None
     n_boot: int = 1000
+    patience: int | None = None  # EarlyStopping patience (None: the protocol's)
     status: str | None = None  # None: 'validated', or 'experimental' when data are tiny
     experimental_reason: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -233,7 +234,7 @@ def predict_probabilities(model: Any, gray: np.ndarray, *, batch_size: int = 64)
     out = []
     for start in range(0, len(gray), batch_size):
         batch = to_model_input(gray[start:start + batch_size])
-        out.append(np.asarray(model(batch, training=False)).reshape(-1))
+        out.append(np.array(model(batch, training=False).numpy()).reshape(-1))
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
@@ -521,7 +522,8 @@ def train_model(
         lr = stage.lr
         if lr_now is not None and epochs_done > stage.start_epoch:
             lr = float(lr_now)  # resuming inside this stage: keep the reduced rate
-        model.compile(optimizer=keras.optimizers.Adam(lr),
+        # Gradient-norm clipping: full fine-tuning at 2e-4 without it diverged on knee OA.
+        model.compile(optimizer=keras.optimizers.Adam(lr, clipnorm=1.0),
                       loss=keras.losses.BinaryCrossentropy(),
                       metrics=[keras.metrics.AUC(name="auc")])
         log(f"stage {stage.trainable}: epochs {max(epochs_done, stage.start_epoch) + 1}"
@@ -529,7 +531,8 @@ def train_model(
             f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights):,}")
         final_stage = stage is stages[-1]
         early = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
-                                              patience=int(p["patience_stop"]))
+                                              patience=int(config.patience
+                                                           or p["patience_stop"]))
         callbacks = [
             CleanValidation(),
             _Progress.make(steps, config.epochs, log),
@@ -675,8 +678,10 @@ def finalize_model(
             "best_val_auc_during_training": max(
                 (h.get("val_auc", 0.0) for h in history), default=None),
             "batch_size": config.batch_size,
+            "early_stopping_patience": int(
+                config.patience or PROTOCOLS[config.protocol]["patience_stop"]),
             "learning_rate": config.lr,
-            "optimizer": "Adam",
+            "optimizer": "Adam (clipnorm 1.0)",
             "class_weights": class_weights(train.y),
             "augmentation": {
                 "rotation_degrees": config.rotation_degrees, "zoom": config.zoom,

@@ -32,6 +32,8 @@ class Command(BaseCommand):
         parser.add_argument("--lr", type=float, default=None)
         parser.add_argument("--warmup-epochs", type=int, default=None)
         parser.add_argument("--seed", type=int, default=42)
+        parser.add_argument("--patience", type=int, default=None,
+                            help="EarlyStopping patience in epochs (default: the protocol's)")
         parser.add_argument("--imagenet-weights", default=None,
                             help="local no-top weights file (never downloaded)")
         parser.add_argument("--no-augment", action="store_true")
@@ -64,7 +66,7 @@ class Command(BaseCommand):
             condition=o["condition"], data=o["data"], architecture=o["architecture"],
             model_id=o["model_id"], input_size=size, protocol=o["protocol"],
             epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"],
-            warmup_epochs=o["warmup_epochs"], seed=o["seed"],
+            warmup_epochs=o["warmup_epochs"], seed=o["seed"], patience=o["patience"],
             imagenet_weights=o["imagenet_weights"], augment=not o["no_augment"],
             max_train=o["max_train"], max_val=o["max_val"], train_split=o["train_split"],
             calibration=o["calibration"], min_sensitivity=o["min_sensitivity"],
