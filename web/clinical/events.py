@@ -8,10 +8,13 @@ pages re-read it on reconnect).
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
+import os
+import threading
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 from django.urls import reverse
@@ -62,16 +65,72 @@ def analysis_event_publish(*, analysis: Analysis, event: str) -> None:
     """Queue `event` for sending after the current transaction commits."""
     message = {"type": EVENT_TYPE, "event": event, "analysis": analysis_payload(analysis)}
     groups = [study_group(analysis.image.study_id), WORKLIST_GROUP]
-    transaction.on_commit(lambda: _group_send(groups=groups, message=message))
+    transaction.on_commit(lambda: _publisher.send(groups, message))
 
 
-def _group_send(*, groups: list[str], message: dict[str, Any]) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        for group in groups:
-            async_to_sync(layer.group_send)(group, message)
-    except Exception:  # noqa: BLE001 - see module docstring: events never fail the caller
-        log.warning("Could not publish %s for analysis %s", message["event"],
-                    message["analysis"]["id"], exc_info=True)
+class _Publisher:
+    """Sends events from one long-lived event loop thread per process, in order.
+
+    A job must not wait for Redis round trips to tell browsers about itself, and creating an
+    event loop + Redis connection per event (async_to_sync) costs milliseconds per job.
+    Created lazily and again after fork, so Celery's pool processes each get their own.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[tuple[list[str], dict[str, Any]] | None] | None = None
+        self._idle = threading.Event()
+
+    def send(self, groups: list[str], message: dict[str, Any]) -> None:
+        loop, queue = self._ensure()
+        self._idle.clear()
+        loop.call_soon_threadsafe(queue.put_nowait, (groups, message))
+
+    def flush(self, timeout: float = 2.0) -> bool:
+        """Wait until every event sent so far has gone out (tests, process exit)."""
+        if self._pid != os.getpid() or self._loop is None:
+            return True
+        return self._idle.wait(timeout)
+
+    def _ensure(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Queue]:
+        with self._lock:
+            if self._pid != os.getpid() or self._loop is None:
+                loop = asyncio.new_event_loop()
+                queue: asyncio.Queue = asyncio.Queue()
+                ready = threading.Event()
+                thread = threading.Thread(target=self._run, args=(loop, queue, ready),
+                                          name="radtriage-events", daemon=True)
+                thread.start()
+                ready.wait()
+                self._loop, self._queue, self._pid = loop, queue, os.getpid()
+            return self._loop, self._queue  # type: ignore[return-value]
+
+    def _run(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue,
+             ready: threading.Event) -> None:
+        asyncio.set_event_loop(loop)
+        ready.set()
+        loop.run_until_complete(self._drain(queue))
+
+    async def _drain(self, queue: asyncio.Queue) -> None:
+        layer = get_channel_layer()
+        while True:
+            groups, message = await queue.get()
+            try:
+                if layer is not None:
+                    for group in groups:
+                        await layer.group_send(group, message)
+            except Exception:  # noqa: BLE001 - see module docstring: events never fail a job
+                log.warning("Could not publish %s for analysis %s", message["event"],
+                            message["analysis"]["id"], exc_info=True)
+            if queue.empty():
+                self._idle.set()
+
+
+_publisher = _Publisher()
+atexit.register(_publisher.flush)
+
+
+def events_flush(timeout: float = 2.0) -> bool:
+    return _publisher.flush(timeout)
