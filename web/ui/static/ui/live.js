@@ -1,8 +1,9 @@
-// Websocket with reconnect. On reconnect the page re-reads the server (events may have been missed).
+// Websocket with reconnect. Each time it opens, the page re-reads the server: events sent while
+// the page was loading or offline are never missed.
 "use strict";
-window.radtriageLive = function (path, onEvent, onReconnect) {
+window.radtriageLive = function (path, onEvent, onOpen) {
   const status = document.getElementById("live-status");
-  let delay = 1000, everConnected = false;
+  let delay = 1000;
   function setStatus(state, text) {
     if (status) { status.dataset.state = state; status.textContent = text; }
   }
@@ -11,8 +12,8 @@ window.radtriageLive = function (path, onEvent, onReconnect) {
     const ws = new WebSocket(scheme + "://" + location.host + path);
     ws.onopen = function () {
       setStatus("live", "live");
-      if (everConnected && onReconnect) onReconnect();
-      everConnected = true; delay = 1000;
+      delay = 1000;
+      if (onOpen) onOpen();
     };
     ws.onmessage = function (msg) {
       const data = JSON.parse(msg.data);

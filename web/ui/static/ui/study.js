@@ -38,18 +38,29 @@
     return html;
   }
 
-  function onEvent(data) {
-    const a = data.analysis;
+  function show(a, studyStatus) {
     const el = document.querySelector('[data-analysis-id="' + a.id + '"]');
-    if (!el) { location.reload(); return; }
+    if (!el) { location.reload(); return false; }
     el.className = "analysis state-" + a.state + (a.is_placeholder ? " placeholder" : "") +
       (a.is_finding ? " finding" : "");
     el.innerHTML = render(a);
     const status = document.getElementById("study-status");
-    if (status && a.study_status) {
-      status.className = "badge state-" + a.study_status;
-      status.textContent = studyLabels[a.study_status] || a.study_status;
+    if (status && studyStatus) {
+      status.className = "badge state-" + studyStatus;
+      status.textContent = studyLabels[studyStatus] || studyStatus;
     }
+    return true;
   }
-  window.radtriageLive("/ws/studies/" + studyId + "/", onEvent, function () { location.reload(); });
+  function onEvent(data) { show(data.analysis, data.analysis.study_status); }
+  // On every (re)connect: bring each analysis up to date from the API (same fields as events).
+  function reconcile() {
+    fetch("/api/studies/" + studyId + "/", {credentials: "same-origin"})
+      .then(function (r) { return r.json(); })
+      .then(function (study) {
+        for (const image of study.images) {
+          for (const a of image.analyses) { if (!show(a, study.status)) return; }
+        }
+      });
+  }
+  window.radtriageLive("/ws/studies/" + studyId + "/", onEvent, reconcile);
 })();

@@ -1,0 +1,109 @@
+"""A real browser (Debian's Chromium driven by Playwright) against daphne + a Celery worker:
+log in, upload on the worklist, watch the pages update without reloading them."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.web.fixtures import Service, dicom_bytes, free_port, service_env, wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(autouse=True)
+def isolated_media(settings):
+    """Here the web server and the worker are subprocesses: keep the session's MEDIA_ROOT."""
+    return settings.MEDIA_ROOT
+
+
+@pytest.fixture()
+def live_daphne(live_worker, service_logs: Path) -> Iterator[str]:
+    port = free_port()
+    argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+            "web.asgi:application"]
+    server = Service("daphne", argv, service_env(), service_logs)
+    server.start(ready_text="Listening on TCP address", timeout=60)
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture()
+def browser_page() -> Iterator[object]:
+    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page()
+        page.set_default_timeout(60_000)
+        yield page
+        browser.close()
+
+
+@pytest.fixture()
+def dr_grey(django_user_model):
+    # Created before the browser starts: Playwright's loop makes the ORM refuse to run after.
+    return django_user_model.objects.create_user("dr.grey", password="pw-grey-123")
+
+
+def test_a_radiologist_watches_an_upload_get_analysed_without_reloading(
+        live_daphne, dr_grey, browser_page) -> None:
+    from playwright.sync_api import expect
+
+    page = browser_page
+    page.goto(live_daphne + "/")
+    expect(page).to_have_url(re.compile(r"/login/"))
+    page.fill("input[name=username]", "dr.grey")
+    page.fill("input[name=password]", "pw-grey-123")
+    page.click("button[type=submit]")
+    expect(page.locator("h1")).to_have_text("Worklist")
+    expect(page.locator("#live-status")).to_have_text("live")
+
+    # Upload through the worklist's form; the row appears and turns "AI complete" by itself.
+    page.click("summary")
+    page.set_input_files("input[name=file]", files=[{
+        "name": "chest.dcm", "mimeType": "application/dicom",
+        "buffer": dicom_bytes(patient_id="MRN-UI", patient_name="Grey^Meredith")}])
+    page.click("#upload-form button[type=submit]")
+    expect(page.locator("#upload-message")).to_have_text("Uploaded; analyses queued.")
+    row = page.locator("#worklist-body tr", has_text="MRN-UI")
+    expect(row).to_contain_text("AI complete", timeout=120_000)
+
+    # The study page: the real model's result with its heat map, the placeholder labelled.
+    row.locator("a").click()
+    expect(page.locator("h1")).to_contain_text("Meredith Grey")
+    pneumonia = page.locator(".analysis", has_text="pneumonia")
+    expect(pneumonia).to_contain_text("Succeeded")
+    expect(pneumonia).to_contain_text("pneumonia-tiny-test")
+    expect(pneumonia.locator(".prob")).to_have_text(re.compile(r"^[01]\.\d{3}$"))
+    heatmap = pneumonia.locator("img.heatmap")
+    wait_for(lambda: heatmap.evaluate("img => img.complete && img.naturalWidth") == 96,
+             timeout=30, what="the heat map image to load")
+    placeholder = page.locator(".analysis", has_text="cardiomegaly")
+    expect(placeholder.locator(".placeholder-warning")).to_contain_text("NO DIAGNOSTIC VALUE")
+    expect(placeholder).not_to_contain_text("AI flag")
+    expect(placeholder.locator(".prob")).to_have_count(0)
+
+    # A re-run requested elsewhere shows up on this open page and finishes, with no reload
+    # by the user.
+    image_id = page.locator("section.image").get_attribute("data-image-id")
+    status = page.evaluate(
+        """async (imageId) => {
+            const r = await fetch(`/api/images/${imageId}/analyses/`, {method: "POST",
+              headers: {"Content-Type": "application/json", "X-CSRFToken": radtriageCsrf()},
+              body: JSON.stringify({conditions: ["pneumonia"]})});
+            return r.status;
+        }""", image_id)
+    assert status == 201
+    expect(page.locator(".analysis", has_text="pneumonia")).to_have_count(2, timeout=60_000)
+    expect(page.locator(".analysis.state-succeeded", has_text="pneumonia")).to_have_count(
+        2, timeout=120_000)
