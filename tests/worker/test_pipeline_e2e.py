@@ -157,3 +157,16 @@ def test_a_duplicate_delivery_gives_one_result(live_worker, api) -> None:
     assert done.finished_at == first_finish and done.attempts == 1
     heatmaps = list(Path(done.heatmap.path).parent.glob(f"analysis-{analysis_id}-*"))
     assert len(heatmaps) == 2  # one overlay, one raw map: nothing written twice
+
+
+def test_the_worker_loads_the_model_once_after_fork_and_keeps_it_warm(live_worker, api) -> None:
+    ids = [upload(api, dicom_bytes(patient_id=f"MRN-W{i}", seed=40 + i),
+                  conditions="pneumonia").json()["image"]["analyses"][0]["id"] for i in range(3)]
+    wait_for(lambda: Analysis.objects.filter(pk__in=ids, state="succeeded").count() == 3,
+             timeout=JOB_TIMEOUT, what="three jobs")
+
+    loads = [line for line in live_worker.log().splitlines()
+             if "Loaded model pneumonia-tiny-test" in line]
+    assert len(loads) == 1, loads  # once for the whole session, however many jobs ran
+    assert "ForkPoolWorker" in loads[0]  # in the pool process, never the parent before fork
+    assert len(set(Analysis.objects.filter(pk__in=ids).values_list("worker", flat=True))) == 1
