@@ -25,3 +25,8 @@ def pytest_configure(config) -> None:
     from django.conf import settings
 
     assert settings.DATABASES
+
+
+# Shared fixtures (users, tiny registry, worker/beat/redis processes) live in one place so
+# their session-scoped instances are shared by tests/web and tests/worker (one worker).
+from tests.web.fixtures import *  # noqa: E402, F403

@@ -1,7 +1,5 @@
 import pytest
 
-from tests.web.fixtures import *  # noqa: F403 - shared fixtures (users, registry, worker)
-
 
 @pytest.fixture(autouse=True)
 def isolated_media(settings, tmp_path):

@@ -1,1 +1,1 @@
-from tests.web.fixtures import *  # noqa: F403 - shared fixtures (users, registry, worker)
+# Shared fixtures come from tests/conftest.py (tests/web/fixtures.py).
