@@ -170,3 +170,34 @@ def test_the_worker_loads_the_model_once_after_fork_and_keeps_it_warm(live_worke
     assert len(loads) == 1, loads  # once for the whole session, however many jobs ran
     assert "ForkPoolWorker" in loads[0]  # in the pool process, never the parent before fork
     assert len(set(Analysis.objects.filter(pk__in=ids).values_list("worker", flat=True))) == 1
+
+
+def test_a_transient_storage_error_is_retried_with_backoff_then_succeeds(live_worker,
+                                                                        api) -> None:
+    from django.conf import settings
+
+    from tests.web.fixtures import png_bytes
+
+    first = upload(api, png_bytes(seed=11), "a.png", patient_id="MRN-RETRY", body_part="skull",
+                   accession_number="ACC-RETRY")
+    study_id = first.json()["study"]["id"]
+    assert first.json()["image"]["analyses"] == []
+    # The disk misbehaves: the study's heat-map folder cannot be created.
+    blocker = Path(settings.MEDIA_ROOT) / "heatmaps" / str(study_id)
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a folder")
+    try:
+        second = upload(api, png_bytes(seed=12), "b.png", patient_id="MRN-RETRY",
+                        accession_number="ACC-RETRY", conditions="pneumonia")
+        analysis_id = second.json()["image"]["analyses"][0]["id"]
+        retrying = wait_for(lambda: Analysis.objects.filter(
+            pk=analysis_id, error_message__startswith="Retrying").first(),
+            timeout=JOB_TIMEOUT, interval=0.02, what="the job to be retried")
+        assert retrying.state in ("queued", "running")
+    finally:
+        blocker.unlink()  # the disk recovers before the backed-off retry runs
+
+    done = wait_for(lambda: Analysis.objects.filter(pk=analysis_id, state="succeeded").first(),
+                    timeout=JOB_TIMEOUT, what="the retry to succeed")
+    assert done.attempts == 2 and done.error_message == "" and done.heatmap
+    assert second.json()["study"]["id"] == study_id
