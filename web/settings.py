@@ -122,7 +122,9 @@ LOGIN_URL = "ui:login"
 LOGIN_REDIRECT_URL = "ui:worklist"
 LOGOUT_REDIRECT_URL = "ui:login"
 
-DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("RADTRIAGE_MAX_UPLOAD_BYTES", str(200 * 2**20)))
+# The largest X-ray file accepted (a big uncompressed multi-frame DICOM fits in 200 MiB).
+RADTRIAGE_MAX_UPLOAD_BYTES = int(os.environ.get("RADTRIAGE_MAX_UPLOAD_BYTES", str(200 * 2**20)))
+DATA_UPLOAD_MAX_MEMORY_SIZE = RADTRIAGE_MAX_UPLOAD_BYTES
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 2**20
 
 # --------------------------------------------------------------------------- Redis, Celery, Channels

@@ -155,3 +155,19 @@ def test_a_body_part_with_no_model_is_stored_without_analysis_and_says_so(api, d
     assert response.status_code == 201
     assert "No RadTriage model applies" in response.json()["warnings"][0]
     assert Image.objects.count() == 1 and not Analysis.objects.exists()
+
+
+def test_a_file_over_the_size_limit_is_refused_with_413(api, db, settings) -> None:
+    settings.RADTRIAGE_MAX_UPLOAD_BYTES = 10_000
+    response = upload(api, dicom_bytes())
+
+    assert response.status_code == 413
+    assert "largest accepted is 10,000 bytes" in response.json()["error"]
+    assert not Image.objects.exists() and media_files() == []
+
+
+def test_an_upload_without_a_file_says_so(api, db) -> None:
+    response = api.post("/api/uploads/", {"patient_id": "X"}, format="multipart")
+
+    assert response.status_code == 400
+    assert response.json()["error"] == "file: No file was submitted."

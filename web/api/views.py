@@ -50,6 +50,10 @@ class UploadView(APIView):
         form.is_valid(raise_exception=True)
         data = form.validated_data
         upload = data["file"]
+        if upload.size > settings.RADTRIAGE_MAX_UPLOAD_BYTES:
+            return Response({"error": f"The file is {upload.size:,} bytes; the largest accepted "
+                                      f"is {settings.RADTRIAGE_MAX_UPLOAD_BYTES:,} bytes."},
+                            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
         content = upload.read()
         fields = UploadFields(
             patient_id=data.get("patient_id", ""), patient_name=data.get("patient_name", ""),
