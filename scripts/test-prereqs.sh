@@ -32,6 +32,13 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   for _ in $(seq 20); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.5; done
 fi
 redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null || { say "Redis is not answering on 127.0.0.1:6379"; exit 1; }
+# The fault tests start throwaway redis-server processes of their own (never touching 6379).
+command -v redis-server >/dev/null || { say "installing redis-server (fault tests)"; apt_install redis-server; }
+
+# docker-compose.yml is validated with `docker compose config` or Debian's docker-compose.
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
+  apt_install docker-compose || say "could not install docker-compose: the compose check will skip"
+fi
 
 # Debian's Chromium for the browser tests (Playwright drives it; it never downloads a browser)
 if [ ! -x /usr/bin/chromium ]; then
