@@ -11,7 +11,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/5
 PYTEST_ARGS ?=
 
-.PHONY: run test venv lint analyze bench
+.PHONY: run test venv lint analyze bench bench-pipeline
 
 venv: $(STAMP)
 
@@ -38,3 +38,6 @@ analyze: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/core_inference.py
+
+bench-pipeline: $(STAMP)
+	$(PY) bench/pipeline.py

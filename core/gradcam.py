@@ -246,8 +246,14 @@ class GradCam:
 
 
 def _normalise(maps: Any) -> Any:
-    """Per-image scale to [0, 1]; an all-zero map stays all zero (no division by zero)."""
+    """Per-image min-max scale to [0, 1] (as pytorch-grad-cam does).
+
+    Dividing by the peak alone paints the whole film red whenever every cell contributes a
+    little (common with a 4x4 map and a pooled head); min-max shows where it contributes most.
+    A flat map becomes all zero (no division by zero) and is treated as empty.
+    """
     import tensorflow as tf
 
-    peak = tf.reduce_max(maps, axis=(1, 2), keepdims=True)
-    return tf.math.divide_no_nan(maps, peak)
+    low = tf.reduce_min(maps, axis=(1, 2), keepdims=True)
+    high = tf.reduce_max(maps, axis=(1, 2), keepdims=True)
+    return tf.math.divide_no_nan(maps - low, high - low)
