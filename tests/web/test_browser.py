@@ -85,9 +85,20 @@ def test_a_radiologist_watches_an_upload_get_analysed_without_reloading(
     expect(pneumonia).to_contain_text("Succeeded")
     expect(pneumonia).to_contain_text("pneumonia-tiny-test")
     expect(pneumonia.locator(".prob")).to_have_text(re.compile(r"^[01]\.\d{3}$"))
-    heatmap = pneumonia.locator("img.heatmap")
-    wait_for(lambda: heatmap.evaluate("img => img.complete && img.naturalWidth") == 96,
-             timeout=30, what="the heat map image to load")
+    heat_layer = pneumonia.locator("img.heat-layer")
+    wait_for(lambda: heat_layer.evaluate("img => img.complete && img.naturalWidth") > 0,
+             timeout=30, what="the heat map layer to load")
+    xray_layer = pneumonia.locator("img.xray-layer")
+    assert xray_layer.evaluate("img => img.complete && img.naturalWidth") > 0
+    # The heat map lies exactly over the X-ray, and the intensity slider changes how strongly.
+    assert heat_layer.bounding_box() == xray_layer.bounding_box()
+    assert float(heat_layer.evaluate("img => getComputedStyle(img).opacity")) == 0.4
+    page.locator("#heat-intensity").fill("75")
+    expect(page.locator("#heat-intensity-value")).to_have_text("75 %")
+    assert float(heat_layer.evaluate("img => getComputedStyle(img).opacity")) == 0.75
+    full = pneumonia.locator("a.heatmap")
+    overlay = page.request.get(live_daphne + full.get_attribute("href"))
+    assert overlay.ok and overlay.headers["content-type"] == "image/png"
     placeholder = page.locator(".analysis", has_text="cardiomegaly")
     expect(placeholder.locator(".placeholder-warning")).to_contain_text("NO DIAGNOSTIC VALUE")
     expect(placeholder).not_to_contain_text("AI flag")

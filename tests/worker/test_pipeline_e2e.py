@@ -85,7 +85,18 @@ def test_an_uploaded_dicom_is_analysed_by_a_worker_and_the_browser_is_told(live_
     picture = np.asarray(PILImage.open(io.BytesIO(b"".join(overlay.streaming_content))))
     assert picture.shape == (96, 96, 3)
     raw = api.get(result["heatmap_raw_url"])
-    assert np.asarray(PILImage.open(io.BytesIO(b"".join(raw.streaming_content)))).ndim == 2
+    raw_map = np.asarray(PILImage.open(io.BytesIO(b"".join(raw.streaming_content))))
+    assert raw_map.ndim == 2
+    # The colour layer the study page lays over the X-ray at the chosen intensity: the raw map
+    # in JET colours (its hottest cell red, its coldest blue).
+    color = api.get(result["heatmap_url"] + "?kind=color")
+    assert color.status_code == 200 and color["Content-Type"] == "image/png"
+    layer = np.asarray(PILImage.open(io.BytesIO(color.content)).convert("RGB")).astype(int)
+    assert layer.shape[:2] == raw_map.shape
+    hot = np.unravel_index(np.argmax(raw_map), raw_map.shape)
+    cold = np.unravel_index(np.argmin(raw_map), raw_map.shape)
+    assert layer[hot][0] > layer[hot][2] and layer[cold][2] > layer[cold][0]
+    assert result["image_thumbnail_url"] == f"/api/images/{pneumonia.image_id}/thumbnail/"
 
     study = api.get(f"/api/studies/{body['study']['id']}/").json()
     assert study["status"] == "ai_complete"

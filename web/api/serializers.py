@@ -26,6 +26,7 @@ class AnalysisSerializer(serializers.ModelSerializer):
     heatmap_raw_url = serializers.SerializerMethodField()
     study_id = serializers.IntegerField(source="image.study_id", read_only=True)
     display_warning = serializers.SerializerMethodField()
+    image_thumbnail_url = serializers.SerializerMethodField()
 
     class Meta:
         model = Analysis
@@ -34,7 +35,7 @@ class AnalysisSerializer(serializers.ModelSerializer):
             "positive", "is_finding", "model_id", "model_sha256", "architecture",
             "is_placeholder", "placeholder_reason", "experimental", "experimental_reason",
             "display_warning", "gradcam_method", "gradcam_layer", "notes", "heatmap_url",
-            "heatmap_raw_url", "error_message", "attempts", "requeues", "enqueued_at",
+            "heatmap_raw_url", "image_thumbnail_url", "error_message", "attempts", "requeues", "enqueued_at",
             "started_at", "finished_at",
         ]
         read_only_fields = fields
@@ -48,6 +49,10 @@ class AnalysisSerializer(serializers.ModelSerializer):
         if not obj.heatmap_raw:
             return None
         return reverse("api:analysis-heatmap", args=[obj.pk]) + "?kind=raw"
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_image_thumbnail_url(self, obj: Analysis) -> str | None:
+        return reverse("api:image-thumbnail", args=[obj.image_id]) if obj.image.thumbnail else None
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_display_warning(self, obj: Analysis) -> str | None:

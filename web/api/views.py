@@ -6,7 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.http import FileResponse
+from django.http import FileResponse, HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
@@ -110,9 +110,11 @@ class AnalysisDetailView(generics.RetrieveAPIView):
 
 class AnalysisHeatmapView(APIView):
     @extend_schema(
-        parameters=[OpenApiParameter("kind", str, enum=["overlay", "raw"],
+        parameters=[OpenApiParameter("kind", str, enum=["overlay", "raw", "color"],
                                      description="overlay (default): colour Grad-CAM over the "
-                                                 "X-ray; raw: 8-bit grayscale heat map")],
+                                                 "X-ray at full resolution; raw: 8-bit grayscale "
+                                                 "heat map; color: the heat map alone in JET "
+                                                 "colours, to lay over the X-ray at any intensity")],
         responses={(200, "image/png"): bytes},
         summary="Download the Grad-CAM heat map of a finished analysis",
     )
@@ -122,14 +124,17 @@ class AnalysisHeatmapView(APIView):
         except Analysis.DoesNotExist:
             raise NotFound(f"No analysis with id {pk}.") from None
         kind = request.query_params.get("kind", "overlay")
-        if kind not in ("overlay", "raw"):
-            raise ValidationError({"kind": "Use kind=overlay or kind=raw."})
+        if kind not in ("overlay", "raw", "color"):
+            raise ValidationError({"kind": "Use kind=overlay, kind=raw or kind=color."})
         field = analysis.heatmap if kind == "overlay" else analysis.heatmap_raw
         if not field:
             raise NotFound(f"Analysis {pk} has no heat map yet (state: {analysis.state}).")
         audit_record(actor=request.user, action="heatmap.download",
                      patient=analysis.image.study.patient, study=analysis.image.study,
                      obj=analysis, ip_address=client_ip(request), detail={"kind": kind})
+        if kind == "color":
+            return HttpResponse(selectors.analysis_heatmap_color_png(analysis=analysis),
+                                content_type="image/png")
         return FileResponse(field.open("rb"), content_type="image/png",
                             filename=f"analysis-{pk}-{kind}.png")
 

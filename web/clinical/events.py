@@ -57,6 +57,12 @@ def analysis_payload(analysis: Analysis) -> dict[str, Any]:
         "attempts": analysis.attempts,
         "heatmap_url": (reverse("api:analysis-heatmap", args=[analysis.pk])
                         if has_heatmap else None),
+        "heatmap_raw_url": (reverse("api:analysis-heatmap", args=[analysis.pk]) + "?kind=raw"
+                            if analysis.heatmap_raw else None),
+        "image_thumbnail_url": (reverse("api:image-thumbnail", args=[image.pk])
+                                if image.thumbnail else None),
+        "gradcam_method": analysis.gradcam_method,
+        "gradcam_layer": analysis.gradcam_layer,
         "finished_at": analysis.finished_at.isoformat() if analysis.finished_at else None,
     }
 

@@ -53,3 +53,16 @@ def study_detail(*, study_id: int) -> Study:
 
 def analysis_get(*, analysis_id: int) -> Analysis:
     return Analysis.objects.select_related("image__study__patient").get(pk=analysis_id)
+
+
+def analysis_heatmap_color_png(*, analysis: Analysis) -> bytes:
+    """The Grad-CAM map alone, in JET colours, for the page to lay over the X-ray at any
+    intensity (CSS opacity gives exactly core.overlay's (1 - alpha) * X-ray + alpha * colour)."""
+    import cv2
+    import numpy as np
+
+    from core.overlay import colorize_heatmap, encode_png
+
+    with analysis.heatmap_raw.open("rb") as handle:
+        raw = cv2.imdecode(np.frombuffer(handle.read(), np.uint8), cv2.IMREAD_GRAYSCALE)
+    return encode_png(colorize_heatmap(raw.astype(np.float32) / 255.0))

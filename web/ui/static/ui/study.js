@@ -8,6 +8,25 @@
                        in_review: "In review", reported: "Reported"};
   function fixed(x, n) { return x == null ? "" : Number(x).toFixed(n); }
 
+  // Heat-map intensity: one slider for the page, remembered across studies. The colour layer's
+  // opacity blends exactly like the server's overlay: (1 - alpha) * X-ray + alpha * colour.
+  const slider = document.getElementById("heat-intensity");
+  const sliderValue = document.getElementById("heat-intensity-value");
+  function intensity() { return slider ? Number(slider.value) / 100 : 0.4; }
+  function applyIntensity() {
+    for (const layer of document.querySelectorAll(".heat-layer")) { layer.style.opacity = intensity(); }
+    if (sliderValue) sliderValue.textContent = slider.value + " %";
+  }
+  if (slider) {
+    const saved = window.localStorage && localStorage.getItem("radtriage.heatIntensity");
+    if (saved !== null && saved !== undefined) slider.value = saved;
+    slider.addEventListener("input", function () {
+      if (window.localStorage) localStorage.setItem("radtriage.heatIntensity", slider.value);
+      applyIntensity();
+    });
+    applyIntensity();
+  }
+
   function render(a) {
     let html = '<div class="head"><strong>' + esc(a.condition) + '</strong> <span class="badge state-' +
       esc(a.state) + '">' + esc(stateLabels[a.state] || a.state) + "</span></div>";
@@ -25,9 +44,15 @@
           (a.positive ? '<span class="badge flag">AI flag</span> (at or above threshold ' + fixed(a.threshold, 2) + ")"
                       : "below threshold " + fixed(a.threshold, 2)) + "</p>";
       }
+      if (a.heatmap_raw_url && a.image_thumbnail_url) {
+        html += '<div class="overlay-view"><img class="xray-layer" alt="X-ray" src="' + esc(a.image_thumbnail_url) +
+          '"><img class="heat-layer" alt="Grad-CAM heat map over the X-ray" style="opacity: ' + intensity() +
+          '" src="' + esc(a.heatmap_url) + "?kind=color&t=" + Date.now() + '"></div>';
+      }
       if (a.heatmap_url) {
-        html += '<img class="heatmap" alt="Grad-CAM heat map over the X-ray" src="' + esc(a.heatmap_url) +
-          "?t=" + Date.now() + '">';
+        html += '<p class="heatmap-links"><a class="heatmap" target="_blank" href="' + esc(a.heatmap_url) +
+          '">Full-resolution overlay</a> · <small>' + esc(a.gradcam_method) +
+          (a.gradcam_layer ? " at " + esc(a.gradcam_layer) : "") + "</small></p>";
       }
     } else if (a.state === "failed") {
       html += '<p class="error">' + esc(a.error_message) + "</p>";
