@@ -471,6 +471,7 @@ def train_model(
     wall = float(state.get("wall_s", 0.0))
     lr_now = state.get("lr")
     stopped_early = bool(state.get("stopped_early", False))
+    sittings = int(state.get("sittings", 0)) + 1  # how many runs (resumes) this training took
     new_epochs = 0
     p = PROTOCOLS[config.protocol]
 
@@ -508,7 +509,7 @@ def train_model(
                 best_auc = logs.get("val_auc")
             self.model.save_weights(ckpt_dir / "last.weights.h5")
             _write_state(state_file, epochs_done=epochs_done, best_val_auc=best_auc,
-                         lr=lr_now, history=history, wall_s=wall, stopped_early=False,
+                         lr=lr_now, history=history, wall_s=wall, stopped_early=False, sittings=sittings,
                          config=asdict(config))
             if stop_after_epochs is not None and new_epochs >= stop_after_epochs:
                 self.model.stop_training = True
@@ -551,7 +552,7 @@ def train_model(
         if early.stopped_epoch and final_stage:
             stopped_early = True
             _write_state(state_file, epochs_done=epochs_done, best_val_auc=best_auc,
-                         lr=lr_now, history=history, wall_s=wall, stopped_early=True,
+                         lr=lr_now, history=history, wall_s=wall, stopped_early=True, sittings=sittings,
                          config=asdict(config))
 
     finished = stopped_early or epochs_done >= config.epochs
@@ -577,7 +578,7 @@ def train_model(
     entry = finalize_model(
         final, config=config, out_dir=out_dir, train=train, val=val, test=test,
         counts=counts, history=history, epochs_run=epochs_done, wall_s=wall,
-        stopped_early=stopped_early, stages=stages, command=command, log=log,
+        stopped_early=stopped_early, stages=stages, command=command, log=log, sittings=sittings,
         artifact_root=Path(registry_path).resolve().parent if registry_path else None,
     )
     if registry_path is not None:
@@ -598,7 +599,7 @@ def finalize_model(
     test: ArraySplit | None, counts: dict[str, dict[str, int]], history: list[dict[str, float]],
     epochs_run: int, wall_s: float, stopped_early: bool, stages: Sequence[Stage],
     command: str | None, log: Callable[[str], None] = print,
-    artifact_root: Path | None = None,
+    artifact_root: Path | None = None, sittings: int = 1,
 ) -> dict[str, Any]:
     """Calibrate + threshold on val, evaluate val/test, write plots, card and metrics.json;
     return the registry entry (not yet registered)."""
@@ -691,6 +692,7 @@ def finalize_model(
             "imagenet_weights": weights_name,
             "batchnorm": "backbone BN frozen" if weights_name else "all BN trained",
             "wall_time_s": round(wall_s, 1),
+            "sittings": sittings,
             "hardware": f"{platform.machine()} CPU x{os.cpu_count()}",
             "command": command,
             "notes": list(config.notes),

@@ -118,7 +118,8 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(project: Path) -> N
     assert second.finished and second.epochs_run == 4
     assert [h["epoch"] for h in second.history] == [1, 2, 3, 4]  # continued, not restarted
     assert any("resuming tiny-fracture: 2 epoch(s) done" in m for m in logs)
-    assert "tiny-fracture" in Registry.load(project / "registry.json").models
+    entry = Registry.load(project / "registry.json").entry("tiny-fracture")
+    assert entry.raw["training"]["sittings"] == 2 and entry.raw["training"]["epochs_run"] == 4
 
 
 def test_training_and_serving_preprocess_an_image_identically() -> None:
