@@ -132,10 +132,11 @@ def render_card(entry: dict[str, Any]) -> str:
         *[f"- Note: {n}" for n in t.get("notes", [])],
         "",
         "## Calibration and operating threshold",
-        f"- Calibration: {cal.get('method')} fitted on the validation split "
-        f"(p = sigmoid(a * logit(p_raw) + b), a = {cal.get('a')}, b = {cal.get('b')}); "
-        f"validation log-loss {cal.get('val_log_loss_raw')} -> "
-        f"{cal.get('val_log_loss_calibrated')}.",
+        (f"- Calibration: {cal.get('method')} fitted on the validation split "
+         f"(p = sigmoid(a * logit(p_raw) + b), a = {cal.get('a')}, b = {cal.get('b')}); "
+         f"validation log-loss {cal.get('val_log_loss_raw')} -> "
+         f"{cal.get('val_log_loss_calibrated')}." if cal.get("method") not in (None, "none")
+         else f"- Calibration: none ({cal.get('reason', 'not fitted')})."),
         f"- Threshold: **{entry['threshold']:.4f}** on the calibrated probability; rule: "
         f"{entry.get('threshold_rule')}. \"Positive\" means p >= threshold, not p >= 0.5.",
         "",

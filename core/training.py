@@ -77,6 +77,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
                  "warmup_epochs": 1, "patience_lr": 2, "patience_stop": 4},
 }
 HEAD_LR = 1e-3
+MIN_CALIBRATION_PER_CLASS = 10
 
 
 @dataclass
@@ -594,6 +595,18 @@ def _write_state(path: Path, **state: Any) -> None:
     tmp.replace(path)
 
 
+def calibrate_on_validation(y: np.ndarray, p_raw: np.ndarray, *, method: str) -> dict[str, Any]:
+    """Fit the calibration on validation predictions, or none when there are too few cases:
+    a calibration fitted on a handful of separable cases is degenerate (a -> infinity)."""
+    per_class = np.bincount(np.asarray(y).astype(int), minlength=2)
+    if per_class.min() < MIN_CALIBRATION_PER_CLASS:
+        return {"method": "none", "reason": (
+            f"too few validation images to fit a calibration ({per_class[0]} negative / "
+            f"{per_class[1]} positive; need {MIN_CALIBRATION_PER_CLASS} of each): "
+            "probabilities are the model's raw output")}
+    return fit_calibration(y, p_raw, method=method)
+
+
 def finalize_model(
     model: Any, *, config: TrainConfig, out_dir: Path, train: ArraySplit, val: ArraySplit,
     test: ArraySplit | None, counts: dict[str, dict[str, int]], history: list[dict[str, float]],
@@ -609,7 +622,7 @@ def finalize_model(
     assert config.model_id and config.input_size
     labels = CLASS_LABELS[config.condition]
     val_raw = predict_probabilities(model, val.x)
-    calibration = fit_calibration(val.y, val_raw, method=config.calibration)
+    calibration = calibrate_on_validation(val.y, val_raw, method=config.calibration)
     val_cal = apply_calibration(val_raw, calibration)
     threshold = choose_threshold(val.y, val_cal, min_sensitivity=config.min_sensitivity)
     metrics = {"val": evaluate_predictions(val.y, val_cal, threshold, n_boot=config.n_boot,

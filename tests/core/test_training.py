@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def _make_dataset(root: Path, *, n_per_class: int = 16, size: int = 40, seed: int = 0) -> Path:
     """<root>/<split>/<negative|positive>/*.png: positives carry a bright blob."""
     rng = np.random.default_rng(seed)
-    for split, n in (("train", n_per_class), ("val", 8), ("test", 6)):
+    for split, n in (("train", n_per_class), ("val", 10), ("test", 6)):
         for label in ("negative", "positive"):
             folder = root / split / label
             folder.mkdir(parents=True, exist_ok=True)
@@ -161,3 +161,16 @@ def test_protocol_stages_follow_the_paper() -> None:
     assert (cfg.epochs, cfg.batch_size, cfg.lr) == (50, 16, 1e-5)
     assert cfg.horizontal_flip is False  # chest films: laterality matters
     assert TrainConfig(condition="fracture", data=".").resolved().horizontal_flip is True
+
+
+def test_calibration_is_not_fitted_on_a_handful_of_validation_images() -> None:
+    from core.training import calibrate_on_validation
+
+    y = np.array([0, 0, 0, 0, 0, 1, 1])
+    p = np.array([0.1, 0.2, 0.1, 0.3, 0.2, 0.9, 0.8])
+    cal = calibrate_on_validation(y, p, method="platt")
+    assert cal["method"] == "none" and "5 negative / 2 positive" in cal["reason"]
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    p = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.2, 200), 0.01, 0.99)
+    assert calibrate_on_validation(y, p, method="temperature")["method"] == "temperature"
