@@ -7,6 +7,7 @@ Override any of these from the environment (e.g. .ci/run exports DATABASE_URL).
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 
@@ -16,7 +17,11 @@ os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 # test session, so parallel runs and a developer's `make run` never see each other's jobs.
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/5")
 os.environ.setdefault("RADTRIAGE_NAMESPACE", f"rtt{uuid.uuid4().hex[:8]}")
-os.environ.setdefault("MEDIA_ROOT", tempfile.mkdtemp(prefix="radtriage-media-"))
+if "MEDIA_ROOT" not in os.environ:
+    _SCRATCH_MEDIA = tempfile.mkdtemp(prefix="radtriage-media-")
+    os.environ["MEDIA_ROOT"] = _SCRATCH_MEDIA
+else:
+    _SCRATCH_MEDIA = None
 
 
 def pytest_configure(config) -> None:
@@ -25,6 +30,12 @@ def pytest_configure(config) -> None:
     from django.conf import settings
 
     assert settings.DATABASES
+
+
+def pytest_unconfigure(config) -> None:
+    # Stored uploads and heat maps of this session: nothing left behind in /tmp.
+    if _SCRATCH_MEDIA:
+        shutil.rmtree(_SCRATCH_MEDIA, ignore_errors=True)
 
 
 # Shared fixtures (users, tiny registry, worker/beat/redis processes) live in one place so
