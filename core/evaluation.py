@@ -342,6 +342,10 @@ def plot_roc(path: str | Path, y: Any, p: Any, *, title: str, threshold: float |
     ax.set_ylabel("sensitivity")
     ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
+    return _save_figure(plt, fig, path)
+
+
+def _save_figure(plt: Any, fig: Any, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -367,12 +371,7 @@ def plot_reliability(path: str | Path, y: Any, p_cal: Any, *, title: str,
     ax.set_ylabel("observed frequency")
     ax.set_title(title, fontsize=9)
     ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(plt, fig, path)
 
 
 def plot_confusion(path: str | Path, counts: dict[str, int], *, labels: Sequence[str],
@@ -388,9 +387,4 @@ def plot_confusion(path: str | Path, counts: dict[str, int], *, labels: Sequence
     ax.set_xticks([0, 1], [f"pred {labels[0]}", f"pred {labels[1]}"], fontsize=7)
     ax.set_yticks([0, 1], [f"true {labels[0]}", f"true {labels[1]}"], fontsize=7)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(plt, fig, path)
