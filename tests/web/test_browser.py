@@ -89,9 +89,11 @@ def test_a_radiologist_watches_an_upload_get_analysed_without_reloading(
     wait_for(lambda: heat_layer.evaluate("img => img.complete && img.naturalWidth") > 0,
              timeout=30, what="the heat map layer to load")
     xray_layer = pneumonia.locator("img.xray-layer")
-    assert xray_layer.evaluate("img => img.complete && img.naturalWidth") > 0
-    # The heat map lies exactly over the X-ray, and the intensity slider changes how strongly.
-    assert heat_layer.bounding_box() == xray_layer.bounding_box()
+    # The heat map lies exactly over the X-ray (the card may be redrawn once when the page's
+    # socket connects, so wait for the layout to settle), and the slider sets how strongly.
+    wait_for(lambda: heat_layer.bounding_box() is not None
+             and heat_layer.bounding_box() == xray_layer.bounding_box(),
+             timeout=30, what="the heat map to lie exactly over the X-ray")
     assert float(heat_layer.evaluate("img => getComputedStyle(img).opacity")) == 0.4
     page.locator("#heat-intensity").fill("75")
     expect(page.locator("#heat-intensity-value")).to_have_text("75 %")

@@ -47,7 +47,7 @@
       if (a.heatmap_raw_url && a.image_thumbnail_url) {
         html += '<div class="overlay-view"><img class="xray-layer" alt="X-ray" src="' + esc(a.image_thumbnail_url) +
           '"><img class="heat-layer" alt="Grad-CAM heat map over the X-ray" style="opacity: ' + intensity() +
-          '" src="' + esc(a.heatmap_url) + "?kind=color&t=" + Date.now() + '"></div>';
+          '" src="' + esc(a.heatmap_url) + "?kind=color&v=" + esc(a.finished_at || "") + '"></div>';
       }
       if (a.heatmap_url) {
         html += '<p class="heatmap-links"><a class="heatmap" target="_blank" href="' + esc(a.heatmap_url) +
@@ -68,7 +68,12 @@
     if (!el) { location.reload(); return false; }
     el.className = "analysis state-" + a.state + (a.is_placeholder ? " placeholder" : "") +
       (a.is_finding ? " finding" : "");
-    el.innerHTML = render(a);
+    // Redraw only what changed: replacing an identical card would reload its images and flicker.
+    const html = render(a);
+    if (el.dataset.rendered !== html) {
+      el.innerHTML = html;
+      el.dataset.rendered = html;
+    }
     const status = document.getElementById("study-status");
     if (status && studyStatus) {
       status.className = "badge state-" + studyStatus;
