@@ -85,19 +85,34 @@ def test_a_radiologist_watches_an_upload_get_analysed_without_reloading(
     expect(pneumonia).to_contain_text("Succeeded")
     expect(pneumonia).to_contain_text("pneumonia-tiny-test")
     expect(pneumonia.locator(".prob")).to_have_text(re.compile(r"^[01]\.\d{3}$"))
+    from playwright.sync_api import Error as PlaywrightError
+
     heat_layer = pneumonia.locator("img.heat-layer")
-    wait_for(lambda: heat_layer.evaluate("img => img.complete && img.naturalWidth") > 0,
-             timeout=30, what="the heat map layer to load")
     xray_layer = pneumonia.locator("img.xray-layer")
-    # The heat map lies exactly over the X-ray (the card may be redrawn once when the page's
-    # socket connects, so wait for the layout to settle), and the slider sets how strongly.
-    wait_for(lambda: heat_layer.bounding_box() is not None
-             and heat_layer.bounding_box() == xray_layer.bounding_box(),
+
+    def settled(query):  # the card may be redrawn once when the page's socket connects
+        def attempt():
+            try:
+                return query()
+            except PlaywrightError:
+                return None
+        return attempt
+
+    wait_for(settled(lambda: heat_layer.evaluate("img => img.complete && img.naturalWidth") > 0),
+             timeout=30, what="the heat map layer to load")
+    # The heat map lies exactly over the X-ray, and the slider sets how strongly it shows.
+    wait_for(settled(lambda: heat_layer.bounding_box() is not None
+                     and heat_layer.bounding_box() == xray_layer.bounding_box()),
              timeout=30, what="the heat map to lie exactly over the X-ray")
-    assert float(heat_layer.evaluate("img => getComputedStyle(img).opacity")) == 0.4
+
+    def opacity() -> float | None:
+        value = heat_layer.evaluate("img => getComputedStyle(img).opacity")
+        return float(value) if value else None  # '' while a redrawn card replaces the image
+
+    wait_for(settled(lambda: opacity() == 0.4), timeout=10, what="the default intensity 40 %")
     page.locator("#heat-intensity").fill("75")
     expect(page.locator("#heat-intensity-value")).to_have_text("75 %")
-    assert float(heat_layer.evaluate("img => getComputedStyle(img).opacity")) == 0.75
+    wait_for(settled(lambda: opacity() == 0.75), timeout=10, what="the heat map at 75 %")
     full = pneumonia.locator("a.heatmap")
     overlay = page.request.get(live_daphne + full.get_attribute("href"))
     assert overlay.ok and overlay.headers["content-type"] == "image/png"
