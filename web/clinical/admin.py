@@ -53,3 +53,8 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+# The admin home links to the model registry page (web/clinical/registry_admin.py).
+admin.site.index_template = "admin/radtriage_index.html"
+admin.site.site_header = "RadTriage administration"
