@@ -25,8 +25,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
+
+from core.preprocessing import resize_gray  # the one resize rule shared with serving
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm")
 LABEL_FOLDERS = {"negative": 0, "positive": 1}
@@ -173,25 +174,6 @@ def decode_resized(path: str | Path, *, input_size: Sequence[int]) -> np.ndarray
 
     pixels = load_xray(path).pixels
     return resize_gray(pixels, input_size=input_size)
-
-
-def resize_gray(pixels: np.ndarray, *, input_size: Sequence[int]) -> np.ndarray:
-    """uint8 (H, W) -> uint8 (h, w); INTER_AREA when shrinking, INTER_LINEAR when enlarging.
-
-    Same rule as core.preprocessing.preprocess_gray, which resizes the uint8 image before
-    scaling, so `to_model_input(resize_gray(p))` equals `preprocess_gray(p)` bit for bit.
-    """
-    height, width = int(input_size[0]), int(input_size[1])
-    if pixels.shape == (height, width):
-        return pixels.astype(np.uint8, copy=True)
-    shrinking = pixels.shape[0] * pixels.shape[1] > height * width
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(pixels, (width, height), interpolation=interpolation)
-
-
-def to_model_input(gray: np.ndarray) -> np.ndarray:
-    """uint8 (..., h, w) -> float32 (..., h, w, 3) in [0, 1] (gray replicated to RGB)."""
-    return np.repeat(gray[..., None], 3, axis=-1).astype(np.float32) / 255.0
 
 
 def load_arrays(

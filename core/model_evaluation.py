@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from core.data import Sample, load_arrays, samples_from_folder, to_model_input
+from core.data import Sample, load_arrays, samples_from_folder
 from core.evaluation import (
     evaluate_predictions,
     plot_confusion,
@@ -20,6 +20,7 @@ from core.evaluation import (
     plot_roc,
 )
 from core.model_card import PAPER_TABLE1
+from core.preprocessing import to_model_input
 from core.registry import Registry
 
 TABLE_CONDITIONS = ("pneumonia", "knee_osteoarthritis", "knee_osteoporosis", "fracture",

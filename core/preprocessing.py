@@ -18,12 +18,25 @@ def preprocess_gray(pixels: np.ndarray, *, input_size: Sequence[int]) -> np.ndar
     """uint8 (H, W) -> float32 (h, w, 3), values X/255. input_size is (height, width)."""
     if pixels.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale image, got shape {pixels.shape}")
+    return to_model_input(resize_gray(pixels, input_size=input_size))
+
+
+def resize_gray(pixels: np.ndarray, *, input_size: Sequence[int]) -> np.ndarray:
+    """uint8 (H, W) -> uint8 (h, w); INTER_AREA when shrinking, INTER_LINEAR when enlarging.
+
+    Training caches these uint8 arrays (core/data.py), so both paths share this one rule.
+    """
     height, width = int(input_size[0]), int(input_size[1])
+    if pixels.shape == (height, width):
+        return pixels.astype(np.uint8, copy=True)
     shrinking = pixels.shape[0] * pixels.shape[1] > height * width
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    resized = cv2.resize(pixels, (width, height), interpolation=interpolation)
-    rgb = np.repeat(resized[:, :, None], 3, axis=2)
-    return rgb.astype(np.float32) / 255.0
+    return cv2.resize(pixels, (width, height), interpolation=interpolation)
+
+
+def to_model_input(gray: np.ndarray) -> np.ndarray:
+    """uint8 (..., h, w) -> float32 (..., h, w, 3) in [0, 1] (gray replicated to RGB)."""
+    return np.repeat(gray[..., None], 3, axis=-1).astype(np.float32) / 255.0
 
 
 def preprocess_batch(images: Sequence[np.ndarray], *, input_size: Sequence[int]) -> np.ndarray:

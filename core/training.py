@@ -42,7 +42,7 @@ import numpy as np
 from core.architectures import ARCHITECTURES
 from core.calibration import apply_calibration
 from core.conditions import get_condition
-from core.data import ArraySplit, Sample, load_arrays, load_samples, split_counts, to_model_input
+from core.data import ArraySplit, Sample, load_arrays, load_samples, split_counts
 from core.evaluation import (
     DEFAULT_MIN_SENSITIVITY,
     choose_threshold,
@@ -54,6 +54,7 @@ from core.evaluation import (
     roc_auc,
     thumbnail_baseline,
 )
+from core.preprocessing import to_model_input
 
 CLASS_LABELS = {
     "pneumonia": ["no pneumonia", "pneumonia"],

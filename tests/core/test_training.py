@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.data import load_samples, resize_gray, to_model_input
+from core.data import load_samples
+from core.preprocessing import resize_gray, to_model_input
 from core.registry import Registry, sha256_file, validate_registry
 from core.training import TrainConfig, plan_stages, train_model
 
