@@ -17,16 +17,16 @@ from django.db import InterfaceError, OperationalError
 
 from web.clinical.services import (
     analyses_requeue_stuck,
+    analyses_run,
     analysis_fail,
     analysis_mark_retrying,
-    analysis_run,
 )
 from worker.celery import app
 
 log = logging.getLogger(__name__)
 
 # Worth another try: the database or Redis blinked, the disk was busy, the job ran too long.
-# Everything else (a corrupt image, an unknown condition) fails once, inside analysis_run.
+# Everything else (a corrupt image, an unknown condition) fails once, inside analyses_run.
 TRANSIENT_ERRORS = (
     OperationalError,
     InterfaceError,
@@ -44,32 +44,48 @@ def retry_countdown(retries: int) -> float:
     return min(2.0 * 2**retries, 120.0) * random.uniform(0.8, 1.2)
 
 
-@app.task(
-    bind=True,
-    name="worker.tasks.analyze",
-    acks_late=True,
-    reject_on_worker_lost=True,
-    soft_time_limit=settings.ANALYSIS_SOFT_TIME_LIMIT,
-    time_limit=settings.ANALYSIS_TIME_LIMIT,
-    max_retries=settings.ANALYSIS_MAX_RETRIES,
-    ignore_result=True,
-)
+ANALYSIS_TASK_OPTIONS = {
+    "bind": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "soft_time_limit": settings.ANALYSIS_SOFT_TIME_LIMIT,
+    "time_limit": settings.ANALYSIS_TIME_LIMIT,
+    "max_retries": settings.ANALYSIS_MAX_RETRIES,
+    "ignore_result": True,
+}
+
+
+@app.task(name="worker.tasks.analyze", **ANALYSIS_TASK_OPTIONS)
 def analyze(self, analysis_id: int) -> None:
+    _run_with_retries(self, [analysis_id])
+
+
+@app.task(name="worker.tasks.analyze_batch", **ANALYSIS_TASK_OPTIONS)
+def analyze_batch(self, analysis_ids: list[int]) -> None:
+    """Several analyses in one job (bulk uploads): one model call per condition for all."""
+    _run_with_retries(self, analysis_ids)
+
+
+def _run_with_retries(task, analysis_ids: list[int]) -> None:
     try:
-        analysis_run(analysis_id=analysis_id, worker=f"{self.request.hostname}:{os.getpid()}")
+        analyses_run(analysis_ids=analysis_ids,
+                     worker=f"{task.request.hostname}:{os.getpid()}")
     except TRANSIENT_ERRORS as exc:
         message = f"{type(exc).__name__}: {exc}".strip()
-        if self.request.retries >= self.max_retries:
-            analysis_fail(analysis_id=analysis_id, message=(
-                f"The analysis failed {self.request.retries + 1} times on a temporary problem "
-                f"and was abandoned ({message}). Re-run it when the system is healthy."))
+        if task.request.retries >= task.max_retries:
+            for analysis_id in analysis_ids:  # those already finished are left alone
+                analysis_fail(analysis_id=analysis_id, message=(
+                    f"The analysis failed {task.request.retries + 1} times on a temporary "
+                    f"problem and was abandoned ({message}). Re-run it when the system is "
+                    "healthy."))
             return
-        log.warning("Analysis %s: transient error, retrying: %s", analysis_id, message)
-        try:
-            analysis_mark_retrying(analysis_id=analysis_id, message=message)
-        except Exception:  # noqa: BLE001 - the database may be the thing that is down
-            log.warning("Could not mark analysis %s as retrying", analysis_id, exc_info=True)
-        raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries)) from None
+        log.warning("Analyses %s: transient error, retrying: %s", analysis_ids, message)
+        for analysis_id in analysis_ids:
+            try:
+                analysis_mark_retrying(analysis_id=analysis_id, message=message)
+            except Exception:  # noqa: BLE001 - the database may be the thing that is down
+                log.warning("Could not mark analysis %s as retrying", analysis_id, exc_info=True)
+        raise task.retry(exc=exc, countdown=retry_countdown(task.request.retries)) from None
 
 
 @app.task(name="worker.tasks.sweep_stuck_analyses", ignore_result=True,

@@ -70,7 +70,7 @@ def test_a_job_whose_worker_process_is_killed_runs_again_in_a_new_one(
 
     assert done.attempts == 2, worker.log()[-3000:]
     assert int(done.worker.rsplit(":", 1)[1]) != pid
-    assert done.model_id == "pneumonia-tiny-test" and done.heatmap
+    assert done.model_id == "pneumonia-tiny-test" and done.heatmap_raw
 
 
 def test_a_job_survives_its_whole_worker_being_killed_and_a_new_worker_coming_back(
@@ -99,7 +99,7 @@ def test_a_job_survives_its_whole_worker_being_killed_and_a_new_worker_coming_ba
 
     assert done.requeues >= 1 and done.attempts >= 2
     assert "phoenix" in done.worker
-    assert done.probability is not None and done.heatmap
+    assert done.probability is not None and done.heatmap_raw
 
 
 def test_a_job_lost_by_a_redis_restart_is_recovered_by_the_sweeper(
@@ -134,4 +134,4 @@ def test_a_job_lost_by_a_redis_restart_is_recovered_by_the_sweeper(
         restarted.kill()
 
     assert done.requeues >= 1 and done.attempts == 1
-    assert done.model_sha256 and done.heatmap
+    assert done.model_sha256 and done.heatmap_raw

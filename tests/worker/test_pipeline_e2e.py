@@ -82,8 +82,13 @@ def test_an_uploaded_dicom_is_analysed_by_a_worker_and_the_browser_is_told(live_
     result = api.get(f"/api/analyses/{pneumonia.pk}/").json()
     overlay = api.get(result["heatmap_url"])
     assert overlay.status_code == 200 and overlay["Content-Type"] == "image/png"
-    picture = np.asarray(PILImage.open(io.BytesIO(b"".join(overlay.streaming_content))))
+    picture = np.asarray(PILImage.open(io.BytesIO(overlay.content)))
     assert picture.shape == (96, 96, 3)
+    assert not (picture[..., 0] == picture[..., 2]).all()  # coloured by the heat map
+    # At intensity 0 the overlay is the X-ray alone (gray); a bad intensity is refused.
+    plain = np.asarray(PILImage.open(io.BytesIO(api.get(result["heatmap_url"] + "?alpha=0").content)))
+    assert (plain[..., 0] == plain[..., 2]).all() and (plain[..., 1] == plain[..., 2]).all()
+    assert api.get(result["heatmap_url"] + "?alpha=2").status_code == 400
     raw = api.get(result["heatmap_raw_url"])
     raw_map = np.asarray(PILImage.open(io.BytesIO(b"".join(raw.streaming_content))))
     assert raw_map.ndim == 2
@@ -148,7 +153,7 @@ def test_a_corrupt_stored_image_fails_once_with_its_message(live_worker, api) ->
                       timeout=JOB_TIMEOUT, what="the re-run to fail")
 
     assert "truncated or corrupt" in failed.error_message
-    assert failed.attempts == 1 and failed.probability is None and not failed.heatmap
+    assert failed.attempts == 1 and failed.probability is None and not failed.heatmap_raw
 
 
 def test_a_duplicate_delivery_gives_one_result(live_worker, api) -> None:
@@ -166,8 +171,8 @@ def test_a_duplicate_delivery_gives_one_result(live_worker, api) -> None:
 
     done.refresh_from_db()
     assert done.finished_at == first_finish and done.attempts == 1
-    heatmaps = list(Path(done.heatmap.path).parent.glob(f"analysis-{analysis_id}-*"))
-    assert len(heatmaps) == 2  # one overlay, one raw map: nothing written twice
+    heatmaps = list(Path(done.heatmap_raw.path).parent.glob(f"analysis-{analysis_id}-*"))
+    assert len(heatmaps) == 1  # one raw map (overlays are drawn on request): nothing twice
 
 
 def test_the_worker_loads_the_model_once_after_fork_and_keeps_it_warm(live_worker, api) -> None:
@@ -210,5 +215,5 @@ def test_a_transient_storage_error_is_retried_with_backoff_then_succeeds(live_wo
 
     done = wait_for(lambda: Analysis.objects.filter(pk=analysis_id, state="succeeded").first(),
                     timeout=JOB_TIMEOUT, what="the retry to succeed")
-    assert done.attempts == 2 and done.error_message == "" and done.heatmap
+    assert done.attempts == 2 and done.error_message == "" and done.heatmap_raw
     assert second.json()["study"]["id"] == study_id

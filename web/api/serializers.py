@@ -42,7 +42,7 @@ class AnalysisSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_heatmap_url(self, obj: Analysis) -> str | None:
-        return reverse("api:analysis-heatmap", args=[obj.pk]) if obj.heatmap else None
+        return reverse("api:analysis-heatmap", args=[obj.pk]) if obj.heatmap_raw else None
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_heatmap_raw_url(self, obj: Analysis) -> str | None:
@@ -109,10 +109,9 @@ class StudyDetailSerializer(StudyListSerializer):
         read_only_fields = fields
 
 
-class UploadSerializer(serializers.Serializer):
-    """Multipart upload of one X-ray. DICOM header values win over the form's."""
+class UploadFieldsSerializer(serializers.Serializer):
+    """The form fields of an upload. DICOM header values win over the form's."""
 
-    file = serializers.FileField()
     conditions = serializers.CharField(
         required=False, default="all",
         help_text="Comma-separated condition codes, or 'all' for every condition that applies "
@@ -146,6 +145,51 @@ class UploadSerializer(serializers.Serializer):
 
     def validate_queue(self, value: str) -> str:
         return {"interactive": settings.QUEUE_INTERACTIVE, "batch": settings.QUEUE_BATCH}[value]
+
+
+class UploadSerializer(UploadFieldsSerializer):
+    """Multipart upload of one X-ray. DICOM header values win over the form's."""
+
+    file = serializers.FileField()
+
+
+class BulkUploadSerializer(UploadFieldsSerializer):
+    """Multipart upload of several X-rays (repeat the `files` part). The form's fields apply to
+    every file; DICOM header values win over them."""
+
+    files = serializers.ListField(child=serializers.FileField(), allow_empty=False)
+    queue = serializers.ChoiceField(choices=["interactive", "batch"], required=False,
+                                    default="batch")
+
+    def validate_files(self, value: list[Any]) -> list[Any]:
+        limit = settings.RADTRIAGE_MAX_FILES_PER_REQUEST
+        if len(value) > limit:
+            raise serializers.ValidationError(
+                f"{len(value)} files in one request; send at most {limit} per request.")
+        return value
+
+
+class BulkAnalysisSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    condition = serializers.CharField()
+    state = serializers.CharField()
+
+
+class BulkUploadItemSerializer(serializers.Serializer):
+    filename = serializers.CharField()
+    status = serializers.ChoiceField(choices=["created", "duplicate", "rejected"])
+    error = serializers.CharField(allow_blank=True)
+    warnings = serializers.ListField(child=serializers.CharField())
+    image_id = serializers.IntegerField(allow_null=True)
+    study_id = serializers.IntegerField(allow_null=True)
+    analyses = BulkAnalysisSerializer(many=True)
+
+
+class BulkUploadResultSerializer(serializers.Serializer):
+    created = serializers.IntegerField()
+    duplicates = serializers.IntegerField()
+    rejected = serializers.IntegerField()
+    results = BulkUploadItemSerializer(many=True)
 
 
 class UploadResultSerializer(serializers.Serializer):

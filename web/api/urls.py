@@ -14,6 +14,7 @@ urlpatterns = [
                                                  permission_classes=[AllowAny]), name="docs"),
     path("auth/token/", obtain_auth_token, name="token"),
     path("uploads/", views.UploadView.as_view(), name="upload"),
+    path("uploads/batch/", views.BulkUploadView.as_view(), name="upload-batch"),
     path("studies/", views.StudyListView.as_view(), name="study-list"),
     path("studies/<int:pk>/", views.StudyDetailView.as_view(), name="study-detail"),
     path("analyses/<int:pk>/", views.AnalysisDetailView.as_view(), name="analysis-detail"),

@@ -15,10 +15,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.errors import XRayDecodeError
 from web.api.serializers import (
     PRIORITIES,
     AnalysisSerializer,
     AnnotationSerializer,
+    BulkUploadResultSerializer,
+    BulkUploadSerializer,
     StudyDetailSerializer,
     StudyListSerializer,
     UploadResultSerializer,
@@ -26,17 +29,36 @@ from web.api.serializers import (
 )
 from web.clinical import selectors
 from web.clinical.models import Analysis, Image, Study
+from web.clinical.selectors import OVERLAY_ALPHA
 from web.clinical.services import (
+    BulkUploadItem,
     UploadFields,
     UploadRejected,
     analysis_enqueue,
     audit_record,
     image_upload,
+    images_upload_many,
 )
 
 
 def client_ip(request: Any) -> str | None:
     return request.META.get("REMOTE_ADDR") or None
+
+
+def upload_fields(data: dict[str, Any]) -> UploadFields:
+    return UploadFields(
+        patient_id=data.get("patient_id", ""), patient_name=data.get("patient_name", ""),
+        birth_date=data.get("birth_date"), sex=data.get("sex", ""),
+        study_instance_uid=data.get("study_instance_uid", ""),
+        accession_number=data.get("accession_number", ""), study_date=data.get("study_date"),
+        modality=data.get("modality", ""), body_part=data.get("body_part", ""),
+        description=data.get("description", ""), priority=PRIORITIES[data["priority"]],
+    )
+
+
+def too_large_message(size: int) -> str:
+    return (f"The file is {size:,} bytes; the largest accepted is "
+            f"{settings.RADTRIAGE_MAX_UPLOAD_BYTES:,} bytes.")
 
 
 class UploadView(APIView):
@@ -51,22 +73,13 @@ class UploadView(APIView):
         data = form.validated_data
         upload = data["file"]
         if upload.size > settings.RADTRIAGE_MAX_UPLOAD_BYTES:
-            return Response({"error": f"The file is {upload.size:,} bytes; the largest accepted "
-                                      f"is {settings.RADTRIAGE_MAX_UPLOAD_BYTES:,} bytes."},
+            return Response({"error": too_large_message(upload.size)},
                             status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
-        content = upload.read()
-        fields = UploadFields(
-            patient_id=data.get("patient_id", ""), patient_name=data.get("patient_name", ""),
-            birth_date=data.get("birth_date"), sex=data.get("sex", ""),
-            study_instance_uid=data.get("study_instance_uid", ""),
-            accession_number=data.get("accession_number", ""), study_date=data.get("study_date"),
-            modality=data.get("modality", ""), body_part=data.get("body_part", ""),
-            description=data.get("description", ""), priority=PRIORITIES[data["priority"]],
-        )
         try:
-            result = image_upload(data=content, filename=upload.name or "", fields=fields,
-                                  conditions=data["conditions"], queue=data["queue"],
-                                  uploaded_by=request.user, ip_address=client_ip(request))
+            result = image_upload(data=upload.read(), filename=upload.name or "",
+                                  fields=upload_fields(data), conditions=data["conditions"],
+                                  queue=data["queue"], uploaded_by=request.user,
+                                  ip_address=client_ip(request))
         except UploadRejected as exc:
             return Response({"error": str(exc)}, status=exc.status_code)
         study = selectors.study_worklist().get(pk=result.image.study_id)
@@ -75,6 +88,65 @@ class UploadView(APIView):
                                        "study": study, "image": image}).data
         return Response(body, status=status.HTTP_201_CREATED if result.created
                         else status.HTTP_200_OK)
+
+
+class BulkUploadView(APIView):
+    parser_classes = [MultiPartParser]
+
+    @extend_schema(request=BulkUploadSerializer,
+                   responses={201: BulkUploadResultSerializer, 200: BulkUploadResultSerializer,
+                              400: BulkUploadResultSerializer},
+                   summary="Upload several X-rays at once; their analyses run in batches")
+    def post(self, request: Request) -> Response:
+        """Each file is stored or refused on its own (a refused file leaves nothing behind);
+        `results` says which, in the order sent. Analyses go to the batch queue unless
+        queue=interactive. 201 when any file was stored, 200 when all were already there,
+        400 when none was accepted."""
+        form = BulkUploadSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        refused: dict[int, BulkUploadItem] = {}
+        files: list[tuple[str, bytes]] = []
+        for index, upload in enumerate(data["files"]):
+            if upload.size > settings.RADTRIAGE_MAX_UPLOAD_BYTES:
+                refused[index] = BulkUploadItem(upload.name or "", error=too_large_message(
+                    upload.size), status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+            else:
+                files.append((upload.name or "", upload.read()))
+        stored = iter(images_upload_many(
+            files=files, fields=upload_fields(data), conditions=data["conditions"],
+            queue=data["queue"], uploaded_by=request.user, ip_address=client_ip(request)))
+        items = [refused.get(i) or next(stored) for i in range(len(data["files"]))]
+        body = BulkUploadResultSerializer(bulk_upload_summary(items)).data
+        if body["created"]:
+            code = status.HTTP_201_CREATED
+        elif body["rejected"]:
+            code = status.HTTP_400_BAD_REQUEST
+            body["error"] = f"None of the {len(items)} files was accepted; see results."
+        else:
+            code = status.HTTP_200_OK
+        return Response(body, status=code)
+
+
+def bulk_upload_summary(items: list[BulkUploadItem]) -> dict[str, Any]:
+    results = []
+    for item in items:
+        result = item.result
+        results.append({
+            "filename": item.filename,
+            "status": "rejected" if result is None else
+                      "created" if result.created else "duplicate",
+            "error": item.error,
+            "warnings": result.warnings if result else [],
+            "image_id": result.image.pk if result else None,
+            "study_id": result.image.study_id if result else None,
+            "analyses": [{"id": a.pk, "condition": a.condition, "state": a.state}
+                         for a in (result.analyses if result else [])],
+        })
+    counts = {s: sum(r["status"] == s for r in results)
+              for s in ("created", "duplicate", "rejected")}
+    return {"created": counts["created"], "duplicates": counts["duplicate"],
+            "rejected": counts["rejected"], "results": results}
 
 
 @extend_schema(parameters=[OpenApiParameter("status", str, enum=list(Study.Status.values))])
@@ -110,15 +182,19 @@ class AnalysisDetailView(generics.RetrieveAPIView):
 
 class AnalysisHeatmapView(APIView):
     @extend_schema(
-        parameters=[OpenApiParameter("kind", str, enum=["overlay", "raw", "color"],
-                                     description="overlay (default): colour Grad-CAM over the "
-                                                 "X-ray at full resolution; raw: 8-bit grayscale "
-                                                 "heat map; color: the heat map alone in JET "
-                                                 "colours, to lay over the X-ray at any intensity")],
+        parameters=[
+            OpenApiParameter("kind", str, enum=["overlay", "raw", "color"],
+                             description="overlay (default): colour Grad-CAM over the X-ray at "
+                                         "full resolution; raw: 8-bit grayscale heat map at the "
+                                         "model's resolution; color: the heat map alone in JET "
+                                         "colours, to lay over the X-ray at any intensity"),
+            OpenApiParameter("alpha", float, description="overlay only: the heat map's "
+                             f"intensity, 0 (X-ray alone) to 1 (default {OVERLAY_ALPHA})"),
+        ],
         responses={(200, "image/png"): bytes},
         summary="Download the Grad-CAM heat map of a finished analysis",
     )
-    def get(self, request: Request, pk: int) -> FileResponse:
+    def get(self, request: Request, pk: int) -> HttpResponse:
         try:
             analysis = selectors.analysis_get(analysis_id=pk)
         except Analysis.DoesNotExist:
@@ -126,17 +202,36 @@ class AnalysisHeatmapView(APIView):
         kind = request.query_params.get("kind", "overlay")
         if kind not in ("overlay", "raw", "color"):
             raise ValidationError({"kind": "Use kind=overlay, kind=raw or kind=color."})
-        field = analysis.heatmap if kind == "overlay" else analysis.heatmap_raw
-        if not field:
+        alpha = _alpha(request.query_params.get("alpha"))
+        if not analysis.heatmap_raw:
             raise NotFound(f"Analysis {pk} has no heat map yet (state: {analysis.state}).")
         audit_record(actor=request.user, action="heatmap.download",
                      patient=analysis.image.study.patient, study=analysis.image.study,
                      obj=analysis, ip_address=client_ip(request), detail={"kind": kind})
-        if kind == "color":
-            return HttpResponse(selectors.analysis_heatmap_color_png(analysis=analysis),
-                                content_type="image/png")
-        return FileResponse(field.open("rb"), content_type="image/png",
-                            filename=f"analysis-{pk}-{kind}.png")
+        if kind == "raw":
+            return FileResponse(analysis.heatmap_raw.open("rb"), content_type="image/png",
+                                filename=f"analysis-{pk}-raw.png")
+        try:
+            png = (selectors.analysis_heatmap_color_png(analysis=analysis) if kind == "color"
+                   else selectors.analysis_heatmap_overlay_png(analysis=analysis, alpha=alpha))
+        except (FileNotFoundError, ValueError, XRayDecodeError) as exc:
+            raise NotFound(f"The heat map of analysis {pk} cannot be drawn: {exc}") from None
+        response = HttpResponse(png, content_type="image/png")
+        if kind == "overlay":
+            response["Content-Disposition"] = f'inline; filename="analysis-{pk}-overlay.png"'
+        return response
+
+
+def _alpha(value: str | None) -> float:
+    if value in (None, ""):
+        return OVERLAY_ALPHA
+    try:
+        alpha = float(value)
+    except ValueError:
+        alpha = -1.0
+    if not 0.0 <= alpha <= 1.0:
+        raise ValidationError({"alpha": "Use a number from 0 (X-ray alone) to 1 (heat map alone)."})
+    return alpha
 
 
 class ImageThumbnailView(APIView):

@@ -35,7 +35,7 @@ def analysis_payload(analysis: Analysis) -> dict[str, Any]:
     """What a page needs to redraw one analysis without asking the server again."""
     image = analysis.image
     study = image.study
-    has_heatmap = bool(analysis.heatmap)
+    has_heatmap = bool(analysis.heatmap_raw)
     return {
         "id": analysis.pk,
         "image_id": image.pk,

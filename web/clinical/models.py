@@ -139,8 +139,6 @@ class Analysis(models.Model):
     gradcam_method = models.CharField(max_length=32, blank=True)
     gradcam_layer = models.CharField(max_length=128, blank=True)
     notes = models.JSONField(default=list, blank=True)
-    heatmap = models.FileField("Grad-CAM overlay PNG", upload_to="heatmaps/", max_length=255,
-                               blank=True)
     heatmap_raw = models.FileField("raw Grad-CAM heat map (8-bit grayscale PNG)",
                                    upload_to="heatmaps/", max_length=255, blank=True)
     error_message = models.TextField(blank=True)

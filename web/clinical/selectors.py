@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.conf import settings
 from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet
 
 from web.clinical.models import Analysis, Image, Study
@@ -55,14 +58,38 @@ def analysis_get(*, analysis_id: int) -> Analysis:
     return Analysis.objects.select_related("image__study__patient").get(pk=analysis_id)
 
 
+OVERLAY_ALPHA = 0.4  # the heat map's default intensity over the X-ray
+
+
+def analysis_heatmap_overlay_png(*, analysis: Analysis, alpha: float = OVERLAY_ALPHA) -> bytes:
+    """The Grad-CAM map in JET colours over the X-ray at its full resolution.
+
+    Drawn on request from the stored image and raw map (numpy/OpenCV, no TensorFlow): the
+    worker does not spend a full-resolution PNG on every analysis, most of which nobody opens.
+    """
+    from core.imaging import load_xray
+    from core.overlay import encode_png, render_overlay
+
+    with analysis.image.file.open("rb") as handle:
+        xray = load_xray(handle.read(), max_pixels=settings.RADTRIAGE_MAX_PIXELS)
+    return encode_png(render_overlay(xray.pixels, _raw_heatmap(analysis), alpha=alpha))
+
+
 def analysis_heatmap_color_png(*, analysis: Analysis) -> bytes:
     """The Grad-CAM map alone, in JET colours, for the page to lay over the X-ray at any
     intensity (CSS opacity gives exactly core.overlay's (1 - alpha) * X-ray + alpha * colour)."""
+    from core.overlay import colorize_heatmap, encode_png
+
+    return encode_png(colorize_heatmap(_raw_heatmap(analysis)))
+
+
+def _raw_heatmap(analysis: Analysis) -> Any:
+    """float32 (h, w) in [0, 1] from the stored 8-bit map."""
     import cv2
     import numpy as np
 
-    from core.overlay import colorize_heatmap, encode_png
-
     with analysis.heatmap_raw.open("rb") as handle:
         raw = cv2.imdecode(np.frombuffer(handle.read(), np.uint8), cv2.IMREAD_GRAYSCALE)
-    return encode_png(colorize_heatmap(raw.astype(np.float32) / 255.0))
+    if raw is None:
+        raise ValueError(f"The stored heat map of analysis {analysis.pk} is unreadable.")
+    return raw.astype(np.float32) / 255.0

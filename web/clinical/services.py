@@ -1,7 +1,7 @@
 """Services: every change to clinical data goes through one of these functions.
 
 Upload validation decodes with core.imaging (numpy/pydicom only). The analysis itself runs in
-a worker process: `analysis_run` imports core.model_manager/core.analysis inside the function so
+a worker process: `analyses_run` imports core.model_manager/core.analysis inside the function so
 that TensorFlow is only ever imported by workers, never by the web process.
 """
 
@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import io
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,6 @@ from web.clinical.models import Analysis, AuditEvent, Image, Patient, Study
 log = logging.getLogger(__name__)
 
 THUMBNAIL_SIZE = 256
-OVERLAY_ALPHA = 0.4
 
 
 class UploadRejected(Exception):
@@ -80,8 +80,25 @@ def audit_record(
     detail: dict[str, Any] | None = None,
     ip_address: str | None = None,
 ) -> AuditEvent:
+    event = audit_event(actor=actor, action=action, patient=patient, study=study, obj=obj,
+                        detail=detail, ip_address=ip_address)
+    event.save()
+    return event
+
+
+def audit_event(
+    *,
+    actor: Any,
+    action: str,
+    patient: Patient | None = None,
+    study: Study | None = None,
+    obj: Any = None,
+    detail: dict[str, Any] | None = None,
+    ip_address: str | None = None,
+) -> AuditEvent:
+    """An unsaved audit row (for bulk_create); audit_record saves one."""
     is_user = actor is not None and getattr(actor, "is_authenticated", False)
-    return AuditEvent.objects.create(
+    return AuditEvent(
         actor=actor if is_user else None,
         actor_label=actor.get_username() if is_user else "system",
         action=action,
@@ -106,6 +123,7 @@ def image_upload(
     queue: str = settings.QUEUE_INTERACTIVE,
     uploaded_by: Any = None,
     ip_address: str | None = None,
+    dispatch: bool = True,
 ) -> UploadResult:
     """Store one X-ray, file it under its patient and study, and enqueue its analyses.
 
@@ -113,7 +131,7 @@ def image_upload(
     A file already stored (same SOPInstanceUID or same bytes) is recognised and returned with
     created=False; nothing new is written or enqueued.
     Raises UploadRejected (4xx) with a message the uploader can act on; on any failure no row
-    and no file is left behind.
+    and no file is left behind. dispatch=False: the caller sends the jobs (images_upload_many).
     """
     try:
         xray = validate_radiograph(load_xray(data, max_pixels=settings.RADTRIAGE_MAX_PIXELS))
@@ -139,7 +157,8 @@ def image_upload(
                                   sop_uid=sop_uid, study=study, uploaded_by=uploaded_by,
                                   stored=stored)
             analyses = [
-                analysis_enqueue(image=image, condition=code, queue=queue, created_by=uploaded_by)
+                analysis_enqueue(image=image, condition=code, queue=queue, created_by=uploaded_by,
+                                 dispatch=dispatch)
                 for code in codes
             ]
             audit_record(actor=uploaded_by, action="image.upload", patient=patient, study=study,
@@ -156,6 +175,52 @@ def image_upload(
         _files_delete(stored)
         raise
     return UploadResult(image=image, analyses=analyses, created=True, warnings=warnings)
+
+
+@dataclass
+class BulkUploadItem:
+    """One file of a bulk upload: its result, or why it was refused."""
+
+    filename: str
+    result: UploadResult | None = None
+    error: str = ""
+    status_code: int = 201
+
+
+def images_upload_many(
+    *,
+    files: Sequence[tuple[str, bytes]],
+    fields: UploadFields,
+    conditions: list[str] | None,
+    queue: str = settings.QUEUE_BATCH,
+    uploaded_by: Any = None,
+    ip_address: str | None = None,
+) -> list[BulkUploadItem]:
+    """Store several X-rays, each exactly as image_upload does (its own transaction: a refused
+    file is reported and leaves nothing, the others are kept), then send their analyses as
+    jobs of ANALYSIS_BATCH_SIZE, grouped by condition so that each job runs one model."""
+    items: list[BulkUploadItem] = []
+    new_ids: dict[str, list[int]] = {}
+    try:
+        for filename, data in files:
+            try:
+                result = image_upload(data=data, filename=filename, fields=fields,
+                                      conditions=conditions, queue=queue,
+                                      uploaded_by=uploaded_by, ip_address=ip_address,
+                                      dispatch=False)
+            except UploadRejected as exc:
+                items.append(BulkUploadItem(filename, error=str(exc),
+                                            status_code=exc.status_code))
+                continue
+            items.append(BulkUploadItem(filename, result=result,
+                                        status_code=201 if result.created else 200))
+            for analysis in result.analyses if result.created else []:
+                new_ids.setdefault(analysis.condition, []).append(analysis.pk)
+    finally:
+        # Also after a crash half-way: what was committed is sent now, not at the next sweep.
+        for ids in new_ids.values():
+            analyses_dispatch(analysis_ids=ids, queue=queue)
+    return items
 
 
 def _meta(meta: dict[str, Any], key: str) -> str:
@@ -342,8 +407,13 @@ def analysis_enqueue(
     queue: str = settings.QUEUE_INTERACTIVE,
     created_by: Any = None,
     model_id: str = "",
+    dispatch: bool = True,
 ) -> Analysis:
-    """Create a queued Analysis; its job is sent to the broker after the transaction commits."""
+    """Create a queued Analysis; its job is sent to the broker after the transaction commits.
+
+    dispatch=False leaves the sending to the caller (bulk uploads send one job per batch of
+    analyses); if the caller never does, the sweeper sends it: the row is the truth.
+    """
     get_condition(condition)
     if queue not in (settings.QUEUE_INTERACTIVE, settings.QUEUE_BATCH):
         raise ValueError(f"Unknown analysis queue '{queue}'.")
@@ -360,141 +430,199 @@ def analysis_enqueue(
     if study.status in (Study.Status.RECEIVED, Study.Status.AI_COMPLETE):
         study.status = Study.Status.ANALYSING
         study.save(update_fields=["status", "updated_at"])
-    transaction.on_commit(lambda: analysis_dispatch(analysis_id=analysis.pk, queue=queue))
+    if dispatch:
+        transaction.on_commit(lambda: analyses_dispatch(analysis_ids=[analysis.pk], queue=queue))
     analysis_event_publish(analysis=analysis, event="queued")
     return analysis
 
 
-def analysis_dispatch(*, analysis_id: int, queue: str) -> None:
-    """Send the job (its id only) to the broker. If the broker is down the row stays queued
-    and the sweeper sends it again later: the database, not the broker, is the truth."""
-    from worker.tasks import analyze
+def analyses_dispatch(*, analysis_ids: Sequence[int], queue: str) -> None:
+    """Send the jobs (ids only) to the broker: one `analyze` job per id on the interactive
+    queue (a person is waiting for each), jobs of up to ANALYSIS_BATCH_SIZE ids on the batch
+    queue (one model call for many images). If the broker is down the rows stay queued and
+    the sweeper sends them again later: the database, not the broker, is the truth."""
+    from worker.tasks import analyze, analyze_batch
 
-    try:
-        analyze.apply_async(args=[analysis_id], queue=queue)
-    except Exception:  # noqa: BLE001 - any broker failure: the sweeper recovers it
-        log.error("Could not enqueue analysis %s on %s; the sweeper will retry", analysis_id,
-                  queue, exc_info=True)
-
-
-@dataclass
-class _Computed:
-    outcome: dict[str, Any]
-    overlay_name: str
-    raw_name: str
+    size = 1 if queue == settings.QUEUE_INTERACTIVE else settings.ANALYSIS_BATCH_SIZE
+    ids = list(analysis_ids)
+    for start in range(0, len(ids), size):
+        chunk = ids[start:start + size]
+        try:
+            if len(chunk) == 1:
+                analyze.apply_async(args=[chunk[0]], queue=queue)
+            else:
+                analyze_batch.apply_async(args=[chunk], queue=queue)
+        except Exception:  # noqa: BLE001 - any broker failure: the sweeper recovers it
+            log.error("Could not enqueue analyses %s on %s; the sweeper will retry", chunk,
+                      queue, exc_info=True)
 
 
 def analysis_run(*, analysis_id: int, worker: str = "") -> Analysis | None:
-    """Run one analysis job (worker side). Idempotent: a job already finished is left alone.
+    """Run one analysis job (worker side); see analyses_run."""
+    done = analyses_run(analysis_ids=[analysis_id], worker=worker)
+    return done[0] if done else None
 
-    Permanent problems (unreadable image, unknown condition, bad registry) mark the row failed
-    with their message. Anything else propagates, for the task to retry.
+
+def analyses_run(*, analysis_ids: Sequence[int], worker: str = "") -> list[Analysis]:
+    """Run analysis jobs (worker side), one model call per condition and model for the lot.
+
+    Idempotent: a job already finished is left alone. Permanent problems (unreadable image,
+    body part mismatch, unknown model, bad registry) mark that row failed with their message
+    and the others go on. Anything else propagates, for the task to retry; rows finished
+    before it stay finished, so a retry runs only the rest.
     """
-    analysis = _analysis_claim(analysis_id=analysis_id, worker=worker)
-    if analysis is None:
-        return None
-    try:
-        computed = _analysis_compute(analysis)
-    except (RadTriageError, FileNotFoundError) as exc:
-        message = (str(exc) if isinstance(exc, RadTriageError)
-                   else "The stored image file is missing; upload it again.")
-        return analysis_fail(analysis_id=analysis_id, message=message)
-    return _analysis_complete(analysis_id=analysis_id, computed=computed)
+    claimed = _analyses_claim(analysis_ids=analysis_ids, worker=worker)
+    done: list[Analysis] = []
+    ready: dict[tuple[str, str], list[tuple[Analysis, XRay]]] = {}
+    for analysis in claimed:
+        try:
+            xray = _analysis_xray(analysis)
+        except (RadTriageError, FileNotFoundError) as exc:
+            done.append(_analysis_fail_permanently(analysis, exc))
+            continue
+        key = (analysis.condition, analysis.requested_model_id)
+        ready.setdefault(key, []).append((analysis, xray))
+    for (condition, model_id), group in ready.items():
+        done.extend(_analyses_compute_and_store(group, condition=condition, model_id=model_id))
+    return done
 
 
-def _analysis_claim(*, analysis_id: int, worker: str) -> Analysis | None:
+def _analyses_claim(*, analysis_ids: Sequence[int], worker: str) -> list[Analysis]:
+    claimed: list[Analysis] = []
     with transaction.atomic():
-        analysis = (Analysis.objects.select_for_update().select_related("image__study")
-                    .filter(pk=analysis_id).first())
-        if analysis is None:
-            log.warning("Analysis %s no longer exists; job dropped", analysis_id)
-            return None
-        if analysis.state in (Analysis.State.SUCCEEDED, Analysis.State.FAILED):
-            log.info("Analysis %s already %s; duplicate delivery ignored", analysis_id,
-                     analysis.state)
-            return None
-        if analysis.attempts >= settings.ANALYSIS_MAX_RETRIES + 1:
-            # A job that keeps killing its worker (out of memory...) must not loop forever.
-            _analysis_mark_failed(analysis, message=(
-                f"The analysis was interrupted {analysis.attempts} times (worker lost or timed "
-                "out); giving up. Check the worker logs, then re-run it."))
-            return None
-        analysis.state = Analysis.State.RUNNING
-        analysis.attempts += 1
-        analysis.started_at = timezone.now()
-        analysis.worker = worker[:200]
-        analysis.save(update_fields=["state", "attempts", "started_at", "worker"])
-        analysis_event_publish(analysis=analysis, event="started")
-    return analysis
+        rows = {a.pk: a for a in Analysis.objects.select_for_update().select_related("image__study")
+                .filter(pk__in=list(analysis_ids)).order_by("pk")}
+        now = timezone.now()
+        for analysis_id in dict.fromkeys(analysis_ids):
+            analysis = rows.get(analysis_id)
+            if analysis is None:
+                log.warning("Analysis %s no longer exists; job dropped", analysis_id)
+            elif analysis.state in (Analysis.State.SUCCEEDED, Analysis.State.FAILED):
+                log.info("Analysis %s already %s; duplicate delivery ignored", analysis_id,
+                         analysis.state)
+            elif analysis.attempts >= settings.ANALYSIS_MAX_RETRIES + 1:
+                # A job that keeps killing its worker (out of memory...) must not loop forever.
+                _analysis_mark_failed(analysis, message=(
+                    f"The analysis was interrupted {analysis.attempts} times (worker lost or "
+                    "timed out); giving up. Check the worker logs, then re-run it."))
+            else:
+                analysis.state = Analysis.State.RUNNING
+                analysis.attempts += 1
+                analysis.started_at = now
+                analysis.worker = worker[:200]
+                claimed.append(analysis)
+        Analysis.objects.bulk_update(claimed, ["state", "attempts", "started_at", "worker"])
+        for analysis in claimed:
+            analysis_event_publish(analysis=analysis, event="started")
+    return claimed
 
 
-def _analysis_compute(analysis: Analysis) -> _Computed:
-    # Imported here, never at module level: TensorFlow must stay out of the web process.
-    from core.analysis import analyze_xray
-    from core.model_manager import get_manager
-    from core.overlay import encode_png, heatmap_png, render_overlay
+def _analysis_xray(analysis: Analysis) -> XRay:
+    from core.analysis import check_body_part
 
     with default_storage.open(analysis.image.file.name, "rb") as handle:
         data = handle.read()
     xray = load_xray(data, max_pixels=settings.RADTRIAGE_MAX_PIXELS)
-    manager = get_manager(settings.RADTRIAGE_REGISTRY)
-    outcome = analyze_xray(xray, condition=analysis.condition, manager=manager,
-                           model_id=analysis.requested_model_id or None)
-    heatmap = np.clip(np.nan_to_num(np.asarray(outcome.heatmap, dtype=np.float32)), 0.0, 1.0)
-    overlay = render_overlay(xray.pixels, heatmap, alpha=OVERLAY_ALPHA)
-    base = f"heatmaps/{analysis.image.study_id}/analysis-{analysis.pk}"
-    overlay_name = default_storage.save(f"{base}-overlay.png", ContentFile(encode_png(overlay)))
+    check_body_part(xray, condition=analysis.condition)
+    return xray
+
+
+def _analysis_fail_permanently(analysis: Analysis, exc: Exception) -> Analysis:
+    message = (str(exc) if isinstance(exc, RadTriageError)
+               else "The stored image file is missing; upload it again.")
+    return analysis_fail(analysis_id=analysis.pk, message=message) or analysis
+
+
+def _analyses_compute_and_store(group: list[tuple[Analysis, XRay]], *, condition: str,
+                                model_id: str) -> list[Analysis]:
+    # Imported here, never at module level: TensorFlow must stay out of the web process.
+    from core.analysis import analyze_xrays
+    from core.model_manager import get_manager
+
     try:
-        raw_name = default_storage.save(f"{base}-raw.png", ContentFile(heatmap_png(heatmap)))
+        outcomes = analyze_xrays([xray for _, xray in group], condition=condition,
+                                 manager=get_manager(settings.RADTRIAGE_REGISTRY),
+                                 model_id=model_id or None, allow_body_part_mismatch=True)
+    except RadTriageError as exc:  # unknown model, unreadable registry: the same for all
+        return [_analysis_fail_permanently(analysis, exc) for analysis, _ in group]
+    stored: dict[int, str] = {}
+    try:
+        for (analysis, _), outcome in zip(group, outcomes, strict=True):
+            stored[analysis.pk] = _heatmap_store(analysis, outcome.heatmap)
+        return _analyses_complete(
+            [(analysis, outcome.to_dict(), stored[analysis.pk])
+             for (analysis, _), outcome in zip(group, outcomes, strict=True)])
     except BaseException:
-        _files_delete([overlay_name])
+        _files_delete(list(stored.values()))
         raise
-    return _Computed(outcome=outcome.to_dict(), overlay_name=overlay_name, raw_name=raw_name)
 
 
-def _analysis_complete(*, analysis_id: int, computed: _Computed) -> Analysis | None:
-    files = [computed.overlay_name, computed.raw_name]
-    try:
-        with transaction.atomic():
-            analysis = (Analysis.objects.select_for_update().select_related("image__study")
-                        .filter(pk=analysis_id).first())
+def _heatmap_store(analysis: Analysis, heatmap: np.ndarray) -> str:
+    """The raw Grad-CAM map at the model's resolution, as an 8-bit grayscale PNG (a few KB).
+
+    Overlays are drawn from it on request (selectors.analysis_heatmap_overlay_png): most
+    analyses are never opened, and a full-resolution overlay PNG costs more than the model.
+    """
+    from core.overlay import heatmap_png
+
+    clean = np.clip(np.nan_to_num(np.asarray(heatmap, dtype=np.float32)), 0.0, 1.0)
+    name = f"heatmaps/{analysis.image.study_id}/analysis-{analysis.pk}-raw.png"
+    return default_storage.save(name, ContentFile(heatmap_png(clean)))
+
+
+def _analyses_complete(results: list[tuple[Analysis, dict[str, Any], str]]) -> list[Analysis]:
+    """Store the results in one transaction. A row that a duplicate delivery finished first
+    keeps that result; ours is dropped with its file."""
+    done: list[Analysis] = []
+    finished: list[Analysis] = []
+    with transaction.atomic():
+        rows = {a.pk: a for a in Analysis.objects.select_for_update()
+                .select_related("image__study__patient")
+                .filter(pk__in=[a.pk for a, _, _ in results]).order_by("pk")}
+        old_files: list[str] = []
+        for claimed, outcome, heatmap_name in results:
+            analysis = rows.get(claimed.pk)
             if analysis is None or analysis.state == Analysis.State.SUCCEEDED:
-                # A duplicate delivery finished first: keep its result, drop ours.
-                _files_delete(files)
-                return analysis
-            out = computed.outcome
-            analysis.state = Analysis.State.SUCCEEDED
-            analysis.probability = float(out["probability"])
-            analysis.threshold = _float_or_none(out.get("threshold"))
-            analysis.positive = bool(out.get("positive"))
-            analysis.model_id = str(out.get("model_id") or "")[:128]
-            analysis.model_sha256 = str(out.get("model_sha256") or "")[:64]
-            analysis.architecture = str(out.get("architecture") or "")[:32]
-            analysis.is_placeholder = bool(out.get("is_placeholder"))
-            analysis.placeholder_reason = str(out.get("placeholder_reason") or "")
-            analysis.experimental = bool(out.get("experimental"))
-            analysis.experimental_reason = str(out.get("experimental_reason") or "")
-            analysis.gradcam_method = str(out.get("gradcam_method") or "")[:32]
-            analysis.gradcam_layer = str(out.get("gradcam_layer") or "")[:128]
-            analysis.notes = list(out.get("notes") or [])
-            old = [n for n in (analysis.heatmap.name, analysis.heatmap_raw.name) if n]
-            analysis.heatmap.name = computed.overlay_name
-            analysis.heatmap_raw.name = computed.raw_name
-            analysis.error_message = ""
-            analysis.finished_at = timezone.now()
+                transaction.on_commit(lambda n=heatmap_name: _files_delete([n]))
+                done.extend([analysis] if analysis is not None else [])
+                continue
+            old_files.extend(n for n in (analysis.heatmap_raw.name,) if n)
+            _analysis_apply_outcome(analysis, outcome, heatmap_name=heatmap_name)
             analysis.save()
-            _study_refresh_status(analysis.image.study)
-            audit_record(actor=None, action="analysis.succeeded",
-                         patient=analysis.image.study.patient,
-                         study=analysis.image.study, obj=analysis,
-                         detail={"model_id": analysis.model_id,
-                                 "is_placeholder": analysis.is_placeholder})
+            done.append(analysis)
+            finished.append(analysis)
+        for study in {a.image.study_id: a.image.study for a in finished}.values():
+            _study_refresh_status(study)
+        AuditEvent.objects.bulk_create([
+            audit_event(actor=None, action="analysis.succeeded", patient=a.image.study.patient,
+                        study=a.image.study, obj=a,
+                        detail={"model_id": a.model_id, "is_placeholder": a.is_placeholder})
+            for a in finished
+        ])
+        for analysis in finished:
             analysis_event_publish(analysis=analysis, event="finished")
-            transaction.on_commit(lambda: _files_delete(old))
-    except BaseException:
-        _files_delete(files)
-        raise
-    return analysis
+        transaction.on_commit(lambda: _files_delete(old_files))
+    return done
+
+
+def _analysis_apply_outcome(analysis: Analysis, out: dict[str, Any], *, heatmap_name: str) -> None:
+    analysis.state = Analysis.State.SUCCEEDED
+    analysis.probability = float(out["probability"])
+    analysis.threshold = _float_or_none(out.get("threshold"))
+    analysis.positive = bool(out.get("positive"))
+    analysis.model_id = str(out.get("model_id") or "")[:128]
+    analysis.model_sha256 = str(out.get("model_sha256") or "")[:64]
+    analysis.architecture = str(out.get("architecture") or "")[:32]
+    analysis.is_placeholder = bool(out.get("is_placeholder"))
+    analysis.placeholder_reason = str(out.get("placeholder_reason") or "")
+    analysis.experimental = bool(out.get("experimental"))
+    analysis.experimental_reason = str(out.get("experimental_reason") or "")
+    analysis.gradcam_method = str(out.get("gradcam_method") or "")[:32]
+    analysis.gradcam_layer = str(out.get("gradcam_layer") or "")[:128]
+    analysis.notes = list(out.get("notes") or [])
+    analysis.heatmap_raw.name = heatmap_name
+    analysis.error_message = ""
+    analysis.finished_at = timezone.now()
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -553,7 +681,7 @@ def analyses_requeue_stuck(*, queued_after: float, running_after: float) -> list
 
     A queued row older than `queued_after` lost its broker message (Redis restarted, enqueue
     failed); a running row older than `running_after` (> the hard time limit) lost its worker.
-    Re-sending is safe because `analysis_run` is idempotent.
+    Re-sending is safe because `analyses_run` is idempotent.
     """
     now = timezone.now()
     requeued: list[tuple[int, str]] = []
@@ -578,8 +706,11 @@ def analyses_requeue_stuck(*, queued_after: float, running_after: float) -> list
             analysis.save(update_fields=["state", "enqueued_at", "requeues"])
             requeued.append((analysis.pk, analysis.queue))
             log.warning("Re-enqueueing analysis %s (was %s)", analysis.pk, was)
+        by_queue: dict[str, list[int]] = {}
         for analysis_id, queue in requeued:
+            by_queue.setdefault(queue, []).append(analysis_id)
+        for queue, ids in by_queue.items():
             transaction.on_commit(
-                lambda a=analysis_id, q=queue: analysis_dispatch(analysis_id=a, queue=q)
+                lambda q=queue, i=ids: analyses_dispatch(analysis_ids=i, queue=q)
             )
     return [analysis_id for analysis_id, _ in requeued]
