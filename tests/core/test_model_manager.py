@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.analysis import PLACEHOLDER_WARNING, analyze_xray
+from core.analysis import PLACEHOLDER_WARNING, analyze_xray, analyze_xrays
 from core.errors import BodyPartMismatchError, RegistryError
 from core.imaging import XRay
 from core.model_manager import ModelManager
@@ -181,3 +181,35 @@ def test_a_chest_model_is_never_run_on_a_knee(registry):
 def test_a_model_id_for_another_condition_is_refused(registry):
     with pytest.raises(RegistryError, match="is for pneumonia, not fracture"):
         ModelManager(registry).get(condition="fracture", model_id="blob-v1")
+
+
+def test_a_batch_gives_each_image_the_result_it_gets_alone(registry):
+    # The worker analyses bulk uploads in batches: batching must never change a result.
+    data = make_blob_images(5, seed=21)
+    xrays = [XRay(pixels=np.round(img[..., 0] * 255).astype(np.uint8),
+                  metadata={"BodyPartExamined": "CHEST"}, source_format="dicom", notes=(f"n{i}",))
+             for i, img in enumerate(data.images)]
+    manager = ModelManager(registry)
+    alone = [analyze_xray(x, condition="pneumonia", manager=manager) for x in xrays]
+    batched = analyze_xrays(xrays, condition="pneumonia", manager=manager, batch_size=2)
+
+    assert [o.notes for o in batched] == [(f"n{i}",) for i in range(5)]  # order kept
+    for one, many in zip(alone, batched, strict=True):
+        assert many.probability == pytest.approx(one.probability, abs=1e-5)
+        assert many.positive == one.positive and many.model_sha256 == one.model_sha256
+        np.testing.assert_allclose(many.heatmap, one.heatmap, atol=1e-4)
+    # Blobs and plain images really differ, so equal results are not a constant output.
+    assert max(o.probability for o in batched) - min(o.probability for o in batched) > 0.2
+
+
+def test_a_batch_with_a_knee_among_chests_is_refused_before_the_model_runs(registry):
+    chest = XRay(pixels=np.zeros((64, 64), np.uint8), metadata={"BodyPartExamined": "CHEST"},
+                 source_format="dicom")
+    knee = XRay(pixels=np.zeros((64, 64), np.uint8), metadata={"BodyPartExamined": "KNEE"},
+                source_format="dicom")
+    manager = ModelManager(registry)
+    with pytest.raises(BodyPartMismatchError, match="KNEE"):
+        analyze_xrays([chest, knee], condition="pneumonia", manager=manager)
+    assert manager.load_count == 0
+    with pytest.raises(ValueError, match="batch_size"):
+        analyze_xrays([chest], condition="pneumonia", manager=manager, batch_size=0)

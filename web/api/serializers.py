@@ -157,7 +157,9 @@ class BulkUploadSerializer(UploadFieldsSerializer):
     """Multipart upload of several X-rays (repeat the `files` part). The form's fields apply to
     every file; DICOM header values win over them."""
 
-    files = serializers.ListField(child=serializers.FileField(), allow_empty=False)
+    # An empty file is refused on its own in the results, not for the whole request.
+    files = serializers.ListField(child=serializers.FileField(allow_empty_file=True),
+                                  allow_empty=False)
     queue = serializers.ChoiceField(choices=["interactive", "batch"], required=False,
                                     default="batch")
 

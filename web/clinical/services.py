@@ -217,9 +217,10 @@ def images_upload_many(
             for analysis in result.analyses if result.created else []:
                 new_ids.setdefault(analysis.condition, []).append(analysis.pk)
     finally:
-        # Also after a crash half-way: what was committed is sent now, not at the next sweep.
+        # Also after a crash half-way: what was committed is sent now, not at the next sweep
+        # (at once, or when a caller's own transaction commits, so a worker finds the rows).
         for ids in new_ids.values():
-            analyses_dispatch(analysis_ids=ids, queue=queue)
+            transaction.on_commit(lambda i=ids: analyses_dispatch(analysis_ids=i, queue=queue))
     return items
 
 
