@@ -32,4 +32,4 @@ RUN useradd --system --uid 1000 --home /app radtriage \
  && mkdir -p /data/media && chown -R radtriage /data /app/models
 USER radtriage
 EXPOSE 8000
-CMD ["python", "-m", "daphne", "-b", "0.0.0.0", "-p", "8000", "web.asgi:application"]
+CMD ["python", "-m", "uvicorn", "--host", "0.0.0.0", "--port", "8000", "web.asgi:application"]

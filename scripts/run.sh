@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make run`: RadTriage on this machine. Migrates, prints a demo admin's credentials, starts
-# Redis if none answers on REDIS_URL, then daphne (HTTP + websockets), a Celery worker and
+# Redis if none answers on REDIS_URL, then uvicorn (HTTP + websockets), a Celery worker and
 # Celery beat under honcho (Procfile). Ctrl-C stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,4 +1,4 @@
-"""ASGI entry (daphne): HTTP through Django, websockets through Channels.
+"""ASGI entry (uvicorn; daphne for `manage.py runserver`): HTTP through Django, websockets through Channels.
 
 Websockets need a logged-in session (AuthMiddlewareStack) and an allowed Origin.
 """

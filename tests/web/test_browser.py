@@ -1,4 +1,4 @@
-"""A real browser (Debian's Chromium driven by Playwright) against daphne + a Celery worker:
+"""A real browser (Debian's Chromium driven by Playwright) against uvicorn + a Celery worker:
 log in, upload on the worklist, watch the pages update without reloading them."""
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ def isolated_media(settings):
 
 
 @pytest.fixture()
-def live_daphne(live_worker, service_logs: Path) -> Iterator[str]:
+def live_server_url(live_worker, service_logs: Path) -> Iterator[str]:
+    """The web process as `make run` starts it (uvicorn), on a free port."""
     port = free_port()
-    argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+    argv = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
             "web.asgi:application"]
-    server = Service("daphne", argv, service_env(), service_logs)
-    server.start(ready_text="Listening on TCP address", timeout=60)
+    server = Service("uvicorn", argv, service_env(), service_logs)
+    server.start(ready_text="Uvicorn running on", timeout=60)
     yield f"http://127.0.0.1:{port}"
     server.stop()
 
@@ -56,11 +57,11 @@ def dr_grey(django_user_model):
 
 
 def test_a_radiologist_watches_an_upload_get_analysed_without_reloading(
-        live_daphne, dr_grey, browser_page) -> None:
+        live_server_url, dr_grey, browser_page) -> None:
     from playwright.sync_api import expect
 
     page = browser_page
-    page.goto(live_daphne + "/")
+    page.goto(live_server_url + "/")
     expect(page).to_have_url(re.compile(r"/login/"))
     page.fill("input[name=username]", "dr.grey")
     page.fill("input[name=password]", "pw-grey-123")
@@ -114,7 +115,7 @@ def test_a_radiologist_watches_an_upload_get_analysed_without_reloading(
     expect(page.locator("#heat-intensity-value")).to_have_text("75 %")
     wait_for(settled(lambda: opacity() == 0.75), timeout=10, what="the heat map at 75 %")
     full = pneumonia.locator("a.heatmap")
-    overlay = page.request.get(live_daphne + full.get_attribute("href"))
+    overlay = page.request.get(live_server_url + full.get_attribute("href"))
     assert overlay.ok and overlay.headers["content-type"] == "image/png"
     placeholder = page.locator(".analysis", has_text="cardiomegaly")
     expect(placeholder.locator(".placeholder-warning")).to_contain_text("NO DIAGNOSTIC VALUE")
