@@ -98,7 +98,7 @@ def make_images(n: int, *, image: Path | None, size: int) -> list[bytes]:
 
 
 def bench_raw(files: list[bytes], *, registry: Path, condition: str) -> dict[str, Any]:
-    from core.analysis import analyze_xray
+    from core.analysis import analyze_xray, analyze_xrays
     from core.imaging import load_xray
     from core.model_manager import get_manager
 
@@ -111,9 +111,13 @@ def bench_raw(files: list[bytes], *, registry: Path, condition: str) -> dict[str
         start = time.perf_counter()
         analyze_xray(xray, condition=condition, manager=manager)
         seconds.append(time.perf_counter() - start)
+    # The engine's own batched call (what a worker runs for bulk jobs), for comparison.
+    start = time.perf_counter()
+    analyze_xrays(xrays, condition=condition, manager=manager, batch_size=16)
+    batched_per_min = 60.0 * len(xrays) / (time.perf_counter() - start)
     return {"model_id": outcome.model_id, "placeholder": outcome.is_placeholder,
             "architecture": outcome.architecture, "latencies": seconds,
-            "per_min": 60.0 * len(seconds) / sum(seconds)}
+            "per_min": 60.0 * len(seconds) / sum(seconds), "batched_per_min": batched_per_min}
 
 
 # --------------------------------------------------------------------------- a tiny websocket
@@ -189,15 +193,19 @@ def wait_port(port: int, timeout: float) -> None:
 
 class Stack:
     def __init__(self, *, tmp: Path, registry: Path, database_url: str | None,
-                 redis_url: str) -> None:
+                 redis_url: str, web_workers: int = 1) -> None:
         self.tmp = tmp
+        self.web_workers = web_workers
         self.port = free_port()
-        self.env = {**os.environ, "DEBUG": "1", "REDIS_URL": redis_url,
+        # Production settings (DEBUG off: no per-query bookkeeping), as a deployment runs.
+        self.env = {**os.environ, "DEBUG": "0", "SECRET_KEY": uuid.uuid4().hex * 2,
+                    "ALLOWED_HOSTS": "127.0.0.1,localhost", "REDIS_URL": redis_url,
                     "RADTRIAGE_NAMESPACE": f"bench{uuid.uuid4().hex[:6]}",
                     "MEDIA_ROOT": str(tmp / "media"), "RADTRIAGE_REGISTRY": str(registry),
                     "DATABASE_URL": database_url or f"sqlite:///{tmp / 'bench.sqlite3'}",
                     "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "LOG_LEVEL": "WARNING"}
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.roles: list[str] = []
 
     def manage(self, *args: str) -> str:
         return subprocess.run([sys.executable, "manage.py", *args], cwd=REPO, env=self.env,
@@ -208,6 +216,7 @@ class Stack:
         proc = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         self.procs.append(proc)
+        self.roles.append(name)
         return proc
 
     def start(self) -> tuple[str, str]:
@@ -217,9 +226,10 @@ class Stack:
         username, _, password = rest.strip().partition("  password ")
         # The web process exactly as the Procfile (`make run`) starts it.
         self.spawn("web", [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port",
-                           str(self.port), "web.asgi:application"])
+                           str(self.port), "--workers", str(self.web_workers),
+                           "web.asgi:application"])
         self.spawn("worker", [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q",
-                              "interactive,batch,maintenance", "--concurrency", "1",
+                              "interactive,maintenance,batch", "--concurrency", "1",
                               "--prefetch-multiplier", "1", "-n", "bench@%h", "--without-gossip",
                               "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"])
         wait_port(self.port, 60)
@@ -255,6 +265,16 @@ class Client:
         self.finished: dict[int, float] = {}
         self.upload_seconds: list[float] = []
         self.bulk_upload_seconds: list[float] = []  # per image
+
+    def twin(self) -> Client:
+        """Another connection of the same logged-in user (one per uploading thread)."""
+        twin = object.__new__(Client)
+        twin.base, twin.condition = self.base, self.condition
+        twin.http = requests.Session()
+        twin.http.cookies.update(self.http.cookies)
+        twin.finished, twin.upload_seconds = self.finished, self.upload_seconds
+        twin.bulk_upload_seconds = self.bulk_upload_seconds
+        return twin
 
     def cookie(self) -> str:
         return f"sessionid={self.http.cookies['sessionid']}"
@@ -307,6 +327,10 @@ def main() -> None:
                                      formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--n", type=int, default=96, help="images in the bulk throughput run")
     parser.add_argument("--per-request", type=int, default=16, help="files per bulk request")
+    parser.add_argument("--clients", type=int, default=2,
+                        help="bulk requests in flight at once (a browser uploading a folder)")
+    parser.add_argument("--web-workers", type=int, default=2,
+                        help="uvicorn worker processes (RADTRIAGE_WEB_WORKERS in production)")
     parser.add_argument("--single-n", type=int, default=40,
                         help="images in the one-per-request throughput run (0: skip)")
     parser.add_argument("--latency-n", type=int, default=15, help="images sent one at a time")
@@ -333,7 +357,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="radtriage-bench-"))
     stack = Stack(tmp=tmp, registry=args.registry.resolve(), database_url=args.database_url,
-                  redis_url=args.redis_url)
+                  redis_url=args.redis_url, web_workers=args.web_workers)
     try:
         username, password = stack.start()
         client = Client(f"http://127.0.0.1:{stack.port}", username, password, args.condition)
@@ -350,8 +374,12 @@ def main() -> None:
             client.wait(ws, {analysis_id})
             latencies.append(client.finished[analysis_id] - start)
 
+        cpu_before = cpu_seconds_by_role(stack)
         bulk = run_throughput(client, ws, [next(pending) for _ in range(args.n)],
-                              per_request=args.per_request)
+                              per_request=args.per_request, clients=args.clients)
+        cpu_after = cpu_seconds_by_role(stack)
+        bulk["cpu_ms_per_image"] = {role: (cpu_after[role] - cpu_before[role]) * 1e3 / args.n
+                                    for role in cpu_after}
         single = (run_throughput(client, ws, [next(pending) for _ in range(args.single_n)],
                                  per_request=0) if args.single_n else None)
         log = (tmp / "worker.log").read_text(errors="replace")
@@ -365,18 +393,62 @@ def main() -> None:
     report(raw, latencies, bulk, single, client, log, args)
 
 
+def cpu_seconds_by_role(stack: Stack) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each part of the system (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, str, float]] = {}  # pid -> (parent, name, seconds)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1:text.rindex(")")]
+        fields = text[text.rindex(")") + 2:].split()
+        stats[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / tick)
+    roots = {proc.pid: role for proc, role in zip(stack.procs, stack.roles, strict=True)}
+    totals = dict.fromkeys([*roots.values(), "bench client", "postgres", "redis"], 0.0)
+    for pid, (_, name, seconds) in stats.items():
+        ancestor, role = pid, None
+        while ancestor in stats and role is None:
+            role = roots.get(ancestor)
+            ancestor = stats[ancestor][0]
+        if role is None:
+            role = ("bench client" if pid == os.getpid() else "postgres" if name == "postgres"
+                    else "redis" if name.startswith("redis-server") else None)
+        if role is not None:
+            totals[role] += seconds
+    return totals
+
+
 def run_throughput(client: Client, ws: EventSocket, files: list[bytes], *,
-                   per_request: int) -> dict[str, Any]:
-    """Send files back to back (per_request files a bulk request; 0: one per single upload)
-    and wait for every `finished` event."""
+                   per_request: int, clients: int = 1) -> dict[str, Any]:
+    """Send files back to back (per_request files a bulk request, from `clients` uploaders at
+    once; per_request 0: one single upload after another) and wait for every `finished`."""
     started: dict[int, float] = {}
-    t0 = time.perf_counter()
     step = per_request or 1
-    for i in range(0, len(files), step):
-        at = time.perf_counter()
-        ids = (client.upload_many(files[i:i + step], 2000 + i) if per_request
-               else [client.upload(files[i], 1000 + i)])
-        started.update(dict.fromkeys(ids, at))
+    chunks = [(i, files[i:i + step]) for i in range(0, len(files), step)]
+    uploaders = [client] + [client.twin() for _ in range(clients - 1)] if per_request else [client]
+    lock = threading.Lock()
+
+    def send(index: int) -> None:
+        uploader = uploaders[index % len(uploaders)]
+        for offset, chunk in chunks[index::len(uploaders)]:
+            at = time.perf_counter()
+            ids = (uploader.upload_many(chunk, 2000 + offset) if per_request
+                   else [uploader.upload(chunk[0], 1000 + offset)])
+            with lock:
+                started.update(dict.fromkeys(ids, at))
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(uploaders))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if len(started) != len(files):
+        raise RuntimeError("an upload thread failed; see the error above")
     client.wait(ws, set(started))
     elapsed = max(client.finished[i] for i in started) - t0
     return {"per_min": 60.0 * len(files) / elapsed,
@@ -392,8 +464,9 @@ def report(raw: dict[str, Any], latencies: list[float], bulk: dict[str, Any],
     print(f"\n{'':40} {'images/min':>10} {'p50 ms':>8} {'p95 ms':>8}")
     print(f"{'raw core (predict + Grad-CAM, batch 1)':40} {raw['per_min']:>10.0f} "
           f"{raw_p50 * ms:>8.1f} {percentile(raw['latencies'], 95) * ms:>8.1f}")
+    print(f"{'raw core, batches of 16':40} {raw['batched_per_min']:>10.0f}")
     print(f"{'platform, one at a time':40} {'':>10} {p50 * ms:>8.1f} {p95 * ms:>8.1f}")
-    rows = [(f"platform, {args.n} bulk ({args.per_request}/request)", bulk)]
+    rows = [(f"platform, {args.n} bulk ({args.per_request}/req, {args.clients} at once)", bulk)]
     if single:
         rows.append((f"platform, {args.single_n} single uploads", single))
     for label, run in rows:
@@ -407,9 +480,15 @@ def report(raw: dict[str, Any], latencies: list[float], bulk: dict[str, Any],
           f"{statistics.median(single_tasks[2:] or single_tasks) * ms:.1f} ms per single job, "
           f"{statistics.median(batch_tasks or [0.0]) * ms:.0f} ms per batch job "
           f"({len(batch_tasks)} jobs); the model's predict + Grad-CAM alone ~{raw_p50 * ms:.1f} ms")
+    cpu = bulk["cpu_ms_per_image"]
+    print("CPU per image in the bulk run (ms, all cores): "
+          + ", ".join(f"{role} {ms:.1f}" for role, ms in cpu.items())
+          + f"; total {sum(cpu.values()):.1f} on {os.cpu_count()} CPUs, against "
+          f"{60e3 * (os.cpu_count() or 1) / raw['per_min']:.1f} CPU-ms per raw image")
     ratio = bulk["per_min"] / raw["per_min"]
     print(f"\nthroughput platform (bulk) / raw = {ratio:.1%} (target >= 85%: "
-          f"{'met' if ratio >= 0.85 else 'NOT met'})")
+          f"{'met' if ratio >= 0.85 else 'NOT met'}); / raw in batches of 16 = "
+          f"{bulk['per_min'] / raw['batched_per_min']:.1%}")
     if single:
         print(f"throughput platform (single uploads) / raw = "
               f"{single['per_min'] / raw['per_min']:.1%}")

@@ -210,6 +210,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": ANALYSIS_TIME_LIMIT + 60,
     # Every broker key (queues, unacked set) lives under the namespace.
     "global_keyprefix": f"{RADTRIAGE_NAMESPACE}.",
+    # A worker takes jobs from its queues in the order given (-Q interactive,maintenance,batch):
+    # a person's single upload never waits behind an overnight bulk import, only behind the
+    # job in hand (one batch of ANALYSIS_BATCH_SIZE images, well under a second on a CPU).
+    "queue_order_strategy": "priority",
 }
 CELERY_BEAT_SCHEDULE = {
     "sweep-stuck-analyses": {

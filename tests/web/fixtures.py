@@ -253,7 +253,7 @@ def service_env(**overrides: str) -> dict[str, str]:
 
 def celery_worker(name: str, env: dict[str, str], log_dir: Path) -> Service:
     argv = [sys.executable, "-m", "celery", "-A", "worker", "worker",
-            "-Q", "interactive,batch,maintenance", "--concurrency", "1", "--pool", "prefork",
+            "-Q", "interactive,maintenance,batch", "--concurrency", "1", "--pool", "prefork",
             "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
             "--loglevel", "INFO"]
     return Service(name, argv, env, log_dir)

@@ -136,3 +136,69 @@ def test_a_radiologist_watches_an_upload_get_analysed_without_reloading(
     expect(page.locator(".analysis", has_text="pneumonia")).to_have_count(2, timeout=60_000)
     expect(page.locator(".analysis.state-succeeded", has_text="pneumonia")).to_have_count(
         2, timeout=120_000)
+
+
+def _in_thread(query):
+    """Run an ORM query off Playwright's thread (its event loop makes Django refuse there)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    def run():
+        try:
+            return query()
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(run).result()
+
+
+def test_a_technologist_uploads_several_xrays_at_once_and_sees_which_were_refused(
+        live_server_url, dr_grey, browser_page) -> None:
+    from playwright.sync_api import expect
+
+    from web.clinical.models import Image
+
+    images_before = _in_thread(lambda: Image.objects.count())
+    page = browser_page
+    page.goto(live_server_url + "/")
+    page.fill("input[name=username]", "dr.grey")
+    page.fill("input[name=password]", "pw-grey-123")
+    page.click("button[type=submit]")
+    expect(page.locator("h1")).to_have_text("Worklist")
+    expect(page.locator("#live-status")).to_have_text("live")
+
+    page.click("summary")
+    expect(page.locator("summary")).to_have_text("Upload X-rays")
+    page.set_input_files("#upload-form input[type=file]", [
+        {"name": "first.dcm", "mimeType": "application/dicom",
+         "buffer": dicom_bytes(patient_id="MRN-BULK-1", patient_name="Bailey^Miranda", seed=1)},
+        {"name": "second.dcm", "mimeType": "application/dicom",
+         "buffer": dicom_bytes(patient_id="MRN-BULK-2", patient_name="Webber^Richard", seed=2)},
+        {"name": "broken.dcm", "mimeType": "application/dicom", "buffer": b"not an x-ray"},
+    ])
+    page.click("#upload-form button[type=submit]")
+
+    # What the user sees at the end: the tally, the refused file with its reason, a full bar.
+    expect(page.locator("#upload-message")).to_have_text("2 stored, 0 already there, 1 refused")
+    expect(page.locator("#upload-count")).to_have_text("Uploaded 3 of 3 files.")
+    errors = page.locator("#upload-errors li")
+    expect(errors).to_have_count(1)
+    expect(errors).to_contain_text("broken.dcm")
+    expect(errors).to_have_text(re.compile(r"^broken\.dcm: \S.*"))
+    progress = page.locator("#upload-progress")
+    expect(progress).to_be_visible()
+    assert progress.evaluate("p => p.max > 1 && p.value === p.max"), progress.evaluate(
+        "p => [p.value, p.max]")
+    expect(page.locator("#upload-form button[type=submit]")).to_be_enabled()
+
+    # Both new patients show up on the worklist without a reload, and their analyses finish.
+    for mrn in ("MRN-BULK-1", "MRN-BULK-2"):
+        row = page.locator("#worklist-body tr", has_text=mrn)
+        expect(row).to_have_count(1)
+        expect(row).to_contain_text("AI complete", timeout=120_000)
+    assert _in_thread(lambda: Image.objects.count()) == images_before + 2
+    assert sorted(_in_thread(lambda: list(Image.objects.filter(
+        study__patient__patient_id__startswith="MRN-BULK-").values_list(
+        "study__patient__patient_id", flat=True)))) == ["MRN-BULK-1", "MRN-BULK-2"]

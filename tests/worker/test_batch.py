@@ -10,7 +10,15 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from tests.web.fixtures import WS_ORIGIN, dicom_bytes, session_cookie_header, upload, wait_for
+from tests.web.fixtures import (
+    WS_ORIGIN,
+    celery_worker,
+    dicom_bytes,
+    service_env,
+    session_cookie_header,
+    upload,
+    wait_for,
+)
 from tests.web.test_bulk_upload_api import bulk_upload
 from web.asgi import application
 from web.clinical.models import Analysis, AuditEvent
@@ -89,3 +97,31 @@ def test_one_unreadable_image_fails_alone_and_the_rest_of_its_batch_succeeds(
     heatmaps = sorted(p.name for p in Path(first.heatmap_raw.path).parents[1].rglob("*.png")
                       if any(p.name.startswith(f"analysis-{i}-") for i in ids))
     assert heatmaps == sorted([f"analysis-{ids[0]}-raw.png", f"analysis-{ids[2]}-raw.png"])
+
+
+def test_a_single_upload_is_served_before_a_bulk_backlog(
+        api, private_redis, broker_switch, tiny_registry, service_logs, settings) -> None:
+    # Jobs wait on a broker of our own while no worker runs: a bulk import of three jobs of
+    # two images each, then one image a person uploads and waits for.
+    url = f"redis://127.0.0.1:{private_redis[1]}/0"
+    broker_switch(url)
+    settings.ANALYSIS_BATCH_SIZE = 2
+    bulk = bulk_upload(api, [(f"{i}.dcm", dicom_bytes(patient_id=f"MRN-BACKLOG{i}", seed=90 + i))
+                             for i in range(6)], conditions="pneumonia")
+    bulk_ids = [a["id"] for r in bulk.json()["results"] for a in r["analyses"]]
+    single = upload(api, dicom_bytes(patient_id="MRN-WAITING", seed=99), conditions="pneumonia")
+    single_id = single.json()["image"]["analyses"][0]["id"]
+
+    worker = celery_worker("priority", service_env(CELERY_BROKER_URL=url, RADTRIAGE_REGISTRY=str(
+        tiny_registry)), service_logs).start(ready_text="ready.", timeout=90)
+    try:
+        wait_for(lambda: Analysis.objects.filter(pk__in=[*bulk_ids, single_id],
+                                                 state="succeeded").count() == 7,
+                 timeout=JOB_TIMEOUT, what="the backlog and the single upload")
+    finally:
+        worker.stop()
+
+    started = dict(Analysis.objects.filter(pk__in=[*bulk_ids, single_id])
+                   .values_list("pk", "started_at"))
+    # Sent last, run first: the interactive queue comes before the batch queue.
+    assert started[single_id] < min(started[i] for i in bulk_ids)

@@ -235,12 +235,13 @@ def _alpha(value: str | None) -> float:
 
 
 class ImageThumbnailView(APIView):
-    @extend_schema(responses={(200, "image/png"): bytes}, summary="A 256 px thumbnail")
+    @extend_schema(responses={(200, "image/jpeg"): bytes}, summary="A 256 px thumbnail")
     def get(self, request: Request, pk: int) -> FileResponse:
         image = Image.objects.filter(pk=pk).first()
         if image is None or not image.thumbnail:
             raise NotFound(f"No thumbnail for image {pk}.")
-        return FileResponse(image.thumbnail.open("rb"), content_type="image/png")
+        kind = "image/png" if image.thumbnail.name.endswith(".png") else "image/jpeg"
+        return FileResponse(image.thumbnail.open("rb"), content_type=kind)
 
 
 class AnalysisRequestSerializer(serializers.Serializer):
