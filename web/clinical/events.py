@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import logging
 import os
 import threading
@@ -88,11 +89,26 @@ class _Publisher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[tuple[list[str], dict[str, Any]] | None] | None = None
         self._idle = threading.Event()
+        self._pending: collections.deque[tuple[list[str], dict[str, Any]]] = collections.deque()
+        self._wake_scheduled = False
 
     def send(self, groups: list[str], message: dict[str, Any]) -> None:
         loop, queue = self._ensure()
-        self._idle.clear()
-        loop.call_soon_threadsafe(queue.put_nowait, (groups, message))
+        with self._lock:
+            self._idle.clear()
+            self._pending.append((groups, message))
+            if self._wake_scheduled:
+                return  # the loop has not run since the last wake-up: it will take this too
+            self._wake_scheduled = True
+        # One wake-up of the event loop thread per burst, not per event: a bulk upload or a
+        # batch job sends dozens in a row, and each wake-up costs the sender a GIL hand-off.
+        loop.call_soon_threadsafe(self._take_pending, queue)
+
+    def _take_pending(self, queue: asyncio.Queue) -> None:
+        with self._lock:
+            self._wake_scheduled = False
+            while self._pending:
+                queue.put_nowait(self._pending.popleft())
 
     def flush(self, timeout: float = 2.0) -> bool:
         """Wait until every event sent so far has gone out (tests, process exit)."""
@@ -103,6 +119,8 @@ class _Publisher:
     def _ensure(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Queue]:
         with self._lock:
             if self._pid != os.getpid() or self._loop is None:
+                self._pending.clear()  # a forked child inherits its parent's, never its loop
+                self._wake_scheduled = False
                 loop = asyncio.new_event_loop()
                 queue: asyncio.Queue = asyncio.Queue()
                 ready = threading.Event()
@@ -130,8 +148,9 @@ class _Publisher:
             except Exception:  # noqa: BLE001 - see module docstring: events never fail a job
                 log.warning("Could not publish %s for analysis %s", message["event"],
                             message["analysis"]["id"], exc_info=True)
-            if queue.empty():
-                self._idle.set()
+            with self._lock:
+                if queue.empty() and not self._pending:
+                    self._idle.set()
 
 
 _publisher = _Publisher()
