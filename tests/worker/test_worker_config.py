@@ -1,0 +1,24 @@
+"""Worker process settings that decide how much CPU a job costs."""
+
+from __future__ import annotations
+
+from worker.celery import cpu_threads_per_process, limit_cpu_threads
+
+
+def test_tensorflow_gets_half_the_cores_shared_among_pool_processes() -> None:
+    assert cpu_threads_per_process(cores=2, processes=1) == 1
+    assert cpu_threads_per_process(cores=16, processes=1) == 8
+    assert cpu_threads_per_process(cores=16, processes=4) == 2
+    assert cpu_threads_per_process(cores=4, processes=8) == 1  # never zero
+
+
+def test_the_thread_limit_is_set_before_tensorflow_starts_and_can_be_overridden(
+        monkeypatch) -> None:
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "RADTRIAGE_TF_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RADTRIAGE_TF_THREADS", "3")
+    limit_cpu_threads()
+    import os
+
+    assert os.environ["TF_NUM_INTRAOP_THREADS"] == "3"
+    assert os.environ["TF_NUM_INTEROP_THREADS"] == "1"
