@@ -29,7 +29,7 @@ COPY manage.py registry.json ./
 COPY models ./models
 
 RUN useradd --system --uid 1000 --home /app radtriage \
- && mkdir -p /data/media && chown -R radtriage /data /app/models
+ && mkdir -p /data/media /app/var/registry && chown -R radtriage /data /app/models /app/var
 USER radtriage
 EXPOSE 8000
 CMD ["python", "-m", "uvicorn", "--host", "0.0.0.0", "--port", "8000", "web.asgi:application"]

@@ -282,3 +282,32 @@ def _validate_entry(model: Any, index: int) -> list[str]:
             if not isinstance(calibration.get(key), int | float):
                 problems.append(f"{where}: calibration.{key} must be a number.")
     return problems
+
+
+def registry_sync(source: str | Path, target: str | Path) -> list[str]:
+    """Bring a deployment's own registry (`target`, on a volume every container shares, where
+    admins switch active models) up to date with the one shipped in the image (`source`).
+
+    - No target yet: it becomes a copy of the source.
+    - Models the target lacks are added; a condition with no active model in the target takes
+      the source's choice. Everything the target already has (the admins' choices, models they
+      registered) is left exactly as it is.
+    Artifact paths are written absolute, since the target lives elsewhere than the models.
+    Returns one line per change, for the log; the target is written only if something changed.
+    """
+    shipped = Registry.load(source)
+    target = Path(target)
+    deployed = Registry.load(target) if target.exists() else Registry(
+        path=target, extra={k: v for k, v in shipped.extra.items()})
+    changes: list[str] = []
+    for model_id, entry in sorted(shipped.models.items()):
+        if model_id not in deployed.models:
+            deployed.register({**entry.raw, "artifact": str(shipped.artifact_path(entry).resolve())})
+            changes.append(f"added model {model_id}")
+    for condition, model_id in sorted(shipped.active_models.items()):
+        if condition not in deployed.active_models:
+            deployed.activate(model_id)
+            changes.append(f"{condition}: active model {model_id}")
+    if changes:
+        deployed.save()
+    return changes

@@ -117,3 +117,53 @@ def test_unknown_model_id_lists_what_is_registered(tmp_path):
     path.write_text(json.dumps({"models": [entry()], "active_models": {}}))
     with pytest.raises(RegistryError, match="Registered: pneumonia-mobilenetv2-128-v1"):
         Registry.load(path).entry("nope")
+
+
+def _shipped(folder, models, active):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "registry.json"
+    path.write_text(json.dumps({"schema_version": 1, "models": models, "active_models": active}))
+    return path
+
+
+def test_a_deployment_registry_starts_as_a_copy_whose_artifacts_still_resolve(tmp_path):
+    from core.registry import registry_sync
+
+    source = _shipped(tmp_path / "image", [entry()], {"pneumonia": entry()["id"]})
+    target = tmp_path / "volume" / "registry.json"
+
+    changes = registry_sync(source, target)
+
+    assert changes == [f"added model {entry()['id']}", f"pneumonia: active model {entry()['id']}"]
+    deployed = Registry.load(target)
+    shipped = Registry.load(source)
+    [model_id] = deployed.models
+    assert deployed.artifact_path(deployed.entry(model_id)) == \
+        shipped.artifact_path(shipped.entry(model_id)).resolve()
+    assert deployed.active_models == {"pneumonia": model_id}
+
+
+def test_an_upgrade_adds_new_models_and_keeps_what_the_admins_chose(tmp_path):
+    from core.registry import registry_sync
+
+    v1, v2 = entry(), entry(id="pneumonia-mobilenetv2-128-v2")
+    knee = entry(id="knee-v1", condition="knee_osteoarthritis")
+    target = tmp_path / "volume" / "registry.json"
+    registry_sync(_shipped(tmp_path / "old", [v1], {"pneumonia": v1["id"]}), target)
+    # An admin switched pneumonia off the shipped default, to a model of their own.
+    deployed = Registry.load(target)
+    deployed.register(entry(id="site-pneumonia", artifact="/srv/site.keras"), activate=True)
+    deployed.save()
+
+    changes = registry_sync(_shipped(tmp_path / "new", [v1, v2, knee],
+                                     {"pneumonia": v2["id"], "knee_osteoarthritis": "knee-v1"}),
+                            target)
+
+    after = Registry.load(target)
+    assert sorted(changes) == sorted([f"added model {v2['id']}", "added model knee-v1",
+                                      "knee_osteoarthritis: active model knee-v1"])
+    assert after.active_models["pneumonia"] == "site-pneumonia"  # the admins' choice stands
+    assert set(after.models) == {v1["id"], v2["id"], "knee-v1", "site-pneumonia"}
+    stamp = target.stat().st_mtime_ns
+    assert registry_sync(tmp_path / "new" / "registry.json", target) == []
+    assert target.stat().st_mtime_ns == stamp  # nothing to do: not rewritten

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -44,3 +46,38 @@ def test_compose_config_is_valid(tool: str) -> None:
                                                                      "-q"]
     result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_every_container_reads_one_shared_registry_kept_in_step_with_the_image() -> None:
+    # The web container (where admins switch models) and the workers must read the same file.
+    compose = _compose()
+    registry = compose["x-app-env"]["RADTRIAGE_REGISTRY"]
+    assert registry.startswith("/app/var/registry/") and "registry" in compose["volumes"]
+    for name in ("web", "worker", "worker-cpu", "beat"):
+        spec = compose["services"][name]
+        assert "registry:/app/var/registry" in spec["volumes"], name
+        assert spec["environment"]["RADTRIAGE_REGISTRY"] == registry, name
+    for name in ("web", "worker", "worker-cpu"):
+        command = compose["services"][name]["command"]
+        assert command.index("manage.py registry_sync") < command.index(
+            "uvicorn" if name == "web" else "celery"), name
+
+
+def test_the_registry_sync_command_creates_the_deployment_registry(tmp_path) -> None:
+    import os
+    import sys
+
+    target = tmp_path / "registry.json"
+    env = {**os.environ, "RADTRIAGE_REGISTRY": str(target)}
+    first = subprocess.run([sys.executable, "manage.py", "registry_sync"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert "pneumonia: active model pneumonia-mobilenetv2-128-v1" in first.stdout
+    shipped = json.loads((REPO / "registry.json").read_text())
+    deployed = json.loads(target.read_text())
+    assert deployed["active_models"] == shipped["active_models"]
+    assert all(Path(m["artifact"]).is_absolute() and Path(m["artifact"]).exists()
+               for m in deployed["models"])
+    again = subprocess.run([sys.executable, "manage.py", "registry_sync"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "is up to date" in again.stdout
