@@ -406,7 +406,9 @@ def cpu_seconds_by_role(stack: Stack) -> dict[str, float]:
             continue
         name = text[text.index("(") + 1:text.rindex(")")]
         fields = text[text.rindex(")") + 2:].split()
-        stats[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / tick)
+        # utime + stime, plus the children it reaped (PostgreSQL's ended backends, say).
+        stats[int(entry.name)] = (int(fields[1]), name,
+                                  sum(int(f) for f in fields[11:15]) / tick)
     roots = {proc.pid: role for proc, role in zip(stack.procs, stack.roles, strict=True)}
     totals = dict.fromkeys([*roots.values(), "bench client", "postgres", "redis"], 0.0)
     for pid, (_, name, seconds) in stats.items():

@@ -11,8 +11,8 @@ import redis
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from tests.web.fixtures import dicom_bytes, media_files
-from web.clinical.models import Analysis, Image, Patient
+from tests.web.fixtures import dicom_bytes, media_files, png_bytes, upload
+from web.clinical.models import Analysis, AuditEvent, Image, Patient, Study
 
 
 def bulk_upload(client: Any, files: list[tuple[str, bytes]], **fields: Any) -> Any:
@@ -118,3 +118,71 @@ def test_an_oversized_file_is_refused_alone_with_413(api, db, settings) -> None:
 def test_a_bulk_upload_without_files_says_so(api, db) -> None:
     response = api.post("/api/uploads/batch/", {"conditions": "pneumonia"}, format="multipart")
     assert response.status_code == 400 and "files" in json.dumps(response.json())
+
+
+def test_images_of_one_study_in_one_bulk_upload_share_its_patient_and_study(api, db) -> None:
+    files = [(f"view{i}.dcm", dicom_bytes(patient_id="MRN-SAMESTUDY", study_uid="1.2.9.9.1",
+                                          seed=i)) for i in range(3)]
+    response = bulk_upload(api, files, conditions="pneumonia")
+
+    assert response.status_code == 201 and response.json()["created"] == 3
+    study = Study.objects.get()
+    assert Patient.objects.count() == 1 and study.images.count() == 3
+    assert study.status == Study.Status.ANALYSING
+    assert Analysis.objects.filter(image__study=study).count() == 3
+    assert AuditEvent.objects.filter(action="image.upload", study=study).count() == 3
+
+
+def test_a_bulk_file_claiming_another_patients_study_is_a_conflict_alone(api, db) -> None:
+    upload(api, dicom_bytes(patient_id="MRN-OWNER", study_uid="1.2.9.9.2", seed=1))
+    response = bulk_upload(api, [
+        ("intruder.dcm", dicom_bytes(patient_id="MRN-OTHER", study_uid="1.2.9.9.2", seed=2)),
+        ("fine.dcm", dicom_bytes(patient_id="MRN-FINE", seed=3))])
+
+    assert response.status_code == 201
+    intruder, fine = response.json()["results"]
+    assert intruder["status"] == "rejected" and "belongs to another patient" in intruder["error"]
+    assert fine["status"] == "created"
+    assert Study.objects.get(study_instance_uid="1.2.9.9.2").images.count() == 1
+    assert Image.objects.count() == 2 and len(media_files()) == 4
+
+
+def test_an_existing_patient_record_is_only_filled_in_never_overwritten(api, db) -> None:
+    Patient.objects.create(patient_id="MRN-KNOWN", name="Known^Name")
+    bulk_upload(api, [("a.dcm", dicom_bytes(patient_id="MRN-KNOWN", patient_name="Other^Name"))])
+
+    patient = Patient.objects.get(patient_id="MRN-KNOWN")
+    assert patient.name == "Known^Name" and patient.sex == "F"  # kept; the empty sex filled
+
+
+def test_pngs_in_a_bulk_upload_join_one_study_by_accession_number(api, db) -> None:
+    response = bulk_upload(api, [(f"{i}.png", png_bytes(seed=i)) for i in range(2)],
+                           patient_id="MRN-PNGS", accession_number="ACC-PNGS", body_part="knee")
+
+    assert response.status_code == 201 and response.json()["created"] == 2
+    study = Study.objects.get(accession_number="ACC-PNGS")
+    assert study.patient.patient_id == "MRN-PNGS" and study.images.count() == 2
+
+
+def test_a_bulk_upload_racing_another_upload_falls_back_to_one_file_at_a_time(
+        api, db, monkeypatch) -> None:
+    from django.db import IntegrityError
+    from django.db.models.query import QuerySet
+
+    # As if another uploader inserted the same patient between our read and our insert.
+    real_bulk_create = QuerySet.bulk_create
+
+    def racing(self, objs, *args, **kwargs):
+        if self.model is Patient:
+            Patient.objects.create(patient_id="MRN-RACE-0")
+            raise IntegrityError("duplicate key value violates unique constraint")
+        return real_bulk_create(self, objs, *args, **kwargs)
+
+    monkeypatch.setattr(QuerySet, "bulk_create", racing)
+    response = bulk_upload(api, [(f"{i}.dcm", dicom_bytes(patient_id=f"MRN-RACE-{i}", seed=i))
+                                 for i in range(2)], conditions="pneumonia")
+
+    assert response.status_code == 201, response.content
+    assert response.json()["created"] == 2
+    assert Patient.objects.filter(patient_id__startswith="MRN-RACE-").count() == 2
+    assert Image.objects.count() == 2 and len(media_files()) == 4  # no orphan from the 1st try

@@ -171,3 +171,24 @@ def test_an_upload_without_a_file_says_so(api, db) -> None:
 
     assert response.status_code == 400
     assert response.json()["error"] == "file: No file was submitted."
+
+
+def test_the_thumbnail_is_a_small_jpeg_of_the_xray(api, db) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image as PILImage
+
+    response = upload(api, dicom_bytes(patient_id="MRN-THUMB", size=512, seed=5))
+    image_id = response.json()["image"]["id"]
+    thumbnail = api.get(f"/api/images/{image_id}/thumbnail/")
+
+    assert thumbnail.status_code == 200 and thumbnail["Content-Type"] == "image/jpeg"
+    picture = PILImage.open(io.BytesIO(b"".join(thumbnail.streaming_content)))
+    assert picture.format == "JPEG" and picture.size == (256, 256) and picture.mode == "L"
+    # The X-ray itself, shrunk: its mean brightness survives (a blank or wrong image would not).
+    original = Image.objects.get(pk=image_id)
+    from core.imaging import load_xray
+
+    full = load_xray(original.file.read()).pixels
+    assert abs(float(np.asarray(picture).mean()) - float(full.mean())) < 3
