@@ -56,18 +56,25 @@ def dr_grey(django_user_model):
     return django_user_model.objects.create_user("dr.grey", password="pw-grey-123")
 
 
-def test_a_radiologist_watches_an_upload_get_analysed_without_reloading(
-        live_server_url, dr_grey, browser_page) -> None:
+def log_in_to_the_live_worklist(page, base_url: str) -> None:
+    """Anonymous -> login page -> the worklist with its websocket connected."""
     from playwright.sync_api import expect
 
-    page = browser_page
-    page.goto(live_server_url + "/")
+    page.goto(base_url + "/")
     expect(page).to_have_url(re.compile(r"/login/"))
     page.fill("input[name=username]", "dr.grey")
     page.fill("input[name=password]", "pw-grey-123")
     page.click("button[type=submit]")
     expect(page.locator("h1")).to_have_text("Worklist")
     expect(page.locator("#live-status")).to_have_text("live")
+
+
+def test_a_radiologist_watches_an_upload_get_analysed_without_reloading(
+        live_server_url, dr_grey, browser_page) -> None:
+    from playwright.sync_api import expect
+
+    page = browser_page
+    log_in_to_the_live_worklist(page, live_server_url)
 
     # Upload through the worklist's form; the row appears and turns "AI complete" by itself.
     page.click("summary")
@@ -162,12 +169,7 @@ def test_a_technologist_uploads_several_xrays_at_once_and_sees_which_were_refuse
 
     images_before = _in_thread(lambda: Image.objects.count())
     page = browser_page
-    page.goto(live_server_url + "/")
-    page.fill("input[name=username]", "dr.grey")
-    page.fill("input[name=password]", "pw-grey-123")
-    page.click("button[type=submit]")
-    expect(page.locator("h1")).to_have_text("Worklist")
-    expect(page.locator("#live-status")).to_have_text("live")
+    log_in_to_the_live_worklist(page, live_server_url)
 
     page.click("summary")
     expect(page.locator("summary")).to_have_text("Upload X-rays")

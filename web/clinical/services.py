@@ -69,18 +69,9 @@ class UploadResult:
 # --------------------------------------------------------------------------- audit
 
 
-def audit_record(
-    *,
-    actor: Any,
-    action: str,
-    patient: Patient | None = None,
-    study: Study | None = None,
-    obj: Any = None,
-    detail: dict[str, Any] | None = None,
-    ip_address: str | None = None,
-) -> AuditEvent:
-    event = audit_event(actor=actor, action=action, patient=patient, study=study, obj=obj,
-                        detail=detail, ip_address=ip_address)
+def audit_record(**fields: Any) -> AuditEvent:
+    """Save one audit row; the arguments are audit_event's."""
+    event = audit_event(**fields)
     event.save()
     return event
 
