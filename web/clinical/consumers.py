@@ -47,6 +47,11 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "analysis", "event": message["event"],
                               "analysis": message["analysis"]})
 
+    async def analysis_events(self, message: dict[str, Any]) -> None:
+        """A burst sent as one channel message: the page still gets one frame per event."""
+        for event in message["events"]:
+            await self.analysis_event(event)
+
 
 @database_sync_to_async
 def _study_exists(study_id: int) -> bool:
