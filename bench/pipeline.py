@@ -4,7 +4,8 @@ Starts its own stack (migrate, uvicorn, one Celery worker with concurrency 1) on
 database and media folder, then:
 
 1. raw: core.analysis.analyze_xray (preprocess + prediction + Grad-CAM) on decoded images, in
-   this process, through the ModelManager exactly as a worker does;
+   this process, through the ModelManager exactly as a worker does; before the platform runs
+   and again after them (the machine's speed drifts), averaged;
 2. platform latency: one image at a time, from the start of the upload request to the
    `finished` event arriving on a logged-in websocket (/ws/worklist/);
 3. platform throughput, bulk: N images sent back to back through POST /api/uploads/batch/,
@@ -350,8 +351,8 @@ def main() -> None:
           f"condition {args.condition}; registry {args.registry}; database "
           f"{'PostgreSQL' if args.database_url else 'SQLite'}")
 
-    raw = bench_raw(files[: max(args.n, 10)], registry=args.registry.resolve(),
-                    condition=args.condition)
+    raw_files = files[: max(args.n, 10)]
+    raw = bench_raw(raw_files, registry=args.registry.resolve(), condition=args.condition)
     print(f"model {raw['model_id']} ({raw['architecture']}"
           f"{', PLACEHOLDER' if raw['placeholder'] else ''})")
 
@@ -390,7 +391,19 @@ def main() -> None:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    # Again after the platform runs: this machine's speed drifts, and the ratio should compare
+    # the platform with the raw core under the same conditions (the two runs are averaged).
+    raw = combine_raw(raw, bench_raw(raw_files, registry=args.registry.resolve(),
+                                     condition=args.condition))
     report(raw, latencies, bulk, single, client, log, args)
+
+
+def combine_raw(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    print(f"raw core before / after the platform runs: {before['per_min']:.0f} / "
+          f"{after['per_min']:.0f} images/min (averaged below)")
+    return {**before, "latencies": before["latencies"] + after["latencies"],
+            "per_min": (before["per_min"] + after["per_min"]) / 2,
+            "batched_per_min": (before["batched_per_min"] + after["batched_per_min"]) / 2}
 
 
 def cpu_seconds_by_role(stack: Stack) -> dict[str, float]:
