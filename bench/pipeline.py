@@ -194,9 +194,10 @@ def wait_port(port: int, timeout: float) -> None:
 
 class Stack:
     def __init__(self, *, tmp: Path, registry: Path, database_url: str | None,
-                 redis_url: str, web_workers: int = 1) -> None:
+                 redis_url: str, web_workers: int = 1, worker_processes: int = 1) -> None:
         self.tmp = tmp
         self.web_workers = web_workers
+        self.worker_processes = worker_processes
         self.port = free_port()
         # Production settings (DEBUG off: no per-query bookkeeping), as a deployment runs.
         self.env = {**os.environ, "DEBUG": "0", "SECRET_KEY": uuid.uuid4().hex * 2,
@@ -230,7 +231,8 @@ class Stack:
                            str(self.port), "--workers", str(self.web_workers),
                            "web.asgi:application"])
         self.spawn("worker", [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q",
-                              "interactive,maintenance,batch", "--concurrency", "1",
+                              "interactive,maintenance,batch", "--concurrency",
+                              str(self.worker_processes),
                               "--prefetch-multiplier", "1", "-n", "bench@%h", "--without-gossip",
                               "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"])
         wait_port(self.port, 60)
@@ -332,6 +334,8 @@ def main() -> None:
                         help="bulk requests in flight at once (a browser uploading a folder)")
     parser.add_argument("--web-workers", type=int, default=2,
                         help="uvicorn worker processes (RADTRIAGE_WEB_WORKERS in production)")
+    parser.add_argument("--worker-processes", type=int, default=1,
+                        help="Celery pool processes (RADTRIAGE_WORKER_CONCURRENCY)")
     parser.add_argument("--single-n", type=int, default=40,
                         help="images in the one-per-request throughput run (0: skip)")
     parser.add_argument("--latency-n", type=int, default=15, help="images sent one at a time")
@@ -358,7 +362,8 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="radtriage-bench-"))
     stack = Stack(tmp=tmp, registry=args.registry.resolve(), database_url=args.database_url,
-                  redis_url=args.redis_url, web_workers=args.web_workers)
+                  redis_url=args.redis_url, web_workers=args.web_workers,
+                  worker_processes=args.worker_processes)
     try:
         username, password = stack.start()
         client = Client(f"http://127.0.0.1:{stack.port}", username, password, args.condition)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 from celery.utils.log import current_process_index
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "web.settings")
@@ -26,16 +26,17 @@ def pin_one_gpu_per_process(**_: object) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)] if gpus else str(index)
 
 
-@worker_process_init.connect
-def limit_cpu_threads(**_: object) -> None:
+@worker_init.connect
+def limit_cpu_threads(sender: object = None, **_: object) -> None:
     """TensorFlow's CPU thread pool defaults to every core, and its threads spin while they
     wait: on a machine shared with the web server and the database, a small model burns
     ~60% more CPU per image that way (14.4 vs 8.8 ms at batch 1 on 2 cores, and slower).
     Default: half the cores shared among the pool processes; RADTRIAGE_TF_THREADS overrides.
-    Set before TensorFlow is imported (lazily, by the first job), when the variable counts."""
+    Runs in the worker's parent before it forks its pool and before TensorFlow is imported
+    (lazily, by the first job): the pool processes inherit the variables."""
+    processes = getattr(sender, "concurrency", None) or 1
     threads = os.environ.get("RADTRIAGE_TF_THREADS") or str(cpu_threads_per_process(
-        cores=os.cpu_count() or 1, processes=int(os.environ.get("RADTRIAGE_WORKER_CONCURRENCY",
-                                                                "1") or 1)))
+        cores=os.cpu_count() or 1, processes=int(processes)))
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", threads)
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 

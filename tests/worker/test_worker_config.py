@@ -12,13 +12,18 @@ def test_tensorflow_gets_half_the_cores_shared_among_pool_processes() -> None:
     assert cpu_threads_per_process(cores=4, processes=8) == 1  # never zero
 
 
-def test_the_thread_limit_is_set_before_tensorflow_starts_and_can_be_overridden(
-        monkeypatch) -> None:
+def test_the_thread_limit_follows_the_pool_size_and_can_be_overridden(monkeypatch) -> None:
+    import os
+    from types import SimpleNamespace
+
     for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "RADTRIAGE_TF_THREADS"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("RADTRIAGE_TF_THREADS", "3")
-    limit_cpu_threads()
-    import os
-
-    assert os.environ["TF_NUM_INTRAOP_THREADS"] == "3"
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    limit_cpu_threads(sender=SimpleNamespace(concurrency=4))  # the worker, before it forks
+    assert os.environ["TF_NUM_INTRAOP_THREADS"] == "2"
     assert os.environ["TF_NUM_INTEROP_THREADS"] == "1"
+
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS")
+    monkeypatch.setenv("RADTRIAGE_TF_THREADS", "3")
+    limit_cpu_threads(sender=SimpleNamespace(concurrency=4))
+    assert os.environ["TF_NUM_INTRAOP_THREADS"] == "3"
