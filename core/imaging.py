@@ -55,13 +55,18 @@ class XRay:
         return int(self.pixels.shape[0]), int(self.pixels.shape[1])
 
 
-def load_xray(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> XRay:
-    """Read a DICOM, PNG or JPEG X-ray from a path or from bytes."""
+def load_xray(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+              read_metadata: bool = True) -> XRay:
+    """Read a DICOM, PNG or JPEG X-ray from a path or from bytes.
+
+    read_metadata=False leaves XRay.metadata empty, for a caller that already holds the header
+    summary (the worker keeps it from the upload): reading it costs as much as the pixels.
+    """
     data = _read_bytes(source)
     if not data:
         raise XRayDecodeError("The file is empty (0 bytes): nothing was uploaded or it was cut off.")
     if _looks_like_dicom(data):
-        return _load_dicom(data, max_pixels=max_pixels)
+        return _load_dicom(data, max_pixels=max_pixels, read_metadata=read_metadata)
     if data.startswith(PNG_MAGIC) or data.startswith(JPEG_MAGIC):
         return _load_raster(data, max_pixels=max_pixels)
     raise XRayDecodeError(
@@ -179,7 +184,7 @@ def _stretch_to_uint8(values: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- DICOM
 
 
-def _load_dicom(data: bytes, *, max_pixels: int) -> XRay:
+def _load_dicom(data: bytes, *, max_pixels: int, read_metadata: bool = True) -> XRay:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -206,7 +211,8 @@ def _load_dicom(data: bytes, *, max_pixels: int) -> XRay:
     if frames > 1:
         notes.append(f"Multi-frame DICOM ({frames} frames): only the first frame was analysed.")
     pixels = dicom_to_display(raw, ds)
-    return XRay(pixels=pixels, metadata=dicom_metadata(ds), source_format="dicom",
+    return XRay(pixels=pixels, metadata=dicom_metadata(ds) if read_metadata else {},
+                source_format="dicom",
                 notes=tuple(notes))
 
 

@@ -275,3 +275,13 @@ def test_jpeg_baseline_and_jpeg2000_dicom_decode(tmp_path):
     j2k.compress(JPEG2000Lossless)
     j2k.save_as(tmp_path / "j2k.dcm")
     np.testing.assert_array_equal(load_xray(tmp_path / "j2k.dcm").pixels, load_xray(plain).pixels)
+
+
+def test_the_pixels_can_be_read_without_the_header_summary(tmp_path) -> None:
+    # The worker reads the pixels again; the header summary it already has from the upload.
+    path = make_dicom(tmp_path / "w.dcm", gradient_image(), window=(2048, 4096))
+    full = load_xray(path)
+    pixels_only = load_xray(path, read_metadata=False)
+
+    assert full.metadata["Modality"] and pixels_only.metadata == {}
+    np.testing.assert_array_equal(pixels_only.pixels, full.pixels)

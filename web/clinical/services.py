@@ -7,6 +7,7 @@ that TensorFlow is only ever imported by workers, never by the web process.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -759,7 +760,10 @@ def _analysis_xray(analysis: Analysis) -> XRay:
 
     with default_storage.open(analysis.image.file.name, "rb") as handle:
         data = handle.read()
-    xray = load_xray(data, max_pixels=settings.RADTRIAGE_MAX_PIXELS)
+    # The header summary was read and stored at upload: only the pixels are needed again.
+    xray = dataclasses.replace(
+        load_xray(data, max_pixels=settings.RADTRIAGE_MAX_PIXELS, read_metadata=False),
+        metadata=dict(analysis.image.dicom_header or {}))
     check_body_part(xray, condition=analysis.condition)
     return xray
 
