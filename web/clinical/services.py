@@ -788,8 +788,8 @@ def _analyses_compute_and_store(group: list[tuple[Analysis, XRay]], *, condition
         return [_analysis_fail_permanently(analysis, exc) for analysis, _ in group]
     stored: dict[int, str] = {}
     try:
-        for (analysis, _), outcome in zip(group, outcomes, strict=True):
-            stored[analysis.pk] = _heatmap_store(analysis, outcome.heatmap)
+        _heatmaps_store([(analysis, outcome.heatmap)
+                         for (analysis, _), outcome in zip(group, outcomes, strict=True)], stored)
         return _analyses_complete(
             [(analysis, outcome.to_dict(), stored[analysis.pk])
              for (analysis, _), outcome in zip(group, outcomes, strict=True)])
@@ -798,17 +798,28 @@ def _analyses_compute_and_store(group: list[tuple[Analysis, XRay]], *, condition
         raise
 
 
-def _heatmap_store(analysis: Analysis, heatmap: np.ndarray) -> str:
-    """The raw Grad-CAM map at the model's resolution, as an 8-bit grayscale PNG (a few KB).
+def _heatmaps_store(maps: list[tuple[Analysis, np.ndarray]], stored: dict[int, str]) -> None:
+    """Each raw Grad-CAM map at the model's resolution, as an 8-bit grayscale PNG (a few KB);
+    stored[analysis id] = its file name, also for the caller to delete on a later failure.
 
-    Overlays are drawn from it on request (selectors.analysis_heatmap_overlay_png): most
-    analyses are never opened, and a full-resolution overlay PNG costs more than the model.
+    Written by a few threads at once: a file's creation mostly waits on the disk, and one
+    batch job writes one per image. Overlays are drawn from these maps on request
+    (selectors.analysis_heatmap_overlay_png): most analyses are never opened, and a
+    full-resolution overlay PNG costs more than the model.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from core.overlay import heatmap_png
 
-    clean = np.clip(np.nan_to_num(np.asarray(heatmap, dtype=np.float32)), 0.0, 1.0)
-    name = f"heatmaps/{analysis.image.study_id}/analysis-{analysis.pk}-raw.png"
-    return default_storage.save(name, ContentFile(heatmap_png(clean)))
+    def save(analysis: Analysis, heatmap: np.ndarray) -> None:
+        clean = np.clip(np.nan_to_num(np.asarray(heatmap, dtype=np.float32)), 0.0, 1.0)
+        name = f"heatmaps/{analysis.image.study_id}/analysis-{analysis.pk}-raw.png"
+        stored[analysis.pk] = default_storage.save(name, ContentFile(heatmap_png(clean)))
+
+    with ThreadPoolExecutor(max_workers=min(8, len(maps)) or 1) as pool:
+        futures = [pool.submit(save, analysis, heatmap) for analysis, heatmap in maps]
+    for future in futures:
+        future.result()  # the first failure, if any, after every write has ended
 
 
 def _analyses_complete(results: list[tuple[Analysis, dict[str, Any], str]]) -> list[Analysis]:
@@ -829,7 +840,8 @@ def _analyses_complete(results: list[tuple[Analysis, dict[str, Any], str]]) -> l
                 continue
             old_files.extend(n for n in (analysis.heatmap_raw.name,) if n)
             _analysis_apply_outcome(analysis, outcome, heatmap_name=heatmap_name)
-            analysis.save()
+            # A row at a time: bulk_update's CASE expressions cost more than the round trips.
+            analysis.save(update_fields=OUTCOME_FIELDS)
             done.append(analysis)
             finished.append(analysis)
         _studies_refresh_status([a.image.study for a in finished])
@@ -843,6 +855,13 @@ def _analyses_complete(results: list[tuple[Analysis, dict[str, Any], str]]) -> l
             analysis_event_publish(analysis=analysis, event="finished")
         transaction.on_commit(lambda: _files_delete(old_files))
     return done
+
+
+OUTCOME_FIELDS = [
+    "state", "probability", "threshold", "positive", "model_id", "model_sha256", "architecture",
+    "is_placeholder", "placeholder_reason", "experimental", "experimental_reason",
+    "gradcam_method", "gradcam_layer", "notes", "heatmap_raw", "error_message", "finished_at",
+]
 
 
 def _analysis_apply_outcome(analysis: Analysis, out: dict[str, Any], *, heatmap_name: str) -> None:
