@@ -17,7 +17,7 @@ database and media folder, then:
 Prints figures and the issue's targets (throughput >= 85 % of raw; p50 latency <= raw + 250 ms);
 asserts nothing.
 
-    .venv/bin/python bench/pipeline.py [--n 96] [--per-request 16] [--single-n 40]
+    .venv/bin/python bench/pipeline.py [--n 192] [--per-request 16] [--single-n 40]
         [--latency-n 15] [--image chest.dcm]
         [--registry registry.json] [--condition pneumonia] [--database-url postgres://...]
 """
@@ -328,7 +328,7 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--n", type=int, default=96, help="images in the bulk throughput run")
+    parser.add_argument("--n", type=int, default=192, help="images in the bulk throughput run")
     parser.add_argument("--per-request", type=int, default=16, help="files per bulk request")
     parser.add_argument("--clients", type=int, default=2,
                         help="bulk requests in flight at once (a browser uploading a folder)")
