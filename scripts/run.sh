@@ -11,6 +11,10 @@ export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 export RADTRIAGE_HOST="${RADTRIAGE_HOST:-127.0.0.1}"
 export RADTRIAGE_PORT="${RADTRIAGE_PORT:-8000}"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+# One worker pool process per core, up to two (each runs TensorFlow on one thread): a batch is
+# prepared and stored by one while the other runs the model. ~0.6 GB of memory each.
+CORES="$(nproc 2>/dev/null || echo 1)"
+export RADTRIAGE_WORKER_CONCURRENCY="${RADTRIAGE_WORKER_CONCURRENCY:-$(( CORES >= 2 ? 2 : 1 ))}"
 say() { printf '\033[1m[radtriage]\033[0m %s\n' "$*"; }
 
 [ -x "$PYTHON" ] || { say "No Python at $PYTHON: run 'make run' (it creates .venv) or set PYTHON."; exit 1; }
