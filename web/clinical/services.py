@@ -244,9 +244,10 @@ def images_upload_many(
     items: dict[int, BulkUploadItem] = {}
     plans: dict[int, _Plan] = {}
     one_by_one: list[int] = []
-    known = _images_find_many([d for d in _decode_each(files, items)])
+    readable = _decode_each(files, items)
+    known = _images_find_many(list(readable.values()))
     seen: dict[str, int] = {}
-    for index, decoded in _decoded_so_far(items):
+    for index, decoded in readable.items():
         duplicate_of = known.get(decoded.sha256) or known.get(decoded.sop_uid)
         if duplicate_of is not None or decoded.sha256 in seen or decoded.sop_uid in seen:
             one_by_one.append(index)  # recognised as a duplicate there, with its audit
@@ -280,28 +281,15 @@ def images_upload_many(
 
 
 def _decode_each(files: Sequence[tuple[str, bytes]],
-                 items: dict[int, BulkUploadItem]) -> list[_Decoded]:
-    """Decode every file; a refused one gets its item now, a readable one a placeholder."""
-    decoded = []
+                 items: dict[int, BulkUploadItem]) -> dict[int, _Decoded]:
+    """Decode every file: index -> the readable ones; a refused one gets its item now."""
+    readable: dict[int, _Decoded] = {}
     for index, (filename, data) in enumerate(files):
         try:
-            one = _upload_decode(data, filename)
+            readable[index] = _upload_decode(data, filename)
         except UploadRejected as exc:
             items[index] = BulkUploadItem(filename, error=str(exc), status_code=exc.status_code)
-            continue
-        items[index] = _PendingItem(filename, decoded=one)
-        decoded.append(one)
-    return decoded
-
-
-@dataclass
-class _PendingItem(BulkUploadItem):
-    decoded: _Decoded | None = None
-
-
-def _decoded_so_far(items: dict[int, BulkUploadItem]) -> list[tuple[int, _Decoded]]:
-    return [(i, item.decoded) for i, item in sorted(items.items())
-            if isinstance(item, _PendingItem) and item.decoded is not None]
+    return readable
 
 
 def _images_find_many(decoded: list[_Decoded]) -> dict[str, int]:
