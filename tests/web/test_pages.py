@@ -6,6 +6,7 @@ from django.test import Client
 
 from tests.web.fixtures import dicom_bytes, upload
 from web.clinical.models import Analysis, Study
+from web.clinical.services import studies_refresh
 
 
 def _finish(analysis: Analysis, **fields) -> None:
@@ -14,6 +15,7 @@ def _finish(analysis: Analysis, **fields) -> None:
     for key, value in {**defaults, **fields}.items():
         setattr(analysis, key, value)
     analysis.save()
+    studies_refresh(studies=[analysis.image.study])  # as the worker does when a job ends
 
 
 def _logged_in(radiologist) -> Client:
@@ -96,3 +98,19 @@ def test_the_study_page_subscribes_to_its_live_events(api, radiologist) -> None:
 
     assert f"RADTRIAGE_STUDY_ID = {study_id}" in page and "ui/study.js" in page
     assert Study.objects.get(pk=study_id).status == "analysing"
+
+
+def test_the_ai_flag_follows_the_latest_results_of_the_study(api) -> None:
+    body = upload(api, dicom_bytes(patient_id="MRN-FLAG"), conditions="pneumonia").json()
+    first = Analysis.objects.get(pk=body["image"]["analyses"][0]["id"])
+    _finish(first)
+    assert api.get("/api/studies/").json()["results"][0]["ai_flagged"] is True
+
+    # Re-run on a corrected model: the finding is gone, so is the flag.
+    first.delete()
+    again = api.post(f"/api/images/{body['image']['id']}/analyses/",
+                     {"conditions": ["pneumonia"]}, format="json").json()[0]
+    _finish(Analysis.objects.get(pk=again["id"]), probability=0.05, positive=False)
+    study = api.get("/api/studies/").json()["results"][0]
+    assert study["ai_flagged"] is False and study["pending_count"] == 0
+    assert study["image_count"] == 1

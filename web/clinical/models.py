@@ -57,6 +57,10 @@ class Study(models.Model):
     description = models.CharField(max_length=200, blank=True)
     priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.ROUTINE)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RECEIVED)
+    # A real finding (succeeded, positive, not a placeholder) on any of its images. Kept by the
+    # services whenever an analysis ends, so the worklist sorts on an index instead of
+    # searching every analysis on each page load.
+    ai_flagged = models.BooleanField("AI flag", default=False, editable=False)
     assigned_radiologist = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
         related_name="assigned_studies",
@@ -67,7 +71,11 @@ class Study(models.Model):
     class Meta:
         ordering = ["priority", "-created_at"]
         verbose_name_plural = "studies"
-        indexes = [models.Index(fields=["priority", "-created_at"], name="study_worklist_idx")]
+        indexes = [
+            models.Index(fields=["priority", "-created_at"], name="study_worklist_idx"),
+            models.Index(fields=["priority", "-ai_flagged", "-created_at", "-id"],
+                         name="study_worklist_flag_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.accession_number or self.study_instance_uid} ({self.patient.patient_id})"

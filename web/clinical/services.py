@@ -832,7 +832,7 @@ def _analyses_complete(results: list[tuple[Analysis, dict[str, Any], str]]) -> l
             analysis.save(update_fields=OUTCOME_FIELDS)
             done.append(analysis)
             finished.append(analysis)
-        _studies_refresh_status([a.image.study for a in finished])
+        studies_refresh(studies=[a.image.study for a in finished])
         AuditEvent.objects.bulk_create([
             audit_event(actor=None, action="analysis.succeeded", patient=a.image.study.patient,
                         study=a.image.study, obj=a,
@@ -912,31 +912,49 @@ def analysis_mark_retrying(*, analysis_id: int, message: str) -> None:
 
 
 def _study_refresh_status(study: Study) -> None:
-    _studies_refresh_status([study])
+    studies_refresh(studies=[study])
 
 
-def _studies_refresh_status(studies: list[Study]) -> None:
-    """ANALYSING while any analysis of the study is queued or running, then AI_COMPLETE.
+def studies_refresh(*, studies: list[Study]) -> None:
+    """After analyses end: each study's AI flag (any real finding: succeeded, positive, not a
+    placeholder), and its status while the AI still works on it (ANALYSING while any analysis
+    is queued or running, then AI_COMPLETE).
 
-    Two queries for any number of studies; the objects passed in are updated too, so the
-    events built from them say the same as the database."""
-    watched = {s.pk: s for s in studies
-               if s.status in (Study.Status.RECEIVED, Study.Status.ANALYSING)}
-    if not watched:
+    Four queries at most for any number of studies; the objects passed in are updated too
+    (several may stand for one study), so events built from them say what the database says.
+    """
+    by_pk = {s.pk: s for s in studies}
+    if not by_pk:
         return
-    busy = set(Analysis.objects.filter(
-        image__study_id__in=list(watched),
-        state__in=[Analysis.State.QUEUED, Analysis.State.RUNNING],
-    ).values_list("image__study_id", flat=True).distinct())
     now = timezone.now()
-    for status, ids in ((Study.Status.ANALYSING, busy), (Study.Status.AI_COMPLETE,
-                                                         set(watched) - busy)):
-        changed = [pk for pk in ids if watched[pk].status != status]
-        if changed:
-            Study.objects.filter(pk__in=changed).update(status=status, updated_at=now)
-            for study in studies:  # several objects may stand for one study
-                if study.pk in changed:
-                    study.status, study.updated_at = status, now
+    flagged = set(Analysis.objects.filter(
+        image__study_id__in=list(by_pk), state=Analysis.State.SUCCEEDED, positive=True,
+        is_placeholder=False).values_list("image__study_id", flat=True).distinct())
+    _studies_set(studies, "ai_flagged", {pk: pk in flagged for pk in by_pk}, now=now)
+    watched = [pk for pk, s in by_pk.items()
+               if s.status in (Study.Status.RECEIVED, Study.Status.ANALYSING)]
+    if watched:
+        busy = set(Analysis.objects.filter(
+            image__study_id__in=watched,
+            state__in=[Analysis.State.QUEUED, Analysis.State.RUNNING],
+        ).values_list("image__study_id", flat=True).distinct())
+        _studies_set(studies, "status", {pk: Study.Status.ANALYSING if pk in busy
+                                         else Study.Status.AI_COMPLETE for pk in watched},
+                     now=now)
+
+
+def _studies_set(studies: list[Study], field: str, wanted: dict[int, Any], *,
+                 now: dt.datetime) -> None:
+    """Write `field` where it differs from `wanted` (one UPDATE per distinct value)."""
+    current = {s.pk: getattr(s, field) for s in studies}
+    changed = {pk for pk, value in wanted.items() if current[pk] != value}
+    for value in {wanted[pk] for pk in changed}:
+        Study.objects.filter(pk__in=[pk for pk in changed if wanted[pk] == value]).update(
+            **{field: value, "updated_at": now})
+    for study in studies:
+        if study.pk in changed:
+            setattr(study, field, wanted[study.pk])
+            study.updated_at = now
 
 
 def analyses_requeue_stuck(*, queued_after: float, running_after: float) -> list[int]:
