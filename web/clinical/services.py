@@ -20,7 +20,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from core.conditions import conditions_for_body_part, get_condition, normalise_body_part
@@ -927,20 +927,24 @@ def studies_refresh(*, studies: list[Study]) -> None:
     if not by_pk:
         return
     now = timezone.now()
-    flagged = set(Analysis.objects.filter(
-        image__study_id__in=list(by_pk), state=Analysis.State.SUCCEEDED, positive=True,
-        is_placeholder=False).values_list("image__study_id", flat=True).distinct())
+    flagged = _studies_with(list(by_pk), state=Analysis.State.SUCCEEDED, positive=True,
+                            is_placeholder=False)
     _studies_set(studies, "ai_flagged", {pk: pk in flagged for pk in by_pk}, now=now)
     watched = [pk for pk, s in by_pk.items()
                if s.status in (Study.Status.RECEIVED, Study.Status.ANALYSING)]
     if watched:
-        busy = set(Analysis.objects.filter(
-            image__study_id__in=watched,
-            state__in=[Analysis.State.QUEUED, Analysis.State.RUNNING],
-        ).values_list("image__study_id", flat=True).distinct())
+        busy = _studies_with(watched, state__in=[Analysis.State.QUEUED, Analysis.State.RUNNING])
         _studies_set(studies, "status", {pk: Study.Status.ANALYSING if pk in busy
                                          else Study.Status.AI_COMPLETE for pk in watched},
                      now=now)
+
+
+def _studies_with(study_ids: list[int], **analysis_filters: Any) -> set[int]:
+    """The studies among these with an analysis matching the filters. Starts from the
+    studies' images (a few index probes), never from the analysis table, which grows forever."""
+    matching = Analysis.objects.filter(image=OuterRef("pk"), **analysis_filters)
+    return set(Image.objects.filter(study_id__in=study_ids).filter(Exists(matching))
+               .order_by().values_list("study_id", flat=True).distinct())
 
 
 def _studies_set(studies: list[Study], field: str, wanted: dict[int, Any], *,
