@@ -125,3 +125,21 @@ def test_a_single_upload_is_served_before_a_bulk_backlog(
                    .values_list("pk", "started_at"))
     # Sent last, run first: the interactive queue comes before the batch queue.
     assert started[single_id] < min(started[i] for i in bulk_ids)
+
+
+def test_abandoning_a_batch_keeps_the_reason_an_image_already_failed_for(
+        api, private_redis, broker_switch) -> None:
+    from web.clinical.services import analysis_fail
+
+    broker_switch(f"redis://127.0.0.1:{private_redis[1]}/0")  # no worker reads these jobs
+    response = bulk_upload(api, [(f"{i}.dcm", dicom_bytes(patient_id=f"MRN-AB{i}", seed=60 + i))
+                                 for i in range(2)], conditions="pneumonia")
+    corrupt, other = [a["id"] for r in response.json()["results"] for a in r["analyses"]]
+    analysis_fail(analysis_id=corrupt, message="The DICOM pixel data is truncated.")
+
+    # The job then gives up on a temporary problem, for every analysis it holds.
+    for analysis_id in (corrupt, other):
+        analysis_fail(analysis_id=analysis_id, message="Abandoned after a temporary problem.")
+
+    assert Analysis.objects.get(pk=corrupt).error_message == "The DICOM pixel data is truncated."
+    assert Analysis.objects.get(pk=other).error_message == "Abandoned after a temporary problem."

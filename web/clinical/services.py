@@ -880,11 +880,14 @@ def _float_or_none(value: Any) -> float | None:
 
 
 def analysis_fail(*, analysis_id: int, message: str) -> Analysis | None:
-    """Mark an analysis failed with a message the user sees (unless it already succeeded)."""
+    """Mark an analysis failed with a message the user sees, unless it already ended: a batch
+    job abandoned on a temporary problem must not replace the reason one of its images
+    already failed for (a corrupt file, say) or undo a result."""
     with transaction.atomic():
         analysis = (Analysis.objects.select_for_update().select_related("image__study")
                     .filter(pk=analysis_id).first())
-        if analysis is None or analysis.state == Analysis.State.SUCCEEDED:
+        if analysis is None or analysis.state in (Analysis.State.SUCCEEDED,
+                                                   Analysis.State.FAILED):
             return analysis
         _analysis_mark_failed(analysis, message=message)
     return analysis
