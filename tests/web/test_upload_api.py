@@ -54,8 +54,10 @@ def test_the_same_dicom_uploaded_twice_is_recognised_not_duplicated(api, db) -> 
 
 
 def test_a_re_exported_dicom_with_the_same_sop_instance_uid_is_not_duplicated(api, db) -> None:
-    upload(api, dicom_bytes(sop_uid="1.2.826.0.1.3680043.8.498.1", seed=1))
-    again = upload(api, dicom_bytes(sop_uid="1.2.826.0.1.3680043.8.498.1", seed=2))
+    # Same instance, same pixels, other bytes (a PACS re-export changed a header field).
+    upload(api, dicom_bytes(sop_uid="1.2.826.0.1.3680043.8.498.1", seed=1, accession="A-1"))
+    again = upload(api, dicom_bytes(sop_uid="1.2.826.0.1.3680043.8.498.1", seed=1,
+                                    accession="A-1-REEXPORT"))
 
     assert again.status_code == 200 and again.json()["created"] is False
     assert Image.objects.count() == 1

@@ -32,6 +32,7 @@ from web.clinical.models import Analysis, Image, Study
 from web.clinical.selectors import OVERLAY_ALPHA
 from web.clinical.services import (
     BulkUploadItem,
+    UploadConflictError,
     UploadFields,
     UploadRejected,
     analysis_enqueue,
@@ -80,6 +81,9 @@ class UploadView(APIView):
                                   fields=upload_fields(data), conditions=data["conditions"],
                                   queue=data["queue"], uploaded_by=request.user,
                                   ip_address=client_ip(request))
+        except UploadConflictError as exc:
+            return Response({"error": str(exc), "conflict_id": exc.conflict.pk},
+                            status=exc.status_code)
         except UploadRejected as exc:
             return Response({"error": str(exc)}, status=exc.status_code)
         study = selectors.study_worklist().get(pk=result.image.study_id)

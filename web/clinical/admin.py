@@ -1,6 +1,14 @@
 from django.contrib import admin
 
-from web.clinical.models import Analysis, Annotation, AuditEvent, Image, Patient, Study
+from web.clinical.models import (
+    Analysis,
+    Annotation,
+    AuditEvent,
+    Image,
+    Patient,
+    Study,
+    UploadConflict,
+)
 
 
 @admin.register(Patient)
@@ -49,6 +57,26 @@ class AuditEventAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(UploadConflict)
+class UploadConflictAdmin(admin.ModelAdmin):
+    """Refused uploads that clashed with another patient's image: reviewed here, never
+    merged automatically. Only the review fields can be changed."""
+
+    list_display = ["id", "created_at", "kind", "claimed_patient_id", "existing_image",
+                    "attempts", "reviewed"]
+    list_filter = ["kind", "reviewed"]
+    search_fields = ["claimed_patient_id", "sop_instance_uid", "sha256"]
+    readonly_fields = ["kind", "message", "file", "original_filename", "sha256",
+                       "sop_instance_uid", "claimed_patient_id", "claimed_fields",
+                       "existing_image", "uploaded_by", "ip_address", "attempts", "created_at"]
+
+    def has_add_permission(self, request):
         return False
 
     def has_delete_permission(self, request, obj=None):

@@ -225,3 +225,49 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action}"
+
+
+def quarantine_upload_to(instance: UploadConflict, filename: str) -> str:
+    return f"quarantine/{instance.sha256[:16]}/{filename}"
+
+
+class UploadConflict(models.Model):
+    """An upload refused because it clashes with an image already filed under another
+    identity (same SOPInstanceUID or the same file for a different patient, or the same
+    SOPInstanceUID with other pixels). Never merged into any study: the file is kept here,
+    untouched, until someone with admin rights reviews it."""
+
+    class Kind(models.TextChoices):
+        SAME_FILE_OTHER_PATIENT = "same_file_other_patient", "Same file, another patient"
+        SAME_UID_OTHER_PATIENT = "same_uid_other_patient", "Same SOPInstanceUID, another patient"
+        SAME_UID_OTHER_PIXELS = "same_uid_other_pixels", "Same SOPInstanceUID, other pixels"
+
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    message = models.TextField(help_text="what the uploader was told")
+    file = models.FileField(upload_to=quarantine_upload_to, max_length=255)
+    original_filename = models.CharField(max_length=255, blank=True)
+    sha256 = models.CharField(max_length=64)
+    sop_instance_uid = models.CharField("SOPInstanceUID", max_length=64)
+    claimed_patient_id = models.CharField("patient ID the upload claimed", max_length=64)
+    claimed_fields = models.JSONField("identity fields of the upload", default=dict, blank=True)
+    existing_image = models.ForeignKey(Image, null=True, blank=True, on_delete=models.SET_NULL,
+                                       related_name="conflicts")
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=1, help_text="times this file was sent")
+    reviewed = models.BooleanField(default=False)
+    review_note = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["sha256", "claimed_patient_id"],
+                                    name="upload_conflict_once_per_file_and_patient"),
+        ]
+
+    def __str__(self) -> str:
+        return f"conflict #{self.pk}: {self.get_kind_display()}"
