@@ -1,16 +1,28 @@
 """Grad-CAM computed in the same forward pass as the prediction.
 
 `GradCam` wraps a trained Keras model without touching it: it builds a second functional graph
-that *shares* the model's layers and weights and outputs both the target feature maps and the
-score. One compiled call (tf.function) runs the forward pass under a GradientTape and
-differentiates the positive-class logit with respect to the feature maps; the gradient only runs
-back through the head, so the whole call costs about one forward pass.
+that *shares* the model's layers and weights and outputs the target feature maps, the pooled head
+features and the score. One compiled call (tf.function) runs the forward pass under a
+GradientTape and differentiates the positive-class logit with respect to the feature maps; the
+gradient only runs back through the head, so the whole call costs about one forward pass.
 
-The target is the last convolutional layer, found automatically even inside a nested backbone
-(e.g. `mobilenetv2/Conv_1`), or named explicitly (registry `gradcam_layer`, "backbone/layer" or
-just the layer name). If gradients are unavailable (a graph that hides them) or the Grad-CAM map
-is all zero, an activation map (mean absolute activation) is returned instead, and the method
-says so. A map is always returned.
+Which feature maps. By default the ones the head's GlobalAveragePooling2D reads (MobileNetV2's
+`out_relu`, DenseNet121's `relu`): Grad-CAM's weights are the pooled gradients of exactly these
+maps, and the head's BatchNorm holds their population mean. Models without a pooling layer use
+their last convolutional layer. A registry `gradcam_layer` ("backbone/layer" or just the layer
+name) overrides the default; bench/pointing_game.py chooses it by measured localisation.
+
+Why the reference. RadTriage's head is GAP -> BatchNorm -> Dense+ReLU -> Dropout -> Dense. The
+BatchNorm subtracts its moving mean mu from the pooled features, so the evidence a location adds
+to the logit is sum_k w_k (A_k(x, y) - mu_k), not sum_k w_k A_k: when the evidence is "less of
+channel k than the average film", plain Grad-CAM is negative everywhere and the map came out
+empty (19% of the pneumonia model's confident positives at its pre-BN `Conv_1`, falling back to an
+activation map). At the pooled maps the map is measured against mu; at other depths no
+population reference is known and plain Grad-CAM is used.
+
+If gradients are unavailable (a graph that hides them) or the Grad-CAM map is still empty, an
+activation map (mean absolute activation) is returned instead, and the method says so. A map is
+always returned.
 """
 
 from __future__ import annotations
@@ -33,12 +45,15 @@ CONV_CLASS_NAMES = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTrans
 @dataclass(frozen=True)
 class GradCamResult:
     """probabilities: float32 (n,) raw model output; heatmaps: float32 (n, h, w) in [0, 1] at the
-    model's input resolution; methods: one of METHODS per image; layer: 'outer/inner' path."""
+    model's input resolution; methods: one of METHODS per image; layer: 'outer/inner' path;
+    pooled: float32 (n, d) the GlobalAveragePooling2D output feeding the head (the spatial mean
+    of the last conv layer's output for a model without one), from the same forward pass."""
 
     probabilities: np.ndarray
     heatmaps: np.ndarray
     methods: tuple[str, ...]
     layer: str
+    pooled: np.ndarray
 
 
 # ----------------------------------------------------------------------------- layer search
@@ -72,10 +87,47 @@ def find_last_conv_layer(model: Any) -> list[str]:
     raise ValueError(f"Model '{model.name}' has no convolutional layer for Grad-CAM.")
 
 
+def find_pooling_layer(model: Any) -> Any | None:
+    """The top-level GlobalAveragePooling2D whose output feeds the head, or None."""
+    import keras
+
+    pools = [layer for layer in model.layers
+             if isinstance(layer, keras.layers.GlobalAveragePooling2D)]
+    return pools[-1] if pools else None
+
+
+def find_head_batchnorm(model: Any, pooling: Any) -> Any | None:
+    """The BatchNormalization applied directly to the pooled features (the paper's head_bn)."""
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.input is pooling.output:
+            return layer
+    return None
+
+
+def pooled_maps_path(model: Any, pooling: Any) -> list[str]:
+    """Path to the layer whose output the pooling layer reads, descending into a backbone."""
+    path: list[str] = []
+    operation = pooling.input._keras_history.operation
+    while _is_container(operation):
+        path.append(operation.name)
+        operation = operation.output._keras_history.operation
+    return [*path, operation.name]
+
+
+def default_layer_path(model: Any) -> list[str]:
+    """The maps the head pools (where the BN reference lives), else the last conv layer."""
+    pooling = find_pooling_layer(model)
+    if pooling is not None and len(pooling.input.shape) == 4:
+        return pooled_maps_path(model, pooling)
+    return find_last_conv_layer(model)
+
+
 def resolve_layer_path(model: Any, layer_name: str | None) -> list[str]:
-    """'backbone/Conv_1', 'Conv_1' (searched at any depth) or None (automatic)."""
+    """'backbone/Conv_1', 'Conv_1' (searched at any depth) or None (default_layer_path)."""
     if not layer_name:
-        return find_last_conv_layer(model)
+        return default_layer_path(model)
     if "/" in layer_name:
         path = layer_name.split("/")
         _layer_at(model, path)  # raises ValueError with a clear message if absent
@@ -112,37 +164,45 @@ def _layer_at(model: Any, path: list[str]) -> Any:
 # ----------------------------------------------------------------------------- graph building
 
 
-def build_feature_score_model(model: Any, path: list[str], *, pre_activation: bool) -> Any:
-    """A new functional model sharing `model`'s layers: input -> [features at path, score].
+def build_tap_model(model: Any, paths: list[list[str]], *, pre_activation: bool) -> Any:
+    """A new functional model sharing `model`'s layers: input -> [output at each path..., score].
 
     With pre_activation, 'score' is the input of the final sigmoid Dense layer, so the caller can
-    form the logit itself (sigmoid saturation would otherwise zero the gradient)."""
+    form the logit itself (sigmoid saturation would otherwise zero the gradient). Nested models
+    are re-run through their own tap model, so a path like ['mobilenetv2', 'block_13_add'] works
+    without touching the original graph."""
     import keras
 
-    features_holder: list[Any] = []
-    inner_name = path[0]
-    if len(path) > 1:
-        inner = model.get_layer(inner_name)
-        inner_fs = build_feature_score_model(inner, path[1:], pre_activation=False)
-    else:
-        inner, inner_fs = None, None
-
+    taps: dict[int, Any] = {}
+    nested: dict[str, tuple[Any, list[int]]] = {}
+    for name in {p[0] for p in paths if len(p) > 1}:
+        indices = [i for i, p in enumerate(paths) if len(p) > 1 and p[0] == name]
+        inner = build_tap_model(model.get_layer(name), [paths[i][1:] for i in indices],
+                                pre_activation=False)
+        nested[name] = (inner, indices)
+    direct: dict[str, list[int]] = {}
+    for i, p in enumerate(paths):
+        if len(p) == 1:
+            direct.setdefault(p[0], []).append(i)
     final_layer = model.layers[-1]
     head_input_holder: list[Any] = []
 
     def operation_fn(operation: Any) -> Any:
-        if inner is not None and operation is inner:
+        name = getattr(operation, "name", None)
+        if name in nested:
+            inner, indices = nested[name]
+
             def call_nested(*args: Any, **kwargs: Any) -> Any:
-                feats, out = inner_fs(*args, **kwargs)
-                features_holder.append(feats)
+                *inner_taps, out = inner(*args, **kwargs)
+                taps.update(zip(indices, inner_taps, strict=True))
                 return out
             return call_nested
-        if inner is None and getattr(operation, "name", None) == inner_name:
-            def call_target(*args: Any, **kwargs: Any) -> Any:
+        if name in direct:
+            def call_tapped(*args: Any, **kwargs: Any) -> Any:
                 out = operation(*args, **kwargs)
-                features_holder.append(out)
+                taps.update(dict.fromkeys(direct[name], out))
                 return out
-            return call_target
+            return call_tapped
         if pre_activation and operation is final_layer:
             def call_final(*args: Any, **kwargs: Any) -> Any:
                 head_input_holder.append(args[0])
@@ -155,11 +215,15 @@ def build_feature_score_model(model: Any, path: list[str], *, pre_activation: bo
     outputs = functional._run_through_graph(new_inputs, operation_fn=operation_fn)
     if isinstance(outputs, list | tuple):
         outputs = outputs[0]
-    if not features_holder:
-        raise ValueError(f"Grad-CAM layer '{'/'.join(path)}' is not on the path to the output.")
+    missing = [i for i in range(len(paths)) if i not in taps]
+    if missing:
+        raise ValueError(
+            f"Grad-CAM layer '{'/'.join(paths[missing[0]])}' is not on the path to the output."
+        )
     score = head_input_holder[0] if (pre_activation and head_input_holder) else outputs
     return keras.Model(new_inputs[0] if len(new_inputs) == 1 else new_inputs,
-                       [features_holder[0], score], name=f"{model.name}_gradcam")
+                       [*(taps[i] for i in range(len(paths))), score],
+                       name=f"{model.name}_gradcam")
 
 
 def _final_sigmoid_dense(model: Any) -> Any | None:
@@ -187,19 +251,31 @@ class GradCam:
         self.layer = "/".join(self.path)
         self.method = method
         self._final = _final_sigmoid_dense(model)
-        self._fs_model = build_feature_score_model(
-            model, self.path, pre_activation=self._final is not None
+        pooling = find_pooling_layer(model)
+        # The pooled features: the GAP output itself, else the last conv maps (meaned below).
+        self._pools_maps = pooling is None
+        pooled_path = find_last_conv_layer(model) if pooling is None else [pooling.name]
+        self._fs_model = build_tap_model(
+            model, [self.path, pooled_path], pre_activation=self._final is not None
         )
+        self._reference = self._population_reference(model, pooling)
         height, width = model.input_shape[1:3]
         self.input_size = (int(height), int(width))
         spec = tf.TensorSpec([None, height, width, model.input_shape[3]], tf.float32)
         self._compiled = tf.function(self._step, input_signature=[spec], reduce_retracing=True)
 
-    def _step(self, images: Any) -> tuple[Any, Any, Any]:
+    def _population_reference(self, model: Any, pooling: Any | None) -> Any | None:
+        """The head BN's moving mean when the target maps are the ones it normalises (pooled)."""
+        if pooling is None or self.path != pooled_maps_path(model, pooling):
+            return None
+        head_bn = find_head_batchnorm(model, pooling)
+        return None if head_bn is None else head_bn.moving_mean  # read live, never assigned
+
+    def _step(self, images: Any) -> tuple[Any, Any, Any, Any]:
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            features, score = self._fs_model(images, training=False)
+            features, pooled, score = self._fs_model(images, training=False)
             tape.watch(features)
             if self._final is not None:
                 logit = tf.matmul(score, self._final.kernel) + self._final.bias
@@ -208,6 +284,8 @@ class GradCam:
             else:
                 probability = tf.reshape(score, [tf.shape(score)[0], -1])[:, -1]
                 target = probability
+        if self._pools_maps:
+            pooled = tf.reduce_mean(pooled, axis=(1, 2))
         gradients = None if self.method == METHOD_ACTIVATION else tape.gradient(target, features)
         activation = _normalise(tf.reduce_mean(tf.abs(features), axis=-1))
         if gradients is None:
@@ -217,7 +295,10 @@ class GradCam:
             codes = tf.ones_like(probability, dtype=tf.int32)
         else:
             weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
-            cam = _normalise(tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)))
+            evidence = features
+            if self._reference is not None:
+                evidence = features - tf.cast(self._reference, features.dtype)
+            cam = _normalise(tf.nn.relu(tf.reduce_sum(weights * evidence, axis=-1)))
             empty = tf.reduce_max(cam, axis=(1, 2)) <= 0.0
             if self.method == METHOD_GRADCAM:
                 codes = tf.zeros_like(probability, dtype=tf.int32)
@@ -228,10 +309,10 @@ class GradCam:
         codes = tf.where(nothing, 2, codes)
         # Bicubic keeps a coarse (e.g. 4x4) map from looking like a grid of diamonds.
         cam = tf.image.resize(cam[..., None], self.input_size, method="bicubic")[..., 0]
-        return probability, tf.clip_by_value(cam, 0.0, 1.0), codes
+        return probability, tf.clip_by_value(cam, 0.0, 1.0), codes, pooled
 
     def __call__(self, images: np.ndarray) -> GradCamResult:
-        probability, cams, codes = self._compiled(np.asarray(images, dtype=np.float32))
+        probability, cams, codes, pooled = self._compiled(np.asarray(images, dtype=np.float32))
         methods = tuple(METHODS[int(c)] for c in codes.numpy())
         for m in methods:
             if m != METHOD_GRADCAM:
@@ -242,6 +323,7 @@ class GradCam:
             heatmaps=cams.numpy().astype(np.float32),
             methods=methods,
             layer=self.layer,
+            pooled=pooled.numpy().astype(np.float32),
         )
 
 

@@ -1,4 +1,5 @@
-"""Grad-CAM localises what the model learned, through nested backbones and the fallback path."""
+"""Grad-CAM localises what the model learned, through nested backbones and the fallback path;
+the pointing game scores where a map points."""
 
 from __future__ import annotations
 
@@ -12,6 +13,14 @@ from core.gradcam import (
     GradCam,
     find_last_conv_layer,
 )
+from core.localisation import (
+    centre_baseline,
+    clopper_pearson,
+    heatmap_peak,
+    load_boxes,
+    pointing_game,
+)
+from tests.core.conftest import SHARED
 from tests.core.tiny_models import BLOB_RADIUS, SIZE, make_blob_images
 
 pytestmark = pytest.mark.slow
@@ -46,7 +55,9 @@ def test_last_conv_layer_is_found_inside_the_nested_backbone(blob_model):
 def test_gradcam_peak_falls_inside_the_blob_through_the_nested_backbone(blob_model, positives):
     images, centres = positives
     result = GradCam(blob_model)(images)
-    assert result.layer == "tiny_backbone/conv_last"
+    # By default the maps the head pools (after the last conv's activation), where the head
+    # BatchNorm's mean is the reference for the evidence.
+    assert result.layer == "tiny_backbone/out_relu"
     assert set(result.methods) == {METHOD_GRADCAM}
     assert result.heatmaps.shape == (len(images), SIZE, SIZE)
     assert result.heatmaps.min() >= 0.0 and result.heatmaps.max() <= 1.0
@@ -131,3 +142,174 @@ def test_a_model_without_convolutions_is_a_clear_error():
     out = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(inputs))
     with pytest.raises(ValueError, match="no convolutional layer"):
         GradCam(keras.Model(inputs, out))
+
+
+# ----------------------------------------------------------------------------- the BN offset
+
+
+DARK_SIZE, DARK_RADIUS = 32, 6
+
+
+def dark_spot_model() -> object:
+    """The paper's head, weights set by hand, on a model that calls a film positive when it is
+    DARKER than the average training film (the head BatchNorm's moving mean 0.5): a dark spot is
+    the finding. Its feature maps are non-negative and its Grad-CAM weight negative, so plain
+    sum_k w_k A_k is <= 0 everywhere: the old map was empty and fell back to an activation map,
+    which is hottest everywhere EXCEPT on the spot."""
+    import keras
+
+    backbone_in = keras.Input((DARK_SIZE, DARK_SIZE, 3))
+    x = keras.layers.Conv2D(1, 1, name="conv_last")(backbone_in)
+    x = keras.layers.Activation("relu", name="out_relu")(x)
+    backbone = keras.Model(backbone_in, x, name="tiny_backbone")
+    inputs = keras.Input((DARK_SIZE, DARK_SIZE, 3))
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(backbone(inputs))
+    h = keras.layers.BatchNormalization(name="head_bn")(h)
+    h = keras.layers.Dense(1, activation="relu", name="head_dense_0")(h)
+    h = keras.layers.Dropout(0.3, name="head_dropout")(h)
+    out = keras.layers.Dense(1, activation="sigmoid", name="probability")(h)
+    model = keras.Model(inputs, out)
+    backbone.get_layer("conv_last").set_weights([np.full((1, 1, 3, 1), 1 / 3, "float32"),
+                                                 np.zeros(1, "float32")])
+    # gamma, beta, moving mean (the average film's brightness), moving variance
+    model.get_layer("head_bn").set_weights([np.ones(1), np.zeros(1), np.full(1, 0.5),
+                                            np.ones(1)])
+    model.get_layer("head_dense_0").set_weights([np.full((1, 1), -100.0), np.zeros(1)])
+    model.get_layer("probability").set_weights([np.ones((1, 1)), np.zeros(1)])
+    return model
+
+
+def dark_spot_films(n: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:DARK_SIZE, 0:DARK_SIZE]
+    films, centres = [], []
+    for _ in range(n):
+        r, c = rng.integers(DARK_RADIUS + 1, DARK_SIZE - DARK_RADIUS - 1, size=2)
+        film = np.full((DARK_SIZE, DARK_SIZE), 0.5, "float32")
+        film[(yy - r) ** 2 + (xx - c) ** 2 <= DARK_RADIUS**2] = 0.0
+        films.append(np.repeat(film[..., None], 3, axis=2))
+        centres.append((r, c))
+    return np.stack(films), np.array(centres)
+
+
+def test_a_confident_positive_made_by_the_bn_offset_gets_gradcam_on_the_spot():
+    model = dark_spot_model()
+    films, centres = dark_spot_films(6)
+    result = GradCam(model)(films)
+    assert (result.probabilities > 0.99).all()  # confident positives
+    assert result.methods == (METHOD_GRADCAM,) * 6  # a true Grad-CAM map, not the fallback
+    yy, xx = np.mgrid[0:DARK_SIZE, 0:DARK_SIZE]
+    for heat, (r, c) in zip(result.heatmaps, centres, strict=True):
+        spot = (yy - r) ** 2 + (xx - c) ** 2 <= (DARK_RADIUS - 1) ** 2
+        far = (yy - r) ** 2 + (xx - c) ** 2 > (DARK_RADIUS + 2) ** 2
+        assert heat[spot].min() > 0.9 and heat[far].max() < 0.1  # hot on the spot, cold off it
+
+
+def test_the_trained_models_confident_positives_get_gradcam(blob_model, positives):
+    images, _ = positives
+    result = GradCam(blob_model)(images)
+    confident = result.probabilities >= 0.9
+    assert confident.sum() >= 10
+    assert {m for m, c in zip(result.methods, confident, strict=True) if c} == {METHOD_GRADCAM}
+
+
+def test_pooled_features_are_the_gap_output_from_the_same_pass(blob_model, positives):
+    import keras
+
+    images, _ = positives
+    result = GradCam(blob_model)(images[:8])
+    gap = keras.Model(blob_model.inputs, blob_model.get_layer("gap").output)
+    expected = gap.predict(images[:8], verbose=0)
+    assert result.pooled.shape == (8, 32) and result.pooled.dtype == np.float32
+    np.testing.assert_allclose(result.pooled, expected, rtol=1e-5, atol=1e-5)
+    # The same vector whichever layer the map is drawn from.
+    np.testing.assert_allclose(GradCam(blob_model, layer="conv_b")(images[:8]).pooled, expected,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_without_a_pooling_layer_pooled_is_the_last_conv_maps_spatial_mean():
+    import keras
+
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(5, 3, activation="relu", name="conv_only")(inputs)
+    out = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(x))
+    model = keras.Model(inputs, out)
+    images = np.random.default_rng(0).random((3, 16, 16, 3)).astype("float32")
+    result = GradCam(model)(images)
+    maps = keras.Model(inputs, model.get_layer("conv_only").output).predict(images, verbose=0)
+    assert result.layer == "conv_only" and result.pooled.shape == (3, 5)
+    np.testing.assert_allclose(result.pooled, maps.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- pointing game
+
+
+def test_the_peak_is_the_hottest_pixel_centre_as_fractions():
+    heat = np.zeros((10, 20))
+    heat[7, 3] = 1.0
+    assert heat_peak_close(heatmap_peak(heat), (3.5 / 20, 7.5 / 10))
+
+
+def test_a_clipped_plateau_peaks_at_its_middle_not_its_top_left_corner():
+    heat = np.zeros((10, 10))
+    heat[4:7, 5:8] = 1.0  # 3x3 plateau centred on (6, 5)
+    assert heat_peak_close(heatmap_peak(heat), (6.5 / 10, 5.5 / 10))
+
+
+def test_a_flat_map_points_nowhere_and_scores_a_miss():
+    peak = heatmap_peak(np.zeros((8, 8)))
+    assert np.isnan(peak).all()
+    assert pointing_game([peak], [[(0.0, 0.0, 1.0, 1.0)]])["hits"] == 0
+
+
+def test_a_hit_is_a_peak_inside_any_box_of_that_film():
+    boxes = [
+        [(0.1, 0.1, 0.2, 0.2), (0.6, 0.6, 0.9, 0.8)],  # two fractures: second one hit
+        [(0.1, 0.1, 0.2, 0.2)],  # missed
+        [(0.4, 0.4, 0.6, 0.6)],  # hit (also by the centre)
+    ]
+    result = pointing_game([(0.7, 0.7), (0.5, 0.5), (0.45, 0.55)], boxes)
+    assert (result["hits"], result["n"]) == (2, 3)
+    assert result["rate"] == 2 / 3
+    assert result["hit_list"] == [True, False, True]
+    assert centre_baseline(boxes)["hits"] == 1
+
+
+def test_the_interval_is_exact_clopper_pearson():
+    from scipy.stats import binomtest
+
+    for hits, n in [(0, 10), (5, 10), (10, 10), (27, 45)]:
+        expected = binomtest(hits, n).proportion_ci(confidence_level=0.95, method="exact")
+        np.testing.assert_allclose(clopper_pearson(hits, n), (expected.low, expected.high),
+                                   atol=1e-9)
+    assert pointing_game([(0.5, 0.5)] * 10, [[(0.4, 0.4, 0.6, 0.6)]] * 10)["ci95"] == [0.6915, 1.0]
+
+
+def test_box_files_group_several_boxes_per_film_and_filter_by_split(tmp_path):
+    csv_path = tmp_path / "boxes.csv"
+    csv_path.write_text(
+        "path,x0,y0,x1,y1\n"
+        "fracture/test/positive/a.jpg,0.1,0.1,0.2,0.2\n"
+        "fracture/val/positive/b.jpg,0.3,0.3,0.4,0.4\n"
+        "fracture/test/positive/a.jpg,0.5,0.5,0.7,0.6\n"
+    )
+    assert load_boxes(csv_path, split="test") == {
+        "fracture/test/positive/a.jpg": [(0.1, 0.1, 0.2, 0.2), (0.5, 0.5, 0.7, 0.6)]}
+    assert set(load_boxes(csv_path)) == {"fracture/test/positive/a.jpg",
+                                         "fracture/val/positive/b.jpg"}
+    csv_path.write_text("path,x0,y0,x1,y1\nfracture/test/positive/a.jpg,0.5,0.1,0.2,0.2\n")
+    with pytest.raises(ValueError, match="not inside"):
+        load_boxes(csv_path)
+
+
+def test_the_real_fracture_boxes_load_for_validation_and_test():
+    path = SHARED / "data" / "fracture_boxes.csv"
+    if not path.is_file():
+        pytest.skip("../shared/data/fracture_boxes.csv is absent")
+    val, test = load_boxes(path, split="val"), load_boxes(path, split="test")
+    assert len(val) > 50 and len(test) > 20 and not set(val) & set(test)
+    assert all((SHARED / "data" / p).is_file() for p in list(test)[:5])
+
+
+def heat_peak_close(peak: tuple[float, float], expected: tuple[float, float]) -> bool:
+    return bool(np.allclose(peak, expected))

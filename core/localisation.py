@@ -1,0 +1,121 @@
+"""Does a heat map point at the finding? The pointing game (Zhang et al. 2016) on boxed films.
+
+A film is a hit when the hottest point of its heat map lies inside one of its boxes (a film may
+have several fractures). Everything is in fractions of the image's width and height, so a box
+drawn on the original film applies unchanged to the model's resized input (RadTriage resizes
+without keeping the aspect ratio, core.preprocessing.resize_gray). The image-centre baseline asks
+the same question of a "map" that always points at the middle: a heat map is worth showing only
+if it beats that.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions, x0 < x1, y0 < y1
+Point = tuple[float, float]  # x, y as fractions; NaN for a map with no peak
+CENTRE: Point = (0.5, 0.5)
+
+
+def heatmap_peak(heatmap: np.ndarray) -> Point:
+    """float (h, w) -> (x, y) of the hottest point as fractions of width and height.
+
+    Pixel (r, c) stands for its centre ((c + 0.5) / w, (r + 0.5) / h). Grad-CAM maps are clipped
+    to [0, 1] after an upsampling that overshoots, so the peak is often a plateau of equal
+    values: the plateau pixel nearest the plateau's centroid is returned, not the first one in
+    raster order (which would bias peaks up and left). A flat map points nowhere: (nan, nan).
+    """
+    heat = np.asarray(heatmap, dtype=np.float64)
+    if heat.ndim != 2 or heat.size == 0:
+        raise ValueError(f"expected a 2-D heat map, got shape {heat.shape}")
+    finite = np.where(np.isfinite(heat), heat, -np.inf)
+    top, low = finite.max(), finite.min()
+    if not np.isfinite(top) or top <= low:
+        return (math.nan, math.nan)
+    rows, cols = np.nonzero(finite >= top - 1e-6 * max(1.0, abs(top)))
+    nearest = np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)
+    h, w = heat.shape
+    return ((cols[nearest] + 0.5) / w, (rows[nearest] + 0.5) / h)
+
+
+def heatmap_peaks(heatmaps: np.ndarray) -> list[Point]:
+    """float (n, h, w) -> n peaks (heatmap_peak of each map)."""
+    return [heatmap_peak(h) for h in np.asarray(heatmaps)]
+
+
+def point_in_boxes(point: Point, boxes: Sequence[Box]) -> bool:
+    x, y = point
+    if not (math.isfinite(x) and math.isfinite(y)):
+        return False
+    return any(x0 <= x <= x1 and y0 <= y <= y1 for x0, y0, x1, y1 in boxes)
+
+
+def clopper_pearson(hits: int, n: int, *, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact binomial interval for hits / n (beta quantiles); (0, 1) when n is 0."""
+    from scipy.stats import beta
+
+    if n <= 0:
+        return (0.0, 1.0)
+    alpha = 1.0 - confidence
+    low = 0.0 if hits == 0 else float(beta.ppf(alpha / 2, hits, n - hits + 1))
+    high = 1.0 if hits == n else float(beta.ppf(1 - alpha / 2, hits + 1, n - hits))
+    return (low, high)
+
+
+def pointing_game(peaks: Sequence[Point], boxes: Sequence[Sequence[Box]]) -> dict[str, object]:
+    """One peak and the list of boxes per film -> hits, n, rate, exact 95% CI (Clopper-Pearson).
+
+    A film without a box cannot be scored and is refused rather than counted as a miss.
+    """
+    if len(peaks) != len(boxes):
+        raise ValueError(f"{len(peaks)} peaks for {len(boxes)} films")
+    if any(len(b) == 0 for b in boxes):
+        raise ValueError("every film scored by the pointing game needs at least one box")
+    hit_list = [point_in_boxes(p, b) for p, b in zip(peaks, boxes, strict=True)]
+    hits, n = int(sum(hit_list)), len(hit_list)
+    low, high = clopper_pearson(hits, n)
+    return {"hits": hits, "n": n, "rate": hits / n if n else math.nan,
+            "ci95": [round(low, 4), round(high, 4)], "hit_list": hit_list}
+
+
+def centre_baseline(boxes: Sequence[Sequence[Box]]) -> dict[str, object]:
+    """The pointing game of a map that always points at the image centre."""
+    return pointing_game([CENTRE] * len(boxes), boxes)
+
+
+def load_boxes(csv_path: str | Path, *, split: str | None = None) -> dict[str, list[Box]]:
+    """fracture_boxes.csv (path, x0, y0, x1, y1 as fractions) -> {path: [box, ...]}.
+
+    Paths stay as written (relative to the CSV's folder, '<condition>/<split>/<label>/<file>');
+    `split` keeps only that split's films. A malformed box is an error, not a silent miss.
+    """
+    csv_path = Path(csv_path)
+    out: dict[str, list[Box]] = {}
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        for line, row in enumerate(csv.DictReader(handle), start=2):
+            path = row["path"]
+            if split is not None and _split_of(path) != split:
+                continue
+            box = tuple(float(row[k]) for k in ("x0", "y0", "x1", "y1"))
+            x0, y0, x1, y1 = box
+            if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
+                raise ValueError(f"{csv_path}:{line}: box {box} is not inside [0, 1] fractions")
+            out.setdefault(path, []).append(box)  # type: ignore[arg-type]
+    return out
+
+
+def _split_of(path: str) -> str | None:
+    parts = Path(path).parts
+    return parts[1] if len(parts) >= 3 else None
+
+
+def summary(result: Mapping[str, object]) -> str:
+    """'0.27 (12/45, 95% CI 0.15-0.42)' for a pointing_game result."""
+    low, high = result["ci95"]  # type: ignore[misc]
+    return (f"{result['rate']:.2f} ({result['hits']}/{result['n']}, "
+            f"95% CI {low:.2f}-{high:.2f})")
