@@ -5,26 +5,26 @@ The function every caller uses (CLI, Celery worker, benchmarks), so they all beh
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from core.applicability import Applicability, check_applicability
 from core.conditions import get_condition
-from core.errors import BodyPartMismatchError
+from core.errors import BodyPartMismatchError, RadTriageError
 from core.imaging import XRay
 from core.model_manager import LoadedModel, ModelManager
 from core.preprocessing import preprocess_gray
+from core.wording import result_warnings
+
+log = logging.getLogger(__name__)
 
 # From 8 images on, a CPU runs MobileNetV2/DenseNet121 + Grad-CAM ~3x cheaper per image than
 # one at a time (bench/core_inference.py); 16 keeps a batch's memory small on any worker.
 DEFAULT_BATCH_SIZE = 16
-
-PLACEHOLDER_WARNING = (
-    "PLACEHOLDER MODEL: this result has no diagnostic value and must not be read as a finding."
-)
-
 
 @dataclass(frozen=True)
 class AnalysisOutcome:
@@ -43,16 +43,25 @@ class AnalysisOutcome:
     gradcam_layer: str | None
     heatmap: np.ndarray = field(repr=False)  # float32 (h, w) in [0, 1], model resolution
     notes: tuple[str, ...] = ()
+    # positive is False whenever the image is outside the model's population (never a flag).
+    applicable: bool = True
+    not_applicable_reason: str | None = None
+    applicability: dict[str, Any] = field(default_factory=dict)
+    heatmap_peak: tuple[float, float] | None = None  # (x, y) as fractions of width, height
+
+    @property
+    def flag(self) -> bool:
+        """Whether this result may put a study at the top of the worklist."""
+        return (self.positive and self.applicable and not self.is_placeholder
+                and not self.experimental)
 
     @property
     def warnings(self) -> list[str]:
         """What must be shown next to this result, most serious first."""
-        shown = []
-        if self.is_placeholder:
-            shown.append(f"{PLACEHOLDER_WARNING} Reason: {self.placeholder_reason}")
-        if self.experimental:
-            shown.append(f"EXPERIMENTAL MODEL: {self.experimental_reason}")
-        return shown
+        return [w["text"] for w in result_warnings(
+            is_placeholder=self.is_placeholder, placeholder_reason=self.placeholder_reason,
+            applicable=self.applicable, not_applicable_reason=self.not_applicable_reason,
+            experimental=self.experimental, experimental_reason=self.experimental_reason)]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +78,11 @@ class AnalysisOutcome:
             "experimental_reason": self.experimental_reason,
             "gradcam_method": self.gradcam_method,
             "gradcam_layer": self.gradcam_layer,
+            "applicable": self.applicable,
+            "not_applicable_reason": self.not_applicable_reason,
+            "applicability": self.applicability,
+            "flag": self.flag,
+            "heatmap_peak": list(self.heatmap_peak) if self.heatmap_peak else None,
             "warnings": self.warnings,
             "notes": list(self.notes),
         }
@@ -96,7 +110,8 @@ def analyze_xrays(
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> list[AnalysisOutcome]:
     """Several X-rays, one condition: the outcomes analyze_xray gives one by one, computed in
-    model calls of up to `batch_size` images (on a CPU, ~3x cheaper per image from 8 on)."""
+    model calls of up to `batch_size` images (on a CPU, ~3x cheaper per image from 8 on).
+    Each outcome says whether the image is one the model was made for (core.applicability)."""
     if not allow_body_part_mismatch:
         for xray in xrays:
             check_body_part(xray, condition=condition)
@@ -119,10 +134,6 @@ def check_body_part(xray: XRay, *, condition: str) -> None:
         )
 
 
-def analyze_with_model(xray: XRay, *, loaded: LoadedModel) -> AnalysisOutcome:
-    return analyze_with_model_batch([xray], loaded=loaded)[0]
-
-
 def analyze_with_model_batch(xrays: Sequence[XRay], *, loaded: LoadedModel,
                              batch_size: int = DEFAULT_BATCH_SIZE) -> list[AnalysisOutcome]:
     if batch_size < 1:
@@ -132,20 +143,55 @@ def analyze_with_model_batch(xrays: Sequence[XRay], *, loaded: LoadedModel,
         chunk = xrays[start:start + batch_size]
         batch = np.stack([preprocess_gray(x.pixels, input_size=loaded.input_size) for x in chunk])
         probabilities, cam = loaded.predict_with_gradcam(batch)
+        distances = _feature_distances(loaded, getattr(cam, "pooled", None))
+        recognitions = _recognise(chunk)
         outcomes.extend(
             _outcome(xray, loaded=loaded, probability=float(probabilities[i]),
-                     method=cam.methods[i], layer=cam.layer, heatmap=cam.heatmaps[i])
+                     method=cam.methods[i], layer=cam.layer, heatmap=cam.heatmaps[i],
+                     applicability=_applicability(
+                         xray, loaded=loaded, recognition=recognitions[i],
+                         distance=None if distances is None else float(distances[i])))
             for i, xray in enumerate(chunk)
         )
     return outcomes
 
 
+def _recognise(xrays: Sequence[XRay]) -> list[Any]:
+    """The recogniser's view of each image; None each if it cannot run (then the check
+    says so, and the result does not count)."""
+    try:
+        from core.recognition import recognise_many
+
+        return list(recognise_many([x.pixels for x in xrays]))
+    except (RadTriageError, ImportError, OSError, ValueError) as exc:
+        log.error("The image recogniser could not run: %s", exc)
+        return [None] * len(xrays)
+
+
+def _feature_distances(loaded: LoadedModel, pooled: np.ndarray | None) -> np.ndarray | None:
+    if loaded.population_model is None or pooled is None:
+        return None
+    return np.asarray(loaded.population_model.distance(np.asarray(pooled)), dtype=np.float64)
+
+
+def _applicability(xray: XRay, *, loaded: LoadedModel, recognition: Any,
+                   distance: float | None) -> Applicability:
+    if loaded.is_placeholder:  # never a finding anyway; its own warning says why
+        return Applicability(True)
+    return check_applicability(
+        population=loaded.population,
+        model_name=f"{get_condition(loaded.condition).label.lower()} model",
+        metadata=xray.metadata, recognition=recognition, distance=distance,
+        cutoff=getattr(loaded.population_model, "cutoff", None))
+
+
 def _outcome(xray: XRay, *, loaded: LoadedModel, probability: float, method: str,
-             layer: str | None, heatmap: np.ndarray) -> AnalysisOutcome:
+             layer: str | None, heatmap: np.ndarray,
+             applicability: Applicability) -> AnalysisOutcome:
     return AnalysisOutcome(
         condition=loaded.condition,
         probability=probability,
-        positive=probability >= loaded.threshold,
+        positive=applicability.applicable and probability >= loaded.threshold,
         threshold=loaded.threshold,
         model_id=loaded.model_id,
         model_sha256=loaded.sha256,
@@ -157,5 +203,19 @@ def _outcome(xray: XRay, *, loaded: LoadedModel, probability: float, method: str
         gradcam_method=method,
         gradcam_layer=layer,
         heatmap=heatmap,
-        notes=xray.notes,
+        notes=tuple(xray.notes) + applicability.notes,
+        applicable=applicability.applicable,
+        not_applicable_reason=applicability.reason or None,
+        applicability=applicability.checks,
+        heatmap_peak=heatmap_peak(heatmap),
     )
+
+
+def heatmap_peak(heatmap: np.ndarray) -> tuple[float, float] | None:
+    """Where the map is hottest, (x, y) as fractions of width and height (cell centres);
+    None for an empty map."""
+    cam = np.asarray(heatmap, dtype=np.float32)
+    if cam.ndim != 2 or cam.size == 0 or not np.isfinite(cam).any() or float(np.nanmax(cam)) <= 0:
+        return None
+    row, col = np.unravel_index(int(np.nanargmax(cam)), cam.shape)
+    return (round((col + 0.5) / cam.shape[1], 4), round((row + 0.5) / cam.shape[0], 4))

@@ -34,6 +34,14 @@ LIMB_PARTS = frozenset(
     }
 )
 KNEE_PARTS = frozenset({"KNEE", "LEG", "TIBIA", "FEMUR", "LOWEREXTREMITY"})
+# Body parts no RadTriage model reads: an image labelled so is stored without AI analysis.
+OTHER_BODY_PARTS = frozenset({"SKULL", "HEAD", "NECK", "CSPINE", "TSPINE", "LSPINE", "SPINE",
+                              "ABDOMEN", "PELVIS", "SACRUM", "COCCYX", "JAW", "BREAST"})
+# What an uploader may choose (never free text): chest first, then the limbs, then the rest.
+KNOWN_BODY_PARTS: tuple[str, ...] = ("CHEST", *sorted(CHEST_PARTS - {"CHEST"}),
+                                     *sorted(LIMB_PARTS | KNEE_PARTS), *sorted(OTHER_BODY_PARTS))
+# The body part a recognised region stands for, when a PNG/JPEG has none.
+REGION_BODY_PART = {"chest": "CHEST", "knee": "KNEE", "limb": "EXTREMITY"}
 
 CONDITIONS: dict[str, Condition] = {
     c.code: c

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from core.applicability import Population
 from core.calibration import apply_calibration
 from core.conditions import get_condition
 from core.errors import RegistryError
@@ -51,6 +52,10 @@ class LoadedModel:
     gradcam_layer: str | None
     keras_model: Any
     entry: ModelEntry | None = None
+    # The training population it declares, and the distance model of its training features
+    # (core.population); None when the entry has none, or its file failed to load.
+    population: Population | None = None
+    population_model: Any = None
     loaded_at: float = field(default_factory=time.monotonic)
     _predict_fn: Any = None
     _gradcam: Any = None
@@ -201,7 +206,8 @@ class ModelManager:
             calibration=entry.calibration, sha256=actual, is_placeholder=False,
             placeholder_reason=None, experimental=entry.is_experimental,
             experimental_reason=entry.experimental_reason, gradcam_layer=entry.gradcam_layer,
-            keras_model=model, entry=entry,
+            keras_model=model, entry=entry, population=Population.from_entry(entry.raw),
+            population_model=_population_model(registry, entry),
         )
 
     def _placeholder(self, condition: str, entry: ModelEntry | None, reason: str) -> LoadedModel:
@@ -219,6 +225,22 @@ class ModelManager:
             experimental=False, experimental_reason=None, gradcam_layer=None,
             keras_model=build_placeholder(input_size=size), entry=entry,
         )
+
+
+def _population_model(registry: Registry, entry: ModelEntry) -> Any:
+    """The entry's feature-distance model (registry `applicability.file`, beside the artifact),
+    or None: then results say the feature check was unavailable."""
+    spec = entry.raw.get("applicability") or {}
+    if not spec.get("file"):
+        return None
+    path = registry.artifact_path(entry).parent / str(spec["file"])
+    try:
+        from core.population import PopulationModel
+
+        return PopulationModel.load(path, sha256=spec.get("sha256"))
+    except Exception as exc:  # a broken file must not stop the model: the check says so
+        log.error("Population model %s for %s could not be loaded: %s", path, entry.id, exc)
+        return None
 
 
 _managers: dict[Path, ModelManager] = {}

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.analysis import PLACEHOLDER_WARNING, analyze_xray, analyze_xrays
+from core.analysis import analyze_xray, analyze_xrays
+from core.wording import EXPERIMENTAL, PLACEHOLDER
 from core.errors import BodyPartMismatchError, RegistryError
 from core.imaging import XRay
 from core.model_manager import ModelManager
@@ -125,7 +126,7 @@ def test_no_active_model_gives_a_flagged_placeholder_and_analysis_warns(registry
     xray = XRay(pixels=np.full((100, 80), 90, np.uint8), metadata={}, source_format="png")
     outcome = analyze_xray(xray, condition="cardiomegaly", manager=manager)
     assert outcome.is_placeholder and outcome.model_id == "placeholder:cardiomegaly"
-    assert outcome.warnings[0].startswith(PLACEHOLDER_WARNING)
+    assert outcome.warnings[0].startswith(PLACEHOLDER)
     assert outcome.to_dict()["is_placeholder"] is True
     assert outcome.heatmap.shape == (128, 128)
 
@@ -168,7 +169,8 @@ def test_experimental_models_carry_their_warning(registry):
     xray = XRay(pixels=np.full((SIZE, SIZE), 90, np.uint8), metadata={}, source_format="png")
     outcome = analyze_xray(xray, condition="pneumonia", manager=ModelManager(registry))
     assert outcome.experimental and not outcome.is_placeholder
-    assert outcome.warnings == ["EXPERIMENTAL MODEL: trained on 25 images"]
+    assert outcome.warnings == [f"{EXPERIMENTAL} trained on 25 images"]
+    assert not outcome.flag  # whatever its probability, it never puts a study first
 
 
 def test_a_chest_model_is_never_run_on_a_knee(registry):

@@ -78,7 +78,7 @@ def test_a_placeholder_result_says_no_diagnostic_value_and_is_never_a_finding(
     assert "AI flag" not in page and "0.970" not in page
     assert worklist["ai_flagged"] is False
     assert result["is_finding"] is False
-    assert result["display_warning"].startswith("Placeholder model: no diagnostic value")
+    assert result["display_warning"].startswith("PLACEHOLDER MODEL: NO DIAGNOSTIC VALUE")
 
 
 def test_an_experimental_result_carries_its_warning_next_to_the_number(api, radiologist) -> None:

@@ -7,7 +7,7 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from core.conditions import CONDITIONS
+from core.conditions import CONDITIONS, KNOWN_BODY_PARTS, normalise_body_part
 from web.clinical.models import Analysis, Annotation, Image, Patient, Study
 
 PRIORITIES = {"stat": Study.Priority.STAT, "urgent": Study.Priority.URGENT,
@@ -26,6 +26,8 @@ class AnalysisSerializer(serializers.ModelSerializer):
     heatmap_raw_url = serializers.SerializerMethodField()
     study_id = serializers.IntegerField(source="image.study_id", read_only=True)
     display_warning = serializers.SerializerMethodField()
+    warnings = serializers.ListField(child=serializers.DictField(child=serializers.CharField()),
+                                     read_only=True)
     image_thumbnail_url = serializers.SerializerMethodField()
 
     class Meta:
@@ -34,7 +36,8 @@ class AnalysisSerializer(serializers.ModelSerializer):
             "id", "image", "study_id", "condition", "state", "queue", "probability", "threshold",
             "positive", "is_finding", "model_id", "model_sha256", "architecture",
             "is_placeholder", "placeholder_reason", "experimental", "experimental_reason",
-            "display_warning", "gradcam_method", "gradcam_layer", "notes", "heatmap_url",
+            "display_warning", "warnings", "applicable", "not_applicable_reason", "applicability",
+            "heatmap_peak", "gradcam_method", "gradcam_layer", "notes", "heatmap_url",
             "heatmap_raw_url", "image_thumbnail_url", "error_message", "attempts", "requeues", "enqueued_at",
             "started_at", "finished_at",
         ]
@@ -56,12 +59,7 @@ class AnalysisSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_display_warning(self, obj: Analysis) -> str | None:
-        if obj.is_placeholder:
-            return ("Placeholder model: no diagnostic value. "
-                    + (obj.placeholder_reason or "No trained model is available."))
-        if obj.experimental:
-            return obj.experimental_reason or "Experimental model: not validated for clinical use."
-        return None
+        return obj.warnings[0]["text"] if obj.warnings else None
 
 
 class ImageSerializer(serializers.ModelSerializer):
@@ -72,7 +70,7 @@ class ImageSerializer(serializers.ModelSerializer):
         model = Image
         fields = ["id", "study", "sop_instance_uid", "series_instance_uid", "format",
                   "original_filename", "size_bytes", "sha256", "width", "height",
-                  "view_position", "dicom_header", "decode_notes", "thumbnail_url",
+                  "view_position", "dicom_header", "decode_notes", "recognition", "thumbnail_url",
                   "created_at", "analyses"]
         read_only_fields = fields
 
@@ -129,7 +127,10 @@ class UploadFieldsSerializer(serializers.Serializer):
     accession_number = serializers.CharField(required=False, allow_blank=True, max_length=64)
     study_date = serializers.DateField(required=False, allow_null=True)
     modality = serializers.CharField(required=False, allow_blank=True, max_length=16)
-    body_part = serializers.CharField(required=False, allow_blank=True, max_length=64)
+    body_part = serializers.CharField(
+        required=False, allow_blank=True, max_length=64,
+        help_text="One of the known DICOM body parts (e.g. CHEST, KNEE, HAND), or blank to let "
+                  "RadTriage recognise the region of a PNG/JPEG. DICOM headers win.")
     description = serializers.CharField(required=False, allow_blank=True, max_length=200)
 
     def validate_conditions(self, value: str) -> list[str] | None:
@@ -142,6 +143,14 @@ class UploadFieldsSerializer(serializers.Serializer):
             raise serializers.ValidationError(
                 f"Unknown condition(s) {', '.join(unknown)}; known: {', '.join(CONDITIONS)}.")
         return codes
+
+    def validate_body_part(self, value: str) -> str:
+        part = normalise_body_part(value)
+        if part and part not in KNOWN_BODY_PARTS:
+            raise serializers.ValidationError(
+                f"Unknown body part '{value}'; choose one of {', '.join(KNOWN_BODY_PARTS)}, "
+                "or leave it blank to let RadTriage recognise the region.")
+        return part
 
     def validate_queue(self, value: str) -> str:
         return {"interactive": settings.QUEUE_INTERACTIVE, "batch": settings.QUEUE_BATCH}[value]

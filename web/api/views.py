@@ -35,8 +35,8 @@ from web.clinical.services import (
     UploadConflictError,
     UploadFields,
     UploadRejected,
-    analysis_enqueue,
     audit_record,
+    image_analyses_request,
     image_upload,
     images_upload_many,
 )
@@ -263,22 +263,15 @@ class ImageAnalysesView(APIView):
             raise NotFound(f"No image with id {pk}.")
         form = AnalysisRequestSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        queue = {"interactive": settings.QUEUE_INTERACTIVE,
-                 "batch": settings.QUEUE_BATCH}[form.validated_data["queue"]]
-        from core.conditions import CONDITIONS
-
-        unknown = [c for c in form.validated_data["conditions"] if c not in CONDITIONS]
-        if unknown:
-            raise ValidationError({"conditions": f"Unknown condition(s) {', '.join(unknown)}."})
-        with transaction.atomic():
-            analyses = [analysis_enqueue(image=image, condition=code, queue=queue,
-                                         created_by=request.user,
-                                         model_id=form.validated_data["model_id"])
-                        for code in form.validated_data["conditions"]]
-            audit_record(actor=request.user, action="analysis.request",
-                         patient=image.study.patient, study=image.study, obj=image,
-                         ip_address=client_ip(request),
-                         detail={"conditions": form.validated_data["conditions"]})
+        data = form.validated_data
+        try:
+            analyses = image_analyses_request(
+                image=image, conditions=data["conditions"], queue={
+                    "interactive": settings.QUEUE_INTERACTIVE, "batch": settings.QUEUE_BATCH,
+                }[data["queue"]], model_id=data["model_id"], actor=request.user,
+                ip_address=client_ip(request))
+        except UploadRejected as exc:
+            raise ValidationError({"conditions": str(exc)}) from None
         return Response(AnalysisSerializer(analyses, many=True).data,
                         status=status.HTTP_201_CREATED)
 

@@ -58,6 +58,10 @@ def analysis_payload(analysis: Analysis) -> dict[str, Any]:
         "placeholder_reason": analysis.placeholder_reason,
         "experimental": analysis.experimental,
         "experimental_reason": analysis.experimental_reason,
+        "warnings": analysis.warnings,
+        "applicable": analysis.applicable,
+        "not_applicable_reason": analysis.not_applicable_reason,
+        "heatmap_peak": analysis.heatmap_peak,
         "error_message": analysis.error_message,
         "attempts": analysis.attempts,
         "heatmap_url": (reverse("api:analysis-heatmap", args=[analysis.pk])

@@ -6,6 +6,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from core.wording import result_warnings
+
 
 class Patient(models.Model):
     class Sex(models.TextChoices):
@@ -105,6 +107,9 @@ class Image(models.Model):
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
     view_position = models.CharField(max_length=16, blank=True)
+    # What the image recogniser saw at upload (core.recognition): region, population class,
+    # confidence and its words. It proposes the conditions for PNG/JPEG uploads.
+    recognition = models.JSONField("image recogniser's view", default=dict, blank=True)
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
         related_name="uploaded_images",
@@ -144,6 +149,14 @@ class Analysis(models.Model):
     placeholder_reason = models.TextField(blank=True)
     experimental = models.BooleanField(default=False)
     experimental_reason = models.TextField(blank=True)
+    # Whether the image belongs to the model's training population (core.applicability).
+    # None: not checked (not finished, or analysed before the check existed).
+    applicable = models.BooleanField("in the model's population", null=True, blank=True)
+    not_applicable_reason = models.TextField(blank=True)
+    applicability = models.JSONField("what the applicability check saw", default=dict,
+                                     blank=True)
+    heatmap_peak = models.JSONField("heat-map peak [x, y] (fractions of width, height)",
+                                    null=True, blank=True)
     gradcam_method = models.CharField(max_length=32, blank=True)
     gradcam_layer = models.CharField(max_length=128, blank=True)
     notes = models.JSONField(default=list, blank=True)
@@ -172,9 +185,25 @@ class Analysis(models.Model):
 
     @property
     def is_finding(self) -> bool:
-        """A positive label a radiologist may treat as an AI flag (never a placeholder's)."""
+        """A positive label a radiologist may treat as an AI flag: never a placeholder's, an
+        experimental model's, or one for an image outside the model's population."""
         return bool(self.state == self.State.SUCCEEDED and self.positive
-                    and not self.is_placeholder)
+                    and not self.is_placeholder and not self.experimental
+                    and self.applicable is not False)
+
+    @property
+    def warnings(self) -> list[dict[str, str]]:
+        """[{"kind", "text"}] to show beside the result, most serious first (core.wording)."""
+        if self.state != self.State.SUCCEEDED:
+            return []
+        return result_warnings(
+            is_placeholder=self.is_placeholder, placeholder_reason=self.placeholder_reason,
+            applicable=self.applicable, not_applicable_reason=self.not_applicable_reason,
+            experimental=self.experimental, experimental_reason=self.experimental_reason)
+
+    @property
+    def is_not_applicable(self) -> bool:
+        return self.state == self.State.SUCCEEDED and self.applicable is False
 
 
 class Annotation(models.Model):

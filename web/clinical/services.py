@@ -23,7 +23,13 @@ from django.db import IntegrityError, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
-from core.conditions import conditions_for_body_part, get_condition, normalise_body_part
+from core.applicability import region_of_body_part
+from core.conditions import (
+    REGION_BODY_PART,
+    conditions_for_body_part,
+    get_condition,
+    normalise_body_part,
+)
 from core.errors import RadTriageError, UnknownConditionError, XRayDecodeError
 from core.imaging import XRay, load_xray, validate_radiograph
 from web.clinical.events import analysis_event_publish
@@ -135,6 +141,7 @@ class _Plan:
     patient: _PatientValues
     study_uid: str
     accession: str
+    recognition: dict[str, Any]
 
 
 def _upload_decode(data: bytes, filename: str) -> _Decoded:
@@ -149,13 +156,79 @@ def _upload_decode(data: bytes, filename: str) -> _Decoded:
 
 def _upload_plan(decoded: _Decoded, fields: UploadFields, conditions: list[str] | None) -> _Plan:
     meta = decoded.xray.metadata
-    body_part = normalise_body_part(_meta(meta, "BodyPartExamined") or fields.body_part)
-    codes, warnings = _conditions_resolve(conditions, body_part=body_part,
-                                          header_body_part=_meta(meta, "BodyPartExamined"))
-    return _Plan(decoded=decoded, body_part=body_part, codes=codes, warnings=warnings,
+    recognition = _recognise(decoded.xray)
+    body_part, warnings = _body_part_resolve(
+        header=normalise_body_part(_meta(meta, "BodyPartExamined")),
+        chosen=normalise_body_part(fields.body_part), recognition=recognition)
+    codes, condition_warnings = _conditions_resolve(conditions, body_part=body_part)
+    return _Plan(decoded=decoded, body_part=body_part, codes=codes,
+                 warnings=warnings + condition_warnings,
                  patient=_patient_values(decoded.xray, fields),
                  study_uid=_meta(meta, "StudyInstanceUID") or fields.study_instance_uid.strip(),
-                 accession=_meta(meta, "AccessionNumber") or fields.accession_number.strip())
+                 accession=_meta(meta, "AccessionNumber") or fields.accession_number.strip(),
+                 recognition=recognition)
+
+
+def _recognise(xray: XRay) -> dict[str, Any]:
+    """What the image recogniser sees ({} if it cannot run: the analyses then say so)."""
+    from core.recognition import recognise
+
+    try:
+        seen = recognise(xray.pixels)
+    except RadTriageError as exc:
+        log.error("The image recogniser could not run at upload: %s", exc)
+        return {}
+    return {"region": seen.region, "population": seen.population,
+            "region_confidence": round(float(seen.region_confidence), 4),
+            "age_group": seen.age_group, "description": seen.describe()}
+
+
+def _body_part_resolve(*, header: str, chosen: str,
+                       recognition: dict[str, Any]) -> tuple[str, list[str]]:
+    """The DICOM header decides; else the uploader's choice; else the recognised region.
+    A recogniser that disagrees with the header or the choice is said, not followed."""
+    seen = recognition.get("region") or ""
+    given = header or chosen
+    if given:
+        source = "the DICOM header says" if header else "the upload says"
+        if seen in REGION_BODY_PART and region_of_body_part(given) not in ("", seen) and not (
+                seen == "knee" and region_of_body_part(given) == "limb"):
+            return given, [f"The image recogniser sees {recognition['description']}, but "
+                           f"{source} body part {given}; {given} was followed."]
+        return given, []
+    if seen in REGION_BODY_PART:
+        return REGION_BODY_PART[seen], [f"Body part recognised from the image: "
+                                        f"{recognition['description']}."]
+    return "", []
+
+
+def _conditions_resolve(conditions: list[str] | None, *,
+                        body_part: str) -> tuple[list[str], list[str]]:
+    """The conditions to run: those asked for, each of which must apply to the body part, or
+    (None) all that apply to it."""
+    if conditions is None:
+        codes = conditions_for_body_part(body_part)
+        if not codes:
+            what = (f"body part '{body_part}'" if body_part else
+                    "an image not recognised as a chest, knee or limb radiograph")
+            return [], [f"No RadTriage model applies to {what}: the image was stored without "
+                        "AI analysis. Choose a body part to analyse it anyway."]
+        return codes, []
+    codes = []
+    for code in conditions:
+        try:
+            condition = get_condition(code)
+        except UnknownConditionError as exc:
+            raise UploadRejected(str(exc)) from None
+        # A condition outside the image's region is refused here, never run and flagged.
+        if body_part and not condition.applies_to(body_part):
+            raise UploadRejected(
+                f"{condition.label} does not apply to this image: its body part is "
+                f"{body_part} ({condition.label} applies to {condition.region} images). "
+                "Choose a condition for that body part."
+            )
+        codes.append(condition.code)
+    return list(dict.fromkeys(codes)), []
 
 
 def image_upload(
@@ -516,31 +589,6 @@ def _duplicate(image: Image, *, uploaded_by: Any, ip_address: str | None) -> Upl
                         warnings=[message])
 
 
-def _conditions_resolve(conditions: list[str] | None, *, body_part: str,
-                        header_body_part: str) -> tuple[list[str], list[str]]:
-    if conditions is None:
-        codes = conditions_for_body_part(body_part)
-        if not codes:
-            where = f"body part '{body_part}'" if body_part else "an image with no body part"
-            return [], [f"No RadTriage model applies to {where}: the image was stored without "
-                        "AI analysis. Choose conditions explicitly to analyse it anyway."]
-        return codes, []
-    codes = []
-    for code in conditions:
-        try:
-            condition = get_condition(code)
-        except UnknownConditionError as exc:
-            raise UploadRejected(str(exc)) from None
-        # The header is authoritative (core refuses a mismatch later anyway): say so now.
-        if header_body_part and not condition.applies_to(header_body_part):
-            raise UploadRejected(
-                f"{condition.label} does not apply to this image: its DICOM header says body "
-                f"part '{header_body_part}'. Choose a condition for that body part."
-            )
-        codes.append(condition.code)
-    return list(dict.fromkeys(codes)), []
-
-
 def _dicom_date(value: str) -> dt.date | None:
     try:
         return dt.datetime.strptime(value[:8], "%Y%m%d").date() if value else None
@@ -711,6 +759,7 @@ def _image_build(plan: _Plan, *, study: Study, uploaded_by: Any, stored: list[st
         height=xray.shape[0],
         width=xray.shape[1],
         view_position=_meta(xray.metadata, "ViewPosition")[:16],
+        recognition=plan.recognition,
         uploaded_by=uploaded_by if getattr(uploaded_by, "is_authenticated", False) else None,
     )
     image.file.save(f"{decoded.sop_uid}.{ext}", ContentFile(decoded.data), save=False)
@@ -769,6 +818,20 @@ def analysis_enqueue(
         transaction.on_commit(lambda: analyses_dispatch(analysis_ids=[analysis.pk], queue=queue))
     analysis_event_publish(analysis=analysis, event="queued")
     return analysis
+
+
+def image_analyses_request(*, image: Image, conditions: list[str], queue: str, model_id: str,
+                           actor: Any, ip_address: str | None) -> list[Analysis]:
+    """Run (again) chosen conditions on a stored image. Each must apply to the image's body
+    part (UploadRejected otherwise), as at upload: a knee model never runs on a chest film."""
+    codes, _ = _conditions_resolve(conditions, body_part=image.study.body_part)
+    with transaction.atomic():
+        analyses = [analysis_enqueue(image=image, condition=code, queue=queue, created_by=actor,
+                                     model_id=model_id) for code in codes]
+        audit_record(actor=actor, action="analysis.request", patient=image.study.patient,
+                     study=image.study, obj=image, ip_address=ip_address,
+                     detail={"conditions": codes})
+    return analyses
 
 
 def _analysis_build(*, image: Image, condition: str, queue: str, created_by: Any = None,
@@ -977,6 +1040,7 @@ OUTCOME_FIELDS = [
     "state", "probability", "threshold", "positive", "model_id", "model_sha256", "architecture",
     "is_placeholder", "placeholder_reason", "experimental", "experimental_reason",
     "gradcam_method", "gradcam_layer", "notes", "heatmap_raw", "error_message", "finished_at",
+    "applicable", "not_applicable_reason", "applicability", "heatmap_peak",
 ]
 
 
@@ -984,7 +1048,12 @@ def _analysis_apply_outcome(analysis: Analysis, out: dict[str, Any], *, heatmap_
     analysis.state = Analysis.State.SUCCEEDED
     analysis.probability = float(out["probability"])
     analysis.threshold = _float_or_none(out.get("threshold"))
-    analysis.positive = bool(out.get("positive"))
+    analysis.applicable = bool(out.get("applicable", True))
+    analysis.not_applicable_reason = str(out.get("not_applicable_reason") or "")
+    analysis.applicability = dict(out.get("applicability") or {})
+    analysis.heatmap_peak = out.get("heatmap_peak")
+    # Outside the model's population the label means nothing: neither positive nor negative.
+    analysis.positive = bool(out.get("positive")) if analysis.applicable else None
     analysis.model_id = str(out.get("model_id") or "")[:128]
     analysis.model_sha256 = str(out.get("model_sha256") or "")[:64]
     analysis.architecture = str(out.get("architecture") or "")[:32]
@@ -1047,9 +1116,10 @@ def _study_refresh_status(study: Study) -> None:
 
 
 def studies_refresh(*, studies: list[Study]) -> None:
-    """After analyses end: each study's AI flag (any real finding: succeeded, positive, not a
-    placeholder), and its status while the AI still works on it (ANALYSING while any analysis
-    is queued or running, then AI_COMPLETE).
+    """After analyses end: each study's AI flag (any real finding: succeeded, positive, in the
+    model's population, neither a placeholder's nor an experimental model's), and its status
+    while the AI still works on it (ANALYSING while any analysis is queued or running, then
+    AI_COMPLETE).
 
     Four queries at most for any number of studies; the objects passed in are updated too
     (several may stand for one study), so events built from them say what the database says.
@@ -1058,8 +1128,9 @@ def studies_refresh(*, studies: list[Study]) -> None:
     if not by_pk:
         return
     now = timezone.now()
+    # Analysis.is_finding as a query: a not-applicable result is stored with positive=None.
     flagged = _studies_with(list(by_pk), state=Analysis.State.SUCCEEDED, positive=True,
-                            is_placeholder=False)
+                            is_placeholder=False, experimental=False)
     _studies_set(studies, "ai_flagged", {pk: pk in flagged for pk in by_pk}, now=now)
     watched = [pk for pk, s in by_pk.items()
                if s.status in (Study.Status.RECEIVED, Study.Status.ANALYSING)]

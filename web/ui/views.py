@@ -6,6 +6,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
+from core.conditions import KNOWN_BODY_PARTS
 from web.clinical import selectors
 from web.clinical.models import Study
 from web.clinical.services import audit_record
@@ -14,7 +15,8 @@ from web.clinical.services import audit_record
 @login_required
 def worklist(request: HttpRequest) -> HttpResponse:
     studies = selectors.study_worklist()[:200]
-    return render(request, "ui/worklist.html", {"studies": studies})
+    return render(request, "ui/worklist.html", {"studies": studies,
+                                                "body_parts": KNOWN_BODY_PARTS})
 
 
 @login_required

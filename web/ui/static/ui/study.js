@@ -31,27 +31,28 @@
     let html = '<div class="head"><strong>' + esc(a.condition) + '</strong> <span class="badge state-' +
       esc(a.state) + '">' + esc(stateLabels[a.state] || a.state) + "</span></div>";
     if (a.state === "succeeded") {
-      if (a.is_placeholder) {
-        // Never shown as a finding: no probability, no label.
-        html += '<p class="warning placeholder-warning" role="alert">PLACEHOLDER MODEL — NO DIAGNOSTIC VALUE. ' +
-          esc(a.placeholder_reason) + "</p>";
-      } else {
-        if (a.experimental) {
-          html += '<p class="warning experimental-warning" role="alert">EXPERIMENTAL MODEL — ' +
-            esc(a.experimental_reason || "not validated for clinical use.") + "</p>";
-        }
-        html += '<p class="result">Probability <b class="prob">' + fixed(a.probability, 3) + "</b> " +
-          (a.positive ? '<span class="badge flag">AI flag</span> (at or above threshold ' + fixed(a.threshold, 2) + ")"
-                      : "below threshold " + fixed(a.threshold, 2)) + "</p>";
+      const notApplicable = a.applicable === false;
+      for (const w of a.warnings || []) {
+        html += '<p class="warning ' + esc(w.kind.replace(/_/g, "")) + '-warning" role="alert">' + esc(w.text) + "</p>";
       }
-      if (a.heatmap_raw_url && a.image_thumbnail_url) {
+      if (notApplicable) {
+        html += '<p class="result">No result: the model was not made for this image, so its output is not shown.</p>';
+      } else if (!a.is_placeholder) {
+        html += '<p class="result">Probability <b class="prob">' + fixed(a.probability, 3) + "</b> " +
+          (a.is_finding ? '<span class="badge flag">AI flag</span> (at or above threshold ' + fixed(a.threshold, 2) + ")"
+            : a.positive ? "at or above threshold " + fixed(a.threshold, 2) + ", not a flag (experimental)"
+            : "below threshold " + fixed(a.threshold, 2)) + "</p>";
+      }
+      if (a.heatmap_raw_url && a.image_thumbnail_url && !notApplicable) {
         html += '<div class="overlay-view"><img class="xray-layer" alt="X-ray" src="' + esc(a.image_thumbnail_url) +
           '"><img class="heat-layer" alt="Grad-CAM heat map over the X-ray" style="opacity: ' + intensity() +
           '" src="' + esc(a.heatmap_url) + "?kind=color&v=" + esc(a.finished_at || "") + '"></div>';
       }
-      if (a.heatmap_url) {
+      if (a.heatmap_url && !notApplicable) {
+        const gradcam = a.gradcam_method === "gradcam";
         html += '<p class="heatmap-links"><a class="heatmap" target="_blank" href="' + esc(a.heatmap_url) +
-          '">Full-resolution overlay</a> · <small>' + esc(a.gradcam_method) +
+          '">Full-resolution overlay</a> · <small' + (gradcam ? "" : ' class="cam-fallback"') + ">" +
+          (gradcam ? "Grad-CAM" : "Not Grad-CAM: " + esc(a.gradcam_method) + " map (fallback)") +
           (a.gradcam_layer ? " at " + esc(a.gradcam_layer) : "") + "</small></p>";
       }
     } else if (a.state === "failed") {
@@ -67,7 +68,7 @@
     const el = document.querySelector('[data-analysis-id="' + a.id + '"]');
     if (!el) { location.reload(); return false; }
     el.className = "analysis state-" + a.state + (a.is_placeholder ? " placeholder" : "") +
-      (a.is_finding ? " finding" : "");
+      (a.is_finding ? " finding" : "") + (a.state === "succeeded" && a.applicable === false ? " not-applicable" : "");
     // Redraw only what changed: replacing an identical card would reload its images and flicker.
     const html = render(a);
     if (el.dataset.rendered !== html) {
