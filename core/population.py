@@ -21,8 +21,11 @@ Distance (numpy only at serving: one (d, k) projection and two norms per image):
     b = (|x - mean|^2 - |y|^2) / r2_train    energy off the subspace (reconstruction residual)
                                               relative to its mean on the train features
     distance = sqrt((a + w * b) / (1 + w))   about 1 for a typical training image
-With w = 0 this is PCA-whitened Mahalanobis; method "ledoit_wolf" is the same formula with P the
-eigenvectors of sklearn's shrunk covariance and k = d. The cut-off is a high percentile of the
+Methods: w = 0 "pca_mahalanobis" (PCA-whitened Mahalanobis); w = 1 "pca_mahalanobis+residual"
+(subspace and residual weighted equally); w = (d - k) / k "ppca_mahalanobis" (every dimension
+weighted equally: the Mahalanobis distance under probabilistic PCA, whose covariance is the top-k
+axes plus isotropic noise); "ledoit_wolf": w = 0 with P the eigenvectors of sklearn's shrunk
+covariance and k = d. The cut-off is a high percentile of the
 VALIDATION distances (pass_rate + margin), so at least `pass_rate` of in-population validation
 images pass; k and w are chosen on validation too (other populations' validation images are the
 negatives), never on test.
@@ -37,7 +40,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +53,9 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 METHOD_PCA = "pca_mahalanobis"
 METHOD_PCA_RESIDUAL = "pca_mahalanobis+residual"
+METHOD_PPCA = "ppca_mahalanobis"
 METHOD_LEDOIT_WOLF = "ledoit_wolf"
-METHODS = (METHOD_PCA, METHOD_PCA_RESIDUAL, METHOD_LEDOIT_WOLF)
+METHODS = (METHOD_PCA, METHOD_PCA_RESIDUAL, METHOD_PPCA, METHOD_LEDOIT_WOLF)
 DEFAULT_PASS_RATE = 0.97
 DEFAULT_MARGIN = 0.015  # cut-off at the 98.5th validation percentile: room for val/test drift
 POPULATION_FILE = "population.npz"
@@ -202,38 +206,61 @@ def default_k(n_train: int, dim: int) -> int:
     return max(1, min(64, n_train // 4, dim))
 
 
-def fit_geometry(train_features: np.ndarray, *, method: str = METHOD_PCA_RESIDUAL,
+@dataclass(frozen=True, eq=False)
+class TrainPCA:
+    """Principal axes of the TRAIN features, computed once and sliced for every k tried."""
+
+    mean: np.ndarray  # (d,)
+    axes: np.ndarray  # (d, r) orthonormal, by decreasing variance
+    variances: np.ndarray  # (r,)
+    total2: np.ndarray  # (n,) squared norm of each centred train vector
+    scores: np.ndarray  # (n, r) train coordinates on the axes
+
+    @classmethod
+    def fit(cls, train_features: np.ndarray) -> TrainPCA:
+        x = _as_features(train_features, "train")
+        mean = x.mean(axis=0)
+        centred = x - mean
+        _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+        return cls(mean=mean, axes=vt.T.copy(), variances=singular**2 / (len(x) - 1),
+                   total2=(centred**2).sum(axis=1), scores=centred @ vt.T)
+
+
+def fit_geometry(train_features: np.ndarray | TrainPCA, *, method: str = METHOD_PPCA,
                  k: int | None = None) -> PopulationModel:
     """Mean, axes and scales from TRAIN features only; cut-off left at 1 (set by `with_cutoff`)."""
-    x = _as_features(train_features, "train")
-    n, d = x.shape
-    mean = x.mean(axis=0)
-    centred = x - mean
     if method == METHOD_LEDOIT_WOLF:
-        from sklearn.covariance import LedoitWolf
-
-        covariance = LedoitWolf(assume_centered=True).fit(centred).covariance_
-        eigenvalues, axes = np.linalg.eigh(covariance)
-        order = np.argsort(eigenvalues)[::-1]
-        return PopulationModel(mean=mean, projection=axes[:, order],
-                               scales=np.sqrt(np.maximum(eigenvalues[order], 1e-12)),
-                               cutoff=1.0, method=method)
-    if method not in (METHOD_PCA, METHOD_PCA_RESIDUAL):
+        if isinstance(train_features, TrainPCA):
+            raise ValueError("Ledoit-Wolf needs the train features themselves")
+        return _fit_ledoit_wolf(_as_features(train_features, "train"))
+    if method not in METHODS:
         raise ValueError(f"unknown population method {method!r} (known: {', '.join(METHODS)})")
+    pca = train_features if isinstance(train_features, TrainPCA) else TrainPCA.fit(train_features)
+    n, d = len(pca.total2), len(pca.mean)
     k = default_k(n, d) if k is None else int(k)
     if not 1 <= k <= min(n - 1, d):
         raise ValueError(f"k={k} principal axes impossible with {n} train images of dim {d}")
-    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
-    variances = singular[:k] ** 2 / (n - 1)
+    variances = pca.variances[:k]
     # A floor at a small fraction of the top variance keeps whitening stable if an axis is flat.
     scales = np.sqrt(np.maximum(variances, variances[0] * 1e-6 + 1e-12))
-    projection = vt[:k].T.copy()
-    y = centred @ projection
-    residual2 = np.maximum((centred**2).sum(1) - (y**2).sum(1), 0.0)
-    residual_scale2 = float(max(residual2.mean(), 1e-12))
-    return PopulationModel(mean=mean, projection=projection, scales=scales, cutoff=1.0,
-                           residual_weight=1.0 if method == METHOD_PCA_RESIDUAL else 0.0,
-                           residual_scale2=residual_scale2, method=method)
+    residual2 = np.maximum(pca.total2 - (pca.scores[:, :k] ** 2).sum(axis=1), 0.0)
+    weight = {METHOD_PCA: 0.0, METHOD_PCA_RESIDUAL: 1.0,
+              METHOD_PPCA: (d - k) / k}[method]
+    return PopulationModel(mean=pca.mean, projection=pca.axes[:, :k].copy(), scales=scales,
+                           cutoff=1.0, residual_weight=float(weight),
+                           residual_scale2=float(max(residual2.mean(), 1e-12)), method=method)
+
+
+def _fit_ledoit_wolf(x: np.ndarray) -> PopulationModel:
+    from sklearn.covariance import LedoitWolf
+
+    mean = x.mean(axis=0)
+    covariance = LedoitWolf(assume_centered=True).fit(x - mean).covariance_
+    eigenvalues, axes = np.linalg.eigh(covariance)
+    order = np.argsort(eigenvalues)[::-1]
+    return PopulationModel(mean=mean, projection=axes[:, order].copy(),
+                           scales=np.sqrt(np.maximum(eigenvalues[order], 1e-12)), cutoff=1.0,
+                           method=METHOD_LEDOIT_WOLF)
 
 
 def with_cutoff(geometry: PopulationModel, val_features: np.ndarray, *,
@@ -246,21 +273,17 @@ def with_cutoff(geometry: PopulationModel, val_features: np.ndarray, *,
     distances = geometry.distance(_as_features(val_features, "validation"))
     q = min(1.0, pass_rate + margin)
     cutoff = float(np.quantile(distances, q, method="higher"))
-    return PopulationModel(**{**_fields(geometry), "cutoff": max(cutoff, 1e-9)})
+    return replace(geometry, cutoff=max(cutoff, 1e-9))
 
 
-def _fields(model: PopulationModel) -> dict[str, Any]:
-    return {name: getattr(model, name) for name in PopulationModel.__dataclass_fields__}
-
-
-def fit_population(train_features: np.ndarray, val_features: np.ndarray, *,
+def fit_population(train_features: np.ndarray | TrainPCA, val_features: np.ndarray, *,
                    pass_rate: float = DEFAULT_PASS_RATE, margin: float = DEFAULT_MARGIN,
-                   method: str = METHOD_PCA_RESIDUAL, k: int | None = None,
+                   method: str = METHOD_PPCA, k: int | None = None,
                    feature_layer: str = "") -> PopulationModel:
     """Geometry from TRAIN features (n, d), cut-off from VALIDATION features (m, d)."""
     geometry = fit_geometry(train_features, method=method, k=k)
     model = with_cutoff(geometry, val_features, pass_rate=pass_rate, margin=margin)
-    return PopulationModel(**{**_fields(model), "feature_layer": feature_layer})
+    return replace(model, feature_layer=feature_layer)
 
 
 @dataclass(frozen=True)
@@ -270,11 +293,11 @@ class Candidate:
 
 
 def candidate_grid(n_train: int, dim: int) -> list[Candidate]:
-    """The settings tried on validation: PCA k in 16..128 with and without the residual, and
-    Ledoit-Wolf on the full space."""
+    """The settings tried on validation: PCA k in 16..128 with no, equal or per-dimension
+    (probabilistic PCA) weight on the residual, and Ledoit-Wolf on the full space."""
     ks = sorted({k for k in (16, 32, 64, 128) if k <= min(n_train // 4, dim)}
                 or {default_k(n_train, dim)})
-    grid = [Candidate(m, k) for k in ks for m in (METHOD_PCA, METHOD_PCA_RESIDUAL)]
+    grid = [Candidate(m, k) for k in ks for m in (METHOD_PCA, METHOD_PCA_RESIDUAL, METHOD_PPCA)]
     if n_train >= 32:
         grid.append(Candidate(METHOD_LEDOIT_WOLF, None))
     return grid
@@ -291,17 +314,19 @@ def select_population(
     feature_layer: str = "",
 ) -> tuple[PopulationModel, list[dict[str, Any]]]:
     """Try each candidate (fit on train, cut-off on val) and keep the one that lets through the
-    fewest other-population VALIDATION images (mean over populations; ties: simpler model).
-    Returns the model and one row per candidate for the report."""
+    fewest other-population VALIDATION images (mean over populations; ties: earlier, simpler
+    candidate). Returns the model and one row per candidate for the report."""
     if not other_val_features and candidates is None:  # nothing to compare with: the default
         model = fit_population(train_features, val_features, pass_rate=pass_rate, margin=margin,
                                feature_layer=feature_layer)
         return model, []
     candidates = list(candidates or candidate_grid(len(train_features), train_features.shape[1]))
+    pca = TrainPCA.fit(train_features)
     rows: list[dict[str, Any]] = []
     best: tuple[tuple[float, int], PopulationModel] | None = None
     for rank, cand in enumerate(candidates):
-        model = fit_population(train_features, val_features, pass_rate=pass_rate, margin=margin,
+        source = train_features if cand.method == METHOD_LEDOIT_WOLF else pca
+        model = fit_population(source, val_features, pass_rate=pass_rate, margin=margin,
                                method=cand.method, k=cand.k, feature_layer=feature_layer)
         others = {name: float(model.within(f).mean()) for name, f in other_val_features.items()}
         score = float(np.mean(list(others.values()))) if others else 0.0
@@ -355,7 +380,7 @@ def pooled_feature_fn(model: Any, layer: str | None = None) -> Callable[[np.ndar
     height, width, channels = (int(v) for v in feature_model.input_shape[1:4])
     spec = tf.TensorSpec([None, height, width, channels], tf.float32)
     compiled = tf.function(lambda images: feature_model(images, training=False),
-                           input_signature=[spec], reduce_retracing=True)
+                           input_signature=[spec], reduce_retracing=True, autograph=False)
 
     def run(batch: np.ndarray) -> np.ndarray:
         return np.asarray(compiled(np.asarray(batch, dtype=np.float32)), dtype=np.float32)
@@ -394,13 +419,29 @@ def _pick(items: list[Any], n: int | None, seed: int) -> list[Any]:
     return [items[i] for i in idx]
 
 
-def _split_gray(data_root: Path, condition: str, split: str, *, input_size: Sequence[int],
-                cache_dir: Path | None, limit: int | None, seed: int) -> np.ndarray:
+def _split_features(feature_fn: Callable[[np.ndarray], np.ndarray], data_root: Path,
+                    condition: str, split: str, *, input_size: Sequence[int],
+                    cache_dir: Path | None, limit: int | None, seed: int,
+                    model_sha: str) -> np.ndarray:
+    """Pooled features of one data split (a seeded subset when `limit`), cached per model
+    artifact and file list so re-running with another method does not re-run the network."""
     from core.data import load_arrays, load_samples
 
-    samples = [s for s in load_samples(data_root / condition, splits=[split])]
-    samples = _pick(samples, limit, seed)
-    return load_arrays(samples, input_size=input_size, cache_dir=cache_dir).x
+    samples = _pick(load_samples(data_root / condition, splits=[split]), limit, seed)
+    cache_file = None
+    if cache_dir is not None:
+        key = hashlib.sha256("\n".join([model_sha, *(str(s.path) for s in samples)])
+                             .encode()).hexdigest()[:20]
+        cache_file = cache_dir / f"pooled-{key}.npy"
+        if cache_file.is_file():
+            return np.load(cache_file, allow_pickle=False)
+    gray = load_arrays(samples, input_size=input_size, cache_dir=cache_dir).x
+    features = _gray_features(feature_fn, gray)
+    if cache_file is not None:
+        tmp = cache_file.with_name(f".{cache_file.name}.tmp.npy")
+        np.save(tmp, features)
+        tmp.replace(cache_file)
+    return features
 
 
 def fit_population_for_model(
@@ -439,11 +480,12 @@ def fit_population_for_model(
     feature_fn = pooled_feature_fn(model, layer)
     size = entry.input_size
 
+    model_sha = entry.sha256 or sha256_file(artifact)
+
     def features(condition: str, split: str, limit: int | None) -> np.ndarray:
-        gray = _split_gray(data_root, condition, split, input_size=size, cache_dir=cache,
-                           limit=limit, seed=seed)
         started = time.perf_counter()
-        f = _gray_features(feature_fn, gray)
+        f = _split_features(feature_fn, data_root, condition, split, input_size=size,
+                            cache_dir=cache, limit=limit, seed=seed, model_sha=model_sha)
         progress(f"{model_id}: {condition}/{split}: {len(f)} images, "
                  f"{time.perf_counter() - started:.1f} s")
         return f
@@ -456,8 +498,9 @@ def fit_population_for_model(
     other_val = {POPULATIONS[c]: features(c, "val", max_other_val) for c in others}
     other_test = {POPULATIONS[c]: features(c, "test", max_other_test) for c in others}
 
-    population, grid = select_population(train, val, other_val, pass_rate=pass_rate,
-                                         margin=margin, feature_layer=layer)
+    with _one_blas_thread():  # 2 shared cores: oversubscribed BLAS threads crawl
+        population, grid = select_population(train, val, other_val, pass_rate=pass_rate,
+                                             margin=margin, feature_layer=layer)
     seconds_per_image, model_seconds = _timings(population, model, size)
     applicability = {
         "file": POPULATION_FILE,
@@ -490,6 +533,16 @@ def fit_population_for_model(
     return {"model_id": model_id, "applicability": applicability, "candidates": grid}
 
 
+def _one_blas_thread() -> Any:
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: only speed is at stake
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1)
+
+
 def _timings(population: PopulationModel, model: Any, size: Sequence[int]) -> tuple[float, float]:
     """Per-image seconds of the distance (batch of 1, as served) and of the model's own forward
     pass (batch of 16), for the "well under 10% of the model" check."""
@@ -502,7 +555,8 @@ def _timings(population: PopulationModel, model: Any, size: Sequence[int]) -> tu
     distance_s = (time.perf_counter() - started) / repeats
     import tensorflow as tf
 
-    forward = tf.function(lambda images: model(images, training=False))  # compiled, as served
+    forward = tf.function(lambda images: model(images, training=False),  # compiled, as served
+                          autograph=False)
     batch = rng.random((16, *size, 3), dtype=np.float32)
     forward(batch)  # warm-up: graph tracing is not per-image cost
     started = time.perf_counter()
