@@ -86,7 +86,7 @@ def test_fit_keeps_held_out_in_population_points_and_rejects_other_populations(r
 def test_selection_on_validation_keeps_the_pass_rate_whatever_the_method(rng):
     d = 64
     mixing = rng.normal(size=(6, d))
-    train, val, test = (_population(rng, n, mixing=mixing) for n in (800, 400, 2000))
+    train, val, test = (_population(rng, n, mixing=mixing) for n in (800, 1000, 2000))
     other_val = {"elsewhere": _population(rng, 200, mixing=rng.normal(size=(6, d)))}
 
     population, rows = select_population(train, val, other_val)
