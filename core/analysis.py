@@ -6,6 +6,7 @@ The function every caller uses (CLI, Celery worker, benchmarks), so they all beh
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from core.applicability import Applicability, check_applicability
 from core.conditions import get_condition
 from core.errors import BodyPartMismatchError, RadTriageError
 from core.imaging import XRay
+from core.localisation import heatmap_peak
 from core.model_manager import LoadedModel, ModelManager
 from core.preprocessing import preprocess_gray
 from core.wording import result_warnings
@@ -207,15 +209,11 @@ def _outcome(xray: XRay, *, loaded: LoadedModel, probability: float, method: str
         applicable=applicability.applicable,
         not_applicable_reason=applicability.reason or None,
         applicability=applicability.checks,
-        heatmap_peak=heatmap_peak(heatmap),
+        heatmap_peak=_peak(heatmap),
     )
 
 
-def heatmap_peak(heatmap: np.ndarray) -> tuple[float, float] | None:
-    """Where the map is hottest, (x, y) as fractions of width and height (cell centres);
-    None for an empty map."""
-    cam = np.asarray(heatmap, dtype=np.float32)
-    if cam.ndim != 2 or cam.size == 0 or not np.isfinite(cam).any() or float(np.nanmax(cam)) <= 0:
-        return None
-    row, col = np.unravel_index(int(np.nanargmax(cam)), cam.shape)
-    return (round((col + 0.5) / cam.shape[1], 4), round((row + 0.5) / cam.shape[0], 4))
+def _peak(heatmap: np.ndarray) -> tuple[float, float] | None:
+    """Where the map is hottest, (x, y) as fractions of width and height; None if flat."""
+    x, y = heatmap_peak(heatmap)
+    return None if math.isnan(x) else (round(float(x), 4), round(float(y), 4))

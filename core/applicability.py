@@ -130,8 +130,10 @@ def _header_and_pixels(population: Population, metadata: dict[str, Any],
                                                                           header_region):
             problems.append(f"the DICOM header says body part "
                             f"{metadata.get('BodyPartExamined')}")
-        if seen_region and seen_region not in (header_region, "unrecognised"):
-            notes.append(f"The image recogniser sees {recognition.describe()}, but the DICOM "  # type: ignore[union-attr]
+        if recognition is None:
+            notes.append("The image recogniser could not run; the DICOM header decided.")
+        elif seen_region and seen_region not in (header_region, "unrecognised"):
+            notes.append(f"The image recogniser sees {seen_as(recognition)}, but the DICOM "
                          f"header says {metadata.get('BodyPartExamined')}; the header was "
                          "followed.")
     elif recognition is None:
@@ -140,10 +142,18 @@ def _header_and_pixels(population: Population, metadata: dict[str, Any],
     elif seen_region == "unrecognised":
         problems.append("it is not recognised as a chest, knee or limb radiograph")
     elif seen_region != population.region and not _limb_model_on_knee(population, seen_region):
-        problems.append(f"the image looks like {recognition.describe()}")
+        problems.append(f"the image recogniser sees {seen_as(recognition)}")
     problems.extend(_kind_problems(population, metadata, recognition, header_region))
     problems.extend(_view_problems(population, metadata))
     return problems, notes
+
+
+def seen_as(recognition: RecognitionLike | None) -> str:
+    """'an adult chest film (97%)': the recogniser's words with their article."""
+    words = recognition.describe() if recognition is not None else "nothing"
+    if words.startswith("not recognised"):
+        return f"an image it does not recognise ({words.split(': ', 1)[-1]})"
+    return f"{'an' if words[:1] in 'aeiou' else 'a'} {words}"
 
 
 def _limb_model_on_knee(population: Population, region: str | None) -> bool:
@@ -153,23 +163,22 @@ def _limb_model_on_knee(population: Population, region: str | None) -> bool:
 
 def _kind_problems(population: Population, metadata: dict[str, Any],
                    recognition: RecognitionLike | None, header_region: str) -> list[str]:
-    """Within the right region: the right kind of image (age group, crop or film)."""
-    if recognition is None or not population.recogniser_classes:
-        return []
+    """Within the right region: the right kind of image. The patient's age from the header
+    where it has one, else the recogniser's age group (chest); crop or film (knee)."""
     age = patient_age_years(metadata)
-    if population.region == "chest":
-        if age is not None:
-            return _age_problems(population, age)
-        if population.age_group != "both" and recognition.region == "chest" \
-                and recognition.age_group and recognition.age_group != population.age_group:
-            return [f"the image looks like {recognition.describe()}"]
-        return []
-    if population.region == "knee" and recognition.region == "knee" \
-            and recognition.population not in population.recogniser_classes:
-        return [f"the image looks like {recognition.describe()}"]
     if age is not None:
-        return _age_problems(population, age)
-    return []
+        problems = _age_problems(population, age)
+    elif (population.region == "chest" and population.age_group != "both"
+          and recognition is not None and recognition.region == "chest"
+          and recognition.age_group and recognition.age_group != population.age_group):
+        problems = [f"the image recogniser sees {seen_as(recognition)}"]
+    else:
+        problems = []
+    if (population.region == "knee" and population.recogniser_classes
+            and recognition is not None and recognition.region == "knee"
+            and recognition.population not in population.recogniser_classes):
+        problems.append(f"the image recogniser sees {seen_as(recognition)}")
+    return problems
 
 
 def _age_problems(population: Population, age: float) -> list[str]:

@@ -27,7 +27,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 METADATA_TAGS = (
-    "PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
+    "PatientID", "PatientName", "PatientBirthDate", "PatientSex", "PatientAge", "StudyInstanceUID",
     "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber", "StudyDate", "StudyDescription",
     "Modality", "BodyPartExamined", "ViewPosition", "PatientPosition", "PhotometricInterpretation",
 )

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from core.analysis import analyze_xray, analyze_xrays
-from core.wording import EXPERIMENTAL, PLACEHOLDER
 from core.errors import BodyPartMismatchError, RegistryError
 from core.imaging import XRay
 from core.model_manager import ModelManager
 from core.registry import sha256_file
+from core.wording import EXPERIMENTAL, PLACEHOLDER
 from tests.core.tiny_models import SIZE, make_blob_images
 
 pytestmark = pytest.mark.slow

@@ -157,6 +157,11 @@ out = keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
 (folder / "models").mkdir()
 artifact = folder / "models" / "tiny.keras"
 keras.Model(inp, out).save(artifact)
+# The same network with a head that always says yes (p ~ 0.998), for the flag rules.
+always = keras.layers.Dense(1, activation="sigmoid", name="always_yes",
+                            kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(6.0))
+always_artifact = folder / "models" / "always-yes.keras"
+keras.Model(inp, always(x)).save(always_artifact)
 doc = {{"schema_version": 1, "active_models": {{}}, "models": []}}
 reg = Registry.from_document(doc, path=folder / "registry.json")
 base = {{"architecture": "mobilenetv2", "input_size": [{TINY_SIZE}, {TINY_SIZE}],
@@ -165,6 +170,15 @@ reg.register({{**base, "id": "pneumonia-tiny-test", "condition": "pneumonia",
                "artifact": "models/tiny.keras", "sha256": sha256_file(artifact)}}, activate=True)
 reg.register({{**base, "id": "cardiomegaly-missing", "condition": "cardiomegaly",
                "artifact": "models/missing.keras"}}, activate=True)
+yes = {{**base, "condition": "pneumonia", "artifact": "models/always-yes.keras",
+        "sha256": sha256_file(always_artifact)}}
+reg.register({{**yes, "id": "pneumonia-always-yes"}})
+reg.register({{**yes, "id": "pneumonia-always-yes-experimental", "status": "experimental",
+               "experimental_reason": "Says yes to everything."}})
+reg.register({{**yes, "id": "pneumonia-always-yes-children", "population": {{
+    "region": "chest", "description": "Children's frontal chest films (ages 1-5)",
+    "recogniser_classes": ["chest_child"], "views": ["PA", "AP"], "age_group": "children",
+    "age_range_years": [1, 5]}}}})
 reg.save()
 """
     # A subprocess keeps TensorFlow out of the test process (the web side must never need it).

@@ -23,7 +23,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
-from core.applicability import region_of_body_part
+from core.applicability import region_of_body_part, seen_as
 from core.conditions import (
     REGION_BODY_PART,
     conditions_for_body_part,
@@ -180,7 +180,7 @@ def _recognise(xray: XRay) -> dict[str, Any]:
         return {}
     return {"region": seen.region, "population": seen.population,
             "region_confidence": round(float(seen.region_confidence), 4),
-            "age_group": seen.age_group, "description": seen.describe()}
+            "age_group": seen.age_group, "description": seen_as(seen)}
 
 
 def _body_part_resolve(*, header: str, chosen: str,
