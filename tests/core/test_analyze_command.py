@@ -55,7 +55,7 @@ def test_it_prints_the_result_and_writes_an_overlay_at_full_resolution(registry,
     assert report["model_id"] == "blob-v1" and report["is_placeholder"] is False
     assert report["positive"] is True and report["probability"] > 0.5
     assert report["gradcam_method"] == "gradcam"
-    assert report["gradcam_layer"] == "tiny_backbone/conv_last"
+    assert report["gradcam_layer"] == "tiny_backbone/out_relu"  # what the head pools
     overlay = cv2.imread(str(out))
     assert overlay.shape == (240, 320, 3)
 
@@ -83,3 +83,48 @@ def test_a_knee_film_is_refused_for_a_chest_condition(registry):
     result = run_analyze(str(shared_dicom("RG3_J2KR.dcm")), "--condition", "pneumonia",
                          registry=registry)
     assert result.returncode == 2 and "EXTREMITY" in result.stderr
+
+
+def test_several_files_in_jsonl_give_a_line_each_and_garbage_gets_its_error(registry, tmp_path):
+    data = make_blob_images(4, seed=12)
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"film-{i}.png"
+        cv2.imwrite(str(path), cv2.resize((data.images[i, :, :, 0] * 255).astype(np.uint8),
+                                          (200, 160)))
+        paths.append(str(path))
+    garbage = tmp_path / "garbage.dcm"
+    garbage.write_bytes(b"\x00garbage" * 50)
+    result = run_analyze(paths[0], str(garbage), *paths[1:], "--condition", "fracture",
+                         "--jsonl", registry=registry)
+
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["file"] for line in lines] == [paths[0], str(garbage), *paths[1:]]
+    bad = lines[1]
+    assert bad["positive"] is False and "error" in bad and "probability" not in bad
+    for line in (lines[0], *lines[2:]):
+        assert set(line) >= KEYS | {"applicable", "not_applicable_reason", "heatmap_peak"}
+        assert line["model_id"] == "blob-v1" and "error" not in line
+        x, y = line["heatmap_peak"]
+        assert 0.0 <= x <= 1.0 and 0.0 <= y <= 1.0
+    assert "error" in result.stderr and "garbage.dcm" in result.stderr
+
+
+def test_jsonl_exits_2_only_when_no_file_could_be_analysed(registry, tmp_path):
+    files = []
+    for name in ("a.png", "b.jpg"):
+        (tmp_path / name).write_bytes(b"not an image at all")
+        files.append(str(tmp_path / name))
+    result = run_analyze(*files, "--condition", "fracture", "--jsonl", registry=registry)
+
+    assert result.returncode == 2
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["file"] for line in lines] == files
+    assert all(line["error"] and line["positive"] is False for line in lines)
+
+
+def test_out_is_refused_with_several_files(registry, tmp_path):
+    result = run_analyze("a.png", "b.png", "--condition", "fracture", "--out",
+                         str(tmp_path / "o.png"), registry=registry)
+    assert result.returncode == 2 and "exactly one FILE" in result.stderr
