@@ -45,8 +45,15 @@ def _rows(registry: Registry) -> list[dict[str, Any]]:
                 "experimental_reason": entry.experimental_reason, "threshold": entry.threshold,
                 "test_auc": test.get("auc"), "test_auc_ci": test.get("auc_ci95"),
                 "active": registry.active_models.get(code) == entry.id,
+                "population": (entry.raw.get("population") or {}).get("description", ""),
+                "check_pass_rate": _percent((entry.raw.get("applicability") or {})
+                                            .get("test_pass_rate")),
             })
     return rows
+
+
+def _percent(share: Any) -> str | None:
+    return None if share is None else f"{float(share):.1%}"
 
 
 def registry_view(request: HttpRequest) -> HttpResponse:
