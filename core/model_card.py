@@ -22,11 +22,13 @@ DATA_SOURCES: dict[str, dict[str, str]] = {
                           "does not measure the cardiothoracic ratio",
     },
     "fracture": {
-        "source": "Kaggle 'bone fracture detection using X-rays' (upper limb, many paediatric), "
-                  "split by source image",
-        "licence": "not stated by the publisher: demo/research use only",
-        "not_trained_on": "lower limb, spine, pelvis, skull or rib fractures; subtle or "
-                          "occult fractures; it does not localise the fracture",
+        "source": "FracAtlas (Abedeen et al. 2023: hand, leg, hip and shoulder radiographs, all "
+                  "fractured images and about two non-fractured per fractured one; no patient "
+                  "ids, split by image) plus the Kaggle 'bone fracture detection using X-rays' "
+                  "set (upper limb, many paediatric, split by source image)",
+        "licence": "FracAtlas CC BY 4.0; Kaggle set licence not stated: demo/research use only",
+        "not_trained_on": "spine, skull, rib or facial fractures; CT; it does not localise "
+                          "the fracture (the heat map is only a hint)",
     },
     "knee_osteoarthritis": {
         "source": "Chen et al. 2019 knee joint crops from the Osteoarthritis Initiative, KL "
@@ -36,16 +38,17 @@ DATA_SOURCES: dict[str, dict[str, str]] = {
                           "joint), other joints, post-operative knees; it does not grade KL",
     },
     "knee_osteoporosis": {
-        "source": "Roboflow 'osteoporosis knee' export of the Kaggle osteoporosis knee set "
-                  "(25 images)",
-        "licence": "MIT",
-        "not_trained_on": "almost everything: 25 images cannot represent any population; "
+        "source": "Wani & Arora knee X-ray database (bilateral AP knee films of adults with a "
+                  "DXA T-score; positive = osteoporosis, T <= -2.5; negative = normal or "
+                  "osteopenia), split by patient",
+        "licence": "as stated on Mendeley Data fxjm8fb6mw (not verified offline): research use",
+        "not_trained_on": "films from other hospitals or scanners, lateral views, children; "
                           "osteoporosis is diagnosed by DXA, not by a knee film",
     },
 }
 
 REGION = {"pneumonia": "frontal chest", "cardiomegaly": "frontal chest",
-          "fracture": "upper-limb", "knee_osteoarthritis": "knee (joint crop)",
+          "fracture": "limb", "knee_osteoarthritis": "knee (joint crop)",
           "knee_osteoporosis": "knee"}
 
 PAPER_TABLE1 = {  # accuracy %, DenseNet121 / MobileNetV2, the seed paper's own data
@@ -65,10 +68,16 @@ def _fmt(value: Any, ci: Any = None, pct: bool = False) -> str:
     return text
 
 
+def _num(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def metrics_table(metrics: dict[str, Any]) -> str:
     rows = ["| split | n (neg/pos) | AUC | accuracy % | sensitivity % | specificity % | PPV % "
             "| NPV % | F1 |", "|---|---|---|---|---|---|---|---|---|"]
     for split, m in metrics.items():
+        if not isinstance(m, dict) or "n_negative" not in m:
+            continue
         rows.append(
             f"| {split} | {m['n']} ({m['n_negative']}/{m['n_positive']}) "
             f"| {_fmt(m['auc'], m.get('auc_ci95'))} "
@@ -80,6 +89,94 @@ def metrics_table(metrics: dict[str, Any]) -> str:
             f"| {_fmt(m['f1'], m.get('f1_ci95'))} |"
         )
     return "\n".join(rows)
+
+
+def population_lines(pop: dict[str, Any] | None) -> list[str]:
+    if not pop:
+        return ["- Not recorded for this model."]
+    ages = pop.get("age_range_years")
+    age = (f"{pop.get('age_group')}, ages {ages[0]}-{ages[1]}" if ages
+           else f"{pop.get('age_group')}, ages not recorded")
+    return [f"- Trained on: **{pop.get('description')}**.",
+            f"- Region: {pop.get('region')}; image kind: {pop.get('image_kind')}; views: "
+            f"{', '.join(pop.get('views') or [])}; age group: {age}.",
+            f"- Sources: {'; '.join(pop.get('sources') or [])}.",
+            f"- Images the recogniser files as {', '.join(pop.get('recogniser_classes') or [])} "
+            "are within this population; anything else is outside what the model has seen."]
+
+
+def baseline_lines(base: dict[str, Any], m: dict[str, Any], split: str) -> list[str]:
+    lines = [f"- {base.get('method')}: {split} AUC {_fmt(base.get('auc'), base.get('auc_ci95'))}"
+             f" vs this model's {_fmt(m.get('auc'), m.get('auc_ci95'))}."]
+    op = base.get("operating_point")
+    if op:
+        lines += ["", "At the operating point (each threshold chosen on validation by the same "
+                  "rule; exact 95% intervals):", "",
+                  "| | threshold | accuracy % | sensitivity % | specificity % | Brier skill |",
+                  "|---|---|---|---|---|---|",
+                  f"| this model | {m.get('threshold', 0):.4f} "
+                  f"| {_fmt(m.get('accuracy'), m.get('accuracy_ci95'), True)} "
+                  f"| {_fmt(m.get('sensitivity'), m.get('sensitivity_ci95'), True)} "
+                  f"| {_fmt(m.get('specificity'), m.get('specificity_ci95'), True)} "
+                  f"| {_fmt(m.get('brier_skill'))} |",
+                  f"| 8x8 thumbnail baseline | {op.get('threshold', 0):.4f} "
+                  f"| {_fmt(op.get('accuracy'), op.get('accuracy_ci95'), True)} "
+                  f"| {_fmt(op.get('sensitivity'), op.get('sensitivity_ci95'), True)} "
+                  f"| {_fmt(op.get('specificity'), op.get('specificity_ci95'), True)} "
+                  f"| {_fmt(base.get('brier_skill'))} |", ""]
+    cmp_ = base.get("comparison")
+    if cmp_:
+        d, ci = cmp_.get("balanced_accuracy_difference"), \
+            cmp_.get("balanced_accuracy_difference_ci95") or [None, None]
+        verdict = ("**The model clearly beats the baseline at its operating point**"
+                   if cmp_.get("beats_baseline") else
+                   "**The model does NOT clearly beat the baseline at its operating point**: "
+                   "a logistic regression on an 8x8 thumbnail does about as well, so the "
+                   "network may rely on global brightness/layout shortcuts")
+        lines.append(f"- {verdict} (balanced accuracy difference {_fmt(d, ci, True)} "
+                     "percentage points, paired patient bootstrap).")
+    lines += ["- A high baseline means global brightness/layout cues (side markers, acquisition "
+              "differences) already separate the classes in this data set; only the gap "
+              "between the two is evidence that the network looks at the anatomy."]
+    return lines
+
+
+def cv_lines(cv: dict[str, Any] | None) -> list[str]:
+    if not cv:
+        return []
+    return ["", "## Cross-validation (the estimate to trust for this small data set)",
+            f"- {cv.get('method')}; {cv.get('n')} images ({cv.get('n_negative')}/"
+            f"{cv.get('n_positive')}), {cv.get('n_groups')} patients.",
+            f"- Pooled out-of-fold AUC {_fmt(cv.get('pooled_auc'), cv.get('pooled_auc_ci95'))} "
+            f"(patient bootstrap); per fold {[f.get('auc') for f in cv.get('folds', [])]} "
+            f"(mean {cv.get('fold_auc_mean')}, sd {cv.get('fold_auc_sd')}).",
+            f"- At each fold's threshold ({cv.get('threshold_rule')}): sensitivity "
+            f"{_fmt(cv.get('sensitivity'), cv.get('sensitivity_ci95'), True)} %, specificity "
+            f"{_fmt(cv.get('specificity'), cv.get('specificity_ci95'), True)} % (exact 95%)."]
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_plain(v)}" for k, v in value.items())
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def extra_lines(entry: dict[str, Any]) -> list[str]:
+    """Sections other tools add to an entry: applicability, pointing game."""
+    lines: list[str] = []
+    if entry.get("applicability"):
+        lines += ["", "## Applicability check (population distance)"]
+        app = entry["applicability"]
+        lines += ([f"- {k}: {_plain(v)}" for k, v in app.items()] if isinstance(app, dict)
+                  else [f"- {_plain(app)}"])
+    pointing = (entry.get("metrics", {}).get("test") or {}).get("pointing_game")
+    if pointing:
+        lines += ["", "## Pointing game (does the heat map hit the fracture box? test split)"]
+        lines += ([f"- {k}: {_plain(v)}" for k, v in pointing.items()]
+                  if isinstance(pointing, dict) else [f"- {_plain(pointing)}"])
+    return lines
 
 
 def render_card(entry: dict[str, Any]) -> str:
@@ -97,6 +194,8 @@ def render_card(entry: dict[str, Any]) -> str:
     if entry.get("status") == "experimental":
         lines += [f"> **EXPERIMENTAL — not validated.** {entry.get('experimental_reason', '')}",
                   "> Results from this model must always be shown with this warning.", ""]
+    if entry.get("inactive_reason"):
+        lines += [f"> **Kept inactive.** {entry['inactive_reason']}", ""]
     lines += [
         "## Intended use",
         f"Triage aid for **{cond.replace('_', ' ')}** on {REGION.get(cond, '')} X-rays "
@@ -124,6 +223,9 @@ def render_card(entry: dict[str, Any]) -> str:
         f"- Training wall time: {t.get('wall_time_s')} s on {t.get('hardware')}.",
         f"- Command: `{t.get('command')}`",
         "",
+        "## Population",
+        *population_lines(entry.get("population")),
+        "",
         "## Data",
         f"- Source: {src['source']}.",
         f"- Licence: {src['licence']}.",
@@ -140,20 +242,23 @@ def render_card(entry: dict[str, Any]) -> str:
         f"- Threshold: **{entry['threshold']:.4f}** on the calibrated probability; rule: "
         f"{entry.get('threshold_rule')}. \"Positive\" means p >= threshold, not p >= 0.5.",
         "",
-        "## Performance (bootstrap 95% intervals)",
+        "## Performance (95% intervals)",
         metrics_table(metrics),
         "",
+        f"Intervals: {(m.get('ci_method') or {}).get('proportions', 'bootstrap')} for accuracy, "
+        f"sensitivity, specificity, PPV and NPV; "
+        f"{(m.get('ci_method') or {}).get('auc_f1', 'bootstrap over images')} for AUC and F1.",
+        "",
         f"Confusion on {main_split} (tn/fp/fn/tp): {m.get('confusion')}. "
-        f"Calibrated ECE {m.get('ece', float('nan')):.3f}, log-loss "
-        f"{m.get('log_loss', float('nan')):.3f}. Plots: `roc.png`, `reliability.png`, "
-        "`confusion.png`.",
+        f"Calibrated ECE {_num(m.get('ece'))}, Brier {_num(m.get('brier'))}, Brier skill "
+        f"score {_num(m.get('brier_skill'))} (1 - Brier / Brier of always predicting the "
+        f"prevalence; 0 = no better than the prevalence), log-loss {_num(m.get('log_loss'))}. "
+        "Plots: `roc.png`, `reliability.png`, `confusion.png`.",
+        *cv_lines(entry.get("cross_validation")),
         "",
         "## Trivial baseline (shortcut check)",
-        f"- {base.get('method')}: {main_split} AUC {_fmt(base.get('auc'), base.get('auc_ci95'))}"
-        f" vs this model's {_fmt(m.get('auc'), m.get('auc_ci95'))}.",
-        "- A high baseline means global brightness/layout cues (side markers, acquisition "
-        "differences) already separate the classes in this data set; only the gap between the "
-        "two is evidence that the network looks at the anatomy.",
+        *baseline_lines(base, m, main_split),
+        *extra_lines(entry),
         "",
         "## Limitations",
     ]

@@ -56,7 +56,8 @@ def evaluate_registered_model(
     probs = np.concatenate([
         loaded.predict(to_model_input(arrays.x[i:i + 64])) for i in range(0, arrays.n, 64)
     ])
-    report = evaluate_predictions(arrays.y, probs, loaded.threshold, n_boot=n_boot)
+    report = evaluate_predictions(arrays.y, probs, loaded.threshold, n_boot=n_boot,
+                                  groups=arrays.groups)
     report = {"model_id": loaded.model_id, "model_sha256": loaded.sha256,
               "condition": loaded.condition, "data": str(data), "split": split_name,
               "experimental": loaded.experimental, **report}
@@ -103,6 +104,51 @@ def table1(registry_path: str | Path) -> str:
                 "threshold (validation sensitivity >= 0.90), not at 0.5. The paper's numbers are "
                 "on its own data and are not directly comparable.")
     return "\n".join(rows)
+
+
+def active_table(registry_path: str | Path) -> str:
+    """Every active model on its test split: AUC with its interval, accuracy/sensitivity/
+    specificity at the operating point beside the 8x8-thumbnail baseline at its own operating
+    point, Brier skill, ECE and status (from the registry entries)."""
+    registry = Registry.load(registry_path)
+    rows = ["| condition | model | status | test n (neg/pos) | AUC (95% CI) | acc % model / "
+            "baseline | sens % model / baseline | spec % model / baseline | beats baseline "
+            "| Brier skill | ECE |", "|" + "---|" * 11]
+    for cond in TABLE_CONDITIONS:
+        entry = registry.active_entry(cond)
+        if entry is None:
+            rows.append(f"| {cond} | (none) |" + " |" * 9)
+            continue
+        metrics = entry.raw.get("metrics", {})
+        split = "test" if "test" in metrics else "val"
+        m = metrics.get(split, {})
+        base = entry.raw.get("baseline") or {}
+        op = base.get("operating_point") or {}
+        beats = (base.get("comparison") or {}).get("beats_baseline")
+
+        def pair(name: str, m: dict[str, Any] = m, op: dict[str, Any] = op) -> str:
+            return f"{_pct(m.get(name))} / {_pct(op.get(name))}"
+
+        ci = m.get("auc_ci95") or [None, None]
+        rows.append(
+            f"| {cond} | {entry.id} | {entry.status} | {m.get('n')} ({m.get('n_negative')}/"
+            f"{m.get('n_positive')}){'' if split == 'test' else ' val'} "
+            f"| {_num(m.get('auc'))} ({_num(ci[0])}-{_num(ci[1])}) | {pair('accuracy')} "
+            f"| {pair('sensitivity')} | {pair('specificity')} "
+            f"| {'-' if beats is None else ('yes' if beats else 'no')} "
+            f"| {_num(m.get('brier_skill'))} | {_num(m.get('ece'))} |")
+    rows.append("\nBaseline: logistic regression on 8x8 thumbnails, its threshold chosen on "
+                "validation by the same rule. 'beats baseline': the paired patient-bootstrap 95% "
+                "interval of the balanced-accuracy difference lies above 0.")
+    return "\n".join(rows)
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{v * 100:.1f}"
+
+
+def _num(v: Any) -> str:
+    return "-" if v is None else f"{v:.3f}"
 
 
 def _pick(registry: Registry, condition: str, architecture: str) -> Any:

@@ -46,12 +46,14 @@ from core.data import ArraySplit, Sample, load_arrays, load_samples, split_count
 from core.evaluation import (
     DEFAULT_MIN_SENSITIVITY,
     choose_threshold,
+    compare_at_operating_point,
     evaluate_predictions,
     fit_calibration,
     plot_confusion,
     plot_reliability,
     plot_roc,
     roc_auc,
+    threshold_rule_text,
     thumbnail_baseline,
 )
 from core.preprocessing import to_model_input
@@ -79,6 +81,52 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 }
 HEAD_LR = 1e-3
 MIN_CALIBRATION_PER_CLASS = 10
+# One-sided confidence of the exact lower bound of validation sensitivity that must reach the
+# target: the margin that keeps the promised sensitivity on test (core.evaluation).
+THRESHOLD_CONFIDENCE = 0.95
+# A test set this small cannot validate a model: it is registered experimental.
+MIN_TEST_POSITIVES = 30
+MIN_TEST_IMAGES = 100
+
+# Who each condition's training data came from: the integrator's applicability check and the
+# model cards read it from the registry entry.
+POPULATIONS: dict[str, dict[str, Any]] = {
+    "pneumonia": {
+        "region": "chest", "image_kind": "full film", "views": ["AP/PA frontal"],
+        "age_group": "children", "age_range_years": [1, 5],
+        "sources": ["Kermany et al. 2018, Guangzhou Women and Children's Medical Center"],
+        "recogniser_classes": ["chest_child"],
+        "description": "Children's frontal chest films (Guangzhou, ages 1-5)"},
+    "cardiomegaly": {
+        "region": "chest", "image_kind": "full film", "views": ["PA/AP frontal"],
+        "age_group": "adults", "age_range_years": None,
+        "sources": ["NIH ChestX-ray14 (Wang et al. 2017)"],
+        "recogniser_classes": ["chest_adult"],
+        "description": "Adults' frontal chest films (NIH Clinical Center, ChestX-ray14)"},
+    "fracture": {
+        "region": "limb", "image_kind": "full film",
+        "views": ["frontal", "lateral", "oblique"], "age_group": "both", "age_range_years": None,
+        "sources": ["FracAtlas (Abedeen et al. 2023): hand, leg, hip, shoulder",
+                    "Kaggle 'bone fracture detection using X-rays': upper limb"],
+        "recogniser_classes": ["limb"],
+        "description": "Limb radiographs of adults and children (FracAtlas hand, leg, hip and "
+                       "shoulder films from Bangladesh; Kaggle upper-limb films)"},
+    "knee_osteoarthritis": {
+        "region": "knee", "image_kind": "joint crop (CLAHE)", "views": ["PA fixed-flexion"],
+        "age_group": "adults", "age_range_years": [45, 79],
+        "sources": ["Osteoarthritis Initiative, crops by Chen et al. 2019"],
+        "recogniser_classes": ["knee_crop"],
+        "description": "Adults' knee joint crops, contrast-equalised (CLAHE), from the "
+                       "Osteoarthritis Initiative (ages 45-79)"},
+    "knee_osteoporosis": {
+        "region": "knee", "image_kind": "full film", "views": ["AP bilateral"],
+        "age_group": "adults", "age_range_years": None,
+        "sources": ["Wani & Arora knee X-ray database with DXA T-scores (Mendeley Data "
+                    "fxjm8fb6mw)"],
+        "recogniser_classes": ["knee_film"],
+        "description": "Adults' bilateral AP knee films with a DXA T-score (Wani & Arora, "
+                       "India)"},
+}
 
 
 @dataclass
@@ -109,6 +157,10 @@ class TrainConfig:
     max_val: int | None = None
     calibration: str = "platt"
     min_sensitivity: float = DEFAULT_MIN_SENSITIVITY
+    threshold_confidence: float | None = THRESHOLD_CONFIDENCE
+    shortcut_augment: bool = False  # border blanking, pasted markers, centre crops, gamma
+    cv_folds: int = 0  # > 1: grouped cross-validation on train+val before the final model
+    cv_epochs: int | None = None
     bn_reestimate_images: int = 2048
     dense_units: tuple[int, ...] = (256,)
     dropout: float = 0.3
@@ -270,6 +322,59 @@ def reestimate_batchnorm(model: Any, gray: np.ndarray, *, batch_size: int = 64,
     return len(bns)
 
 
+def shortcut_augment(x: Any, *, max_border: float = 0.12, crop_min: float = 0.75,
+                     markers: int = 3, gamma: float = 0.4) -> Any:
+    """Augmentation against shortcuts: float32 [0, 1] (b, h, w, 1) -> same shape.
+
+    Why: the maps of the first chest models lit up side markers, borders, text and
+    electrodes, and an 8x8 thumbnail was as good as the network. So each image gets
+    - a centre-biased random crop (area crop_min..1, resized back): the lung fields/anatomy
+      stay in view while borders, and what sits on them, move or leave the frame;
+    - strips of random width (up to max_border of the side) blanked at each border with a
+      random gray, half of the time: what is at the edge cannot be relied on;
+    - up to `markers` text-like blobs (striped bright or dark rectangles, like letters and
+      L/R markers) pasted at random places, equally in both classes, so such marks carry no
+      label information;
+    - a random gamma in [1 - gamma, 1 + gamma] (exposure/processing differences).
+    """
+    import tensorflow as tf
+
+    b, h, w = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2]
+    # centre-biased crop: side s in [sqrt(crop_min), 1], centre within half the free margin
+    side = tf.sqrt(tf.random.uniform((b,), crop_min, 1.0))
+    free = (1.0 - side) / 2.0
+    cy = 0.5 + tf.random.uniform((b,), -1.0, 1.0) * free * 0.5
+    cx = 0.5 + tf.random.uniform((b,), -1.0, 1.0) * free * 0.5
+    boxes = tf.stack([cy - side / 2, cx - side / 2, cy + side / 2, cx + side / 2], axis=1)
+    x = tf.image.crop_and_resize(x, boxes, tf.range(b), tf.stack([h, w]))
+
+    yy = tf.cast(tf.range(h), tf.float32)[None, :, None, None] / tf.cast(h, tf.float32)
+    xx = tf.cast(tf.range(w), tf.float32)[None, None, :, None] / tf.cast(w, tf.float32)
+
+    def per_image(shape_low: float, shape_high: float) -> Any:
+        return tf.random.uniform((b, 1, 1, 1), shape_low, shape_high)
+
+    # border strips
+    on = tf.cast(per_image(0.0, 1.0) < 0.5, tf.float32)
+    top, bottom = per_image(0, max_border) * on, per_image(0, max_border) * on
+    left, right = per_image(0, max_border) * on, per_image(0, max_border) * on
+    strip = (yy < top) | (yy > 1 - bottom) | (xx < left) | (xx > 1 - right)
+    x = tf.where(strip, per_image(0.0, 1.0), x)
+
+    # text-like markers: a rectangle with vertical stripes (letters), bright or dark
+    for _ in range(markers):
+        show = per_image(0.0, 1.0) < 0.5
+        mh, mw = per_image(0.03, 0.08), per_image(0.04, 0.15)
+        y0, x0 = per_image(0.0, 1.0) * (1 - mh), per_image(0.0, 1.0) * (1 - mw)
+        inside = (yy >= y0) & (yy < y0 + mh) & (xx >= x0) & (xx < x0 + mw)
+        letters = tf.sin((xx - x0) * 2.0 * 3.14159 / (mh * 0.8)) > -0.2
+        value = tf.where(per_image(0.0, 1.0) < 0.7, per_image(0.85, 1.0), per_image(0.0, 0.1))
+        x = tf.where(show & inside & letters, value, x)
+
+    g = tf.exp(per_image(tf.math.log(1.0 - gamma), tf.math.log(1.0 + gamma)))
+    return tf.clip_by_value(x, 0.0, 1.0) ** g
+
+
 def make_dataset(split: ArraySplit, *, batch_size: int, training: bool, config: TrainConfig,
                  seed: int) -> Any:
     """uint8 arrays -> tf.data of (float32 RGB [0,1] (b, h, w, 3), float32 labels (b, 1)).
@@ -309,6 +414,8 @@ def make_dataset(split: ArraySplit, *, batch_size: int, training: bool, config: 
         c = tf.random.uniform((n, 1, 1, 1), 1 - contrast, 1 + contrast)
         b = tf.random.uniform((n, 1, 1, 1), -brightness, brightness)
         x = tf.clip_by_value((x - mean) * c + mean + b, 0.0, 1.0)
+        if config.shortcut_augment:
+            x = shortcut_augment(x)
         return x, y
 
     def to_rgb(x: Any, y: Any) -> tuple[Any, Any]:
@@ -452,6 +559,12 @@ def train_model(
         raise ValueError("the training split needs images of both classes")
     log(f"data: train {train.counts()}, val {val.counts()}, "
         f"test {test.counts() if test else None}")
+    cv_file = ckpt_dir / "cv.json"
+    cv = json.loads(cv_file.read_text()) if cv_file.is_file() else None
+    if config.cv_folds > 1 and cv is None:
+        cv = cross_validate(config, folds=config.cv_folds, epochs=config.cv_epochs, log=log)
+        cv_file.write_text(json.dumps(cv, indent=1))
+        log(f"cross-validation: pooled AUC {cv['pooled_auc']} {cv['pooled_auc_ci95']}")
 
     # ---- model
     pretrained = config.imagenet_weights is not None
@@ -582,6 +695,7 @@ def train_model(
         counts=counts, history=history, epochs_run=epochs_done, wall_s=wall,
         stopped_early=stopped_early, stages=stages, command=command, log=log, sittings=sittings,
         artifact_root=Path(registry_path).resolve().parent if registry_path else None,
+        cross_validation=cv,
     )
     if registry_path is not None:
         register_entry(entry, registry_path=registry_path, activate=activate)
@@ -614,6 +728,7 @@ def finalize_model(
     epochs_run: int, wall_s: float, stopped_early: bool, stages: Sequence[Stage],
     command: str | None, log: Callable[[str], None] = print,
     artifact_root: Path | None = None, sittings: int = 1,
+    cross_validation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Calibrate + threshold on val, evaluate val/test, write plots, card and metrics.json;
     return the registry entry (not yet registered)."""
@@ -625,38 +740,38 @@ def finalize_model(
     val_raw = predict_probabilities(model, val.x)
     calibration = calibrate_on_validation(val.y, val_raw, method=config.calibration)
     val_cal = apply_calibration(val_raw, calibration)
-    threshold = choose_threshold(val.y, val_cal, min_sensitivity=config.min_sensitivity)
+    threshold = choose_threshold(val.y, val_cal, min_sensitivity=config.min_sensitivity,
+                                 confidence=config.threshold_confidence)
     metrics = {"val": evaluate_predictions(val.y, val_cal, threshold, n_boot=config.n_boot,
-                                           seed=config.seed)}
+                                           seed=config.seed, groups=val.groups)}
     metrics["val"]["auc_raw"] = round(roc_auc(val.y, val_raw), 4)
     metrics["val"]["mean_probability_raw"] = round(float(val_raw.mean()), 4)
-    eval_split, eval_y, eval_raw = "val", val.y, val_raw
+    eval_split, eval_set, eval_raw = "val", val, val_raw
     if test is not None and test.n:
         test_raw = predict_probabilities(model, test.x)
         test_cal = apply_calibration(test_raw, calibration)
         metrics["test"] = evaluate_predictions(test.y, test_cal, threshold,
-                                               n_boot=config.n_boot, seed=config.seed)
+                                               n_boot=config.n_boot, seed=config.seed,
+                                               groups=test.groups)
         metrics["test"]["mean_probability_raw"] = round(float(test_raw.mean()), 4)
-        eval_split, eval_y, eval_raw = "test", test.y, test_raw
+        eval_split, eval_set, eval_raw = "test", test, test_raw
     eval_cal = apply_calibration(eval_raw, calibration)
     m = metrics[eval_split]
     title = f"{config.model_id} ({eval_split}, n={m['n']})"
-    plot_roc(out_dir / "roc.png", eval_y, eval_cal, title=title, threshold=threshold,
+    plot_roc(out_dir / "roc.png", eval_set.y, eval_cal, title=title, threshold=threshold,
              auc_ci=m["auc_ci95"])
-    plot_reliability(out_dir / "reliability.png", eval_y, eval_cal, p_raw=eval_raw, title=title)
+    plot_reliability(out_dir / "reliability.png", eval_set.y, eval_cal, p_raw=eval_raw,
+                     title=title)
     plot_confusion(out_dir / "confusion.png", m["confusion"], labels=labels, title=title)
-    baseline = (thumbnail_baseline(train.x, train.y, test.x, test.y, n_boot=config.n_boot)
-                if test is not None and test.n else
-                thumbnail_baseline(train.x, train.y, val.x, val.y, n_boot=config.n_boot))
-    baseline["split"] = eval_split
+    baseline = baseline_beside_model(train, val, eval_set, eval_cal, threshold,
+                                     config=config, split=eval_split)
     log(f"{eval_split}: AUC {m['auc']} {m['auc_ci95']}, accuracy {m['accuracy']}, "
         f"sensitivity {m['sensitivity']}, specificity {m['specificity']}, threshold "
-        f"{threshold:.4f}; baseline AUC {baseline['auc']}")
+        f"{threshold:.4f}, Brier skill {m['brier_skill']}; baseline AUC {baseline['auc']}, "
+        f"at its operating point {baseline.get('operating_point')}; "
+        f"beats baseline: {baseline.get('comparison', {}).get('beats_baseline')}")
 
-    status = config.status or "validated"
-    reason = config.experimental_reason
-    if status == "experimental" and not reason:
-        reason = "experimental model: not validated for clinical use"
+    status, reason = decide_status(config, metrics, baseline, eval_split)
     # Registry paths are relative to the registry file's folder.
     rel = (Path(os.path.relpath(out_dir.resolve(), artifact_root)) if artifact_root
            else Path("models") / config.model_id)
@@ -671,12 +786,13 @@ def finalize_model(
         "preprocessing": {"color": "rgb", "resize": "area/linear", "scale": "x/255"},
         "gradcam_layer": None,
         "threshold": round(float(threshold), 6),
-        "threshold_rule": (f"highest threshold with validation sensitivity >= "
-                           f"{config.min_sensitivity:.2f} (calibrated probability)"),
+        "threshold_rule": threshold_rule_text(config.min_sensitivity,
+                                              config.threshold_confidence),
         "calibration": {k: (round(v, 6) if isinstance(v, float) else v)
                         for k, v in calibration.items()},
         "metrics": metrics,
         "baseline": baseline,
+        "population": POPULATIONS.get(config.condition),
         "artifact": str(rel / "model.keras"),
         "sha256": sha256_file(out_dir / "model.keras"),
         "status": status,
@@ -701,7 +817,9 @@ def finalize_model(
             "augmentation": {
                 "rotation_degrees": config.rotation_degrees, "zoom": config.zoom,
                 "brightness": config.brightness, "contrast": config.contrast,
-                "horizontal_flip": config.horizontal_flip, "enabled": config.augment},
+                "horizontal_flip": config.horizontal_flip, "enabled": config.augment,
+                "shortcut": ("centre-biased crops, blanked border strips, pasted text-like "
+                             "markers, gamma" if config.shortcut_augment else None)},
             "seed": config.seed,
             "imagenet_weights": weights_name,
             "batchnorm": "backbone BN frozen" if weights_name else "all BN trained",
@@ -716,10 +834,59 @@ def finalize_model(
     }
     if status == "experimental":
         entry["experimental_reason"] = reason
+    if cross_validation is not None:
+        entry["cross_validation"] = cross_validation
     (out_dir / "metrics.json").write_text(json.dumps(
         {"metrics": metrics, "baseline": baseline, "history": history}, indent=1))
     write_card(out_dir / "card.md", entry)
     return entry
+
+
+def baseline_beside_model(
+    train: ArraySplit, val: ArraySplit, evaluated: ArraySplit, p_model: np.ndarray,
+    threshold: float, *, config: TrainConfig, split: str,
+) -> dict[str, Any]:
+    """The 8x8-thumbnail baseline on the evaluated split, at its own operating point (chosen
+    on validation by the same rule as the model), and the paired comparison with the model."""
+    baseline = thumbnail_baseline(
+        train.x, train.y, evaluated.x, evaluated.y, n_boot=config.n_boot,
+        val_x=val.x, val_y=val.y, min_sensitivity=config.min_sensitivity,
+        confidence=config.threshold_confidence, groups=evaluated.groups)
+    p_base = baseline.pop("_p_test")
+    baseline["split"] = split
+    if "operating_point" in baseline:
+        baseline["comparison"] = compare_at_operating_point(
+            evaluated.y, p_model, threshold, p_base, baseline["operating_point"]["threshold"],
+            groups=evaluated.groups, n_boot=config.n_boot, seed=config.seed)
+    return baseline
+
+
+def decide_status(config: TrainConfig, metrics: dict[str, Any], baseline: dict[str, Any],
+                  split: str) -> tuple[str, str | None]:
+    """'validated' only when nothing below holds; otherwise 'experimental' with the reasons
+    in words (the admin page and the card show them)."""
+    reasons = [config.experimental_reason] if config.experimental_reason else []
+    m = metrics.get(split, {})
+    if split != "test":
+        reasons.append("no independent test split: figures are on validation images")
+    if m.get("n", 0) < MIN_TEST_IMAGES or m.get("n_positive", 0) < MIN_TEST_POSITIVES:
+        reasons.append(f"tiny {split} set ({m.get('n_negative')} negative / "
+                       f"{m.get('n_positive')} positive images): the figures are too "
+                       "uncertain to validate the model")
+    lo = (m.get("auc_ci95") or [None])[0]
+    if lo is None or lo <= 0.5:
+        reasons.append(f"the 95% interval of the {split} AUC ({m.get('auc_ci95')}) reaches "
+                       "0.5: it may be no better than chance")
+    comparison = baseline.get("comparison")
+    if comparison is not None and not comparison["beats_baseline"]:
+        d = comparison["balanced_accuracy_difference"]
+        ci = comparison["balanced_accuracy_difference_ci95"]
+        reasons.append(f"at its operating point it does not clearly beat logistic regression "
+                       f"on 8x8 thumbnails (balanced accuracy difference {d} [{ci[0]}, "
+                       f"{ci[1]}]): it may rely on global brightness/layout shortcuts")
+    if config.status == "experimental" or reasons:
+        return "experimental", "; ".join(reasons) or "experimental model: not validated"
+    return config.status or "validated", None
 
 
 def register_entry(entry: dict[str, Any], *, registry_path: str | Path,
@@ -730,6 +897,176 @@ def register_entry(entry: dict[str, Any], *, registry_path: str | Path,
     registry = Registry.load(registry_path)
     registry.register(entry, activate=activate)
     registry.save()
+
+
+# Fields other helpers write into an entry; a re-evaluation keeps them.
+KEPT_FIELDS = ("applicability", "gradcam_review", "gradcam_layer", "limitations",
+               "inactive_reason", "cross_validation")
+
+
+def _load_splits(config: TrainConfig) -> tuple[ArraySplit, ArraySplit, ArraySplit | None,
+                                                dict[str, dict[str, int]]]:
+    samples = load_samples(config.data, condition=config.condition)
+    counts = split_counts(samples)
+    cache = config.cache_dir
+
+    def arrays(split: str) -> ArraySplit | None:
+        chosen = [s for s in samples if s.split == split]
+        return (load_arrays(chosen, input_size=config.input_size or (224, 224),
+                            cache_dir=cache) if chosen else None)
+
+    train, val, test = arrays(config.train_split), arrays(config.val_split), \
+        arrays(config.test_split)
+    if train is None or val is None:
+        raise ValueError(f"{config.data} needs a '{config.train_split}' and a "
+                         f"'{config.val_split}' split")
+    return train, val, test, counts
+
+
+def refinalize_model(
+    registry_path: str | Path, model_id: str, *, data: str | Path,
+    cache_dir: str | Path | None = None, n_boot: int = 1000,
+    min_sensitivity: float = DEFAULT_MIN_SENSITIVITY,
+    threshold_confidence: float | None = THRESHOLD_CONFIDENCE,
+    activate: bool = False, log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Re-run calibration, threshold, evaluation, baseline, status and card of a registered
+    model with today's rules, on the same splits; the artifact (and its checksum) is not
+    touched, nor the training record or the fields other tools wrote (KEPT_FIELDS,
+    metrics.test.pointing_game). Returns the new entry, registered under the same id."""
+    import keras
+
+    from core.model_card import write_card
+    from core.registry import Registry
+
+    registry = Registry.load(registry_path)
+    old = registry.entry(model_id).raw
+    root = Path(registry_path).resolve().parent
+    t = old.get("training", {})
+    config = TrainConfig(
+        condition=old["condition"], data=str(data), architecture=old["architecture"],
+        model_id=model_id, input_size=tuple(old["input_size"]),
+        protocol=t.get("protocol", "quick"), seed=int(t.get("seed", 42)),
+        calibration=(old.get("calibration") or {}).get("method", "platt")
+        if (old.get("calibration") or {}).get("method") != "none" else "platt",
+        min_sensitivity=min_sensitivity, threshold_confidence=threshold_confidence,
+        n_boot=n_boot, cache_dir=str(cache_dir) if cache_dir else None,
+    ).resolved()
+    train, val, test, counts = _load_splits(config)
+    model = keras.models.load_model(root / old["artifact"], compile=False)
+    out_dir = (root / old["artifact"]).parent
+    entry = finalize_model(
+        model, config=config, out_dir=out_dir, train=train, val=val, test=test, counts=counts,
+        history=[], epochs_run=int(t.get("epochs_run", 0)), wall_s=float(t.get("wall_time_s", 0)),
+        stopped_early=bool(t.get("stopped_early")), stages=[], command=None, log=log,
+        artifact_root=root)
+    merged = {**entry, "training": t, "created": old.get("created", entry["created"]),
+              "re_evaluated": datetime.now(UTC).isoformat(timespec="seconds")}
+    for key in KEPT_FIELDS:
+        if key in old:
+            merged[key] = old[key]
+    pointing = old.get("metrics", {}).get("test", {}).get("pointing_game")
+    if pointing is not None and "test" in merged["metrics"]:
+        merged["metrics"]["test"]["pointing_game"] = pointing
+    if merged["status"] != "experimental":
+        merged.pop("experimental_reason", None)
+    write_card(out_dir / "card.md", merged)
+    registry = Registry.load(registry_path)  # re-read: others may have written meanwhile
+    registry.register(merged, activate=activate)
+    registry.save()
+    log(f"re-evaluated {model_id}: status {merged['status']}"
+        + (f" ({merged.get('experimental_reason')})" if merged["status"] == "experimental"
+           else ""))
+    return merged
+
+
+def cross_validate(config: TrainConfig, *, folds: int = 5, epochs: int | None = None,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Grouped, label-stratified k-fold cross-validation on train + val (test untouched):
+    each fold trains a fresh model with the run's recipe for a fixed number of epochs (no
+    early stopping: nothing is tuned on the held-out fold) and scores its held-out patients.
+    -> pooled out-of-fold AUC with a patient-bootstrap interval, per-fold AUCs, and the
+    sensitivity/specificity at each fold's threshold chosen on its own training folds."""
+    import keras
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from core.architectures import build_model
+    from core.evaluation import bootstrap_intervals, clopper_pearson
+
+    config = config.resolved()
+    assert config.input_size and config.batch_size and config.epochs
+    configure_tensorflow(config.threads, config.seed)
+    samples = [s for s in load_samples(config.data, condition=config.condition)
+               if s.split in (config.train_split, config.val_split)]
+    pool = load_arrays(samples, input_size=config.input_size, cache_dir=config.cache_dir)
+    n_epochs = int(epochs or config.epochs)
+    oof = np.full(pool.n, np.nan)
+    fold_of = np.full(pool.n, -1)
+    per_fold: list[dict[str, Any]] = []
+    tp = fn = tn = fp = 0
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=config.seed)
+    for k, (tr, te) in enumerate(splitter.split(np.zeros(pool.n), pool.y, pool.groups)):
+        t0 = time.time()
+        fit = ArraySplit(pool.x[tr], pool.y[tr], [pool.paths[i] for i in tr],
+                         [pool.groups[i] for i in tr])
+        model = build_model(config.architecture, input_size=config.input_size,
+                            imagenet_weights=config.imagenet_weights,
+                            dense_units=config.dense_units, dropout=config.dropout,
+                            seed=config.seed + k)
+        model.get_layer("head_bn").momentum = 0.9
+        pretrained = config.imagenet_weights is not None
+        ds = make_dataset(fit, batch_size=config.batch_size, training=True, config=config,
+                          seed=config.seed + k)
+        for stage in plan_stages(replace_epochs(config, n_epochs), pretrained=pretrained):
+            set_trainable(model, stage.trainable, freeze_backbone_bn=pretrained)
+            model.compile(optimizer=keras.optimizers.Adam(stage.lr, clipnorm=1.0),
+                          loss=keras.losses.BinaryCrossentropy())
+            model.fit(ds, epochs=stage.end_epoch, initial_epoch=stage.start_epoch,
+                      class_weight=class_weights(fit.y), verbose=0)
+        reestimate_batchnorm(model, fit.x, max_images=config.bn_reestimate_images,
+                             seed=config.seed)
+        p_fit = predict_probabilities(model, fit.x)
+        p_out = predict_probabilities(model, pool.x[te])
+        oof[te], fold_of[te] = p_out, k
+        # Threshold from the fold's own training images: optimistic there, so a strict test.
+        t = choose_threshold(fit.y, p_fit, min_sensitivity=config.min_sensitivity)
+        y_te = pool.y[te]
+        tp += int(((p_out >= t) & (y_te == 1)).sum())
+        fn += int(((p_out < t) & (y_te == 1)).sum())
+        tn += int(((p_out < t) & (y_te == 0)).sum())
+        fp += int(((p_out >= t) & (y_te == 0)).sum())
+        per_fold.append({"fold": k, "n": int(len(te)), "n_positive": int(y_te.sum()),
+                         "auc": _round(roc_auc(y_te, p_out)), "wall_s": round(time.time() - t0)})
+        log(f"fold {k + 1}/{folds}: {per_fold[-1]}")
+        keras.backend.clear_session()
+    ci = bootstrap_intervals(pool.y, oof, 0.5, n_boot=config.n_boot, seed=config.seed,
+                             groups=pool.groups)["auc"]
+    fold_aucs = [f["auc"] for f in per_fold if f["auc"] is not None]
+    return {
+        "method": (f"{folds}-fold cross-validation on train+val, grouped by patient and "
+                   f"stratified by label; {n_epochs} epochs per fold, no early stopping"),
+        "n": pool.n, "n_positive": int(pool.y.sum()), "n_negative": int(pool.n - pool.y.sum()),
+        "n_groups": len(set(pool.groups)),
+        "pooled_auc": _round(roc_auc(pool.y, oof)), "pooled_auc_ci95": [_round(ci[0]),
+                                                                         _round(ci[1])],
+        "fold_auc_mean": _round(float(np.mean(fold_aucs))) if fold_aucs else None,
+        "fold_auc_sd": _round(float(np.std(fold_aucs, ddof=1))) if len(fold_aucs) > 1 else None,
+        "folds": per_fold,
+        "sensitivity": _round(tp / max(tp + fn, 1)),
+        "sensitivity_ci95": [_round(v) for v in clopper_pearson(tp, tp + fn)],
+        "specificity": _round(tn / max(tn + fp, 1)),
+        "specificity_ci95": [_round(v) for v in clopper_pearson(tn, tn + fp)],
+        "threshold_rule": ("each fold: highest threshold with sensitivity >= "
+                           f"{config.min_sensitivity:.2f} on its own training folds"),
+    }
+
+
+def replace_epochs(config: TrainConfig, epochs: int) -> TrainConfig:
+    return TrainConfig(**{**asdict(config), "epochs": epochs})
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 4)
 
 
 def annotate_model(registry_path: str | Path, model_id: str, **fields: Any) -> None:

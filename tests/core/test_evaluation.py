@@ -11,7 +11,10 @@ import pytest
 from core.calibration import apply_calibration
 from core.evaluation import (
     bootstrap_intervals,
+    brier_skill,
     choose_threshold,
+    clopper_pearson,
+    compare_at_operating_point,
     confusion,
     evaluate_predictions,
     fit_calibration,
@@ -19,6 +22,7 @@ from core.evaluation import (
     plot_confusion,
     plot_reliability,
     plot_roc,
+    reliability_curve,
     roc_auc,
     threshold_metrics,
     thumbnail_baseline,
@@ -123,3 +127,80 @@ def test_thumbnail_baseline_finds_a_brightness_shortcut() -> None:
     x = (rng.integers(0, 100, (200, 32, 32)) + 60 * y[:, None, None]).astype(np.uint8)
     result = thumbnail_baseline(x[:150], y[:150], x[150:], y[150:], n_boot=100)
     assert result["auc"] > 0.9
+
+
+def test_a_perfect_specificity_gets_an_exact_interval_not_a_point() -> None:
+    # 100 negatives all called negative: the bootstrap said [1.0, 1.0]; the truth is that
+    # 100/100 is compatible with a specificity down to about 96.4%.
+    y = np.array([0] * 100 + [1] * 20)
+    p = np.array([0.1] * 100 + [0.9] * 18 + [0.05] * 2)
+    report = evaluate_predictions(y, p, 0.5, n_boot=100)
+    assert report["specificity"] == 1.0
+    lo, hi = report["specificity_ci95"]
+    assert lo == pytest.approx(0.9638, abs=1e-3) and hi == 1.0
+    assert clopper_pearson(18, 20)[0] == pytest.approx(0.683, abs=1e-3)
+    assert report["ci_method"]["proportions"].startswith("exact Clopper-Pearson")
+
+
+def test_brier_skill_is_zero_for_the_base_rate_and_one_for_certainty() -> None:
+    y = np.array([0, 0, 0, 1])
+    assert brier_skill(y, np.full(4, 0.25)) == pytest.approx(0.0)
+    assert brier_skill(y, y.astype(float)) == pytest.approx(1.0)
+    assert brier_skill(y, 1.0 - y) < 0  # confidently wrong is worse than the prevalence
+    assert evaluate_predictions(y, np.full(4, 0.25), 0.5, n_boot=20)["brier_skill"] == 0.0
+
+
+def test_the_threshold_margin_asks_more_sensitivity_of_validation_than_the_target() -> None:
+    rng = np.random.default_rng(3)
+    y = np.array([0] * 300 + [1] * 300)
+    p = np.clip(np.where(y == 1, 0.65, 0.35) + rng.normal(0, 0.15, y.size), 0, 1)
+    plain = choose_threshold(y, p, min_sensitivity=0.9)
+    strict = choose_threshold(y, p, min_sensitivity=0.9, confidence=0.95)
+    sens = threshold_metrics(y, p, strict)["sensitivity"]
+    assert strict < plain
+    assert clopper_pearson(int(round(sens * 300)), 300, level=0.90)[0] >= 0.9
+    # Too few positives to ever reach the bound: every validation positive is kept.
+    y_small, p_small = np.array([0, 0, 1, 1, 1]), np.array([0.1, 0.5, 0.3, 0.6, 0.9])
+    assert choose_threshold(y_small, p_small, confidence=0.95) == pytest.approx(0.3)
+
+
+def test_intervals_widen_when_images_of_one_patient_are_resampled_together() -> None:
+    # 30 patients with 6 near-identical images each: the image bootstrap believes it has 180
+    # independent cases; resampling patients gives the honest, wider interval.
+    rng = np.random.default_rng(4)
+    patient_y = rng.integers(0, 2, 30)
+    patient_p = np.clip(0.5 + (patient_y - 0.5) * 0.4 + rng.normal(0, 0.3, 30), 0, 1)
+    y, p = np.repeat(patient_y, 6), np.repeat(patient_p, 6) + rng.normal(0, 1e-3, 180)
+    groups = np.repeat(np.arange(30), 6).tolist()
+    by_image = bootstrap_intervals(y, p, 0.5, n_boot=300)["auc"]
+    by_patient = bootstrap_intervals(y, p, 0.5, n_boot=300, groups=groups)["auc"]
+    assert by_patient[1] - by_patient[0] > 1.5 * (by_image[1] - by_image[0])
+    assert evaluate_predictions(y, p, 0.5, n_boot=50, groups=groups)["n_groups"] == 30
+
+
+def test_reliability_counts_cover_every_case_and_match_sklearn_bins() -> None:
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 500)
+    p = rng.uniform(0, 1, 500)
+    curve = reliability_curve(y, p, bins=10)
+    assert sum(curve["count"]) == 500
+    assert len(curve["count"]) == len(curve["observed"]) == len(curve["mean_predicted"])
+
+
+def test_baseline_operating_point_and_a_model_that_clearly_beats_it() -> None:
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 2, 400)
+    # A brightness shortcut the thumbnail model can half use; the "model" sees the truth.
+    x = (rng.integers(0, 250, (400, 16, 16)) + 3 * y[:, None, None]).astype(np.uint8)
+    base = thumbnail_baseline(x[:200], y[:200], x[300:], y[300:], n_boot=100,
+                              val_x=x[200:300], val_y=y[200:300], confidence=0.95)
+    op = base["operating_point"]
+    assert {"accuracy", "sensitivity", "specificity", "accuracy_ci95"} <= set(op)
+    p_base = base["_p_test"]
+    y_test = y[300:]
+    good = np.clip(y_test * 0.8 + 0.1 + rng.normal(0, 0.05, 100), 0, 1)
+    better = compare_at_operating_point(y_test, good, 0.5, p_base, op["threshold"], n_boot=200)
+    assert better["beats_baseline"] and better["balanced_accuracy_difference"] > 0
+    same = compare_at_operating_point(y_test, p_base, op["threshold"], p_base, op["threshold"],
+                                      n_boot=200)
+    assert not same["beats_baseline"] and same["accuracy_difference"] == 0

@@ -78,8 +78,19 @@ def test_a_tiny_run_learns_registers_and_its_artifact_loads(project: Path) -> No
         assert {"auc", "auc_ci95", "accuracy", "sensitivity", "specificity"} <= set(
             raw["metrics"][split])
     assert "auc" in raw["baseline"]
+    # The thumbnail baseline at its own operating point, compared with the model there.
+    op = raw["baseline"]["operating_point"]
+    assert {"accuracy", "sensitivity", "specificity", "specificity_ci95"} <= set(op)
+    assert "beats_baseline" in raw["baseline"]["comparison"]
+    assert raw["metrics"]["test"]["brier_skill"] is not None
+    assert raw["population"]["recogniser_classes"] == ["limb"]
+    # 12 test images cannot validate anything: registered experimental, the reason in words.
+    assert raw["status"] == "experimental" and "tiny test set" in raw["experimental_reason"]
     card = (project / raw["card"]).read_text()
     assert "Intended use" in card and "Limitations" in card and "baseline" in card
+    assert "## Population" in card and "Limb radiographs" in card
+    assert "8x8 thumbnail baseline" in card and "Brier skill" in card
+    assert "EXPERIMENTAL" in card and "Clopper-Pearson" in card
     for png in ("roc.png", "reliability.png", "confusion.png"):
         assert (artifact.parent / png).stat().st_size > 1000
 
@@ -101,6 +112,22 @@ def test_a_tiny_run_learns_registers_and_its_artifact_loads(project: Path) -> No
         assert report[name] == pytest.approx(raw["metrics"]["test"][name], abs=1e-3)
         assert len(report[f"{name}_ci95"]) == 2
     assert (project / "plots" / "roc.png").is_file()
+
+    # Re-evaluating with today's rules keeps the artifact, the training record and what other
+    # tools wrote into the entry (pointing game, applicability).
+    from core.training import annotate_model, refinalize_model
+
+    reg = Registry.load(project / "registry.json")
+    raw_now = reg.entry("tiny-fracture").raw
+    raw_now["metrics"]["test"]["pointing_game"] = {"hits": 3, "n": 6}
+    annotate_model(project / "registry.json", "tiny-fracture", metrics=raw_now["metrics"],
+                   applicability={"in_population_pass_rate": 0.97})
+    again = refinalize_model(project / "registry.json", "tiny-fracture",
+                             data=project / "data", n_boot=50, log=lambda _m: None)
+    assert again["sha256"] == raw["sha256"] and again["training"] == raw["training"]
+    assert again["metrics"]["test"]["pointing_game"] == {"hits": 3, "n": 6}
+    card = (project / raw["card"]).read_text()
+    assert "Pointing game" in card and "in_population_pass_rate: 0.970" in card
     table = io.StringIO()
     call_command("evaluate", table=True, registry=str(project / "registry.json"), stdout=table)
     assert "| fracture |" in table.getvalue() and "77.0" in table.getvalue()

@@ -33,10 +33,12 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **o: Any) -> None:
         from core.errors import RadTriageError
-        from core.model_evaluation import evaluate_registered_model, table1
+        from core.model_evaluation import active_table, evaluate_registered_model, table1
 
         if o["table"]:
             self.stdout.write(table1(o["registry"]))
+            self.stdout.write("\nActive models at their operating points (test split):\n")
+            self.stdout.write(active_table(o["registry"]))
             return
         if not (o["model"] or o["active"]) or not o["data"]:
             raise CommandError("give --model MODEL_ID or --active CONDITION, and --data DIR "
@@ -63,5 +65,6 @@ class Command(BaseCommand):
             self.stdout.write(f"  {name:12s} {v if v is not None else 'n/a'}  "
                               f"95% CI [{lo}, {hi}]")
         self.stdout.write(f"  confusion    {report['confusion']}")
+        self.stdout.write(f"  Brier skill  {report['brier_skill']}  ECE {report['ece']:.4f}")
         if not o["json"]:
             self.stdout.write(text)

@@ -18,8 +18,8 @@ class Command(BaseCommand):
             "--activate). Interrupted runs continue with --resume.")
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--condition", required=True)
-        parser.add_argument("--data", required=True,
+        parser.add_argument("--condition", default=None)
+        parser.add_argument("--data", default=None,
                             help="folder laid out like ../shared/data/<condition>, or a CSV")
         parser.add_argument("--architecture", default="mobilenetv2",
                             choices=["mobilenetv2", "densenet121"])
@@ -43,6 +43,21 @@ class Command(BaseCommand):
         parser.add_argument("--train-split", default="train")
         parser.add_argument("--calibration", default="platt", choices=["platt", "temperature"])
         parser.add_argument("--min-sensitivity", type=float, default=0.90)
+        parser.add_argument("--threshold-confidence", type=float, default=0.95,
+                            help="one-sided confidence of the exact lower bound of validation "
+                                 "sensitivity that must reach --min-sensitivity (0: no margin)")
+        parser.add_argument("--shortcut-augment", action="store_true",
+                            help="centre crops, blanked borders, pasted markers, gamma")
+        parser.add_argument("--cv-folds", type=int, default=0,
+                            help="grouped cross-validation on train+val first (k folds)")
+        parser.add_argument("--cv-epochs", type=int, default=None)
+        parser.add_argument("--refinalize", action="store_true",
+                            help="re-run calibration/threshold/evaluation/card of the "
+                                 "registered --model-id on --data with today's rules")
+        parser.add_argument("--annotate", action="store_true",
+                            help="add the condition's population (and --inactive-reason) to "
+                                 "the registered --model-id and re-render its card")
+        parser.add_argument("--inactive-reason", default=None)
         parser.add_argument("--threads", type=int, default=None)
         parser.add_argument("--bn-images", type=int, default=2048,
                             help="training images used to re-estimate BatchNorm statistics")
@@ -61,6 +76,12 @@ class Command(BaseCommand):
         from core.training import TrainConfig, train_model
 
         registry = Path(o["registry"])
+        confidence = o["threshold_confidence"] or None
+        if o["annotate"] or o["refinalize"]:
+            self._update(registry, o, confidence)
+            return
+        if not o["condition"] or not o["data"]:
+            raise CommandError("--condition and --data are required to train")
         size = (o["input_size"], o["input_size"]) if o["input_size"] else None
         config = TrainConfig(
             condition=o["condition"], data=o["data"], architecture=o["architecture"],
@@ -71,6 +92,8 @@ class Command(BaseCommand):
             max_train=o["max_train"], max_val=o["max_val"], train_split=o["train_split"],
             calibration=o["calibration"], min_sensitivity=o["min_sensitivity"],
             threads=o["threads"], bn_reestimate_images=o["bn_images"], cache_dir=o["cache_dir"],
+            threshold_confidence=confidence, shortcut_augment=o["shortcut_augment"],
+            cv_folds=o["cv_folds"], cv_epochs=o["cv_epochs"],
             status="experimental" if o["experimental"] else None,
             experimental_reason=o["experimental"],
         )
@@ -88,3 +111,31 @@ class Command(BaseCommand):
         else:
             self.stdout.write(f"{result.model_id}: {result.epochs_run} epoch(s) done; "
                               "run again with --resume to continue")
+
+    def _update(self, registry: Path, o: dict[str, Any], confidence: float | None) -> None:
+        from core.registry import Registry
+        from core.training import POPULATIONS, annotate_model, refinalize_model
+
+        if not o["model_id"]:
+            raise CommandError("--annotate/--refinalize need --model-id")
+        try:
+            if o["refinalize"]:
+                if not o["data"]:
+                    raise CommandError("--refinalize needs --data (the model's data set)")
+                refinalize_model(registry, o["model_id"], data=o["data"],
+                                 cache_dir=o["cache_dir"], min_sensitivity=o["min_sensitivity"],
+                                 threshold_confidence=confidence, activate=o["activate"],
+                                 log=lambda m: self.stdout.write(m))
+            if o["annotate"]:
+                entry = Registry.load(registry).entry(o["model_id"])
+                fields: dict[str, Any] = {"population": POPULATIONS.get(entry.condition)}
+                if o["inactive_reason"]:
+                    fields["inactive_reason"] = o["inactive_reason"]
+                annotate_model(registry, o["model_id"], **fields)
+                if o["activate"]:
+                    reg = Registry.load(registry)
+                    reg.activate(o["model_id"])
+                    reg.save()
+        except (KeyError, FileNotFoundError, ValueError) as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(self.style.SUCCESS(f"{o['model_id']}: updated"))
