@@ -1,7 +1,8 @@
 """Where do registered models look? Grad-CAM statistics on test images, to spot shortcuts
 (side markers, burned-in text) in corners and borders.
 
-    .venv/bin/python bench/gradcam_review.py MODEL_ID [--n 200] [--split test] [--annotate]
+    .venv/bin/python bench/gradcam_review.py MODEL_ID [--n 200] [--split test] [--layer NAME]
+        [--annotate]
 
 Prints, for correctly and wrongly classified images: the mean share of heat in the outer band
 (12.5% of each side; 44% of the area) and in the four corner squares (20% x 20%; 16% of the
@@ -30,6 +31,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--split", default="test")
     ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--layer", default=None,
+                    help="Grad-CAM layer to review (default: the registry's, as served)")
     ap.add_argument("--annotate", action="store_true")
     ap.add_argument("--note", default="", help="what a person saw in the montage, for the card")
     args = ap.parse_args()
@@ -38,9 +41,10 @@ def main() -> None:
 
     configure_tensorflow(2, 0)
     from core.calibration import apply_calibration
-    from core.data import load_arrays, samples_from_folder, to_model_input
+    from core.data import load_arrays, samples_from_folder
     from core.gradcam import GradCam
     from core.model_manager import ModelManager
+    from core.preprocessing import to_model_input
 
     manager = ModelManager(args.registry)
     loaded = manager.get(model_id=args.model_id)
@@ -51,7 +55,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     pick = sorted(rng.permutation(len(samples))[: args.n].tolist())
     arrays = load_arrays([samples[i] for i in pick], input_size=loaded.input_size)
-    cam = GradCam(loaded.keras_model, layer=loaded.gradcam_layer)
+    cam = GradCam(loaded.keras_model, layer=args.layer or loaded.gradcam_layer)
     probs, maps = [], []
     for i in range(0, arrays.n, 32):
         r = cam(to_model_input(arrays.x[i:i + 32]))
@@ -92,7 +96,8 @@ def main() -> None:
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
     show = np.r_[np.flatnonzero(arrays.y == 0)[:8], np.flatnonzero(arrays.y == 1)[:8]]
-    _montage(out / f"gradcam-{loaded.model_id}.png", arrays.x[show], h[show], p[show],
+    suffix = f"-{args.layer.replace('/', '_')}" if args.layer else ""
+    _montage(out / f"gradcam-{loaded.model_id}{suffix}.png", arrays.x[show], h[show], p[show],
              arrays.y[show])
     # Where the heat sits, as a mean map per true class (rows top->bottom, in thirds).
     for label in (0, 1):
