@@ -204,3 +204,48 @@ def test_calibration_is_not_fitted_on_a_handful_of_validation_images() -> None:
     y = rng.integers(0, 2, 200)
     p = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.2, 200), 0.01, 0.99)
     assert calibrate_on_validation(y, p, method="temperature")["method"] == "temperature"
+
+
+def test_shortcut_augmentation_hides_borders_and_keeps_the_image_range() -> None:
+    import tensorflow as tf
+
+    from core.training import shortcut_augment
+
+    tf.random.set_seed(0)
+    # A bright "side marker" in the top-left corner of a mid-gray image.
+    x = np.full((64, 48, 48, 1), 0.5, np.float32)
+    x[:, :4, :4, 0] = 1.0
+    out = shortcut_augment(tf.constant(x)).numpy()
+    assert out.shape == x.shape and out.min() >= 0.0 and out.max() <= 1.0
+    # The marker does not survive in the same place in every image (crops, blanked borders).
+    assert np.mean(out[:, :4, :4, 0] > 0.95) < 0.9
+    # Pasted text-like markers appear away from the corner in some images.
+    assert np.mean(out[:, 8:, 8:, 0] > 0.84) > 0
+
+
+def test_every_condition_has_a_population_for_the_applicability_check() -> None:
+    from core.conditions import CONDITIONS
+    from core.training import POPULATIONS
+
+    allowed = {"chest_child", "chest_adult", "knee_crop", "knee_film", "limb"}
+    for condition in CONDITIONS:
+        pop = POPULATIONS[condition]
+        assert set(pop["recogniser_classes"]) <= allowed and pop["description"]
+        assert pop["age_group"] in ("children", "adults", "both")
+    assert POPULATIONS["pneumonia"]["age_range_years"] == [1, 5]
+
+
+def test_a_tiny_test_set_or_a_model_no_better_than_the_thumbnail_is_experimental() -> None:
+    from core.training import decide_status
+
+    config = _config(Path(".")).resolved()
+    good = {"test": {"n": 500, "n_positive": 200, "n_negative": 300, "auc_ci95": [0.8, 0.9]}}
+    beats = {"comparison": {"beats_baseline": True}}
+    assert decide_status(config, good, beats, "test") == ("validated", None)
+    status, reason = decide_status(config, good, {"comparison": {
+        "beats_baseline": False, "balanced_accuracy_difference": 0.01,
+        "balanced_accuracy_difference_ci95": [-0.02, 0.04]}}, "test")
+    assert status == "experimental" and "does not clearly beat" in reason
+    tiny = {"test": {"n": 22, "n_positive": 5, "n_negative": 17, "auc_ci95": [0.45, 0.9]}}
+    status, reason = decide_status(config, tiny, beats, "test")
+    assert "tiny test set" in reason and "reaches 0.5" in reason
