@@ -244,7 +244,8 @@ def evaluate_predictions(
     report["ci_method"] = {
         "proportions": "exact Clopper-Pearson 95%",
         "auc_f1": (f"percentile bootstrap 95%, {n_boot} resamples of "
-                   + (f"{n_groups} patient groups" if groups is not None else "images")),
+                   + (f"{n_groups} groups (patients, or images where the data set has no "
+                      "patient ids)" if groups is not None else "images")),
     }
     report["confusion"] = counts
     report["log_loss"] = log_loss(y, p)

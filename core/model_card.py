@@ -163,13 +163,22 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
+# Technical fields of the applicability record left out of the card (kept in the registry).
+APPLICABILITY_DETAILS = {"file", "sha256", "feature_layer", "feature_dim", "k", "n",
+                         "seconds_per_image", "model_seconds_per_image", "cutoff",
+                         "cutoff_quantile"}
+
+
 def extra_lines(entry: dict[str, Any]) -> list[str]:
     """Sections other tools add to an entry: applicability, pointing game."""
     lines: list[str] = []
     if entry.get("applicability"):
-        lines += ["", "## Applicability check (population distance)"]
+        lines += ["", "## Applicability check (population distance)",
+                  "Share of images that pass the check that an image resembles the training "
+                  "population (in-population images should pass; others should not):"]
         app = entry["applicability"]
-        lines += ([f"- {k}: {_plain(v)}" for k, v in app.items()] if isinstance(app, dict)
+        lines += ([f"- {k.replace('_', ' ')}: {_plain(v)}" for k, v in app.items()
+                   if k not in APPLICABILITY_DETAILS] if isinstance(app, dict)
                   else [f"- {_plain(app)}"])
     pointing = (entry.get("metrics", {}).get("test") or {}).get("pointing_game")
     if pointing:

@@ -1069,6 +1069,20 @@ def _round(v: float | None) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 4)
 
 
+def remove_model(registry_path: str | Path, model_id: str) -> None:
+    """Drop a replaced model's registry entry (its folder is removed with `git rm`); an active
+    model cannot be removed: activate its replacement first."""
+    from core.registry import Registry
+
+    registry = Registry.load(registry_path)
+    entry = registry.entry(model_id)
+    if registry.active_models.get(entry.condition) == model_id:
+        raise ValueError(f"{model_id} is the active {entry.condition} model: activate its "
+                         "replacement first")
+    del registry.models[model_id]
+    registry.save()
+
+
 def annotate_model(registry_path: str | Path, model_id: str, **fields: Any) -> None:
     """Add review fields (e.g. gradcam_review, limitations) to an entry; re-render its card."""
     from core.model_card import write_card

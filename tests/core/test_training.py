@@ -127,7 +127,7 @@ def test_a_tiny_run_learns_registers_and_its_artifact_loads(project: Path) -> No
     assert again["sha256"] == raw["sha256"] and again["training"] == raw["training"]
     assert again["metrics"]["test"]["pointing_game"] == {"hits": 3, "n": 6}
     card = (project / raw["card"]).read_text()
-    assert "Pointing game" in card and "in_population_pass_rate: 0.970" in card
+    assert "Pointing game" in card and "in population pass rate: 0.970" in card
     table = io.StringIO()
     call_command("evaluate", table=True, registry=str(project / "registry.json"), stdout=table)
     assert "| fracture |" in table.getvalue() and "77.0" in table.getvalue()

@@ -58,6 +58,8 @@ class Command(BaseCommand):
                             help="add the condition's population (and --inactive-reason) to "
                                  "the registered --model-id and re-render its card")
         parser.add_argument("--inactive-reason", default=None)
+        parser.add_argument("--remove", action="store_true",
+                            help="drop the registered (inactive) --model-id from the registry")
         parser.add_argument("--threads", type=int, default=None)
         parser.add_argument("--bn-images", type=int, default=2048,
                             help="training images used to re-estimate BatchNorm statistics")
@@ -77,6 +79,15 @@ class Command(BaseCommand):
 
         registry = Path(o["registry"])
         confidence = o["threshold_confidence"] or None
+        if o["remove"]:
+            from core.training import remove_model
+
+            try:
+                remove_model(registry, o["model_id"])
+            except (KeyError, ValueError) as exc:
+                raise CommandError(str(exc)) from exc
+            self.stdout.write(f"{o['model_id']}: removed from {registry}")
+            return
         if o["annotate"] or o["refinalize"]:
             self._update(registry, o, confidence)
             return
