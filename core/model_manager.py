@@ -13,9 +13,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,11 @@ from core.registry import ModelEntry, Registry, sha256_file
 log = logging.getLogger(__name__)
 
 PLACEHOLDER_RETRY_SECONDS = 60.0
+# What a broken artifact raises while Keras reads it. Anything else (a job's time limit hit
+# while loading, memory running out) is the job's problem, not the file's: it propagates for
+# the job to retry, instead of answering from a placeholder that would then be cached.
+ARTIFACT_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, EOFError,
+                   OSError, zipfile.BadZipFile, json.JSONDecodeError)
 
 
 @dataclass
@@ -195,7 +202,7 @@ class ModelManager:
             import keras
 
             model = keras.models.load_model(path, compile=False)
-        except Exception as exc:  # any failure to deserialise means: do not trust the file
+        except ARTIFACT_ERRORS as exc:  # the file cannot be deserialised: do not trust it
             return self._placeholder(condition, entry,
                                      f"Model artifact {path} could not be loaded ({exc}).")
         self.load_count += 1

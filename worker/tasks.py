@@ -21,6 +21,7 @@ from web.clinical.services import (
     analysis_fail,
     analysis_mark_retrying,
 )
+from web.clinical.services.analyses import TASK_ANALYZE, TASK_ANALYZE_BATCH
 from worker.celery import app
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,12 @@ ANALYSIS_TASK_OPTIONS = {
 }
 
 
-@app.task(name="worker.tasks.analyze", **ANALYSIS_TASK_OPTIONS)
+@app.task(name=TASK_ANALYZE, **ANALYSIS_TASK_OPTIONS)
 def analyze(self, analysis_id: int) -> None:
     _run_with_retries(self, [analysis_id])
 
 
-@app.task(name="worker.tasks.analyze_batch", **ANALYSIS_TASK_OPTIONS)
+@app.task(name=TASK_ANALYZE_BATCH, **ANALYSIS_TASK_OPTIONS)
 def analyze_batch(self, analysis_ids: list[int]) -> None:
     """Several analyses in one job (bulk uploads): one model call per condition for all."""
     _run_with_retries(self, analysis_ids)

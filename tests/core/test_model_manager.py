@@ -113,6 +113,41 @@ def test_corrupt_artifact_gives_a_flagged_placeholder(registry):
     assert loaded.is_placeholder and "could not be loaded" in loaded.placeholder_reason
 
 
+def test_a_truncated_artifact_gives_a_flagged_placeholder(registry):
+    artifact = registry.parent / "model.keras"
+    artifact.write_bytes(artifact.read_bytes()[: artifact.stat().st_size // 2])
+    write_registry(registry, [registry_entry("blob-v1", "model.keras", sha256_file(artifact))],
+                   {"pneumonia": "blob-v1"})
+    loaded = ModelManager(registry).get(condition="pneumonia")
+    assert loaded.is_placeholder and "could not be loaded" in loaded.placeholder_reason
+
+
+def test_a_job_time_limit_while_loading_propagates_instead_of_caching_a_placeholder(registry):
+    """Celery delivers a job's soft time limit as an exception raised from a signal handler,
+    possibly while a model loads: that is the job's problem (it retries), not the file's."""
+    import signal
+
+    class JobTimeLimit(Exception):
+        pass
+
+    def interrupt(*_):
+        raise JobTimeLimit()
+
+    manager = ModelManager(registry)
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(JobTimeLimit):
+            for _ in range(200):  # loads again until the alarm lands in the middle of one
+                manager._cache.clear()
+                manager.get(condition="pneumonia")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    loaded = manager.get(condition="pneumonia")
+    assert not loaded.is_placeholder and loaded.model_id == "blob-v1"
+
+
 def test_wrong_checksum_gives_a_flagged_placeholder(registry):
     write_registry(registry, [registry_entry("blob-v1", "model.keras", "0" * 64)],
                    {"pneumonia": "blob-v1"})

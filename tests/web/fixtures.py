@@ -38,6 +38,7 @@ def dicom_bytes(
     accession: str = "ACC-1",
     size: int = 96,
     seed: int = 0,
+    birth_date: str = "19700101",
 ) -> bytes:
     """A small, standard-conformant uncompressed DICOM radiograph."""
     from pydicom.dataset import FileDataset, FileMetaDataset
@@ -56,7 +57,7 @@ def dicom_bytes(
     ds.SeriesInstanceUID = generate_uid()
     ds.PatientID = patient_id
     ds.PatientName = patient_name
-    ds.PatientBirthDate = "19700101"
+    ds.PatientBirthDate = birth_date
     ds.PatientSex = "F"
     ds.AccessionNumber = accession
     ds.StudyDate = "20261125"
@@ -172,7 +173,6 @@ reg.register({{**base, "id": "cardiomegaly-missing", "condition": "cardiomegaly"
                "artifact": "models/missing.keras"}}, activate=True)
 yes = {{**base, "condition": "pneumonia", "artifact": "models/always-yes.keras",
         "sha256": sha256_file(always_artifact)}}
-reg.register({{**yes, "id": "pneumonia-always-yes"}})
 reg.register({{**yes, "id": "pneumonia-always-yes-experimental", "status": "experimental",
                "experimental_reason": "Says yes to everything."}})
 reg.register({{**yes, "id": "pneumonia-always-yes-children", "population": {{

@@ -1,6 +1,6 @@
 """Through a real worker: a result from an image outside the model's population, or from an
 experimental model, never flags its study and never moves it up the worklist, however sure
-the model is. The same always-yes model, validated and without a population, does flag."""
+the model is. The same always-yes model on a child of its population does flag."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from web.clinical.models import Analysis
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
-def _study_with_pneumonia_from(api, model_id: str, patient_id: str) -> tuple[int, int]:
+def _study_with_pneumonia_from(api, model_id: str, patient_id: str,
+                               birth_date: str = "19700101") -> tuple[int, int]:
     # The study's own upload only runs the placeholder (cardiomegaly): never a flag.
-    body = upload(api, dicom_bytes(patient_id=patient_id, accession=f"ACC-{patient_id}"),
-                  conditions="cardiomegaly").json()
+    body = upload(api, dicom_bytes(patient_id=patient_id, accession=f"ACC-{patient_id}",
+                                   birth_date=birth_date), conditions="cardiomegaly").json()
     response = api.post(f"/api/images/{body['image']['id']}/analyses/",
                         {"conditions": ["pneumonia"], "model_id": model_id}, format="json")
     assert response.status_code == 201, response.content
@@ -30,7 +31,9 @@ def _finished(analysis_id: int) -> Analysis:
 def test_not_applicable_and_experimental_results_never_flag_or_reorder_the_worklist(
         live_worker, api) -> None:
     # Oldest first: the real flag must still come first.
-    flagged_study, flagged = _study_with_pneumonia_from(api, "pneumonia-always-yes", "MRN-F1")
+    # A 3-year-old (the study is dated 2026-11-25): inside the children's model's population.
+    flagged_study, flagged = _study_with_pneumonia_from(api, "pneumonia-always-yes-children",
+                                                        "MRN-F1", birth_date="20230601")
     adult_study, adult = _study_with_pneumonia_from(api, "pneumonia-always-yes-children",
                                                     "MRN-F2")
     experimental_study, experimental = _study_with_pneumonia_from(
@@ -50,7 +53,7 @@ def test_not_applicable_and_experimental_results_never_flag_or_reorder_the_workl
     assert adult_result["warnings"][0]["kind"] == "not_applicable"
     assert experimental_result["positive"] is True and experimental_result["is_finding"] is False
     assert "not used for triage" in experimental_result["display_warning"]
-    assert flagged_result["is_finding"] is True  # the same model, validated and in population
+    assert flagged_result["is_finding"] is True  # the same model, on a child
     flags = {s["id"]: s["ai_flagged"] for s in worklist}
     assert flags == {flagged_study: True, adult_study: False, experimental_study: False}
     assert [s["id"] for s in worklist] == [flagged_study, experimental_study, adult_study]

@@ -1,0 +1,45 @@
+"""The layering the architecture promises, checked on every import statement:
+core/ is framework-free (no django, celery, web or worker), and the web side never imports
+the worker's tasks (they import the services: a circle)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def imported_modules(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def offenders(folder: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+    found = {}
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        bad = sorted(m for m in imported_modules(path)
+                     if any(m == f or m.startswith(f + ".") for f in forbidden))
+        if bad:
+            found[str(path.relative_to(ROOT))] = bad
+    return found
+
+
+def test_core_imports_no_framework_and_nothing_of_web_or_worker() -> None:
+    assert offenders("core", ("django", "celery", "channels", "rest_framework", "web",
+                              "worker")) == {}
+
+
+def test_the_web_side_never_imports_the_worker_tasks() -> None:
+    assert offenders("web", ("worker.tasks",)) == {}
+
+
+def test_the_check_sees_imports_inside_functions(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from django.conf import settings\n    import celery\n")
+    assert imported_modules(module) == {"django.conf", "celery"}

@@ -1,0 +1,349 @@
+"""The analysis job lifecycle: enqueue, dispatch, claim, run (worker side), complete, fail,
+retry, and the sweeper that re-sends stuck jobs."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from core.conditions import (
+    get_condition,
+)
+from core.errors import RadTriageError
+from core.imaging import XRay, load_xray
+from web.clinical.events import analysis_event_publish
+from web.clinical.models import Analysis, AuditEvent, Image
+from web.clinical.services.audit import audit_event, audit_record
+from web.clinical.services.storage import files_delete, heatmaps_store
+from web.clinical.services.studies import studies_mark_analysing, studies_refresh, study_refresh_status
+from web.clinical.services.upload_parts import conditions_resolve
+
+log = logging.getLogger(__name__)
+
+# The Celery task names (worker/tasks.py registers them under these names).
+TASK_ANALYZE = "worker.tasks.analyze"
+TASK_ANALYZE_BATCH = "worker.tasks.analyze_batch"
+
+
+def analysis_enqueue(
+    *,
+    image: Image,
+    condition: str,
+    queue: str = settings.QUEUE_INTERACTIVE,
+    created_by: Any = None,
+    model_id: str = "",
+    dispatch: bool = True,
+) -> Analysis:
+    """Create a queued Analysis; its job is sent to the broker after the transaction commits.
+
+    dispatch=False leaves the sending to the caller (bulk uploads send one job per batch of
+    analyses); if the caller never does, the sweeper sends it: the row is the truth.
+    """
+    analysis = analysis_build(image=image, condition=condition, queue=queue,
+                               created_by=created_by, model_id=model_id)
+    analysis.save()
+    studies_mark_analysing([image.study])
+    if dispatch:
+        transaction.on_commit(lambda: analyses_dispatch(analysis_ids=[analysis.pk], queue=queue))
+    analysis_event_publish(analysis=analysis, event="queued")
+    return analysis
+
+def image_analyses_request(*, image: Image, conditions: list[str], queue: str, model_id: str,
+                           actor: Any, ip_address: str | None) -> list[Analysis]:
+    """Run (again) chosen conditions on a stored image. Each must apply to the image's body
+    part (UploadRejected otherwise), as at upload: a knee model never runs on a chest film."""
+    codes, _ = conditions_resolve(conditions, body_part=image.study.body_part)
+    with transaction.atomic():
+        analyses = [analysis_enqueue(image=image, condition=code, queue=queue, created_by=actor,
+                                     model_id=model_id) for code in codes]
+        audit_record(actor=actor, action="analysis.request", patient=image.study.patient,
+                     study=image.study, obj=image, ip_address=ip_address,
+                     detail={"conditions": codes})
+    return analyses
+
+def analysis_build(*, image: Image, condition: str, queue: str, created_by: Any = None,
+                    model_id: str = "") -> Analysis:
+    get_condition(condition)
+    if queue not in (settings.QUEUE_INTERACTIVE, settings.QUEUE_BATCH):
+        raise ValueError(f"Unknown analysis queue '{queue}'.")
+    return Analysis(
+        image=image,
+        condition=condition,
+        requested_model_id=model_id,
+        queue=queue,
+        state=Analysis.State.QUEUED,
+        enqueued_at=timezone.now(),
+        created_by=created_by if getattr(created_by, "is_authenticated", False) else None,
+    )
+
+def analyses_dispatch(*, analysis_ids: Sequence[int], queue: str) -> None:
+    """Send the jobs (ids only) to the broker: one `analyze` job per id on the interactive
+    queue (a person is waiting for each), jobs of up to ANALYSIS_BATCH_SIZE ids on the batch
+    queue (one model call for many images). If the broker is down the rows stay queued and
+    the sweeper sends them again later: the database, not the broker, is the truth."""
+    # By task name: the web side never imports the tasks, which import these services.
+    from worker.celery import app
+
+    size = 1 if queue == settings.QUEUE_INTERACTIVE else settings.ANALYSIS_BATCH_SIZE
+    ids = list(analysis_ids)
+    for start in range(0, len(ids), size):
+        chunk = ids[start:start + size]
+        try:
+            if len(chunk) == 1:
+                app.send_task(TASK_ANALYZE, args=[chunk[0]], queue=queue)
+            else:
+                app.send_task(TASK_ANALYZE_BATCH, args=[chunk], queue=queue)
+        except Exception:  # noqa: BLE001 - any broker failure: the sweeper recovers it
+            log.error("Could not enqueue analyses %s on %s; the sweeper will retry", chunk,
+                      queue, exc_info=True)
+
+def analysis_run(*, analysis_id: int, worker: str = "") -> Analysis | None:
+    """Run one analysis job (worker side); see analyses_run."""
+    done = analyses_run(analysis_ids=[analysis_id], worker=worker)
+    return done[0] if done else None
+
+def analyses_run(*, analysis_ids: Sequence[int], worker: str = "") -> list[Analysis]:
+    """Run analysis jobs (worker side), one model call per condition and model for the lot.
+
+    Idempotent: a job already finished is left alone. Permanent problems (unreadable image,
+    body part mismatch, unknown model, bad registry) mark that row failed with their message
+    and the others go on. Anything else propagates, for the task to retry; rows finished
+    before it stay finished, so a retry runs only the rest.
+    """
+    claimed = _analyses_claim(analysis_ids=analysis_ids, worker=worker)
+    done: list[Analysis] = []
+    ready: dict[tuple[str, str], list[tuple[Analysis, XRay]]] = {}
+    for analysis in claimed:
+        try:
+            xray = _analysis_xray(analysis)
+        except (RadTriageError, FileNotFoundError) as exc:
+            done.append(_analysis_fail_permanently(analysis, exc))
+            continue
+        key = (analysis.condition, analysis.requested_model_id)
+        ready.setdefault(key, []).append((analysis, xray))
+    for (condition, model_id), group in ready.items():
+        done.extend(_analyses_compute_and_store(group, condition=condition, model_id=model_id))
+    return done
+
+def _analyses_claim(*, analysis_ids: Sequence[int], worker: str) -> list[Analysis]:
+    claimed: list[Analysis] = []
+    with transaction.atomic():
+        rows = {a.pk: a for a in Analysis.objects.select_for_update().select_related("image__study")
+                .filter(pk__in=list(analysis_ids)).order_by("pk")}
+        now = timezone.now()
+        for analysis_id in dict.fromkeys(analysis_ids):
+            analysis = rows.get(analysis_id)
+            if analysis is None:
+                log.warning("Analysis %s no longer exists; job dropped", analysis_id)
+            elif analysis.state in (Analysis.State.SUCCEEDED, Analysis.State.FAILED):
+                log.info("Analysis %s already %s; duplicate delivery ignored", analysis_id,
+                         analysis.state)
+            elif analysis.attempts >= settings.ANALYSIS_MAX_RETRIES + 1:
+                # A job that keeps killing its worker (out of memory...) must not loop forever.
+                _analysis_mark_failed(analysis, message=(
+                    f"The analysis was interrupted {analysis.attempts} times (worker lost or "
+                    "timed out); giving up. Check the worker logs, then re-run it."))
+            else:
+                analysis.state = Analysis.State.RUNNING
+                analysis.attempts += 1
+                analysis.started_at = now
+                analysis.worker = worker[:200]
+                claimed.append(analysis)
+        # One UPDATE for the lot (the rows are locked: attempts + 1 matches the objects).
+        Analysis.objects.filter(pk__in=[a.pk for a in claimed]).update(
+            state=Analysis.State.RUNNING, attempts=F("attempts") + 1, started_at=now,
+            worker=worker[:200])
+        for analysis in claimed:
+            analysis_event_publish(analysis=analysis, event="started")
+    return claimed
+
+def _analysis_xray(analysis: Analysis) -> XRay:
+    from core.analysis import check_body_part
+
+    with default_storage.open(analysis.image.file.name, "rb") as handle:
+        data = handle.read()
+    # The header summary was read and stored at upload: only the pixels are needed again.
+    xray = dataclasses.replace(
+        load_xray(data, max_pixels=settings.RADTRIAGE_MAX_PIXELS, read_metadata=False),
+        metadata=dict(analysis.image.dicom_header or {}))
+    check_body_part(xray, condition=analysis.condition)
+    return xray
+
+def _analysis_fail_permanently(analysis: Analysis, exc: Exception) -> Analysis:
+    message = (str(exc) if isinstance(exc, RadTriageError)
+               else "The stored image file is missing; upload it again.")
+    return analysis_fail(analysis_id=analysis.pk, message=message) or analysis
+
+def _analyses_compute_and_store(group: list[tuple[Analysis, XRay]], *, condition: str,
+                                model_id: str) -> list[Analysis]:
+    # Imported here, never at module level: TensorFlow must stay out of the web process.
+    from core.analysis import analyze_xrays
+    from core.model_manager import get_manager
+
+    try:
+        outcomes = analyze_xrays([xray for _, xray in group], condition=condition,
+                                 manager=get_manager(settings.RADTRIAGE_REGISTRY),
+                                 model_id=model_id or None, allow_body_part_mismatch=True)
+    except RadTriageError as exc:  # unknown model, unreadable registry: the same for all
+        return [_analysis_fail_permanently(analysis, exc) for analysis, _ in group]
+    stored: dict[int, str] = {}
+    try:
+        heatmaps_store([(analysis, outcome.heatmap)
+                         for (analysis, _), outcome in zip(group, outcomes, strict=True)], stored)
+        return _analyses_complete(
+            [(analysis, outcome.to_dict(), stored[analysis.pk])
+             for (analysis, _), outcome in zip(group, outcomes, strict=True)])
+    except BaseException:
+        files_delete(list(stored.values()))
+        raise
+
+def _analyses_complete(results: list[tuple[Analysis, dict[str, Any], str]]) -> list[Analysis]:
+    """Store the results in one transaction. A row that a duplicate delivery finished first
+    keeps that result; ours is dropped with its file."""
+    done: list[Analysis] = []
+    finished: list[Analysis] = []
+    with transaction.atomic():
+        rows = {a.pk: a for a in Analysis.objects.select_for_update()
+                .select_related("image__study__patient")
+                .filter(pk__in=[a.pk for a, _, _ in results]).order_by("pk")}
+        old_files: list[str] = []
+        for claimed, outcome, heatmap_name in results:
+            analysis = rows.get(claimed.pk)
+            if analysis is None or analysis.state == Analysis.State.SUCCEEDED:
+                transaction.on_commit(lambda n=heatmap_name: files_delete([n]))
+                done.extend([analysis] if analysis is not None else [])
+                continue
+            old_files.extend(n for n in (analysis.heatmap_raw.name,) if n)
+            _analysis_apply_outcome(analysis, outcome, heatmap_name=heatmap_name)
+            # A row at a time: bulk_update's CASE expressions cost more than the round trips.
+            analysis.save(update_fields=OUTCOME_FIELDS)
+            done.append(analysis)
+            finished.append(analysis)
+        studies_refresh(studies=[a.image.study for a in finished])
+        AuditEvent.objects.bulk_create([
+            audit_event(actor=None, action="analysis.succeeded", patient=a.image.study.patient,
+                        study=a.image.study, obj=a,
+                        detail={"model_id": a.model_id, "is_placeholder": a.is_placeholder})
+            for a in finished
+        ])
+        for analysis in finished:
+            analysis_event_publish(analysis=analysis, event="finished")
+        transaction.on_commit(lambda: files_delete(old_files))
+    return done
+
+OUTCOME_FIELDS = [
+    "state", "probability", "threshold", "positive", "model_id", "model_sha256", "architecture",
+    "is_placeholder", "placeholder_reason", "experimental", "experimental_reason",
+    "gradcam_method", "gradcam_layer", "notes", "heatmap_raw", "error_message", "finished_at",
+    "applicable", "not_applicable_reason", "applicability", "heatmap_peak",
+]
+
+def _analysis_apply_outcome(analysis: Analysis, out: dict[str, Any], *, heatmap_name: str) -> None:
+    analysis.state = Analysis.State.SUCCEEDED
+    analysis.probability = float(out["probability"])
+    analysis.threshold = _float_or_none(out.get("threshold"))
+    analysis.applicable = bool(out.get("applicable", True))
+    analysis.not_applicable_reason = str(out.get("not_applicable_reason") or "")
+    analysis.applicability = dict(out.get("applicability") or {})
+    analysis.heatmap_peak = out.get("heatmap_peak")
+    # Outside the model's population the label means nothing: neither positive nor negative.
+    analysis.positive = bool(out.get("positive")) if analysis.applicable else None
+    analysis.model_id = str(out.get("model_id") or "")[:128]
+    analysis.model_sha256 = str(out.get("model_sha256") or "")[:64]
+    analysis.architecture = str(out.get("architecture") or "")[:32]
+    analysis.is_placeholder = bool(out.get("is_placeholder"))
+    analysis.placeholder_reason = str(out.get("placeholder_reason") or "")
+    analysis.experimental = bool(out.get("experimental"))
+    analysis.experimental_reason = str(out.get("experimental_reason") or "")
+    analysis.gradcam_method = str(out.get("gradcam_method") or "")[:32]
+    analysis.gradcam_layer = str(out.get("gradcam_layer") or "")[:128]
+    analysis.notes = list(out.get("notes") or [])
+    analysis.heatmap_raw.name = heatmap_name
+    analysis.error_message = ""
+    analysis.finished_at = timezone.now()
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+def analysis_fail(*, analysis_id: int, message: str) -> Analysis | None:
+    """Mark an analysis failed with a message the user sees, unless it already ended: a batch
+    job abandoned on a temporary problem must not replace the reason one of its images
+    already failed for (a corrupt file, say) or undo a result."""
+    with transaction.atomic():
+        analysis = (Analysis.objects.select_for_update().select_related("image__study")
+                    .filter(pk=analysis_id).first())
+        if analysis is None or analysis.state in (Analysis.State.SUCCEEDED,
+                                                   Analysis.State.FAILED):
+            return analysis
+        _analysis_mark_failed(analysis, message=message)
+    return analysis
+
+def _analysis_mark_failed(analysis: Analysis, *, message: str) -> None:
+    analysis.state = Analysis.State.FAILED
+    analysis.error_message = message
+    analysis.finished_at = timezone.now()
+    analysis.save(update_fields=["state", "error_message", "finished_at"])
+    study_refresh_status(analysis.image.study)
+    analysis_event_publish(analysis=analysis, event="failed")
+
+def analysis_mark_retrying(*, analysis_id: int, message: str) -> None:
+    """A transient error: the job goes back to queued while its retry waits (backoff)."""
+    with transaction.atomic():
+        updated = Analysis.objects.filter(
+            pk=analysis_id, state__in=[Analysis.State.RUNNING, Analysis.State.QUEUED]
+        ).update(state=Analysis.State.QUEUED, enqueued_at=timezone.now(),
+                 error_message=f"Retrying after a temporary problem: {message}"[:2000])
+        if updated:
+            analysis = Analysis.objects.select_related("image__study").get(pk=analysis_id)
+            analysis_event_publish(analysis=analysis, event="queued")
+
+def analyses_requeue_stuck(*, queued_after: float, running_after: float) -> list[int]:
+    """The sweeper: send again every job the database says is waiting or running for too long.
+
+    A queued row older than `queued_after` lost its broker message (Redis restarted, enqueue
+    failed); a running row older than `running_after` (> the hard time limit) lost its worker.
+    Re-sending is safe because `analyses_run` is idempotent.
+    """
+    now = timezone.now()
+    requeued: list[tuple[int, str]] = []
+    with transaction.atomic():
+        stuck = (
+            Analysis.objects.select_for_update(skip_locked=True)
+            .select_related("image__study")
+            .filter(
+                Q(state=Analysis.State.QUEUED, enqueued_at__lt=now - dt.timedelta(
+                    seconds=queued_after))
+                | Q(state=Analysis.State.QUEUED, enqueued_at__isnull=True)
+                | Q(state=Analysis.State.RUNNING, started_at__lt=now - dt.timedelta(
+                    seconds=running_after))
+            )
+            .order_by("enqueued_at")[:500]
+        )
+        for analysis in stuck:
+            was = analysis.state
+            analysis.state = Analysis.State.QUEUED
+            analysis.enqueued_at = now
+            analysis.requeues += 1
+            analysis.save(update_fields=["state", "enqueued_at", "requeues"])
+            requeued.append((analysis.pk, analysis.queue))
+            log.warning("Re-enqueueing analysis %s (was %s)", analysis.pk, was)
+        by_queue: dict[str, list[int]] = {}
+        for analysis_id, queue in requeued:
+            by_queue.setdefault(queue, []).append(analysis_id)
+        for queue, ids in by_queue.items():
+            transaction.on_commit(
+                lambda q=queue, i=ids: analyses_dispatch(analysis_ids=i, queue=q)
+            )
+    return [analysis_id for analysis_id, _ in requeued]
