@@ -181,6 +181,18 @@ class PopulationModel:
                 f"Population file {path} is not a valid population model ({exc}).") from None
 
 
+def load_population(registry: Any, entry: Any) -> PopulationModel | None:
+    """The population of a registry entry (core.registry Registry, ModelEntry), checksum
+    verified; None when the entry has no "applicability" yet. RegistryError if its file is
+    missing, corrupt or changed."""
+    applicability = entry.raw.get("applicability")
+    if not applicability:
+        return None
+    folder = registry.artifact_path(entry).parent
+    return PopulationModel.load(folder / applicability.get("file", POPULATION_FILE),
+                                sha256=applicability.get("sha256"))
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
