@@ -58,6 +58,8 @@ class Command(BaseCommand):
                             help="add the condition's population (and --inactive-reason) to "
                                  "the registered --model-id and re-render its card")
         parser.add_argument("--inactive-reason", default=None)
+        parser.add_argument("--limitation", action="append", default=None,
+                            help="with --annotate: a limitation stated on the card (repeatable)")
         parser.add_argument("--remove", action="store_true",
                             help="drop the registered (inactive) --model-id from the registry")
         parser.add_argument("--threads", type=int, default=None)
@@ -142,6 +144,8 @@ class Command(BaseCommand):
                 fields: dict[str, Any] = {"population": POPULATIONS.get(entry.condition)}
                 if o["inactive_reason"]:
                     fields["inactive_reason"] = o["inactive_reason"]
+                if o["limitation"]:
+                    fields["limitations"] = list(o["limitation"])
                 annotate_model(registry, o["model_id"], **fields)
                 if o["activate"]:
                     reg = Registry.load(registry)
