@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.conf import settings
@@ -40,6 +41,8 @@ from web.clinical.services import (
     image_upload,
     images_upload_many,
 )
+
+log = logging.getLogger(__name__)
 
 
 def client_ip(request: Any) -> str | None:
@@ -158,7 +161,11 @@ class StudyListView(generics.ListAPIView):
     serializer_class = StudyListSerializer
 
     def get_queryset(self):
-        return selectors.study_worklist(status=self.request.query_params.get("status") or None)
+        status_filter = self.request.query_params.get("status") or None
+        if status_filter is not None and status_filter not in Study.Status.values:
+            raise ValidationError({"status": f"Unknown status; use one of "
+                                             f"{', '.join(Study.Status.values)}."})
+        return selectors.study_worklist(status=status_filter)
 
 
 class StudyDetailView(generics.RetrieveAPIView):
@@ -218,8 +225,11 @@ class AnalysisHeatmapView(APIView):
         try:
             png = (selectors.analysis_heatmap_color_png(analysis=analysis) if kind == "color"
                    else selectors.analysis_heatmap_overlay_png(analysis=analysis, alpha=alpha))
-        except (FileNotFoundError, ValueError, XRayDecodeError) as exc:
-            raise NotFound(f"The heat map of analysis {pk} cannot be drawn: {exc}") from None
+        except (FileNotFoundError, ValueError, XRayDecodeError):
+            # The details (server paths) go to the log, never to the client.
+            log.warning("Heat map of analysis %s cannot be drawn", pk, exc_info=True)
+            raise NotFound(f"The heat map of analysis {pk} cannot be drawn: its stored image "
+                           "or heat-map file is missing or unreadable.") from None
         response = HttpResponse(png, content_type="image/png")
         if kind == "overlay":
             response["Content-Disposition"] = f'inline; filename="analysis-{pk}-overlay.png"'

@@ -14,6 +14,13 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
 
 
+class UnknownPathConsumer(AsyncJsonWebsocketConsumer):
+    """Any other websocket path: refused cleanly at the handshake (not a server error)."""
+
+    async def connect(self) -> None:
+        await self.close(code=CLOSE_NOT_FOUND)
+
+
 class LiveConsumer(AsyncJsonWebsocketConsumer):
     """/ws/worklist/ and /ws/studies/<id>/. Anonymous connections are refused at handshake."""
 
