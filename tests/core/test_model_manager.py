@@ -148,6 +148,23 @@ def test_a_job_time_limit_while_loading_propagates_instead_of_caching_a_placehol
     assert not loaded.is_placeholder and loaded.model_id == "blob-v1"
 
 
+def test_a_restored_artifact_is_served_again_without_a_restart(registry, monkeypatch):
+    import core.model_manager as model_manager
+
+    artifact = registry.parent / "model.keras"
+    good = artifact.read_bytes()
+    manager = ModelManager(registry)
+    artifact.write_bytes(b"corrupted" * 100)
+    assert manager.get(condition="pneumonia").is_placeholder
+    artifact.write_bytes(good)
+    # Within the retry interval the placeholder stays (no re-hash on every job)...
+    assert manager.get(condition="pneumonia").is_placeholder
+    monkeypatch.setattr(model_manager, "PLACEHOLDER_RETRY_SECONDS", 0.0)
+    # ...after it, the next job loads the restored file.
+    loaded = manager.get(condition="pneumonia")
+    assert not loaded.is_placeholder and loaded.model_id == "blob-v1"
+
+
 def test_wrong_checksum_gives_a_flagged_placeholder(registry):
     write_registry(registry, [registry_entry("blob-v1", "model.keras", "0" * 64)],
                    {"pneumonia": "blob-v1"})
