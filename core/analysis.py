@@ -173,7 +173,12 @@ def _recognise(xrays: Sequence[XRay]) -> list[Any]:
 def _feature_distances(loaded: LoadedModel, pooled: np.ndarray | None) -> np.ndarray | None:
     if loaded.population_model is None or pooled is None:
         return None
-    return np.asarray(loaded.population_model.distance(np.asarray(pooled)), dtype=np.float64)
+    try:
+        return np.asarray(loaded.population_model.distance(np.asarray(pooled)),
+                          dtype=np.float64)
+    except ValueError as exc:  # a population file fitted on another layer: say, don't crash
+        log.error("Feature distance unavailable for %s: %s", loaded.model_id, exc)
+        return None
 
 
 def _applicability(xray: XRay, *, loaded: LoadedModel, recognition: Any,

@@ -28,7 +28,7 @@ import numpy as np
 from core.applicability import Population
 from core.calibration import apply_calibration
 from core.conditions import get_condition
-from core.errors import RegistryError
+from core.errors import RadTriageError, RegistryError
 from core.registry import ModelEntry, Registry, sha256_file
 
 log = logging.getLogger(__name__)
@@ -235,18 +235,14 @@ class ModelManager:
 
 
 def _population_model(registry: Registry, entry: ModelEntry) -> Any:
-    """The entry's feature-distance model (registry `applicability.file`, beside the artifact),
-    or None: then results say the feature check was unavailable."""
-    spec = entry.raw.get("applicability") or {}
-    if not spec.get("file"):
-        return None
-    path = registry.artifact_path(entry).parent / str(spec["file"])
-    try:
-        from core.population import PopulationModel
+    """The entry's feature-distance model, or None: then results say the feature check was
+    unavailable (a broken file must not stop the model; it is logged)."""
+    from core.population import load_population
 
-        return PopulationModel.load(path, sha256=spec.get("sha256"))
-    except Exception as exc:  # a broken file must not stop the model: the check says so
-        log.error("Population model %s for %s could not be loaded: %s", path, entry.id, exc)
+    try:
+        return load_population(registry, entry)
+    except RadTriageError as exc:
+        log.error("Population model for %s could not be loaded: %s", entry.id, exc)
         return None
 
 
