@@ -20,6 +20,7 @@ never flagged, never moving a study up the worklist.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -74,7 +75,7 @@ class Population:
             region=str(spec.get("region", "")),
             description=str(spec.get("description", "")),
             recogniser_classes=tuple(spec.get("recogniser_classes") or ()),
-            views=tuple(normalise_body_part(v) for v in spec.get("views") or ()),
+            views=_view_tokens(spec.get("views") or ()),
             age_group=str(spec.get("age_group") or "both"),
             age_range_years=(float(age_range[0]), float(age_range[1])) if age_range else None,
             image_kind=str(spec.get("image_kind") or "full film"),
@@ -199,10 +200,18 @@ def _view_problems(population: Population, metadata: dict[str, Any]) -> list[str
     view = normalise_body_part(str(metadata.get("ViewPosition") or ""))
     if not view or not population.views or view in population.views:
         return []
-    if view in FRONTAL_VIEWS and set(population.views) & FRONTAL_VIEWS:
+    if view in FRONTAL_VIEWS and set(population.views) & (FRONTAL_VIEWS | {"FRONTAL"}):
         return []
-    return [f"the view is {metadata.get('ViewPosition')}, not "
-            f"{'/'.join(population.views)}"]
+    return [f"the view is {metadata.get('ViewPosition')}, not a "
+            f"{'/'.join(population.views).lower()} view"]
+
+
+def _view_tokens(views: Any) -> tuple[str, ...]:
+    """["PA/AP frontal"] -> ("PA", "AP", "FRONTAL"): the registry states views in words."""
+    tokens: list[str] = []
+    for view in views:
+        tokens.extend(t for t in re.split(r"[^A-Za-z0-9]+", str(view).upper()) if t)
+    return tuple(dict.fromkeys(tokens))
 
 
 def region_of_body_part(body_part: str) -> str:

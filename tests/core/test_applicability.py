@@ -8,7 +8,7 @@ from core.recognition import Recognition
 
 CHILD_CHEST = Population.from_entry({"population": {
     "region": "chest", "description": "Children's frontal chest films (Guangzhou, ages 1-5)",
-    "recogniser_classes": ["chest_child"], "views": ["PA", "AP"], "age_group": "children",
+    "recogniser_classes": ["chest_child"], "views": ["AP/PA frontal"], "age_group": "children",
     "age_range_years": [1, 5]}})
 KNEE_CROP = Population.from_entry({"population": {
     "region": "knee", "description": "CLAHE knee joint crops of adults (OAI)",
@@ -72,6 +72,9 @@ def test_the_header_body_part_decides_and_a_disagreeing_recogniser_is_noted() ->
 def test_a_lateral_view_is_outside_a_frontal_population() -> None:
     result = check(CHILD_CHEST, seen("chest_child", "chest"), {"ViewPosition": "LL"})
     assert not result.applicable and "view is LL" in result.reason
+    for frontal in ("PA", "AP"):
+        assert check(CHILD_CHEST, seen("chest_child", "chest"),
+                     {"ViewPosition": frontal}).applicable
 
 
 def test_a_full_knee_film_is_outside_the_joint_crop_model() -> None:
