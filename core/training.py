@@ -680,6 +680,10 @@ def train_model(
     # ---- finish: best weights, BatchNorm statistics, calibration, threshold, evaluation
     if (ckpt_dir / "best.weights.h5").is_file():
         model.load_weights(ckpt_dir / "best.weights.h5")
+    if stages:
+        # A run resumed only to finish never passed through set_trainable: without this, the
+        # frozen ImageNet BatchNorm statistics of the backbone would be re-estimated below.
+        set_trainable(model, stages[-1].trainable, freeze_backbone_bn=pretrained)
     n_bn = reestimate_batchnorm(model, train.x, max_images=config.bn_reestimate_images,
                                 seed=config.seed)
     log(f"re-estimated statistics of {n_bn} BatchNorm layer(s) on clean training images")
