@@ -29,7 +29,7 @@ import numpy as np
 
 from core.errors import RadTriageError
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 THUMB_SIZE = 128
 CLASSES: tuple[str, ...] = ("chest_child", "chest_adult", "knee_crop", "knee_film", "limb")
 REGION_OF: dict[str, str] = {
@@ -62,8 +62,8 @@ class Recognition:
     population: one of CLASSES, or "unrecognised" (far from all, or no class probable enough).
     probabilities: per class (keys = CLASSES), summing to 1.
     age_group: "children" | "adults" when population is a chest class, else None.
-    distance: how far the image is from the nearest training class, as a fraction of the
-        cut-off (above 1.0 = out of distribution).
+    distance: how far the image's appearance statistics are from the nearest training class,
+        in units of that class's cut-off (above 1.0 = out of distribution, "unrecognised").
     """
 
     region: str
@@ -96,17 +96,16 @@ def thumbnail(pixels: np.ndarray) -> tuple[np.ndarray, float]:
     """Any-size grayscale image -> (128x128 uint8 thumbnail, log(width / height)).
 
     pixels: (H, W) uint8, 0 = black (core.imaging.XRay.pixels); (H, W, 3|4) is read as its
-    luminance and other dtypes are clipped to 0..255. Large images are first subsampled by an
-    integer stride (keeping at least ~256 px per side): an exact area resize of a 4000x4000
-    film would take milliseconds, and at 128 px the difference does not matter.
+    luminance and other dtypes are clipped to 0..255. Images larger than 256 px are first
+    sampled down to 256x256 (nearest pixel), then area-averaged to 128x128: an exact area resize
+    of a 4000x4000 film costs milliseconds, and at 128 px the difference does not matter.
     """
     image = _as_gray_uint8(pixels)
     h, w = image.shape
     if h == 0 or w == 0:  # nothing to see: a flat thumbnail, which the recogniser rejects
         return np.zeros((THUMB_SIZE, THUMB_SIZE), np.uint8), 0.0
-    step = max(1, min(h, w) // (2 * THUMB_SIZE))
-    if step > 1:
-        image = np.ascontiguousarray(image[::step, ::step])
+    if max(h, w) > 2 * THUMB_SIZE:
+        image = cv2.resize(image, (2 * THUMB_SIZE, 2 * THUMB_SIZE), interpolation=cv2.INTER_NEAREST)
     small = cv2.resize(image, (THUMB_SIZE, THUMB_SIZE), interpolation=cv2.INTER_AREA)
     return small, float(np.log(w / h))
 
@@ -131,16 +130,16 @@ def thumbnail_features(thumb: np.ndarray, log_aspect: float) -> np.ndarray:
     brightness alone should not decide the class.
     """
     t64 = cv2.resize(thumb, (64, 64), interpolation=cv2.INTER_AREA)
-    t32 = cv2.resize(t64, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
-    mean, spread = float(t32.mean()), float(t32.std())
-    picture = (t32 - mean) / (spread + 4.0)
+    t32 = cv2.resize(t64, (32, 32), interpolation=cv2.INTER_AREA)
+    mean, spread = (float(v[0, 0]) for v in cv2.meanStdDev(t32))
+    picture = (t32.astype(np.float32) - mean) / (spread + 4.0)
     f64 = t64.astype(np.float32)
     gx = cv2.Sobel(f64, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(f64, cv2.CV_32F, 0, 1, ksize=3)
     magnitude = cv2.resize(cv2.magnitude(gx, gy), (16, 16), interpolation=cv2.INTER_AREA)
-    edge_level = float(magnitude.mean())
+    edge_level = cv2.mean(magnitude)[0]
     edges = magnitude / (edge_level + 8.0)
-    counts = np.bincount((t64 >> 4).ravel(), minlength=16) / t64.size
+    counts = cv2.calcHist([t64], [0], None, [16], [0, 256]).ravel() / t64.size
     # sqrt: a histogram's big bins would otherwise swamp the small, telling ones
     histogram = np.sqrt(counts)
     statistics = appearance_statistics(thumb, t32, counts, mean=mean, spread=spread,
@@ -151,33 +150,29 @@ def thumbnail_features(thumb: np.ndarray, log_aspect: float) -> np.ndarray:
 def appearance_statistics(thumb: np.ndarray, t32: np.ndarray, counts: np.ndarray, *, mean: float,
                           spread: float, edge_level: float, log_aspect: float) -> np.ndarray:
     """A few numbers every radiograph keeps in a narrow range, whatever the body part: some
-    contrast, neighbouring pixels strongly correlated (anatomy is smooth at 128 px), a spread
-    of grey levels. Blank frames, noise and patterns fall outside: the out-of-distribution
-    distance is computed on these alone."""
-    t128 = thumb.astype(np.float32)
-    entropy = -float(np.sum(counts * np.log(np.maximum(counts, 1e-12))))
+    contrast, neighbouring pixels nearly alike (anatomy is smooth at 128 px), a spread of grey
+    levels. Blank frames, noise and patterns fall outside: the out-of-distribution distance is
+    computed on these alone."""
+    entropy = -float(counts @ np.log(np.maximum(counts, 1e-12)))
     return np.array([
         mean / 64.0,
         np.log(spread + 0.5),
         np.log1p(edge_level) / 2.0,
         float(np.clip(log_aspect, -1.5, 1.5)),
-        _neighbour_correlation(t32),
-        _neighbour_correlation(t128),
+        _roughness(t32, spread),
+        _roughness(thumb, float(cv2.meanStdDev(thumb)[1][0, 0])),
         entropy,
         np.sqrt(counts[0]),
         np.sqrt(counts[-1]),
     ], dtype=np.float32)
 
 
-def _neighbour_correlation(image: np.ndarray) -> float:
-    """Mean correlation of horizontally and vertically adjacent pixels (0 for a flat image)."""
-    centred = image - image.mean()
-    energy = float(np.sum(centred * centred))
-    if energy < 1e-3 * image.size:
-        return 0.0
-    across = float(np.sum(centred[:, 1:] * centred[:, :-1]))
-    down = float(np.sum(centred[1:, :] * centred[:-1, :]))
-    return (across + down) / (2.0 * energy)
+def _roughness(image: np.ndarray, spread: float) -> float:
+    """Mean absolute difference of adjacent pixels relative to the image's spread: near 0 for
+    smooth anatomy, about 1 for noise, 0 for a flat frame. uint8 image, spread = its std."""
+    across = cv2.absdiff(image[:, 1:], image[:, :-1])
+    down = cv2.absdiff(image[1:, :], image[:-1, :])
+    return (cv2.mean(across)[0] + cv2.mean(down)[0]) / (2.0 * spread + 1.0)
 
 
 N_STATISTICS = 9
@@ -205,7 +200,7 @@ class Recogniser:
                        for i in range(n_layers)]
         self.statistics_means = arrays["statistics_means"].astype(np.float32)  # (C, S)
         self.statistics_precisions = arrays["statistics_precisions"].astype(np.float32)  # (C, S, S)
-        self.distance_cutoff = float(arrays["distance_cutoff"])
+        self.distance_cutoffs = arrays["distance_cutoffs"].astype(np.float32)  # (C,)
         self.min_region_confidence = float(arrays["min_region_confidence"])
         self.min_population_confidence = float(arrays["min_population_confidence"])
         self._check()
@@ -225,8 +220,8 @@ class Recogniser:
         if (self.statistics_means.shape != (len(CLASSES), N_STATISTICS)
                 or self.statistics_precisions.shape != (len(CLASSES), N_STATISTICS, N_STATISTICS)):
             raise ValueError("appearance-statistics arrays have inconsistent shapes")
-        if not self.distance_cutoff > 0:
-            raise ValueError(f"distance cut-off {self.distance_cutoff} is not positive")
+        if self.distance_cutoffs.shape != (len(CLASSES),) or not np.all(self.distance_cutoffs > 0):
+            raise ValueError("distance cut-offs must be one positive number per class")
 
     @classmethod
     def load(cls, path: str | Path) -> Recogniser:
@@ -261,27 +256,35 @@ class Recogniser:
         return (np.atleast_2d(features).astype(np.float32) - self.feature_mean) / self.feature_scale
 
     def probabilities(self, standardised: np.ndarray) -> np.ndarray:
-        """(N, F) standardised features -> (N, C) softmax probabilities (ReLU hidden layers)."""
-        activation = standardised
+        """(N, F) standardised features -> (N, C) softmax probabilities (ReLU hidden layers).
+
+        One image (a vector-matrix product) at a time on purpose: for a batch, OpenBLAS starts
+        its thread pool, and on a busy 2-core web host that cost 10-100x the arithmetic.
+        """
+        logits = np.stack([self._logits(row) for row in standardised])
+        logits = logits - logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def _logits(self, activation: np.ndarray) -> np.ndarray:
         for index, (weight, bias) in enumerate(self.layers):
             activation = activation @ weight + bias
             if index < len(self.layers) - 1:
                 activation = np.maximum(activation, 0.0)
-        activation = activation - activation.max(axis=1, keepdims=True)
-        exp = np.exp(activation)
-        return exp / exp.sum(axis=1, keepdims=True)
+        return activation
 
     def distances(self, standardised: np.ndarray) -> np.ndarray:
         """(N, F) standardised features -> (N,) distance from the training classes / cut-off.
 
-        The Mahalanobis distance of the appearance statistics to the nearest class's Gaussian,
-        divided by the cut-off set on validation: above 1.0 the image is out of distribution.
+        The Mahalanobis distance of the appearance statistics to each class's Gaussian, divided
+        by that class's cut-off (the 99th percentile of its own validation images), nearest class
+        taken: above 1.0 the image is out of distribution.
         (A Mahalanobis distance in a PCA of all features was tried and dropped: it put the
         real tibia DICOM as far from the training films as a photograph.)
         """
         statistics = standardised[:, -N_STATISTICS:]
-        return _nearest_mahalanobis(statistics, self.statistics_means,
-                                    self.statistics_precisions) / self.distance_cutoff
+        per_class = _mahalanobis(statistics, self.statistics_means, self.statistics_precisions)
+        return (per_class / self.distance_cutoffs).min(axis=1)
 
     # ----------------------------------------------------------------- public
 
@@ -318,13 +321,13 @@ class Recogniser:
                            age_group=AGE_GROUP_OF.get(population), distance=distance)
 
 
-def _nearest_mahalanobis(points: np.ndarray, means: np.ndarray, precisions: np.ndarray) -> np.ndarray:
-    """(N, D) points, (C, D) means, (C, D, D) precisions -> (N,) distance to the nearest class."""
+def _mahalanobis(points: np.ndarray, means: np.ndarray, precisions: np.ndarray) -> np.ndarray:
+    """(N, D) points, (C, D) means, (C, D, D) precisions -> (N, C) distances to each class."""
     squared = np.empty((points.shape[0], means.shape[0]), np.float32)
     for index, (mean, precision) in enumerate(zip(means, precisions, strict=True)):
         centred = points - mean
         squared[:, index] = np.sum((centred @ precision) * centred, axis=1)
-    return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
+    return np.sqrt(np.maximum(squared, 0.0))
 
 
 _default: Recogniser | None = None
