@@ -18,7 +18,6 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 from django.db import transaction
-from django.urls import reverse
 
 from web.clinical.models import Analysis
 
@@ -37,43 +36,12 @@ def study_group(study_id: int) -> str:
 
 
 def analysis_payload(analysis: Analysis) -> dict[str, Any]:
-    """What a page needs to redraw one analysis without asking the server again."""
-    image = analysis.image
-    study = image.study
-    has_heatmap = bool(analysis.heatmap_raw)
-    return {
-        "id": analysis.pk,
-        "image_id": image.pk,
-        "study_id": study.pk,
-        "study_status": study.status,
-        "condition": analysis.condition,
-        "state": analysis.state,
-        "probability": analysis.probability,
-        "threshold": analysis.threshold,
-        "positive": analysis.positive,
-        "is_finding": analysis.is_finding,
-        "model_id": analysis.model_id,
-        "model_sha256": analysis.model_sha256,
-        "is_placeholder": analysis.is_placeholder,
-        "placeholder_reason": analysis.placeholder_reason,
-        "experimental": analysis.experimental,
-        "experimental_reason": analysis.experimental_reason,
-        "warnings": analysis.warnings,
-        "applicable": analysis.applicable,
-        "not_applicable_reason": analysis.not_applicable_reason,
-        "heatmap_peak": analysis.heatmap_peak,
-        "error_message": analysis.error_message,
-        "attempts": analysis.attempts,
-        "heatmap_url": (reverse("api:analysis-heatmap", args=[analysis.pk])
-                        if has_heatmap else None),
-        "heatmap_raw_url": (reverse("api:analysis-heatmap", args=[analysis.pk]) + "?kind=raw"
-                            if analysis.heatmap_raw else None),
-        "image_thumbnail_url": (reverse("api:image-thumbnail", args=[image.pk])
-                                if image.thumbnail else None),
-        "gradcam_method": analysis.gradcam_method,
-        "gradcam_layer": analysis.gradcam_layer,
-        "finished_at": analysis.finished_at.isoformat() if analysis.finished_at else None,
-    }
+    """What a page needs to redraw one analysis without asking the server again: the API's
+    own representation (one shape of a result everywhere), plus where it belongs."""
+    from web.api.serializers import AnalysisSerializer
+
+    return {**AnalysisSerializer(analysis).data, "image_id": analysis.image_id,
+            "study_status": analysis.image.study.status}
 
 
 def analysis_event_publish(*, analysis: Analysis, event: str) -> None:
