@@ -6,6 +6,7 @@ With DEBUG off, a missing production setting stops start-up with a clear message
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 
@@ -53,6 +54,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "channels",
+    "axes",  # login throttling on every login path
     "web.engine",
     "web.clinical",
     "web.api",
@@ -67,7 +69,23 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a lockout into its response
 ]
+
+# Login throttling (django-axes) on the login page, the admin and the API token endpoint: after
+# RADTRIAGE_LOGIN_FAILURE_LIMIT wrong passwords for one user from one address, that pair is
+# locked out for RADTRIAGE_LOGIN_COOLOFF_MINUTES (a 429 that says so), even with the right one.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = int(os.environ.get("RADTRIAGE_LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = dt.timedelta(minutes=float(os.environ.get("RADTRIAGE_LOGIN_COOLOFF_MINUTES",
+                                                              "15")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "web.lockout.lockout_response"
+AXES_VERBOSE = False
 
 ROOT_URLCONF = "web.urls"
 WSGI_APPLICATION = "web.wsgi.application"

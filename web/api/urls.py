@@ -1,6 +1,5 @@
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.permissions import AllowAny
 
 from web.api import errors, views
@@ -12,7 +11,7 @@ urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny]), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema",
                                                  permission_classes=[AllowAny]), name="docs"),
-    path("auth/token/", obtain_auth_token, name="token"),
+    path("auth/token/", views.TokenView.as_view(), name="token"),
     path("uploads/", views.UploadView.as_view(), name="upload"),
     path("uploads/batch/", views.BulkUploadView.as_view(), name="upload-batch"),
     path("studies/", views.StudyListView.as_view(), name="study-list"),

@@ -6,10 +6,13 @@ import logging
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.signals import user_logged_in
 from django.db import transaction
 from django.http import FileResponse, HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers, status
+from rest_framework.authtoken.models import Token
+from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
@@ -296,3 +299,20 @@ class AnnotationCreateView(generics.CreateAPIView):
             audit_record(actor=self.request.user, action="annotation.create",
                          patient=study.patient, study=study, obj=annotation,
                          ip_address=client_ip(self.request))
+
+
+class TokenView(ObtainAuthToken):
+    """POST username + password -> the user's API token. Throttled like every login path."""
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        # django-axes marks a locked-out attempt on the request it is given: give it Django's
+        # own request (not DRF's wrapper), so its middleware answers 429 with the reason.
+        return {**super().get_serializer_context(), "request": self.request._request}
+
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        response = super().post(request, *args, **kwargs)
+        if response.status_code == status.HTTP_200_OK:
+            # A token login is a login: the failure count starts again, last_login is kept.
+            user = Token.objects.get(key=response.data["token"]).user
+            user_logged_in.send(sender=type(user), request=request._request, user=user)
+        return response
