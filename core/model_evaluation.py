@@ -101,7 +101,8 @@ def table1(registry_path: str | Path) -> str:
             cells.append(f"{paper_acc:.1f}" if paper_acc is not None else "-")
         rows.append("| " + " | ".join(cells) + " |")
     rows.append("\n* experimental model (see its card). Accuracy at each model's registered "
-                "threshold (validation sensitivity >= 0.90), not at 0.5. The paper's numbers are "
+                "threshold (see its threshold_rule: validation sensitivity >= 0.90, with a margin for "
+                "models evaluated since the exact-interval rule), not at 0.5. The paper's numbers are "
                 "on its own data and are not directly comparable.")
     return "\n".join(rows)
 
