@@ -13,8 +13,8 @@ For every model:
   a hit is the map's hottest point inside any of that film's boxes.
 
 --choose picks the layer on the VALIDATION boxes (highest hit rate among layers that beat the
-default, the maps the head pools, beyond chance: paired exact McNemar p < 0.05; else the default)
-and reports it on --split (test).
+layer core.gradcam serves by default, or the first --layer, beyond chance: paired exact McNemar
+p < 0.05; else that default) and reports it on --split (test).
 --write stores that test figure as metrics.test.pointing_game and sets gradcam_layer in the
 model's registry entry (and re-renders its card). Figures go to stdout and, as JSON, to
 bench/out/pointing_game-<model>.json (never committed).
@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-# Layers worth trying, coarse to fine (grid at 128 / 224 px input). The first one is what
-# core.gradcam uses by default: the maps the head pools.
+# Layers worth trying, coarse to fine (grid at 128 / 224 px input). core.gradcam's default for
+# the model is always tried first, as the reference (the maps the head pools are the first here).
 CANDIDATES: dict[str, tuple[str, ...]] = {
     "mobilenetv2": (
         "out_relu",  # 4x4 / 7x7
@@ -119,9 +119,11 @@ def evaluate_model(loaded: Any, args: argparse.Namespace) -> dict[str, Any]:
     boxes_csv = data / "fracture_boxes.csv"
     if loaded.condition != "fracture" or not boxes_csv.is_file():
         return report
-    layers = args.layer or [name for name in CANDIDATES.get(loaded.architecture, ())
-                            if has_layer(loaded.keras_model, name)]
-    layers = layers or [None]
+    # The first layer is the reference the others must beat: the one served by default.
+    default = "/".join(default_layer_path(loaded.keras_model))
+    layers = args.layer or [default] + [
+        name for name in CANDIDATES.get(loaded.architecture, ())
+        if has_layer(loaded.keras_model, name) and name != default.split("/")[-1]]
     splits = ["val", args.split] if args.choose and args.split != "val" else [args.split]
     results: dict[str, dict[str, Any]] = {}
     for split in splits:
@@ -140,6 +142,12 @@ def evaluate_model(loaded: Any, args: argparse.Namespace) -> dict[str, Any]:
               f"{chosen_share['fallbacks']}/{chosen_share['confident']} = "
               f"{chosen_share['share']:.3f}")
     return report
+
+
+def default_layer_path(model: Any) -> list[str]:
+    from core.gradcam import default_layer_path as served_default
+
+    return served_default(model)
 
 
 def has_layer(model: Any, name: str) -> bool:

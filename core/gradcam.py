@@ -6,11 +6,12 @@ features and the score. One compiled call (tf.function) runs the forward pass un
 GradientTape and differentiates the positive-class logit with respect to the feature maps; the
 gradient only runs back through the head, so the whole call costs about one forward pass.
 
-Which feature maps. By default the ones the head's GlobalAveragePooling2D reads (MobileNetV2's
-`out_relu`, DenseNet121's `relu`): Grad-CAM's weights are the pooled gradients of exactly these
-maps, and the head's BatchNorm holds their population mean. Models without a pooling layer use
-their last convolutional layer. A registry `gradcam_layer` ("backbone/layer" or just the layer
-name) overrides the default; bench/pointing_game.py chooses it by measured localisation.
+Which feature maps. A registry `gradcam_layer` ("backbone/layer" or just the layer name), else the
+layer measured for the backbone (MEASURED_LAYERS: MobileNetV2's `block_13_expand_relu`, 8x8 at
+128 px instead of 4x4, chosen on validation images), else the maps the head's
+GlobalAveragePooling2D reads (DenseNet121's `relu`): Grad-CAM's weights are the pooled gradients
+of exactly these maps, and the head's BatchNorm holds their population mean. Models without a
+pooling layer use their last convolutional layer. bench/pointing_game.py measures the layers.
 
 Why the reference. RadTriage's head is GAP -> BatchNorm -> Dense+ReLU -> Dropout -> Dense. The
 BatchNorm subtracts its moving mean mu from the pooled features, so the evidence a location adds
@@ -18,7 +19,9 @@ to the logit is sum_k w_k (A_k(x, y) - mu_k), not sum_k w_k A_k: when the eviden
 channel k than the average film", plain Grad-CAM is negative everywhere and the map came out
 empty (19% of the pneumonia model's confident positives at its pre-BN `Conv_1`, falling back to an
 activation map). At the pooled maps the map is measured against mu; at other depths no
-population reference is known and plain Grad-CAM is used.
+population reference is known and plain Grad-CAM is used. At every depth the pattern that
+position alone produces (a blank film's maps, zero-mean per channel: padding artefacts at the
+edges and corners) is subtracted too, so a map shows what differs in THIS film.
 
 If gradients are unavailable (a graph that hides them) or the Grad-CAM map is still empty, an
 activation map (mean absolute activation) is returned instead, and the method says so. A map is
@@ -116,8 +119,27 @@ def pooled_maps_path(model: Any, pooling: Any) -> list[str]:
     return [*path, operation.name]
 
 
+# Grad-CAM layer per backbone (the nested model's name in core.architectures), chosen on
+# VALIDATION images (bench/pointing_game.py). A registry `gradcam_layer` still wins.
+MEASURED_LAYERS: dict[str, str] = {
+    # 8x8 at 128 px, 14x14 at 224 px, instead of the pooled 4x4 / 7x7 out_relu. On the fracture
+    # val boxes no MobileNetV2 layer beat another beyond chance (the fracture model does not
+    # localise: 2-6% hits, centre 6%); on val positives of the four 128 px models it kept the
+    # heat off the image border (outer band, 44% of the area: pneumonia 0.46 -> 0.23,
+    # cardiomegaly 0.34 -> 0.15, knee OA 0.51 -> 0.43, fracture 0.39 -> 0.50) with no
+    # activation-map fallback on any confident positive.
+    "mobilenetv2": "block_13_expand_relu",
+}
+
+
 def default_layer_path(model: Any) -> list[str]:
-    """The maps the head pools (where the BN reference lives), else the last conv layer."""
+    """The measured layer of a known backbone; else the maps the head pools (where the BN
+    reference lives); else the last conv layer."""
+    for layer in model.layers:
+        if _is_container(layer) and layer.name in MEASURED_LAYERS:
+            path = [layer.name, MEASURED_LAYERS[layer.name]]
+            if _search_layer(layer, path[1]) == path[1:]:
+                return path
     pooling = find_pooling_layer(model)
     if pooling is not None and len(pooling.input.shape) == 4:
         return pooled_maps_path(model, pooling)
@@ -241,7 +263,8 @@ def _final_sigmoid_dense(model: Any) -> Any | None:
 class GradCam:
     """Prediction + heatmap in one compiled call. Thread-safe for inference; never mutates model."""
 
-    def __init__(self, model: Any, *, layer: str | None = None, method: str = "auto") -> None:
+    def __init__(self, model: Any, *, layer: str | None = None, method: str = "auto",
+                 position_reference: bool = True) -> None:
         import tensorflow as tf
 
         if method not in ("auto", METHOD_GRADCAM, METHOD_ACTIVATION):
@@ -258,18 +281,32 @@ class GradCam:
         self._fs_model = build_tap_model(
             model, [self.path, pooled_path], pre_activation=self._final is not None
         )
-        self._reference = self._population_reference(model, pooling)
-        height, width = model.input_shape[1:3]
+        height, width, channels = model.input_shape[1:4]
         self.input_size = (int(height), int(width))
-        spec = tf.TensorSpec([None, height, width, model.input_shape[3]], tf.float32)
+        self._level = self._population_level(model, pooling)
+        self._pattern = self._position_pattern(channels) if position_reference else None
+        spec = tf.TensorSpec([None, height, width, channels], tf.float32)
         self._compiled = tf.function(self._step, input_signature=[spec], reduce_retracing=True)
 
-    def _population_reference(self, model: Any, pooling: Any | None) -> Any | None:
+    def _population_level(self, model: Any, pooling: Any | None) -> Any | None:
         """The head BN's moving mean when the target maps are the ones it normalises (pooled)."""
         if pooling is None or self.path != pooled_maps_path(model, pooling):
             return None
         head_bn = find_head_batchnorm(model, pooling)
         return None if head_bn is None else head_bn.moving_mean  # read live, never assigned
+
+    def _position_pattern(self, channels: int) -> np.ndarray:
+        """What position alone does to the target maps: a blank (black) film's maps minus their
+        spatial mean, float32 (1, h, w, k).
+
+        Zero padding and the stride-2 layers' one-sided padding give every film the same
+        hot corners and edges (the knee OA maps were hottest in the top-left corner on every
+        film, the joint space cold). Such a pattern cannot tell one film from another, so it
+        is not evidence about this film; subtracting it leaves each channel's spatial mean, and
+        so the evidence summed over the map, unchanged."""
+        blank = np.zeros((1, *self.input_size, int(channels)), np.float32)
+        features = np.asarray(self._fs_model(blank, training=False)[0], np.float32)
+        return features - features.mean(axis=(1, 2), keepdims=True)
 
     def _step(self, images: Any) -> tuple[Any, Any, Any, Any]:
         import tensorflow as tf
@@ -296,8 +333,10 @@ class GradCam:
         else:
             weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
             evidence = features
-            if self._reference is not None:
-                evidence = features - tf.cast(self._reference, features.dtype)
+            if self._level is not None:
+                evidence = evidence - tf.cast(self._level, features.dtype)
+            if self._pattern is not None:
+                evidence = evidence - self._pattern
             cam = _normalise(tf.nn.relu(tf.reduce_sum(weights * evidence, axis=-1)))
             empty = tf.reduce_max(cam, axis=(1, 2)) <= 0.0
             if self.method == METHOD_GRADCAM:

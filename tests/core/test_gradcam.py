@@ -205,6 +205,65 @@ def test_a_confident_positive_made_by_the_bn_offset_gets_gradcam_on_the_spot():
         assert heat[spot].min() > 0.9 and heat[far].max() < 0.1  # hot on the spot, cold off it
 
 
+def padded_spot_model(mu: float) -> object:
+    """Features = 3x3 local mean of the film in [-1, 1] (as MobileNetV2 rescales), zero-padded:
+    every film gets warmer edges and corners from the padding alone. Positive = brighter than
+    the average film (head BN mean mu)."""
+    import keras
+
+    backbone_in = keras.Input((DARK_SIZE, DARK_SIZE, 3))
+    x = keras.layers.Rescaling(2.0, offset=-1.0)(backbone_in)
+    x = keras.layers.Conv2D(1, 3, padding="same", name="conv_last")(x)
+    x = keras.layers.Activation("linear", name="out_maps")(x)
+    backbone = keras.Model(backbone_in, x, name="tiny_backbone")
+    inputs = keras.Input((DARK_SIZE, DARK_SIZE, 3))
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(backbone(inputs))
+    h = keras.layers.BatchNormalization(name="head_bn")(h)
+    h = keras.layers.Dense(1, activation="relu", name="head_dense_0")(h)
+    out = keras.layers.Dense(1, activation="sigmoid", name="probability")(h)
+    model = keras.Model(inputs, out)
+    backbone.get_layer("conv_last").set_weights([np.full((3, 3, 3, 1), 1 / 27, "float32"),
+                                                 np.zeros(1, "float32")])
+    model.get_layer("head_bn").set_weights([np.ones(1), np.zeros(1), np.full(1, mu), np.ones(1)])
+    model.get_layer("head_dense_0").set_weights([np.full((1, 1), 100.0), np.zeros(1)])
+    model.get_layer("probability").set_weights([np.ones((1, 1)), np.zeros(1)])
+    return model
+
+
+def test_padding_artefacts_common_to_every_film_do_not_warm_the_corners():
+    model = padded_spot_model(mu=-0.9)
+    films, centres = dark_spot_films(4)
+    films = 1.0 - 2.0 * films  # bright spot (1.0) on a black film (0.0)
+    films = np.clip(films, 0.0, 1.0)
+    corners = (slice(0, 2), slice(0, 2)), (slice(0, 2), slice(-2, None)), \
+        (slice(-2, None), slice(0, 2)), (slice(-2, None), slice(-2, None))
+    result = GradCam(model)(films)
+    assert (result.probabilities > 0.99).all() and set(result.methods) == {METHOD_GRADCAM}
+    for heat, (r, c) in zip(result.heatmaps, centres, strict=True):
+        assert heat[r, c] > 0.9
+        assert max(heat[rs, cs].max() for rs, cs in corners) < 0.05
+    # Without the blank-film reference the padding alone paints the corners.
+    plain = GradCam(model, position_reference=False)(films)
+    assert min(max(h[rs, cs].max() for rs, cs in corners) for h in plain.heatmaps) > 0.15
+
+
+def test_a_mobilenetv2_backbone_gets_its_measured_finer_layer_and_1280_pooled_features():
+    import keras
+
+    from core.architectures import build_model
+    from core.gradcam import MEASURED_LAYERS
+
+    model = build_model("mobilenetv2", input_size=(64, 64), seed=0)
+    images = np.random.default_rng(1).random((2, 64, 64, 3)).astype("float32")
+    result = GradCam(model)(images)
+    assert result.layer == f"mobilenetv2/{MEASURED_LAYERS['mobilenetv2']}"
+    assert result.heatmaps.shape == (2, 64, 64) and np.isfinite(result.heatmaps).all()
+    gap = keras.Model(model.inputs, model.get_layer("gap").output)
+    np.testing.assert_allclose(result.pooled, gap.predict(images, verbose=0), rtol=1e-4,
+                               atol=1e-5)
+    assert result.pooled.shape == (2, 1280)
+
+
 def test_the_trained_models_confident_positives_get_gradcam(blob_model, positives):
     images, _ = positives
     result = GradCam(blob_model)(images)
