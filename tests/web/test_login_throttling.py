@@ -3,6 +3,8 @@ even the right password is refused for a while, with a message that says so."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
@@ -44,3 +46,30 @@ def test_a_successful_login_before_the_limit_starts_the_count_again(db, radiolog
     for i in range(LIMIT - 1):
         assert _token_login(f"again-{i}").status_code == 400
     assert _token_login("pw-radiologist").status_code == 200
+
+
+def test_an_expired_token_is_refused_and_logging_in_again_issues_a_new_one(db, radiologist,
+                                                                          settings) -> None:
+    from rest_framework.authtoken.models import Token
+
+    old = _token_login("pw-radiologist").json()["token"]
+    Token.objects.filter(key=old).update(created=Token.objects.get(key=old).created
+                                         - dt.timedelta(hours=200))
+    settings.RADTRIAGE_TOKEN_TTL_HOURS = 168
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {old}")
+    refused = client.get("/api/studies/")
+    new = _token_login("pw-radiologist").json()["token"]
+    client.credentials(HTTP_AUTHORIZATION=f"Token {new}")
+
+    assert refused.status_code == 401 and "expired" in refused.json()["error"]
+    assert new != old and client.get("/api/studies/").status_code == 200
+
+
+def test_a_token_can_be_revoked(db, radiologist) -> None:
+    token = _token_login("pw-radiologist").json()["token"]
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+
+    assert client.delete("/api/auth/token/").status_code == 204
+    assert client.get("/api/studies/").status_code == 401

@@ -20,6 +20,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.errors import XRayDecodeError
+from web.api.authentication import token_expired
 from web.api.serializers import (
     PRIORITIES,
     AnalysisSerializer,
@@ -310,9 +311,21 @@ class TokenView(ObtainAuthToken):
         return {**super().get_serializer_context(), "request": self.request._request}
 
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        response = super().post(request, *args, **kwargs)
-        if response.status_code == status.HTTP_200_OK:
-            # A token login is a login: the failure count starts again, last_login is kept.
-            user = Token.objects.get(key=response.data["token"]).user
-            user_logged_in.send(sender=type(user), request=request._request, user=user)
-        return response
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        user = serializer.validated_data["user"]
+        token, _ = Token.objects.get_or_create(user=user)
+        if token_expired(token):  # an expired token is replaced, never handed out again
+            token.delete()
+            token = Token.objects.create(user=user)
+        # A token login is a login: the failure count starts again, last_login is kept.
+        user_logged_in.send(sender=type(user), request=request._request, user=user)
+        return Response({"token": token.key})
+
+    def delete(self, request: Request) -> Response:
+        """Revoke the token this request authenticated with (or the user's token)."""
+        if not request.user.is_authenticated:
+            return Response({"error": "Log in (or send the token) to revoke it."},
+                            status=status.HTTP_401_UNAUTHORIZED)
+        Token.objects.filter(user=request.user).delete()
+        return Response(status=status.HTTP_204_NO_CONTENT)
