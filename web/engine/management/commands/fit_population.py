@@ -29,6 +29,8 @@ class Command(BaseCommand):
         parser.add_argument("--registry", default=str(settings.RADTRIAGE_REGISTRY))
         parser.add_argument("--max-train", type=int, default=3000)
         parser.add_argument("--max-other-val", type=int, default=300)
+        parser.add_argument("--max-other-test", type=int, default=None,
+                            help="a seeded random subset of each other population's test images")
         parser.add_argument("--pass-rate", type=float, default=0.97)
         parser.add_argument("--margin", type=float, default=0.015)
         parser.add_argument("--cache-dir", default=str(Path(settings.BASE_DIR) / "var" / "cache"))
@@ -56,7 +58,8 @@ class Command(BaseCommand):
             try:
                 reports.append(fit_population_for_model(
                     model_id, o["registry"], o["data_root"], max_train=o["max_train"],
-                    max_other_val=o["max_other_val"], pass_rate=o["pass_rate"],
+                    max_other_val=o["max_other_val"], max_other_test=o["max_other_test"],
+                    pass_rate=o["pass_rate"],
                     margin=o["margin"], cache_dir=o["cache_dir"], write=not o["dry_run"],
                     progress=self.stdout.write))
             except (RadTriageError, FileNotFoundError, ValueError) as exc:
