@@ -194,3 +194,26 @@ def test_the_thumbnail_is_a_small_jpeg_of_the_xray(api, db) -> None:
 
     full = load_xray(original.file.read()).pixels
     assert abs(float(np.asarray(picture).mean()) - float(full.mean())) < 3
+
+
+def test_re_uploading_an_image_whose_jobs_were_lost_sends_them_again_and_adds_missing_ones(
+        api, transactional_db, private_redis, broker_switch) -> None:
+    import datetime as dt
+
+    url = f"redis://127.0.0.1:{private_redis[1]}/0"
+    broker_switch(url)
+    data = dicom_bytes(patient_id="MRN-LOST")
+    first = upload(api, data, conditions="pneumonia")
+    assert first.status_code == 201 and queued_messages(url, "interactive") == 1
+    # The broker lost the message (or the web process died before sending it) a while ago.
+    redis.Redis.from_url(url).flushdb()
+    Analysis.objects.update(enqueued_at=Analysis.objects.get().enqueued_at
+                            - dt.timedelta(minutes=5))
+
+    again = upload(api, data)  # all conditions for its body part this time
+
+    assert again.status_code == 200 and again.json()["created"] is False
+    assert sorted(Analysis.objects.values_list("condition", flat=True)) == ["cardiomegaly",
+                                                                            "pneumonia"]
+    assert queued_messages(url, "interactive") == 2  # the lost one again, and the new one
+    assert any("sent to the workers again" in w for w in again.json()["warnings"])

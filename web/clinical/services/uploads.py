@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q
+from django.utils import timezone
 
 from web.clinical.events import analysis_event_publish
 from web.clinical.models import Analysis, AuditEvent, Image
@@ -24,6 +26,7 @@ from web.clinical.services.upload_parts import (
     UploadFields,
     UploadRejected,
     UploadResult,
+    conditions_resolve,
     image_build,
     patient_resolve,
     patient_values,
@@ -65,7 +68,8 @@ def image_upload(
                          uploaded_by=uploaded_by, ip_address=ip_address)
     existing = stored_copy(decoded, identity)
     if existing is not None:
-        return duplicate(existing, uploaded_by=uploaded_by, ip_address=ip_address)
+        return _resume(duplicate(existing, uploaded_by=uploaded_by, ip_address=ip_address),
+                       conditions=conditions, queue=queue, uploaded_by=uploaded_by)
     plan = upload_plan(decoded, fields, conditions)
     stored: list[str] = []
     try:
@@ -87,11 +91,40 @@ def image_upload(
         existing = stored_copy(decoded, identity)
         if existing is None:
             raise
-        return duplicate(existing, uploaded_by=uploaded_by, ip_address=ip_address)
+        return _resume(duplicate(existing, uploaded_by=uploaded_by, ip_address=ip_address),
+                       conditions=conditions, queue=queue, uploaded_by=uploaded_by)
     except BaseException:
         files_delete(stored)
         raise
     return UploadResult(image=image, analyses=analyses, created=True, warnings=plan.warnings)
+
+# A queued job older than this whose image is sent again has probably lost its message (web
+# process killed before it sent it, broker restarted): send it again. Younger ones are in flight.
+RESEND_WAITING_AFTER = dt.timedelta(seconds=30)
+
+
+def _resume(result: UploadResult, *, conditions: list[str] | None, queue: str,
+            uploaded_by: Any) -> UploadResult:
+    """A file sent again: the conditions it asks for that never ran are added, and its jobs
+    still waiting are sent again. Nothing is lost; running a job twice is harmless (the first
+    result stands), so this errs on the side of sending."""
+    image = result.image
+    codes, _ = conditions_resolve(conditions, body_part=image.study.body_part)
+    have = {a.condition for a in result.analyses}
+    with transaction.atomic():
+        added = [analysis_enqueue(image=image, condition=code, queue=queue,
+                                  created_by=uploaded_by, dispatch=False)
+                 for code in codes if code not in have]
+    stale = timezone.now() - RESEND_WAITING_AFTER
+    resend = [a.pk for a in result.analyses if a.state == Analysis.State.QUEUED
+              and (a.enqueued_at is None or a.enqueued_at < stale)]
+    if added or resend:
+        analyses_dispatch(analysis_ids=[a.pk for a in added] + resend, queue=queue)
+        result.warnings.append(f"{len(added)} missing analysis(es) added and {len(resend)} "
+                               "waiting one(s) sent to the workers again.")
+    result.analyses.extend(added)
+    return result
+
 
 def images_upload_many(
     *,
