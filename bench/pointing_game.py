@@ -14,7 +14,7 @@ For every model:
 
 --choose picks the layer on the VALIDATION boxes (highest hit rate among layers that beat the
 layer core.gradcam serves by default, or the first --layer, beyond chance: paired exact McNemar
-p < 0.05; else that default) and reports it on --split (test).
+p < 0.05 / layers compared; else that default) and reports it on --split (test).
 --write stores that test figure as metrics.test.pointing_game and sets gradcam_layer in the
 model's registry entry (and re-renders its card). Figures go to stdout and, as JSON, to
 bench/out/pointing_game-<model>.json (never committed).
@@ -242,15 +242,17 @@ def pointing_by_layer(loaded: Any, data: Path, boxes_csv: Path, split: str,
 
 def choose_layer(val: dict[str, Any], layers: list[str | None]) -> str:
     """The layer with the highest validation hit rate among those that beat the default layer
-    (the first) beyond chance: exact one-sided McNemar test on the paired films, p < 0.05.
+    (the first) beyond chance: exact one-sided McNemar test on the paired films, p below
+    0.05 / (layers compared) (Bonferroni: with a dozen layers one would 'win' by luck).
     A layer whose maps fall back to activation maps on more than 5% of the films is not a
     Grad-CAM layer in practice and is skipped. Otherwise the default stays."""
     rows = val["layers"]
     default = str(layers[0])
     best = default
+    alpha = 0.05 / max(1, len(layers) - 1)
     for layer in map(str, layers[1:]):
         row = rows[layer]
-        if row["activation_maps"] > 0.05 * row["n"] or row["p_vs_default"] >= 0.05:
+        if row["activation_maps"] > 0.05 * row["n"] or row["p_vs_default"] >= alpha:
             continue
         if row["rate"] > rows[best]["rate"]:
             best = layer
