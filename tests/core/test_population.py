@@ -49,6 +49,16 @@ def test_pooled_features_are_the_gap_output_and_the_model_is_untouched(blob_mode
     np.testing.assert_array_equal(np.asarray(blob_model(images, training=False)), before)
 
 
+def test_the_served_grad_cam_pass_yields_the_same_features_the_population_was_fitted_on(
+        blob_model):
+    from core.gradcam import GradCam
+    from tests.core.tiny_models import make_blob_images
+
+    images = make_blob_images(6, seed=5).images
+    served = GradCam(blob_model)(images).pooled
+    np.testing.assert_allclose(served, pooled_features(blob_model, images), rtol=1e-4, atol=1e-5)
+
+
 def test_a_model_without_global_pooling_is_refused_with_a_clear_message():
     import keras
 
