@@ -135,7 +135,7 @@ class PopulationModel:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp.npz")
         np.savez(
-            tmp, mean=self.mean, projection=self.projection, scales=self.scales,
+            tmp, mean=self.mean, projection=self.projection.astype(np.float32), scales=self.scales,
             cutoff=np.float64(self.cutoff), residual_weight=np.float64(self.residual_weight),
             residual_scale2=np.float64(self.residual_scale2),
             format_version=np.int64(FORMAT_VERSION),
@@ -258,9 +258,15 @@ def fit_geometry(train_features: np.ndarray | TrainPCA, *, method: str = METHOD_
     residual2 = np.maximum(pca.total2 - (pca.scores[:, :k] ** 2).sum(axis=1), 0.0)
     weight = {METHOD_PCA: 0.0, METHOD_PCA_RESIDUAL: 1.0,
               METHOD_PPCA: (d - k) / k}[method]
-    return PopulationModel(mean=pca.mean, projection=pca.axes[:, :k].copy(), scales=scales,
+    return PopulationModel(mean=pca.mean, projection=_float32_exact(pca.axes[:, :k]), scales=scales,
                            cutoff=1.0, residual_weight=float(weight),
                            residual_scale2=float(max(residual2.mean(), 1e-12)), method=method)
+
+
+def _float32_exact(projection: np.ndarray) -> np.ndarray:
+    """Axes rounded to float32 (half the file; a d x d Ledoit-Wolf basis is 6.5 MB instead of 13)
+    before the cut-off is computed, so the saved file reproduces the fitted distances exactly."""
+    return projection.astype(np.float32).astype(np.float64)
 
 
 def _fit_ledoit_wolf(x: np.ndarray) -> PopulationModel:
@@ -270,7 +276,7 @@ def _fit_ledoit_wolf(x: np.ndarray) -> PopulationModel:
     covariance = LedoitWolf(assume_centered=True).fit(x - mean).covariance_
     eigenvalues, axes = np.linalg.eigh(covariance)
     order = np.argsort(eigenvalues)[::-1]
-    return PopulationModel(mean=mean, projection=axes[:, order].copy(),
+    return PopulationModel(mean=mean, projection=_float32_exact(axes[:, order]),
                            scales=np.sqrt(np.maximum(eigenvalues[order], 1e-12)), cutoff=1.0,
                            method=METHOD_LEDOIT_WOLF)
 
