@@ -48,11 +48,13 @@ def heatmap_peaks(heatmaps: np.ndarray) -> list[Point]:
     return [heatmap_peak(h) for h in np.asarray(heatmaps)]
 
 
-def point_in_boxes(point: Point, boxes: Sequence[Box]) -> bool:
+def point_in_boxes(point: Point, boxes: Sequence[Box], *, tolerance: float = 0.0) -> bool:
+    """Inside any box, each box grown by `tolerance` (a fraction of the image) on every side."""
     x, y = point
     if not (math.isfinite(x) and math.isfinite(y)):
         return False
-    return any(x0 <= x <= x1 and y0 <= y <= y1 for x0, y0, x1, y1 in boxes)
+    t = tolerance
+    return any(x0 - t <= x <= x1 + t and y0 - t <= y <= y1 + t for x0, y0, x1, y1 in boxes)
 
 
 def clopper_pearson(hits: int, n: int, *, confidence: float = 0.95) -> tuple[float, float]:
@@ -67,16 +69,19 @@ def clopper_pearson(hits: int, n: int, *, confidence: float = 0.95) -> tuple[flo
     return (low, high)
 
 
-def pointing_game(peaks: Sequence[Point], boxes: Sequence[Sequence[Box]]) -> dict[str, object]:
+def pointing_game(peaks: Sequence[Point], boxes: Sequence[Sequence[Box]], *,
+                  tolerance: float = 0.0) -> dict[str, object]:
     """One peak and the list of boxes per film -> hits, n, rate, exact 95% CI (Clopper-Pearson).
 
     A film without a box cannot be scored and is refused rather than counted as a miss.
+    tolerance 0 is the strict game (RadTriage's reported figure); Zhang et al. allowed 15 px.
     """
     if len(peaks) != len(boxes):
         raise ValueError(f"{len(peaks)} peaks for {len(boxes)} films")
     if any(len(b) == 0 for b in boxes):
         raise ValueError("every film scored by the pointing game needs at least one box")
-    hit_list = [point_in_boxes(p, b) for p, b in zip(peaks, boxes, strict=True)]
+    hit_list = [point_in_boxes(p, b, tolerance=tolerance)
+                for p, b in zip(peaks, boxes, strict=True)]
     hits, n = int(sum(hit_list)), len(hit_list)
     low, high = clopper_pearson(hits, n)
     return {"hits": hits, "n": n, "rate": hits / n if n else math.nan,

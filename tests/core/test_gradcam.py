@@ -334,6 +334,13 @@ def test_a_hit_is_a_peak_inside_any_box_of_that_film():
     assert centre_baseline(boxes)["hits"] == 1
 
 
+def test_a_near_miss_counts_only_with_a_tolerance():
+    boxes = [[(0.40, 0.40, 0.45, 0.45)]]
+    assert pointing_game([(0.47, 0.43)], boxes)["hits"] == 0
+    assert pointing_game([(0.47, 0.43)], boxes, tolerance=0.05)["hits"] == 1
+    assert pointing_game([(0.60, 0.43)], boxes, tolerance=0.05)["hits"] == 0
+
+
 def test_the_interval_is_exact_clopper_pearson():
     from scipy.stats import binomtest
 
