@@ -17,20 +17,7 @@ from django.urls import reverse
 from core.conditions import CONDITIONS
 from core.errors import RadTriageError
 from core.registry import Registry
-from web.clinical.services import audit_record
-
-
-def registry_activate(*, model_id: str, actor: Any, ip_address: str | None = None) -> str:
-    """Make `model_id` the active model of its condition; returns that condition's code."""
-    registry = Registry.load(settings.RADTRIAGE_REGISTRY)
-    entry = registry.entry(model_id)
-    previous = registry.active_models.get(entry.condition)
-    registry.activate(model_id)
-    registry.save()
-    audit_record(actor=actor, action="model.activate", ip_address=ip_address,
-                 detail={"condition": entry.condition, "model_id": model_id,
-                         "previous": previous, "status": entry.status})
-    return entry.condition
+from web.clinical.services import registry_activate
 
 
 def _rows(registry: Registry) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from web.clinical.services.analyses import (
     image_analyses_request,
 )
 from web.clinical.services.audit import audit_event, audit_record
+from web.clinical.services.models_registry import registry_activate
 from web.clinical.services.studies import studies_refresh
 from web.clinical.services.upload_conflicts import UploadConflictError
 from web.clinical.services.upload_parts import (
@@ -31,5 +32,6 @@ __all__ = [
     "BulkUploadItem", "UploadConflictError", "UploadFields", "UploadRejected", "UploadResult",
     "analyses_dispatch", "analyses_requeue_stuck", "analyses_run", "analysis_enqueue",
     "analysis_fail", "analysis_mark_retrying", "analysis_run", "audit_event", "audit_record",
-    "image_analyses_request", "image_upload", "images_upload_many", "studies_refresh",
+    "image_analyses_request", "image_upload", "images_upload_many", "registry_activate",
+    "studies_refresh",
 ]
