@@ -182,6 +182,8 @@ RADTRIAGE_NAMESPACE = os.environ.get("RADTRIAGE_NAMESPACE", "radtriage")
 QUEUE_INTERACTIVE = "interactive"  # single uploads: a person is waiting
 QUEUE_BATCH = "batch"  # bulk imports
 QUEUE_MAINTENANCE = "maintenance"  # the sweeper; cheap, never behind a model job
+# What an API client may ask for -> the broker queue (the one mapping of queue names).
+ANALYSIS_QUEUES = {"interactive": QUEUE_INTERACTIVE, "batch": QUEUE_BATCH}
 
 CHANNEL_LAYERS = {
     "default": {

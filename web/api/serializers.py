@@ -117,7 +117,7 @@ class UploadFieldsSerializer(serializers.Serializer):
     )
     priority = serializers.ChoiceField(choices=list(PRIORITIES), required=False,
                                        default="routine")
-    queue = serializers.ChoiceField(choices=["interactive", "batch"], required=False,
+    queue = serializers.ChoiceField(choices=list(settings.ANALYSIS_QUEUES), required=False,
                                     default="interactive")
     patient_id = serializers.CharField(required=False, allow_blank=True, max_length=64)
     patient_name = serializers.CharField(required=False, allow_blank=True, max_length=200)
@@ -153,7 +153,7 @@ class UploadFieldsSerializer(serializers.Serializer):
         return part
 
     def validate_queue(self, value: str) -> str:
-        return {"interactive": settings.QUEUE_INTERACTIVE, "batch": settings.QUEUE_BATCH}[value]
+        return settings.ANALYSIS_QUEUES[value]
 
 
 class UploadSerializer(UploadFieldsSerializer):
@@ -169,7 +169,7 @@ class BulkUploadSerializer(UploadFieldsSerializer):
     # An empty file is refused on its own in the results, not for the whole request.
     files = serializers.ListField(child=serializers.FileField(allow_empty_file=True),
                                   allow_empty=False)
-    queue = serializers.ChoiceField(choices=["interactive", "batch"], required=False,
+    queue = serializers.ChoiceField(choices=list(settings.ANALYSIS_QUEUES), required=False,
                                     default="batch")
 
     def validate_files(self, value: list[Any]) -> list[Any]:

@@ -264,7 +264,7 @@ class ImageThumbnailView(APIView):
 
 class AnalysisRequestSerializer(serializers.Serializer):
     conditions = serializers.ListField(child=serializers.CharField(), allow_empty=False)
-    queue = serializers.ChoiceField(choices=["interactive", "batch"], default="interactive")
+    queue = serializers.ChoiceField(choices=list(settings.ANALYSIS_QUEUES), default="interactive")
     model_id = serializers.CharField(required=False, allow_blank=True, default="")
 
 
@@ -280,9 +280,9 @@ class ImageAnalysesView(APIView):
         data = form.validated_data
         try:
             analyses = image_analyses_request(
-                image=image, conditions=data["conditions"], queue={
-                    "interactive": settings.QUEUE_INTERACTIVE, "batch": settings.QUEUE_BATCH,
-                }[data["queue"]], model_id=data["model_id"], actor=request.user,
+                image=image, conditions=data["conditions"],
+                queue=settings.ANALYSIS_QUEUES[data["queue"]], model_id=data["model_id"],
+                actor=request.user,
                 ip_address=client_ip(request))
         except UploadRejected as exc:
             raise ValidationError({"conditions": str(exc)}) from None

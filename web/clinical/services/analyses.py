@@ -73,7 +73,7 @@ def image_analyses_request(*, image: Image, conditions: list[str], queue: str, m
 def analysis_build(*, image: Image, condition: str, queue: str, created_by: Any = None,
                     model_id: str = "") -> Analysis:
     get_condition(condition)
-    if queue not in (settings.QUEUE_INTERACTIVE, settings.QUEUE_BATCH):
+    if queue not in settings.ANALYSIS_QUEUES.values():
         raise ValueError(f"Unknown analysis queue '{queue}'.")
     return Analysis(
         image=image,
