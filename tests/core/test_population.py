@@ -13,7 +13,9 @@ from core.errors import RegistryError
 from core.population import (
     METHOD_LEDOIT_WOLF,
     METHOD_PCA,
+    METHOD_PPCA,
     PopulationModel,
+    candidate_grid,
     find_pooling_layer,
     fit_population,
     pooled_features,
@@ -99,9 +101,10 @@ def test_selection_on_validation_keeps_the_pass_rate_whatever_the_method(rng):
     train, val, test = (_population(rng, n, mixing=mixing) for n in (800, 1000, 2000))
     other_val = {"elsewhere": _population(rng, 200, mixing=rng.normal(size=(6, d)))}
 
-    population, rows = select_population(train, val, other_val)
+    population, rows = select_population(
+        train, val, other_val, candidates=candidate_grid(len(train), d, ledoit_wolf=True))
 
-    assert {row["method"] for row in rows} >= {METHOD_PCA, METHOD_LEDOIT_WOLF}
+    assert {row["method"] for row in rows} >= {METHOD_PCA, METHOD_PPCA, METHOD_LEDOIT_WOLF}
     assert all(row["val_pass_rate"] >= 0.97 for row in rows)
     assert population.within(test).mean() >= 0.97
 
