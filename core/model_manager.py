@@ -203,6 +203,9 @@ class ModelManager:
 
             model = keras.models.load_model(path, compile=False)
         except ARTIFACT_ERRORS as exc:  # the file cannot be deserialised: do not trust it
+            interruption = _interruption(exc)
+            if interruption is not None:
+                raise interruption from None
             return self._placeholder(condition, entry,
                                      f"Model artifact {path} could not be loaded ({exc}).")
         self.load_count += 1
@@ -232,6 +235,17 @@ class ModelManager:
             experimental=False, experimental_reason=None, gradcam_layer=None,
             keras_model=build_placeholder(input_size=size), entry=entry,
         )
+
+
+def _interruption(exc: BaseException) -> BaseException | None:
+    """The job's own interruption (a time limit...) that Keras wrapped while loading, if any:
+    Keras re-raises errors met during deserialisation as ValueError/TypeError."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if not isinstance(seen, ARTIFACT_ERRORS):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _population_model(registry: Registry, entry: ModelEntry) -> Any:

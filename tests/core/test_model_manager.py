@@ -136,11 +136,12 @@ def test_a_job_time_limit_while_loading_propagates_instead_of_caching_a_placehol
     manager = ModelManager(registry)
     previous = signal.signal(signal.SIGALRM, interrupt)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)  # every 50 ms until disarmed
         with pytest.raises(JobTimeLimit):
-            for _ in range(200):  # loads again until the alarm lands in the middle of one
+            for _ in range(200):  # loads again until an alarm lands in the middle of one
                 manager._cache.clear()
                 manager.get(condition="pneumonia")
+        signal.setitimer(signal.ITIMER_REAL, 0)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -247,7 +248,7 @@ def test_a_batch_gives_each_image_the_result_it_gets_alone(registry):
     alone = [analyze_xray(x, condition="pneumonia", manager=manager) for x in xrays]
     batched = analyze_xrays(xrays, condition="pneumonia", manager=manager, batch_size=2)
 
-    assert [o.notes for o in batched] == [(f"n{i}",) for i in range(5)]  # order kept
+    assert [o.notes[:1] for o in batched] == [(f"n{i}",) for i in range(5)]  # order kept
     for one, many in zip(alone, batched, strict=True):
         assert many.probability == pytest.approx(one.probability, abs=1e-5)
         assert many.positive == one.positive and many.model_sha256 == one.model_sha256
