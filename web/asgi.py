@@ -3,6 +3,7 @@
 Websockets need a logged-in session (AuthMiddlewareStack) and an allowed Origin.
 """
 
+import logging
 import os
 
 from django.core.asgi import get_asgi_application
@@ -39,6 +40,19 @@ def _warm_up() -> None:
     from PIL import Image  # noqa: F401
 
     get_resolver().url_patterns  # noqa: B018 - imports every view and what it imports
+    _recogniser_load()
+
+
+def _recogniser_load() -> None:
+    """The image recogniser (numpy arrays, no TensorFlow) every PNG/JPEG upload consults. A
+    missing file is not fatal here: uploads say so and the analyses are not applicable."""
+    from core.errors import RadTriageError
+    from core.recognition import default_recogniser
+
+    try:
+        default_recogniser()
+    except RadTriageError as exc:
+        logging.getLogger(__name__).error("Image recogniser unavailable: %s", exc)
 
 
 _warm_up()
