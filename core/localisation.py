@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.evaluation import clopper_pearson  # the one exact interval (re-exported)
+
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions, x0 < x1, y0 < y1
 Point = tuple[float, float]  # x, y as fractions; NaN for a map with no peak
 CENTRE: Point = (0.5, 0.5)
@@ -55,18 +57,6 @@ def point_in_boxes(point: Point, boxes: Sequence[Box], *, tolerance: float = 0.0
         return False
     t = tolerance
     return any(x0 - t <= x <= x1 + t and y0 - t <= y <= y1 + t for x0, y0, x1, y1 in boxes)
-
-
-def clopper_pearson(hits: int, n: int, *, confidence: float = 0.95) -> tuple[float, float]:
-    """Exact binomial interval for hits / n (beta quantiles); (0, 1) when n is 0."""
-    from scipy.stats import beta
-
-    if n <= 0:
-        return (0.0, 1.0)
-    alpha = 1.0 - confidence
-    low = 0.0 if hits == 0 else float(beta.ppf(alpha / 2, hits, n - hits + 1))
-    high = 1.0 if hits == n else float(beta.ppf(1 - alpha / 2, hits + 1, n - hits))
-    return (low, high)
 
 
 def pointing_game(peaks: Sequence[Point], boxes: Sequence[Sequence[Box]], *,
