@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import RegistryError
+from core.registry import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ class PopulationModel:
             method=np.array(self.method), feature_layer=np.array(self.feature_layer),
         )
         tmp.replace(path)  # atomic: a reader never sees half a file
-        return _sha256(path)
+        return sha256_file(path)
 
     @classmethod
     def load(cls, path: str | Path, *, sha256: str | None = None) -> PopulationModel:
@@ -153,7 +154,7 @@ class PopulationModel:
             raise RegistryError(f"Population file not found: {path}. Run `manage.py "
                                 f"fit_population --model <id>` to create it.")
         if sha256 is not None:
-            actual = _sha256(path)
+            actual = sha256_file(path)
             if actual != sha256:
                 raise RegistryError(
                     f"Population file {path} fails its checksum (registry {sha256[:12]}..., "
@@ -191,14 +192,6 @@ def load_population(registry: Any, entry: Any) -> PopulationModel | None:
     folder = registry.artifact_path(entry).parent
     return PopulationModel.load(folder / applicability.get("file", POPULATION_FILE),
                                 sha256=applicability.get("sha256"))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -486,7 +479,7 @@ def fit_population_for_model(
     models/<id>/population.npz and the registry entry's "applicability" unless write=False."""
     import keras
 
-    from core.registry import Registry, sha256_file
+    from core.registry import Registry
 
     registry_path = Path(registry_path)
     data_root = Path(data_root)
