@@ -24,13 +24,14 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	./scripts/run.sh
 
-test: $(STAMP)
+test: $(STAMP) lint
 	./scripts/test-prereqs.sh
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) TF_CPP_MIN_LOG_LEVEL=3 \
 		$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # make analyze FILE=chest.dcm CONDITION=pneumonia [OUT=overlay.png]
 analyze: $(STAMP)

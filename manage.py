@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Django's command-line entry for RadTriage (runserver, migrate, analyze, train, evaluate...)."""
+
 import os
 import sys
 

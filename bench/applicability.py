@@ -66,12 +66,18 @@ def check_cost(loaded, xrays: list) -> dict[str, float]:
     model_s = median_seconds(lambda: loaded.predict_with_gradcam(batch))
     recogniser_s = median_seconds(lambda: recognise_many([x.pixels for x in xrays]))
     _, cam = loaded.predict_with_gradcam(batch)
-    distance_s = (median_seconds(lambda: loaded.population_model.distance(cam.pooled))
-                  if loaded.population_model is not None else 0.0)
+    distance_s = (
+        median_seconds(lambda: loaded.population_model.distance(cam.pooled))
+        if loaded.population_model is not None
+        else 0.0
+    )
     n = len(xrays)
-    return {"model_ms": 1000 * model_s / n, "recogniser_ms": 1000 * recogniser_s / n,
-            "distance_ms": 1000 * distance_s / n,
-            "check_share_of_model": (recogniser_s + distance_s) / model_s}
+    return {
+        "model_ms": 1000 * model_s / n,
+        "recogniser_ms": 1000 * recogniser_s / n,
+        "distance_ms": 1000 * distance_s / n,
+        "check_share_of_model": (recogniser_s + distance_s) / model_s,
+    }
 
 
 def main() -> None:
@@ -87,37 +93,50 @@ def main() -> None:
     from core.model_manager import ModelManager
     from core.registry import Registry
 
-    images = {folder: test_images(args.data, folder, args.per_population, args.seed)
-              for folder in POPULATIONS}
+    images = {
+        folder: test_images(args.data, folder, args.per_population, args.seed) for folder in POPULATIONS
+    }
     manager = ModelManager(args.registry)
     report = {}
     for condition, model_id in sorted(Registry.load(args.registry).active_models.items()):
         loaded = manager.get(condition=condition)
         rows = {}
         for folder, xrays in images.items():
-            outcomes = analyze_xrays(xrays, condition=condition, manager=manager,
-                                     allow_body_part_mismatch=True)
+            outcomes = analyze_xrays(
+                xrays, condition=condition, manager=manager, allow_body_part_mismatch=True
+            )
             rows[POPULATIONS[folder]] = {
-                "n": len(outcomes), "own": folder == condition,
+                "n": len(outcomes),
+                "own": folder == condition,
                 "applicable": float(np.mean([o.applicable for o in outcomes])),
-                "flag_without_check": float(np.mean([o.probability >= o.threshold
-                                                     and not o.is_placeholder
-                                                     for o in outcomes])),
+                "flag_without_check": float(
+                    np.mean([o.probability >= o.threshold and not o.is_placeholder for o in outcomes])
+                ),
                 "flag_with_check": float(np.mean([o.flag for o in outcomes])),
             }
         cost = check_cost(loaded, images[condition][:16])
-        report[model_id] = {"condition": condition, "experimental": loaded.experimental,
-                            "populations": rows, "cost": cost}
+        report[model_id] = {
+            "condition": condition,
+            "experimental": loaded.experimental,
+            "populations": rows,
+            "cost": cost,
+        }
         print(f"\n{model_id}{' (experimental: never flags)' if loaded.experimental else ''}")
-        print(f"  {'population':<20} {'n':>4} {'passes check':>13} {'flag w/o check':>15} "
-              f"{'flag with check':>16}")
+        print(
+            f"  {'population':<20} {'n':>4} {'passes check':>13} {'flag w/o check':>15} "
+            f"{'flag with check':>16}"
+        )
         for name, row in rows.items():
             mark = " (own)" if row["own"] else ""
-            print(f"  {name + mark:<20} {row['n']:>4} {row['applicable']:>13.1%} "
-                  f"{row['flag_without_check']:>15.1%} {row['flag_with_check']:>16.1%}")
-        print(f"  per image: model + Grad-CAM {cost['model_ms']:.2f} ms, recogniser "
-              f"{cost['recogniser_ms']:.3f} ms, feature distance {cost['distance_ms']:.3f} ms "
-              f"= {cost['check_share_of_model']:.1%} of the model's own time")
+            print(
+                f"  {name + mark:<20} {row['n']:>4} {row['applicable']:>13.1%} "
+                f"{row['flag_without_check']:>15.1%} {row['flag_with_check']:>16.1%}"
+            )
+        print(
+            f"  per image: model + Grad-CAM {cost['model_ms']:.2f} ms, recogniser "
+            f"{cost['recogniser_ms']:.3f} ms, feature distance {cost['distance_ms']:.3f} ms "
+            f"= {cost['check_share_of_model']:.1%} of the model's own time"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))

@@ -45,9 +45,14 @@ def make_registry(folder: Path, arch: str) -> tuple[Path, str]:
     model.save(artifact)
     model_id = f"bench-{arch}"
     entry = {
-        "id": model_id, "condition": "pneumonia", "architecture": arch,
-        "input_size": list(model.input_shape[1:3]), "class_labels": ["negative", "positive"],
-        "threshold": 0.5, "artifact": artifact.name, "sha256": sha256_file(artifact),
+        "id": model_id,
+        "condition": "pneumonia",
+        "architecture": arch,
+        "input_size": list(model.input_shape[1:3]),
+        "class_labels": ["negative", "positive"],
+        "threshold": 0.5,
+        "artifact": artifact.name,
+        "sha256": sha256_file(artifact),
     }
     path = folder / f"registry-{arch}.json"
     path.write_text(json.dumps({"models": [entry], "active_models": {"pneumonia": model_id}}))
@@ -96,16 +101,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.arch:
             results[arch] = r = bench_architecture(arch, repeats=args.repeats, folder=Path(tmp))
-            print(f"\n{arch}: model from cache {r['cache_ms']:.4f} ms; eager model(x) at batch 1 "
-                  f"{r['eager_ms_b1']:.1f} ms")
-            print(f"  {'batch':>5} {'bare tf.function':>17} {'plain':>9} {'plain/bare':>10} "
-                  f"{'+Grad-CAM':>10} {'gradcam/plain':>13}   (ms per image)")
+            print(
+                f"\n{arch}: model from cache {r['cache_ms']:.4f} ms; eager model(x) at batch 1 "
+                f"{r['eager_ms_b1']:.1f} ms"
+            )
+            print(
+                f"  {'batch':>5} {'bare tf.function':>17} {'plain':>9} {'plain/bare':>10} "
+                f"{'+Grad-CAM':>10} {'gradcam/plain':>13}   (ms per image)"
+            )
             for b in (1, 16):
-                print(f"  {b:>5} {r[f'bare_ms_b{b}']:>17.2f} {r[f'plain_ms_b{b}']:>9.2f} "
-                      f"{r[f'serve_vs_bare_b{b}']:>10.2f} {r[f'gradcam_ms_b{b}']:>10.2f} "
-                      f"{r[f'ratio_b{b}']:>13.2f}")
-    print("\ngradcam/plain at batch 1: " + " ".join(
-        f"{arch}={results[arch]['ratio_b1']:.2f}" for arch in args.arch))
+                print(
+                    f"  {b:>5} {r[f'bare_ms_b{b}']:>17.2f} {r[f'plain_ms_b{b}']:>9.2f} "
+                    f"{r[f'serve_vs_bare_b{b}']:>10.2f} {r[f'gradcam_ms_b{b}']:>10.2f} "
+                    f"{r[f'ratio_b{b}']:>13.2f}"
+                )
+    print(
+        "\ngradcam/plain at batch 1: "
+        + " ".join(f"{arch}={results[arch]['ratio_b1']:.2f}" for arch in args.arch)
+    )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,9 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--split", default="test")
     ap.add_argument("--n", type=int, default=200)
-    ap.add_argument("--layer", default=None,
-                    help="Grad-CAM layer to review (default: the registry's, as served)")
+    ap.add_argument(
+        "--layer", default=None, help="Grad-CAM layer to review (default: the registry's, as served)"
+    )
     ap.add_argument("--annotate", action="store_true")
     ap.add_argument("--note", default="", help="what a person saw in the montage, for the card")
     args = ap.parse_args()
@@ -58,7 +59,7 @@ def main() -> None:
     cam = GradCam(loaded.keras_model, layer=args.layer or loaded.gradcam_layer)
     probs, maps = [], []
     for i in range(0, arrays.n, 32):
-        r = cam(to_model_input(arrays.x[i:i + 32]))
+        r = cam(to_model_input(arrays.x[i : i + 32]))
         probs.append(apply_calibration(r.probabilities, loaded.calibration))
         maps.append(r.heatmaps)
     p = np.concatenate(probs)
@@ -66,7 +67,7 @@ def main() -> None:
     n, hh, ww = h.shape
     band = np.ones((hh, ww), bool)
     bh, bw = int(hh * 0.125), int(ww * 0.125)
-    band[bh:hh - bh, bw:ww - bw] = False
+    band[bh : hh - bh, bw : ww - bw] = False
     corners = np.zeros((hh, ww), bool)
     ch, cw = int(hh * 0.2), int(ww * 0.2)
     for rs in (slice(0, ch), slice(hh - ch, hh)):
@@ -79,17 +80,19 @@ def main() -> None:
     peak_in_band = band.reshape(-1)[peak]
     correct = (p >= loaded.threshold) == (arrays.y == 1)
     summary = {
-        "model_id": loaded.model_id, "split": args.split, "n": int(n),
+        "model_id": loaded.model_id,
+        "split": args.split,
+        "n": int(n),
         "layer": cam.layer,
         "band_area_share": round(float(band.mean()), 3),
         "corner_area_share": round(float(corners.mean()), 3),
         "band_heat_share_mean": round(float(band_share.mean()), 3),
         "corner_heat_share_mean": round(float(corner_share.mean()), 3),
         "peak_in_band_fraction": round(float(peak_in_band.mean()), 3),
-        "corner_heat_share_correct": round(float(corner_share[correct].mean()), 3)
-        if correct.any() else None,
+        "corner_heat_share_correct": round(float(corner_share[correct].mean()), 3) if correct.any() else None,
         "corner_heat_share_wrong": round(float(corner_share[~correct].mean()), 3)
-        if (~correct).any() else None,
+        if (~correct).any()
+        else None,
         "images_with_over_half_heat_in_corners": int((corner_share > 0.5).sum()),
     }
     print(json.dumps(summary, indent=1))
@@ -97,13 +100,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     show = np.r_[np.flatnonzero(arrays.y == 0)[:8], np.flatnonzero(arrays.y == 1)[:8]]
     suffix = f"-{args.layer.replace('/', '_')}" if args.layer else ""
-    _montage(out / f"gradcam-{loaded.model_id}{suffix}.png", arrays.x[show], h[show], p[show],
-             arrays.y[show])
+    _montage(out / f"gradcam-{loaded.model_id}{suffix}.png", arrays.x[show], h[show], p[show], arrays.y[show])
     # Where the heat sits, as a mean map per true class (rows top->bottom, in thirds).
     for label in (0, 1):
         m = h[arrays.y == label].mean(0) if (arrays.y == label).any() else None
         if m is not None:
-            thirds = [float(m[i * hh // 3:(i + 1) * hh // 3].sum() / m.sum()) for i in range(3)]
+            thirds = [float(m[i * hh // 3 : (i + 1) * hh // 3].sum() / m.sum()) for i in range(3)]
             summary[f"heat_by_third_top_mid_bottom_label{label}"] = [round(t, 2) for t in thirds]
     print(json.dumps({k: v for k, v in summary.items() if k.startswith("heat_by")}))
     if args.annotate:
@@ -122,13 +124,11 @@ def main() -> None:
             f"{summary.get('heat_by_third_top_mid_bottom_label0')}, positives "
             f"{summary.get('heat_by_third_top_mid_bottom_label1')}. {args.note}"
         ).strip()
-        annotate_model(args.registry, loaded.model_id, gradcam_stats=summary,
-                       gradcam_review=text)
+        annotate_model(args.registry, loaded.model_id, gradcam_stats=summary, gradcam_review=text)
         print("annotated", loaded.model_id)
 
 
-def _montage(path: Path, gray: np.ndarray, heat: np.ndarray, p: np.ndarray,
-             y: np.ndarray) -> None:
+def _montage(path: Path, gray: np.ndarray, heat: np.ndarray, p: np.ndarray, y: np.ndarray) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

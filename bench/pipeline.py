@@ -87,8 +87,9 @@ def make_images(n: int, *, image: Path | None, size: int) -> list[bytes]:
         ds.BodyPartExamined = ds.get("BodyPartExamined") or "CHEST"
         if image is None:
             rng = np.random.default_rng(i)
-            body = 2000 + 1500 * np.exp(-(((yy - size / 2) / (size / 3)) ** 2
-                                           + ((xx - size / 2) / (size / 4)) ** 2))
+            body = 2000 + 1500 * np.exp(
+                -(((yy - size / 2) / (size / 3)) ** 2 + ((xx - size / 2) / (size / 4)) ** 2)
+            )
             pixels = np.clip(body + rng.normal(0, 80, (size, size)), 0, 4095).astype(np.uint16)
             ds.PixelData = pixels.tobytes()
         buffer = io.BytesIO()
@@ -118,9 +119,14 @@ def bench_raw(files: list[bytes], *, registry: Path, condition: str) -> dict[str
     start = time.perf_counter()
     analyze_xrays(xrays, condition=condition, manager=manager, batch_size=16)
     batched_per_min = 60.0 * len(xrays) / (time.perf_counter() - start)
-    return {"model_id": outcome.model_id, "placeholder": outcome.is_placeholder,
-            "architecture": outcome.architecture, "latencies": seconds,
-            "per_min": 60.0 * len(seconds) / sum(seconds), "batched_per_min": batched_per_min}
+    return {
+        "model_id": outcome.model_id,
+        "placeholder": outcome.is_placeholder,
+        "architecture": outcome.architecture,
+        "latencies": seconds,
+        "per_min": 60.0 * len(seconds) / sum(seconds),
+        "batched_per_min": batched_per_min,
+    }
 
 
 # --------------------------------------------------------------------------- a tiny websocket
@@ -132,10 +138,14 @@ class EventSocket:
     def __init__(self, host: str, port: int, path: str, cookie: str) -> None:
         self.sock = socket.create_connection((host, port), timeout=30)
         key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                           f"Sec-WebSocket-Version: 13\r\nOrigin: http://{host}:{port}\r\n"
-                           f"Cookie: {cookie}\r\n\r\n").encode())
+        self.sock.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                f"Sec-WebSocket-Version: 13\r\nOrigin: http://{host}:{port}\r\n"
+                f"Cookie: {cookie}\r\n\r\n"
+            ).encode()
+        )
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = self.sock.recv(1)
@@ -195,48 +205,103 @@ def wait_port(port: int, timeout: float) -> None:
 
 
 class Stack:
-    def __init__(self, *, tmp: Path, registry: Path, database_url: str | None,
-                 redis_url: str, web_workers: int = 1, worker_processes: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        tmp: Path,
+        registry: Path,
+        database_url: str | None,
+        redis_url: str,
+        web_workers: int = 1,
+        worker_processes: int = 1,
+    ) -> None:
         self.tmp = tmp
         self.web_workers = web_workers
         self.worker_processes = worker_processes
         self.port = free_port()
         # Production settings (DEBUG off: no per-query bookkeeping), as a deployment runs.
-        self.env = {**os.environ, "DEBUG": "0", "SECRET_KEY": uuid.uuid4().hex * 2,
-                    "ALLOWED_HOSTS": "127.0.0.1,localhost", "REDIS_URL": redis_url,
-                    "RADTRIAGE_NAMESPACE": f"bench{uuid.uuid4().hex[:6]}",
-                    "MEDIA_ROOT": str(tmp / "media"), "RADTRIAGE_REGISTRY": str(registry),
-                    "DATABASE_URL": database_url or f"sqlite:///{tmp / 'bench.sqlite3'}",
-                    "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "LOG_LEVEL": "WARNING"}
+        self.env = {
+            **os.environ,
+            "DEBUG": "0",
+            "SECRET_KEY": uuid.uuid4().hex * 2,
+            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "REDIS_URL": redis_url,
+            "RADTRIAGE_NAMESPACE": f"bench{uuid.uuid4().hex[:6]}",
+            "MEDIA_ROOT": str(tmp / "media"),
+            "RADTRIAGE_REGISTRY": str(registry),
+            "DATABASE_URL": database_url or f"sqlite:///{tmp / 'bench.sqlite3'}",
+            "PYTHONUNBUFFERED": "1",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "LOG_LEVEL": "WARNING",
+        }
         self.procs: list[subprocess.Popen[bytes]] = []
         self.roles: list[str] = []
 
     def manage(self, *args: str) -> str:
-        return subprocess.run([sys.executable, "manage.py", *args], cwd=REPO, env=self.env,
-                              check=True, capture_output=True, text=True).stdout
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=REPO,
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
 
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.procs.append(proc)
         self.roles.append(name)
         return proc
 
     def start(self) -> tuple[str, str]:
         self.manage("migrate", "--noinput")
-        _, _, rest = self.manage("demo_admin", "--credentials-file",
-                                 str(self.tmp / "admin.txt")).partition("username ")
+        _, _, rest = self.manage("demo_admin", "--credentials-file", str(self.tmp / "admin.txt")).partition(
+            "username "
+        )
         username, _, password = rest.strip().partition("  password ")
         # The web process exactly as the Procfile (`make run`) starts it.
-        self.spawn("web", [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port",
-                           str(self.port), "--workers", str(self.web_workers),
-                           "web.asgi:application"])
-        self.spawn("worker", [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q",
-                              "interactive,maintenance,batch", "--concurrency",
-                              str(self.worker_processes),
-                              "--prefetch-multiplier", "1", "-n", "bench@%h", "--without-gossip",
-                              "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"])
+        self.spawn(
+            "web",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.web_workers),
+                "web.asgi:application",
+            ],
+        )
+        self.spawn(
+            "worker",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                "worker",
+                "-Q",
+                "interactive,maintenance,batch",
+                "--concurrency",
+                str(self.worker_processes),
+                "--prefetch-multiplier",
+                "1",
+                "-n",
+                "bench@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--loglevel",
+                "INFO",
+            ],
+        )
         wait_port(self.port, 60)
         deadline = time.monotonic() + 120
         while "ready." not in (self.tmp / "worker.log").read_text(errors="replace"):
@@ -261,10 +326,16 @@ class Client:
         self.base, self.condition = base, condition
         self.http = requests.Session()
         self.http.get(f"{base}/login/").raise_for_status()
-        response = self.http.post(f"{base}/login/", data={
-            "username": username, "password": password,
-            "csrfmiddlewaretoken": self.http.cookies["csrftoken"]},
-            headers={"Referer": f"{base}/login/"}, allow_redirects=False)
+        response = self.http.post(
+            f"{base}/login/",
+            data={
+                "username": username,
+                "password": password,
+                "csrfmiddlewaretoken": self.http.cookies["csrftoken"],
+            },
+            headers={"Referer": f"{base}/login/"},
+            allow_redirects=False,
+        )
         if response.status_code != 302:
             raise RuntimeError("could not log in to the bench stack")
         self.finished: dict[int, float] = {}
@@ -287,9 +358,11 @@ class Client:
     def upload(self, data: bytes, index: int) -> int:
         start = time.perf_counter()
         response = self.http.post(
-            f"{self.base}/api/uploads/", files={"file": (f"bench-{index}.dcm", data)},
+            f"{self.base}/api/uploads/",
+            files={"file": (f"bench-{index}.dcm", data)},
             data={"conditions": self.condition},
-            headers={"X-CSRFToken": self.http.cookies["csrftoken"], "Referer": self.base + "/"})
+            headers={"X-CSRFToken": self.http.cookies["csrftoken"], "Referer": self.base + "/"},
+        )
         if response.status_code != 201:
             raise RuntimeError(f"upload failed: {response.status_code} {response.text[:300]}")
         self.upload_seconds.append(time.perf_counter() - start)
@@ -301,7 +374,8 @@ class Client:
             f"{self.base}/api/uploads/batch/",
             files=[("files", (f"bench-{first_index + i}.dcm", data)) for i, data in enumerate(files)],
             data={"conditions": self.condition},
-            headers={"X-CSRFToken": self.http.cookies["csrftoken"], "Referer": self.base + "/"})
+            headers={"X-CSRFToken": self.http.cookies["csrftoken"], "Referer": self.base + "/"},
+        )
         if response.status_code != 201:
             raise RuntimeError(f"bulk upload failed: {response.status_code} {response.text[:300]}")
         self.bulk_upload_seconds.append((time.perf_counter() - start) / len(files))
@@ -328,44 +402,57 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--n", type=int, default=192, help="images in the bulk throughput run")
     parser.add_argument("--per-request", type=int, default=16, help="files per bulk request")
-    parser.add_argument("--clients", type=int, default=1,
-                        help="bulk requests in flight at once (the worklist page sends 2)")
-    parser.add_argument("--web-workers", type=int, default=2,
-                        help="uvicorn worker processes (RADTRIAGE_WEB_WORKERS in production)")
-    parser.add_argument("--worker-processes", type=int, default=min(2, os.cpu_count() or 1),
-                        help="Celery pool processes (default: as `make run` starts them)")
-    parser.add_argument("--single-n", type=int, default=40,
-                        help="images in the one-per-request throughput run (0: skip)")
+    parser.add_argument(
+        "--clients", type=int, default=1, help="bulk requests in flight at once (the worklist page sends 2)"
+    )
+    parser.add_argument(
+        "--web-workers",
+        type=int,
+        default=2,
+        help="uvicorn worker processes (RADTRIAGE_WEB_WORKERS in production)",
+    )
+    parser.add_argument(
+        "--worker-processes",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="Celery pool processes (default: as `make run` starts them)",
+    )
+    parser.add_argument(
+        "--single-n", type=int, default=40, help="images in the one-per-request throughput run (0: skip)"
+    )
     parser.add_argument("--latency-n", type=int, default=15, help="images sent one at a time")
     parser.add_argument("--size", type=int, default=512, help="synthetic DICOM side (pixels)")
     parser.add_argument("--image", type=Path, help="a DICOM to copy instead of synthetic ones")
     parser.add_argument("--registry", type=Path, default=REPO / "registry.json")
     parser.add_argument("--condition", default="pneumonia")
     parser.add_argument("--database-url", default=None, help="default: a scratch SQLite file")
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL",
-                                                              "redis://127.0.0.1:6379/6"))
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/6"))
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder and logs")
     args = parser.parse_args()
 
-    files = make_images(args.n + args.single_n + args.latency_n + 2, image=args.image,
-                        size=args.size)
-    print(f"{os.cpu_count()} CPUs; {len(files)} DICOM files of {len(files[0]) / 1024:.0f} KiB; "
-          f"condition {args.condition}; registry {args.registry}; database "
-          f"{'PostgreSQL' if args.database_url else 'SQLite'}")
+    files = make_images(args.n + args.single_n + args.latency_n + 2, image=args.image, size=args.size)
+    print(
+        f"{os.cpu_count()} CPUs; {len(files)} DICOM files of {len(files[0]) / 1024:.0f} KiB; "
+        f"condition {args.condition}; registry {args.registry}; database "
+        f"{'PostgreSQL' if args.database_url else 'SQLite'}"
+    )
 
     raw_files = files[: max(args.n, 10)]
     raw = bench_raw(raw_files, registry=args.registry.resolve(), condition=args.condition)
-    print(f"model {raw['model_id']} ({raw['architecture']}"
-          f"{', PLACEHOLDER' if raw['placeholder'] else ''})")
+    print(f"model {raw['model_id']} ({raw['architecture']}{', PLACEHOLDER' if raw['placeholder'] else ''})")
 
     tmp = Path(tempfile.mkdtemp(prefix="radtriage-bench-"))
-    stack = Stack(tmp=tmp, registry=args.registry.resolve(), database_url=args.database_url,
-                  redis_url=args.redis_url, web_workers=args.web_workers,
-                  worker_processes=args.worker_processes)
+    stack = Stack(
+        tmp=tmp,
+        registry=args.registry.resolve(),
+        database_url=args.database_url,
+        redis_url=args.redis_url,
+        web_workers=args.web_workers,
+        worker_processes=args.worker_processes,
+    )
     try:
         username, password = stack.start()
         client = Client(f"http://127.0.0.1:{stack.port}", username, password, args.condition)
@@ -383,13 +470,22 @@ def main() -> None:
             latencies.append(client.finished[analysis_id] - start)
 
         cpu_before = cpu_seconds_by_role(stack)
-        bulk = run_throughput(client, ws, [next(pending) for _ in range(args.n)],
-                              per_request=args.per_request, clients=args.clients)
+        bulk = run_throughput(
+            client,
+            ws,
+            [next(pending) for _ in range(args.n)],
+            per_request=args.per_request,
+            clients=args.clients,
+        )
         cpu_after = cpu_seconds_by_role(stack)
-        bulk["cpu_ms_per_image"] = {role: (cpu_after[role] - cpu_before[role]) * 1e3 / args.n
-                                    for role in cpu_after}
-        single = (run_throughput(client, ws, [next(pending) for _ in range(args.single_n)],
-                                 per_request=0) if args.single_n else None)
+        bulk["cpu_ms_per_image"] = {
+            role: (cpu_after[role] - cpu_before[role]) * 1e3 / args.n for role in cpu_after
+        }
+        single = (
+            run_throughput(client, ws, [next(pending) for _ in range(args.single_n)], per_request=0)
+            if args.single_n
+            else None
+        )
         log = (tmp / "worker.log").read_text(errors="replace")
     finally:
         stack.stop()
@@ -400,17 +496,21 @@ def main() -> None:
 
     # Again after the platform runs: this machine's speed drifts, and the ratio should compare
     # the platform with the raw core under the same conditions (the two runs are averaged).
-    raw = combine_raw(raw, bench_raw(raw_files, registry=args.registry.resolve(),
-                                     condition=args.condition))
+    raw = combine_raw(raw, bench_raw(raw_files, registry=args.registry.resolve(), condition=args.condition))
     report(raw, latencies, bulk, single, client, log, args)
 
 
 def combine_raw(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    print(f"raw core before / after the platform runs: {before['per_min']:.0f} / "
-          f"{after['per_min']:.0f} images/min (averaged below)")
-    return {**before, "latencies": before["latencies"] + after["latencies"],
-            "per_min": (before["per_min"] + after["per_min"]) / 2,
-            "batched_per_min": (before["batched_per_min"] + after["batched_per_min"]) / 2}
+    print(
+        f"raw core before / after the platform runs: {before['per_min']:.0f} / "
+        f"{after['per_min']:.0f} images/min (averaged below)"
+    )
+    return {
+        **before,
+        "latencies": before["latencies"] + after["latencies"],
+        "per_min": (before["per_min"] + after["per_min"]) / 2,
+        "batched_per_min": (before["batched_per_min"] + after["batched_per_min"]) / 2,
+    }
 
 
 def cpu_seconds_by_role(stack: Stack) -> dict[str, float]:
@@ -424,11 +524,10 @@ def cpu_seconds_by_role(stack: Stack) -> dict[str, float]:
             text = (entry / "stat").read_text()
         except OSError:
             continue
-        name = text[text.index("(") + 1:text.rindex(")")]
-        fields = text[text.rindex(")") + 2:].split()
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
         # utime + stime, plus the children it reaped (PostgreSQL's ended backends, say).
-        stats[int(entry.name)] = (int(fields[1]), name,
-                                  sum(int(f) for f in fields[11:15]) / tick)
+        stats[int(entry.name)] = (int(fields[1]), name, sum(int(f) for f in fields[11:15]) / tick)
     roots = {proc.pid: role for proc, role in zip(stack.procs, stack.roles, strict=True)}
     totals = dict.fromkeys([*roots.values(), "bench client", "postgres", "redis"], 0.0)
     for pid, (_, name, seconds) in stats.items():
@@ -437,29 +536,40 @@ def cpu_seconds_by_role(stack: Stack) -> dict[str, float]:
             role = roots.get(ancestor)
             ancestor = stats[ancestor][0]
         if role is None:
-            role = ("bench client" if pid == os.getpid() else "postgres" if name == "postgres"
-                    else "redis" if name.startswith("redis-server") else None)
+            role = (
+                "bench client"
+                if pid == os.getpid()
+                else "postgres"
+                if name == "postgres"
+                else "redis"
+                if name.startswith("redis-server")
+                else None
+            )
         if role is not None:
             totals[role] += seconds
     return totals
 
 
-def run_throughput(client: Client, ws: EventSocket, files: list[bytes], *,
-                   per_request: int, clients: int = 1) -> dict[str, Any]:
+def run_throughput(
+    client: Client, ws: EventSocket, files: list[bytes], *, per_request: int, clients: int = 1
+) -> dict[str, Any]:
     """Send files back to back (per_request files a bulk request, from `clients` uploaders at
     once; per_request 0: one single upload after another) and wait for every `finished`."""
     started: dict[int, float] = {}
     step = per_request or 1
-    chunks = [(i, files[i:i + step]) for i in range(0, len(files), step)]
+    chunks = [(i, files[i : i + step]) for i in range(0, len(files), step)]
     uploaders = [client] + [client.twin() for _ in range(clients - 1)] if per_request else [client]
     lock = threading.Lock()
 
     def send(index: int) -> None:
         uploader = uploaders[index % len(uploaders)]
-        for offset, chunk in chunks[index::len(uploaders)]:
+        for offset, chunk in chunks[index :: len(uploaders)]:
             at = time.perf_counter()
-            ids = (uploader.upload_many(chunk, 2000 + offset) if per_request
-                   else [uploader.upload(chunk[0], 1000 + offset)])
+            ids = (
+                uploader.upload_many(chunk, 2000 + offset)
+                if per_request
+                else [uploader.upload(chunk[0], 1000 + offset)]
+            )
             with lock:
                 started.update(dict.fromkeys(ids, at))
 
@@ -473,54 +583,76 @@ def run_throughput(client: Client, ws: EventSocket, files: list[bytes], *,
         raise RuntimeError("an upload thread failed; see the error above")
     client.wait(ws, set(started))
     elapsed = max(client.finished[i] for i in started) - t0
-    return {"per_min": 60.0 * len(files) / elapsed,
-            "latencies": [client.finished[i] - started[i] for i in started]}
+    return {
+        "per_min": 60.0 * len(files) / elapsed,
+        "latencies": [client.finished[i] - started[i] for i in started],
+    }
 
 
-def report(raw: dict[str, Any], latencies: list[float], bulk: dict[str, Any],
-           single: dict[str, Any] | None, client: Client, log: str,
-           args: argparse.Namespace) -> None:
+def report(
+    raw: dict[str, Any],
+    latencies: list[float],
+    bulk: dict[str, Any],
+    single: dict[str, Any] | None,
+    client: Client,
+    log: str,
+    args: argparse.Namespace,
+) -> None:
     raw_p50 = statistics.median(raw["latencies"])
     p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
     ms = 1e3
     print(f"\n{'':40} {'images/min':>10} {'p50 ms':>8} {'p95 ms':>8}")
-    print(f"{'raw core (predict + Grad-CAM, batch 1)':40} {raw['per_min']:>10.0f} "
-          f"{raw_p50 * ms:>8.1f} {percentile(raw['latencies'], 95) * ms:>8.1f}")
+    print(
+        f"{'raw core (predict + Grad-CAM, batch 1)':40} {raw['per_min']:>10.0f} "
+        f"{raw_p50 * ms:>8.1f} {percentile(raw['latencies'], 95) * ms:>8.1f}"
+    )
     print(f"{'raw core, batches of 16':40} {raw['batched_per_min']:>10.0f}")
     print(f"{'platform, one at a time':40} {'':>10} {p50 * ms:>8.1f} {p95 * ms:>8.1f}")
     rows = [(f"platform, {args.n} bulk ({args.per_request}/req, {args.clients} at once)", bulk)]
     if single:
         rows.append((f"platform, {args.single_n} single uploads", single))
     for label, run in rows:
-        print(f"{label:40} {run['per_min']:>10.0f} {percentile(run['latencies'], 50) * ms:>8.1f} "
-              f"{percentile(run['latencies'], 95) * ms:>8.1f}")
+        print(
+            f"{label:40} {run['per_min']:>10.0f} {percentile(run['latencies'], 50) * ms:>8.1f} "
+            f"{percentile(run['latencies'], 95) * ms:>8.1f}"
+        )
     single_tasks = task_seconds(log, "worker.tasks.analyze[")
     batch_tasks = task_seconds(log, "worker.tasks.analyze_batch[")
-    print(f"\nwhere the time goes (median): single upload request "
-          f"{statistics.median(client.upload_seconds) * ms:.1f} ms; bulk upload "
-          f"{statistics.median(client.bulk_upload_seconds) * ms:.1f} ms per image; worker "
-          f"{statistics.median(single_tasks[2:] or single_tasks) * ms:.1f} ms per single job, "
-          f"{statistics.median(batch_tasks or [0.0]) * ms:.0f} ms per batch job "
-          f"({len(batch_tasks)} jobs); the model's predict + Grad-CAM alone ~{raw_p50 * ms:.1f} ms")
+    print(
+        f"\nwhere the time goes (median): single upload request "
+        f"{statistics.median(client.upload_seconds) * ms:.1f} ms; bulk upload "
+        f"{statistics.median(client.bulk_upload_seconds) * ms:.1f} ms per image; worker "
+        f"{statistics.median(single_tasks[2:] or single_tasks) * ms:.1f} ms per single job, "
+        f"{statistics.median(batch_tasks or [0.0]) * ms:.0f} ms per batch job "
+        f"({len(batch_tasks)} jobs); the model's predict + Grad-CAM alone ~{raw_p50 * ms:.1f} ms"
+    )
     cpu = bulk["cpu_ms_per_image"]
-    print("CPU per image in the bulk run (ms, all cores): "
-          + ", ".join(f"{role} {ms:.1f}" for role, ms in cpu.items())
-          + f"; total {sum(cpu.values()):.1f} on {os.cpu_count()} CPUs, against "
-          f"{60e3 * (os.cpu_count() or 1) / raw['per_min']:.1f} CPU-ms per raw image")
+    print(
+        "CPU per image in the bulk run (ms, all cores): "
+        + ", ".join(f"{role} {ms:.1f}" for role, ms in cpu.items())
+        + f"; total {sum(cpu.values()):.1f} on {os.cpu_count()} CPUs, against "
+        f"{60e3 * (os.cpu_count() or 1) / raw['per_min']:.1f} CPU-ms per raw image"
+    )
     ratio = bulk["per_min"] / raw["per_min"]
-    print(f"\nthroughput platform (bulk) / raw = {ratio:.1%} (target >= 85%: "
-          f"{'met' if ratio >= 0.85 else 'NOT met'}); / raw in batches of 16 = "
-          f"{bulk['per_min'] / raw['batched_per_min']:.1%}")
+    print(
+        f"\nthroughput platform (bulk) / raw = {ratio:.1%} (target >= 85%: "
+        f"{'met' if ratio >= 0.85 else 'NOT met'}); / raw in batches of 16 = "
+        f"{bulk['per_min'] / raw['batched_per_min']:.1%}"
+    )
     if single:
-        print(f"throughput platform (single uploads) / raw = "
-              f"{single['per_min'] / raw['per_min']:.1%}")
-    print(f"p50 latency overhead = {(p50 - raw_p50) * ms:.0f} ms (target <= 250 ms: "
-          f"{'met' if p50 - raw_p50 <= 0.25 else 'NOT met'})")
+        print(f"throughput platform (single uploads) / raw = {single['per_min'] / raw['per_min']:.1%}")
+    print(
+        f"p50 latency overhead = {(p50 - raw_p50) * ms:.0f} ms (target <= 250 ms: "
+        f"{'met' if p50 - raw_p50 <= 0.25 else 'NOT met'})"
+    )
 
 
 def task_seconds(log: str, task: str) -> list[float]:
-    return [float(line.rsplit(" in ", 1)[1].split("s:")[0]) for line in log.splitlines()
-            if task in line and " succeeded in " in line]
+    return [
+        float(line.rsplit(" in ", 1)[1].split("s:")[0])
+        for line in log.splitlines()
+        if task in line and " succeeded in " in line
+    ]
 
 
 if __name__ == "__main__":

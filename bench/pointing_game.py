@@ -72,14 +72,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", action="append", required=True, help="model id (repeatable)")
     ap.add_argument("--split", default="test")
-    ap.add_argument("--layer", action="append", default=None,
-                    help="layer to try (repeatable); default: the architecture's candidates")
+    ap.add_argument(
+        "--layer",
+        action="append",
+        default=None,
+        help="layer to try (repeatable); default: the architecture's candidates",
+    )
     ap.add_argument("--choose", action="store_true", help="choose the layer on val boxes")
     ap.add_argument("--write", action="store_true", help="write the chosen layer's figure")
     ap.add_argument("--registry", default=str(ROOT / "registry.json"))
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
-    ap.add_argument("--max-positives", type=int, default=400,
-                    help="true positives scored for the fallback share (first N of the split)")
+    ap.add_argument(
+        "--max-positives",
+        type=int,
+        default=400,
+        help="true positives scored for the fallback share (first N of the split)",
+    )
     args = ap.parse_args()
     if args.write and not args.choose:
         ap.error("--write needs --choose: the layer written must be chosen on validation")
@@ -108,23 +116,32 @@ def main() -> None:
 
 def evaluate_model(loaded: Any, args: argparse.Namespace) -> dict[str, Any]:
     data = Path(args.data)
-    report: dict[str, Any] = {"model_id": loaded.model_id, "split": args.split,
-                              "registry_layer": loaded.gradcam_layer}
-    print(f"\n== {loaded.model_id} ({loaded.condition}, {loaded.architecture}, "
-          f"{loaded.input_size[0]} px, threshold {loaded.threshold:.3f})")
+    report: dict[str, Any] = {
+        "model_id": loaded.model_id,
+        "split": args.split,
+        "registry_layer": loaded.gradcam_layer,
+    }
+    print(
+        f"\n== {loaded.model_id} ({loaded.condition}, {loaded.architecture}, "
+        f"{loaded.input_size[0]} px, threshold {loaded.threshold:.3f})"
+    )
     positives = load_positives(loaded, data, args.split, args.max_positives)
     served = fallback_share(loaded, positives, loaded.gradcam_layer)
     report["fallback_served"] = served
-    print(f"fallback share on confident true positives ({args.split}, layer {served['layer']}): "
-          f"{served['fallbacks']}/{served['confident']} = {served['share']:.3f}")
+    print(
+        f"fallback share on confident true positives ({args.split}, layer {served['layer']}): "
+        f"{served['fallbacks']}/{served['confident']} = {served['share']:.3f}"
+    )
     boxes_csv = data / "fracture_boxes.csv"
     if loaded.condition != "fracture" or not boxes_csv.is_file():
         return report
     # The first layer is the reference the others must beat: the one served by default.
     default = "/".join(default_layer_path(loaded.keras_model))
     layers = args.layer or [default] + [
-        name for name in CANDIDATES.get(loaded.architecture, ())
-        if has_layer(loaded.keras_model, name) and name != default.split("/")[-1]]
+        name
+        for name in CANDIDATES.get(loaded.architecture, ())
+        if has_layer(loaded.keras_model, name) and name != default.split("/")[-1]
+    ]
     splits = ["val", args.split] if args.choose and args.split != "val" else [args.split]
     results: dict[str, dict[str, Any]] = {}
     for split in splits:
@@ -133,15 +150,23 @@ def evaluate_model(loaded: Any, args: argparse.Namespace) -> dict[str, Any]:
     if args.choose:
         chosen = choose_layer(results["val"], layers)
         test = results[args.split]["layers"][chosen]
-        report["chosen"] = {"layer": test["layer"], "val": results["val"]["layers"][chosen],
-                            args.split: test, "centre_baseline": results[args.split]["centre"]}
-        print(f"chosen on val: {test['layer']} -> {args.split} {summary(test)} "
-              f"(centre baseline {summary(results[args.split]['centre'])})")
+        report["chosen"] = {
+            "layer": test["layer"],
+            "val": results["val"]["layers"][chosen],
+            args.split: test,
+            "centre_baseline": results[args.split]["centre"],
+        }
+        print(
+            f"chosen on val: {test['layer']} -> {args.split} {summary(test)} "
+            f"(centre baseline {summary(results[args.split]['centre'])})"
+        )
         chosen_share = fallback_share(loaded, positives, test["layer"])
         report["fallback_chosen"] = chosen_share
-        print(f"fallback share with the chosen layer: "
-              f"{chosen_share['fallbacks']}/{chosen_share['confident']} = "
-              f"{chosen_share['share']:.3f}")
+        print(
+            f"fallback share with the chosen layer: "
+            f"{chosen_share['fallbacks']}/{chosen_share['confident']} = "
+            f"{chosen_share['share']:.3f}"
+        )
     return report
 
 
@@ -183,7 +208,7 @@ def run_gradcam(loaded: Any, gray: np.ndarray, layer: str | None) -> Any:
     cam = GradCam(loaded.keras_model, layer=layer)
     probs, maps, methods = [], [], []
     for i in range(0, len(gray), BATCH):
-        result = cam(to_model_input(gray[i:i + BATCH]))
+        result = cam(to_model_input(gray[i : i + BATCH]))
         probs.append(apply_calibration(result.probabilities, loaded.calibration))
         maps.append(result.heatmaps)
         methods += result.methods
@@ -195,15 +220,20 @@ def fallback_share(loaded: Any, gray: np.ndarray, layer: str | None) -> dict[str
 
     probs, _, methods, name = run_gradcam(loaded, gray, layer)
     confident = probs >= loaded.threshold
-    fallbacks = int(sum(m != METHOD_GRADCAM for m, c in zip(methods, confident, strict=True)
-                        if c))
+    fallbacks = int(sum(m != METHOD_GRADCAM for m, c in zip(methods, confident, strict=True) if c))
     n = int(confident.sum())
-    return {"layer": name, "positives": len(probs), "confident": n, "fallbacks": fallbacks,
-            "share": fallbacks / n if n else float("nan")}
+    return {
+        "layer": name,
+        "positives": len(probs),
+        "confident": n,
+        "fallbacks": fallbacks,
+        "share": fallbacks / n if n else float("nan"),
+    }
 
 
-def pointing_by_layer(loaded: Any, data: Path, boxes_csv: Path, split: str,
-                      layers: list[str | None]) -> dict[str, Any]:
+def pointing_by_layer(
+    loaded: Any, data: Path, boxes_csv: Path, split: str, layers: list[str | None]
+) -> dict[str, Any]:
     from core.localisation import centre_baseline, heatmap_peaks, load_boxes, pointing_game
 
     boxes = load_boxes(boxes_csv, split=split)
@@ -213,8 +243,10 @@ def pointing_by_layer(loaded: Any, data: Path, boxes_csv: Path, split: str,
     centre = strip(centre_baseline(film_boxes))
     centre_near = pointing_game([(0.5, 0.5)] * len(paths), film_boxes, tolerance=NEAR)["rate"]
     centre[f"rate_within_{NEAR}"] = centre_near
-    print(f"-- {split}: {len(paths)} boxed films; centre baseline {summary(centre)} "
-          f"(within {NEAR:.0%}: {centre_near:.2f})")
+    print(
+        f"-- {split}: {len(paths)} boxed films; centre baseline {summary(centre)} "
+        f"(within {NEAR:.0%}: {centre_near:.2f})"
+    )
     out: dict[str, Any] = {"centre": centre, "layers": {}}
     for layer in layers:
         start = time.perf_counter()
@@ -222,28 +254,37 @@ def pointing_by_layer(loaded: Any, data: Path, boxes_csv: Path, split: str,
         peaks = heatmap_peaks(maps)
         result = pointing_game(peaks, film_boxes)
         flagged = probs >= loaded.threshold
-        called = pointing_game(
-            [pk for pk, f in zip(peaks, flagged, strict=True) if f],
-            [b for b, f in zip(film_boxes, flagged, strict=True) if f],
-        ) if flagged.any() else None
+        called = (
+            pointing_game(
+                [pk for pk, f in zip(peaks, flagged, strict=True) if f],
+                [b for b, f in zip(film_boxes, flagged, strict=True) if f],
+            )
+            if flagged.any()
+            else None
+        )
         near = pointing_game(peaks, film_boxes, tolerance=NEAR)
         grid = grid_of(loaded.keras_model, name)
-        row = {**strip(result), "layer": name, "grid": grid,
-               f"rate_within_{NEAR}": near["rate"],
-               "activation_maps": int(sum(m != "gradcam" for m in methods)),
-               "films_called_positive": int(flagged.sum()),
-               "rate_on_films_called_positive": called["rate"] if called else None}
+        row = {
+            **strip(result),
+            "layer": name,
+            "grid": grid,
+            f"rate_within_{NEAR}": near["rate"],
+            "activation_maps": int(sum(m != "gradcam" for m in methods)),
+            "films_called_positive": int(flagged.sum()),
+            "rate_on_films_called_positive": called["rate"] if called else None,
+        }
         default = out["layers"].get(str(layers[0]))
-        row["p_vs_default"] = (mcnemar_p(result["hit_list"], default["hit_list"])
-                               if default else 1.0)
+        row["p_vs_default"] = mcnemar_p(result["hit_list"], default["hit_list"]) if default else 1.0
         row["hit_list"] = result["hit_list"]
         out["layers"][str(layer)] = row
-        print(f"   {name:36s} grid {grid:>7s}  {summary(row)}  "
-              f"[on {row['films_called_positive']} called positive: "
-              f"{row['rate_on_films_called_positive'] if called else float('nan'):.2f}; "
-              f"within {NEAR:.0%} of the image: {near['rate']:.2f}; "
-              f"activation maps {row['activation_maps']}; p vs default "
-              f"{row['p_vs_default']:.3f}] {time.perf_counter() - start:.0f}s")
+        print(
+            f"   {name:36s} grid {grid:>7s}  {summary(row)}  "
+            f"[on {row['films_called_positive']} called positive: "
+            f"{row['rate_on_films_called_positive'] if called else float('nan'):.2f}; "
+            f"within {NEAR:.0%} of the image: {near['rate']:.2f}; "
+            f"activation maps {row['activation_maps']}; p vs default "
+            f"{row['p_vs_default']:.3f}] {time.perf_counter() - start:.0f}s"
+        )
     return out
 
 
@@ -303,8 +344,11 @@ def write_registry(registry_path: str, model_id: str, report: dict[str, Any]) ->
     entry = Registry.load(registry_path).entry(model_id)
     metrics = copy.deepcopy(entry.raw.get("metrics") or {})
     metrics.setdefault("test", {})["pointing_game"] = {
-        "rate": round(test["rate"], 4), "ci95": test["ci95"], "hits": test["hits"],
-        "n": test["n"], "layer": test["layer"],
+        "rate": round(test["rate"], 4),
+        "ci95": test["ci95"],
+        "hits": test["hits"],
+        "n": test["n"],
+        "layer": test["layer"],
         "centre_baseline": round(chosen["centre_baseline"]["rate"], 4),
         "centre_baseline_hits": chosen["centre_baseline"]["hits"],
         "layer_chosen_on": f"val ({chosen['val']['hits']}/{chosen['val']['n']} hits)",

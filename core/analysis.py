@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # one at a time (bench/core_inference.py); 16 keeps a batch's memory small on any worker.
 DEFAULT_BATCH_SIZE = 16
 
+
 @dataclass(frozen=True)
 class AnalysisOutcome:
     condition: str
@@ -54,16 +55,22 @@ class AnalysisOutcome:
     @property
     def flag(self) -> bool:
         """Whether this result may put a study at the top of the worklist."""
-        return (self.positive and self.applicable and not self.is_placeholder
-                and not self.experimental)
+        return self.positive and self.applicable and not self.is_placeholder and not self.experimental
 
     @property
     def warnings(self) -> list[str]:
         """What must be shown next to this result, most serious first."""
-        return [w["text"] for w in result_warnings(
-            is_placeholder=self.is_placeholder, placeholder_reason=self.placeholder_reason,
-            applicable=self.applicable, not_applicable_reason=self.not_applicable_reason,
-            experimental=self.experimental, experimental_reason=self.experimental_reason)]
+        return [
+            w["text"]
+            for w in result_warnings(
+                is_placeholder=self.is_placeholder,
+                placeholder_reason=self.placeholder_reason,
+                applicable=self.applicable,
+                not_applicable_reason=self.not_applicable_reason,
+                experimental=self.experimental,
+                experimental_reason=self.experimental_reason,
+            )
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,8 +105,13 @@ def analyze_xray(
     model_id: str | None = None,
     allow_body_part_mismatch: bool = False,
 ) -> AnalysisOutcome:
-    return analyze_xrays([xray], condition=condition, manager=manager, model_id=model_id,
-                         allow_body_part_mismatch=allow_body_part_mismatch)[0]
+    return analyze_xrays(
+        [xray],
+        condition=condition,
+        manager=manager,
+        model_id=model_id,
+        allow_body_part_mismatch=allow_body_part_mismatch,
+    )[0]
 
 
 def analyze_xrays(
@@ -136,23 +148,33 @@ def check_body_part(xray: XRay, *, condition: str) -> None:
         )
 
 
-def analyze_with_model_batch(xrays: Sequence[XRay], *, loaded: LoadedModel,
-                             batch_size: int = DEFAULT_BATCH_SIZE) -> list[AnalysisOutcome]:
+def analyze_with_model_batch(
+    xrays: Sequence[XRay], *, loaded: LoadedModel, batch_size: int = DEFAULT_BATCH_SIZE
+) -> list[AnalysisOutcome]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     outcomes: list[AnalysisOutcome] = []
     for start in range(0, len(xrays), batch_size):
-        chunk = xrays[start:start + batch_size]
+        chunk = xrays[start : start + batch_size]
         batch = np.stack([preprocess_gray(x.pixels, input_size=loaded.input_size) for x in chunk])
         probabilities, cam = loaded.predict_with_gradcam(batch)
         distances = _feature_distances(loaded, getattr(cam, "pooled", None))
         recognitions = _recognise(chunk)
         outcomes.extend(
-            _outcome(xray, loaded=loaded, probability=float(probabilities[i]),
-                     method=cam.methods[i], layer=cam.layer, heatmap=cam.heatmaps[i],
-                     applicability=_applicability(
-                         xray, loaded=loaded, recognition=recognitions[i],
-                         distance=None if distances is None else float(distances[i])))
+            _outcome(
+                xray,
+                loaded=loaded,
+                probability=float(probabilities[i]),
+                method=cam.methods[i],
+                layer=cam.layer,
+                heatmap=cam.heatmaps[i],
+                applicability=_applicability(
+                    xray,
+                    loaded=loaded,
+                    recognition=recognitions[i],
+                    distance=None if distances is None else float(distances[i]),
+                ),
+            )
             for i, xray in enumerate(chunk)
         )
     return outcomes
@@ -174,27 +196,37 @@ def _feature_distances(loaded: LoadedModel, pooled: np.ndarray | None) -> np.nda
     if loaded.population_model is None or pooled is None:
         return None
     try:
-        return np.asarray(loaded.population_model.distance(np.asarray(pooled)),
-                          dtype=np.float64)
+        return np.asarray(loaded.population_model.distance(np.asarray(pooled)), dtype=np.float64)
     except ValueError as exc:  # a population file fitted on another layer: say, don't crash
         log.error("Feature distance unavailable for %s: %s", loaded.model_id, exc)
         return None
 
 
-def _applicability(xray: XRay, *, loaded: LoadedModel, recognition: Any,
-                   distance: float | None) -> Applicability:
+def _applicability(
+    xray: XRay, *, loaded: LoadedModel, recognition: Any, distance: float | None
+) -> Applicability:
     if loaded.is_placeholder:  # never a finding anyway; its own warning says why
         return Applicability(True)
     return check_applicability(
         population=loaded.population,
         model_name=f"{get_condition(loaded.condition).label.lower()} model",
-        metadata=xray.metadata, recognition=recognition, distance=distance,
-        cutoff=getattr(loaded.population_model, "cutoff", None))
+        metadata=xray.metadata,
+        recognition=recognition,
+        distance=distance,
+        cutoff=getattr(loaded.population_model, "cutoff", None),
+    )
 
 
-def _outcome(xray: XRay, *, loaded: LoadedModel, probability: float, method: str,
-             layer: str | None, heatmap: np.ndarray,
-             applicability: Applicability) -> AnalysisOutcome:
+def _outcome(
+    xray: XRay,
+    *,
+    loaded: LoadedModel,
+    probability: float,
+    method: str,
+    layer: str | None,
+    heatmap: np.ndarray,
+    applicability: Applicability,
+) -> AnalysisOutcome:
     return AnalysisOutcome(
         condition=loaded.condition,
         probability=probability,

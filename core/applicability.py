@@ -103,43 +103,48 @@ def check_applicability(
     count for this image. metadata: the DICOM header summary ({} for PNG/JPEG)."""
     checks = _checks_seen(metadata, recognition, distance, cutoff)
     if population is None:
-        return Applicability(True, notes=(
-            f"The {model_name} declares no training population: only the header was checked.",
-        ), checks=checks)
+        return Applicability(
+            True,
+            notes=(f"The {model_name} declares no training population: only the header was checked.",),
+            checks=checks,
+        )
     problems, notes = _header_and_pixels(population, metadata, recognition)
     if distance is not None and cutoff is not None and distance > cutoff:
         problems.append(
             f"its image features are unlike this model's training images (distance "
-            f"{distance:.1f}, cut-off {cutoff:.1f})")
+            f"{distance:.1f}, cut-off {cutoff:.1f})"
+        )
     elif distance is None:
         notes.append("The feature-distance check is unavailable for this model.")
     if not problems:
         return Applicability(True, notes=tuple(notes), checks=checks)
-    reason = (f"Outside this model's training population: {'; '.join(problems)}. "
-              f"The {model_name} was trained on {_lower_first(population.description)}.")
+    reason = (
+        f"Outside this model's training population: {'; '.join(problems)}. "
+        f"The {model_name} was trained on {_lower_first(population.description)}."
+    )
     return Applicability(False, reason=reason, notes=tuple(notes), checks=checks)
 
 
-def _header_and_pixels(population: Population, metadata: dict[str, Any],
-                       recognition: RecognitionLike | None) -> tuple[list[str], list[str]]:
+def _header_and_pixels(
+    population: Population, metadata: dict[str, Any], recognition: RecognitionLike | None
+) -> tuple[list[str], list[str]]:
     problems: list[str] = []
     notes: list[str] = []
     header_region = region_of_body_part(str(metadata.get("BodyPartExamined") or ""))
     seen_region = recognition.region if recognition is not None else None
     if header_region:
-        if header_region != population.region and not _limb_model_on_knee(population,
-                                                                          header_region):
-            problems.append(f"the DICOM header says body part "
-                            f"{metadata.get('BodyPartExamined')}")
+        if header_region != population.region and not _limb_model_on_knee(population, header_region):
+            problems.append(f"the DICOM header says body part {metadata.get('BodyPartExamined')}")
         if recognition is None:
             notes.append("The image recogniser could not run; the DICOM header decided.")
         elif seen_region and seen_region not in (header_region, "unrecognised"):
-            notes.append(f"The image recogniser sees {seen_as(recognition)}, but the DICOM "
-                         f"header says {metadata.get('BodyPartExamined')}; the header was "
-                         "followed.")
+            notes.append(
+                f"The image recogniser sees {seen_as(recognition)}, but the DICOM "
+                f"header says {metadata.get('BodyPartExamined')}; the header was "
+                "followed."
+            )
     elif recognition is None:
-        problems.append("the image recogniser could not run, so the image's body region is "
-                        "unknown")
+        problems.append("the image recogniser could not run, so the image's body region is unknown")
     elif seen_region == "unrecognised":
         problems.append("it is not recognised as a chest, knee or limb radiograph")
     elif seen_region != population.region and not _limb_model_on_knee(population, seen_region):
@@ -162,22 +167,32 @@ def _limb_model_on_knee(population: Population, region: str | None) -> bool:
     return population.region == "limb" and region == "knee"
 
 
-def _kind_problems(population: Population, metadata: dict[str, Any],
-                   recognition: RecognitionLike | None, header_region: str) -> list[str]:
+def _kind_problems(
+    population: Population, metadata: dict[str, Any], recognition: RecognitionLike | None, header_region: str
+) -> list[str]:
     """Within the right region: the right kind of image. The patient's age from the header
     where it has one, else the recogniser's age group (chest); crop or film (knee)."""
     age = patient_age_years(metadata)
     if age is not None:
         problems = _age_problems(population, age)
-    elif (population.region == "chest" and population.age_group != "both"
-          and recognition is not None and recognition.region == "chest"
-          and recognition.age_group and recognition.age_group != population.age_group):
+    elif (
+        population.region == "chest"
+        and population.age_group != "both"
+        and recognition is not None
+        and recognition.region == "chest"
+        and recognition.age_group
+        and recognition.age_group != population.age_group
+    ):
         problems = [f"the image recogniser sees {seen_as(recognition)}"]
     else:
         problems = []
-    if (population.region == "knee" and population.recogniser_classes
-            and recognition is not None and recognition.region == "knee"
-            and recognition.population not in population.recogniser_classes):
+    if (
+        population.region == "knee"
+        and population.recogniser_classes
+        and recognition is not None
+        and recognition.region == "knee"
+        and recognition.population not in population.recogniser_classes
+    ):
         problems.append(f"the image recogniser sees {seen_as(recognition)}")
     return problems
 
@@ -202,8 +217,7 @@ def _view_problems(population: Population, metadata: dict[str, Any]) -> list[str
         return []
     if view in FRONTAL_VIEWS and set(population.views) & (FRONTAL_VIEWS | {"FRONTAL"}):
         return []
-    return [f"the view is {metadata.get('ViewPosition')}, not a "
-            f"{'/'.join(population.views).lower()} view"]
+    return [f"the view is {metadata.get('ViewPosition')}, not a {'/'.join(population.views).lower()} view"]
 
 
 def _view_tokens(views: Any) -> tuple[str, ...]:
@@ -230,8 +244,7 @@ def patient_age_years(metadata: dict[str, Any]) -> float | None:
         per_year = {"Y": 1, "M": 12, "W": 52.1775, "D": 365.25}[age[3]]
         return int(age[:3]) / per_year
     birth = _dicom_date(metadata.get("PatientBirthDate"))
-    study = _dicom_date(metadata.get("StudyDate")) or _dicom_date(
-        metadata.get("AcquisitionDate"))
+    study = _dicom_date(metadata.get("StudyDate")) or _dicom_date(metadata.get("AcquisitionDate"))
     if birth and study and study >= birth:
         return (study - birth).days / 365.25
     return None
@@ -255,8 +268,12 @@ def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:] if text else "a population it does not describe"
 
 
-def _checks_seen(metadata: dict[str, Any], recognition: RecognitionLike | None,
-                 distance: float | None, cutoff: float | None) -> dict[str, Any]:
+def _checks_seen(
+    metadata: dict[str, Any],
+    recognition: RecognitionLike | None,
+    distance: float | None,
+    cutoff: float | None,
+) -> dict[str, Any]:
     return {
         "header_body_part": str(metadata.get("BodyPartExamined") or ""),
         "header_view": str(metadata.get("ViewPosition") or ""),

@@ -41,9 +41,7 @@ def build_model(
     import keras
 
     if architecture not in ARCHITECTURES:
-        raise ValueError(
-            f"Unknown architecture '{architecture}'; choose one of {', '.join(ARCHITECTURES)}."
-        )
+        raise ValueError(f"Unknown architecture '{architecture}'; choose one of {', '.join(ARCHITECTURES)}.")
     if architecture == "custom":
         raise ValueError("'custom' models are registered from a file, not built here.")
     if architecture == "placeholder":
@@ -95,13 +93,14 @@ def build_placeholder(*, input_size: Sequence[int]) -> Any:
     height, width = tuple(input_size)
     init = keras.initializers.GlorotUniform(seed=7)
     inputs = keras.Input(shape=(height, width, 3), name="image")
-    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", kernel_initializer=init,
-                            name="placeholder_conv1")(inputs)
-    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu", kernel_initializer=init,
-                            name="placeholder_conv2")(x)
+    x = keras.layers.Conv2D(
+        8, 3, strides=2, activation="relu", kernel_initializer=init, name="placeholder_conv1"
+    )(inputs)
+    x = keras.layers.Conv2D(
+        16, 3, strides=2, activation="relu", kernel_initializer=init, name="placeholder_conv2"
+    )(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", kernel_initializer=init,
-                                 name="probability")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", kernel_initializer=init, name="probability")(x)
     return keras.Model(inputs, outputs, name="placeholder_cnn")
 
 

@@ -28,18 +28,57 @@ class Condition:
 CHEST_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "HEART", "RIBCAGE"})
 LIMB_PARTS = frozenset(
     {
-        "EXTREMITY", "UPPEREXTREMITY", "LOWEREXTREMITY", "ARM", "FOREARM", "HAND", "WRIST",
-        "ELBOW", "HUMERUS", "SHOULDER", "FINGER", "LEG", "TIBIA", "FIBULA", "FEMUR", "ANKLE",
-        "FOOT", "TOE", "KNEE", "HIP", "CLAVICLE", "RADIUS", "ULNA",
+        "EXTREMITY",
+        "UPPEREXTREMITY",
+        "LOWEREXTREMITY",
+        "ARM",
+        "FOREARM",
+        "HAND",
+        "WRIST",
+        "ELBOW",
+        "HUMERUS",
+        "SHOULDER",
+        "FINGER",
+        "LEG",
+        "TIBIA",
+        "FIBULA",
+        "FEMUR",
+        "ANKLE",
+        "FOOT",
+        "TOE",
+        "KNEE",
+        "HIP",
+        "CLAVICLE",
+        "RADIUS",
+        "ULNA",
     }
 )
 KNEE_PARTS = frozenset({"KNEE", "LEG", "TIBIA", "FEMUR", "LOWEREXTREMITY"})
 # Body parts no RadTriage model reads: an image labelled so is stored without AI analysis.
-OTHER_BODY_PARTS = frozenset({"SKULL", "HEAD", "NECK", "CSPINE", "TSPINE", "LSPINE", "SPINE",
-                              "ABDOMEN", "PELVIS", "SACRUM", "COCCYX", "JAW", "BREAST"})
+OTHER_BODY_PARTS = frozenset(
+    {
+        "SKULL",
+        "HEAD",
+        "NECK",
+        "CSPINE",
+        "TSPINE",
+        "LSPINE",
+        "SPINE",
+        "ABDOMEN",
+        "PELVIS",
+        "SACRUM",
+        "COCCYX",
+        "JAW",
+        "BREAST",
+    }
+)
 # What an uploader may choose (never free text): chest first, then the limbs, then the rest.
-KNOWN_BODY_PARTS: tuple[str, ...] = ("CHEST", *sorted(CHEST_PARTS - {"CHEST"}),
-                                     *sorted(LIMB_PARTS | KNEE_PARTS), *sorted(OTHER_BODY_PARTS))
+KNOWN_BODY_PARTS: tuple[str, ...] = (
+    "CHEST",
+    *sorted(CHEST_PARTS - {"CHEST"}),
+    *sorted(LIMB_PARTS | KNEE_PARTS),
+    *sorted(OTHER_BODY_PARTS),
+)
 # The body part a recognised region stands for, when a PNG/JPEG has none.
 REGION_BODY_PART = {"chest": "CHEST", "knee": "KNEE", "limb": "EXTREMITY"}
 
@@ -50,11 +89,17 @@ CONDITIONS: dict[str, Condition] = {
         Condition("cardiomegaly", "Cardiomegaly", "chest", CHEST_PARTS, allow_horizontal_flip=False),
         Condition("fracture", "Fracture", "musculoskeletal", LIMB_PARTS, allow_horizontal_flip=True),
         Condition(
-            "knee_osteoarthritis", "Knee osteoarthritis", "knee", KNEE_PARTS,
+            "knee_osteoarthritis",
+            "Knee osteoarthritis",
+            "knee",
+            KNEE_PARTS,
             allow_horizontal_flip=True,
         ),
         Condition(
-            "knee_osteoporosis", "Knee osteoporosis", "knee", KNEE_PARTS,
+            "knee_osteoporosis",
+            "Knee osteoporosis",
+            "knee",
+            KNEE_PARTS,
             allow_horizontal_flip=True,
         ),
     )
@@ -73,9 +118,7 @@ def get_condition(code: str) -> Condition:
         return CONDITIONS[code]
     except KeyError:
         known = ", ".join(CONDITIONS)
-        raise UnknownConditionError(
-            f"Unknown condition '{code}'. RadTriage knows: {known}."
-        ) from None
+        raise UnknownConditionError(f"Unknown condition '{code}'. RadTriage knows: {known}.") from None
 
 
 def conditions_for_body_part(body_part: str | None) -> list[str]:

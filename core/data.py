@@ -56,8 +56,7 @@ class ArraySplit:
         return int(self.y.shape[0])
 
     def counts(self) -> dict[str, int]:
-        return {"n": self.n, "negative": int((self.y == 0).sum()),
-                "positive": int((self.y == 1).sum())}
+        return {"n": self.n, "negative": int((self.y == 0).sum()), "positive": int((self.y == 1).sum())}
 
 
 # ----------------------------------------------------------------------------- listing
@@ -92,9 +91,7 @@ def samples_from_folder(root: str | Path, *, splits: Iterable[str] | None = None
                     group = groups.get(f.resolve(), f"{split_dir.name}/{f.stem}")
                     samples.append(Sample(f, split_dir.name, label, group))
     if not samples:
-        raise ValueError(
-            f"No images found under {root}: expected <split>/<negative|positive>/*.jpg"
-        )
+        raise ValueError(f"No images found under {root}: expected <split>/<negative|positive>/*.jpg")
     return samples
 
 
@@ -113,8 +110,7 @@ def samples_from_manifest(
                 continue
             path = Path(row["path"])
             path = path if path.is_absolute() else csv_path.parent / path
-            samples.append(Sample(path, row["split"], int(row["label"]),
-                                  row.get("group") or path.stem))
+            samples.append(Sample(path, row["split"], int(row["label"]), row.get("group") or path.stem))
     if not samples:
         raise ValueError(f"No rows for condition={condition!r} in {csv_path}")
     return samples
@@ -125,8 +121,11 @@ def load_samples(
 ) -> list[Sample]:
     """A folder or a manifest CSV -> samples; group leakage across splits is refused."""
     p = Path(data)
-    samples = (samples_from_manifest(p, condition=condition, splits=splits)
-               if p.suffix.lower() == ".csv" else samples_from_folder(p, splits=splits))
+    samples = (
+        samples_from_manifest(p, condition=condition, splits=splits)
+        if p.suffix.lower() == ".csv"
+        else samples_from_folder(p, splits=splits)
+    )
     check_groups_disjoint(samples)
     return samples
 
@@ -187,9 +186,7 @@ def load_arrays(
     paths = [str(Path(s.path).resolve()) for s in samples]
     cache_file = None
     if cache_dir is not None:
-        key = hashlib.sha256(
-            ("\n".join(paths) + f"|{tuple(input_size)}|v1").encode()
-        ).hexdigest()[:20]
+        key = hashlib.sha256(("\n".join(paths) + f"|{tuple(input_size)}|v1").encode()).hexdigest()[:20]
         cache_file = Path(cache_dir) / f"arrays-{key}.npz"
         if cache_file.is_file():
             with np.load(cache_file) as z:
@@ -199,8 +196,11 @@ def load_arrays(
         from tqdm import tqdm
 
         items = tqdm(samples, desc="decode", unit="img")
-    x = np.stack([decode_resized(s.path, input_size=input_size) for s in items]) if samples \
+    x = (
+        np.stack([decode_resized(s.path, input_size=input_size) for s in items])
+        if samples
         else np.zeros((0, *input_size), np.uint8)
+    )
     y = np.array([s.label for s in samples], dtype=np.int64)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -210,7 +210,5 @@ def load_arrays(
     return ArraySplit(x, y, paths, [s.group for s in samples])
 
 
-def load_split(
-    samples: Sequence[Sample], split: str, **kwargs: object
-) -> ArraySplit:
+def load_split(samples: Sequence[Sample], split: str, **kwargs: object) -> ArraySplit:
     return load_arrays([s for s in samples if s.split == split], **kwargs)  # type: ignore[arg-type]

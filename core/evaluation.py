@@ -137,20 +137,29 @@ def reliability_curve(y: Any, p: Any, *, bins: int = 10) -> dict[str, list[float
     if y.min() == y.max():  # calibration_curve needs two classes; the rates are trivial
         idx = np.searchsorted(edges[1:-1], p)
         keep = [b for b in range(bins) if counts[b]]
-        return {"mean_predicted": [float(p[idx == b].mean()) for b in keep],
-                "observed": [float(y[0])] * len(keep),
-                "count": [int(counts[b]) for b in keep]}
+        return {
+            "mean_predicted": [float(p[idx == b].mean()) for b in keep],
+            "observed": [float(y[0])] * len(keep),
+            "count": [int(counts[b]) for b in keep],
+        }
     observed, mean_pred = calibration_curve(y, p, n_bins=bins, strategy="uniform")
-    return {"mean_predicted": [float(v) for v in mean_pred],
-            "observed": [float(v) for v in observed],
-            "count": [int(c) for c in counts if c]}
+    return {
+        "mean_predicted": [float(v) for v in mean_pred],
+        "observed": [float(v) for v in observed],
+        "count": [int(c) for c in counts if c],
+    }
 
 
 def expected_calibration_error(y: Any, p: Any, *, bins: int = 10) -> float:
     curve = reliability_curve(y, p, bins=bins)
     n = sum(curve["count"])
-    return float(sum(c * abs(m - o) for m, o, c in zip(
-        curve["mean_predicted"], curve["observed"], curve["count"], strict=True)) / max(n, 1))
+    return float(
+        sum(
+            c * abs(m - o)
+            for m, o, c in zip(curve["mean_predicted"], curve["observed"], curve["count"], strict=True)
+        )
+        / max(n, 1)
+    )
 
 
 def clopper_pearson(k: int, n: int, *, level: float = 0.95) -> tuple[float, float]:
@@ -165,21 +174,24 @@ def clopper_pearson(k: int, n: int, *, level: float = 0.95) -> tuple[float, floa
     return lo, hi
 
 
-def proportion_intervals(counts: dict[str, int], *, level: float = 0.95
-                         ) -> dict[str, tuple[float, float]]:
+def proportion_intervals(counts: dict[str, int], *, level: float = 0.95) -> dict[str, tuple[float, float]]:
     """Clopper-Pearson intervals of accuracy, sensitivity, specificity, PPV, NPV from a
     confusion matrix."""
     tn, fp, fn, tp = counts["tn"], counts["fp"], counts["fn"], counts["tp"]
-    parts = {"accuracy": (tp + tn, tn + fp + fn + tp), "sensitivity": (tp, tp + fn),
-             "specificity": (tn, tn + fp), "ppv": (tp, tp + fp), "npv": (tn, tn + fn)}
+    parts = {
+        "accuracy": (tp + tn, tn + fp + fn + tp),
+        "sensitivity": (tp, tp + fn),
+        "specificity": (tn, tn + fp),
+        "ppv": (tp, tp + fp),
+        "npv": (tn, tn + fn),
+    }
     return {name: clopper_pearson(k, n, level=level) for name, (k, n) in parts.items()}
 
 
 # ----------------------------------------------------------------------------- bootstrap
 
 
-def group_resampler(n: int, groups: Sequence[Any] | None, rng: np.random.Generator
-                    ) -> Any:
+def group_resampler(n: int, groups: Sequence[Any] | None, rng: np.random.Generator) -> Any:
     """-> a function returning one bootstrap resample of indices 0..n-1: whole groups
     (patients) drawn with replacement when groups are given, single cases otherwise."""
     if groups is None:
@@ -190,12 +202,17 @@ def group_resampler(n: int, groups: Sequence[Any] | None, rng: np.random.Generat
     members = [np.flatnonzero(codes == g) for g in range(codes.max() + 1)] if n else []
     if len(members) == n:  # one case per group: the plain case bootstrap, faster
         return lambda: rng.integers(0, n, n)
-    return lambda: np.concatenate([members[g] for g in rng.integers(0, len(members),
-                                                                     len(members))])
+    return lambda: np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
 
 
 def bootstrap_intervals(
-    y: Any, p: Any, threshold: float, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+    y: Any,
+    p: Any,
+    threshold: float,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
     groups: Sequence[Any] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap intervals for every metric in METRICS (by group when given)."""
@@ -219,7 +236,12 @@ def bootstrap_intervals(
 
 
 def evaluate_predictions(
-    y: Any, p: Any, threshold: float, *, n_boot: int = 1000, seed: int = 0,
+    y: Any,
+    p: Any,
+    threshold: float,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
     groups: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
     """JSON-safe report: n, counts, each metric with `<metric>_ci95` (exact Clopper-Pearson
@@ -228,8 +250,10 @@ def evaluate_predictions(
     y, p = _arrays(y, p)
     point = point_metrics(y, p, threshold)
     counts = confusion(y, p, threshold)
-    ci = {**bootstrap_intervals(y, p, threshold, n_boot=n_boot, seed=seed, groups=groups),
-          **proportion_intervals(counts)}
+    ci = {
+        **bootstrap_intervals(y, p, threshold, n_boot=n_boot, seed=seed, groups=groups),
+        **proportion_intervals(counts),
+    }
     n_groups = len({str(g) for g in groups}) if groups is not None else int(y.size)
     report: dict[str, Any] = {
         "n": int(y.size),
@@ -243,9 +267,14 @@ def evaluate_predictions(
         report[f"{name}_ci95"] = [_finite(ci[name][0]), _finite(ci[name][1])]
     report["ci_method"] = {
         "proportions": "exact Clopper-Pearson 95%",
-        "auc_f1": (f"percentile bootstrap 95%, {n_boot} resamples of "
-                   + (f"{n_groups} groups (patients, or images where the data set has no "
-                      "patient ids)" if groups is not None else "images")),
+        "auc_f1": (
+            f"percentile bootstrap 95%, {n_boot} resamples of "
+            + (
+                f"{n_groups} groups (patients, or images where the data set has no patient ids)"
+                if groups is not None
+                else "images"
+            )
+        ),
     }
     report["confusion"] = counts
     report["log_loss"] = log_loss(y, p)
@@ -264,7 +293,10 @@ def _finite(v: float) -> float | None:
 
 
 def choose_threshold(
-    y: Any, p: Any, *, min_sensitivity: float = DEFAULT_MIN_SENSITIVITY,
+    y: Any,
+    p: Any,
+    *,
+    min_sensitivity: float = DEFAULT_MIN_SENSITIVITY,
     confidence: float | None = None,
 ) -> float:
     """Highest threshold t with sensitivity(p >= t) >= min_sensitivity on (y, p).
@@ -291,11 +323,14 @@ def choose_threshold(
 
 def threshold_rule_text(min_sensitivity: float, confidence: float | None) -> str:
     if confidence is None:
-        return (f"highest threshold with validation sensitivity >= {min_sensitivity:.2f} "
-                "(calibrated probability)")
-    return (f"highest threshold whose validation sensitivity has a one-sided "
-            f"{confidence:.0%} exact lower bound >= {min_sensitivity:.2f} (all validation "
-            "positives kept when too few to reach it; calibrated probability)")
+        return (
+            f"highest threshold with validation sensitivity >= {min_sensitivity:.2f} (calibrated probability)"
+        )
+    return (
+        f"highest threshold whose validation sensitivity has a one-sided "
+        f"{confidence:.0%} exact lower bound >= {min_sensitivity:.2f} (all validation "
+        "positives kept when too few to reach it; calibrated probability)"
+    )
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -312,8 +347,7 @@ def fit_temperature(y: Any, p_raw: Any) -> dict[str, Any]:
 
     y, p = _arrays(y, p_raw)
     z = logit(p)
-    res = minimize_scalar(lambda log_a: _nll(y, math.exp(log_a) * z), bounds=(-6, 4),
-                          method="bounded")
+    res = minimize_scalar(lambda log_a: _nll(y, math.exp(log_a) * z), bounds=(-6, 4), method="bounded")
     a = float(math.exp(res.x))
     return {"method": "temperature", "a": a, "b": 0.0, "temperature": 1.0 / a}
 
@@ -331,8 +365,9 @@ def fit_platt(y: Any, p_raw: Any) -> dict[str, Any]:
         grad = np.array([np.mean((q - y) * z), np.mean(q - y)])
         return _nll(y, s), grad
 
-    res = minimize(fun, x0=np.array([1.0, 0.0]), jac=True, method="L-BFGS-B",
-                   bounds=[(1e-3, 100.0), (-50.0, 50.0)])
+    res = minimize(
+        fun, x0=np.array([1.0, 0.0]), jac=True, method="L-BFGS-B", bounds=[(1e-3, 100.0), (-50.0, 50.0)]
+    )
     return {"method": "platt", "a": float(res.x[0]), "b": float(res.x[1])}
 
 
@@ -372,13 +407,17 @@ def thumbnail_features(gray: np.ndarray, *, size: int = 8) -> np.ndarray:
     """uint8 (n, h, w) -> float (n, size*size): area-downsampled thumbnails."""
     import cv2
 
-    return np.stack([
-        cv2.resize(g, (size, size), interpolation=cv2.INTER_AREA).ravel() for g in gray
-    ]).astype(np.float64) / 255.0
+    return (
+        np.stack([cv2.resize(g, (size, size), interpolation=cv2.INTER_AREA).ravel() for g in gray]).astype(
+            np.float64
+        )
+        / 255.0
+    )
 
 
-def thumbnail_probabilities(train_x: np.ndarray, train_y: np.ndarray,
-                            *others: np.ndarray, size: int = 8) -> list[np.ndarray]:
+def thumbnail_probabilities(
+    train_x: np.ndarray, train_y: np.ndarray, *others: np.ndarray, size: int = 8
+) -> list[np.ndarray]:
     """Fit logistic regression on train thumbnails -> its probabilities for each of `others`."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -390,10 +429,18 @@ def thumbnail_probabilities(train_x: np.ndarray, train_y: np.ndarray,
 
 
 def thumbnail_baseline(
-    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-    *, size: int = 8, n_boot: int = 1000, seed: int = 0,
-    val_x: np.ndarray | None = None, val_y: np.ndarray | None = None,
-    min_sensitivity: float = DEFAULT_MIN_SENSITIVITY, confidence: float | None = None,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    *,
+    size: int = 8,
+    n_boot: int = 1000,
+    seed: int = 0,
+    val_x: np.ndarray | None = None,
+    val_y: np.ndarray | None = None,
+    min_sensitivity: float = DEFAULT_MIN_SENSITIVITY,
+    confidence: float | None = None,
     groups: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
     """The trivial shortcut baseline: logistic regression on 8x8 thumbnails -> test AUC + CI,
@@ -411,11 +458,14 @@ def thumbnail_baseline(
     ci = bootstrap_intervals(test_y, p, 0.5, n_boot=n_boot, seed=seed, groups=groups)["auc"]
     out: dict[str, Any] = {
         "method": f"logistic regression on {size}x{size} thumbnails",
-        "auc": _finite(roc_auc(test_y, p)), "auc_ci95": [_finite(ci[0]), _finite(ci[1])],
-        "n_train": int(len(train_y)), "n_test": int(len(test_y)), "_p_test": p}
+        "auc": _finite(roc_auc(test_y, p)),
+        "auc_ci95": [_finite(ci[0]), _finite(ci[1])],
+        "n_train": int(len(train_y)),
+        "n_test": int(len(test_y)),
+        "_p_test": p,
+    }
     if val_x is not None and val_y is not None and int(np.sum(val_y)) > 0:
-        t = choose_threshold(val_y, probs[1], min_sensitivity=min_sensitivity,
-                             confidence=confidence)
+        t = choose_threshold(val_y, probs[1], min_sensitivity=min_sensitivity, confidence=confidence)
         out["operating_point"] = operating_point(test_y, p, t)
         out["brier_skill"] = _finite(brier_skill(test_y, p))
     return out
@@ -434,8 +484,15 @@ def operating_point(y: Any, p: Any, threshold: float) -> dict[str, Any]:
 
 
 def compare_at_operating_point(
-    y: Any, p_model: Any, t_model: float, p_base: Any, t_base: float, *,
-    groups: Sequence[Any] | None = None, n_boot: int = 1000, seed: int = 0,
+    y: Any,
+    p_model: Any,
+    t_model: float,
+    p_base: Any,
+    t_base: float,
+    *,
+    groups: Sequence[Any] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Model minus baseline at their own operating points: differences in accuracy,
     sensitivity, specificity and balanced accuracy with paired (same resampled patients)
@@ -459,14 +516,19 @@ def compare_at_operating_point(
     out: dict[str, Any] = {}
     for j, name in enumerate(names):
         vals = boot[:, j][~np.isnan(boot[:, j])]
-        lo, hi = ((float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975)))
-                  if vals.size else (float("nan"), float("nan")))
+        lo, hi = (
+            (float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975)))
+            if vals.size
+            else (float("nan"), float("nan"))
+        )
         out[f"{name}_difference"] = _finite(point[j])
         out[f"{name}_difference_ci95"] = [_finite(lo), _finite(hi)]
     lo = out["balanced_accuracy_difference_ci95"][0]
     out["beats_baseline"] = bool(lo is not None and lo > 0)
-    out["rule"] = ("model beats the baseline when the paired bootstrap 95% interval of the "
-                   "balanced-accuracy difference at the two operating points lies above 0")
+    out["rule"] = (
+        "model beats the baseline when the paired bootstrap 95% interval of the "
+        "balanced-accuracy difference at the two operating points lies above 0"
+    )
     return out
 
 
@@ -482,8 +544,15 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_roc(path: str | Path, y: Any, p: Any, *, title: str, threshold: float | None = None,
-             auc_ci: Sequence[float | None] | None = None) -> Path:
+def plot_roc(
+    path: str | Path,
+    y: Any,
+    p: Any,
+    *,
+    title: str,
+    threshold: float | None = None,
+    auc_ci: Sequence[float | None] | None = None,
+) -> Path:
     plt = _pyplot()
     fpr, tpr, _ = roc_curve_points(y, p)
     auc = roc_auc(y, p)
@@ -495,8 +564,9 @@ def plot_roc(path: str | Path, y: Any, p: Any, *, title: str, threshold: float |
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
     if threshold is not None:
         m = threshold_metrics(y, p, threshold)
-        ax.scatter([1 - m["specificity"]], [m["sensitivity"]], c="red", zorder=3,
-                   label=f"threshold {threshold:.3f}")
+        ax.scatter(
+            [1 - m["specificity"]], [m["sensitivity"]], c="red", zorder=3, label=f"threshold {threshold:.3f}"
+        )
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
     ax.set_title(title, fontsize=9)
@@ -513,8 +583,7 @@ def _save_figure(plt: Any, fig: Any, path: str | Path) -> Path:
     return path
 
 
-def plot_reliability(path: str | Path, y: Any, p_cal: Any, *, title: str,
-                     p_raw: Any | None = None) -> Path:
+def plot_reliability(path: str | Path, y: Any, p_cal: Any, *, title: str, p_raw: Any | None = None) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect")
@@ -522,8 +591,12 @@ def plot_reliability(path: str | Path, y: Any, p_cal: Any, *, title: str,
         if probs is None:
             continue
         c = reliability_curve(y, probs)
-        ax.plot(c["mean_predicted"], c["observed"], style,
-                label=f"{name} (ECE {expected_calibration_error(y, probs):.3f})")
+        ax.plot(
+            c["mean_predicted"],
+            c["observed"],
+            style,
+            label=f"{name} (ECE {expected_calibration_error(y, probs):.3f})",
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("predicted probability")
@@ -533,16 +606,21 @@ def plot_reliability(path: str | Path, y: Any, p_cal: Any, *, title: str,
     return _save_figure(plt, fig, path)
 
 
-def plot_confusion(path: str | Path, counts: dict[str, int], *, labels: Sequence[str],
-                   title: str) -> Path:
+def plot_confusion(path: str | Path, counts: dict[str, int], *, labels: Sequence[str], title: str) -> Path:
     plt = _pyplot()
     m = np.array([[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]])
     fig, ax = plt.subplots(figsize=(3.8, 3.4), dpi=100)
     ax.imshow(m, cmap="Blues")
     for i in range(2):
         for j in range(2):
-            ax.text(j, i, str(m[i, j]), ha="center", va="center",
-                    color="white" if m[i, j] > m.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(m[i, j]),
+                ha="center",
+                va="center",
+                color="white" if m[i, j] > m.max() / 2 else "black",
+            )
     ax.set_xticks([0, 1], [f"pred {labels[0]}", f"pred {labels[1]}"], fontsize=7)
     ax.set_yticks([0, 1], [f"true {labels[0]}", f"true {labels[1]}"], fontsize=7)
     ax.set_title(title, fontsize=9)

@@ -94,8 +94,7 @@ def find_pooling_layer(model: Any) -> Any | None:
     """The top-level GlobalAveragePooling2D whose output feeds the head, or None."""
     import keras
 
-    pools = [layer for layer in model.layers
-             if isinstance(layer, keras.layers.GlobalAveragePooling2D)]
+    pools = [layer for layer in model.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D)]
     return pools[-1] if pools else None
 
 
@@ -199,8 +198,7 @@ def build_tap_model(model: Any, paths: list[list[str]], *, pre_activation: bool)
     nested: dict[str, tuple[Any, list[int]]] = {}
     for name in {p[0] for p in paths if len(p) > 1}:
         indices = [i for i, p in enumerate(paths) if len(p) > 1 and p[0] == name]
-        inner = build_tap_model(model.get_layer(name), [paths[i][1:] for i in indices],
-                                pre_activation=False)
+        inner = build_tap_model(model.get_layer(name), [paths[i][1:] for i in indices], pre_activation=False)
         nested[name] = (inner, indices)
     direct: dict[str, list[int]] = {}
     for i, p in enumerate(paths):
@@ -218,17 +216,22 @@ def build_tap_model(model: Any, paths: list[list[str]], *, pre_activation: bool)
                 *inner_taps, out = inner(*args, **kwargs)
                 taps.update(zip(indices, inner_taps, strict=True))
                 return out
+
             return call_nested
         if name in direct:
+
             def call_tapped(*args: Any, **kwargs: Any) -> Any:
                 out = operation(*args, **kwargs)
                 taps.update(dict.fromkeys(direct[name], out))
                 return out
+
             return call_tapped
         if pre_activation and operation is final_layer:
+
             def call_final(*args: Any, **kwargs: Any) -> Any:
                 head_input_holder.append(args[0])
                 return operation(*args, **kwargs)
+
             return call_final
         return operation
 
@@ -239,13 +242,13 @@ def build_tap_model(model: Any, paths: list[list[str]], *, pre_activation: bool)
         outputs = outputs[0]
     missing = [i for i in range(len(paths)) if i not in taps]
     if missing:
-        raise ValueError(
-            f"Grad-CAM layer '{'/'.join(paths[missing[0]])}' is not on the path to the output."
-        )
+        raise ValueError(f"Grad-CAM layer '{'/'.join(paths[missing[0]])}' is not on the path to the output.")
     score = head_input_holder[0] if (pre_activation and head_input_holder) else outputs
-    return keras.Model(new_inputs[0] if len(new_inputs) == 1 else new_inputs,
-                       [*(taps[i] for i in range(len(paths))), score],
-                       name=f"{model.name}_gradcam")
+    return keras.Model(
+        new_inputs[0] if len(new_inputs) == 1 else new_inputs,
+        [*(taps[i] for i in range(len(paths))), score],
+        name=f"{model.name}_gradcam",
+    )
 
 
 def _final_sigmoid_dense(model: Any) -> Any | None:
@@ -263,8 +266,9 @@ def _final_sigmoid_dense(model: Any) -> Any | None:
 class GradCam:
     """Prediction + heatmap in one compiled call. Thread-safe for inference; never mutates model."""
 
-    def __init__(self, model: Any, *, layer: str | None = None, method: str = "auto",
-                 position_reference: bool = True) -> None:
+    def __init__(
+        self, model: Any, *, layer: str | None = None, method: str = "auto", position_reference: bool = True
+    ) -> None:
         import tensorflow as tf
 
         if method not in ("auto", METHOD_GRADCAM, METHOD_ACTIVATION):

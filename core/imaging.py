@@ -27,9 +27,22 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 METADATA_TAGS = (
-    "PatientID", "PatientName", "PatientBirthDate", "PatientSex", "PatientAge", "StudyInstanceUID",
-    "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber", "StudyDate", "StudyDescription",
-    "Modality", "BodyPartExamined", "ViewPosition", "PatientPosition", "PhotometricInterpretation",
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "AccessionNumber",
+    "StudyDate",
+    "StudyDescription",
+    "Modality",
+    "BodyPartExamined",
+    "ViewPosition",
+    "PatientPosition",
+    "PhotometricInterpretation",
 )
 
 
@@ -55,8 +68,9 @@ class XRay:
         return int(self.pixels.shape[0]), int(self.pixels.shape[1])
 
 
-def load_xray(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-              read_metadata: bool = True) -> XRay:
+def load_xray(
+    source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, read_metadata: bool = True
+) -> XRay:
     """Read a DICOM, PNG or JPEG X-ray from a path or from bytes.
 
     read_metadata=False leaves XRay.metadata empty, for a caller that already holds the header
@@ -89,13 +103,53 @@ def _looks_like_dicom(data: bytes) -> bool:
 
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", "RG", "PX", "OT"})
 KNOWN_VIEW_POSITIONS = frozenset(
-    {"AP", "PA", "LL", "RL", "LLD", "RLD", "LAT", "LATERAL", "OBL", "LLO", "RLO", "LAO", "RAO",
-     "LPO", "RPO", "AXIAL", "FRONTAL", "CRANIAL", "CAUDAL"}
+    {
+        "AP",
+        "PA",
+        "LL",
+        "RL",
+        "LLD",
+        "RLD",
+        "LAT",
+        "LATERAL",
+        "OBL",
+        "LLO",
+        "RLO",
+        "LAO",
+        "RAO",
+        "LPO",
+        "RPO",
+        "AXIAL",
+        "FRONTAL",
+        "CRANIAL",
+        "CAUDAL",
+    }
 )
 # Patient Position (0018,5100) defined terms; some exporters put the view (PA/AP) there instead.
 KNOWN_PATIENT_POSITIONS = frozenset(
-    {"HFP", "HFS", "HFDR", "HFDL", "FFDR", "FFDL", "FFP", "FFS", "LFP", "LFS", "RFP", "RFS",
-     "AFDR", "AFDL", "PFDR", "PFDL", "SITTING", "STANDING", "ERECT", "SUPINE", "PRONE"}
+    {
+        "HFP",
+        "HFS",
+        "HFDR",
+        "HFDL",
+        "FFDR",
+        "FFDL",
+        "FFP",
+        "FFS",
+        "LFP",
+        "LFS",
+        "RFP",
+        "RFS",
+        "AFDR",
+        "AFDL",
+        "PFDR",
+        "PFDL",
+        "SITTING",
+        "STANDING",
+        "ERECT",
+        "SUPINE",
+        "PRONE",
+    }
 )
 
 
@@ -114,13 +168,16 @@ def validate_radiograph(xray: XRay) -> XRay:
             "models only read plain X-rays."
         )
     notes = list(xray.notes)
-    for tag, known in (("ViewPosition", KNOWN_VIEW_POSITIONS),
-                       ("PatientPosition", KNOWN_VIEW_POSITIONS | KNOWN_PATIENT_POSITIONS)):
+    for tag, known in (
+        ("ViewPosition", KNOWN_VIEW_POSITIONS),
+        ("PatientPosition", KNOWN_VIEW_POSITIONS | KNOWN_PATIENT_POSITIONS),
+    ):
         value = (xray.metadata.get(tag) or "").upper()
         if value and value not in known:
             notes.append(f"Unrecognised {tag} '{value}' in the DICOM header; check the projection.")
-    return XRay(pixels=xray.pixels, metadata=xray.metadata, source_format=xray.source_format,
-                notes=tuple(notes))
+    return XRay(
+        pixels=xray.pixels, metadata=xray.metadata, source_format=xray.source_format, notes=tuple(notes)
+    )
 
 
 # --------------------------------------------------------------------------- PNG / JPEG
@@ -211,9 +268,12 @@ def _load_dicom(data: bytes, *, max_pixels: int, read_metadata: bool = True) -> 
     if frames > 1:
         notes.append(f"Multi-frame DICOM ({frames} frames): only the first frame was analysed.")
     pixels = dicom_to_display(raw, ds)
-    return XRay(pixels=pixels, metadata=dicom_metadata(ds) if read_metadata else {},
-                source_format="dicom",
-                notes=tuple(notes))
+    return XRay(
+        pixels=pixels,
+        metadata=dicom_metadata(ds) if read_metadata else {},
+        source_format="dicom",
+        notes=tuple(notes),
+    )
 
 
 def _decode_dicom_pixels(ds: Any, *, frames: int) -> np.ndarray:
@@ -283,8 +343,9 @@ def _first_window(ds: Any) -> tuple[float | None, float | None]:
         if value is None:
             return None
         try:
-            return float(value[0]) if hasattr(value, "__len__") and not isinstance(value, str) \
-                else float(value)
+            return (
+                float(value[0]) if hasattr(value, "__len__") and not isinstance(value, str) else float(value)
+            )
         except (TypeError, ValueError, IndexError):
             return None
 

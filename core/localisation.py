@@ -59,8 +59,9 @@ def point_in_boxes(point: Point, boxes: Sequence[Box], *, tolerance: float = 0.0
     return any(x0 - t <= x <= x1 + t and y0 - t <= y <= y1 + t for x0, y0, x1, y1 in boxes)
 
 
-def pointing_game(peaks: Sequence[Point], boxes: Sequence[Sequence[Box]], *,
-                  tolerance: float = 0.0) -> dict[str, object]:
+def pointing_game(
+    peaks: Sequence[Point], boxes: Sequence[Sequence[Box]], *, tolerance: float = 0.0
+) -> dict[str, object]:
     """One peak and the list of boxes per film -> hits, n, rate, exact 95% CI (Clopper-Pearson).
 
     A film without a box cannot be scored and is refused rather than counted as a miss.
@@ -70,12 +71,16 @@ def pointing_game(peaks: Sequence[Point], boxes: Sequence[Sequence[Box]], *,
         raise ValueError(f"{len(peaks)} peaks for {len(boxes)} films")
     if any(len(b) == 0 for b in boxes):
         raise ValueError("every film scored by the pointing game needs at least one box")
-    hit_list = [point_in_boxes(p, b, tolerance=tolerance)
-                for p, b in zip(peaks, boxes, strict=True)]
+    hit_list = [point_in_boxes(p, b, tolerance=tolerance) for p, b in zip(peaks, boxes, strict=True)]
     hits, n = int(sum(hit_list)), len(hit_list)
     low, high = clopper_pearson(hits, n)
-    return {"hits": hits, "n": n, "rate": hits / n if n else math.nan,
-            "ci95": [round(low, 4), round(high, 4)], "hit_list": hit_list}
+    return {
+        "hits": hits,
+        "n": n,
+        "rate": hits / n if n else math.nan,
+        "ci95": [round(low, 4), round(high, 4)],
+        "hit_list": hit_list,
+    }
 
 
 def centre_baseline(boxes: Sequence[Sequence[Box]]) -> dict[str, object]:
@@ -112,5 +117,4 @@ def _split_of(path: str) -> str | None:
 def summary(result: Mapping[str, object]) -> str:
     """'0.27 (12/45, 95% CI 0.15-0.42)' for a pointing_game result."""
     low, high = result["ci95"]  # type: ignore[misc]
-    return (f"{result['rate']:.2f} ({result['hits']}/{result['n']}, "
-            f"95% CI {low:.2f}-{high:.2f})")
+    return f"{result['rate']:.2f} ({result['hits']}/{result['n']}, 95% CI {low:.2f}-{high:.2f})"

@@ -23,8 +23,7 @@ from core.model_card import PAPER_TABLE1
 from core.preprocessing import to_model_input
 from core.registry import Registry
 
-TABLE_CONDITIONS = ("pneumonia", "knee_osteoarthritis", "knee_osteoporosis", "fracture",
-                    "cardiomegaly")
+TABLE_CONDITIONS = ("pneumonia", "knee_osteoarthritis", "knee_osteoporosis", "fracture", "cardiomegaly")
 
 
 def labelled_samples(data: str | Path, split: str | None) -> tuple[list[Sample], str]:
@@ -39,9 +38,15 @@ def labelled_samples(data: str | Path, split: str | None) -> tuple[list[Sample],
 
 
 def evaluate_registered_model(
-    *, registry_path: str | Path, data: str | Path, model_id: str | None = None,
-    condition: str | None = None, split: str | None = "test", n_boot: int = 1000,
-    plots_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+    *,
+    registry_path: str | Path,
+    data: str | Path,
+    model_id: str | None = None,
+    condition: str | None = None,
+    split: str | None = "test",
+    n_boot: int = 1000,
+    plots_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """-> JSON-safe report: model, split, n, auc, accuracy, sensitivity, specificity, ppv, npv,
     f1 (each with `<name>_ci95`), threshold, confusion, calibration error; plots if asked."""
@@ -53,25 +58,38 @@ def evaluate_registered_model(
         raise RuntimeError(f"No real model to evaluate: {loaded.placeholder_reason}")
     samples, split_name = labelled_samples(data, split)
     arrays = load_arrays(samples, input_size=loaded.input_size, cache_dir=cache_dir)
-    probs = np.concatenate([
-        loaded.predict(to_model_input(arrays.x[i:i + 64])) for i in range(0, arrays.n, 64)
-    ])
-    report = evaluate_predictions(arrays.y, probs, loaded.threshold, n_boot=n_boot,
-                                  groups=arrays.groups)
-    report = {"model_id": loaded.model_id, "model_sha256": loaded.sha256,
-              "condition": loaded.condition, "data": str(data), "split": split_name,
-              "experimental": loaded.experimental, **report}
+    probs = np.concatenate(
+        [loaded.predict(to_model_input(arrays.x[i : i + 64])) for i in range(0, arrays.n, 64)]
+    )
+    report = evaluate_predictions(arrays.y, probs, loaded.threshold, n_boot=n_boot, groups=arrays.groups)
+    report = {
+        "model_id": loaded.model_id,
+        "model_sha256": loaded.sha256,
+        "condition": loaded.condition,
+        "data": str(data),
+        "split": split_name,
+        "experimental": loaded.experimental,
+        **report,
+    }
     if plots_dir is not None:
         out = Path(plots_dir)
         title = f"{loaded.model_id} ({split_name}, n={report['n']})"
         labels = (loaded.entry.raw.get("class_labels") if loaded.entry else None) or ["neg", "pos"]
-        report["plots"] = [str(p) for p in (
-            plot_roc(out / "roc.png", arrays.y, probs, title=title, threshold=loaded.threshold,
-                     auc_ci=report["auc_ci95"]),
-            plot_reliability(out / "reliability.png", arrays.y, probs, title=title),
-            plot_confusion(out / "confusion.png", report["confusion"], labels=labels,
-                           title=title),
-        )]
+        report["plots"] = [
+            str(p)
+            for p in (
+                plot_roc(
+                    out / "roc.png",
+                    arrays.y,
+                    probs,
+                    title=title,
+                    threshold=loaded.threshold,
+                    auc_ci=report["auc_ci95"],
+                ),
+                plot_reliability(out / "reliability.png", arrays.y, probs, title=title),
+                plot_confusion(out / "confusion.png", report["confusion"], labels=labels, title=title),
+            )
+        ]
     return report
 
 
@@ -79,8 +97,10 @@ def table1(registry_path: str | Path) -> str:
     """The seed paper's Table 1 layout: condition x DenseNet121/MobileNetV2, accuracy and AUC of
     the registered models (test split, else validation) beside the paper's accuracy."""
     registry = Registry.load(registry_path)
-    header = ("| condition | DenseNet121 acc % | DenseNet121 AUC | paper DenseNet121 acc % "
-              "| MobileNetV2 acc % | MobileNetV2 AUC | paper MobileNetV2 acc % |")
+    header = (
+        "| condition | DenseNet121 acc % | DenseNet121 AUC | paper DenseNet121 acc % "
+        "| MobileNetV2 acc % | MobileNetV2 AUC | paper MobileNetV2 acc % |"
+    )
     rows = [header, "|" + "---|" * 7]
     for cond in TABLE_CONDITIONS:
         cells = [cond]
@@ -96,14 +116,18 @@ def table1(registry_path: str | Path) -> str:
                 flag = "" if split == "test" else " (val)"
                 flag += " *" if entry.is_experimental else ""
                 acc, auc = m.get("accuracy"), m.get("auc")
-                cells += [f"{acc * 100:.1f}{flag}" if acc is not None else "-",
-                          f"{auc:.3f}{flag}" if auc is not None else "-"]
+                cells += [
+                    f"{acc * 100:.1f}{flag}" if acc is not None else "-",
+                    f"{auc:.3f}{flag}" if auc is not None else "-",
+                ]
             cells.append(f"{paper_acc:.1f}" if paper_acc is not None else "-")
         rows.append("| " + " | ".join(cells) + " |")
-    rows.append("\n* experimental model (see its card). Accuracy at each model's registered "
-                "threshold (see its threshold_rule: validation sensitivity >= 0.90, with a margin for "
-                "models evaluated since the exact-interval rule), not at 0.5. The paper's numbers are "
-                "on its own data and are not directly comparable.")
+    rows.append(
+        "\n* experimental model (see its card). Accuracy at each model's registered "
+        "threshold (see its threshold_rule: validation sensitivity >= 0.90, with a margin for "
+        "models evaluated since the exact-interval rule), not at 0.5. The paper's numbers are "
+        "on its own data and are not directly comparable."
+    )
     return "\n".join(rows)
 
 
@@ -112,9 +136,12 @@ def active_table(registry_path: str | Path) -> str:
     specificity at the operating point beside the 8x8-thumbnail baseline at its own operating
     point, Brier skill, ECE and status (from the registry entries)."""
     registry = Registry.load(registry_path)
-    rows = ["| condition | model | status | test n (neg/pos) | AUC (95% CI) | acc % model / "
-            "baseline | sens % model / baseline | spec % model / baseline | beats baseline "
-            "| Brier skill | ECE |", "|" + "---|" * 11]
+    rows = [
+        "| condition | model | status | test n (neg/pos) | AUC (95% CI) | acc % model / "
+        "baseline | sens % model / baseline | spec % model / baseline | beats baseline "
+        "| Brier skill | ECE |",
+        "|" + "---|" * 11,
+    ]
     for cond in TABLE_CONDITIONS:
         entry = registry.active_entry(cond)
         if entry is None:
@@ -137,10 +164,13 @@ def active_table(registry_path: str | Path) -> str:
             f"| {_num(m.get('auc'))} ({_num(ci[0])}-{_num(ci[1])}) | {pair('accuracy')} "
             f"| {pair('sensitivity')} | {pair('specificity')} "
             f"| {'-' if beats is None else ('yes' if beats else 'no')} "
-            f"| {_num(m.get('brier_skill'))} | {_num(m.get('ece'))} |")
-    rows.append("\nBaseline: logistic regression on 8x8 thumbnails, its threshold chosen on "
-                "validation by the same rule. 'beats baseline': the paired patient-bootstrap 95% "
-                "interval of the balanced-accuracy difference lies above 0.")
+            f"| {_num(m.get('brier_skill'))} | {_num(m.get('ece'))} |"
+        )
+    rows.append(
+        "\nBaseline: logistic regression on 8x8 thumbnails, its threshold chosen on "
+        "validation by the same rule. 'beats baseline': the paired patient-bootstrap 95% "
+        "interval of the balanced-accuracy difference lies above 0."
+    )
     return "\n".join(rows)
 
 
@@ -156,7 +186,9 @@ def _pick(registry: Registry, condition: str, architecture: str) -> Any:
     active = registry.active_entry(condition)
     if active is not None and active.architecture == architecture:
         return active
-    candidates = [e for e in registry.models.values()
-                  if e.condition == condition and e.architecture == architecture
-                  and e.status != "retired"]
+    candidates = [
+        e
+        for e in registry.models.values()
+        if e.condition == condition and e.architecture == architecture and e.status != "retired"
+    ]
     return max(candidates, key=lambda e: str(e.raw.get("created", "")), default=None)

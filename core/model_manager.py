@@ -37,8 +37,17 @@ PLACEHOLDER_RETRY_SECONDS = 60.0
 # What a broken artifact raises while Keras reads it. Anything else (a job's time limit hit
 # while loading, memory running out) is the job's problem, not the file's: it propagates for
 # the job to retry, instead of answering from a placeholder that would then be cached.
-ARTIFACT_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, EOFError,
-                   OSError, zipfile.BadZipFile, json.JSONDecodeError)
+ARTIFACT_ERRORS = (
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    IndexError,
+    EOFError,
+    OSError,
+    zipfile.BadZipFile,
+    json.JSONDecodeError,
+)
 
 
 @dataclass
@@ -99,8 +108,7 @@ def _compile_predict(model: Any) -> Any:
 
     height, width, channels = model.input_shape[1:4]
     spec = tf.TensorSpec([None, height, width, channels], tf.float32)
-    return tf.function(lambda x: model(x, training=False), input_signature=[spec],
-                       reduce_retracing=True)
+    return tf.function(lambda x: model(x, training=False), input_signature=[spec], reduce_retracing=True)
 
 
 class ModelManager:
@@ -135,9 +143,7 @@ class ModelManager:
         if model_id is not None:
             entry: ModelEntry | None = registry.entry(model_id)
             if condition is not None and entry.condition != condition:
-                raise RegistryError(
-                    f"Model '{model_id}' is for {entry.condition}, not {condition}."
-                )
+                raise RegistryError(f"Model '{model_id}' is for {entry.condition}, not {condition}.")
         else:
             get_condition(condition)  # type: ignore[arg-type]  # unknown code -> clear error
             entry = registry.active_entry(condition)  # type: ignore[arg-type]
@@ -158,8 +164,11 @@ class ModelManager:
             loaded = self._cache.get(key)
             if loaded is None:
                 return None
-            if loaded.is_placeholder and loaded.entry is not None and \
-                    time.monotonic() - loaded.loaded_at > PLACEHOLDER_RETRY_SECONDS:
+            if (
+                loaded.is_placeholder
+                and loaded.entry is not None
+                and time.monotonic() - loaded.loaded_at > PLACEHOLDER_RETRY_SECONDS
+            ):
                 del self._cache[key]  # the artifact may have been fixed: try again
                 return None
             self._cache.move_to_end(key)
@@ -184,15 +193,15 @@ class ModelManager:
     # ------------------------------------------------------------------ loading
     def _load(self, registry: Registry, entry: ModelEntry | None, condition: str) -> LoadedModel:
         if entry is None:
-            return self._placeholder(condition, None,
-                                     f"No active model is registered for {condition}.")
+            return self._placeholder(condition, None, f"No active model is registered for {condition}.")
         path = registry.artifact_path(entry)
         if not path.is_file():
             return self._placeholder(condition, entry, f"Model artifact missing: {path}.")
         actual = sha256_file(path)
         if entry.sha256 and actual != entry.sha256:
             return self._placeholder(
-                condition, entry,
+                condition,
+                entry,
                 f"Model artifact {path} fails its checksum (registry {entry.sha256[:12]}..., "
                 f"file {actual[:12]}...): it was changed or corrupted.",
             )
@@ -206,17 +215,25 @@ class ModelManager:
             interruption = _interruption(exc)
             if interruption is not None:
                 raise interruption from None
-            return self._placeholder(condition, entry,
-                                     f"Model artifact {path} could not be loaded ({exc}).")
+            return self._placeholder(condition, entry, f"Model artifact {path} could not be loaded ({exc}).")
         self.load_count += 1
         log.info("Loaded model %s (%s) from %s", entry.id, actual[:12], path)
         return LoadedModel(
-            model_id=entry.id, condition=entry.condition, architecture=entry.architecture,
-            input_size=entry.input_size, threshold=entry.threshold,
-            calibration=entry.calibration, sha256=actual, is_placeholder=False,
-            placeholder_reason=None, experimental=entry.is_experimental,
-            experimental_reason=entry.experimental_reason, gradcam_layer=entry.gradcam_layer,
-            keras_model=model, entry=entry, population=Population.from_entry(entry.raw),
+            model_id=entry.id,
+            condition=entry.condition,
+            architecture=entry.architecture,
+            input_size=entry.input_size,
+            threshold=entry.threshold,
+            calibration=entry.calibration,
+            sha256=actual,
+            is_placeholder=False,
+            placeholder_reason=None,
+            experimental=entry.is_experimental,
+            experimental_reason=entry.experimental_reason,
+            gradcam_layer=entry.gradcam_layer,
+            keras_model=model,
+            entry=entry,
+            population=Population.from_entry(entry.raw),
             population_model=_population_model(registry, entry),
         )
 
@@ -226,14 +243,24 @@ class ModelManager:
         size = entry.input_size if entry else ARCHITECTURES["placeholder"]["input_size"]
         log.error(
             "PLACEHOLDER MODEL IN USE for %s: %s Results have NO diagnostic value.",
-            condition, reason,
+            condition,
+            reason,
         )
         return LoadedModel(
-            model_id=f"placeholder:{condition}", condition=condition, architecture="placeholder",
-            input_size=tuple(size), threshold=0.5, calibration={"method": "none"}, sha256=None,
-            is_placeholder=True, placeholder_reason=reason,
-            experimental=False, experimental_reason=None, gradcam_layer=None,
-            keras_model=build_placeholder(input_size=size), entry=entry,
+            model_id=f"placeholder:{condition}",
+            condition=condition,
+            architecture="placeholder",
+            input_size=tuple(size),
+            threshold=0.5,
+            calibration={"method": "none"},
+            sha256=None,
+            is_placeholder=True,
+            placeholder_reason=reason,
+            experimental=False,
+            experimental_reason=None,
+            gradcam_layer=None,
+            keras_model=build_placeholder(input_size=size),
+            entry=entry,
         )
 
 

@@ -16,8 +16,9 @@ def render_overlay(gray: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.4)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
     height, width = gray.shape[:2]
-    heat = cv2.resize(np.clip(heatmap, 0.0, 1.0).astype(np.float32), (width, height),
-                      interpolation=cv2.INTER_LINEAR)
+    heat = cv2.resize(
+        np.clip(heatmap, 0.0, 1.0).astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR
+    )
     colour = colorize_heatmap(heat)
     base = np.repeat(gray[:, :, None], 3, axis=2).astype(np.float32)
     blended = (1.0 - alpha) * base + alpha * colour.astype(np.float32)

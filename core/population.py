@@ -93,8 +93,10 @@ class PopulationModel:
     def __post_init__(self) -> None:
         d, k = self.projection.shape
         if self.mean.shape != (d,) or self.scales.shape != (k,):
-            raise ValueError(f"inconsistent population arrays: mean {self.mean.shape}, "
-                             f"projection {self.projection.shape}, scales {self.scales.shape}")
+            raise ValueError(
+                f"inconsistent population arrays: mean {self.mean.shape}, "
+                f"projection {self.projection.shape}, scales {self.scales.shape}"
+            )
         if not (np.all(np.isfinite(self.scales)) and np.all(self.scales > 0)):
             raise ValueError("population scales must be finite and positive")
         if not (np.isfinite(self.cutoff) and self.cutoff > 0 and self.residual_scale2 > 0):
@@ -113,15 +115,16 @@ class PopulationModel:
         x = np.asarray(pooled, dtype=np.float64)
         x = x.reshape(1, -1) if x.ndim == 1 else x
         if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"expected pooled features of shape (n, {self.dim}), got "
-                             f"{np.shape(pooled)}: a different model's features?")
+            raise ValueError(
+                f"expected pooled features of shape (n, {self.dim}), got "
+                f"{np.shape(pooled)}: a different model's features?"
+            )
         centred = x - self.mean
         y = centred @ self.projection
         a = np.einsum("ij,ij->i", y / self.scales, y / self.scales) / self.k
         if self.residual_weight <= 0:
             return np.sqrt(a)
-        residual2 = np.maximum(np.einsum("ij,ij->i", centred, centred)
-                               - np.einsum("ij,ij->i", y, y), 0.0)
+        residual2 = np.maximum(np.einsum("ij,ij->i", centred, centred) - np.einsum("ij,ij->i", y, y), 0.0)
         b = residual2 / self.residual_scale2
         return np.sqrt((a + self.residual_weight * b) / (1.0 + self.residual_weight))
 
@@ -136,11 +139,16 @@ class PopulationModel:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp.npz")
         np.savez(
-            tmp, mean=self.mean, projection=self.projection.astype(np.float32), scales=self.scales,
-            cutoff=np.float64(self.cutoff), residual_weight=np.float64(self.residual_weight),
+            tmp,
+            mean=self.mean,
+            projection=self.projection.astype(np.float32),
+            scales=self.scales,
+            cutoff=np.float64(self.cutoff),
+            residual_weight=np.float64(self.residual_weight),
             residual_scale2=np.float64(self.residual_scale2),
             format_version=np.int64(FORMAT_VERSION),
-            method=np.array(self.method), feature_layer=np.array(self.feature_layer),
+            method=np.array(self.method),
+            feature_layer=np.array(self.feature_layer),
         )
         tmp.replace(path)  # atomic: a reader never sees half a file
         return sha256_file(path)
@@ -151,14 +159,17 @@ class PopulationModel:
         its checksum, or is not a valid population file."""
         path = Path(path)
         if not path.is_file():
-            raise RegistryError(f"Population file not found: {path}. Run `manage.py "
-                                f"fit_population --model <id>` to create it.")
+            raise RegistryError(
+                f"Population file not found: {path}. Run `manage.py "
+                f"fit_population --model <id>` to create it."
+            )
         if sha256 is not None:
             actual = sha256_file(path)
             if actual != sha256:
                 raise RegistryError(
                     f"Population file {path} fails its checksum (registry {sha256[:12]}..., "
-                    f"file {actual[:12]}...): it was changed or corrupted.")
+                    f"file {actual[:12]}...): it was changed or corrupted."
+                )
         try:
             with np.load(path, allow_pickle=False) as z:
                 missing = [f for f in (*_ARRAY_FIELDS, *_SCALAR_FIELDS, "method") if f not in z]
@@ -171,15 +182,16 @@ class PopulationModel:
                     mean=np.asarray(z["mean"], np.float64),
                     projection=np.asarray(z["projection"], np.float64),
                     scales=np.asarray(z["scales"], np.float64),
-                    cutoff=float(z["cutoff"]), residual_weight=float(z["residual_weight"]),
-                    residual_scale2=float(z["residual_scale2"]), method=str(z["method"]),
+                    cutoff=float(z["cutoff"]),
+                    residual_weight=float(z["residual_weight"]),
+                    residual_scale2=float(z["residual_scale2"]),
+                    method=str(z["method"]),
                     feature_layer=str(z["feature_layer"]) if "feature_layer" in z else "",
                 )
         except RegistryError:
             raise
         except Exception as exc:  # zip/npy damage, wrong dtypes, inconsistent shapes: untrusted
-            raise RegistryError(
-                f"Population file {path} is not a valid population model ({exc}).") from None
+            raise RegistryError(f"Population file {path} is not a valid population model ({exc}).") from None
 
 
 def load_population(registry: Any, entry: Any) -> PopulationModel | None:
@@ -190,8 +202,9 @@ def load_population(registry: Any, entry: Any) -> PopulationModel | None:
     if not applicability:
         return None
     folder = registry.artifact_path(entry).parent
-    return PopulationModel.load(folder / applicability.get("file", POPULATION_FILE),
-                                sha256=applicability.get("sha256"))
+    return PopulationModel.load(
+        folder / applicability.get("file", POPULATION_FILE), sha256=applicability.get("sha256")
+    )
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -227,12 +240,18 @@ class TrainPCA:
         mean = x.mean(axis=0)
         centred = x - mean
         _, singular, vt = np.linalg.svd(centred, full_matrices=False)
-        return cls(mean=mean, axes=vt.T.copy(), variances=singular**2 / (len(x) - 1),
-                   total2=(centred**2).sum(axis=1), scores=centred @ vt.T)
+        return cls(
+            mean=mean,
+            axes=vt.T.copy(),
+            variances=singular**2 / (len(x) - 1),
+            total2=(centred**2).sum(axis=1),
+            scores=centred @ vt.T,
+        )
 
 
-def fit_geometry(train_features: np.ndarray | TrainPCA, *, method: str = METHOD_PPCA,
-                 k: int | None = None) -> PopulationModel:
+def fit_geometry(
+    train_features: np.ndarray | TrainPCA, *, method: str = METHOD_PPCA, k: int | None = None
+) -> PopulationModel:
     """Mean, axes and scales from TRAIN features only; cut-off left at 1 (set by `with_cutoff`)."""
     if method == METHOD_LEDOIT_WOLF:
         if isinstance(train_features, TrainPCA):
@@ -249,11 +268,16 @@ def fit_geometry(train_features: np.ndarray | TrainPCA, *, method: str = METHOD_
     # A floor at a small fraction of the top variance keeps whitening stable if an axis is flat.
     scales = np.sqrt(np.maximum(variances, variances[0] * 1e-6 + 1e-12))
     residual2 = np.maximum(pca.total2 - (pca.scores[:, :k] ** 2).sum(axis=1), 0.0)
-    weight = {METHOD_PCA: 0.0, METHOD_PCA_RESIDUAL: 1.0,
-              METHOD_PPCA: (d - k) / k}[method]
-    return PopulationModel(mean=pca.mean, projection=_float32_exact(pca.axes[:, :k]), scales=scales,
-                           cutoff=1.0, residual_weight=float(weight),
-                           residual_scale2=float(max(residual2.mean(), 1e-12)), method=method)
+    weight = {METHOD_PCA: 0.0, METHOD_PCA_RESIDUAL: 1.0, METHOD_PPCA: (d - k) / k}[method]
+    return PopulationModel(
+        mean=pca.mean,
+        projection=_float32_exact(pca.axes[:, :k]),
+        scales=scales,
+        cutoff=1.0,
+        residual_weight=float(weight),
+        residual_scale2=float(max(residual2.mean(), 1e-12)),
+        method=method,
+    )
 
 
 def _float32_exact(projection: np.ndarray) -> np.ndarray:
@@ -269,14 +293,22 @@ def _fit_ledoit_wolf(x: np.ndarray) -> PopulationModel:
     covariance = LedoitWolf(assume_centered=True).fit(x - mean).covariance_
     eigenvalues, axes = np.linalg.eigh(covariance)
     order = np.argsort(eigenvalues)[::-1]
-    return PopulationModel(mean=mean, projection=_float32_exact(axes[:, order]),
-                           scales=np.sqrt(np.maximum(eigenvalues[order], 1e-12)), cutoff=1.0,
-                           method=METHOD_LEDOIT_WOLF)
+    return PopulationModel(
+        mean=mean,
+        projection=_float32_exact(axes[:, order]),
+        scales=np.sqrt(np.maximum(eigenvalues[order], 1e-12)),
+        cutoff=1.0,
+        method=METHOD_LEDOIT_WOLF,
+    )
 
 
-def with_cutoff(geometry: PopulationModel, val_features: np.ndarray, *,
-                pass_rate: float = DEFAULT_PASS_RATE,
-                margin: float = DEFAULT_MARGIN) -> PopulationModel:
+def with_cutoff(
+    geometry: PopulationModel,
+    val_features: np.ndarray,
+    *,
+    pass_rate: float = DEFAULT_PASS_RATE,
+    margin: float = DEFAULT_MARGIN,
+) -> PopulationModel:
     """Cut-off = the (pass_rate + margin) quantile of VALIDATION distances, rounded up to an
     observed distance, so at least that fraction of in-population validation images pass."""
     if not 0.0 < pass_rate <= 1.0 or margin < 0:
@@ -287,10 +319,16 @@ def with_cutoff(geometry: PopulationModel, val_features: np.ndarray, *,
     return replace(geometry, cutoff=max(cutoff, 1e-9))
 
 
-def fit_population(train_features: np.ndarray | TrainPCA, val_features: np.ndarray, *,
-                   pass_rate: float = DEFAULT_PASS_RATE, margin: float = DEFAULT_MARGIN,
-                   method: str = METHOD_PPCA, k: int | None = None,
-                   feature_layer: str = "") -> PopulationModel:
+def fit_population(
+    train_features: np.ndarray | TrainPCA,
+    val_features: np.ndarray,
+    *,
+    pass_rate: float = DEFAULT_PASS_RATE,
+    margin: float = DEFAULT_MARGIN,
+    method: str = METHOD_PPCA,
+    k: int | None = None,
+    feature_layer: str = "",
+) -> PopulationModel:
     """Geometry from TRAIN features (n, d), cut-off from VALIDATION features (m, d)."""
     geometry = fit_geometry(train_features, method=method, k=k)
     model = with_cutoff(geometry, val_features, pass_rate=pass_rate, margin=margin)
@@ -310,8 +348,7 @@ def candidate_grid(n_train: int, dim: int, *, ledoit_wolf: bool = False) -> list
     Ledoit-Wolf is off by default: its d x d basis (13 MB in float64 at d = 1280) makes each
     distance memory-bound, 3-6 ms per image on the shared CPU against ~0.2 ms for k = 128, i.e.
     ~10% of a 224 px MobileNetV2 forward pass, where the PCA variants separate as well."""
-    ks = sorted({k for k in (16, 32, 64, 128) if k <= min(n_train // 4, dim)}
-                or {default_k(n_train, dim)})
+    ks = sorted({k for k in (16, 32, 64, 128) if k <= min(n_train // 4, dim)} or {default_k(n_train, dim)})
     grid = [Candidate(m, k) for k in ks for m in (METHOD_PCA, METHOD_PCA_RESIDUAL, METHOD_PPCA)]
     if ledoit_wolf and n_train >= 32:
         grid.append(Candidate(METHOD_LEDOIT_WOLF, None))
@@ -332,8 +369,9 @@ def select_population(
     fewest other-population VALIDATION images (mean over populations; ties: earlier, simpler
     candidate). Returns the model and one row per candidate for the report."""
     if not other_val_features and candidates is None:  # nothing to compare with: the default
-        model = fit_population(train_features, val_features, pass_rate=pass_rate, margin=margin,
-                               feature_layer=feature_layer)
+        model = fit_population(
+            train_features, val_features, pass_rate=pass_rate, margin=margin, feature_layer=feature_layer
+        )
         return model, []
     candidates = list(candidates or candidate_grid(len(train_features), train_features.shape[1]))
     pca = TrainPCA.fit(train_features)
@@ -341,13 +379,27 @@ def select_population(
     best: tuple[tuple[float, int], PopulationModel] | None = None
     for rank, cand in enumerate(candidates):
         source = train_features if cand.method == METHOD_LEDOIT_WOLF else pca
-        model = fit_population(source, val_features, pass_rate=pass_rate, margin=margin,
-                               method=cand.method, k=cand.k, feature_layer=feature_layer)
+        model = fit_population(
+            source,
+            val_features,
+            pass_rate=pass_rate,
+            margin=margin,
+            method=cand.method,
+            k=cand.k,
+            feature_layer=feature_layer,
+        )
         others = {name: float(model.within(f).mean()) for name, f in other_val_features.items()}
         score = float(np.mean(list(others.values()))) if others else 0.0
-        rows.append({"method": cand.method, "k": model.k, "cutoff": model.cutoff,
-                     "val_pass_rate": float(model.within(val_features).mean()),
-                     "other_val_pass_rates": others, "score": score})
+        rows.append(
+            {
+                "method": cand.method,
+                "k": model.k,
+                "cutoff": model.cutoff,
+                "val_pass_rate": float(model.within(val_features).mean()),
+                "other_val_pass_rates": others,
+                "score": score,
+            }
+        )
         key = (round(score, 6), rank)
         if best is None or key < best[0]:
             best = (key, model)
@@ -363,11 +415,12 @@ def find_pooling_layer(model: Any) -> str:
     the first Dense when there is none). Searched at the top level, where RadTriage's head is."""
     import keras
 
-    pools = [layer for layer in model.layers
-             if isinstance(layer, keras.layers.GlobalAveragePooling2D)]
+    pools = [layer for layer in model.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D)]
     if not pools:
-        raise ValueError(f"Model '{model.name}' has no GlobalAveragePooling2D layer: cannot "
-                         f"take the pooled features its head sees.")
+        raise ValueError(
+            f"Model '{model.name}' has no GlobalAveragePooling2D layer: cannot "
+            f"take the pooled features its head sees."
+        )
     for pool in reversed(pools):
         for node in getattr(pool, "_outbound_nodes", []) or []:
             consumer = getattr(node, "operation", None)
@@ -394,8 +447,12 @@ def pooled_feature_fn(model: Any, layer: str | None = None) -> Callable[[np.ndar
     feature_model = pooled_feature_model(model, layer)
     height, width, channels = (int(v) for v in feature_model.input_shape[1:4])
     spec = tf.TensorSpec([None, height, width, channels], tf.float32)
-    compiled = tf.function(lambda images: feature_model(images, training=False),
-                           input_signature=[spec], reduce_retracing=True, autograph=False)
+    compiled = tf.function(
+        lambda images: feature_model(images, training=False),
+        input_signature=[spec],
+        reduce_retracing=True,
+        autograph=False,
+    )
 
     def run(batch: np.ndarray) -> np.ndarray:
         return np.asarray(compiled(np.asarray(batch, dtype=np.float32)), dtype=np.float32)
@@ -404,23 +461,28 @@ def pooled_feature_fn(model: Any, layer: str | None = None) -> Callable[[np.ndar
     return run
 
 
-def pooled_features(model: Any, batch: np.ndarray, *, layer: str | None = None,
-                    batch_size: int = 64,
-                    feature_fn: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+def pooled_features(
+    model: Any,
+    batch: np.ndarray,
+    *,
+    layer: str | None = None,
+    batch_size: int = 64,
+    feature_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:
     """float32 (n, h, w, 3) preprocessed images -> float32 (n, d) pooled features (the feature
     contract above). Pass `feature_fn` (from `pooled_feature_fn`) to compile only once."""
     fn = feature_fn if feature_fn is not None else pooled_feature_fn(model, layer)
-    out = [fn(batch[i:i + batch_size]) for i in range(0, len(batch), batch_size)]
+    out = [fn(batch[i : i + batch_size]) for i in range(0, len(batch), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, fn.dim), np.float32)  # type: ignore
 
 
-def _gray_features(feature_fn: Callable[[np.ndarray], np.ndarray], gray: np.ndarray, *,
-                   batch_size: int = 64) -> np.ndarray:
+def _gray_features(
+    feature_fn: Callable[[np.ndarray], np.ndarray], gray: np.ndarray, *, batch_size: int = 64
+) -> np.ndarray:
     """uint8 (n, h, w) -> pooled features, converting batch by batch (bounded memory)."""
     from core.preprocessing import to_model_input
 
-    out = [feature_fn(to_model_input(gray[i:i + batch_size]))
-           for i in range(0, len(gray), batch_size)]
+    out = [feature_fn(to_model_input(gray[i : i + batch_size])) for i in range(0, len(gray), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, feature_fn.dim), np.float32)  # type: ignore
 
 
@@ -434,10 +496,18 @@ def _pick(items: list[Any], n: int | None, seed: int) -> list[Any]:
     return [items[i] for i in idx]
 
 
-def _split_features(feature_fn: Callable[[np.ndarray], np.ndarray], data_root: Path,
-                    condition: str, split: str, *, input_size: Sequence[int],
-                    cache_dir: Path | None, limit: int | None, seed: int,
-                    model_sha: str) -> np.ndarray:
+def _split_features(
+    feature_fn: Callable[[np.ndarray], np.ndarray],
+    data_root: Path,
+    condition: str,
+    split: str,
+    *,
+    input_size: Sequence[int],
+    cache_dir: Path | None,
+    limit: int | None,
+    seed: int,
+    model_sha: str,
+) -> np.ndarray:
     """Pooled features of one data split (a seeded subset when `limit`), cached per model
     artifact and file list so re-running with another method does not re-run the network."""
     from core.data import load_arrays, load_samples
@@ -445,8 +515,9 @@ def _split_features(feature_fn: Callable[[np.ndarray], np.ndarray], data_root: P
     samples = _pick(load_samples(data_root / condition, splits=[split]), limit, seed)
     cache_file = None
     if cache_dir is not None:
-        key = hashlib.sha256("\n".join([model_sha, *(str(s.path) for s in samples)])
-                             .encode()).hexdigest()[:20]
+        key = hashlib.sha256("\n".join([model_sha, *(str(s.path) for s in samples)]).encode()).hexdigest()[
+            :20
+        ]
         cache_file = cache_dir / f"pooled-{key}.npy"
         if cache_file.is_file():
             return np.load(cache_file, allow_pickle=False)
@@ -488,8 +559,10 @@ def fit_population_for_model(
     entry = registry.entry(model_id)
     artifact = registry.artifact_path(entry)
     if entry.sha256 and sha256_file(artifact) != entry.sha256:
-        raise RegistryError(f"Model artifact {artifact} fails its checksum: refusing to fit a "
-                            f"population for a model that is not the registered one.")
+        raise RegistryError(
+            f"Model artifact {artifact} fails its checksum: refusing to fit a "
+            f"population for a model that is not the registered one."
+        )
     model = keras.models.load_model(artifact, compile=False)
     layer = find_pooling_layer(model)
     feature_fn = pooled_feature_fn(model, layer)
@@ -499,10 +572,18 @@ def fit_population_for_model(
 
     def features(condition: str, split: str, limit: int | None) -> np.ndarray:
         started = time.perf_counter()
-        f = _split_features(feature_fn, data_root, condition, split, input_size=size,
-                            cache_dir=cache, limit=limit, seed=seed, model_sha=model_sha)
-        progress(f"{model_id}: {condition}/{split}: {len(f)} images, "
-                 f"{time.perf_counter() - started:.1f} s")
+        f = _split_features(
+            feature_fn,
+            data_root,
+            condition,
+            split,
+            input_size=size,
+            cache_dir=cache,
+            limit=limit,
+            seed=seed,
+            model_sha=model_sha,
+        )
+        progress(f"{model_id}: {condition}/{split}: {len(f)} images, {time.perf_counter() - started:.1f} s")
         return f
 
     own = entry.condition
@@ -514,8 +595,9 @@ def fit_population_for_model(
     other_test = {POPULATIONS[c]: features(c, "test", max_other_test) for c in others}
 
     with _one_blas_thread():  # 2 shared cores: oversubscribed BLAS threads crawl
-        population, grid = select_population(train, val, other_val, pass_rate=pass_rate,
-                                             margin=margin, feature_layer=layer)
+        population, grid = select_population(
+            train, val, other_val, pass_rate=pass_rate, margin=margin, feature_layer=layer
+        )
     seconds_per_image, model_seconds = _timings(population, model, size)
     applicability = {
         "file": POPULATION_FILE,
@@ -530,10 +612,15 @@ def fit_population_for_model(
         "cutoff_quantile": min(1.0, pass_rate + margin),
         "val_pass_rate": round(float(population.within(val).mean()), 4),
         "test_pass_rate": round(float(population.within(test).mean()), 4),
-        "other_populations": {name: round(float(population.within(f).mean()), 4)
-                              for name, f in other_test.items()},
-        "n": {"train": len(train), "val": len(val), "test": len(test),
-              **{f"{name}_test": len(f) for name, f in other_test.items()}},
+        "other_populations": {
+            name: round(float(population.within(f).mean()), 4) for name, f in other_test.items()
+        },
+        "n": {
+            "train": len(train),
+            "val": len(val),
+            "test": len(test),
+            **{f"{name}_test": len(f) for name, f in other_test.items()},
+        },
         "fitted_on": "train",
         "cutoff_chosen_on": "val",
         "method_chosen_on": "val (other populations' validation images as negatives)",
@@ -570,8 +657,10 @@ def _timings(population: PopulationModel, model: Any, size: Sequence[int]) -> tu
     distance_s = (time.perf_counter() - started) / repeats
     import tensorflow as tf
 
-    forward = tf.function(lambda images: model(images, training=False),  # compiled, as served
-                          autograph=False)
+    forward = tf.function(
+        lambda images: model(images, training=False),  # compiled, as served
+        autograph=False,
+    )
     batch = rng.random((16, *size, 3), dtype=np.float32)
     forward(batch)  # warm-up: graph tracing is not per-image cost
     started = time.perf_counter()
@@ -596,7 +685,8 @@ def format_table(reports: Sequence[Mapping[str, Any]]) -> str:
     """One row per model: own val/test pass rates and each other population's test pass rate."""
     names = list(POPULATIONS.values())
     header = f"{'model':42s} {'method':26s} {'k':>4s} {'val':>6s} {'test':>6s} " + " ".join(
-        f"{n[:12]:>12s}" for n in names)
+        f"{n[:12]:>12s}" for n in names
+    )
     lines = [header, "-" * len(header)]
     for report in reports:
         a = report["applicability"]
@@ -607,6 +697,8 @@ def format_table(reports: Sequence[Mapping[str, Any]]) -> str:
             else:
                 v = a["other_populations"].get(n)
                 cells.append(f"{v:12.3f}" if v is not None else f"{'-':>12s}")
-        lines.append(f"{report['model_id']:42s} {a['method']:26s} {a['k']:4d} "
-                     f"{a['val_pass_rate']:6.3f} {a['test_pass_rate']:6.3f} " + " ".join(cells))
+        lines.append(
+            f"{report['model_id']:42s} {a['method']:26s} {a['k']:4d} "
+            f"{a['val_pass_rate']:6.3f} {a['test_pass_rate']:6.3f} " + " ".join(cells)
+        )
     return "\n".join(lines)

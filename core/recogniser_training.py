@@ -43,7 +43,9 @@ CONDITION_CLASS: dict[str, str] = {
     "fracture": "limb",
 }
 DICOM_EXPECTED: dict[str, str] = {  # file -> the region a radiologist would name
-    "RG1_J2KI.dcm": "chest", "RG3_J2KI.dcm": "limb", "RG3_J2KR.dcm": "limb",
+    "RG1_J2KI.dcm": "chest",
+    "RG3_J2KI.dcm": "limb",
+    "RG3_J2KR.dcm": "limb",
     **{f"nih_dx_test{i}.dcm": "chest" for i in range(1, 7)},
 }
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -75,8 +77,11 @@ class ThumbnailSet:
 
 def manifest_rows(data_dir: Path, split: str) -> list[dict[str, str]]:
     with (Path(data_dir) / "manifest.csv").open(newline="") as handle:
-        rows = [row for row in csv.DictReader(handle)
-                if row["split"] == split and row["condition"] in CONDITION_CLASS]
+        rows = [
+            row
+            for row in csv.DictReader(handle)
+            if row["split"] == split and row["condition"] in CONDITION_CLASS
+        ]
     return sorted(rows, key=lambda row: row["path"])
 
 
@@ -120,9 +125,14 @@ def augment(thumb: np.ndarray, log_aspect: float, rng: np.random.Generator) -> t
     matrix[0, 2] += (1.0 - stretch) * size / 2
     matrix[:, 2] += rng.uniform(-0.08, 0.08, 2) * size
     border = rng.choice(3)  # unexposed black, collimated white, or more of the same
-    image = cv2.warpAffine(thumb, matrix, (size, size), flags=cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_REFLECT_101 if border == 2 else cv2.BORDER_CONSTANT,
-                           borderValue=255 * int(border == 1))
+    image = cv2.warpAffine(
+        thumb,
+        matrix,
+        (size, size),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT_101 if border == 2 else cv2.BORDER_CONSTANT,
+        borderValue=255 * int(border == 1),
+    )
     if rng.random() < 0.5:
         image = image[:, ::-1]
     values = image.astype(np.float32) / 255.0
@@ -137,19 +147,22 @@ def augment(thumb: np.ndarray, log_aspect: float, rng: np.random.Generator) -> t
 
 
 def clean_features(data: ThumbnailSet) -> np.ndarray:
-    return np.stack([thumbnail_features(t, float(a)) for t, a in zip(data.thumbs, data.log_aspects,
-                                                                     strict=True)])
+    return np.stack(
+        [thumbnail_features(t, float(a)) for t, a in zip(data.thumbs, data.log_aspects, strict=True)]
+    )
 
 
-def balanced_features(data: ThumbnailSet, *, per_class: int,
-                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def balanced_features(
+    data: ThumbnailSet, *, per_class: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """per_class augmented samples of every class: small classes are cycled through (every
     image used before any is repeated), big ones subsampled, so each class weighs the same."""
     features, labels = [], []
     for label in range(len(CLASSES)):
         members = np.flatnonzero(data.labels == label)
-        order = np.concatenate([rng.permutation(members)
-                                for _ in range(-(-per_class // len(members)))])[:per_class]
+        order = np.concatenate([rng.permutation(members) for _ in range(-(-per_class // len(members)))])[
+            :per_class
+        ]
         for index in order:
             thumb, aspect = augment(data.thumbs[index], float(data.log_aspects[index]), rng)
             features.append(thumbnail_features(thumb, aspect))
@@ -175,8 +188,9 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 
 
-def fit_candidate(config: dict[str, Any], x: np.ndarray, y: np.ndarray,
-                  seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def fit_candidate(
+    config: dict[str, Any], x: np.ndarray, y: np.ndarray, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Fit one classifier on standardised features -> its layers as (weight, bias) arrays."""
     if config["kind"] == "logistic":
         from sklearn.linear_model import LogisticRegression
@@ -186,10 +200,17 @@ def fit_candidate(config: dict[str, Any], x: np.ndarray, y: np.ndarray,
         return [(model.coef_.T.copy(), model.intercept_.copy())]
     from sklearn.neural_network import MLPClassifier
 
-    model = MLPClassifier(hidden_layer_sizes=config["hidden"], alpha=config["alpha"],
-                          batch_size=256, learning_rate_init=1e-3, max_iter=60,
-                          early_stopping=True, validation_fraction=0.1, n_iter_no_change=8,
-                          random_state=seed)
+    model = MLPClassifier(
+        hidden_layer_sizes=config["hidden"],
+        alpha=config["alpha"],
+        batch_size=256,
+        learning_rate_init=1e-3,
+        max_iter=60,
+        early_stopping=True,
+        validation_fraction=0.1,
+        n_iter_no_change=8,
+        random_state=seed,
+    )
     model.fit(x, y)
     return [(w.copy(), b.copy()) for w, b in zip(model.coefs_, model.intercepts_, strict=True)]
 
@@ -205,21 +226,23 @@ def fit_distance(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     return {"statistics_means": means, "statistics_precisions": precisions}
 
 
-def distance_cutoffs(distance: dict[str, np.ndarray], x_val: np.ndarray,
-                     y_val: np.ndarray) -> np.ndarray:
+def distance_cutoffs(distance: dict[str, np.ndarray], x_val: np.ndarray, y_val: np.ndarray) -> np.ndarray:
     """Per class: the CUTOFF_PERCENTILE of its own validation images' distance to its Gaussian,
     so about 1% of every class's real films are called out of distribution, not 1% overall
     taken mostly from the most varied set."""
     from core.recognition import _mahalanobis
 
-    own = _mahalanobis(x_val[:, -N_STATISTICS:], distance["statistics_means"],
-                       distance["statistics_precisions"])
-    return np.array([np.percentile(own[y_val == c, c], CUTOFF_PERCENTILE)
-                     for c in range(len(CLASSES))], np.float32)
+    own = _mahalanobis(
+        x_val[:, -N_STATISTICS:], distance["statistics_means"], distance["statistics_precisions"]
+    )
+    return np.array(
+        [np.percentile(own[y_val == c, c], CUTOFF_PERCENTILE) for c in range(len(CLASSES))], np.float32
+    )
 
 
-def _class_gaussians(points: np.ndarray, y: np.ndarray,
-                     shrink: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+def _class_gaussians(
+    points: np.ndarray, y: np.ndarray, shrink: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
     means, precisions = [], []
     dims = points.shape[1]
     for label in range(len(CLASSES)):
@@ -234,10 +257,16 @@ def _class_gaussians(points: np.ndarray, y: np.ndarray,
 # --------------------------------------------------------------------------- train
 
 
-def train_recogniser(data_dir: Path, *, out_dir: Path = DEFAULT_OUT_DIR,
-                     cache_dir: Path = DEFAULT_CACHE_DIR, per_class: int = 3000, seed: int = 0,
-                     candidates: tuple[str, ...] = ("mlp64", "mlp128"),
-                     progress: Callable[[str], None] = print) -> dict[str, Any]:
+def train_recogniser(
+    data_dir: Path,
+    *,
+    out_dir: Path = DEFAULT_OUT_DIR,
+    cache_dir: Path = DEFAULT_CACHE_DIR,
+    per_class: int = 3000,
+    seed: int = 0,
+    candidates: tuple[str, ...] = ("mlp64", "mlp128"),
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Train on the manifest's train split, choose the classifier and cut-offs on val, export
     out_dir/recogniser.npz, evaluate on test and write out_dir/card.md. Returns the report."""
     started = time.perf_counter()
@@ -272,8 +301,12 @@ def train_recogniser(data_dir: Path, *, out_dir: Path = DEFAULT_OUT_DIR,
     progress(f"chose {chosen}; distance cut-offs {np.round(cutoffs, 2).tolist()}; wrote {artifact}")
 
     report = {
-        "seed": seed, "per_class": per_class, "chosen": chosen, "candidates": scores,
-        "config": CANDIDATES[chosen], "distance_cutoffs": dict(zip(CLASSES, cutoffs.tolist(), strict=True)),
+        "seed": seed,
+        "per_class": per_class,
+        "chosen": chosen,
+        "candidates": scores,
+        "config": CANDIDATES[chosen],
+        "distance_cutoffs": dict(zip(CLASSES, cutoffs.tolist(), strict=True)),
         "artifact_bytes": artifact.stat().st_size,
         "split_sizes": {s: _class_counts(d.labels) for s, d in splits.items()},
         "val": evaluate_features(recogniser, x_val * scale + mean, y_val),
@@ -285,23 +318,36 @@ def train_recogniser(data_dir: Path, *, out_dir: Path = DEFAULT_OUT_DIR,
     }
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "card.md").write_text(render_card(report, data_dir=data_dir))
-    progress(f"test: {report['test']['population_accuracy']:.4f} population accuracy, "
-             f"{report['test']['region_accuracy']:.4f} region accuracy; wrote card.md")
+    progress(
+        f"test: {report['test']['population_accuracy']:.4f} population accuracy, "
+        f"{report['test']['region_accuracy']:.4f} region accuracy; wrote card.md"
+    )
     return report
 
 
-def _bare_recogniser(mean: np.ndarray, scale: np.ndarray,
-                     layers: list[tuple[np.ndarray, np.ndarray]]) -> Recogniser:
-    dummy = {"statistics_means": np.zeros((len(CLASSES), N_STATISTICS), np.float32),
-             "statistics_precisions": np.ones((len(CLASSES), N_STATISTICS, N_STATISTICS), np.float32)}
+def _bare_recogniser(
+    mean: np.ndarray, scale: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]]
+) -> Recogniser:
+    dummy = {
+        "statistics_means": np.zeros((len(CLASSES), N_STATISTICS), np.float32),
+        "statistics_precisions": np.ones((len(CLASSES), N_STATISTICS, N_STATISTICS), np.float32),
+    }
     return Recogniser(_export_arrays(mean, scale, layers, dummy, np.ones(len(CLASSES))))
 
 
-def _export_arrays(mean: np.ndarray, scale: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]],
-                   distance: dict[str, np.ndarray], cutoffs: np.ndarray) -> dict[str, np.ndarray]:
+def _export_arrays(
+    mean: np.ndarray,
+    scale: np.ndarray,
+    layers: list[tuple[np.ndarray, np.ndarray]],
+    distance: dict[str, np.ndarray],
+    cutoffs: np.ndarray,
+) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {
-        "feature_version": np.array(FEATURE_VERSION), "classes": np.array(CLASSES),
-        "feature_mean": mean, "feature_scale": scale, "n_layers": np.array(len(layers)),
+        "feature_version": np.array(FEATURE_VERSION),
+        "classes": np.array(CLASSES),
+        "feature_mean": mean,
+        "feature_scale": scale,
+        "n_layers": np.array(len(layers)),
         "distance_cutoffs": np.asarray(cutoffs, np.float32),
         "min_region_confidence": np.array(MIN_REGION_CONFIDENCE),
         "min_population_confidence": np.array(MIN_POPULATION_CONFIDENCE),
@@ -339,18 +385,31 @@ def evaluate_features(recogniser: Recogniser, features: np.ndarray, labels: np.n
         "argmax_accuracy": _mean([a == t for a, t in zip(argmax, truth, strict=True)]),
         "region_accuracy": _mean([r.region == REGION_OF[t] for t, r in zip(truth, results, strict=True)]),
         "per_region_accuracy": {
-            region: _mean([results[i].region == region for i, t in enumerate(truth)
-                           if REGION_OF[t] == region])
-            for region in ("chest", "knee", "limb")},
+            region: _mean(
+                [results[i].region == region for i, t in enumerate(truth) if REGION_OF[t] == region]
+            )
+            for region in ("chest", "knee", "limb")
+        },
         "unrecognised_rate": _mean([not r.recognised for r in results]),
         "out_of_distribution_rate": _mean([r.distance > 1.0 for r in results]),
         "chest_age_accuracy": _mean([results[i].population == truth[i] for i in chest]),
-        "chest_age_accuracy_argmax": _mean([
-            (results[i].probabilities["chest_child"] > results[i].probabilities["chest_adult"])
-            == (truth[i] == "chest_child") for i in chest]),
+        "chest_age_accuracy_argmax": _mean(
+            [
+                (results[i].probabilities["chest_child"] > results[i].probabilities["chest_adult"])
+                == (truth[i] == "chest_child")
+                for i in chest
+            ]
+        ),
         "chest_age_by_class": {
-            t: _mean([results[i].age_group == ("children" if t == "chest_child" else "adults")
-                      for i in chest if truth[i] == t]) for t in ("chest_child", "chest_adult")},
+            t: _mean(
+                [
+                    results[i].age_group == ("children" if t == "chest_child" else "adults")
+                    for i in chest
+                    if truth[i] == t
+                ]
+            )
+            for t in ("chest_child", "chest_adult")
+        },
         "confusion": confusion,
     }
 
@@ -369,9 +428,17 @@ def evaluate_dicom(recogniser: Recogniser, dicom_dir: Path) -> list[dict[str, An
             continue
         xray = load_xray(path)
         result = recogniser.predict(xray.pixels)
-        out.append({"file": name, "size": f"{xray.shape[1]}x{xray.shape[0]}", "expected": expected,
-                    "region": result.region, "population": result.population,
-                    "says": result.describe(), "distance": round(result.distance, 3)})
+        out.append(
+            {
+                "file": name,
+                "size": f"{xray.shape[1]}x{xray.shape[0]}",
+                "expected": expected,
+                "region": result.region,
+                "population": result.population,
+                "says": result.describe(),
+                "distance": round(result.distance, 3),
+            }
+        )
     return out
 
 
@@ -401,7 +468,7 @@ def _rectangles(rng: np.random.Generator) -> np.ndarray:
     for _ in range(12):
         x0, y0 = rng.integers(0, 200, 2)
         w, h = rng.integers(20, 90, 2)
-        image[y0:y0 + h, x0:x0 + w] = rng.integers(0, 256)
+        image[y0 : y0 + h, x0 : x0 + w] = rng.integers(0, 256)
     return image
 
 
@@ -412,11 +479,13 @@ def _installed_photos() -> dict[str, np.ndarray]:
 
         sample = Path(matplotlib.get_data_path()) / "sample_data"
         out["photo: portrait (matplotlib grace_hopper.jpg)"] = cv2.imread(
-            str(sample / "grace_hopper.jpg"), cv2.IMREAD_GRAYSCALE)
+            str(sample / "grace_hopper.jpg"), cv2.IMREAD_GRAYSCALE
+        )
         with gzip.open(sample / "s1045.ima.gz") as handle:
             raw = np.frombuffer(handle.read(), np.uint16).reshape(256, 256)
         out["MRI head slice (matplotlib s1045.ima)"] = cv2.normalize(
-            raw, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+            raw, None, 0, 255, cv2.NORM_MINMAX
+        ).astype(np.uint8)
     except (ImportError, OSError, ValueError):
         pass
     try:
@@ -435,9 +504,17 @@ def evaluate_non_xrays(recogniser: Recogniser) -> list[dict[str, Any]]:
     for name, image in non_xray_images().items():
         result = recogniser.predict(image)
         top = max(result.probabilities, key=result.probabilities.__getitem__)
-        out.append({"image": name, "region": result.region, "population": result.population,
-                    "says": result.describe(), "distance": round(result.distance, 2),
-                    "top_class": top, "top_probability": round(result.probabilities[top], 3)})
+        out.append(
+            {
+                "image": name,
+                "region": result.region,
+                "population": result.population,
+                "says": result.describe(),
+                "distance": round(result.distance, 2),
+                "top_class": top,
+                "top_probability": round(result.probabilities[top], 3),
+            }
+        )
     return out
 
 
@@ -448,8 +525,13 @@ def time_recogniser(recogniser: Recogniser, data: ThumbnailSet, repeats: int = 3
     import os
 
     base = cv2.resize(data.thumbs[0], (512, 512), interpolation=cv2.INTER_CUBIC)
-    sizes = {"224x224": (224, 224), "512x512": (512, 512), "1024x1024": (1024, 1024),
-             "2000x2500": (2000, 2500), "4000x4000": (4000, 4000)}
+    sizes = {
+        "224x224": (224, 224),
+        "512x512": (512, 512),
+        "1024x1024": (1024, 1024),
+        "2000x2500": (2000, 2500),
+        "4000x4000": (4000, 4000),
+    }
     rows: dict[str, dict[str, float]] = {}
     for name, size in sizes.items():
         image = cv2.resize(base, size, interpolation=cv2.INTER_CUBIC)
@@ -460,8 +542,10 @@ def time_recogniser(recogniser: Recogniser, data: ThumbnailSet, repeats: int = 3
             start = time.perf_counter()
             recogniser.predict(image)
             walls.append(time.perf_counter() - start)
-        rows[name] = {"wall_ms": round(float(np.median(walls)) * 1000, 3),
-                      "cpu_ms": round((time.process_time() - cpu_start) / repeats * 1000, 3)}
+        rows[name] = {
+            "wall_ms": round(float(np.median(walls)) * 1000, 3),
+            "cpu_ms": round((time.process_time() - cpu_start) / repeats * 1000, 3),
+        }
     batch = [cv2.resize(t, (512, 512)) for t in data.thumbs[:64]]
     recogniser.predict_many(batch)
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -469,9 +553,9 @@ def time_recogniser(recogniser: Recogniser, data: ThumbnailSet, repeats: int = 3
         recogniser.predict_many(batch)
     rows["batch of 64, 512x512"] = {
         "wall_ms": round((time.perf_counter() - start) * 1000 / (5 * 64), 3),
-        "cpu_ms": round((time.process_time() - cpu_start) * 1000 / (5 * 64), 3)}
-    return {"per_image": rows, "load_average_1min": round(os.getloadavg()[0], 1),
-            "cpus": os.cpu_count() or 0}
+        "cpu_ms": round((time.process_time() - cpu_start) * 1000 / (5 * 64), 3),
+    }
+    return {"per_image": rows, "load_average_1min": round(os.getloadavg()[0], 1), "cpus": os.cpu_count() or 0}
 
 
 # --------------------------------------------------------------------------- card
@@ -479,14 +563,14 @@ def time_recogniser(recogniser: Recogniser, data: ThumbnailSet, repeats: int = 3
 
 SOURCES = {
     "chest_child": "pneumonia set: Kermany et al. 2018, children aged 1-5 (Guangzhou), frontal "
-                   "chest, 224x224, CC BY 4.0",
+    "chest, 224x224, CC BY 4.0",
     "chest_adult": "cardiomegaly set: NIH ChestX-ray14 subset, adults, frontal chest, 128x128",
     "knee_crop": "knee_osteoarthritis set: Chen et al. 2019 OAI knee joint crops, CLAHE, "
-                 "224x224, CC BY 4.0 + OAI terms",
+    "224x224, CC BY 4.0 + OAI terms",
     "knee_film": "knee_osteoporosis set: Wani & Arora, full bilateral AP knee films of adults, "
-                 "<=512 px (research use)",
+    "<=512 px (research use)",
     "limb": "fracture set: FracAtlas hand/leg/hip/shoulder (CC BY 4.0) + Kaggle upper-limb "
-            "set (licence not stated)",
+    "set (licence not stated)",
 }
 
 
@@ -514,8 +598,11 @@ def _pct(value: float) -> str:
 
 def _card_intro(report: dict[str, Any]) -> str:
     config = report["config"]
-    layers = (f"MLP, one hidden layer of {config['hidden'][0]} ReLU units, L2 alpha {config['alpha']}"
-              if config["kind"] == "mlp" else f"multinomial logistic regression, C {config['C']}")
+    layers = (
+        f"MLP, one hidden layer of {config['hidden'][0]} ReLU units, L2 alpha {config['alpha']}"
+        if config["kind"] == "mlp"
+        else f"multinomial logistic regression, C {config['C']}"
+    )
     candidates = ", ".join(f"{name} {_pct(score)}" for name, score in report["candidates"].items())
     cutoffs = ", ".join(f"{name} {value:.2f}" for name, value in report["distance_cutoffs"].items())
     return f"""# Model card: body-region-recogniser-v1
@@ -547,25 +634,28 @@ knows nothing beyond these five data sets.
 - Decision: unrecognised when out of distribution or the top region's probability is below
   {MIN_REGION_CONFIDENCE}; the population is given when its class probability is at least
   {MIN_POPULATION_CONFIDENCE} (else region only, "type unclear"). These two were set by hand,
-  not tuned; with the distance they leave {_pct(report['val']['unrecognised_rate'])} of
+  not tuned; with the distance they leave {_pct(report["val"]["unrecognised_rate"])} of
   validation images unrecognised.
-- Artifact: `recogniser.npz`, {report['artifact_bytes'] / 1024:.0f} KiB, loaded with
+- Artifact: `recogniser.npz`, {report["artifact_bytes"] / 1024:.0f} KiB, loaded with
   `allow_pickle=False`; a missing or corrupt file raises `core.errors.RadTriageError` naming it.
 """
 
 
 def _card_data(report: dict[str, Any]) -> str:
     sizes = report["split_sizes"]
-    rows = "\n".join(f"| `{name}` | {sizes['train'][name]} | {sizes['val'][name]} | "
-                     f"{sizes['test'][name]} | {SOURCES[name]} |" for name in CLASSES)
+    rows = "\n".join(
+        f"| `{name}` | {sizes['train'][name]} | {sizes['val'][name]} | "
+        f"{sizes['test'][name]} | {SOURCES[name]} |"
+        for name in CLASSES
+    )
     return f"""## Training data (../shared/data, manifest.csv splits)
 | class | train | val | test | source |
 |---|---|---|---|---|
 {rows}
 
-Trained on train only: {report['per_class']} augmented samples per class (small classes cycled,
+Trained on train only: {report["per_class"]} augmented samples per class (small classes cycled,
 every image used before any repeats: each of the 129 knee films about
-{report['per_class'] / max(1, sizes['train']['knee_film']):.0f} times; big classes subsampled),
+{report["per_class"] / max(1, sizes["train"]["knee_film"]):.0f} times; big classes subsampled),
 so the classes weigh the same. Augmentation: zoom {ZOOM[0]}-{ZOOM[1]} with a black, white or
 mirrored border, rotation +-10 deg, width stretch +-15%, shift +-8%, horizontal mirror,
 contrast x0.75-1.3, brightness +-0.1, gamma x0.7-1.4, occasional blur and noise, aspect-ratio
@@ -580,34 +670,37 @@ def _card_performance(test: dict[str, Any], val: dict[str, Any]) -> str:
     lines = [header, "|---" * (len(columns) + 2) + "|"]
     for name in CLASSES:
         row = test["confusion"][name]
-        lines.append(f"| `{name}` | " + " | ".join(str(row[c]) for c in columns)
-                     + f" | {sum(row.values())} |")
+        lines.append(
+            f"| `{name}` | " + " | ".join(str(row[c]) for c in columns) + f" | {sum(row.values())} |"
+        )
     per_class = "\n".join(
         f"| `{name}` | {_pct(test['per_class_accuracy'][name])} "
         f"({_wilson(test['confusion'][name][name], sum(test['confusion'][name].values()))}) | "
-        f"{_pct(val['per_class_accuracy'][name])} |" for name in CLASSES)
+        f"{_pct(val['per_class_accuracy'][name])} |"
+        for name in CLASSES
+    )
     regions = ", ".join(f"{region} {_pct(value)}" for region, value in test["per_region_accuracy"].items())
     ages = test["chest_age_by_class"]
-    return f"""## Performance (test split, n = {test['n']}; val for comparison)
+    return f"""## Performance (test split, n = {test["n"]}; val for comparison)
 | class | test accuracy (95% Wilson interval) | val accuracy |
 |---|---|---|
 {per_class}
-| all (balanced) | {_pct(test['balanced_accuracy'])} | {_pct(val['balanced_accuracy'])} |
-| all (per image) | {_pct(test['population_accuracy'])} | {_pct(val['population_accuracy'])} |
+| all (balanced) | {_pct(test["balanced_accuracy"])} | {_pct(val["balanced_accuracy"])} |
+| all (per image) | {_pct(test["population_accuracy"])} | {_pct(val["population_accuracy"])} |
 
 "Accuracy" = the population named is the true one; `unrecognised` counts as wrong. Without the
-rejection rules (top class only) test accuracy is {_pct(test['argmax_accuracy'])}.
+rejection rules (top class only) test accuracy is {_pct(test["argmax_accuracy"])}.
 
 Confusion matrix (test):
 
 {chr(10).join(lines)}
 
-- Region accuracy (chest / knee / limb): **{_pct(test['region_accuracy'])}** ({regions}).
-- Children vs adults on test chests: **{_pct(test['chest_age_accuracy'])}** named the right age
-  group (children {_pct(ages['chest_child'])}, adults {_pct(ages['chest_adult'])});
-  {_pct(test['chest_age_accuracy_argmax'])} when only the child-vs-adult probabilities are compared.
-- Test images called unrecognised: {_pct(test['unrecognised_rate'])} (out of distribution:
-  {_pct(test['out_of_distribution_rate'])}).
+- Region accuracy (chest / knee / limb): **{_pct(test["region_accuracy"])}** ({regions}).
+- Children vs adults on test chests: **{_pct(test["chest_age_accuracy"])}** named the right age
+  group (children {_pct(ages["chest_child"])}, adults {_pct(ages["chest_adult"])});
+  {_pct(test["chest_age_accuracy_argmax"])} when only the child-vs-adult probabilities are compared.
+- Test images called unrecognised: {_pct(test["unrecognised_rate"])} (out of distribution:
+  {_pct(test["out_of_distribution_rate"])}).
 """
 
 
@@ -623,8 +716,9 @@ def _wilson(successes: int, n: int, z: float = 1.96) -> str:
 def _card_dicom(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "## Real DICOM files\nNot available when this card was written.\n"
-    lines = "\n".join(f"| {r['file']} | {r['size']} | {r['expected']} | {r['says']} | "
-                       f"{r['distance']:.2f} |" for r in rows)
+    lines = "\n".join(
+        f"| {r['file']} | {r['size']} | {r['expected']} | {r['says']} | {r['distance']:.2f} |" for r in rows
+    )
     return f"""## Real DICOM files (../shared/data/dicom, decoded with core.imaging.load_xray)
 | file | size | truth | recogniser says | distance / cut-off |
 |---|---|---|---|---|
@@ -636,8 +730,10 @@ nih_dx_test1..6 NIH adult chests (4..6 carry test1's pixels under wrong headers)
 
 
 def _card_non_xray(rows: list[dict[str, Any]]) -> str:
-    lines = "\n".join(f"| {r['image']} | {r['says']} | {r['distance']:.2f} | {r['top_class']} "
-                       f"{r['top_probability']:.0%} |" for r in rows)
+    lines = "\n".join(
+        f"| {r['image']} | {r['says']} | {r['distance']:.2f} | {r['top_class']} {r['top_probability']:.0%} |"
+        for r in rows
+    )
     caught = sum(r["population"] == UNRECOGNISED for r in rows)
     return f"""## Images that are not X-rays (check only; never used for training or choosing)
 | image | recogniser says | distance / cut-off | top class (prob.) |
@@ -654,15 +750,17 @@ are the guards for those.
 
 
 def _card_timing(timing: dict[str, Any]) -> str:
-    lines = "\n".join(f"| {name} | {row['cpu_ms']:.3f} | {row['wall_ms']:.3f} |"
-                       for name, row in timing["per_image"].items())
+    lines = "\n".join(
+        f"| {name} | {row['cpu_ms']:.3f} | {row['wall_ms']:.3f} |"
+        for name, row in timing["per_image"].items()
+    )
     return f"""## Time per image (after decode, `Recogniser.predict`, this machine)
 | image | CPU ms | wall ms (median) |
 |---|---|---|
 {lines}
 
-{timing['cpus']} CPUs shared with other training jobs (1-minute load average
-{timing['load_average_1min']} while measuring), so wall time includes waiting for a core; CPU time
+{timing["cpus"]} CPUs shared with other training jobs (1-minute load average
+{timing["load_average_1min"]} while measuring), so wall time includes waiting for a core; CPU time
 is what the recogniser itself costs. Large films cost about the same as small ones (sampled down
 to 256 px first).
 """

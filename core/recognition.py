@@ -33,8 +33,11 @@ FEATURE_VERSION = 2
 THUMB_SIZE = 128
 CLASSES: tuple[str, ...] = ("chest_child", "chest_adult", "knee_crop", "knee_film", "limb")
 REGION_OF: dict[str, str] = {
-    "chest_child": "chest", "chest_adult": "chest",
-    "knee_crop": "knee", "knee_film": "knee", "limb": "limb",
+    "chest_child": "chest",
+    "chest_adult": "chest",
+    "knee_crop": "knee",
+    "knee_film": "knee",
+    "limb": "limb",
 }
 REGIONS: tuple[str, ...] = ("chest", "knee", "limb")
 UNRECOGNISED = "unrecognised"
@@ -51,6 +54,7 @@ REGION_WORDS: dict[str, str] = {"chest": "chest film", "knee": "knee image", "li
 DEFAULT_RECOGNISER_PATH = (
     Path(__file__).resolve().parents[1] / "models" / "body-region-recogniser-v1" / "recogniser.npz"
 )
+
 
 @dataclass(frozen=True)
 class Recognition:
@@ -142,29 +146,41 @@ def thumbnail_features(thumb: np.ndarray, log_aspect: float) -> np.ndarray:
     counts = cv2.calcHist([t64], [0], None, [16], [0, 256]).ravel() / t64.size
     # sqrt: a histogram's big bins would otherwise swamp the small, telling ones
     histogram = np.sqrt(counts)
-    statistics = appearance_statistics(thumb, t32, counts, mean=mean, spread=spread,
-                                       edge_level=edge_level, log_aspect=log_aspect)
+    statistics = appearance_statistics(
+        thumb, t32, counts, mean=mean, spread=spread, edge_level=edge_level, log_aspect=log_aspect
+    )
     return np.concatenate([picture.ravel(), edges.ravel(), histogram.astype(np.float32), statistics])
 
 
-def appearance_statistics(thumb: np.ndarray, t32: np.ndarray, counts: np.ndarray, *, mean: float,
-                          spread: float, edge_level: float, log_aspect: float) -> np.ndarray:
+def appearance_statistics(
+    thumb: np.ndarray,
+    t32: np.ndarray,
+    counts: np.ndarray,
+    *,
+    mean: float,
+    spread: float,
+    edge_level: float,
+    log_aspect: float,
+) -> np.ndarray:
     """A few numbers every radiograph keeps in a narrow range, whatever the body part: some
     contrast, neighbouring pixels nearly alike (anatomy is smooth at 128 px), a spread of grey
     levels. Blank frames, noise and patterns fall outside: the out-of-distribution distance is
     computed on these alone."""
     entropy = -float(counts @ np.log(np.maximum(counts, 1e-12)))
-    return np.array([
-        mean / 64.0,
-        np.log(spread + 0.5),
-        np.log1p(edge_level) / 2.0,
-        float(np.clip(log_aspect, -1.5, 1.5)),
-        _roughness(t32, spread),
-        _roughness(thumb, float(cv2.meanStdDev(thumb)[1][0, 0])),
-        entropy,
-        np.sqrt(counts[0]),
-        np.sqrt(counts[-1]),
-    ], dtype=np.float32)
+    return np.array(
+        [
+            mean / 64.0,
+            np.log(spread + 0.5),
+            np.log1p(edge_level) / 2.0,
+            float(np.clip(log_aspect, -1.5, 1.5)),
+            _roughness(t32, spread),
+            _roughness(thumb, float(cv2.meanStdDev(thumb)[1][0, 0])),
+            entropy,
+            np.sqrt(counts[0]),
+            np.sqrt(counts[-1]),
+        ],
+        dtype=np.float32,
+    )
 
 
 def _roughness(image: np.ndarray, spread: float) -> float:
@@ -196,8 +212,10 @@ class Recogniser:
         self.feature_mean = arrays["feature_mean"].astype(np.float32)
         self.feature_scale = arrays["feature_scale"].astype(np.float32)
         n_layers = int(arrays["n_layers"])
-        self.layers = [(arrays[f"weight_{i}"].astype(np.float32), arrays[f"bias_{i}"].astype(np.float32))
-                       for i in range(n_layers)]
+        self.layers = [
+            (arrays[f"weight_{i}"].astype(np.float32), arrays[f"bias_{i}"].astype(np.float32))
+            for i in range(n_layers)
+        ]
         self.statistics_means = arrays["statistics_means"].astype(np.float32)  # (C, S)
         self.statistics_precisions = arrays["statistics_precisions"].astype(np.float32)  # (C, S, S)
         self.distance_cutoffs = arrays["distance_cutoffs"].astype(np.float32)  # (C,)
@@ -217,8 +235,10 @@ class Recogniser:
             width = weight.shape[1]
         if width != len(CLASSES):
             raise ValueError(f"the last layer has {width} outputs, not {len(CLASSES)}")
-        if (self.statistics_means.shape != (len(CLASSES), N_STATISTICS)
-                or self.statistics_precisions.shape != (len(CLASSES), N_STATISTICS, N_STATISTICS)):
+        if self.statistics_means.shape != (
+            len(CLASSES),
+            N_STATISTICS,
+        ) or self.statistics_precisions.shape != (len(CLASSES), N_STATISTICS, N_STATISTICS):
             raise ValueError("appearance-statistics arrays have inconsistent shapes")
         if self.distance_cutoffs.shape != (len(CLASSES),) or not np.all(self.distance_cutoffs > 0):
             raise ValueError("distance cut-offs must be one positive number per class")
@@ -239,8 +259,7 @@ class Recogniser:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in data.files}
             if int(arrays.get("feature_version", -1)) != FEATURE_VERSION:
-                raise ValueError(f"feature version {arrays.get('feature_version')} is not "
-                                 f"{FEATURE_VERSION}")
+                raise ValueError(f"feature version {arrays.get('feature_version')} is not {FEATURE_VERSION}")
             return cls(arrays, source=str(path))
         except RadTriageError:
             raise
@@ -306,19 +325,24 @@ class Recogniser:
 
     def _decide(self, probabilities: np.ndarray, distance: float) -> Recognition:
         per_class = {name: float(p) for name, p in zip(self.classes, probabilities, strict=True)}
-        per_region = {region: sum(p for c, p in per_class.items() if REGION_OF[c] == region)
-                      for region in REGIONS}
+        per_region = {
+            region: sum(p for c, p in per_class.items() if REGION_OF[c] == region) for region in REGIONS
+        }
         region = max(per_region, key=per_region.__getitem__)
         region_confidence = per_region[region]
         population = max(per_class, key=per_class.__getitem__)
         if distance > 1.0 or region_confidence < self.min_region_confidence:
             region, population = UNRECOGNISED, UNRECOGNISED
-        elif (REGION_OF[population] != region
-              or per_class[population] < self.min_population_confidence):
+        elif REGION_OF[population] != region or per_class[population] < self.min_population_confidence:
             population = UNRECOGNISED
-        return Recognition(region=region, region_confidence=region_confidence,
-                           population=population, probabilities=per_class,
-                           age_group=AGE_GROUP_OF.get(population), distance=distance)
+        return Recognition(
+            region=region,
+            region_confidence=region_confidence,
+            population=population,
+            probabilities=per_class,
+            age_group=AGE_GROUP_OF.get(population),
+            distance=distance,
+        )
 
 
 def _mahalanobis(points: np.ndarray, means: np.ndarray, precisions: np.ndarray) -> np.ndarray:

@@ -95,9 +95,7 @@ class ModelEntry:
     def experimental_reason(self) -> str | None:
         if not self.is_experimental:
             return None
-        return self.raw.get("experimental_reason") or (
-            "Experimental model: not validated for clinical use."
-        )
+        return self.raw.get("experimental_reason") or ("Experimental model: not validated for clinical use.")
 
 
 @dataclass
@@ -117,8 +115,7 @@ class Registry:
             raise RegistryError(f"Model registry not found: {path}") from None
         except json.JSONDecodeError as exc:
             raise RegistryError(
-                f"Model registry {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
-                f"{exc.msg})."
+                f"Model registry {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})."
             ) from None
         problems = validate_registry(document)
         if problems:
@@ -131,8 +128,9 @@ class Registry:
     def from_document(cls, document: dict[str, Any], *, path: Path) -> Registry:
         models = {m["id"]: ModelEntry(dict(m)) for m in document.get("models", [])}
         extra = {k: v for k, v in document.items() if k not in {"models", "active_models"}}
-        return cls(path=path, models=models, active_models=dict(document.get("active_models", {})),
-                   extra=extra)
+        return cls(
+            path=path, models=models, active_models=dict(document.get("active_models", {})), extra=extra
+        )
 
     def entry(self, model_id: str) -> ModelEntry:
         try:
@@ -230,9 +228,7 @@ def validate_registry(document: Any) -> list[str]:
         if condition not in CONDITIONS:
             problems.append(f"active_models: unknown condition '{condition}'.")
         elif model_id not in seen:
-            problems.append(
-                f"active_models.{condition}: model '{model_id}' is not in 'models'."
-            )
+            problems.append(f"active_models.{condition}: model '{model_id}' is not in 'models'.")
         elif seen[model_id].get("condition") != condition:
             problems.append(
                 f"active_models.{condition}: model '{model_id}' is for condition "
@@ -254,11 +250,13 @@ def _validate_entry(model: Any, index: int) -> list[str]:
     if problems:
         return problems
     if model["condition"] not in CONDITIONS:
-        problems.append(f"{where}: unknown condition '{model['condition']}' "
-                        f"(known: {', '.join(CONDITIONS)}).")
+        problems.append(
+            f"{where}: unknown condition '{model['condition']}' (known: {', '.join(CONDITIONS)})."
+        )
     if model["architecture"] not in ARCHITECTURES:
-        problems.append(f"{where}: unknown architecture '{model['architecture']}' "
-                        f"(known: {', '.join(ARCHITECTURES)}).")
+        problems.append(
+            f"{where}: unknown architecture '{model['architecture']}' (known: {', '.join(ARCHITECTURES)})."
+        )
     size = model["input_size"]
     if len(size) != 2 or not all(isinstance(v, int) and 16 <= v <= 2048 for v in size):
         problems.append(f"{where}: input_size must be [height, width], integers 16..2048.")
@@ -268,15 +266,15 @@ def _validate_entry(model: Any, index: int) -> list[str]:
     if not (0.0 < threshold < 1.0) or math.isnan(threshold):
         problems.append(f"{where}: threshold must be strictly between 0 and 1, got {threshold}.")
     sha = model.get("sha256")
-    if sha is not None and (not isinstance(sha, str) or len(sha) != 64
-                            or any(c not in "0123456789abcdef" for c in sha)):
+    if sha is not None and (
+        not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)
+    ):
         problems.append(f"{where}: sha256 must be 64 lowercase hex characters.")
     if model.get("status", "validated") not in STATUSES:
         problems.append(f"{where}: status must be one of {', '.join(STATUSES)}.")
     calibration = model.get("calibration") or {"method": "none"}
     if not isinstance(calibration, dict) or calibration.get("method") not in CALIBRATION_METHODS:
-        problems.append(f"{where}: calibration.method must be one of "
-                        f"{', '.join(CALIBRATION_METHODS)}.")
+        problems.append(f"{where}: calibration.method must be one of {', '.join(CALIBRATION_METHODS)}.")
     elif calibration["method"] != "none":
         for key in ("a", "b"):
             if not isinstance(calibration.get(key), int | float):
@@ -297,8 +295,11 @@ def registry_sync(source: str | Path, target: str | Path) -> list[str]:
     """
     shipped = Registry.load(source)
     target = Path(target)
-    deployed = Registry.load(target) if target.exists() else Registry(
-        path=target, extra={k: v for k, v in shipped.extra.items()})
+    deployed = (
+        Registry.load(target)
+        if target.exists()
+        else Registry(path=target, extra={k: v for k, v in shipped.extra.items()})
+    )
     changes: list[str] = []
     for model_id, entry in sorted(shipped.models.items()):
         if model_id not in deployed.models:

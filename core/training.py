@@ -70,14 +70,34 @@ CLASS_LABELS = {
 # models. Every number can be overridden from the command line; the registry records what ran.
 PROTOCOLS: dict[str, dict[str, Any]] = {
     # Transfer learning: backbone frozen, head trained.
-    "quick": {"epochs": 5, "batch_size": 25, "lr": 1e-3, "schedule": "frozen",
-              "patience_lr": 2, "patience_stop": 3},
+    "quick": {
+        "epochs": 5,
+        "batch_size": 25,
+        "lr": 1e-3,
+        "schedule": "frozen",
+        "patience_lr": 2,
+        "patience_stop": 3,
+    },
     # Gradual unfreezing: head, then the top third, two thirds, all of the backbone.
-    "intensive": {"epochs": 50, "batch_size": 16, "lr": 1e-5, "schedule": "gradual",
-                  "stage_epochs": 2, "patience_lr": 3, "patience_stop": 8},
+    "intensive": {
+        "epochs": 50,
+        "batch_size": 16,
+        "lr": 1e-5,
+        "schedule": "gradual",
+        "stage_epochs": 2,
+        "patience_lr": 3,
+        "patience_stop": 8,
+    },
     # Head warm-up at 1e-3 for `warmup_epochs`, then the whole backbone at `lr`.
-    "finetune": {"epochs": 12, "batch_size": 32, "lr": 1e-4, "schedule": "warmup",
-                 "warmup_epochs": 1, "patience_lr": 2, "patience_stop": 4},
+    "finetune": {
+        "epochs": 12,
+        "batch_size": 32,
+        "lr": 1e-4,
+        "schedule": "warmup",
+        "warmup_epochs": 1,
+        "patience_lr": 2,
+        "patience_stop": 4,
+    },
 }
 HEAD_LR = 1e-3
 MIN_CALIBRATION_PER_CLASS = 10
@@ -92,40 +112,60 @@ MIN_TEST_IMAGES = 100
 # model cards read it from the registry entry.
 POPULATIONS: dict[str, dict[str, Any]] = {
     "pneumonia": {
-        "region": "chest", "image_kind": "full film", "views": ["AP/PA frontal"],
-        "age_group": "children", "age_range_years": [1, 5],
+        "region": "chest",
+        "image_kind": "full film",
+        "views": ["AP/PA frontal"],
+        "age_group": "children",
+        "age_range_years": [1, 5],
         "sources": ["Kermany et al. 2018, Guangzhou Women and Children's Medical Center"],
         "recogniser_classes": ["chest_child"],
-        "description": "Children's frontal chest films (Guangzhou, ages 1-5)"},
+        "description": "Children's frontal chest films (Guangzhou, ages 1-5)",
+    },
     "cardiomegaly": {
-        "region": "chest", "image_kind": "full film", "views": ["PA/AP frontal"],
-        "age_group": "adults", "age_range_years": None,
+        "region": "chest",
+        "image_kind": "full film",
+        "views": ["PA/AP frontal"],
+        "age_group": "adults",
+        "age_range_years": None,
         "sources": ["NIH ChestX-ray14 (Wang et al. 2017)"],
         "recogniser_classes": ["chest_adult"],
-        "description": "Adults' frontal chest films (NIH Clinical Center, ChestX-ray14)"},
+        "description": "Adults' frontal chest films (NIH Clinical Center, ChestX-ray14)",
+    },
     "fracture": {
-        "region": "limb", "image_kind": "full film",
-        "views": ["frontal", "lateral", "oblique"], "age_group": "both", "age_range_years": None,
-        "sources": ["FracAtlas (Abedeen et al. 2023): hand, leg, hip, shoulder",
-                    "Kaggle 'bone fracture detection using X-rays': upper limb"],
+        "region": "limb",
+        "image_kind": "full film",
+        "views": ["frontal", "lateral", "oblique"],
+        "age_group": "both",
+        "age_range_years": None,
+        "sources": [
+            "FracAtlas (Abedeen et al. 2023): hand, leg, hip, shoulder",
+            "Kaggle 'bone fracture detection using X-rays': upper limb",
+        ],
         "recogniser_classes": ["limb"],
         "description": "Limb radiographs of adults and children (FracAtlas hand, leg, hip and "
-                       "shoulder films from Bangladesh; Kaggle upper-limb films)"},
+        "shoulder films from Bangladesh; Kaggle upper-limb films)",
+    },
     "knee_osteoarthritis": {
-        "region": "knee", "image_kind": "joint crop (CLAHE)", "views": ["PA fixed-flexion"],
-        "age_group": "adults", "age_range_years": [45, 79],
+        "region": "knee",
+        "image_kind": "joint crop (CLAHE)",
+        "views": ["PA fixed-flexion"],
+        "age_group": "adults",
+        "age_range_years": [45, 79],
         "sources": ["Osteoarthritis Initiative, crops by Chen et al. 2019"],
         "recogniser_classes": ["knee_crop"],
         "description": "Adults' knee joint crops, contrast-equalised (CLAHE), from the "
-                       "Osteoarthritis Initiative (ages 45-79)"},
+        "Osteoarthritis Initiative (ages 45-79)",
+    },
     "knee_osteoporosis": {
-        "region": "knee", "image_kind": "full film", "views": ["AP bilateral"],
-        "age_group": "adults", "age_range_years": None,
-        "sources": ["Wani & Arora knee X-ray database with DXA T-scores (Mendeley Data "
-                    "fxjm8fb6mw)"],
+        "region": "knee",
+        "image_kind": "full film",
+        "views": ["AP bilateral"],
+        "age_group": "adults",
+        "age_range_years": None,
+        "sources": ["Wani & Arora knee X-ray database with DXA T-scores (Mendeley Data fxjm8fb6mw)"],
         "recogniser_classes": ["knee_film"],
-        "description": "Adults' bilateral AP knee films with a DXA T-score (Wani & Arora, "
-                       "India)"},
+        "description": "Adults' bilateral AP knee films with a DXA T-score (Wani & Arora, India)",
+    },
 }
 
 
@@ -184,8 +224,9 @@ class TrainConfig:
         c.epochs = int(self.epochs or p["epochs"])
         c.batch_size = int(self.batch_size or p["batch_size"])
         c.lr = float(self.lr or p["lr"])
-        c.warmup_epochs = int(self.warmup_epochs if self.warmup_epochs is not None
-                              else p.get("warmup_epochs", 0))
+        c.warmup_epochs = int(
+            self.warmup_epochs if self.warmup_epochs is not None else p.get("warmup_epochs", 0)
+        )
         if c.horizontal_flip is None:
             c.horizontal_flip = get_condition(self.condition).allow_horizontal_flip
         if c.model_id is None:
@@ -287,13 +328,14 @@ def predict_probabilities(model: Any, gray: np.ndarray, *, batch_size: int = 64)
     """uint8 (n, h, w) -> raw model probabilities float64 (n,)."""
     out = []
     for start in range(0, len(gray), batch_size):
-        batch = to_model_input(gray[start:start + batch_size])
+        batch = to_model_input(gray[start : start + batch_size])
         out.append(np.array(model(batch, training=False).numpy()).reshape(-1))
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
-def reestimate_batchnorm(model: Any, gray: np.ndarray, *, batch_size: int = 64,
-                         max_images: int = 2048, seed: int = 0) -> int:
+def reestimate_batchnorm(
+    model: Any, gray: np.ndarray, *, batch_size: int = 64, max_images: int = 2048, seed: int = 0
+) -> int:
     """Replace moving statistics of every trainable BatchNorm layer by their average over
     clean training batches (cumulative average via momentum k/(k+1)); returns layers updated.
 
@@ -301,8 +343,11 @@ def reestimate_batchnorm(model: Any, gray: np.ndarray, *, batch_size: int = 64,
     """
     import keras
 
-    bns = [layer for layer in _walk(model)
-           if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    bns = [
+        layer
+        for layer in _walk(model)
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+    ]
     if not bns or len(gray) == 0:
         return 0
     rng = np.random.default_rng(seed)
@@ -310,7 +355,7 @@ def reestimate_batchnorm(model: Any, gray: np.ndarray, *, batch_size: int = 64,
     momenta = [layer.momentum for layer in bns]
     try:
         for k, start in enumerate(range(0, len(idx), batch_size)):
-            batch = idx[start:start + batch_size]
+            batch = idx[start : start + batch_size]
             if len(batch) < 2:
                 break
             for layer in bns:
@@ -322,8 +367,9 @@ def reestimate_batchnorm(model: Any, gray: np.ndarray, *, batch_size: int = 64,
     return len(bns)
 
 
-def shortcut_augment(x: Any, *, max_border: float = 0.12, crop_min: float = 0.75,
-                     markers: int = 3, gamma: float = 0.4) -> Any:
+def shortcut_augment(
+    x: Any, *, max_border: float = 0.12, crop_min: float = 0.75, markers: int = 3, gamma: float = 0.4
+) -> Any:
     """Augmentation against shortcuts: float32 [0, 1] (b, h, w, 1) -> same shape.
 
     Why: the maps of the first chest models lit up side markers, borders, text and
@@ -375,8 +421,9 @@ def shortcut_augment(x: Any, *, max_border: float = 0.12, crop_min: float = 0.75
     return tf.clip_by_value(x, 0.0, 1.0) ** g
 
 
-def make_dataset(split: ArraySplit, *, batch_size: int, training: bool, config: TrainConfig,
-                 seed: int) -> Any:
+def make_dataset(
+    split: ArraySplit, *, batch_size: int, training: bool, config: TrainConfig, seed: int
+) -> Any:
     """uint8 arrays -> tf.data of (float32 RGB [0,1] (b, h, w, 3), float32 labels (b, 1)).
 
     Training adds the paper's augmentation: rotation up to +-rotation_degrees, zoom,
@@ -385,17 +432,19 @@ def make_dataset(split: ArraySplit, *, batch_size: int, training: bool, config: 
     import keras
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices(
-        (split.x[..., None], split.y.astype(np.float32)[:, None])
-    ).cache()
+    ds = tf.data.Dataset.from_tensor_slices((split.x[..., None], split.y.astype(np.float32)[:, None])).cache()
     if training:
         ds = ds.shuffle(len(split.y), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=False)
 
-    rotate = keras.layers.RandomRotation(config.rotation_degrees / 360.0, fill_mode="constant",
-                                         fill_value=0.0, seed=seed)
-    zoom = (keras.layers.RandomZoom(config.zoom, config.zoom, fill_mode="constant",
-                                    fill_value=0.0, seed=seed + 1) if config.zoom else None)
+    rotate = keras.layers.RandomRotation(
+        config.rotation_degrees / 360.0, fill_mode="constant", fill_value=0.0, seed=seed
+    )
+    zoom = (
+        keras.layers.RandomZoom(config.zoom, config.zoom, fill_mode="constant", fill_value=0.0, seed=seed + 1)
+        if config.zoom
+        else None
+    )
     flip = bool(config.horizontal_flip)
     brightness, contrast = float(config.brightness), float(config.contrast)
 
@@ -447,8 +496,13 @@ class _Progress:
 
             def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
                 interval = 0.5 if sys.stderr.isatty() else 30.0
-                self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{total_epochs}",
-                                unit="batch", mininterval=interval, file=sys.stderr)
+                self.bar = tqdm(
+                    total=steps,
+                    desc=f"epoch {epoch + 1}/{total_epochs}",
+                    unit="batch",
+                    mininterval=interval,
+                    file=sys.stderr,
+                )
 
             def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
                 self.bar.update(1)
@@ -486,8 +540,9 @@ def _subset(split: ArraySplit, n: int | None, seed: int) -> ArraySplit:
         take = int(round(n * len(idx) / split.n))
         keep.extend(rng.choice(idx, size=min(take, len(idx)), replace=False).tolist())
     keep.sort()
-    return ArraySplit(split.x[keep], split.y[keep], [split.paths[i] for i in keep],
-                      [split.groups[i] for i in keep])
+    return ArraySplit(
+        split.x[keep], split.y[keep], [split.paths[i] for i in keep], [split.groups[i] for i in keep]
+    )
 
 
 def _carve_val(samples: list[Sample], config: TrainConfig) -> list[Sample]:
@@ -499,8 +554,12 @@ def _carve_val(samples: list[Sample], config: TrainConfig) -> list[Sample]:
         groups = sorted({s.group for s in train if s.label == label})
         k = max(1, int(round(config.val_fraction * len(groups))))
         moved.update(rng.choice(groups, size=min(k, len(groups)), replace=False).tolist())
-    return [Sample(s.path, config.val_split, s.label, s.group)
-            if s.split == config.train_split and s.group in moved else s for s in samples]
+    return [
+        Sample(s.path, config.val_split, s.label, s.group)
+        if s.split == config.train_split and s.group in moved
+        else s
+        for s in samples
+    ]
 
 
 def train_model(
@@ -535,30 +594,42 @@ def train_model(
     state: dict[str, Any] = {}
     if resume and state_file.is_file():
         state = json.loads(state_file.read_text())
-        log(f"resuming {config.model_id}: {state['epochs_done']} epoch(s) done, "
-            f"best val AUC {state.get('best_val_auc')}")
+        log(
+            f"resuming {config.model_id}: {state['epochs_done']} epoch(s) done, "
+            f"best val AUC {state.get('best_val_auc')}"
+        )
 
     # ---- data
     samples = load_samples(config.data, condition=config.condition)
     if not any(s.split == config.val_split for s in samples):
         samples = _carve_val(samples, config)
-        config.notes.append(f"no '{config.val_split}' split in the data: "
-                            f"{config.val_fraction:.0%} of training groups held out as val")
+        config.notes.append(
+            f"no '{config.val_split}' split in the data: "
+            f"{config.val_fraction:.0%} of training groups held out as val"
+        )
     counts = split_counts(samples)
     cache = config.cache_dir
-    train = _subset(load_arrays([s for s in samples if s.split == config.train_split],
-                                input_size=config.input_size, cache_dir=cache),
-                    config.max_train, config.seed)
-    val = _subset(load_arrays([s for s in samples if s.split == config.val_split],
-                              input_size=config.input_size, cache_dir=cache),
-                  config.max_val, config.seed + 1)
+    train = _subset(
+        load_arrays(
+            [s for s in samples if s.split == config.train_split],
+            input_size=config.input_size,
+            cache_dir=cache,
+        ),
+        config.max_train,
+        config.seed,
+    )
+    val = _subset(
+        load_arrays(
+            [s for s in samples if s.split == config.val_split], input_size=config.input_size, cache_dir=cache
+        ),
+        config.max_val,
+        config.seed + 1,
+    )
     test_samples = [s for s in samples if s.split == config.test_split]
-    test = (load_arrays(test_samples, input_size=config.input_size, cache_dir=cache)
-            if test_samples else None)
+    test = load_arrays(test_samples, input_size=config.input_size, cache_dir=cache) if test_samples else None
     if train.n == 0 or len(set(train.y.tolist())) < 2:
         raise ValueError("the training split needs images of both classes")
-    log(f"data: train {train.counts()}, val {val.counts()}, "
-        f"test {test.counts() if test else None}")
+    log(f"data: train {train.counts()}, val {val.counts()}, test {test.counts() if test else None}")
     cv_file = ckpt_dir / "cv.json"
     cv = json.loads(cv_file.read_text()) if cv_file.is_file() else None
     if config.cv_folds > 1 and cv is None:
@@ -568,16 +639,22 @@ def train_model(
 
     # ---- model
     pretrained = config.imagenet_weights is not None
-    model = build_model(config.architecture, input_size=config.input_size,
-                        imagenet_weights=config.imagenet_weights,
-                        dense_units=config.dense_units, dropout=config.dropout, seed=config.seed)
+    model = build_model(
+        config.architecture,
+        input_size=config.input_size,
+        imagenet_weights=config.imagenet_weights,
+        dense_units=config.dense_units,
+        dropout=config.dropout,
+        seed=config.seed,
+    )
     model.get_layer("head_bn").momentum = 0.9
     if state.get("epochs_done"):
         model.load_weights(ckpt_dir / "last.weights.h5")
 
     stages = plan_stages(config, pretrained=pretrained)
-    train_ds = make_dataset(train, batch_size=config.batch_size, training=True,
-                            config=config, seed=config.seed)
+    train_ds = make_dataset(
+        train, batch_size=config.batch_size, training=True, config=config, seed=config.seed
+    )
     weights = class_weights(train.y)
     steps = math.ceil(train.n / config.batch_size)
     history: list[dict[str, float]] = list(state.get("history", []))
@@ -598,14 +675,12 @@ def train_model(
         measures the model as it will be served, not with statistics of augmented batches."""
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            reestimate_batchnorm(self.model, bn_probe, max_images=len(bn_probe),
-                                 seed=config.seed + epoch)
+            reestimate_batchnorm(self.model, bn_probe, max_images=len(bn_probe), seed=config.seed + epoch)
             p_val = predict_probabilities(self.model, val.x)
             q = np.clip(p_val, 1e-7, 1 - 1e-7)
             if logs is not None:
                 logs["val_auc"] = roc_auc(val.y, p_val)
-                logs["val_loss"] = float(-np.mean(val.y * np.log(q)
-                                                  + (1 - val.y) * np.log1p(-q)))
+                logs["val_loss"] = float(-np.mean(val.y * np.log(q) + (1 - val.y) * np.log1p(-q)))
                 logs["val_accuracy"] = float(np.mean((p_val >= 0.5) == (val.y == 1)))
 
     class Persist(keras.callbacks.Callback):
@@ -623,9 +698,17 @@ def train_model(
             if best_auc is None or logs.get("val_auc", -1) > best_auc:
                 best_auc = logs.get("val_auc")
             self.model.save_weights(ckpt_dir / "last.weights.h5")
-            _write_state(state_file, epochs_done=epochs_done, best_val_auc=best_auc,
-                         lr=lr_now, history=history, wall_s=wall, stopped_early=False, sittings=sittings,
-                         config=asdict(config))
+            _write_state(
+                state_file,
+                epochs_done=epochs_done,
+                best_val_auc=best_auc,
+                lr=lr_now,
+                history=history,
+                wall_s=wall,
+                stopped_early=False,
+                sittings=sittings,
+                config=asdict(config),
+            )
             if stop_after_epochs is not None and new_epochs >= stop_after_epochs:
                 self.model.stop_training = True
 
@@ -639,43 +722,66 @@ def train_model(
         if lr_now is not None and epochs_done > stage.start_epoch:
             lr = float(lr_now)  # resuming inside this stage: keep the reduced rate
         # Gradient-norm clipping: full fine-tuning at 2e-4 without it diverged on knee OA.
-        model.compile(optimizer=keras.optimizers.Adam(lr, clipnorm=1.0),
-                      loss=keras.losses.BinaryCrossentropy(),
-                      metrics=[keras.metrics.AUC(name="auc")])
-        log(f"stage {stage.trainable}: epochs {max(epochs_done, stage.start_epoch) + 1}"
+        model.compile(
+            optimizer=keras.optimizers.Adam(lr, clipnorm=1.0),
+            loss=keras.losses.BinaryCrossentropy(),
+            metrics=[keras.metrics.AUC(name="auc")],
+        )
+        log(
+            f"stage {stage.trainable}: epochs {max(epochs_done, stage.start_epoch) + 1}"
             f"-{stage.end_epoch}, lr {lr:g}, trainable weights "
-            f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights):,}")
+            f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights):,}"
+        )
         final_stage = stage is stages[-1]
-        early = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
-                                              patience=int(config.patience
-                                                           or p["patience_stop"]))
+        early = keras.callbacks.EarlyStopping(
+            monitor="val_auc", mode="max", patience=int(config.patience or p["patience_stop"])
+        )
         callbacks = [
             CleanValidation(),
             _Progress.make(steps, config.epochs, log),
             keras.callbacks.ModelCheckpoint(
-                str(ckpt_dir / "best.weights.h5"), monitor="val_auc", mode="max",
-                save_best_only=True, save_weights_only=True,
-                initial_value_threshold=best_auc),
-            keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.3,
-                                              patience=int(p["patience_lr"]), min_lr=1e-7),
+                str(ckpt_dir / "best.weights.h5"),
+                monitor="val_auc",
+                mode="max",
+                save_best_only=True,
+                save_weights_only=True,
+                initial_value_threshold=best_auc,
+            ),
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_auc", mode="max", factor=0.3, patience=int(p["patience_lr"]), min_lr=1e-7
+            ),
             early,
             Persist(),
         ]
-        model.fit(train_ds, epochs=stage.end_epoch,
-                  initial_epoch=max(epochs_done, stage.start_epoch), class_weight=weights,
-                  callbacks=callbacks, verbose=0)
+        model.fit(
+            train_ds,
+            epochs=stage.end_epoch,
+            initial_epoch=max(epochs_done, stage.start_epoch),
+            class_weight=weights,
+            callbacks=callbacks,
+            verbose=0,
+        )
         if early.stopped_epoch and final_stage:
             stopped_early = True
-            _write_state(state_file, epochs_done=epochs_done, best_val_auc=best_auc,
-                         lr=lr_now, history=history, wall_s=wall, stopped_early=True, sittings=sittings,
-                         config=asdict(config))
+            _write_state(
+                state_file,
+                epochs_done=epochs_done,
+                best_val_auc=best_auc,
+                lr=lr_now,
+                history=history,
+                wall_s=wall,
+                stopped_early=True,
+                sittings=sittings,
+                config=asdict(config),
+            )
 
     finished = stopped_early or epochs_done >= config.epochs
     if not finished:
-        log(f"sitting over after {new_epochs} new epoch(s): {epochs_done}/{config.epochs} done; "
-            "continue with --resume")
-        return RunResult(config.model_id, out_dir / "model.keras", {}, history, epochs_done,
-                         False)
+        log(
+            f"sitting over after {new_epochs} new epoch(s): {epochs_done}/{config.epochs} done; "
+            "continue with --resume"
+        )
+        return RunResult(config.model_id, out_dir / "model.keras", {}, history, epochs_done, False)
 
     # ---- finish: best weights, BatchNorm statistics, calibration, threshold, evaluation
     if (ckpt_dir / "best.weights.h5").is_file():
@@ -684,27 +790,42 @@ def train_model(
         # A run resumed only to finish never passed through set_trainable: without this, the
         # frozen ImageNet BatchNorm statistics of the backbone would be re-estimated below.
         set_trainable(model, stages[-1].trainable, freeze_backbone_bn=pretrained)
-    n_bn = reestimate_batchnorm(model, train.x, max_images=config.bn_reestimate_images,
-                                seed=config.seed)
+    n_bn = reestimate_batchnorm(model, train.x, max_images=config.bn_reestimate_images, seed=config.seed)
     log(f"re-estimated statistics of {n_bn} BatchNorm layer(s) on clean training images")
-    final = build_model(config.architecture, input_size=config.input_size, imagenet_weights=None,
-                        dense_units=config.dense_units, dropout=config.dropout)
+    final = build_model(
+        config.architecture,
+        input_size=config.input_size,
+        imagenet_weights=None,
+        dense_units=config.dense_units,
+        dropout=config.dropout,
+    )
     final.set_weights(model.get_weights())
     out_dir.mkdir(parents=True, exist_ok=True)
     artifact = out_dir / "model.keras"
     final.save(artifact)
 
     entry = finalize_model(
-        final, config=config, out_dir=out_dir, train=train, val=val, test=test,
-        counts=counts, history=history, epochs_run=epochs_done, wall_s=wall,
-        stopped_early=stopped_early, stages=stages, command=command, log=log, sittings=sittings,
+        final,
+        config=config,
+        out_dir=out_dir,
+        train=train,
+        val=val,
+        test=test,
+        counts=counts,
+        history=history,
+        epochs_run=epochs_done,
+        wall_s=wall,
+        stopped_early=stopped_early,
+        stages=stages,
+        command=command,
+        log=log,
+        sittings=sittings,
         artifact_root=Path(registry_path).resolve().parent if registry_path else None,
         cross_validation=cv,
     )
     if registry_path is not None:
         register_entry(entry, registry_path=registry_path, activate=activate)
-        log(f"registered {config.model_id} in {registry_path}"
-            + (" (active)" if activate else " (inactive)"))
+        log(f"registered {config.model_id} in {registry_path}" + (" (active)" if activate else " (inactive)"))
     return RunResult(config.model_id, artifact, entry, history, epochs_done, True)
 
 
@@ -719,19 +840,35 @@ def calibrate_on_validation(y: np.ndarray, p_raw: np.ndarray, *, method: str) ->
     a calibration fitted on a handful of separable cases is degenerate (a -> infinity)."""
     per_class = np.bincount(np.asarray(y).astype(int), minlength=2)
     if per_class.min() < MIN_CALIBRATION_PER_CLASS:
-        return {"method": "none", "reason": (
-            f"too few validation images to fit a calibration ({per_class[0]} negative / "
-            f"{per_class[1]} positive; need {MIN_CALIBRATION_PER_CLASS} of each): "
-            "probabilities are the model's raw output")}
+        return {
+            "method": "none",
+            "reason": (
+                f"too few validation images to fit a calibration ({per_class[0]} negative / "
+                f"{per_class[1]} positive; need {MIN_CALIBRATION_PER_CLASS} of each): "
+                "probabilities are the model's raw output"
+            ),
+        }
     return fit_calibration(y, p_raw, method=method)
 
 
 def finalize_model(
-    model: Any, *, config: TrainConfig, out_dir: Path, train: ArraySplit, val: ArraySplit,
-    test: ArraySplit | None, counts: dict[str, dict[str, int]], history: list[dict[str, float]],
-    epochs_run: int, wall_s: float, stopped_early: bool, stages: Sequence[Stage],
-    command: str | None, log: Callable[[str], None] = print,
-    artifact_root: Path | None = None, sittings: int = 1,
+    model: Any,
+    *,
+    config: TrainConfig,
+    out_dir: Path,
+    train: ArraySplit,
+    val: ArraySplit,
+    test: ArraySplit | None,
+    counts: dict[str, dict[str, int]],
+    history: list[dict[str, float]],
+    epochs_run: int,
+    wall_s: float,
+    stopped_early: bool,
+    stages: Sequence[Stage],
+    command: str | None,
+    log: Callable[[str], None] = print,
+    artifact_root: Path | None = None,
+    sittings: int = 1,
     cross_validation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Calibrate + threshold on val, evaluate val/test, write plots, card and metrics.json;
@@ -744,41 +881,51 @@ def finalize_model(
     val_raw = predict_probabilities(model, val.x)
     calibration = calibrate_on_validation(val.y, val_raw, method=config.calibration)
     val_cal = apply_calibration(val_raw, calibration)
-    threshold = choose_threshold(val.y, val_cal, min_sensitivity=config.min_sensitivity,
-                                 confidence=config.threshold_confidence)
-    metrics = {"val": evaluate_predictions(val.y, val_cal, threshold, n_boot=config.n_boot,
-                                           seed=config.seed, groups=val.groups)}
+    threshold = choose_threshold(
+        val.y, val_cal, min_sensitivity=config.min_sensitivity, confidence=config.threshold_confidence
+    )
+    metrics = {
+        "val": evaluate_predictions(
+            val.y, val_cal, threshold, n_boot=config.n_boot, seed=config.seed, groups=val.groups
+        )
+    }
     metrics["val"]["auc_raw"] = round(roc_auc(val.y, val_raw), 4)
     metrics["val"]["mean_probability_raw"] = round(float(val_raw.mean()), 4)
     eval_split, eval_set, eval_raw = "val", val, val_raw
     if test is not None and test.n:
         test_raw = predict_probabilities(model, test.x)
         test_cal = apply_calibration(test_raw, calibration)
-        metrics["test"] = evaluate_predictions(test.y, test_cal, threshold,
-                                               n_boot=config.n_boot, seed=config.seed,
-                                               groups=test.groups)
+        metrics["test"] = evaluate_predictions(
+            test.y, test_cal, threshold, n_boot=config.n_boot, seed=config.seed, groups=test.groups
+        )
         metrics["test"]["mean_probability_raw"] = round(float(test_raw.mean()), 4)
         eval_split, eval_set, eval_raw = "test", test, test_raw
     eval_cal = apply_calibration(eval_raw, calibration)
     m = metrics[eval_split]
     title = f"{config.model_id} ({eval_split}, n={m['n']})"
-    plot_roc(out_dir / "roc.png", eval_set.y, eval_cal, title=title, threshold=threshold,
-             auc_ci=m["auc_ci95"])
-    plot_reliability(out_dir / "reliability.png", eval_set.y, eval_cal, p_raw=eval_raw,
-                     title=title)
+    plot_roc(
+        out_dir / "roc.png", eval_set.y, eval_cal, title=title, threshold=threshold, auc_ci=m["auc_ci95"]
+    )
+    plot_reliability(out_dir / "reliability.png", eval_set.y, eval_cal, p_raw=eval_raw, title=title)
     plot_confusion(out_dir / "confusion.png", m["confusion"], labels=labels, title=title)
-    baseline = baseline_beside_model(train, val, eval_set, eval_cal, threshold,
-                                     config=config, split=eval_split)
-    log(f"{eval_split}: AUC {m['auc']} {m['auc_ci95']}, accuracy {m['accuracy']}, "
+    baseline = baseline_beside_model(
+        train, val, eval_set, eval_cal, threshold, config=config, split=eval_split
+    )
+    log(
+        f"{eval_split}: AUC {m['auc']} {m['auc_ci95']}, accuracy {m['accuracy']}, "
         f"sensitivity {m['sensitivity']}, specificity {m['specificity']}, threshold "
         f"{threshold:.4f}, Brier skill {m['brier_skill']}; baseline AUC {baseline['auc']}, "
         f"at its operating point {baseline.get('operating_point')}; "
-        f"beats baseline: {baseline.get('comparison', {}).get('beats_baseline')}")
+        f"beats baseline: {baseline.get('comparison', {}).get('beats_baseline')}"
+    )
 
     status, reason = decide_status(config, metrics, baseline, eval_split)
     # Registry paths are relative to the registry file's folder.
-    rel = (Path(os.path.relpath(out_dir.resolve(), artifact_root)) if artifact_root
-           else Path("models") / config.model_id)
+    rel = (
+        Path(os.path.relpath(out_dir.resolve(), artifact_root))
+        if artifact_root
+        else Path("models") / config.model_id
+    )
     weights_name = Path(config.imagenet_weights).name if config.imagenet_weights else None
     entry: dict[str, Any] = {
         "id": config.model_id,
@@ -790,10 +937,8 @@ def finalize_model(
         "preprocessing": {"color": "rgb", "resize": "area/linear", "scale": "x/255"},
         "gradcam_layer": None,
         "threshold": round(float(threshold), 6),
-        "threshold_rule": threshold_rule_text(config.min_sensitivity,
-                                              config.threshold_confidence),
-        "calibration": {k: (round(v, 6) if isinstance(v, float) else v)
-                        for k, v in calibration.items()},
+        "threshold_rule": threshold_rule_text(config.min_sensitivity, config.threshold_confidence),
+        "calibration": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in calibration.items()},
         "metrics": metrics,
         "baseline": baseline,
         "population": POPULATIONS.get(config.condition),
@@ -803,27 +948,35 @@ def finalize_model(
         "training": {
             "data": str(config.data),
             "n": counts,
-            "n_used": {"train": train.counts(), "val": val.counts(),
-                       **({"test": test.counts()} if test is not None else {})},
+            "n_used": {
+                "train": train.counts(),
+                "val": val.counts(),
+                **({"test": test.counts()} if test is not None else {}),
+            },
             "protocol": config.protocol,
             "stages": [asdict(s) for s in stages],
             "epochs_planned": config.epochs,
             "epochs_run": epochs_run,
             "stopped_early": stopped_early,
-            "best_val_auc_during_training": max(
-                (h.get("val_auc", 0.0) for h in history), default=None),
+            "best_val_auc_during_training": max((h.get("val_auc", 0.0) for h in history), default=None),
             "batch_size": config.batch_size,
-            "early_stopping_patience": int(
-                config.patience or PROTOCOLS[config.protocol]["patience_stop"]),
+            "early_stopping_patience": int(config.patience or PROTOCOLS[config.protocol]["patience_stop"]),
             "learning_rate": config.lr,
             "optimizer": "Adam (clipnorm 1.0)",
             "class_weights": class_weights(train.y),
             "augmentation": {
-                "rotation_degrees": config.rotation_degrees, "zoom": config.zoom,
-                "brightness": config.brightness, "contrast": config.contrast,
-                "horizontal_flip": config.horizontal_flip, "enabled": config.augment,
-                "shortcut": ("centre-biased crops, blanked border strips, pasted text-like "
-                             "markers, gamma" if config.shortcut_augment else None)},
+                "rotation_degrees": config.rotation_degrees,
+                "zoom": config.zoom,
+                "brightness": config.brightness,
+                "contrast": config.contrast,
+                "horizontal_flip": config.horizontal_flip,
+                "enabled": config.augment,
+                "shortcut": (
+                    "centre-biased crops, blanked border strips, pasted text-like markers, gamma"
+                    if config.shortcut_augment
+                    else None
+                ),
+            },
             "seed": config.seed,
             "imagenet_weights": weights_name,
             "batchnorm": "backbone BN frozen" if weights_name else "all BN trained",
@@ -840,33 +993,56 @@ def finalize_model(
         entry["experimental_reason"] = reason
     if cross_validation is not None:
         entry["cross_validation"] = cross_validation
-    (out_dir / "metrics.json").write_text(json.dumps(
-        {"metrics": metrics, "baseline": baseline, "history": history}, indent=1))
+    (out_dir / "metrics.json").write_text(
+        json.dumps({"metrics": metrics, "baseline": baseline, "history": history}, indent=1)
+    )
     write_card(out_dir / "card.md", entry)
     return entry
 
 
 def baseline_beside_model(
-    train: ArraySplit, val: ArraySplit, evaluated: ArraySplit, p_model: np.ndarray,
-    threshold: float, *, config: TrainConfig, split: str,
+    train: ArraySplit,
+    val: ArraySplit,
+    evaluated: ArraySplit,
+    p_model: np.ndarray,
+    threshold: float,
+    *,
+    config: TrainConfig,
+    split: str,
 ) -> dict[str, Any]:
     """The 8x8-thumbnail baseline on the evaluated split, at its own operating point (chosen
     on validation by the same rule as the model), and the paired comparison with the model."""
     baseline = thumbnail_baseline(
-        train.x, train.y, evaluated.x, evaluated.y, n_boot=config.n_boot,
-        val_x=val.x, val_y=val.y, min_sensitivity=config.min_sensitivity,
-        confidence=config.threshold_confidence, groups=evaluated.groups)
+        train.x,
+        train.y,
+        evaluated.x,
+        evaluated.y,
+        n_boot=config.n_boot,
+        val_x=val.x,
+        val_y=val.y,
+        min_sensitivity=config.min_sensitivity,
+        confidence=config.threshold_confidence,
+        groups=evaluated.groups,
+    )
     p_base = baseline.pop("_p_test")
     baseline["split"] = split
     if "operating_point" in baseline:
         baseline["comparison"] = compare_at_operating_point(
-            evaluated.y, p_model, threshold, p_base, baseline["operating_point"]["threshold"],
-            groups=evaluated.groups, n_boot=config.n_boot, seed=config.seed)
+            evaluated.y,
+            p_model,
+            threshold,
+            p_base,
+            baseline["operating_point"]["threshold"],
+            groups=evaluated.groups,
+            n_boot=config.n_boot,
+            seed=config.seed,
+        )
     return baseline
 
 
-def decide_status(config: TrainConfig, metrics: dict[str, Any], baseline: dict[str, Any],
-                  split: str) -> tuple[str, str | None]:
+def decide_status(
+    config: TrainConfig, metrics: dict[str, Any], baseline: dict[str, Any], split: str
+) -> tuple[str, str | None]:
     """'validated' only when nothing below holds; otherwise 'experimental' with the reasons
     in words (the admin page and the card show them)."""
     reasons = [config.experimental_reason] if config.experimental_reason else []
@@ -874,27 +1050,32 @@ def decide_status(config: TrainConfig, metrics: dict[str, Any], baseline: dict[s
     if split != "test":
         reasons.append("no independent test split: figures are on validation images")
     if m.get("n", 0) < MIN_TEST_IMAGES or m.get("n_positive", 0) < MIN_TEST_POSITIVES:
-        reasons.append(f"tiny {split} set ({m.get('n_negative')} negative / "
-                       f"{m.get('n_positive')} positive images): the figures are too "
-                       "uncertain to validate the model")
+        reasons.append(
+            f"tiny {split} set ({m.get('n_negative')} negative / "
+            f"{m.get('n_positive')} positive images): the figures are too "
+            "uncertain to validate the model"
+        )
     lo = (m.get("auc_ci95") or [None])[0]
     if lo is None or lo <= 0.5:
-        reasons.append(f"the 95% interval of the {split} AUC ({m.get('auc_ci95')}) reaches "
-                       "0.5: it may be no better than chance")
+        reasons.append(
+            f"the 95% interval of the {split} AUC ({m.get('auc_ci95')}) reaches "
+            "0.5: it may be no better than chance"
+        )
     comparison = baseline.get("comparison")
     if comparison is not None and not comparison["beats_baseline"]:
         d = comparison["balanced_accuracy_difference"]
         ci = comparison["balanced_accuracy_difference_ci95"]
-        reasons.append(f"at its operating point it does not clearly beat logistic regression "
-                       f"on 8x8 thumbnails (balanced accuracy difference {d} [{ci[0]}, "
-                       f"{ci[1]}]): it may rely on global brightness/layout shortcuts")
+        reasons.append(
+            f"at its operating point it does not clearly beat logistic regression "
+            f"on 8x8 thumbnails (balanced accuracy difference {d} [{ci[0]}, "
+            f"{ci[1]}]): it may rely on global brightness/layout shortcuts"
+        )
     if config.status == "experimental" or reasons:
         return "experimental", "; ".join(reasons) or "experimental model: not validated"
     return config.status or "validated", None
 
 
-def register_entry(entry: dict[str, Any], *, registry_path: str | Path,
-                   activate: bool = False) -> None:
+def register_entry(entry: dict[str, Any], *, registry_path: str | Path, activate: bool = False) -> None:
     from core.registry import Registry
 
     registry_path = Path(registry_path)
@@ -904,35 +1085,48 @@ def register_entry(entry: dict[str, Any], *, registry_path: str | Path,
 
 
 # Fields other helpers write into an entry; a re-evaluation keeps them.
-KEPT_FIELDS = ("applicability", "gradcam_review", "gradcam_layer", "limitations",
-               "inactive_reason", "cross_validation")
+KEPT_FIELDS = (
+    "applicability",
+    "gradcam_review",
+    "gradcam_layer",
+    "limitations",
+    "inactive_reason",
+    "cross_validation",
+)
 
 
-def _load_splits(config: TrainConfig) -> tuple[ArraySplit, ArraySplit, ArraySplit | None,
-                                                dict[str, dict[str, int]]]:
+def _load_splits(
+    config: TrainConfig,
+) -> tuple[ArraySplit, ArraySplit, ArraySplit | None, dict[str, dict[str, int]]]:
     samples = load_samples(config.data, condition=config.condition)
     counts = split_counts(samples)
     cache = config.cache_dir
 
     def arrays(split: str) -> ArraySplit | None:
         chosen = [s for s in samples if s.split == split]
-        return (load_arrays(chosen, input_size=config.input_size or (224, 224),
-                            cache_dir=cache) if chosen else None)
+        return (
+            load_arrays(chosen, input_size=config.input_size or (224, 224), cache_dir=cache)
+            if chosen
+            else None
+        )
 
-    train, val, test = arrays(config.train_split), arrays(config.val_split), \
-        arrays(config.test_split)
+    train, val, test = arrays(config.train_split), arrays(config.val_split), arrays(config.test_split)
     if train is None or val is None:
-        raise ValueError(f"{config.data} needs a '{config.train_split}' and a "
-                         f"'{config.val_split}' split")
+        raise ValueError(f"{config.data} needs a '{config.train_split}' and a '{config.val_split}' split")
     return train, val, test, counts
 
 
 def refinalize_model(
-    registry_path: str | Path, model_id: str, *, data: str | Path,
-    cache_dir: str | Path | None = None, n_boot: int = 1000,
+    registry_path: str | Path,
+    model_id: str,
+    *,
+    data: str | Path,
+    cache_dir: str | Path | None = None,
+    n_boot: int = 1000,
     min_sensitivity: float = DEFAULT_MIN_SENSITIVITY,
     threshold_confidence: float | None = THRESHOLD_CONFIDENCE,
-    activate: bool = False, log: Callable[[str], None] = print,
+    activate: bool = False,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Re-run calibration, threshold, evaluation, baseline, status and card of a registered
     model with today's rules, on the same splits; the artifact (and its checksum) is not
@@ -948,24 +1142,47 @@ def refinalize_model(
     root = Path(registry_path).resolve().parent
     t = old.get("training", {})
     config = TrainConfig(
-        condition=old["condition"], data=str(data), architecture=old["architecture"],
-        model_id=model_id, input_size=tuple(old["input_size"]),
-        protocol=t.get("protocol", "quick"), seed=int(t.get("seed", 42)),
+        condition=old["condition"],
+        data=str(data),
+        architecture=old["architecture"],
+        model_id=model_id,
+        input_size=tuple(old["input_size"]),
+        protocol=t.get("protocol", "quick"),
+        seed=int(t.get("seed", 42)),
         calibration=(old.get("calibration") or {}).get("method", "platt")
-        if (old.get("calibration") or {}).get("method") != "none" else "platt",
-        min_sensitivity=min_sensitivity, threshold_confidence=threshold_confidence,
-        n_boot=n_boot, cache_dir=str(cache_dir) if cache_dir else None,
+        if (old.get("calibration") or {}).get("method") != "none"
+        else "platt",
+        min_sensitivity=min_sensitivity,
+        threshold_confidence=threshold_confidence,
+        n_boot=n_boot,
+        cache_dir=str(cache_dir) if cache_dir else None,
     ).resolved()
     train, val, test, counts = _load_splits(config)
     model = keras.models.load_model(root / old["artifact"], compile=False)
     out_dir = (root / old["artifact"]).parent
     entry = finalize_model(
-        model, config=config, out_dir=out_dir, train=train, val=val, test=test, counts=counts,
-        history=[], epochs_run=int(t.get("epochs_run", 0)), wall_s=float(t.get("wall_time_s", 0)),
-        stopped_early=bool(t.get("stopped_early")), stages=[], command=None, log=log,
-        artifact_root=root)
-    merged = {**entry, "training": t, "created": old.get("created", entry["created"]),
-              "re_evaluated": datetime.now(UTC).isoformat(timespec="seconds")}
+        model,
+        config=config,
+        out_dir=out_dir,
+        train=train,
+        val=val,
+        test=test,
+        counts=counts,
+        history=[],
+        epochs_run=int(t.get("epochs_run", 0)),
+        wall_s=float(t.get("wall_time_s", 0)),
+        stopped_early=bool(t.get("stopped_early")),
+        stages=[],
+        command=None,
+        log=log,
+        artifact_root=root,
+    )
+    merged = {
+        **entry,
+        "training": t,
+        "created": old.get("created", entry["created"]),
+        "re_evaluated": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     for key in KEPT_FIELDS:
         if key in old:
             merged[key] = old[key]
@@ -978,14 +1195,16 @@ def refinalize_model(
     registry = Registry.load(registry_path)  # re-read: others may have written meanwhile
     registry.register(merged, activate=activate)
     registry.save()
-    log(f"re-evaluated {model_id}: status {merged['status']}"
-        + (f" ({merged.get('experimental_reason')})" if merged["status"] == "experimental"
-           else ""))
+    log(
+        f"re-evaluated {model_id}: status {merged['status']}"
+        + (f" ({merged.get('experimental_reason')})" if merged["status"] == "experimental" else "")
+    )
     return merged
 
 
-def cross_validate(config: TrainConfig, *, folds: int = 5, epochs: int | None = None,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+def cross_validate(
+    config: TrainConfig, *, folds: int = 5, epochs: int | None = None, log: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Grouped, label-stratified k-fold cross-validation on train + val (test untouched):
     each fold trains a fresh model with the run's recipe for a fixed number of epochs (no
     early stopping: nothing is tuned on the held-out fold) and scores its held-out patients.
@@ -1000,8 +1219,11 @@ def cross_validate(config: TrainConfig, *, folds: int = 5, epochs: int | None = 
     config = config.resolved()
     assert config.input_size and config.batch_size and config.epochs
     configure_tensorflow(config.threads, config.seed)
-    samples = [s for s in load_samples(config.data, condition=config.condition)
-               if s.split in (config.train_split, config.val_split)]
+    samples = [
+        s
+        for s in load_samples(config.data, condition=config.condition)
+        if s.split in (config.train_split, config.val_split)
+    ]
     pool = load_arrays(samples, input_size=config.input_size, cache_dir=config.cache_dir)
     n_epochs = int(epochs or config.epochs)
     oof = np.full(pool.n, np.nan)
@@ -1011,24 +1233,34 @@ def cross_validate(config: TrainConfig, *, folds: int = 5, epochs: int | None = 
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=config.seed)
     for k, (tr, te) in enumerate(splitter.split(np.zeros(pool.n), pool.y, pool.groups)):
         t0 = time.time()
-        fit = ArraySplit(pool.x[tr], pool.y[tr], [pool.paths[i] for i in tr],
-                         [pool.groups[i] for i in tr])
-        model = build_model(config.architecture, input_size=config.input_size,
-                            imagenet_weights=config.imagenet_weights,
-                            dense_units=config.dense_units, dropout=config.dropout,
-                            seed=config.seed + k)
+        fit = ArraySplit(pool.x[tr], pool.y[tr], [pool.paths[i] for i in tr], [pool.groups[i] for i in tr])
+        model = build_model(
+            config.architecture,
+            input_size=config.input_size,
+            imagenet_weights=config.imagenet_weights,
+            dense_units=config.dense_units,
+            dropout=config.dropout,
+            seed=config.seed + k,
+        )
         model.get_layer("head_bn").momentum = 0.9
         pretrained = config.imagenet_weights is not None
-        ds = make_dataset(fit, batch_size=config.batch_size, training=True, config=config,
-                          seed=config.seed + k)
+        ds = make_dataset(
+            fit, batch_size=config.batch_size, training=True, config=config, seed=config.seed + k
+        )
         for stage in plan_stages(replace_epochs(config, n_epochs), pretrained=pretrained):
             set_trainable(model, stage.trainable, freeze_backbone_bn=pretrained)
-            model.compile(optimizer=keras.optimizers.Adam(stage.lr, clipnorm=1.0),
-                          loss=keras.losses.BinaryCrossentropy())
-            model.fit(ds, epochs=stage.end_epoch, initial_epoch=stage.start_epoch,
-                      class_weight=class_weights(fit.y), verbose=0)
-        reestimate_batchnorm(model, fit.x, max_images=config.bn_reestimate_images,
-                             seed=config.seed)
+            model.compile(
+                optimizer=keras.optimizers.Adam(stage.lr, clipnorm=1.0),
+                loss=keras.losses.BinaryCrossentropy(),
+            )
+            model.fit(
+                ds,
+                epochs=stage.end_epoch,
+                initial_epoch=stage.start_epoch,
+                class_weight=class_weights(fit.y),
+                verbose=0,
+            )
+        reestimate_batchnorm(model, fit.x, max_images=config.bn_reestimate_images, seed=config.seed)
         p_fit = predict_probabilities(model, fit.x)
         p_out = predict_probabilities(model, pool.x[te])
         oof[te], fold_of[te] = p_out, k
@@ -1039,20 +1271,32 @@ def cross_validate(config: TrainConfig, *, folds: int = 5, epochs: int | None = 
         fn += int(((p_out < t) & (y_te == 1)).sum())
         tn += int(((p_out < t) & (y_te == 0)).sum())
         fp += int(((p_out >= t) & (y_te == 0)).sum())
-        per_fold.append({"fold": k, "n": int(len(te)), "n_positive": int(y_te.sum()),
-                         "auc": _round(roc_auc(y_te, p_out)), "wall_s": round(time.time() - t0)})
+        per_fold.append(
+            {
+                "fold": k,
+                "n": int(len(te)),
+                "n_positive": int(y_te.sum()),
+                "auc": _round(roc_auc(y_te, p_out)),
+                "wall_s": round(time.time() - t0),
+            }
+        )
         log(f"fold {k + 1}/{folds}: {per_fold[-1]}")
         keras.backend.clear_session()
-    ci = bootstrap_intervals(pool.y, oof, 0.5, n_boot=config.n_boot, seed=config.seed,
-                             groups=pool.groups)["auc"]
+    ci = bootstrap_intervals(pool.y, oof, 0.5, n_boot=config.n_boot, seed=config.seed, groups=pool.groups)[
+        "auc"
+    ]
     fold_aucs = [f["auc"] for f in per_fold if f["auc"] is not None]
     return {
-        "method": (f"{folds}-fold cross-validation on train+val, grouped by patient and "
-                   f"stratified by label; {n_epochs} epochs per fold, no early stopping"),
-        "n": pool.n, "n_positive": int(pool.y.sum()), "n_negative": int(pool.n - pool.y.sum()),
+        "method": (
+            f"{folds}-fold cross-validation on train+val, grouped by patient and "
+            f"stratified by label; {n_epochs} epochs per fold, no early stopping"
+        ),
+        "n": pool.n,
+        "n_positive": int(pool.y.sum()),
+        "n_negative": int(pool.n - pool.y.sum()),
         "n_groups": len(set(pool.groups)),
-        "pooled_auc": _round(roc_auc(pool.y, oof)), "pooled_auc_ci95": [_round(ci[0]),
-                                                                         _round(ci[1])],
+        "pooled_auc": _round(roc_auc(pool.y, oof)),
+        "pooled_auc_ci95": [_round(ci[0]), _round(ci[1])],
         "fold_auc_mean": _round(float(np.mean(fold_aucs))) if fold_aucs else None,
         "fold_auc_sd": _round(float(np.std(fold_aucs, ddof=1))) if len(fold_aucs) > 1 else None,
         "folds": per_fold,
@@ -1060,8 +1304,10 @@ def cross_validate(config: TrainConfig, *, folds: int = 5, epochs: int | None = 
         "sensitivity_ci95": [_round(v) for v in clopper_pearson(tp, tp + fn)],
         "specificity": _round(tn / max(tn + fp, 1)),
         "specificity_ci95": [_round(v) for v in clopper_pearson(tn, tn + fp)],
-        "threshold_rule": ("each fold: highest threshold with sensitivity >= "
-                           f"{config.min_sensitivity:.2f} on its own training folds"),
+        "threshold_rule": (
+            "each fold: highest threshold with sensitivity >= "
+            f"{config.min_sensitivity:.2f} on its own training folds"
+        ),
     }
 
 
@@ -1081,8 +1327,7 @@ def remove_model(registry_path: str | Path, model_id: str) -> None:
     registry = Registry.load(registry_path)
     entry = registry.entry(model_id)
     if registry.active_models.get(entry.condition) == model_id:
-        raise ValueError(f"{model_id} is the active {entry.condition} model: activate its "
-                         "replacement first")
+        raise ValueError(f"{model_id} is the active {entry.condition} model: activate its replacement first")
     del registry.models[model_id]
     registry.save()
 

@@ -23,16 +23,16 @@ def imported_modules(path: Path) -> set[str]:
 def offenders(folder: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
     found = {}
     for path in sorted((ROOT / folder).rglob("*.py")):
-        bad = sorted(m for m in imported_modules(path)
-                     if any(m == f or m.startswith(f + ".") for f in forbidden))
+        bad = sorted(
+            m for m in imported_modules(path) if any(m == f or m.startswith(f + ".") for f in forbidden)
+        )
         if bad:
             found[str(path.relative_to(ROOT))] = bad
     return found
 
 
 def test_core_imports_no_framework_and_nothing_of_web_or_worker() -> None:
-    assert offenders("core", ("django", "celery", "channels", "rest_framework", "web",
-                              "worker")) == {}
+    assert offenders("core", ("django", "celery", "channels", "rest_framework", "web", "worker")) == {}
 
 
 def test_the_web_side_never_imports_the_worker_tasks() -> None:

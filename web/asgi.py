@@ -23,9 +23,7 @@ application = ProtocolTypeRouter(
     {
         # Static files (CSS/JS of the pages) are served by the app itself: one process to run.
         "http": ASGIStaticFilesHandler(django_asgi_app),
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
 

@@ -17,18 +17,15 @@ def healthz(request: HttpRequest) -> JsonResponse:
     except Exception as exc:  # noqa: BLE001 - report any failure as unhealthy
         checks["database"] = f"error: {type(exc).__name__}"
     try:
-        redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2,
-                             socket_connect_timeout=2).ping()
+        redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2, socket_connect_timeout=2).ping()
         checks["broker"] = "ok"
     except Exception as exc:  # noqa: BLE001
         checks["broker"] = f"error: {type(exc).__name__}"
     healthy = all(v == "ok" for v in checks.values())
     models = models_health()
-    status = "unhealthy" if not healthy else (
-        "ok" if all(v == "ok" for v in models.values()) else "degraded")
+    status = "unhealthy" if not healthy else ("ok" if all(v == "ok" for v in models.values()) else "degraded")
     # Degraded (a model answers from its placeholder) still serves: 200, and says which.
-    return JsonResponse({"status": status, **checks, "models": models},
-                        status=200 if healthy else 503)
+    return JsonResponse({"status": status, **checks, "models": models}, status=200 if healthy else 503)
 
 
 _verified: dict[tuple[str, int, int], str] = {}
@@ -61,6 +58,7 @@ def models_health() -> dict[str, str]:
         if key not in _verified:
             _verified[key] = sha256_file(path)
         ok = not entry.sha256 or _verified[key] == entry.sha256
-        health[condition] = "ok" if ok else (
-            f"degraded: model {entry.id} artifact fails its checksum (placeholder)")
+        health[condition] = (
+            "ok" if ok else (f"degraded: model {entry.id} artifact fails its checksum (placeholder)")
+        )
     return health

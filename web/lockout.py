@@ -11,9 +11,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 def lockout_response(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
     minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
-    message = (f"Too many failed logins for this account from this address: try again in "
-               f"{minutes} minutes, or ask an administrator to unlock it.")
+    message = (
+        f"Too many failed logins for this account from this address: try again in "
+        f"{minutes} minutes, or ask an administrator to unlock it."
+    )
     if request.path.startswith("/api/"):
         return JsonResponse({"error": message}, status=429)
-    return HttpResponse(f"<!doctype html><title>Locked out · RadTriage</title><p>{message}</p>",
-                        status=429)
+    return HttpResponse(f"<!doctype html><title>Locked out · RadTriage</title><p>{message}</p>", status=429)

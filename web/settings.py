@@ -80,8 +80,7 @@ AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
 ]
 AXES_FAILURE_LIMIT = int(os.environ.get("RADTRIAGE_LOGIN_FAILURE_LIMIT", "5"))
-AXES_COOLOFF_TIME = dt.timedelta(minutes=float(os.environ.get("RADTRIAGE_LOGIN_COOLOFF_MINUTES",
-                                                              "15")))
+AXES_COOLOFF_TIME = dt.timedelta(minutes=float(os.environ.get("RADTRIAGE_LOGIN_COOLOFF_MINUTES", "15")))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "web.lockout.lockout_response"
@@ -118,11 +117,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The embedded default is written by the web process and the worker at once: WAL lets
     # readers go on during a write, IMMEDIATE takes the write lock up front (no upgrade
     # deadlock), and the timeout waits for it instead of failing with "database is locked".
-    DATABASES["default"].setdefault("OPTIONS", {}).update({
-        "timeout": 30,
-        "transaction_mode": "IMMEDIATE",
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-    })
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "timeout": 30,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-gb"
@@ -210,9 +211,7 @@ if ANALYSIS_SOFT_TIME_LIMIT >= ANALYSIS_TIME_LIMIT:
 ANALYSIS_BATCH_SIZE = max(1, int(os.environ.get("RADTRIAGE_ANALYSIS_BATCH_SIZE", "16")))
 ANALYSIS_MAX_RETRIES = int(os.environ.get("RADTRIAGE_ANALYSIS_MAX_RETRIES", "5"))
 STUCK_QUEUED_AFTER = int(os.environ.get("RADTRIAGE_STUCK_QUEUED_AFTER", "900"))
-STUCK_RUNNING_AFTER = max(
-    int(os.environ.get("RADTRIAGE_STUCK_RUNNING_AFTER", "0")), ANALYSIS_TIME_LIMIT + 5
-)
+STUCK_RUNNING_AFTER = max(int(os.environ.get("RADTRIAGE_STUCK_RUNNING_AFTER", "0")), ANALYSIS_TIME_LIMIT + 5)
 SWEEP_INTERVAL = float(os.environ.get("RADTRIAGE_SWEEP_INTERVAL", "60"))
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
@@ -268,8 +267,7 @@ SPECTACULAR_SETTINGS = {
 # --------------------------------------------------------------------------- behind HTTPS
 # Set RADTRIAGE_HTTPS=1 when a TLS-terminating proxy sits in front (it must set
 # X-Forwarded-Proto); cookies then never travel over plain HTTP.
-CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",")
-                        if o.strip()]
+CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
 if env_bool("RADTRIAGE_HTTPS", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True

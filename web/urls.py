@@ -5,8 +5,7 @@ from web.clinical.registry_admin import registry_view
 from web.health import healthz
 
 urlpatterns = [
-    path("admin/model-registry/", admin.site.admin_view(registry_view),
-         name="admin-model-registry"),
+    path("admin/model-registry/", admin.site.admin_view(registry_view), name="admin-model-registry"),
     path("admin/", admin.site.urls),
     path("healthz/", healthz, name="healthz"),
     path("api/", include("web.api.urls")),

@@ -35,8 +35,9 @@ def limit_cpu_threads(sender: object = None, **_: object) -> None:
     Runs in the worker's parent before it forks its pool and before TensorFlow is imported
     (lazily, by the first job): the pool processes inherit the variables."""
     processes = getattr(sender, "concurrency", None) or 1
-    threads = os.environ.get("RADTRIAGE_TF_THREADS") or str(cpu_threads_per_process(
-        cores=os.cpu_count() or 1, processes=int(processes)))
+    threads = os.environ.get("RADTRIAGE_TF_THREADS") or str(
+        cpu_threads_per_process(cores=os.cpu_count() or 1, processes=int(processes))
+    )
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", threads)
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 

@@ -69,16 +69,19 @@ def analyze_batch(self, analysis_ids: list[int]) -> None:
 
 def _run_with_retries(task, analysis_ids: list[int]) -> None:
     try:
-        analyses_run(analysis_ids=analysis_ids,
-                     worker=f"{task.request.hostname}:{os.getpid()}")
+        analyses_run(analysis_ids=analysis_ids, worker=f"{task.request.hostname}:{os.getpid()}")
     except TRANSIENT_ERRORS as exc:
         message = f"{type(exc).__name__}: {exc}".strip()
         if task.request.retries >= task.max_retries:
             for analysis_id in analysis_ids:  # those already finished are left alone
-                analysis_fail(analysis_id=analysis_id, message=(
-                    f"The analysis failed {task.request.retries + 1} times on a temporary "
-                    f"problem and was abandoned ({message}). Re-run it when the system is "
-                    "healthy."))
+                analysis_fail(
+                    analysis_id=analysis_id,
+                    message=(
+                        f"The analysis failed {task.request.retries + 1} times on a temporary "
+                        f"problem and was abandoned ({message}). Re-run it when the system is "
+                        "healthy."
+                    ),
+                )
             return
         log.warning("Analyses %s: transient error, retrying: %s", analysis_ids, message)
         for analysis_id in analysis_ids:
@@ -89,8 +92,8 @@ def _run_with_retries(task, analysis_ids: list[int]) -> None:
         raise task.retry(exc=exc, countdown=retry_countdown(task.request.retries)) from None
 
 
-@app.task(name="worker.tasks.sweep_stuck_analyses", ignore_result=True,
-          soft_time_limit=60, time_limit=90)
+@app.task(name="worker.tasks.sweep_stuck_analyses", ignore_result=True, soft_time_limit=60, time_limit=90)
 def sweep_stuck_analyses() -> list[int]:
-    return analyses_requeue_stuck(queued_after=settings.STUCK_QUEUED_AFTER,
-                                  running_after=settings.STUCK_RUNNING_AFTER)
+    return analyses_requeue_stuck(
+        queued_after=settings.STUCK_QUEUED_AFTER, running_after=settings.STUCK_RUNNING_AFTER
+    )

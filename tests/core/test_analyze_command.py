@@ -18,14 +18,30 @@ from tests.core.tiny_models import SIZE, make_blob_images
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-KEYS = {"condition", "probability", "positive", "threshold", "model_id", "architecture",
-        "is_placeholder", "placeholder_reason", "gradcam_method", "gradcam_layer"}
+KEYS = {
+    "condition",
+    "probability",
+    "positive",
+    "threshold",
+    "model_id",
+    "architecture",
+    "is_placeholder",
+    "placeholder_reason",
+    "gradcam_method",
+    "gradcam_layer",
+}
 
 
 def run_analyze(*args: str, registry: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "RADTRIAGE_REGISTRY": str(registry), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "manage.py", "analyze", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "manage.py", "analyze", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +49,14 @@ def registry(blob_model, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("cli")
     blob_model.save(folder / "blob.keras")
     entry = {
-        "id": "blob-v1", "condition": "fracture", "architecture": "custom",
-        "input_size": [SIZE, SIZE], "class_labels": ["no blob", "blob"], "threshold": 0.5,
-        "artifact": "blob.keras", "sha256": sha256_file(folder / "blob.keras"),
+        "id": "blob-v1",
+        "condition": "fracture",
+        "architecture": "custom",
+        "input_size": [SIZE, SIZE],
+        "class_labels": ["no blob", "blob"],
+        "threshold": 0.5,
+        "artifact": "blob.keras",
+        "sha256": sha256_file(folder / "blob.keras"),
     }
     path = folder / "registry.json"
     path.write_text(json.dumps({"models": [entry], "active_models": {"fracture": "blob-v1"}}))
@@ -47,8 +68,16 @@ def test_it_prints_the_result_and_writes_an_overlay_at_full_resolution(registry,
     image = cv2.resize((data.images[1, :, :, 0] * 255).astype(np.uint8), (320, 240))
     cv2.imwrite(str(tmp_path / "blob.png"), image)
     out = tmp_path / "overlay.png"
-    result = run_analyze(str(tmp_path / "blob.png"), "--condition", "fracture", "--out", str(out),
-                         "--alpha", "0.6", registry=registry)
+    result = run_analyze(
+        str(tmp_path / "blob.png"),
+        "--condition",
+        "fracture",
+        "--out",
+        str(out),
+        "--alpha",
+        "0.6",
+        registry=registry,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert set(report) >= KEYS
@@ -61,8 +90,7 @@ def test_it_prints_the_result_and_writes_an_overlay_at_full_resolution(registry,
 
 
 def test_a_placeholder_result_is_flagged_on_stdout_and_stderr(registry, tmp_path):
-    result = run_analyze(str(shared_dicom("nih_dx_test1.dcm")), "--condition", "pneumonia",
-                         registry=registry)
+    result = run_analyze(str(shared_dicom("nih_dx_test1.dcm")), "--condition", "pneumonia", registry=registry)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["is_placeholder"] is True
@@ -80,8 +108,7 @@ def test_a_bad_file_prints_the_clear_error_and_exits_2(registry, tmp_path):
 
 
 def test_a_knee_film_is_refused_for_a_chest_condition(registry):
-    result = run_analyze(str(shared_dicom("RG3_J2KR.dcm")), "--condition", "pneumonia",
-                         registry=registry)
+    result = run_analyze(str(shared_dicom("RG3_J2KR.dcm")), "--condition", "pneumonia", registry=registry)
     assert result.returncode == 2 and "EXTREMITY" in result.stderr
 
 
@@ -90,13 +117,13 @@ def test_several_files_in_jsonl_give_a_line_each_and_garbage_gets_its_error(regi
     paths = []
     for i in range(3):
         path = tmp_path / f"film-{i}.png"
-        cv2.imwrite(str(path), cv2.resize((data.images[i, :, :, 0] * 255).astype(np.uint8),
-                                          (200, 160)))
+        cv2.imwrite(str(path), cv2.resize((data.images[i, :, :, 0] * 255).astype(np.uint8), (200, 160)))
         paths.append(str(path))
     garbage = tmp_path / "garbage.dcm"
     garbage.write_bytes(b"\x00garbage" * 50)
-    result = run_analyze(paths[0], str(garbage), *paths[1:], "--condition", "fracture",
-                         "--jsonl", registry=registry)
+    result = run_analyze(
+        paths[0], str(garbage), *paths[1:], "--condition", "fracture", "--jsonl", registry=registry
+    )
 
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
@@ -125,6 +152,7 @@ def test_jsonl_exits_2_only_when_no_file_could_be_analysed(registry, tmp_path):
 
 
 def test_out_is_refused_with_several_files(registry, tmp_path):
-    result = run_analyze("a.png", "b.png", "--condition", "fracture", "--out",
-                         str(tmp_path / "o.png"), registry=registry)
+    result = run_analyze(
+        "a.png", "b.png", "--condition", "fracture", "--out", str(tmp_path / "o.png"), registry=registry
+    )
     assert result.returncode == 2 and "exactly one FILE" in result.stderr

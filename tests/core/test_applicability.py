@@ -6,32 +6,64 @@ from __future__ import annotations
 from core.applicability import Population, check_applicability, patient_age_years
 from core.recognition import Recognition
 
-CHILD_CHEST = Population.from_entry({"population": {
-    "region": "chest", "description": "Children's frontal chest films (Guangzhou, ages 1-5)",
-    "recogniser_classes": ["chest_child"], "views": ["AP/PA frontal"], "age_group": "children",
-    "age_range_years": [1, 5]}})
-KNEE_CROP = Population.from_entry({"population": {
-    "region": "knee", "description": "CLAHE knee joint crops of adults (OAI)",
-    "recogniser_classes": ["knee_crop"], "age_group": "adults", "image_kind": "joint crop"}})
-LIMB = Population.from_entry({"population": {
-    "region": "limb", "description": "Limb films", "recogniser_classes": ["limb"],
-    "age_group": "both"}})
+CHILD_CHEST = Population.from_entry(
+    {
+        "population": {
+            "region": "chest",
+            "description": "Children's frontal chest films (Guangzhou, ages 1-5)",
+            "recogniser_classes": ["chest_child"],
+            "views": ["AP/PA frontal"],
+            "age_group": "children",
+            "age_range_years": [1, 5],
+        }
+    }
+)
+KNEE_CROP = Population.from_entry(
+    {
+        "population": {
+            "region": "knee",
+            "description": "CLAHE knee joint crops of adults (OAI)",
+            "recogniser_classes": ["knee_crop"],
+            "age_group": "adults",
+            "image_kind": "joint crop",
+        }
+    }
+)
+LIMB = Population.from_entry(
+    {
+        "population": {
+            "region": "limb",
+            "description": "Limb films",
+            "recogniser_classes": ["limb"],
+            "age_group": "both",
+        }
+    }
+)
 
 
 def seen(population: str, region: str, share: float = 0.95) -> Recognition:
-    probabilities = {c: 0.0 for c in ("chest_child", "chest_adult", "knee_crop", "knee_film",
-                                      "limb")}
+    probabilities = {c: 0.0 for c in ("chest_child", "chest_adult", "knee_crop", "knee_film", "limb")}
     if population in probabilities:
         probabilities[population] = share
     age = {"chest_child": "children", "chest_adult": "adults"}.get(population)
-    return Recognition(region=region, region_confidence=share, population=population,
-                       probabilities=probabilities, age_group=age)
+    return Recognition(
+        region=region,
+        region_confidence=share,
+        population=population,
+        probabilities=probabilities,
+        age_group=age,
+    )
 
 
 def check(population, recognition, metadata=None, distance=1.0, cutoff=5.0):
-    return check_applicability(population=population, model_name="pneumonia model",
-                               metadata=metadata or {}, recognition=recognition,
-                               distance=distance, cutoff=cutoff)
+    return check_applicability(
+        population=population,
+        model_name="pneumonia model",
+        metadata=metadata or {},
+        recognition=recognition,
+        distance=distance,
+        cutoff=cutoff,
+    )
 
 
 def test_a_childs_chest_film_is_applicable_to_the_childrens_pneumonia_model() -> None:
@@ -45,7 +77,8 @@ def test_an_adult_chest_film_is_turned_away_in_plain_words() -> None:
     assert result.reason == (
         "Outside this model's training population: the image recogniser sees an adult chest "
         "film (97%). The pneumonia model was trained on children's frontal chest films "
-        "(Guangzhou, ages 1-5).")
+        "(Guangzhou, ages 1-5)."
+    )
 
 
 def test_a_knee_sent_to_a_chest_model_is_not_applicable() -> None:
@@ -53,10 +86,12 @@ def test_a_knee_sent_to_a_chest_model_is_not_applicable() -> None:
 
 
 def test_the_header_age_decides_over_the_recogniser_for_a_chest() -> None:
-    adult = check(CHILD_CHEST, seen("chest_child", "chest"),
-                  {"BodyPartExamined": "CHEST", "PatientAge": "045Y"})
-    child = check(CHILD_CHEST, seen("chest_adult", "chest"),
-                  {"BodyPartExamined": "CHEST", "PatientAge": "004Y"})
+    adult = check(
+        CHILD_CHEST, seen("chest_child", "chest"), {"BodyPartExamined": "CHEST", "PatientAge": "045Y"}
+    )
+    child = check(
+        CHILD_CHEST, seen("chest_adult", "chest"), {"BodyPartExamined": "CHEST", "PatientAge": "004Y"}
+    )
     assert not adult.applicable and "45 years old, outside 1-5 years" in adult.reason
     assert child.applicable
 
@@ -73,8 +108,7 @@ def test_a_lateral_view_is_outside_a_frontal_population() -> None:
     result = check(CHILD_CHEST, seen("chest_child", "chest"), {"ViewPosition": "LL"})
     assert not result.applicable and "view is LL" in result.reason
     for frontal in ("PA", "AP"):
-        assert check(CHILD_CHEST, seen("chest_child", "chest"),
-                     {"ViewPosition": frontal}).applicable
+        assert check(CHILD_CHEST, seen("chest_child", "chest"), {"ViewPosition": frontal}).applicable
 
 
 def test_a_full_knee_film_is_outside_the_joint_crop_model() -> None:
@@ -103,6 +137,5 @@ def test_a_model_without_a_declared_population_is_applicable_with_a_note() -> No
 
 def test_patient_age_comes_from_patient_age_or_birth_and_study_dates() -> None:
     assert patient_age_years({"PatientAge": "006M"}) == 0.5
-    assert round(patient_age_years({"PatientBirthDate": "20000101",
-                                    "StudyDate": "20100101"}), 1) == 10.0
+    assert round(patient_age_years({"PatientBirthDate": "20000101", "StudyDate": "20100101"}), 1) == 10.0
     assert patient_age_years({"PatientAge": "garbage"}) is None

@@ -37,27 +37,28 @@ def manager():
 def _passes(manager, condition: str, folder: str) -> list:
     from core.analysis import analyze_xrays
 
-    return analyze_xrays(_films(folder), condition=condition, manager=manager,
-                         allow_body_part_mismatch=True)
+    return analyze_xrays(_films(folder), condition=condition, manager=manager, allow_body_part_mismatch=True)
 
 
-@pytest.mark.parametrize(("condition", "own", "others"), [
-    ("pneumonia", "pneumonia", ["cardiomegaly", "knee_osteoarthritis", "fracture"]),
-    ("cardiomegaly", "cardiomegaly", ["pneumonia", "knee_osteoporosis", "fracture"]),
-    ("knee_osteoarthritis", "knee_osteoarthritis", ["knee_osteoporosis", "pneumonia"]),
-    ("fracture", "fracture", ["cardiomegaly", "knee_osteoarthritis"]),
-])
-def test_each_model_keeps_its_population_and_turns_the_others_away(manager, condition, own,
-                                                                   others) -> None:
+@pytest.mark.parametrize(
+    ("condition", "own", "others"),
+    [
+        ("pneumonia", "pneumonia", ["cardiomegaly", "knee_osteoarthritis", "fracture"]),
+        ("cardiomegaly", "cardiomegaly", ["pneumonia", "knee_osteoporosis", "fracture"]),
+        ("knee_osteoarthritis", "knee_osteoarthritis", ["knee_osteoporosis", "pneumonia"]),
+        ("fracture", "fracture", ["cardiomegaly", "knee_osteoarthritis"]),
+    ],
+)
+def test_each_model_keeps_its_population_and_turns_the_others_away(manager, condition, own, others) -> None:
     kept = _passes(manager, condition, own)
     assert not kept[0].is_placeholder, kept[0].placeholder_reason
-    assert sum(o.applicable for o in kept) >= PER_POPULATION - 1, [
-        o.not_applicable_reason for o in kept]
+    assert sum(o.applicable for o in kept) >= PER_POPULATION - 1, [o.not_applicable_reason for o in kept]
     for folder in others:
         outcomes = _passes(manager, condition, folder)
-        assert sum(o.applicable for o in outcomes) <= 1, (folder, [o.applicability
-                                                                   for o in outcomes])
+        assert sum(o.applicable for o in outcomes) <= 1, (folder, [o.applicability for o in outcomes])
         turned_away = [o for o in outcomes if not o.applicable]
         assert all(not o.flag and not o.positive for o in turned_away)
-        assert all(o.not_applicable_reason.startswith("Outside this model's training population")
-                   for o in turned_away)
+        assert all(
+            o.not_applicable_reason.startswith("Outside this model's training population")
+            for o in turned_away
+        )

@@ -31,8 +31,11 @@ def test_the_registry_validates_and_every_active_model_is_registered() -> None:
 
 
 def test_committed_artifacts_stay_under_150_mb() -> None:
-    total = sum(p.stat().st_size for p in (ROOT / "models").rglob("*")
-                if p.is_file() and "checkpoints" not in p.parts and "_runs" not in p.parts)
+    total = sum(
+        p.stat().st_size
+        for p in (ROOT / "models").rglob("*")
+        if p.is_file() and "checkpoints" not in p.parts and "_runs" not in p.parts
+    )
     assert total < MAX_TOTAL_BYTES, f"models/ holds {total / 2**20:.0f} MiB"
 
 

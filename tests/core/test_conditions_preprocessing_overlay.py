@@ -13,8 +13,13 @@ from core.preprocessing import preprocess_gray
 
 
 def test_the_five_conditions_and_their_body_parts():
-    assert list(CONDITIONS) == ["pneumonia", "cardiomegaly", "fracture", "knee_osteoarthritis",
-                                "knee_osteoporosis"]
+    assert list(CONDITIONS) == [
+        "pneumonia",
+        "cardiomegaly",
+        "fracture",
+        "knee_osteoarthritis",
+        "knee_osteoporosis",
+    ]
     assert conditions_for_body_part("CHEST") == ["pneumonia", "cardiomegaly"]
     assert conditions_for_body_part("Knee") == ["fracture", "knee_osteoarthritis", "knee_osteoporosis"]
     assert conditions_for_body_part("lower extremity") == conditions_for_body_part("LOWEREXTREMITY")

@@ -66,8 +66,7 @@ def test_a_case_exactly_at_the_threshold_counts_as_positive() -> None:
 def test_threshold_rule_picks_the_highest_threshold_keeping_sensitivity() -> None:
     # 10 positives: sensitivity >= 0.9 needs 9 of them -> the 9th highest positive score.
     y = np.array([0] * 5 + [1] * 10)
-    p = np.array([0.05, 0.1, 0.2, 0.3, 0.5] + [0.15, 0.25, 0.4, 0.55, 0.6, 0.7, 0.8, 0.85,
-                                              0.9, 0.95])
+    p = np.array([0.05, 0.1, 0.2, 0.3, 0.5] + [0.15, 0.25, 0.4, 0.55, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95])
     t = choose_threshold(y, p, min_sensitivity=0.9)
     assert t == pytest.approx(0.25)
     assert threshold_metrics(y, p, t)["sensitivity"] >= 0.9
@@ -114,9 +113,8 @@ def test_report_is_json_safe_and_holds_each_metric_with_its_interval() -> None:
 def test_plots_are_written_as_png(tmp_path) -> None:
     for path in (
         plot_roc(tmp_path / "roc.png", Y, P, title="t", threshold=0.5, auc_ci=[0.8, 1.0]),
-        plot_reliability(tmp_path / "rel.png", Y, P, title="t", p_raw=P ** 2),
-        plot_confusion(tmp_path / "cm.png", confusion(Y, P, 0.5), labels=["no", "yes"],
-                       title="t"),
+        plot_reliability(tmp_path / "rel.png", Y, P, title="t", p_raw=P**2),
+        plot_confusion(tmp_path / "cm.png", confusion(Y, P, 0.5), labels=["no", "yes"], title="t"),
     ):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -192,8 +190,9 @@ def test_baseline_operating_point_and_a_model_that_clearly_beats_it() -> None:
     y = rng.integers(0, 2, 400)
     # A brightness shortcut the thumbnail model can half use; the "model" sees the truth.
     x = (rng.integers(0, 250, (400, 16, 16)) + 3 * y[:, None, None]).astype(np.uint8)
-    base = thumbnail_baseline(x[:200], y[:200], x[300:], y[300:], n_boot=100,
-                              val_x=x[200:300], val_y=y[200:300], confidence=0.95)
+    base = thumbnail_baseline(
+        x[:200], y[:200], x[300:], y[300:], n_boot=100, val_x=x[200:300], val_y=y[200:300], confidence=0.95
+    )
     op = base["operating_point"]
     assert {"accuracy", "sensitivity", "specificity", "accuracy_ci95"} <= set(op)
     p_base = base["_p_test"]
@@ -201,6 +200,5 @@ def test_baseline_operating_point_and_a_model_that_clearly_beats_it() -> None:
     good = np.clip(y_test * 0.8 + 0.1 + rng.normal(0, 0.05, 100), 0, 1)
     better = compare_at_operating_point(y_test, good, 0.5, p_base, op["threshold"], n_boot=200)
     assert better["beats_baseline"] and better["balanced_accuracy_difference"] > 0
-    same = compare_at_operating_point(y_test, p_base, op["threshold"], p_base, op["threshold"],
-                                      n_boot=200)
+    same = compare_at_operating_point(y_test, p_base, op["threshold"], p_base, op["threshold"], n_boot=200)
     assert not same["beats_baseline"] and same["accuracy_difference"] == 0

@@ -110,8 +110,7 @@ def test_fallback_when_gradients_are_unavailable_still_localises(blob_model, pos
     result = GradCam(opaque)(images)
     assert set(result.methods) == {METHOD_ACTIVATION}
     assert hit_rate(result.heatmaps, centres) >= 0.7
-    np.testing.assert_allclose(result.probabilities,
-                               blob_model.predict(images, verbose=0).ravel(), atol=1e-5)
+    np.testing.assert_allclose(result.probabilities, blob_model.predict(images, verbose=0).ravel(), atol=1e-5)
 
 
 def test_forced_activation_method_localises_too(blob_model, positives):
@@ -125,8 +124,9 @@ def test_all_zero_feature_maps_give_an_all_zero_map_not_nan():
     import keras
 
     inputs = keras.Input((32, 32, 3))
-    x = keras.layers.Conv2D(4, 3, kernel_initializer="zeros", bias_initializer="zeros",
-                            activation="relu", name="dead_conv")(inputs)
+    x = keras.layers.Conv2D(
+        4, 3, kernel_initializer="zeros", bias_initializer="zeros", activation="relu", name="dead_conv"
+    )(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)
     out = keras.layers.Dense(1, activation="sigmoid")(x)
     result = GradCam(keras.Model(inputs, out))(np.random.rand(2, 32, 32, 3).astype("float32"))
@@ -169,11 +169,11 @@ def dark_spot_model() -> object:
     h = keras.layers.Dropout(0.3, name="head_dropout")(h)
     out = keras.layers.Dense(1, activation="sigmoid", name="probability")(h)
     model = keras.Model(inputs, out)
-    backbone.get_layer("conv_last").set_weights([np.full((1, 1, 3, 1), 1 / 3, "float32"),
-                                                 np.zeros(1, "float32")])
+    backbone.get_layer("conv_last").set_weights(
+        [np.full((1, 1, 3, 1), 1 / 3, "float32"), np.zeros(1, "float32")]
+    )
     # gamma, beta, moving mean (the average film's brightness), moving variance
-    model.get_layer("head_bn").set_weights([np.ones(1), np.zeros(1), np.full(1, 0.5),
-                                            np.ones(1)])
+    model.get_layer("head_bn").set_weights([np.ones(1), np.zeros(1), np.full(1, 0.5), np.ones(1)])
     model.get_layer("head_dense_0").set_weights([np.full((1, 1), -100.0), np.zeros(1)])
     model.get_layer("probability").set_weights([np.ones((1, 1)), np.zeros(1)])
     return model
@@ -222,8 +222,9 @@ def padded_spot_model(mu: float) -> object:
     h = keras.layers.Dense(1, activation="relu", name="head_dense_0")(h)
     out = keras.layers.Dense(1, activation="sigmoid", name="probability")(h)
     model = keras.Model(inputs, out)
-    backbone.get_layer("conv_last").set_weights([np.full((3, 3, 3, 1), 1 / 27, "float32"),
-                                                 np.zeros(1, "float32")])
+    backbone.get_layer("conv_last").set_weights(
+        [np.full((3, 3, 3, 1), 1 / 27, "float32"), np.zeros(1, "float32")]
+    )
     model.get_layer("head_bn").set_weights([np.ones(1), np.zeros(1), np.full(1, mu), np.ones(1)])
     model.get_layer("head_dense_0").set_weights([np.full((1, 1), 100.0), np.zeros(1)])
     model.get_layer("probability").set_weights([np.ones((1, 1)), np.zeros(1)])
@@ -235,8 +236,12 @@ def test_padding_artefacts_common_to_every_film_do_not_warm_the_corners():
     films, centres = dark_spot_films(4)
     films = 1.0 - 2.0 * films  # bright spot (1.0) on a black film (0.0)
     films = np.clip(films, 0.0, 1.0)
-    corners = (slice(0, 2), slice(0, 2)), (slice(0, 2), slice(-2, None)), \
-        (slice(-2, None), slice(0, 2)), (slice(-2, None), slice(-2, None))
+    corners = (
+        (slice(0, 2), slice(0, 2)),
+        (slice(0, 2), slice(-2, None)),
+        (slice(-2, None), slice(0, 2)),
+        (slice(-2, None), slice(-2, None)),
+    )
     result = GradCam(model)(films)
     assert (result.probabilities > 0.99).all() and set(result.methods) == {METHOD_GRADCAM}
     for heat, (r, c) in zip(result.heatmaps, centres, strict=True):
@@ -259,8 +264,7 @@ def test_a_mobilenetv2_backbone_gets_its_measured_finer_layer_and_1280_pooled_fe
     assert result.layer == f"mobilenetv2/{MEASURED_LAYERS['mobilenetv2']}"
     assert result.heatmaps.shape == (2, 64, 64) and np.isfinite(result.heatmaps).all()
     gap = keras.Model(model.inputs, model.get_layer("gap").output)
-    np.testing.assert_allclose(result.pooled, gap.predict(images, verbose=0), rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(result.pooled, gap.predict(images, verbose=0), rtol=1e-4, atol=1e-5)
     assert result.pooled.shape == (2, 1280)
 
 
@@ -282,8 +286,9 @@ def test_pooled_features_are_the_gap_output_from_the_same_pass(blob_model, posit
     assert result.pooled.shape == (8, 32) and result.pooled.dtype == np.float32
     np.testing.assert_allclose(result.pooled, expected, rtol=1e-5, atol=1e-5)
     # The same vector whichever layer the map is drawn from.
-    np.testing.assert_allclose(GradCam(blob_model, layer="conv_b")(images[:8]).pooled, expected,
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        GradCam(blob_model, layer="conv_b")(images[:8]).pooled, expected, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_without_a_pooling_layer_pooled_is_the_last_conv_maps_spatial_mean():
@@ -346,8 +351,7 @@ def test_the_interval_is_exact_clopper_pearson():
 
     for hits, n in [(0, 10), (5, 10), (10, 10), (27, 45)]:
         expected = binomtest(hits, n).proportion_ci(confidence_level=0.95, method="exact")
-        np.testing.assert_allclose(clopper_pearson(hits, n), (expected.low, expected.high),
-                                   atol=1e-9)
+        np.testing.assert_allclose(clopper_pearson(hits, n), (expected.low, expected.high), atol=1e-9)
     assert pointing_game([(0.5, 0.5)] * 10, [[(0.4, 0.4, 0.6, 0.6)]] * 10)["ci95"] == [0.6915, 1.0]
 
 
@@ -360,9 +364,9 @@ def test_box_files_group_several_boxes_per_film_and_filter_by_split(tmp_path):
         "fracture/test/positive/a.jpg,0.5,0.5,0.7,0.6\n"
     )
     assert load_boxes(csv_path, split="test") == {
-        "fracture/test/positive/a.jpg": [(0.1, 0.1, 0.2, 0.2), (0.5, 0.5, 0.7, 0.6)]}
-    assert set(load_boxes(csv_path)) == {"fracture/test/positive/a.jpg",
-                                         "fracture/val/positive/b.jpg"}
+        "fracture/test/positive/a.jpg": [(0.1, 0.1, 0.2, 0.2), (0.5, 0.5, 0.7, 0.6)]
+    }
+    assert set(load_boxes(csv_path)) == {"fracture/test/positive/a.jpg", "fracture/val/positive/b.jpg"}
     csv_path.write_text("path,x0,y0,x1,y1\nfracture/test/positive/a.jpg,0.5,0.1,0.2,0.2\n")
     with pytest.raises(ValueError, match="not inside"):
         load_boxes(csv_path)

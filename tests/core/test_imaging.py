@@ -50,8 +50,9 @@ def test_modality_lut_is_applied_before_the_window(tmp_path):
     # Stored 0..1000 with slope 2, intercept -1000 -> -1000..1000. A window centred on 500 with
     # width 1000 shows only the upper half: stored values below 500 must all be black.
     stored = gradient_image(32, 101, dtype=np.uint16, top=1000)
-    path = make_dicom(tmp_path / "r.dcm", stored, bits_stored=12, slope=2.0, intercept=-1000.0,
-                      window=(500.0, 1000.0))
+    path = make_dicom(
+        tmp_path / "r.dcm", stored, bits_stored=12, slope=2.0, intercept=-1000.0, window=(500.0, 1000.0)
+    )
     pixels = load_xray(path).pixels
     below = stored[0] < 500  # rescaled value < 0 = below the window
     assert (pixels[0][below] == 0).all()

@@ -25,9 +25,15 @@ pytestmark = pytest.mark.slow
 
 def registry_entry(model_id: str, artifact: str, sha: str | None, **extra) -> dict:
     return {
-        "id": model_id, "condition": "pneumonia", "architecture": "custom",
-        "input_size": [SIZE, SIZE], "class_labels": ["no blob", "blob"], "threshold": 0.5,
-        "artifact": artifact, "sha256": sha, **extra,
+        "id": model_id,
+        "condition": "pneumonia",
+        "architecture": "custom",
+        "input_size": [SIZE, SIZE],
+        "class_labels": ["no blob", "blob"],
+        "threshold": 0.5,
+        "artifact": artifact,
+        "sha256": sha,
+        **extra,
     }
 
 
@@ -61,8 +67,9 @@ def test_the_active_model_is_loaded_verified_and_predicts(registry, blob_model):
     assert loaded.model_id == "blob-v1"
     assert loaded.sha256 == sha256_file(registry.parent / "model.keras")
     images = make_blob_images(8, seed=3).images
-    np.testing.assert_allclose(loaded.predict(images), blob_model.predict(images, verbose=0).ravel(),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        loaded.predict(images), blob_model.predict(images, verbose=0).ravel(), atol=1e-5
+    )
 
 
 def test_the_cache_loads_each_model_once(registry):
@@ -107,8 +114,9 @@ def test_missing_artifact_gives_a_flagged_placeholder(registry):
 def test_corrupt_artifact_gives_a_flagged_placeholder(registry):
     artifact = registry.parent / "model.keras"
     artifact.write_bytes(b"not a keras file at all" * 100)
-    write_registry(registry, [registry_entry("blob-v1", "model.keras", sha256_file(artifact))],
-                   {"pneumonia": "blob-v1"})
+    write_registry(
+        registry, [registry_entry("blob-v1", "model.keras", sha256_file(artifact))], {"pneumonia": "blob-v1"}
+    )
     loaded = ModelManager(registry).get(condition="pneumonia")
     assert loaded.is_placeholder and "could not be loaded" in loaded.placeholder_reason
 
@@ -116,8 +124,9 @@ def test_corrupt_artifact_gives_a_flagged_placeholder(registry):
 def test_a_truncated_artifact_gives_a_flagged_placeholder(registry):
     artifact = registry.parent / "model.keras"
     artifact.write_bytes(artifact.read_bytes()[: artifact.stat().st_size // 2])
-    write_registry(registry, [registry_entry("blob-v1", "model.keras", sha256_file(artifact))],
-                   {"pneumonia": "blob-v1"})
+    write_registry(
+        registry, [registry_entry("blob-v1", "model.keras", sha256_file(artifact))], {"pneumonia": "blob-v1"}
+    )
     loaded = ModelManager(registry).get(condition="pneumonia")
     assert loaded.is_placeholder and "could not be loaded" in loaded.placeholder_reason
 
@@ -167,8 +176,7 @@ def test_a_restored_artifact_is_served_again_without_a_restart(registry, monkeyp
 
 
 def test_wrong_checksum_gives_a_flagged_placeholder(registry):
-    write_registry(registry, [registry_entry("blob-v1", "model.keras", "0" * 64)],
-                   {"pneumonia": "blob-v1"})
+    write_registry(registry, [registry_entry("blob-v1", "model.keras", "0" * 64)], {"pneumonia": "blob-v1"})
     loaded = ModelManager(registry).get(condition="pneumonia")
     assert loaded.is_placeholder and "checksum" in loaded.placeholder_reason
 
@@ -215,8 +223,15 @@ def test_experimental_models_carry_their_warning(registry):
     sha = sha256_file(registry.parent / "model.keras")
     write_registry(
         registry,
-        [registry_entry("blob-v1", "model.keras", sha, status="experimental",
-                        experimental_reason="trained on 25 images")],
+        [
+            registry_entry(
+                "blob-v1",
+                "model.keras",
+                sha,
+                status="experimental",
+                experimental_reason="trained on 25 images",
+            )
+        ],
         {"pneumonia": "blob-v1"},
     )
     xray = XRay(pixels=np.full((SIZE, SIZE), 90, np.uint8), metadata={}, source_format="png")
@@ -227,8 +242,9 @@ def test_experimental_models_carry_their_warning(registry):
 
 
 def test_a_chest_model_is_never_run_on_a_knee(registry):
-    knee = XRay(pixels=np.zeros((64, 64), np.uint8), metadata={"BodyPartExamined": "KNEE"},
-                source_format="dicom")
+    knee = XRay(
+        pixels=np.zeros((64, 64), np.uint8), metadata={"BodyPartExamined": "KNEE"}, source_format="dicom"
+    )
     with pytest.raises(BodyPartMismatchError, match="KNEE"):
         analyze_xray(knee, condition="pneumonia", manager=ModelManager(registry))
 
@@ -241,9 +257,15 @@ def test_a_model_id_for_another_condition_is_refused(registry):
 def test_a_batch_gives_each_image_the_result_it_gets_alone(registry):
     # The worker analyses bulk uploads in batches: batching must never change a result.
     data = make_blob_images(5, seed=21)
-    xrays = [XRay(pixels=np.round(img[..., 0] * 255).astype(np.uint8),
-                  metadata={"BodyPartExamined": "CHEST"}, source_format="dicom", notes=(f"n{i}",))
-             for i, img in enumerate(data.images)]
+    xrays = [
+        XRay(
+            pixels=np.round(img[..., 0] * 255).astype(np.uint8),
+            metadata={"BodyPartExamined": "CHEST"},
+            source_format="dicom",
+            notes=(f"n{i}",),
+        )
+        for i, img in enumerate(data.images)
+    ]
     manager = ModelManager(registry)
     alone = [analyze_xray(x, condition="pneumonia", manager=manager) for x in xrays]
     batched = analyze_xrays(xrays, condition="pneumonia", manager=manager, batch_size=2)
@@ -258,10 +280,12 @@ def test_a_batch_gives_each_image_the_result_it_gets_alone(registry):
 
 
 def test_a_batch_with_a_knee_among_chests_is_refused_before_the_model_runs(registry):
-    chest = XRay(pixels=np.zeros((64, 64), np.uint8), metadata={"BodyPartExamined": "CHEST"},
-                 source_format="dicom")
-    knee = XRay(pixels=np.zeros((64, 64), np.uint8), metadata={"BodyPartExamined": "KNEE"},
-                source_format="dicom")
+    chest = XRay(
+        pixels=np.zeros((64, 64), np.uint8), metadata={"BodyPartExamined": "CHEST"}, source_format="dicom"
+    )
+    knee = XRay(
+        pixels=np.zeros((64, 64), np.uint8), metadata={"BodyPartExamined": "KNEE"}, source_format="dicom"
+    )
     manager = ModelManager(registry)
     with pytest.raises(BodyPartMismatchError, match="KNEE"):
         analyze_xrays([chest, knee], condition="pneumonia", manager=manager)

@@ -45,14 +45,12 @@ def test_pooled_features_are_the_gap_output_and_the_model_is_untouched(blob_mode
     assert pooled.shape == (10, 32)
     np.testing.assert_allclose(pooled, backbone_maps.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
     gap_model = keras.Model(blob_model.inputs[0], blob_model.get_layer("gap").output)
-    np.testing.assert_allclose(pooled, np.asarray(gap_model(images, training=False)),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pooled, np.asarray(gap_model(images, training=False)), rtol=1e-5, atol=1e-6)
     assert len(blob_model.layers) == n_layers
     np.testing.assert_array_equal(np.asarray(blob_model(images, training=False)), before)
 
 
-def test_the_served_grad_cam_pass_yields_the_same_features_the_population_was_fitted_on(
-        blob_model):
+def test_the_served_grad_cam_pass_yields_the_same_features_the_population_was_fitted_on(blob_model):
     from core.gradcam import GradCam
     from tests.core.tiny_models import make_blob_images
 
@@ -73,8 +71,7 @@ def test_a_model_without_global_pooling_is_refused_with_a_clear_message():
 # ----------------------------------------------------------------------------- distance
 
 
-def _population(rng: np.random.Generator, n: int, *, shift: float = 0.0,
-                mixing: np.ndarray) -> np.ndarray:
+def _population(rng: np.random.Generator, n: int, *, shift: float = 0.0, mixing: np.ndarray) -> np.ndarray:
     """Correlated features like pooled maps: a low-rank signal plus a little noise."""
     latent = rng.normal(size=(n, mixing.shape[0]))
     return latent @ mixing + 0.3 * rng.normal(size=(n, mixing.shape[1])) + 2.0 + shift
@@ -102,7 +99,8 @@ def test_selection_on_validation_keeps_the_pass_rate_whatever_the_method(rng):
     other_val = {"elsewhere": _population(rng, 200, mixing=rng.normal(size=(6, d)))}
 
     population, rows = select_population(
-        train, val, other_val, candidates=candidate_grid(len(train), d, ledoit_wolf=True))
+        train, val, other_val, candidates=candidate_grid(len(train), d, ledoit_wolf=True)
+    )
 
     assert {row["method"] for row in rows} >= {METHOD_PCA, METHOD_PPCA, METHOD_LEDOIT_WOLF}
     assert all(row["val_pass_rate"] >= 0.97 for row in rows)
@@ -120,8 +118,9 @@ def test_features_of_another_model_are_refused(rng):
 
 @pytest.fixture()
 def saved(tmp_path, rng) -> tuple[Path, str, PopulationModel]:
-    population = fit_population(rng.normal(size=(300, 40)), rng.normal(size=(100, 40)), k=10,
-                                feature_layer="gap")
+    population = fit_population(
+        rng.normal(size=(300, 40)), rng.normal(size=(100, 40)), k=10, feature_layer="gap"
+    )
     path = tmp_path / "population.npz"
     return path, population.save(path), population
 
@@ -132,7 +131,10 @@ def test_a_saved_population_loads_back_identical(saved, rng):
     x = rng.normal(size=(20, 40))
     np.testing.assert_array_equal(loaded.distance(x), population.distance(x))
     assert (loaded.cutoff, loaded.method, loaded.feature_layer) == (
-        population.cutoff, population.method, "gap")
+        population.cutoff,
+        population.method,
+        "gap",
+    )
 
 
 def test_load_refuses_a_checksum_mismatch(saved):
@@ -183,8 +185,9 @@ def test_the_shipped_pneumonia_population_keeps_children_chests_and_rejects_knee
     if "applicability" not in entry:
         pytest.skip(f"{model_id} has no fitted population yet (manage.py fit_population)")
     folder = (REPO / entry["artifact"]).parent
-    population = PopulationModel.load(folder / entry["applicability"]["file"],
-                                      sha256=entry["applicability"]["sha256"])
+    population = PopulationModel.load(
+        folder / entry["applicability"]["file"], sha256=entry["applicability"]["sha256"]
+    )
     model = keras.models.load_model(REPO / entry["artifact"], compile=False)
     size = tuple(entry["input_size"])
 

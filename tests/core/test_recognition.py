@@ -25,9 +25,13 @@ from tests.core.conftest import SHARED, shared_dicom
 
 DATA = SHARED / "data"
 PER_CLASS = 6
-CONDITION_OF = {"chest_child": "pneumonia", "chest_adult": "cardiomegaly",
-                "knee_crop": "knee_osteoarthritis", "knee_film": "knee_osteoporosis",
-                "limb": "fracture"}
+CONDITION_OF = {
+    "chest_child": "pneumonia",
+    "chest_adult": "cardiomegaly",
+    "knee_crop": "knee_osteoarthritis",
+    "knee_film": "knee_osteoporosis",
+    "limb": "fracture",
+}
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -39,8 +43,11 @@ def _test_films(population: str, count: int = PER_CLASS) -> list[np.ndarray]:
     if not manifest.is_file():
         pytest.skip("../shared/data/manifest.csv is absent: no real films to recognise")
     with manifest.open(newline="") as handle:
-        paths = sorted(row["path"] for row in csv.DictReader(handle)
-                       if row["condition"] == CONDITION_OF[population] and row["split"] == "test")
+        paths = sorted(
+            row["path"]
+            for row in csv.DictReader(handle)
+            if row["condition"] == CONDITION_OF[population] and row["split"] == "test"
+        )
     step = max(1, len(paths) // count)
     return [load_xray(DATA / path).pixels for path in paths[::step][:count]]
 
@@ -56,8 +63,9 @@ def test_test_split_films_are_recognised_as_their_region(population: str) -> Non
     assert regions.count(REGION_OF[population]) >= len(results) - 1, said
 
 
-@pytest.mark.parametrize(("population", "age_group"),
-                         [("chest_child", "children"), ("chest_adult", "adults")])
+@pytest.mark.parametrize(
+    ("population", "age_group"), [("chest_child", "children"), ("chest_adult", "adults")]
+)
 def test_childrens_and_adults_chests_are_told_apart(population: str, age_group: str) -> None:
     results = recognise_many(_test_films(population, count=5))
     assert [r.age_group for r in results] == [age_group] * 5, [r.describe() for r in results]
@@ -138,9 +146,12 @@ def test_a_missing_artifact_is_refused_naming_the_file(tmp_path: Path) -> None:
 
 
 def test_serving_imports_neither_tensorflow_nor_scikit_learn() -> None:
-    code = ("import sys, numpy as np; from core.recognition import recognise; "
-            "recognise(np.zeros((64, 64), np.uint8)); "
-            "print(sorted(m for m in ('tensorflow', 'keras', 'sklearn', 'torch') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         check=True, timeout=60)
+    code = (
+        "import sys, numpy as np; from core.recognition import recognise; "
+        "recognise(np.zeros((64, 64), np.uint8)); "
+        "print(sorted(m for m in ('tensorflow', 'keras', 'sklearn', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60
+    )
     assert out.stdout.strip() == "[]"

@@ -35,9 +35,17 @@ def test_every_mistake_is_reported_with_where_it_is():
         "models": [
             entry(),
             entry(),  # duplicate id
-            entry(id="x", condition="gout", architecture="resnet", threshold=1.5, sha256="XYZ",
-                  input_size=[128], class_labels=["only one"], status="beta",
-                  calibration={"method": "isotonic"}),
+            entry(
+                id="x",
+                condition="gout",
+                architecture="resnet",
+                threshold=1.5,
+                sha256="XYZ",
+                input_size=[128],
+                class_labels=["only one"],
+                status="beta",
+                calibration={"method": "isotonic"},
+            ),
             {"id": "y"},
         ],
         "active_models": {"pneumonia": "missing-model", "fracture": entry()["id"], "gout": "x"},
@@ -138,8 +146,10 @@ def test_a_deployment_registry_starts_as_a_copy_whose_artifacts_still_resolve(tm
     deployed = Registry.load(target)
     shipped = Registry.load(source)
     [model_id] = deployed.models
-    assert deployed.artifact_path(deployed.entry(model_id)) == \
-        shipped.artifact_path(shipped.entry(model_id)).resolve()
+    assert (
+        deployed.artifact_path(deployed.entry(model_id))
+        == shipped.artifact_path(shipped.entry(model_id)).resolve()
+    )
     assert deployed.active_models == {"pneumonia": model_id}
 
 
@@ -155,13 +165,15 @@ def test_an_upgrade_adds_new_models_and_keeps_what_the_admins_chose(tmp_path):
     deployed.register(entry(id="site-pneumonia", artifact="/srv/site.keras"), activate=True)
     deployed.save()
 
-    changes = registry_sync(_shipped(tmp_path / "new", [v1, v2, knee],
-                                     {"pneumonia": v2["id"], "knee_osteoarthritis": "knee-v1"}),
-                            target)
+    changes = registry_sync(
+        _shipped(tmp_path / "new", [v1, v2, knee], {"pneumonia": v2["id"], "knee_osteoarthritis": "knee-v1"}),
+        target,
+    )
 
     after = Registry.load(target)
-    assert sorted(changes) == sorted([f"added model {v2['id']}", "added model knee-v1",
-                                      "knee_osteoarthritis: active model knee-v1"])
+    assert sorted(changes) == sorted(
+        [f"added model {v2['id']}", "added model knee-v1", "knee_osteoarthritis: active model knee-v1"]
+    )
     assert after.active_models["pneumonia"] == "site-pneumonia"  # the admins' choice stands
     assert set(after.models) == {v1["id"], v2["id"], "knee-v1", "site-pneumonia"}
     stamp = target.stat().st_mtime_ns

@@ -30,16 +30,27 @@ def _make_dataset(root: Path, *, n_per_class: int = 16, size: int = 40, seed: in
                 img = rng.integers(20, 90, (size, size)).astype(np.uint8)
                 if label == "positive":
                     r, c = rng.integers(4, size - 16, 2)
-                    img[r:r + 12, c:c + 12] = 230
+                    img[r : r + 12, c : c + 12] = 230
                 Image.fromarray(img).save(folder / f"{split}-{label}-{i}.png")
     return root
 
 
 def _config(data: Path, **kw) -> TrainConfig:
-    base = dict(condition="fracture", data=str(data), architecture="mobilenetv2",
-                model_id="tiny-fracture", input_size=(32, 32), protocol="quick", epochs=4,
-                batch_size=8, lr=1e-3, n_boot=50, bn_reestimate_images=64, threads=2,
-                dense_units=(16,))
+    base = dict(
+        condition="fracture",
+        data=str(data),
+        architecture="mobilenetv2",
+        model_id="tiny-fracture",
+        input_size=(32, 32),
+        protocol="quick",
+        epochs=4,
+        batch_size=8,
+        lr=1e-3,
+        n_boot=50,
+        bn_reestimate_images=64,
+        threads=2,
+        dense_units=(16,),
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -54,9 +65,14 @@ def project(tmp_path: Path) -> Path:
 def test_a_tiny_run_learns_registers_and_its_artifact_loads(project: Path) -> None:
     import keras
 
-    result = train_model(_config(project / "data"), models_dir=project / "models",
-                         registry_path=project / "registry.json", activate=True,
-                         command="pytest", log=lambda _m: None)
+    result = train_model(
+        _config(project / "data"),
+        models_dir=project / "models",
+        registry_path=project / "registry.json",
+        activate=True,
+        command="pytest",
+        log=lambda _m: None,
+    )
     losses = [h["loss"] for h in result.history]
     assert result.finished and result.epochs_run == 4
     # A from-scratch backbone on 32 images is noisy epoch to epoch (batch-8 BatchNorm,
@@ -75,8 +91,7 @@ def test_a_tiny_run_learns_registers_and_its_artifact_loads(project: Path) -> No
     assert raw["calibration"]["method"] == "platt"
     assert 0 < raw["threshold"] < 1
     for split in ("val", "test"):
-        assert {"auc", "auc_ci95", "accuracy", "sensitivity", "specificity"} <= set(
-            raw["metrics"][split])
+        assert {"auc", "auc_ci95", "accuracy", "sensitivity", "specificity"} <= set(raw["metrics"][split])
     assert "auc" in raw["baseline"]
     # The thumbnail baseline at its own operating point, compared with the model there.
     op = raw["baseline"]["operating_point"]
@@ -103,9 +118,17 @@ def test_a_tiny_run_learns_registers_and_its_artifact_loads(project: Path) -> No
     from django.core.management import call_command
 
     out = project / "eval.json"
-    call_command("evaluate", model="tiny-fracture", data=str(project / "data"), split="test",
-                 json=str(out), registry=str(project / "registry.json"), n_boot=50,
-                 plots=str(project / "plots"), stdout=io.StringIO())
+    call_command(
+        "evaluate",
+        model="tiny-fracture",
+        data=str(project / "data"),
+        split="test",
+        json=str(out),
+        registry=str(project / "registry.json"),
+        n_boot=50,
+        plots=str(project / "plots"),
+        stdout=io.StringIO(),
+    )
     report = json.loads(out.read_text())
     assert report["n"] == 12 and report["threshold"] == pytest.approx(raw["threshold"])
     for name in ("auc", "accuracy", "sensitivity", "specificity"):
@@ -120,10 +143,15 @@ def test_a_tiny_run_learns_registers_and_its_artifact_loads(project: Path) -> No
     reg = Registry.load(project / "registry.json")
     raw_now = reg.entry("tiny-fracture").raw
     raw_now["metrics"]["test"]["pointing_game"] = {"hits": 3, "n": 6}
-    annotate_model(project / "registry.json", "tiny-fracture", metrics=raw_now["metrics"],
-                   applicability={"in_population_pass_rate": 0.97})
-    again = refinalize_model(project / "registry.json", "tiny-fracture",
-                             data=project / "data", n_boot=50, log=lambda _m: None)
+    annotate_model(
+        project / "registry.json",
+        "tiny-fracture",
+        metrics=raw_now["metrics"],
+        applicability={"in_population_pass_rate": 0.97},
+    )
+    again = refinalize_model(
+        project / "registry.json", "tiny-fracture", data=project / "data", n_boot=50, log=lambda _m: None
+    )
     assert again["sha256"] == raw["sha256"] and again["training"] == raw["training"]
     assert again["metrics"]["test"]["pointing_game"] == {"hits": 3, "n": 6}
     card = (project / raw["card"]).read_text()
@@ -135,16 +163,25 @@ def test_a_tiny_run_learns_registers_and_its_artifact_loads(project: Path) -> No
 
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(project: Path) -> None:
     logs: list[str] = []
-    first = train_model(_config(project / "data"), models_dir=project / "models",
-                        registry_path=project / "registry.json", stop_after_epochs=2,
-                        log=logs.append)
+    first = train_model(
+        _config(project / "data"),
+        models_dir=project / "models",
+        registry_path=project / "registry.json",
+        stop_after_epochs=2,
+        log=logs.append,
+    )
     assert not first.finished and first.epochs_run == 2
     assert Registry.load(project / "registry.json").models == {}  # nothing registered yet
     state = json.loads((project / "models/tiny-fracture/checkpoints/state.json").read_text())
     assert state["epochs_done"] == 2
 
-    second = train_model(_config(project / "data"), models_dir=project / "models",
-                         registry_path=project / "registry.json", resume=True, log=logs.append)
+    second = train_model(
+        _config(project / "data"),
+        models_dir=project / "models",
+        registry_path=project / "registry.json",
+        resume=True,
+        log=logs.append,
+    )
     assert second.finished and second.epochs_run == 4
     assert [h["epoch"] for h in second.history] == [1, 2, 3, 4]  # continued, not restarted
     assert any("resuming tiny-fracture: 2 epoch(s) done" in m for m in logs)
@@ -169,22 +206,25 @@ def test_training_and_serving_preprocess_an_image_identically() -> None:
 
         np.testing.assert_array_equal(
             preprocess_gray(load_xray(path).pixels, input_size=(128, 128)),
-            to_model_input(decode_resized(path, input_size=(128, 128))))
+            to_model_input(decode_resized(path, input_size=(128, 128))),
+        )
 
 
 def test_groups_crossing_splits_are_refused(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text(
-        "path,split,label,group\na.jpg,train,0,p1\nb.jpg,test,1,p1\nc.jpg,val,0,p2\n")
+        "path,split,label,group\na.jpg,train,0,p1\nb.jpg,test,1,p1\nc.jpg,val,0,p2\n"
+    )
     with pytest.raises(ValueError, match="more than one split"):
         load_samples(tmp_path / "m.csv")
 
 
 def test_protocol_stages_follow_the_paper() -> None:
-    quick = plan_stages(_config(Path("."), protocol="quick", epochs=5).resolved(),
-                        pretrained=True)
+    quick = plan_stages(_config(Path("."), protocol="quick", epochs=5).resolved(), pretrained=True)
     assert [(s.trainable, s.start_epoch, s.end_epoch) for s in quick] == [("head", 0, 5)]
-    intensive = plan_stages(_config(Path("."), protocol="intensive", epochs=50, lr=None,
-                                    batch_size=None).resolved(), pretrained=True)
+    intensive = plan_stages(
+        _config(Path("."), protocol="intensive", epochs=50, lr=None, batch_size=None).resolved(),
+        pretrained=True,
+    )
     assert [s.trainable for s in intensive] == ["head", "top1/3", "top2/3", "all"]
     assert intensive[-1].end_epoch == 50 and intensive[0].lr == 1e-5
     cfg = TrainConfig(condition="pneumonia", data=".", protocol="intensive").resolved()
@@ -242,9 +282,18 @@ def test_a_tiny_test_set_or_a_model_no_better_than_the_thumbnail_is_experimental
     good = {"test": {"n": 500, "n_positive": 200, "n_negative": 300, "auc_ci95": [0.8, 0.9]}}
     beats = {"comparison": {"beats_baseline": True}}
     assert decide_status(config, good, beats, "test") == ("validated", None)
-    status, reason = decide_status(config, good, {"comparison": {
-        "beats_baseline": False, "balanced_accuracy_difference": 0.01,
-        "balanced_accuracy_difference_ci95": [-0.02, 0.04]}}, "test")
+    status, reason = decide_status(
+        config,
+        good,
+        {
+            "comparison": {
+                "beats_baseline": False,
+                "balanced_accuracy_difference": 0.01,
+                "balanced_accuracy_difference_ci95": [-0.02, 0.04],
+            }
+        },
+        "test",
+    )
     assert status == "experimental" and "does not clearly beat" in reason
     tiny = {"test": {"n": 22, "n_positive": 5, "n_negative": 17, "auc_ci95": [0.45, 0.9]}}
     status, reason = decide_status(config, tiny, beats, "test")

@@ -87,8 +87,9 @@ def png_bytes(*, size: int = 80, seed: int = 1) -> bytes:
 def upload(client: Any, data: bytes, name: str = "xray.dcm", **fields: Any) -> Any:
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    return client.post("/api/uploads/", {"file": SimpleUploadedFile(name, data), **fields},
-                       format="multipart")
+    return client.post(
+        "/api/uploads/", {"file": SimpleUploadedFile(name, data), **fields}, format="multipart"
+    )
 
 
 def media_files() -> list[Path]:
@@ -98,8 +99,9 @@ def media_files() -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file())
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.1,
-             what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], *, timeout: float, interval: float = 0.1, what: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -182,8 +184,13 @@ reg.register({{**yes, "id": "pneumonia-always-yes-children", "population": {{
 reg.save()
 """
     # A subprocess keeps TensorFlow out of the test process (the web side must never need it).
-    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=300,
-                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        check=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     path = folder / "registry.json"
     assert json.loads(path.read_text())["active_models"]["pneumonia"] == "pneumonia-tiny-test"
     yield path
@@ -219,11 +226,15 @@ class Service:
     def start(self, *, ready_text: str | None = None, timeout: float = 60) -> Service:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen(self.argv, cwd=REPO, env=self.env, stdout=handle,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv, cwd=REPO, env=self.env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
         if ready_text:
-            wait_for(lambda: ready_text in self.log() or self.proc.poll() is not None,
-                     timeout=timeout, what=f"{self.name} to start")
+            wait_for(
+                lambda: ready_text in self.log() or self.proc.poll() is not None,
+                timeout=timeout,
+                what=f"{self.name} to start",
+            )
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.name} exited at start:\n{self.log()[-4000:]}")
         return self
@@ -258,30 +269,61 @@ class Service:
 def service_env(**overrides: str) -> dict[str, str]:
     from django.conf import settings
 
-    env = {**os.environ, "DATABASE_URL": db_url_for_services(), "MEDIA_ROOT": str(
-        settings.MEDIA_ROOT), "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
-        "DB_CONN_MAX_AGE": "0"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url_for_services(),
+        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+        "PYTHONUNBUFFERED": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "DB_CONN_MAX_AGE": "0",
+    }
     env.update(overrides)
     return env
 
 
 def celery_worker(name: str, env: dict[str, str], log_dir: Path) -> Service:
-    argv = [sys.executable, "-m", "celery", "-A", "worker", "worker",
-            "-Q", "interactive,maintenance,batch", "--concurrency", "1", "--pool", "prefork",
-            "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
-            "--loglevel", "INFO"]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker",
+        "worker",
+        "-Q",
+        "interactive,maintenance,batch",
+        "--concurrency",
+        "1",
+        "--pool",
+        "prefork",
+        "-n",
+        f"{name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "--loglevel",
+        "INFO",
+    ]
     return Service(name, argv, env, log_dir)
 
 
 def celery_beat(env: dict[str, str], log_dir: Path) -> Service:
-    argv = [sys.executable, "-m", "celery", "-A", "worker", "beat", "--loglevel", "INFO",
-            "--schedule", str(log_dir / f"beat-schedule-{time.time_ns()}")]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker",
+        "beat",
+        "--loglevel",
+        "INFO",
+        "--schedule",
+        str(log_dir / f"beat-schedule-{time.time_ns()}"),
+    ]
     return Service("beat", argv, env, log_dir)
 
 
 def redis_server(port: int, log_dir: Path) -> Service:
-    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no"]
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     return Service(f"redis-{port}", argv, dict(os.environ), log_dir)
 
 
@@ -293,8 +335,9 @@ def service_logs() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def live_worker(django_db_setup: Any, django_db_blocker: Any, tiny_registry: Path,
-                service_logs: Path) -> Iterator[Service]:
+def live_worker(
+    django_db_setup: Any, django_db_blocker: Any, tiny_registry: Path, service_logs: Path
+) -> Iterator[Service]:
     """One real Celery worker for the session, on the test database, the session's Redis
     namespace and the tiny registry."""
     with django_db_blocker.unblock():
@@ -310,8 +353,7 @@ def live_worker(django_db_setup: Any, django_db_blocker: Any, tiny_registry: Pat
 def private_redis(service_logs: Path) -> Iterator[tuple[Service, int]]:
     """A throwaway redis-server of our own (never the machine's shared one), free to kill."""
     port = free_port()
-    server = redis_server(port, service_logs).start(ready_text="Ready to accept connections",
-                                                     timeout=20)
+    server = redis_server(port, service_logs).start(ready_text="Ready to accept connections", timeout=20)
     yield server, port
     server.kill()
 

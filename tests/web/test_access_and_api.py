@@ -28,10 +28,16 @@ def _ws_connect(path: str, headers: list[tuple[bytes, bytes]]) -> tuple[bool, in
     return async_to_sync(attempt)()
 
 
-@pytest.mark.parametrize("method,path", [
-    ("get", "/api/studies/"), ("get", "/api/studies/1/"), ("get", "/api/analyses/1/"),
-    ("get", "/api/analyses/1/heatmap/"), ("post", "/api/uploads/"),
-])
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("get", "/api/studies/"),
+        ("get", "/api/studies/1/"),
+        ("get", "/api/analyses/1/"),
+        ("get", "/api/analyses/1/heatmap/"),
+        ("post", "/api/uploads/"),
+    ],
+)
 def test_an_outsider_gets_401_json_from_every_api_endpoint(db, method: str, path: str) -> None:
     response = getattr(APIClient(), method)(path)
 
@@ -52,9 +58,12 @@ def test_a_token_authenticates_api_calls(db, radiologist) -> None:
     client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
 
     assert client.get("/api/studies/").status_code == 200
-    assert APIClient().post("/api/auth/token/", {"username": "dr.house",
-                                                 "password": "pw-radiologist"}).json()[
-        "token"] == token.key
+    assert (
+        APIClient()
+        .post("/api/auth/token/", {"username": "dr.house", "password": "pw-radiologist"})
+        .json()["token"]
+        == token.key
+    )
 
 
 def test_a_wrong_password_gets_a_clear_400(db, radiologist) -> None:
@@ -73,8 +82,7 @@ def test_a_missing_study_or_endpoint_is_a_json_404(api) -> None:
 
 
 def test_a_heatmap_that_does_not_exist_yet_says_why(api) -> None:
-    analysis_id = upload(api, dicom_bytes(), conditions="pneumonia").json()["image"][
-        "analyses"][0]["id"]
+    analysis_id = upload(api, dicom_bytes(), conditions="pneumonia").json()["image"]["analyses"][0]["id"]
     response = api.get(f"/api/analyses/{analysis_id}/heatmap/")
 
     assert response.status_code == 404
@@ -104,16 +112,15 @@ def test_an_anonymous_websocket_is_refused(db) -> None:
 
 
 def test_a_websocket_from_a_foreign_origin_is_refused(transactional_db, api) -> None:
-    connected, _ = _ws_connect("/ws/worklist/", [session_cookie_header(api),
-                                                 (b"origin", b"https://evil.example")])
+    connected, _ = _ws_connect(
+        "/ws/worklist/", [session_cookie_header(api), (b"origin", b"https://evil.example")]
+    )
     assert connected is False
 
 
-def test_a_logged_in_user_may_open_the_worklist_socket_but_not_a_missing_study(
-        transactional_db, api) -> None:
+def test_a_logged_in_user_may_open_the_worklist_socket_but_not_a_missing_study(transactional_db, api) -> None:
     assert _ws_connect("/ws/worklist/", [session_cookie_header(api), WS_ORIGIN])[0] is True
-    assert _ws_connect("/ws/studies/424242/", [session_cookie_header(api), WS_ORIGIN]) == (
-        False, 4404)
+    assert _ws_connect("/ws/studies/424242/", [session_cookie_header(api), WS_ORIGIN]) == (False, 4404)
 
 
 def test_the_web_process_never_imports_tensorflow() -> None:
@@ -124,28 +131,49 @@ def test_the_web_process_never_imports_tensorflow() -> None:
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, "
         "[m for m in sys.modules if m.startswith(('tensorflow', 'keras'))][:5]; print('clean')"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                            text=True, timeout=120,
-                            env={**os.environ, "DJANGO_SETTINGS_MODULE": "web.settings"})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "web.settings"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "clean" in result.stdout
 
 
-@pytest.mark.parametrize("missing,message", [
-    ("SECRET_KEY", "SECRET_KEY is not set"),
-    ("REDIS_URL", "REDIS_URL is not set"),
-    ("DATABASE_URL", "DATABASE_URL is not set"),
-])
-def test_production_refuses_to_start_without_a_required_setting(missing: str,
-                                                                 message: str) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "REDIS_URL",
-                                                           "DATABASE_URL", "ALLOWED_HOSTS"}}
-    env.update(DEBUG="0", SECRET_KEY="x" * 50, REDIS_URL="redis://r:6379/0",
-               DATABASE_URL="postgres://u@h/db", ALLOWED_HOSTS="rad.example",
-               DJANGO_SETTINGS_MODULE="web.settings")
+@pytest.mark.parametrize(
+    "missing,message",
+    [
+        ("SECRET_KEY", "SECRET_KEY is not set"),
+        ("REDIS_URL", "REDIS_URL is not set"),
+        ("DATABASE_URL", "DATABASE_URL is not set"),
+    ],
+)
+def test_production_refuses_to_start_without_a_required_setting(missing: str, message: str) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"SECRET_KEY", "REDIS_URL", "DATABASE_URL", "ALLOWED_HOSTS"}
+    }
+    env.update(
+        DEBUG="0",
+        SECRET_KEY="x" * 50,
+        REDIS_URL="redis://r:6379/0",
+        DATABASE_URL="postgres://u@h/db",
+        ALLOWED_HOSTS="rad.example",
+        DJANGO_SETTINGS_MODULE="web.settings",
+    )
     env.pop(missing)
-    result = subprocess.run([sys.executable, "-c", "import django; django.setup()"], cwd=REPO,
-                            capture_output=True, text=True, timeout=60, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
     assert result.returncode != 0
     assert message in result.stderr

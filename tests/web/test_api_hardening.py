@@ -16,9 +16,10 @@ from web.asgi import application
 from web.clinical.models import Analysis
 
 
-@pytest.mark.parametrize("query", ["?limit=99999999999999999999999",
-                                   "?offset=99999999999999999999999&limit=5",
-                                   "?limit=-3", "?offset=abc"])
+@pytest.mark.parametrize(
+    "query",
+    ["?limit=99999999999999999999999", "?offset=99999999999999999999999&limit=5", "?limit=-3", "?offset=abc"],
+)
 def test_absurd_paging_is_answered_not_a_server_error(api, query: str) -> None:
     upload(api, dicom_bytes(patient_id="MRN-PAGE"))
     response = api.get(f"/api/studies/{query}")
@@ -37,8 +38,12 @@ def test_a_heat_map_that_cannot_be_drawn_says_so_without_server_paths(api) -> No
     body = upload(api, dicom_bytes(patient_id="MRN-HM")).json()
     analysis = Analysis.objects.get(pk=body["image"]["analyses"][0]["id"])
     Analysis.objects.filter(pk=analysis.pk).update(
-        state="succeeded", probability=0.2, threshold=0.5, positive=False,
-        heatmap_raw="heatmaps/gone/analysis-raw.png")
+        state="succeeded",
+        probability=0.2,
+        threshold=0.5,
+        positive=False,
+        heatmap_raw="heatmaps/gone/analysis-raw.png",
+    )
 
     response = api.get(f"/api/analyses/{analysis.pk}/heatmap/")
 
@@ -50,8 +55,9 @@ def test_a_heat_map_that_cannot_be_drawn_says_so_without_server_paths(api) -> No
 
 def test_an_unknown_websocket_path_is_closed_cleanly(transactional_db, api) -> None:
     async def attempt() -> tuple[bool, int | None]:
-        communicator = WebsocketCommunicator(application, "/ws/nowhere/at/all/",
-                                             headers=[session_cookie_header(api), WS_ORIGIN])
+        communicator = WebsocketCommunicator(
+            application, "/ws/nowhere/at/all/", headers=[session_cookie_header(api), WS_ORIGIN]
+        )
         return await communicator.connect(timeout=5)
 
     connected, code = async_to_sync(attempt)()
@@ -59,7 +65,8 @@ def test_an_unknown_websocket_path_is_closed_cleanly(transactional_db, api) -> N
 
 
 def test_healthz_reports_a_model_answering_from_its_placeholder_and_its_recovery(
-        client, db, settings, tiny_registry: Path, tmp_path: Path) -> None:
+    client, db, settings, tiny_registry: Path, tmp_path: Path
+) -> None:
     folder = tmp_path / "registry"
     shutil.copytree(tiny_registry.parent, folder)
     settings.RADTRIAGE_REGISTRY = folder / "registry.json"

@@ -27,8 +27,16 @@ def isolated_media(settings):
 def live_server_url(live_worker, service_logs: Path) -> Iterator[str]:
     """The web process as `make run` starts it (uvicorn), on a free port."""
     port = free_port()
-    argv = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
-            "web.asgi:application"]
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "web.asgi:application",
+    ]
     server = Service("uvicorn", argv, service_env(), service_logs)
     server.start(ready_text="Uvicorn running on", timeout=60)
     yield f"http://127.0.0.1:{port}"
@@ -41,9 +49,17 @@ def browser_page() -> Iterator[object]:
         pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
     playwright_api = pytest.importorskip("playwright.sync_api")
     with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page()
         page.set_default_timeout(60_000)
         yield page
@@ -70,7 +86,8 @@ def log_in_to_the_live_worklist(page, base_url: str) -> None:
 
 
 def test_a_radiologist_watches_an_upload_get_analysed_without_reloading(
-        live_server_url, dr_grey, browser_page) -> None:
+    live_server_url, dr_grey, browser_page
+) -> None:
     from playwright.sync_api import expect
 
     page = browser_page
@@ -78,9 +95,16 @@ def test_a_radiologist_watches_an_upload_get_analysed_without_reloading(
 
     # Upload through the worklist's form; the row appears and turns "AI complete" by itself.
     page.click("summary")
-    page.set_input_files("input[name=file]", files=[{
-        "name": "chest.dcm", "mimeType": "application/dicom",
-        "buffer": dicom_bytes(patient_id="MRN-UI", patient_name="Grey^Meredith")}])
+    page.set_input_files(
+        "input[name=file]",
+        files=[
+            {
+                "name": "chest.dcm",
+                "mimeType": "application/dicom",
+                "buffer": dicom_bytes(patient_id="MRN-UI", patient_name="Grey^Meredith"),
+            }
+        ],
+    )
     page.click("#upload-form button[type=submit]")
     expect(page.locator("#upload-message")).to_have_text("Uploaded; analyses queued.")
     row = page.locator("#worklist-body tr", has_text="MRN-UI")
@@ -104,14 +128,25 @@ def test_a_radiologist_watches_an_upload_get_analysed_without_reloading(
                 return query()
             except PlaywrightError:
                 return None
+
         return attempt
 
-    wait_for(settled(lambda: heat_layer.evaluate("img => img.complete && img.naturalWidth") > 0),
-             timeout=30, what="the heat map layer to load")
+    wait_for(
+        settled(lambda: heat_layer.evaluate("img => img.complete && img.naturalWidth") > 0),
+        timeout=30,
+        what="the heat map layer to load",
+    )
     # The heat map lies exactly over the X-ray, and the slider sets how strongly it shows.
-    wait_for(settled(lambda: heat_layer.bounding_box() is not None
-                     and heat_layer.bounding_box() == xray_layer.bounding_box()),
-             timeout=30, what="the heat map to lie exactly over the X-ray")
+    wait_for(
+        settled(
+            lambda: (
+                heat_layer.bounding_box() is not None
+                and heat_layer.bounding_box() == xray_layer.bounding_box()
+            )
+        ),
+        timeout=30,
+        what="the heat map to lie exactly over the X-ray",
+    )
 
     def opacity() -> float | None:
         value = heat_layer.evaluate("img => getComputedStyle(img).opacity")
@@ -138,11 +173,12 @@ def test_a_radiologist_watches_an_upload_get_analysed_without_reloading(
               headers: {"Content-Type": "application/json", "X-CSRFToken": radtriageCsrf()},
               body: JSON.stringify({conditions: ["pneumonia"]})});
             return r.status;
-        }""", image_id)
+        }""",
+        image_id,
+    )
     assert status == 201
     expect(page.locator(".analysis", has_text="pneumonia")).to_have_count(2, timeout=60_000)
-    expect(page.locator(".analysis.state-succeeded", has_text="pneumonia")).to_have_count(
-        2, timeout=120_000)
+    expect(page.locator(".analysis.state-succeeded", has_text="pneumonia")).to_have_count(2, timeout=120_000)
 
 
 def _in_thread(query):
@@ -162,7 +198,8 @@ def _in_thread(query):
 
 
 def test_a_technologist_uploads_several_xrays_at_once_and_sees_which_were_refused(
-        live_server_url, dr_grey, browser_page) -> None:
+    live_server_url, dr_grey, browser_page
+) -> None:
     from playwright.sync_api import expect
 
     from web.clinical.models import Image
@@ -173,13 +210,22 @@ def test_a_technologist_uploads_several_xrays_at_once_and_sees_which_were_refuse
 
     page.click("summary")
     expect(page.locator("summary")).to_have_text("Upload X-rays")
-    page.set_input_files("#upload-form input[type=file]", [
-        {"name": "first.dcm", "mimeType": "application/dicom",
-         "buffer": dicom_bytes(patient_id="MRN-BULK-1", patient_name="Bailey^Miranda", seed=1)},
-        {"name": "second.dcm", "mimeType": "application/dicom",
-         "buffer": dicom_bytes(patient_id="MRN-BULK-2", patient_name="Webber^Richard", seed=2)},
-        {"name": "broken.dcm", "mimeType": "application/dicom", "buffer": b"not an x-ray"},
-    ])
+    page.set_input_files(
+        "#upload-form input[type=file]",
+        [
+            {
+                "name": "first.dcm",
+                "mimeType": "application/dicom",
+                "buffer": dicom_bytes(patient_id="MRN-BULK-1", patient_name="Bailey^Miranda", seed=1),
+            },
+            {
+                "name": "second.dcm",
+                "mimeType": "application/dicom",
+                "buffer": dicom_bytes(patient_id="MRN-BULK-2", patient_name="Webber^Richard", seed=2),
+            },
+            {"name": "broken.dcm", "mimeType": "application/dicom", "buffer": b"not an x-ray"},
+        ],
+    )
     page.click("#upload-form button[type=submit]")
 
     # What the user sees at the end: the tally, the refused file with its reason, a full bar.
@@ -192,7 +238,8 @@ def test_a_technologist_uploads_several_xrays_at_once_and_sees_which_were_refuse
     progress = page.locator("#upload-progress")
     expect(progress).to_be_visible()
     assert progress.evaluate("p => p.max > 1 && p.value === p.max"), progress.evaluate(
-        "p => [p.value, p.max]")
+        "p => [p.value, p.max]"
+    )
     expect(page.locator("#upload-form button[type=submit]")).to_be_enabled()
 
     # Both new patients show up on the worklist without a reload, and their analyses finish.
@@ -201,6 +248,12 @@ def test_a_technologist_uploads_several_xrays_at_once_and_sees_which_were_refuse
         expect(row).to_have_count(1)
         expect(row).to_contain_text("AI complete", timeout=120_000)
     assert _in_thread(lambda: Image.objects.count()) == images_before + 2
-    assert sorted(_in_thread(lambda: list(Image.objects.filter(
-        study__patient__patient_id__startswith="MRN-BULK-").values_list(
-        "study__patient__patient_id", flat=True)))) == ["MRN-BULK-1", "MRN-BULK-2"]
+    assert sorted(
+        _in_thread(
+            lambda: list(
+                Image.objects.filter(study__patient__patient_id__startswith="MRN-BULK-").values_list(
+                    "study__patient__patient_id", flat=True
+                )
+            )
+        )
+    ) == ["MRN-BULK-1", "MRN-BULK-2"]

@@ -16,9 +16,11 @@ from web.clinical.models import Analysis, AuditEvent, Image, Patient, Study
 
 
 def bulk_upload(client: Any, files: list[tuple[str, bytes]], **fields: Any) -> Any:
-    return client.post("/api/uploads/batch/",
-                       {"files": [SimpleUploadedFile(name, data) for name, data in files],
-                        **fields}, format="multipart")
+    return client.post(
+        "/api/uploads/batch/",
+        {"files": [SimpleUploadedFile(name, data) for name, data in files], **fields},
+        format="multipart",
+    )
 
 
 def sent_jobs(url: str, queue: str) -> list[tuple[str, Any]]:
@@ -33,20 +35,35 @@ def sent_jobs(url: str, queue: str) -> list[tuple[str, Any]]:
 
 
 def test_a_bulk_upload_keeps_the_good_files_refuses_the_bad_and_sends_batch_jobs(
-        api, transactional_db, private_redis, broker_switch, settings) -> None:
+    api, transactional_db, private_redis, broker_switch, settings
+) -> None:
     url = f"redis://127.0.0.1:{private_redis[1]}/0"
     broker_switch(url)
     settings.ANALYSIS_BATCH_SIZE = 2
     good = [dicom_bytes(patient_id=f"MRN-B{i}", seed=i) for i in range(5)]
-    files = [("a.dcm", good[0]), ("b.dcm", good[1]), ("broken.dcm", good[2][:300]),
-             ("c.dcm", good[2]), ("again.dcm", good[0]), ("d.dcm", good[3]), ("e.dcm", good[4])]
+    files = [
+        ("a.dcm", good[0]),
+        ("b.dcm", good[1]),
+        ("broken.dcm", good[2][:300]),
+        ("c.dcm", good[2]),
+        ("again.dcm", good[0]),
+        ("d.dcm", good[3]),
+        ("e.dcm", good[4]),
+    ]
 
     response = bulk_upload(api, files, conditions="pneumonia")
 
     assert response.status_code == 201, response.content
     body = response.json()
     assert [r["status"] for r in body["results"]] == [
-        "created", "created", "rejected", "created", "duplicate", "created", "created"]
+        "created",
+        "created",
+        "rejected",
+        "created",
+        "duplicate",
+        "created",
+        "created",
+    ]
     assert (body["created"], body["duplicates"], body["rejected"]) == (5, 1, 1)
     broken = body["results"][2]
     assert broken["filename"] == "broken.dcm" and "DICOM" in broken["error"]
@@ -60,17 +77,21 @@ def test_a_bulk_upload_keeps_the_good_files_refuses_the_bad_and_sends_batch_jobs
     # Jobs of at most two analyses each, on the batch queue, covering every new analysis once.
     jobs = sent_jobs(url, "batch")
     assert [name for name, _ in jobs] == ["worker.tasks.analyze_batch"] * 2 + ["worker.tasks.analyze"]
-    assert sorted(i for _, ids in jobs for i in ([ids] if isinstance(ids, int) else ids)) == \
-        sorted(created)
+    assert sorted(i for _, ids in jobs for i in ([ids] if isinstance(ids, int) else ids)) == sorted(created)
     assert sent_jobs(url, "interactive") == []
 
 
 def test_a_bulk_upload_can_ask_for_the_interactive_queue(
-        api, transactional_db, private_redis, broker_switch) -> None:
+    api, transactional_db, private_redis, broker_switch
+) -> None:
     url = f"redis://127.0.0.1:{private_redis[1]}/0"
     broker_switch(url)
-    response = bulk_upload(api, [(f"{i}.dcm", dicom_bytes(patient_id=f"MRN-I{i}", seed=i))
-                                 for i in range(2)], conditions="pneumonia", queue="interactive")
+    response = bulk_upload(
+        api,
+        [(f"{i}.dcm", dicom_bytes(patient_id=f"MRN-I{i}", seed=i)) for i in range(2)],
+        conditions="pneumonia",
+        queue="interactive",
+    )
     assert response.status_code == 201, response.content
     # A person is waiting: one job per analysis, so each result arrives as soon as it can.
     assert [name for name, _ in sent_jobs(url, "interactive")] == ["worker.tasks.analyze"] * 2
@@ -96,8 +117,7 @@ def test_a_bulk_upload_of_files_already_stored_is_a_200(api, db) -> None:
 
 def test_too_many_files_in_one_request_are_refused_with_the_limit(api, db, settings) -> None:
     settings.RADTRIAGE_MAX_FILES_PER_REQUEST = 2
-    response = bulk_upload(api, [(f"{i}.dcm", dicom_bytes(patient_id=f"MRN-{i}"))
-                                 for i in range(3)])
+    response = bulk_upload(api, [(f"{i}.dcm", dicom_bytes(patient_id=f"MRN-{i}")) for i in range(3)])
     assert response.status_code == 400
     assert "at most 2 per request" in json.dumps(response.json())
     assert not Image.objects.exists()
@@ -121,8 +141,10 @@ def test_a_bulk_upload_without_files_says_so(api, db) -> None:
 
 
 def test_images_of_one_study_in_one_bulk_upload_share_its_patient_and_study(api, db) -> None:
-    files = [(f"view{i}.dcm", dicom_bytes(patient_id="MRN-SAMESTUDY", study_uid="1.2.9.9.1",
-                                          seed=i)) for i in range(3)]
+    files = [
+        (f"view{i}.dcm", dicom_bytes(patient_id="MRN-SAMESTUDY", study_uid="1.2.9.9.1", seed=i))
+        for i in range(3)
+    ]
     response = bulk_upload(api, files, conditions="pneumonia")
 
     assert response.status_code == 201 and response.json()["created"] == 3
@@ -135,9 +157,13 @@ def test_images_of_one_study_in_one_bulk_upload_share_its_patient_and_study(api,
 
 def test_a_bulk_file_claiming_another_patients_study_is_a_conflict_alone(api, db) -> None:
     upload(api, dicom_bytes(patient_id="MRN-OWNER", study_uid="1.2.9.9.2", seed=1))
-    response = bulk_upload(api, [
-        ("intruder.dcm", dicom_bytes(patient_id="MRN-OTHER", study_uid="1.2.9.9.2", seed=2)),
-        ("fine.dcm", dicom_bytes(patient_id="MRN-FINE", seed=3))])
+    response = bulk_upload(
+        api,
+        [
+            ("intruder.dcm", dicom_bytes(patient_id="MRN-OTHER", study_uid="1.2.9.9.2", seed=2)),
+            ("fine.dcm", dicom_bytes(patient_id="MRN-FINE", seed=3)),
+        ],
+    )
 
     assert response.status_code == 201
     intruder, fine = response.json()["results"]
@@ -156,16 +182,20 @@ def test_an_existing_patient_record_is_only_filled_in_never_overwritten(api, db)
 
 
 def test_pngs_in_a_bulk_upload_join_one_study_by_accession_number(api, db) -> None:
-    response = bulk_upload(api, [(f"{i}.png", png_bytes(seed=i)) for i in range(2)],
-                           patient_id="MRN-PNGS", accession_number="ACC-PNGS", body_part="knee")
+    response = bulk_upload(
+        api,
+        [(f"{i}.png", png_bytes(seed=i)) for i in range(2)],
+        patient_id="MRN-PNGS",
+        accession_number="ACC-PNGS",
+        body_part="knee",
+    )
 
     assert response.status_code == 201 and response.json()["created"] == 2
     study = Study.objects.get(accession_number="ACC-PNGS")
     assert study.patient.patient_id == "MRN-PNGS" and study.images.count() == 2
 
 
-def test_a_bulk_upload_racing_another_upload_falls_back_to_one_file_at_a_time(
-        api, db, monkeypatch) -> None:
+def test_a_bulk_upload_racing_another_upload_falls_back_to_one_file_at_a_time(api, db, monkeypatch) -> None:
     from django.db import IntegrityError
     from django.db.models.query import QuerySet
 
@@ -179,8 +209,11 @@ def test_a_bulk_upload_racing_another_upload_falls_back_to_one_file_at_a_time(
         return real_bulk_create(self, objs, *args, **kwargs)
 
     monkeypatch.setattr(QuerySet, "bulk_create", racing)
-    response = bulk_upload(api, [(f"{i}.dcm", dicom_bytes(patient_id=f"MRN-RACE-{i}", seed=i))
-                                 for i in range(2)], conditions="pneumonia")
+    response = bulk_upload(
+        api,
+        [(f"{i}.dcm", dicom_bytes(patient_id=f"MRN-RACE-{i}", seed=i)) for i in range(2)],
+        conditions="pneumonia",
+    )
 
     assert response.status_code == 201, response.content
     assert response.json()["created"] == 2

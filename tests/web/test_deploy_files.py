@@ -39,11 +39,9 @@ def test_the_worker_reserves_nvidia_gpus_and_the_cpu_worker_is_a_profile() -> No
 def test_compose_config_is_valid(tool: str) -> None:
     if shutil.which(tool) is None:
         pytest.skip(f"{tool} is not installed")
-    if tool == "docker" and subprocess.run([tool, "compose", "version"],
-                                           capture_output=True).returncode != 0:
+    if tool == "docker" and subprocess.run([tool, "compose", "version"], capture_output=True).returncode != 0:
         pytest.skip("the docker compose plugin is not installed")
-    argv = [tool, "config", "-q"] if tool == "docker-compose" else [tool, "compose", "config",
-                                                                     "-q"]
+    argv = [tool, "config", "-q"] if tool == "docker-compose" else [tool, "compose", "config", "-q"]
     result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 
@@ -60,7 +58,8 @@ def test_every_container_reads_one_shared_registry_kept_in_step_with_the_image()
     for name in ("web", "worker", "worker-cpu"):
         command = compose["services"][name]["command"]
         assert command.index("manage.py registry_sync") < command.index(
-            "uvicorn" if name == "web" else "celery"), name
+            "uvicorn" if name == "web" else "celery"
+        ), name
 
 
 def test_the_registry_sync_command_creates_the_deployment_registry(tmp_path) -> None:
@@ -69,15 +68,26 @@ def test_the_registry_sync_command_creates_the_deployment_registry(tmp_path) -> 
 
     target = tmp_path / "registry.json"
     env = {**os.environ, "RADTRIAGE_REGISTRY": str(target)}
-    first = subprocess.run([sys.executable, "manage.py", "registry_sync"], cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=60)
+    first = subprocess.run(
+        [sys.executable, "manage.py", "registry_sync"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert first.returncode == 0, first.stderr
     assert "pneumonia: active model pneumonia-mobilenetv2-128-v1" in first.stdout
     shipped = json.loads((REPO / "registry.json").read_text())
     deployed = json.loads(target.read_text())
     assert deployed["active_models"] == shipped["active_models"]
-    assert all(Path(m["artifact"]).is_absolute() and Path(m["artifact"]).exists()
-               for m in deployed["models"])
-    again = subprocess.run([sys.executable, "manage.py", "registry_sync"], cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=60)
+    assert all(Path(m["artifact"]).is_absolute() and Path(m["artifact"]).exists() for m in deployed["models"])
+    again = subprocess.run(
+        [sys.executable, "manage.py", "registry_sync"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert again.returncode == 0 and "is up to date" in again.stdout

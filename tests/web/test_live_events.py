@@ -32,8 +32,9 @@ def test_a_burst_reaches_the_page_one_frame_per_event_in_order(api) -> None:
         layer = get_channel_layer()
         spy = await layer.new_channel()  # sees the raw channel traffic of the group
         await layer.group_add(WORKLIST_GROUP, spy)
-        page = WebsocketCommunicator(application, "/ws/worklist/",
-                                     headers=[session_cookie_header(api), WS_ORIGIN])
+        page = WebsocketCommunicator(
+            application, "/ws/worklist/", headers=[session_cookie_header(api), WS_ORIGIN]
+        )
         assert (await page.connect())[0]
         for i in range(50):  # as a bulk upload's commit sends its "queued" events
             _publisher.send([WORKLIST_GROUP], event(i))
@@ -56,15 +57,25 @@ def test_a_burst_reaches_the_page_one_frame_per_event_in_order(api) -> None:
 
 def test_a_combined_message_from_elsewhere_is_unpacked_for_the_page(api) -> None:
     async def scenario() -> list[dict[str, Any]]:
-        page = WebsocketCommunicator(application, "/ws/worklist/",
-                                     headers=[session_cookie_header(api), WS_ORIGIN])
+        page = WebsocketCommunicator(
+            application, "/ws/worklist/", headers=[session_cookie_header(api), WS_ORIGIN]
+        )
         assert (await page.connect())[0]
-        await get_channel_layer().group_send(WORKLIST_GROUP, {"type": EVENTS_TYPE, "events": [
-            {"event": "started", "analysis": {"id": 1}},
-            {"event": "finished", "analysis": {"id": 1}}]})
+        await get_channel_layer().group_send(
+            WORKLIST_GROUP,
+            {
+                "type": EVENTS_TYPE,
+                "events": [
+                    {"event": "started", "analysis": {"id": 1}},
+                    {"event": "finished", "analysis": {"id": 1}},
+                ],
+            },
+        )
         frames = [await page.receive_json_from(timeout=10) for _ in range(2)]
         await page.disconnect()
         return frames
 
     assert [(f["event"], f["analysis"]["id"]) for f in async_to_sync(scenario)()] == [
-        ("started", 1), ("finished", 1)]
+        ("started", 1),
+        ("finished", 1),
+    ]

@@ -48,13 +48,11 @@ def test_a_successful_login_before_the_limit_starts_the_count_again(db, radiolog
     assert _token_login("pw-radiologist").status_code == 200
 
 
-def test_an_expired_token_is_refused_and_logging_in_again_issues_a_new_one(db, radiologist,
-                                                                          settings) -> None:
+def test_an_expired_token_is_refused_and_logging_in_again_issues_a_new_one(db, radiologist, settings) -> None:
     from rest_framework.authtoken.models import Token
 
     old = _token_login("pw-radiologist").json()["token"]
-    Token.objects.filter(key=old).update(created=Token.objects.get(key=old).created
-                                         - dt.timedelta(hours=200))
+    Token.objects.filter(key=old).update(created=Token.objects.get(key=old).created - dt.timedelta(hours=200))
     settings.RADTRIAGE_TOKEN_TTL_HOURS = 168
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {old}")

@@ -14,20 +14,33 @@ pytestmark = pytest.mark.django_db
 
 
 def model(model_id: str, **extra) -> dict:
-    return {"id": model_id, "condition": "pneumonia", "architecture": "mobilenetv2",
-            "input_size": [128, 128], "class_labels": ["no pneumonia", "pneumonia"],
-            "threshold": 0.5, "artifact": f"models/{model_id}/model.keras", "sha256": "a" * 64,
-            **extra}
+    return {
+        "id": model_id,
+        "condition": "pneumonia",
+        "architecture": "mobilenetv2",
+        "input_size": [128, 128],
+        "class_labels": ["no pneumonia", "pneumonia"],
+        "threshold": 0.5,
+        "artifact": f"models/{model_id}/model.keras",
+        "sha256": "a" * 64,
+        **extra,
+    }
 
 
 @pytest.fixture()
 def registry(tmp_path: Path, settings) -> Path:
     path = tmp_path / "registry.json"
-    path.write_text(json.dumps({
-        "active_models": {"pneumonia": "pn-v1"},
-        "models": [model("pn-v1", metrics={"test": {"auc": 0.991, "auc_ci95": [0.98, 0.996]}}),
-                   model("pn-v2", status="experimental", experimental_reason="trained on 25 images")],
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "active_models": {"pneumonia": "pn-v1"},
+                "models": [
+                    model("pn-v1", metrics={"test": {"auc": 0.991, "auc_ci95": [0.98, 0.996]}}),
+                    model("pn-v2", status="experimental", experimental_reason="trained on 25 images"),
+                ],
+            }
+        )
+    )
     settings.RADTRIAGE_REGISTRY = path
     return path
 
@@ -47,8 +60,12 @@ def test_an_admin_switches_the_active_model_and_it_is_audited(admin_client, regi
     assert "The active model for pneumonia is now pn-v2" in response.content.decode()
     assert Registry.load(registry).active_models["pneumonia"] == "pn-v2"
     event = AuditEvent.objects.get(action="model.activate")
-    assert event.detail == {"condition": "pneumonia", "model_id": "pn-v2", "previous": "pn-v1",
-                            "status": "experimental"}
+    assert event.detail == {
+        "condition": "pneumonia",
+        "model_id": "pn-v2",
+        "previous": "pn-v1",
+        "status": "experimental",
+    }
 
 
 def test_an_unknown_model_is_refused_and_nothing_changes(admin_client, registry):

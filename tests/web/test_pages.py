@@ -10,8 +10,14 @@ from web.clinical.services import studies_refresh
 
 
 def _finish(analysis: Analysis, **fields) -> None:
-    defaults = dict(state="succeeded", probability=0.91, threshold=0.5, positive=True,
-                    model_id="pneumonia-mobilenetv2-v1", model_sha256="ab" * 32)
+    defaults = dict(
+        state="succeeded",
+        probability=0.91,
+        threshold=0.5,
+        positive=True,
+        model_id="pneumonia-mobilenetv2-v1",
+        model_sha256="ab" * 32,
+    )
     for key, value in {**defaults, **fields}.items():
         setattr(analysis, key, value)
     analysis.save()
@@ -48,11 +54,11 @@ def test_a_wrong_password_is_told_so(radiologist) -> None:
 def test_the_worklist_shows_stat_first_then_ai_flagged_studies(api, radiologist) -> None:
     routine = upload(api, dicom_bytes(patient_id="MRN-R1", seed=1), conditions="pneumonia")
     flagged = upload(api, dicom_bytes(patient_id="MRN-R2", seed=2), conditions="pneumonia")
-    upload(api, dicom_bytes(patient_id="MRN-S", seed=3), conditions="pneumonia",
-           priority="stat")
+    upload(api, dicom_bytes(patient_id="MRN-S", seed=3), conditions="pneumonia", priority="stat")
     _finish(Analysis.objects.get(pk=flagged.json()["image"]["analyses"][0]["id"]))
-    _finish(Analysis.objects.get(pk=routine.json()["image"]["analyses"][0]["id"]),
-            probability=0.1, positive=False)
+    _finish(
+        Analysis.objects.get(pk=routine.json()["image"]["analyses"][0]["id"]), probability=0.1, positive=False
+    )
 
     order = [s["patient"]["patient_id"] for s in api.get("/api/studies/").json()["results"]]
     page = _logged_in(radiologist).get("/").content.decode()
@@ -62,13 +68,18 @@ def test_the_worklist_shows_stat_first_then_ai_flagged_studies(api, radiologist)
     assert page.count("AI flag") == 1
 
 
-def test_a_placeholder_result_says_no_diagnostic_value_and_is_never_a_finding(
-        api, radiologist) -> None:
+def test_a_placeholder_result_says_no_diagnostic_value_and_is_never_a_finding(api, radiologist) -> None:
     body = upload(api, dicom_bytes(patient_id="MRN-PH"), conditions="cardiomegaly").json()
     analysis = Analysis.objects.get(pk=body["image"]["analyses"][0]["id"])
-    _finish(analysis, is_placeholder=True, positive=True, probability=0.97,
-            model_id="placeholder:cardiomegaly", model_sha256="",
-            placeholder_reason="No active model is registered for cardiomegaly.")
+    _finish(
+        analysis,
+        is_placeholder=True,
+        positive=True,
+        probability=0.97,
+        model_id="placeholder:cardiomegaly",
+        model_sha256="",
+        placeholder_reason="No active model is registered for cardiomegaly.",
+    )
 
     page = _logged_in(radiologist).get(f"/studies/{body['study']['id']}/").content.decode()
     worklist = api.get("/api/studies/").json()["results"][0]
@@ -83,8 +94,11 @@ def test_a_placeholder_result_says_no_diagnostic_value_and_is_never_a_finding(
 
 def test_an_experimental_result_carries_its_warning_next_to_the_number(api, radiologist) -> None:
     body = upload(api, dicom_bytes(patient_id="MRN-EX"), conditions="pneumonia").json()
-    _finish(Analysis.objects.get(pk=body["image"]["analyses"][0]["id"]), experimental=True,
-            experimental_reason="Trained on 300 images; not validated.")
+    _finish(
+        Analysis.objects.get(pk=body["image"]["analyses"][0]["id"]),
+        experimental=True,
+        experimental_reason="Trained on 300 images; not validated.",
+    )
 
     page = _logged_in(radiologist).get(f"/studies/{body['study']['id']}/").content.decode()
 
@@ -108,8 +122,9 @@ def test_the_ai_flag_follows_the_latest_results_of_the_study(api) -> None:
 
     # Re-run on a corrected model: the finding is gone, so is the flag.
     first.delete()
-    again = api.post(f"/api/images/{body['image']['id']}/analyses/",
-                     {"conditions": ["pneumonia"]}, format="json").json()[0]
+    again = api.post(
+        f"/api/images/{body['image']['id']}/analyses/", {"conditions": ["pneumonia"]}, format="json"
+    ).json()[0]
     _finish(Analysis.objects.get(pk=again["id"]), probability=0.05, positive=False)
     study = api.get("/api/studies/").json()["results"][0]
     assert study["ai_flagged"] is False and study["pending_count"] == 0

@@ -14,12 +14,12 @@ def queued_messages(url: str, queue: str) -> int:
 
 
 def test_a_dicom_upload_files_patient_and_study_from_its_header_and_enqueues_jobs(
-        api, transactional_db, private_redis, broker_switch) -> None:
+    api, transactional_db, private_redis, broker_switch
+) -> None:
     # A broker no worker listens to, so the queued jobs can be counted.
     url = f"redis://127.0.0.1:{private_redis[1]}/0"
     broker_switch(url)
-    response = upload(api, dicom_bytes(patient_id="MRN-42", patient_name="Doe^Jane",
-                                       accession="ACC-42"))
+    response = upload(api, dicom_bytes(patient_id="MRN-42", patient_name="Doe^Jane", accession="ACC-42"))
 
     assert response.status_code == 201, response.content
     body = response.json()
@@ -38,8 +38,7 @@ def test_a_dicom_upload_files_patient_and_study_from_its_header_and_enqueues_job
     assert conditions == ["cardiomegaly", "pneumonia"]
     assert set(Analysis.objects.values_list("state", flat=True)) == {"queued"}
     assert queued_messages(url, "interactive") == 2
-    assert AuditEvent.objects.filter(action="image.upload", patient=patient,
-                                     actor_label="dr.house").exists()
+    assert AuditEvent.objects.filter(action="image.upload", patient=patient, actor_label="dr.house").exists()
 
 
 def test_the_same_dicom_uploaded_twice_is_recognised_not_duplicated(api, db) -> None:
@@ -56,8 +55,7 @@ def test_the_same_dicom_uploaded_twice_is_recognised_not_duplicated(api, db) -> 
 def test_a_re_exported_dicom_with_the_same_sop_instance_uid_is_not_duplicated(api, db) -> None:
     # Same instance, same pixels, other bytes (a PACS re-export changed a header field).
     upload(api, dicom_bytes(sop_uid="1.2.826.0.1.3680043.8.498.1", seed=1, accession="A-1"))
-    again = upload(api, dicom_bytes(sop_uid="1.2.826.0.1.3680043.8.498.1", seed=1,
-                                    accession="A-1-REEXPORT"))
+    again = upload(api, dicom_bytes(sop_uid="1.2.826.0.1.3680043.8.498.1", seed=1, accession="A-1-REEXPORT"))
 
     assert again.status_code == 200 and again.json()["created"] is False
     assert Image.objects.count() == 1
@@ -72,16 +70,27 @@ def test_a_second_image_of_the_same_study_joins_the_existing_patient_and_study(a
 
 
 def test_a_png_upload_takes_patient_and_study_from_the_form(api, db) -> None:
-    response = upload(api, png_bytes(), "knee.png", patient_id="MRN-PNG", patient_name="Roe^Rick",
-                      body_part="knee", priority="urgent", accession_number="A-PNG",
-                      queue="batch")
+    response = upload(
+        api,
+        png_bytes(),
+        "knee.png",
+        patient_id="MRN-PNG",
+        patient_name="Roe^Rick",
+        body_part="knee",
+        priority="urgent",
+        accession_number="A-PNG",
+        queue="batch",
+    )
 
     assert response.status_code == 201, response.content
     study = Study.objects.get(accession_number="A-PNG")
     assert study.patient.patient_id == "MRN-PNG" and study.body_part == "KNEE"
     assert study.priority == Study.Priority.URGENT
     assert sorted(Analysis.objects.values_list("condition", flat=True)) == [
-        "fracture", "knee_osteoarthritis", "knee_osteoporosis"]
+        "fracture",
+        "knee_osteoarthritis",
+        "knee_osteoporosis",
+    ]
     assert set(Analysis.objects.values_list("queue", flat=True)) == {"batch"}
 
 
@@ -146,8 +155,7 @@ def test_a_study_uid_that_belongs_to_another_patient_is_a_conflict(api, db) -> N
 
     assert response.status_code == 409
     assert "belongs to another patient" in response.json()["error"]
-    assert Image.objects.count() == 1 and not Patient.objects.filter(
-        patient_id="MRN-B").exists()
+    assert Image.objects.count() == 1 and not Patient.objects.filter(patient_id="MRN-B").exists()
     assert len([p for p in media_files() if p.suffix == ".dcm"]) == 1
 
 
@@ -197,7 +205,8 @@ def test_the_thumbnail_is_a_small_jpeg_of_the_xray(api, db) -> None:
 
 
 def test_re_uploading_an_image_whose_jobs_were_lost_sends_them_again_and_adds_missing_ones(
-        api, transactional_db, private_redis, broker_switch) -> None:
+    api, transactional_db, private_redis, broker_switch
+) -> None:
     import datetime as dt
 
     url = f"redis://127.0.0.1:{private_redis[1]}/0"
@@ -207,13 +216,11 @@ def test_re_uploading_an_image_whose_jobs_were_lost_sends_them_again_and_adds_mi
     assert first.status_code == 201 and queued_messages(url, "interactive") == 1
     # The broker lost the message (or the web process died before sending it) a while ago.
     redis.Redis.from_url(url).flushdb()
-    Analysis.objects.update(enqueued_at=Analysis.objects.get().enqueued_at
-                            - dt.timedelta(minutes=5))
+    Analysis.objects.update(enqueued_at=Analysis.objects.get().enqueued_at - dt.timedelta(minutes=5))
 
     again = upload(api, data)  # all conditions for its body part this time
 
     assert again.status_code == 200 and again.json()["created"] is False
-    assert sorted(Analysis.objects.values_list("condition", flat=True)) == ["cardiomegaly",
-                                                                            "pneumonia"]
+    assert sorted(Analysis.objects.values_list("condition", flat=True)) == ["cardiomegaly", "pneumonia"]
     assert queued_messages(url, "interactive") == 2  # the lost one again, and the new one
     assert any("sent to the workers again" in w for w in again.json()["warnings"])

@@ -12,12 +12,16 @@ from web.clinical.models import AuditEvent, Image, Patient, Study, UploadConflic
 SHARED_UID = "1.2.826.0.1.3680043.8.498.777"
 
 
-def test_a_sop_instance_uid_reused_for_another_patient_is_refused_and_kept_for_review(
-        api, db) -> None:
-    first = upload(api, dicom_bytes(patient_id="MRN-A", patient_name="Alpha^Ann",
-                                    sop_uid=SHARED_UID, study_uid="1.2.3.100", seed=1))
-    other_patients_file = dicom_bytes(patient_id="MRN-B", patient_name="Beta^Bob",
-                                      sop_uid=SHARED_UID, study_uid="1.2.3.200", seed=2)
+def test_a_sop_instance_uid_reused_for_another_patient_is_refused_and_kept_for_review(api, db) -> None:
+    first = upload(
+        api,
+        dicom_bytes(
+            patient_id="MRN-A", patient_name="Alpha^Ann", sop_uid=SHARED_UID, study_uid="1.2.3.100", seed=1
+        ),
+    )
+    other_patients_file = dicom_bytes(
+        patient_id="MRN-B", patient_name="Beta^Bob", sop_uid=SHARED_UID, study_uid="1.2.3.200", seed=2
+    )
     clash = upload(api, other_patients_file)
 
     assert first.status_code == 201
@@ -35,12 +39,10 @@ def test_a_sop_instance_uid_reused_for_another_patient_is_refused_and_kept_for_r
     assert conflict.claimed_patient_id == "MRN-B"
     assert conflict.existing_image.study.patient.patient_id == "MRN-A"
     assert conflict.file.read() == other_patients_file
-    assert AuditEvent.objects.filter(action="image.upload_conflict",
-                                     object_id=str(conflict.pk)).exists()
+    assert AuditEvent.objects.filter(action="image.upload_conflict", object_id=str(conflict.pk)).exists()
 
 
-def test_the_same_png_sent_for_another_patient_is_refused_not_answered_with_the_first(
-        api, db) -> None:
+def test_the_same_png_sent_for_another_patient_is_refused_not_answered_with_the_first(api, db) -> None:
     data = png_bytes(seed=5)
     first = upload(api, data, "chest.png", patient_id="MRN-P1", body_part="chest")
     clash = upload(api, data, "chest.png", patient_id="MRN-P2", body_part="chest")
@@ -66,8 +68,7 @@ def test_the_same_clash_sent_again_is_one_review_item_with_its_count(api, db) ->
     assert len(media_files()) == files_after_first_clash
 
 
-def test_a_sop_instance_uid_reused_for_other_pixels_of_the_same_patient_is_refused(
-        api, db) -> None:
+def test_a_sop_instance_uid_reused_for_other_pixels_of_the_same_patient_is_refused(api, db) -> None:
     upload(api, dicom_bytes(patient_id="MRN-C", sop_uid=SHARED_UID, seed=1))
     clash = upload(api, dicom_bytes(patient_id="MRN-C", sop_uid=SHARED_UID, seed=2))
 
@@ -89,10 +90,12 @@ def test_the_same_patients_image_sent_again_is_still_a_duplicate(api, db) -> Non
 def test_a_bulk_upload_refuses_the_clashing_file_and_keeps_the_others(api, db) -> None:
     clashing = png_bytes(seed=8)
     upload(api, clashing, "x.png", patient_id="MRN-E1", body_part="chest")
-    files = [SimpleUploadedFile("new.png", png_bytes(seed=9)),
-             SimpleUploadedFile("clash.png", clashing)]
-    response = api.post("/api/uploads/batch/", {"files": files, "patient_id": "MRN-E2",
-                                                "body_part": "chest"}, format="multipart")
+    files = [SimpleUploadedFile("new.png", png_bytes(seed=9)), SimpleUploadedFile("clash.png", clashing)]
+    response = api.post(
+        "/api/uploads/batch/",
+        {"files": files, "patient_id": "MRN-E2", "body_part": "chest"},
+        format="multipart",
+    )
 
     assert response.status_code == 201, response.content
     new, clash = response.json()["results"]

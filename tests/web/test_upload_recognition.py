@@ -17,8 +17,7 @@ def _film(folder: str) -> bytes:
     return sorted(root.glob("negative/*.jpg"))[0].read_bytes()
 
 
-def test_a_knee_jpeg_without_a_body_part_is_recognised_and_gets_the_knee_conditions(
-        api, db) -> None:
+def test_a_knee_jpeg_without_a_body_part_is_recognised_and_gets_the_knee_conditions(api, db) -> None:
     response = upload(api, _film("knee_osteoarthritis"), "knee.jpg", patient_id="MRN-RK")
 
     assert response.status_code == 201, response.content
@@ -34,16 +33,20 @@ def test_a_knee_jpeg_without_a_body_part_is_recognised_and_gets_the_knee_conditi
 def test_a_chest_jpeg_without_a_body_part_gets_the_chest_conditions(api, db) -> None:
     body = upload(api, _film("pneumonia"), "chest.jpg", patient_id="MRN-RC").json()
 
-    assert sorted(a["condition"] for a in body["image"]["analyses"]) == ["cardiomegaly",
-                                                                          "pneumonia"]
+    assert sorted(a["condition"] for a in body["image"]["analyses"]) == ["cardiomegaly", "pneumonia"]
     assert "chest" in body["image"]["recognition"]["description"]
 
 
 def test_a_knee_condition_is_refused_for_a_chest_film(api, db) -> None:
-    typed = upload(api, _film("cardiomegaly"), "c.jpg", patient_id="MRN-X1", body_part="CHEST",
-                   conditions="knee_osteoarthritis")
-    seen = upload(api, _film("pneumonia"), "p.jpg", patient_id="MRN-X2",
-                  conditions="knee_osteoarthritis")
+    typed = upload(
+        api,
+        _film("cardiomegaly"),
+        "c.jpg",
+        patient_id="MRN-X1",
+        body_part="CHEST",
+        conditions="knee_osteoarthritis",
+    )
+    seen = upload(api, _film("pneumonia"), "p.jpg", patient_id="MRN-X2", conditions="knee_osteoarthritis")
 
     for response in (typed, seen):
         assert response.status_code == 400
@@ -52,18 +55,16 @@ def test_a_knee_condition_is_refused_for_a_chest_film(api, db) -> None:
 
 
 def test_a_body_part_must_be_chosen_from_the_list(api, db) -> None:
-    response = upload(api, _film("pneumonia"), "p.jpg", patient_id="MRN-X3",
-                      body_part="left lung probably")
+    response = upload(api, _film("pneumonia"), "p.jpg", patient_id="MRN-X3", body_part="left lung probably")
     assert response.status_code == 400
     assert "Unknown body part" in str(response.json())
 
 
 def test_rerunning_a_condition_outside_the_region_is_refused(api, db) -> None:
     body = upload(api, _film("pneumonia"), "p.jpg", patient_id="MRN-X4").json()
-    response = api.post(f"/api/images/{body['image']['id']}/analyses/",
-                        {"conditions": ["fracture"]}, format="json")
+    response = api.post(
+        f"/api/images/{body['image']['id']}/analyses/", {"conditions": ["fracture"]}, format="json"
+    )
     assert response.status_code == 400
     assert "Fracture does not apply" in str(response.json())
     assert Analysis.objects.filter(condition="fracture").count() == 0
-
-

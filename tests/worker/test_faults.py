@@ -33,8 +33,9 @@ FAST_LIMITS = {
 
 def _env(port: int, tiny_registry) -> dict[str, str]:
     url = f"redis://127.0.0.1:{port}/0"
-    return service_env(CELERY_BROKER_URL=url, CHANNEL_REDIS_URL=url,
-                       RADTRIAGE_REGISTRY=str(tiny_registry), **FAST_LIMITS)
+    return service_env(
+        CELERY_BROKER_URL=url, CHANNEL_REDIS_URL=url, RADTRIAGE_REGISTRY=str(tiny_registry), **FAST_LIMITS
+    )
 
 
 def _upload_one(api) -> Analysis:
@@ -48,7 +49,8 @@ def _state(analysis_id: int) -> str:
 
 
 def test_a_job_whose_worker_process_is_killed_runs_again_in_a_new_one(
-        api, private_redis, broker_switch, tiny_registry, service_logs) -> None:
+    api, private_redis, broker_switch, tiny_registry, service_logs
+) -> None:
     _, port = private_redis
     broker_switch(f"redis://127.0.0.1:{port}/0")
     worker = celery_worker("kill-child", _env(port, tiny_registry), service_logs)
@@ -56,15 +58,16 @@ def test_a_job_whose_worker_process_is_killed_runs_again_in_a_new_one(
     try:
         analysis = _upload_one(api)
         # The first job of a fresh worker loads TensorFlow and the model: seconds, mid-job.
-        wait_for(lambda: _state(analysis.pk) == "running", timeout=60, interval=0.02,
-                 what="the job to start")
+        wait_for(lambda: _state(analysis.pk) == "running", timeout=60, interval=0.02, what="the job to start")
         analysis.refresh_from_db()
         pid = int(analysis.worker.rsplit(":", 1)[1])
         os.kill(pid, signal.SIGKILL)
 
-        done = wait_for(lambda: Analysis.objects.filter(pk=analysis.pk,
-                                                        state="succeeded").first(),
-                        timeout=120, what="the job to finish in a new worker process")
+        done = wait_for(
+            lambda: Analysis.objects.filter(pk=analysis.pk, state="succeeded").first(),
+            timeout=120,
+            what="the job to finish in a new worker process",
+        )
     finally:
         worker.stop()
 
@@ -74,15 +77,15 @@ def test_a_job_whose_worker_process_is_killed_runs_again_in_a_new_one(
 
 
 def test_a_job_survives_its_whole_worker_being_killed_and_a_new_worker_coming_back(
-        api, private_redis, broker_switch, tiny_registry, service_logs) -> None:
+    api, private_redis, broker_switch, tiny_registry, service_logs
+) -> None:
     _, port = private_redis
     broker_switch(f"redis://127.0.0.1:{port}/0")
     env = _env(port, tiny_registry)
     first = celery_worker("doomed", env, service_logs).start(ready_text="ready.", timeout=90)
     try:
         analysis = _upload_one(api)
-        wait_for(lambda: _state(analysis.pk) == "running", timeout=60, interval=0.02,
-                 what="the job to start")
+        wait_for(lambda: _state(analysis.pk) == "running", timeout=60, interval=0.02, what="the job to start")
     finally:
         first.kill()  # SIGKILL to the main process and its pool child: nothing is acked
     assert _state(analysis.pk) == "running"
@@ -90,9 +93,11 @@ def test_a_job_survives_its_whole_worker_being_killed_and_a_new_worker_coming_ba
     second = celery_worker("phoenix", env, service_logs).start(ready_text="ready.", timeout=90)
     beat = celery_beat(env, service_logs).start()
     try:
-        done = wait_for(lambda: Analysis.objects.filter(pk=analysis.pk,
-                                                        state="succeeded").first(),
-                        timeout=150, what="the sweeper and the new worker to finish the job")
+        done = wait_for(
+            lambda: Analysis.objects.filter(pk=analysis.pk, state="succeeded").first(),
+            timeout=150,
+            what="the sweeper and the new worker to finish the job",
+        )
     finally:
         beat.stop()
         second.stop()
@@ -103,7 +108,8 @@ def test_a_job_survives_its_whole_worker_being_killed_and_a_new_worker_coming_ba
 
 
 def test_a_job_lost_by_a_redis_restart_is_recovered_by_the_sweeper(
-        api, private_redis, broker_switch, tiny_registry, service_logs) -> None:
+    api, private_redis, broker_switch, tiny_registry, service_logs
+) -> None:
     server, port = private_redis
     url = f"redis://127.0.0.1:{port}/0"
     broker_switch(url)
@@ -115,18 +121,18 @@ def test_a_job_lost_by_a_redis_restart_is_recovered_by_the_sweeper(
 
     # Redis restarts without persistence: the queued message is gone, the row is not.
     server.kill()
-    restarted = redis_server(port, service_logs).start(
-        ready_text="Ready to accept connections", timeout=20)
+    restarted = redis_server(port, service_logs).start(ready_text="Ready to accept connections", timeout=20)
     try:
         assert redis.Redis.from_url(url).llen(queue_key) == 0
         env = _env(port, tiny_registry)
-        worker = celery_worker("after-restart", env, service_logs).start(ready_text="ready.",
-                                                                           timeout=90)
+        worker = celery_worker("after-restart", env, service_logs).start(ready_text="ready.", timeout=90)
         beat = celery_beat(env, service_logs).start()
         try:
-            done = wait_for(lambda: Analysis.objects.filter(pk=analysis.pk,
-                                                            state="succeeded").first(),
-                            timeout=120, what="the sweeper to re-enqueue the lost job")
+            done = wait_for(
+                lambda: Analysis.objects.filter(pk=analysis.pk, state="succeeded").first(),
+                timeout=120,
+                what="the sweeper to re-enqueue the lost job",
+            )
         finally:
             beat.stop()
             worker.stop()

@@ -12,32 +12,42 @@ from web.clinical.models import Analysis
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
-def _study_with_pneumonia_from(api, model_id: str, patient_id: str,
-                               birth_date: str = "19700101") -> tuple[int, int]:
+def _study_with_pneumonia_from(
+    api, model_id: str, patient_id: str, birth_date: str = "19700101"
+) -> tuple[int, int]:
     # The study's own upload only runs the placeholder (cardiomegaly): never a flag.
-    body = upload(api, dicom_bytes(patient_id=patient_id, accession=f"ACC-{patient_id}",
-                                   birth_date=birth_date), conditions="cardiomegaly").json()
-    response = api.post(f"/api/images/{body['image']['id']}/analyses/",
-                        {"conditions": ["pneumonia"], "model_id": model_id}, format="json")
+    body = upload(
+        api,
+        dicom_bytes(patient_id=patient_id, accession=f"ACC-{patient_id}", birth_date=birth_date),
+        conditions="cardiomegaly",
+    ).json()
+    response = api.post(
+        f"/api/images/{body['image']['id']}/analyses/",
+        {"conditions": ["pneumonia"], "model_id": model_id},
+        format="json",
+    )
     assert response.status_code == 201, response.content
     return body["study"]["id"], response.json()[0]["id"]
 
 
 def _finished(analysis_id: int) -> Analysis:
-    return wait_for(lambda: Analysis.objects.filter(pk=analysis_id, state="succeeded").first(),
-                    timeout=120, what=f"analysis {analysis_id} to finish")
+    return wait_for(
+        lambda: Analysis.objects.filter(pk=analysis_id, state="succeeded").first(),
+        timeout=120,
+        what=f"analysis {analysis_id} to finish",
+    )
 
 
-def test_not_applicable_and_experimental_results_never_flag_or_reorder_the_worklist(
-        live_worker, api) -> None:
+def test_not_applicable_and_experimental_results_never_flag_or_reorder_the_worklist(live_worker, api) -> None:
     # Oldest first: the real flag must still come first.
     # A 3-year-old (the study is dated 2026-11-25): inside the children's model's population.
-    flagged_study, flagged = _study_with_pneumonia_from(api, "pneumonia-always-yes-children",
-                                                        "MRN-F1", birth_date="20230601")
-    adult_study, adult = _study_with_pneumonia_from(api, "pneumonia-always-yes-children",
-                                                    "MRN-F2")
+    flagged_study, flagged = _study_with_pneumonia_from(
+        api, "pneumonia-always-yes-children", "MRN-F1", birth_date="20230601"
+    )
+    adult_study, adult = _study_with_pneumonia_from(api, "pneumonia-always-yes-children", "MRN-F2")
     experimental_study, experimental = _study_with_pneumonia_from(
-        api, "pneumonia-always-yes-experimental", "MRN-F3")
+        api, "pneumonia-always-yes-experimental", "MRN-F3"
+    )
     for analysis_id in (flagged, adult, experimental):
         _finished(analysis_id)
 
@@ -60,7 +70,8 @@ def test_not_applicable_and_experimental_results_never_flag_or_reorder_the_workl
 
 
 def test_the_study_page_shows_a_not_applicable_result_as_such_not_as_a_negative(
-        live_worker, api, client, radiologist) -> None:
+    live_worker, api, client, radiologist
+) -> None:
     study, analysis = _study_with_pneumonia_from(api, "pneumonia-always-yes-children", "MRN-F4")
     _finished(analysis)
     client.force_login(radiologist)

@@ -29,8 +29,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 JOB_TIMEOUT = 120  # the first job imports TensorFlow and loads the model in the worker
 
 
-async def _collect_until_done(communicator: WebsocketCommunicator, ids: set[int],
-                              events: list[dict[str, Any]]) -> None:
+async def _collect_until_done(
+    communicator: WebsocketCommunicator, ids: set[int], events: list[dict[str, Any]]
+) -> None:
     done: set[int] = set()
     while not ids <= done:
         event = await communicator.receive_json_from(timeout=JOB_TIMEOUT)
@@ -39,13 +40,13 @@ async def _collect_until_done(communicator: WebsocketCommunicator, ids: set[int]
             done.add(event["analysis"]["id"])
 
 
-def test_an_uploaded_dicom_is_analysed_by_a_worker_and_the_browser_is_told(live_worker,
-                                                                           api) -> None:
+def test_an_uploaded_dicom_is_analysed_by_a_worker_and_the_browser_is_told(live_worker, api) -> None:
     events: list[dict[str, Any]] = []
 
     async def scenario() -> Any:
-        communicator = WebsocketCommunicator(application, "/ws/worklist/",
-                                             headers=[session_cookie_header(api), WS_ORIGIN])
+        communicator = WebsocketCommunicator(
+            application, "/ws/worklist/", headers=[session_cookie_header(api), WS_ORIGIN]
+        )
         connected, _ = await communicator.connect()
         assert connected
         response = await sync_to_async(upload)(api, dicom_bytes(patient_id="MRN-E2E"))
@@ -58,10 +59,10 @@ def test_an_uploaded_dicom_is_analysed_by_a_worker_and_the_browser_is_told(live_
     body = async_to_sync(scenario)()
 
     by_id = {a["id"]: a for a in body["image"]["analyses"]}
-    pneumonia = Analysis.objects.get(pk=next(i for i, a in by_id.items()
-                                             if a["condition"] == "pneumonia"))
-    cardiomegaly = Analysis.objects.get(pk=next(i for i, a in by_id.items()
-                                                if a["condition"] == "cardiomegaly"))
+    pneumonia = Analysis.objects.get(pk=next(i for i, a in by_id.items() if a["condition"] == "pneumonia"))
+    cardiomegaly = Analysis.objects.get(
+        pk=next(i for i, a in by_id.items() if a["condition"] == "cardiomegaly")
+    )
     # The finished event carries the stored result.
     finished = {e["analysis"]["id"]: e["analysis"] for e in events if e["event"] == "finished"}
     assert set(finished) == {pneumonia.pk, cardiomegaly.pk}, events
@@ -109,24 +110,28 @@ def test_an_uploaded_dicom_is_analysed_by_a_worker_and_the_browser_is_told(live_
 
 def test_a_study_page_socket_hears_only_its_own_study(live_worker, api) -> None:
     async def scenario() -> list[dict[str, Any]]:
-        first = await sync_to_async(upload)(api, dicom_bytes(patient_id="MRN-S1"),
-                                            conditions="pneumonia")
+        first = await sync_to_async(upload)(api, dicom_bytes(patient_id="MRN-S1"), conditions="pneumonia")
         study_id = first.json()["study"]["id"]
-        communicator = WebsocketCommunicator(application, f"/ws/studies/{study_id}/",
-                                             headers=[session_cookie_header(api), WS_ORIGIN])
+        communicator = WebsocketCommunicator(
+            application, f"/ws/studies/{study_id}/", headers=[session_cookie_header(api), WS_ORIGIN]
+        )
         assert (await communicator.connect())[0]
-        other = await sync_to_async(upload)(api, dicom_bytes(patient_id="MRN-S2", seed=5),
-                                            conditions="pneumonia")
+        other = await sync_to_async(upload)(
+            api, dicom_bytes(patient_id="MRN-S2", seed=5), conditions="pneumonia"
+        )
         mine = await sync_to_async(upload)(
-            api, dicom_bytes(patient_id="MRN-S1", study_uid=first.json()["study"][
-                "study_instance_uid"], seed=6), conditions="pneumonia")
+            api,
+            dicom_bytes(patient_id="MRN-S1", study_uid=first.json()["study"]["study_instance_uid"], seed=6),
+            conditions="pneumonia",
+        )
         events: list[dict[str, Any]] = []
-        await _collect_until_done(communicator, {mine.json()["image"]["analyses"][0]["id"]},
-                                  events)
+        await _collect_until_done(communicator, {mine.json()["image"]["analyses"][0]["id"]}, events)
         other_id = other.json()["image"]["analyses"][0]["id"]
         await sync_to_async(wait_for)(
             lambda: Analysis.objects.get(pk=other_id).state == "succeeded",
-            timeout=JOB_TIMEOUT, what="the other study's job")
+            timeout=JOB_TIMEOUT,
+            what="the other study's job",
+        )
         assert await communicator.receive_nothing(timeout=0.5)
         await communicator.disconnect()
         return events
@@ -137,20 +142,25 @@ def test_a_study_page_socket_hears_only_its_own_study(live_worker, api) -> None:
 
 def test_a_corrupt_stored_image_fails_once_with_its_message(live_worker, api) -> None:
     response = upload(api, dicom_bytes(patient_id="MRN-BAD"), conditions="pneumonia")
-    analysis = Analysis.objects.select_related("image").get(
-        pk=response.json()["image"]["analyses"][0]["id"])
-    wait_for(lambda: Analysis.objects.get(pk=analysis.pk).state == "succeeded",
-             timeout=JOB_TIMEOUT, what="the first run")
+    analysis = Analysis.objects.select_related("image").get(pk=response.json()["image"]["analyses"][0]["id"])
+    wait_for(
+        lambda: Analysis.objects.get(pk=analysis.pk).state == "succeeded",
+        timeout=JOB_TIMEOUT,
+        what="the first run",
+    )
     # The stored file rots on disk; a re-run must fail cleanly, not retry forever.
     path = analysis.image.file.path
     with open(path, "r+b") as handle:
         handle.truncate(Path(path).stat().st_size - 5000)
-    rerun = api.post(f"/api/images/{analysis.image_id}/analyses/",
-                     {"conditions": ["pneumonia"]}, format="json")
+    rerun = api.post(
+        f"/api/images/{analysis.image_id}/analyses/", {"conditions": ["pneumonia"]}, format="json"
+    )
     assert rerun.status_code == 201
-    failed = wait_for(lambda: Analysis.objects.filter(pk=rerun.json()[0]["id"],
-                                                      state="failed").first(),
-                      timeout=JOB_TIMEOUT, what="the re-run to fail")
+    failed = wait_for(
+        lambda: Analysis.objects.filter(pk=rerun.json()[0]["id"], state="failed").first(),
+        timeout=JOB_TIMEOUT,
+        what="the re-run to fail",
+    )
 
     assert "truncated or corrupt" in failed.error_message
     assert failed.attempts == 1 and failed.probability is None and not failed.heatmap_raw
@@ -163,11 +173,17 @@ def test_a_duplicate_delivery_gives_one_result(live_worker, api) -> None:
     analyze.apply_async(args=[analysis_id], queue="interactive")
     analyze.apply_async(args=[analysis_id], queue="interactive")
 
-    done = wait_for(lambda: Analysis.objects.filter(pk=analysis_id, state="succeeded").first(),
-                    timeout=JOB_TIMEOUT, what="the job")
+    done = wait_for(
+        lambda: Analysis.objects.filter(pk=analysis_id, state="succeeded").first(),
+        timeout=JOB_TIMEOUT,
+        what="the job",
+    )
     first_finish = done.finished_at
-    wait_for(lambda: live_worker.log().count(f"Analysis {analysis_id} already succeeded") >= 2,
-             timeout=JOB_TIMEOUT, what="both duplicates to be consumed")
+    wait_for(
+        lambda: live_worker.log().count(f"Analysis {analysis_id} already succeeded") >= 2,
+        timeout=JOB_TIMEOUT,
+        what="both duplicates to be consumed",
+    )
 
     done.refresh_from_db()
     assert done.finished_at == first_finish and done.attempts == 1
@@ -176,26 +192,37 @@ def test_a_duplicate_delivery_gives_one_result(live_worker, api) -> None:
 
 
 def test_the_worker_loads_the_model_once_after_fork_and_keeps_it_warm(live_worker, api) -> None:
-    ids = [upload(api, dicom_bytes(patient_id=f"MRN-W{i}", seed=40 + i),
-                  conditions="pneumonia").json()["image"]["analyses"][0]["id"] for i in range(3)]
-    wait_for(lambda: Analysis.objects.filter(pk__in=ids, state="succeeded").count() == 3,
-             timeout=JOB_TIMEOUT, what="three jobs")
+    ids = [
+        upload(api, dicom_bytes(patient_id=f"MRN-W{i}", seed=40 + i), conditions="pneumonia").json()["image"][
+            "analyses"
+        ][0]["id"]
+        for i in range(3)
+    ]
+    wait_for(
+        lambda: Analysis.objects.filter(pk__in=ids, state="succeeded").count() == 3,
+        timeout=JOB_TIMEOUT,
+        what="three jobs",
+    )
 
-    loads = [line for line in live_worker.log().splitlines()
-             if "Loaded model pneumonia-tiny-test" in line]
+    loads = [line for line in live_worker.log().splitlines() if "Loaded model pneumonia-tiny-test" in line]
     assert len(loads) == 1, loads  # once for the whole session, however many jobs ran
     assert "ForkPoolWorker" in loads[0]  # in the pool process, never the parent before fork
     assert len(set(Analysis.objects.filter(pk__in=ids).values_list("worker", flat=True))) == 1
 
 
-def test_a_transient_storage_error_is_retried_with_backoff_then_succeeds(live_worker,
-                                                                        api) -> None:
+def test_a_transient_storage_error_is_retried_with_backoff_then_succeeds(live_worker, api) -> None:
     from django.conf import settings
 
     from tests.web.fixtures import png_bytes
 
-    first = upload(api, png_bytes(seed=11), "a.png", patient_id="MRN-RETRY", body_part="skull",
-                   accession_number="ACC-RETRY")
+    first = upload(
+        api,
+        png_bytes(seed=11),
+        "a.png",
+        patient_id="MRN-RETRY",
+        body_part="skull",
+        accession_number="ACC-RETRY",
+    )
     study_id = first.json()["study"]["id"]
     assert first.json()["image"]["analyses"] == []
     # The disk misbehaves: the study's heat-map folder cannot be created.
@@ -203,17 +230,29 @@ def test_a_transient_storage_error_is_retried_with_backoff_then_succeeds(live_wo
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("not a folder")
     try:
-        second = upload(api, png_bytes(seed=12), "b.png", patient_id="MRN-RETRY",
-                        accession_number="ACC-RETRY", conditions="pneumonia")
+        second = upload(
+            api,
+            png_bytes(seed=12),
+            "b.png",
+            patient_id="MRN-RETRY",
+            accession_number="ACC-RETRY",
+            conditions="pneumonia",
+        )
         analysis_id = second.json()["image"]["analyses"][0]["id"]
-        retrying = wait_for(lambda: Analysis.objects.filter(
-            pk=analysis_id, error_message__startswith="Retrying").first(),
-            timeout=JOB_TIMEOUT, interval=0.02, what="the job to be retried")
+        retrying = wait_for(
+            lambda: Analysis.objects.filter(pk=analysis_id, error_message__startswith="Retrying").first(),
+            timeout=JOB_TIMEOUT,
+            interval=0.02,
+            what="the job to be retried",
+        )
         assert retrying.state in ("queued", "running")
     finally:
         blocker.unlink()  # the disk recovers before the backed-off retry runs
 
-    done = wait_for(lambda: Analysis.objects.filter(pk=analysis_id, state="succeeded").first(),
-                    timeout=JOB_TIMEOUT, what="the retry to succeed")
+    done = wait_for(
+        lambda: Analysis.objects.filter(pk=analysis_id, state="succeeded").first(),
+        timeout=JOB_TIMEOUT,
+        what="the retry to succeed",
+    )
     assert done.attempts == 2 and done.error_message == "" and done.heatmap_raw
     assert second.json()["study"]["id"] == study_id

@@ -21,6 +21,7 @@ class ExpiringTokenAuthentication(TokenAuthentication):
     def authenticate_credentials(self, key: str) -> tuple[Any, Token]:
         user, token = super().authenticate_credentials(key)
         if token_expired(token):
-            raise AuthenticationFailed("This API token has expired: request a new one with "
-                                       "POST /api/auth/token/.")
+            raise AuthenticationFailed(
+                "This API token has expired: request a new one with POST /api/auth/token/."
+            )
         return user, token

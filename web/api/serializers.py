@@ -10,8 +10,7 @@ from rest_framework import serializers
 from core.conditions import CONDITIONS, KNOWN_BODY_PARTS, normalise_body_part
 from web.clinical.models import Analysis, Annotation, Image, Patient, Study
 
-PRIORITIES = {"stat": Study.Priority.STAT, "urgent": Study.Priority.URGENT,
-              "routine": Study.Priority.ROUTINE}
+PRIORITIES = {"stat": Study.Priority.STAT, "urgent": Study.Priority.URGENT, "routine": Study.Priority.ROUTINE}
 
 
 class PatientSerializer(serializers.ModelSerializer):
@@ -26,20 +25,49 @@ class AnalysisSerializer(serializers.ModelSerializer):
     heatmap_raw_url = serializers.SerializerMethodField()
     study_id = serializers.IntegerField(source="image.study_id", read_only=True)
     display_warning = serializers.SerializerMethodField()
-    warnings = serializers.ListField(child=serializers.DictField(child=serializers.CharField()),
-                                     read_only=True)
+    warnings = serializers.ListField(
+        child=serializers.DictField(child=serializers.CharField()), read_only=True
+    )
     image_thumbnail_url = serializers.SerializerMethodField()
 
     class Meta:
         model = Analysis
         fields = [
-            "id", "image", "study_id", "condition", "state", "queue", "probability", "threshold",
-            "positive", "is_finding", "model_id", "model_sha256", "architecture",
-            "is_placeholder", "placeholder_reason", "experimental", "experimental_reason",
-            "display_warning", "warnings", "applicable", "not_applicable_reason", "applicability",
-            "heatmap_peak", "gradcam_method", "gradcam_layer", "notes", "heatmap_url",
-            "heatmap_raw_url", "image_thumbnail_url", "error_message", "attempts", "requeues", "enqueued_at",
-            "started_at", "finished_at",
+            "id",
+            "image",
+            "study_id",
+            "condition",
+            "state",
+            "queue",
+            "probability",
+            "threshold",
+            "positive",
+            "is_finding",
+            "model_id",
+            "model_sha256",
+            "architecture",
+            "is_placeholder",
+            "placeholder_reason",
+            "experimental",
+            "experimental_reason",
+            "display_warning",
+            "warnings",
+            "applicable",
+            "not_applicable_reason",
+            "applicability",
+            "heatmap_peak",
+            "gradcam_method",
+            "gradcam_layer",
+            "notes",
+            "heatmap_url",
+            "heatmap_raw_url",
+            "image_thumbnail_url",
+            "error_message",
+            "attempts",
+            "requeues",
+            "enqueued_at",
+            "started_at",
+            "finished_at",
         ]
         read_only_fields = fields
 
@@ -68,10 +96,25 @@ class ImageSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Image
-        fields = ["id", "study", "sop_instance_uid", "series_instance_uid", "format",
-                  "original_filename", "size_bytes", "sha256", "width", "height",
-                  "view_position", "dicom_header", "decode_notes", "recognition", "thumbnail_url",
-                  "created_at", "analyses"]
+        fields = [
+            "id",
+            "study",
+            "sop_instance_uid",
+            "series_instance_uid",
+            "format",
+            "original_filename",
+            "size_bytes",
+            "sha256",
+            "width",
+            "height",
+            "view_position",
+            "dicom_header",
+            "decode_notes",
+            "recognition",
+            "thumbnail_url",
+            "created_at",
+            "analyses",
+        ]
         read_only_fields = fields
 
     @extend_schema_field(serializers.CharField(allow_null=True))
@@ -86,15 +129,30 @@ class StudyListSerializer(serializers.ModelSerializer):
     image_count = serializers.IntegerField(read_only=True)
     pending_count = serializers.IntegerField(read_only=True)
     failed_count = serializers.IntegerField(read_only=True)
-    assigned_radiologist = serializers.CharField(source="assigned_radiologist.username",
-                                                 default=None, read_only=True)
+    assigned_radiologist = serializers.CharField(
+        source="assigned_radiologist.username", default=None, read_only=True
+    )
 
     class Meta:
         model = Study
-        fields = ["id", "study_instance_uid", "accession_number", "study_date", "modality",
-                  "body_part", "description", "priority", "status", "assigned_radiologist",
-                  "patient", "ai_flagged", "image_count", "pending_count", "failed_count",
-                  "created_at"]
+        fields = [
+            "id",
+            "study_instance_uid",
+            "accession_number",
+            "study_date",
+            "modality",
+            "body_part",
+            "description",
+            "priority",
+            "status",
+            "assigned_radiologist",
+            "patient",
+            "ai_flagged",
+            "image_count",
+            "pending_count",
+            "failed_count",
+            "created_at",
+        ]
         read_only_fields = fields
 
 
@@ -102,8 +160,11 @@ class StudyDetailSerializer(StudyListSerializer):
     images = ImageSerializer(many=True, read_only=True)
 
     class Meta(StudyListSerializer.Meta):
-        fields = [f for f in StudyListSerializer.Meta.fields
-                  if f not in ("image_count", "pending_count", "failed_count")] + ["images"]
+        fields = [
+            f
+            for f in StudyListSerializer.Meta.fields
+            if f not in ("image_count", "pending_count", "failed_count")
+        ] + ["images"]
         read_only_fields = fields
 
 
@@ -111,14 +172,15 @@ class UploadFieldsSerializer(serializers.Serializer):
     """The form fields of an upload. DICOM header values win over the form's."""
 
     conditions = serializers.CharField(
-        required=False, default="all",
+        required=False,
+        default="all",
         help_text="Comma-separated condition codes, or 'all' for every condition that applies "
-                  f"to the body part. Known: {', '.join(CONDITIONS)}.",
+        f"to the body part. Known: {', '.join(CONDITIONS)}.",
     )
-    priority = serializers.ChoiceField(choices=list(PRIORITIES), required=False,
-                                       default="routine")
-    queue = serializers.ChoiceField(choices=list(settings.ANALYSIS_QUEUES), required=False,
-                                    default="interactive")
+    priority = serializers.ChoiceField(choices=list(PRIORITIES), required=False, default="routine")
+    queue = serializers.ChoiceField(
+        choices=list(settings.ANALYSIS_QUEUES), required=False, default="interactive"
+    )
     patient_id = serializers.CharField(required=False, allow_blank=True, max_length=64)
     patient_name = serializers.CharField(required=False, allow_blank=True, max_length=200)
     birth_date = serializers.DateField(required=False, allow_null=True)
@@ -128,9 +190,12 @@ class UploadFieldsSerializer(serializers.Serializer):
     study_date = serializers.DateField(required=False, allow_null=True)
     modality = serializers.CharField(required=False, allow_blank=True, max_length=16)
     body_part = serializers.CharField(
-        required=False, allow_blank=True, max_length=64,
+        required=False,
+        allow_blank=True,
+        max_length=64,
         help_text="One of the known DICOM body parts (e.g. CHEST, KNEE, HAND), or blank to let "
-                  "RadTriage recognise the region of a PNG/JPEG. DICOM headers win.")
+        "RadTriage recognise the region of a PNG/JPEG. DICOM headers win.",
+    )
     description = serializers.CharField(required=False, allow_blank=True, max_length=200)
 
     def validate_conditions(self, value: str) -> list[str] | None:
@@ -141,7 +206,8 @@ class UploadFieldsSerializer(serializers.Serializer):
         unknown = [c for c in codes if c not in CONDITIONS]
         if unknown:
             raise serializers.ValidationError(
-                f"Unknown condition(s) {', '.join(unknown)}; known: {', '.join(CONDITIONS)}.")
+                f"Unknown condition(s) {', '.join(unknown)}; known: {', '.join(CONDITIONS)}."
+            )
         return codes
 
     def validate_body_part(self, value: str) -> str:
@@ -149,7 +215,8 @@ class UploadFieldsSerializer(serializers.Serializer):
         if part and part not in KNOWN_BODY_PARTS:
             raise serializers.ValidationError(
                 f"Unknown body part '{value}'; choose one of {', '.join(KNOWN_BODY_PARTS)}, "
-                "or leave it blank to let RadTriage recognise the region.")
+                "or leave it blank to let RadTriage recognise the region."
+            )
         return part
 
     def validate_queue(self, value: str) -> str:
@@ -167,16 +234,15 @@ class BulkUploadSerializer(UploadFieldsSerializer):
     every file; DICOM header values win over them."""
 
     # An empty file is refused on its own in the results, not for the whole request.
-    files = serializers.ListField(child=serializers.FileField(allow_empty_file=True),
-                                  allow_empty=False)
-    queue = serializers.ChoiceField(choices=list(settings.ANALYSIS_QUEUES), required=False,
-                                    default="batch")
+    files = serializers.ListField(child=serializers.FileField(allow_empty_file=True), allow_empty=False)
+    queue = serializers.ChoiceField(choices=list(settings.ANALYSIS_QUEUES), required=False, default="batch")
 
     def validate_files(self, value: list[Any]) -> list[Any]:
         limit = settings.RADTRIAGE_MAX_FILES_PER_REQUEST
         if len(value) > limit:
             raise serializers.ValidationError(
-                f"{len(value)} files in one request; send at most {limit} per request.")
+                f"{len(value)} files in one request; send at most {limit} per request."
+            )
         return value
 
 

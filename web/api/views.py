@@ -55,59 +55,77 @@ def client_ip(request: Any) -> str | None:
 
 def upload_fields(data: dict[str, Any]) -> UploadFields:
     return UploadFields(
-        patient_id=data.get("patient_id", ""), patient_name=data.get("patient_name", ""),
-        birth_date=data.get("birth_date"), sex=data.get("sex", ""),
+        patient_id=data.get("patient_id", ""),
+        patient_name=data.get("patient_name", ""),
+        birth_date=data.get("birth_date"),
+        sex=data.get("sex", ""),
         study_instance_uid=data.get("study_instance_uid", ""),
-        accession_number=data.get("accession_number", ""), study_date=data.get("study_date"),
-        modality=data.get("modality", ""), body_part=data.get("body_part", ""),
-        description=data.get("description", ""), priority=PRIORITIES[data["priority"]],
+        accession_number=data.get("accession_number", ""),
+        study_date=data.get("study_date"),
+        modality=data.get("modality", ""),
+        body_part=data.get("body_part", ""),
+        description=data.get("description", ""),
+        priority=PRIORITIES[data["priority"]],
     )
 
 
 def too_large_message(size: int) -> str:
-    return (f"The file is {size:,} bytes; the largest accepted is "
-            f"{settings.RADTRIAGE_MAX_UPLOAD_BYTES:,} bytes.")
+    return (
+        f"The file is {size:,} bytes; the largest accepted is {settings.RADTRIAGE_MAX_UPLOAD_BYTES:,} bytes."
+    )
 
 
 class UploadView(APIView):
     parser_classes = [MultiPartParser, FormParser]
 
-    @extend_schema(request=UploadSerializer, responses={201: UploadResultSerializer,
-                                                        200: UploadResultSerializer},
-                   summary="Upload one X-ray (DICOM, PNG or JPEG) and enqueue its analyses")
+    @extend_schema(
+        request=UploadSerializer,
+        responses={201: UploadResultSerializer, 200: UploadResultSerializer},
+        summary="Upload one X-ray (DICOM, PNG or JPEG) and enqueue its analyses",
+    )
     def post(self, request: Request) -> Response:
         form = UploadSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         data = form.validated_data
         upload = data["file"]
         if upload.size > settings.RADTRIAGE_MAX_UPLOAD_BYTES:
-            return Response({"error": too_large_message(upload.size)},
-                            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+            return Response(
+                {"error": too_large_message(upload.size)}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+            )
         try:
-            result = image_upload(data=upload.read(), filename=upload.name or "",
-                                  fields=upload_fields(data), conditions=data["conditions"],
-                                  queue=data["queue"], uploaded_by=request.user,
-                                  ip_address=client_ip(request))
+            result = image_upload(
+                data=upload.read(),
+                filename=upload.name or "",
+                fields=upload_fields(data),
+                conditions=data["conditions"],
+                queue=data["queue"],
+                uploaded_by=request.user,
+                ip_address=client_ip(request),
+            )
         except UploadConflictError as exc:
-            return Response({"error": str(exc), "conflict_id": exc.conflict.pk},
-                            status=exc.status_code)
+            return Response({"error": str(exc), "conflict_id": exc.conflict.pk}, status=exc.status_code)
         except UploadRejected as exc:
             return Response({"error": str(exc)}, status=exc.status_code)
         study = selectors.study_worklist().get(pk=result.image.study_id)
         image = Image.objects.prefetch_related("analyses").get(pk=result.image.pk)
-        body = UploadResultSerializer({"created": result.created, "warnings": result.warnings,
-                                       "study": study, "image": image}).data
-        return Response(body, status=status.HTTP_201_CREATED if result.created
-                        else status.HTTP_200_OK)
+        body = UploadResultSerializer(
+            {"created": result.created, "warnings": result.warnings, "study": study, "image": image}
+        ).data
+        return Response(body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 
 
 class BulkUploadView(APIView):
     parser_classes = [MultiPartParser]
 
-    @extend_schema(request=BulkUploadSerializer,
-                   responses={201: BulkUploadResultSerializer, 200: BulkUploadResultSerializer,
-                              400: BulkUploadResultSerializer},
-                   summary="Upload several X-rays at once; their analyses run in batches")
+    @extend_schema(
+        request=BulkUploadSerializer,
+        responses={
+            201: BulkUploadResultSerializer,
+            200: BulkUploadResultSerializer,
+            400: BulkUploadResultSerializer,
+        },
+        summary="Upload several X-rays at once; their analyses run in batches",
+    )
     def post(self, request: Request) -> Response:
         """Each file is stored or refused on its own (a refused file leaves nothing behind);
         `results` says which, in the order sent. Analyses go to the batch queue unless
@@ -120,13 +138,23 @@ class BulkUploadView(APIView):
         files: list[tuple[str, bytes]] = []
         for index, upload in enumerate(data["files"]):
             if upload.size > settings.RADTRIAGE_MAX_UPLOAD_BYTES:
-                refused[index] = BulkUploadItem(upload.name or "", error=too_large_message(
-                    upload.size), status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+                refused[index] = BulkUploadItem(
+                    upload.name or "",
+                    error=too_large_message(upload.size),
+                    status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                )
             else:
                 files.append((upload.name or "", upload.read()))
-        stored = iter(images_upload_many(
-            files=files, fields=upload_fields(data), conditions=data["conditions"],
-            queue=data["queue"], uploaded_by=request.user, ip_address=client_ip(request)))
+        stored = iter(
+            images_upload_many(
+                files=files,
+                fields=upload_fields(data),
+                conditions=data["conditions"],
+                queue=data["queue"],
+                uploaded_by=request.user,
+                ip_address=client_ip(request),
+            )
+        )
         items = [refused.get(i) or next(stored) for i in range(len(data["files"]))]
         body = BulkUploadResultSerializer(bulk_upload_summary(items)).data
         if body["created"]:
@@ -143,21 +171,27 @@ def bulk_upload_summary(items: list[BulkUploadItem]) -> dict[str, Any]:
     results = []
     for item in items:
         result = item.result
-        results.append({
-            "filename": item.filename,
-            "status": "rejected" if result is None else
-                      "created" if result.created else "duplicate",
-            "error": item.error,
-            "warnings": result.warnings if result else [],
-            "image_id": result.image.pk if result else None,
-            "study_id": result.image.study_id if result else None,
-            "analyses": [{"id": a.pk, "condition": a.condition, "state": a.state}
-                         for a in (result.analyses if result else [])],
-        })
-    counts = {s: sum(r["status"] == s for r in results)
-              for s in ("created", "duplicate", "rejected")}
-    return {"created": counts["created"], "duplicates": counts["duplicate"],
-            "rejected": counts["rejected"], "results": results}
+        results.append(
+            {
+                "filename": item.filename,
+                "status": "rejected" if result is None else "created" if result.created else "duplicate",
+                "error": item.error,
+                "warnings": result.warnings if result else [],
+                "image_id": result.image.pk if result else None,
+                "study_id": result.image.study_id if result else None,
+                "analyses": [
+                    {"id": a.pk, "condition": a.condition, "state": a.state}
+                    for a in (result.analyses if result else [])
+                ],
+            }
+        )
+    counts = {s: sum(r["status"] == s for r in results) for s in ("created", "duplicate", "rejected")}
+    return {
+        "created": counts["created"],
+        "duplicates": counts["duplicate"],
+        "rejected": counts["rejected"],
+        "results": results,
+    }
 
 
 @extend_schema(parameters=[OpenApiParameter("status", str, enum=list(Study.Status.values))])
@@ -167,8 +201,7 @@ class StudyListView(generics.ListAPIView):
     def get_queryset(self):
         status_filter = self.request.query_params.get("status") or None
         if status_filter is not None and status_filter not in Study.Status.values:
-            raise ValidationError({"status": f"Unknown status; use one of "
-                                             f"{', '.join(Study.Status.values)}."})
+            raise ValidationError({"status": f"Unknown status; use one of {', '.join(Study.Status.values)}."})
         return selectors.study_worklist(status=status_filter)
 
 
@@ -180,8 +213,14 @@ class StudyDetailView(generics.RetrieveAPIView):
             study = selectors.study_detail(study_id=self.kwargs["pk"])
         except Study.DoesNotExist:
             raise NotFound(f"No study with id {self.kwargs['pk']}.") from None
-        audit_record(actor=self.request.user, action="study.view", patient=study.patient,
-                     study=study, obj=study, ip_address=client_ip(self.request))
+        audit_record(
+            actor=self.request.user,
+            action="study.view",
+            patient=study.patient,
+            study=study,
+            obj=study,
+            ip_address=client_ip(self.request),
+        )
         return study
 
 
@@ -198,13 +237,21 @@ class AnalysisDetailView(generics.RetrieveAPIView):
 class AnalysisHeatmapView(APIView):
     @extend_schema(
         parameters=[
-            OpenApiParameter("kind", str, enum=["overlay", "raw", "color"],
-                             description="overlay (default): colour Grad-CAM over the X-ray at "
-                                         "full resolution; raw: 8-bit grayscale heat map at the "
-                                         "model's resolution; color: the heat map alone in JET "
-                                         "colours, to lay over the X-ray at any intensity"),
-            OpenApiParameter("alpha", float, description="overlay only: the heat map's "
-                             f"intensity, 0 (X-ray alone) to 1 (default {OVERLAY_ALPHA})"),
+            OpenApiParameter(
+                "kind",
+                str,
+                enum=["overlay", "raw", "color"],
+                description="overlay (default): colour Grad-CAM over the X-ray at "
+                "full resolution; raw: 8-bit grayscale heat map at the "
+                "model's resolution; color: the heat map alone in JET "
+                "colours, to lay over the X-ray at any intensity",
+            ),
+            OpenApiParameter(
+                "alpha",
+                float,
+                description="overlay only: the heat map's "
+                f"intensity, 0 (X-ray alone) to 1 (default {OVERLAY_ALPHA})",
+            ),
         ],
         responses={(200, "image/png"): bytes},
         summary="Download the Grad-CAM heat map of a finished analysis",
@@ -220,20 +267,32 @@ class AnalysisHeatmapView(APIView):
         alpha = _alpha(request.query_params.get("alpha"))
         if not analysis.heatmap_raw:
             raise NotFound(f"Analysis {pk} has no heat map yet (state: {analysis.state}).")
-        audit_record(actor=request.user, action="heatmap.download",
-                     patient=analysis.image.study.patient, study=analysis.image.study,
-                     obj=analysis, ip_address=client_ip(request), detail={"kind": kind})
+        audit_record(
+            actor=request.user,
+            action="heatmap.download",
+            patient=analysis.image.study.patient,
+            study=analysis.image.study,
+            obj=analysis,
+            ip_address=client_ip(request),
+            detail={"kind": kind},
+        )
         if kind == "raw":
-            return FileResponse(analysis.heatmap_raw.open("rb"), content_type="image/png",
-                                filename=f"analysis-{pk}-raw.png")
+            return FileResponse(
+                analysis.heatmap_raw.open("rb"), content_type="image/png", filename=f"analysis-{pk}-raw.png"
+            )
         try:
-            png = (selectors.analysis_heatmap_color_png(analysis=analysis) if kind == "color"
-                   else selectors.analysis_heatmap_overlay_png(analysis=analysis, alpha=alpha))
+            png = (
+                selectors.analysis_heatmap_color_png(analysis=analysis)
+                if kind == "color"
+                else selectors.analysis_heatmap_overlay_png(analysis=analysis, alpha=alpha)
+            )
         except (FileNotFoundError, ValueError, XRayDecodeError):
             # The details (server paths) go to the log, never to the client.
             log.warning("Heat map of analysis %s cannot be drawn", pk, exc_info=True)
-            raise NotFound(f"The heat map of analysis {pk} cannot be drawn: its stored image "
-                           "or heat-map file is missing or unreadable.") from None
+            raise NotFound(
+                f"The heat map of analysis {pk} cannot be drawn: its stored image "
+                "or heat-map file is missing or unreadable."
+            ) from None
         response = HttpResponse(png, content_type="image/png")
         if kind == "overlay":
             response["Content-Disposition"] = f'inline; filename="analysis-{pk}-overlay.png"'
@@ -269,8 +328,11 @@ class AnalysisRequestSerializer(serializers.Serializer):
 
 
 class ImageAnalysesView(APIView):
-    @extend_schema(request=AnalysisRequestSerializer, responses={201: AnalysisSerializer(many=True)},
-                   summary="Run (again) chosen conditions on a stored image")
+    @extend_schema(
+        request=AnalysisRequestSerializer,
+        responses={201: AnalysisSerializer(many=True)},
+        summary="Run (again) chosen conditions on a stored image",
+    )
     def post(self, request: Request, pk: int) -> Response:
         image = Image.objects.select_related("study__patient").filter(pk=pk).first()
         if image is None:
@@ -280,14 +342,16 @@ class ImageAnalysesView(APIView):
         data = form.validated_data
         try:
             analyses = image_analyses_request(
-                image=image, conditions=data["conditions"],
-                queue=settings.ANALYSIS_QUEUES[data["queue"]], model_id=data["model_id"],
+                image=image,
+                conditions=data["conditions"],
+                queue=settings.ANALYSIS_QUEUES[data["queue"]],
+                model_id=data["model_id"],
                 actor=request.user,
-                ip_address=client_ip(request))
+                ip_address=client_ip(request),
+            )
         except UploadRejected as exc:
             raise ValidationError({"conditions": str(exc)}) from None
-        return Response(AnalysisSerializer(analyses, many=True).data,
-                        status=status.HTTP_201_CREATED)
+        return Response(AnalysisSerializer(analyses, many=True).data, status=status.HTTP_201_CREATED)
 
 
 class AnnotationCreateView(generics.CreateAPIView):
@@ -297,9 +361,14 @@ class AnnotationCreateView(generics.CreateAPIView):
         with transaction.atomic():
             annotation = serializer.save(author=self.request.user)
             study = annotation.image.study
-            audit_record(actor=self.request.user, action="annotation.create",
-                         patient=study.patient, study=study, obj=annotation,
-                         ip_address=client_ip(self.request))
+            audit_record(
+                actor=self.request.user,
+                action="annotation.create",
+                patient=study.patient,
+                study=study,
+                obj=annotation,
+                ip_address=client_ip(self.request),
+            )
 
 
 class TokenView(ObtainAuthToken):
@@ -325,7 +394,8 @@ class TokenView(ObtainAuthToken):
     def delete(self, request: Request) -> Response:
         """Revoke the token this request authenticated with (or the user's token)."""
         if not request.user.is_authenticated:
-            return Response({"error": "Log in (or send the token) to revoke it."},
-                            status=status.HTTP_401_UNAUTHORIZED)
+            return Response(
+                {"error": "Log in (or send the token) to revoke it."}, status=status.HTTP_401_UNAUTHORIZED
+            )
         Token.objects.filter(user=request.user).delete()
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -19,8 +19,15 @@ class PatientAdmin(admin.ModelAdmin):
 
 @admin.register(Study)
 class StudyAdmin(admin.ModelAdmin):
-    list_display = ["study_instance_uid", "patient", "accession_number", "body_part", "priority",
-                    "status", "assigned_radiologist"]
+    list_display = [
+        "study_instance_uid",
+        "patient",
+        "accession_number",
+        "body_part",
+        "priority",
+        "status",
+        "assigned_radiologist",
+    ]
     list_filter = ["status", "priority", "modality"]
     search_fields = ["study_instance_uid", "accession_number", "patient__patient_id"]
     raw_id_fields = ["patient"]
@@ -35,8 +42,16 @@ class ImageAdmin(admin.ModelAdmin):
 
 @admin.register(Analysis)
 class AnalysisAdmin(admin.ModelAdmin):
-    list_display = ["id", "condition", "state", "probability", "model_id", "is_placeholder",
-                    "attempts", "finished_at"]
+    list_display = [
+        "id",
+        "condition",
+        "state",
+        "probability",
+        "model_id",
+        "is_placeholder",
+        "attempts",
+        "finished_at",
+    ]
     list_filter = ["state", "condition", "is_placeholder", "experimental"]
     raw_id_fields = ["image"]
 
@@ -68,13 +83,32 @@ class UploadConflictAdmin(admin.ModelAdmin):
     """Refused uploads that clashed with another patient's image: reviewed here, never
     merged automatically. Only the review fields can be changed."""
 
-    list_display = ["id", "created_at", "kind", "claimed_patient_id", "existing_image",
-                    "attempts", "reviewed"]
+    list_display = [
+        "id",
+        "created_at",
+        "kind",
+        "claimed_patient_id",
+        "existing_image",
+        "attempts",
+        "reviewed",
+    ]
     list_filter = ["kind", "reviewed"]
     search_fields = ["claimed_patient_id", "sop_instance_uid", "sha256"]
-    readonly_fields = ["kind", "message", "file", "original_filename", "sha256",
-                       "sop_instance_uid", "claimed_patient_id", "claimed_fields",
-                       "existing_image", "uploaded_by", "ip_address", "attempts", "created_at"]
+    readonly_fields = [
+        "kind",
+        "message",
+        "file",
+        "original_filename",
+        "sha256",
+        "sop_instance_uid",
+        "claimed_patient_id",
+        "claimed_fields",
+        "existing_image",
+        "uploaded_by",
+        "ip_address",
+        "attempts",
+        "created_at",
+    ]
 
     def has_add_permission(self, request):
         return False

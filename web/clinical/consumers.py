@@ -51,8 +51,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "pong"})
 
     async def analysis_event(self, message: dict[str, Any]) -> None:
-        await self.send_json({"type": "analysis", "event": message["event"],
-                              "analysis": message["analysis"]})
+        await self.send_json({"type": "analysis", "event": message["event"], "analysis": message["analysis"]})
 
     async def analysis_events(self, message: dict[str, Any]) -> None:
         """A burst sent as one channel message: the page still gets one frame per event."""

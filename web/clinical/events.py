@@ -40,8 +40,11 @@ def analysis_payload(analysis: Analysis) -> dict[str, Any]:
     own representation (one shape of a result everywhere), plus where it belongs."""
     from web.api.serializers import AnalysisSerializer
 
-    return {**AnalysisSerializer(analysis).data, "image_id": analysis.image_id,
-            "study_status": analysis.image.study.status}
+    return {
+        **AnalysisSerializer(analysis).data,
+        "image_id": analysis.image_id,
+        "study_status": analysis.image.study.status,
+    }
 
 
 def analysis_event_publish(*, analysis: Analysis, event: str) -> None:
@@ -100,15 +103,15 @@ class _Publisher:
                 loop = asyncio.new_event_loop()
                 queue: asyncio.Queue = asyncio.Queue()
                 ready = threading.Event()
-                thread = threading.Thread(target=self._run, args=(loop, queue, ready),
-                                          name="radtriage-events", daemon=True)
+                thread = threading.Thread(
+                    target=self._run, args=(loop, queue, ready), name="radtriage-events", daemon=True
+                )
                 thread.start()
                 ready.wait()
                 self._loop, self._queue, self._pid = loop, queue, os.getpid()
             return self._loop, self._queue  # type: ignore[return-value]
 
-    def _run(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue,
-             ready: threading.Event) -> None:
+    def _run(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, ready: threading.Event) -> None:
         asyncio.set_event_loop(loop)
         ready.set()
         loop.run_until_complete(self._drain(queue))
@@ -124,8 +127,12 @@ class _Publisher:
                     for group, messages in _by_group(burst).items():
                         await layer.group_send(group, _combined(messages))
             except Exception:  # noqa: BLE001 - see module docstring: events never fail a job
-                log.warning("Could not publish %d event(s), the first for analysis %s",
-                            len(burst), burst[0][1]["analysis"]["id"], exc_info=True)
+                log.warning(
+                    "Could not publish %d event(s), the first for analysis %s",
+                    len(burst),
+                    burst[0][1]["analysis"]["id"],
+                    exc_info=True,
+                )
             with self._lock:
                 if queue.empty() and not self._pending:
                     self._idle.set()
@@ -143,8 +150,10 @@ def _by_group(burst: list[tuple[list[str], dict[str, Any]]]) -> dict[str, list[d
 def _combined(messages: list[dict[str, Any]]) -> dict[str, Any]:
     if len(messages) == 1:
         return messages[0]
-    return {"type": EVENTS_TYPE,
-            "events": [{"event": m["event"], "analysis": m["analysis"]} for m in messages]}
+    return {
+        "type": EVENTS_TYPE,
+        "events": [{"event": m["event"], "analysis": m["analysis"]} for m in messages],
+    }
 
 
 _publisher = _Publisher()

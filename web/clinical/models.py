@@ -64,7 +64,10 @@ class Study(models.Model):
     # searching every analysis on each page load.
     ai_flagged = models.BooleanField("AI flag", default=False, editable=False)
     assigned_radiologist = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="assigned_studies",
     )
     created_at = models.DateTimeField(auto_now_add=True)
@@ -75,8 +78,9 @@ class Study(models.Model):
         verbose_name_plural = "studies"
         indexes = [
             models.Index(fields=["priority", "-created_at"], name="study_worklist_idx"),
-            models.Index(fields=["priority", "-ai_flagged", "-created_at", "-id"],
-                         name="study_worklist_flag_idx"),
+            models.Index(
+                fields=["priority", "-ai_flagged", "-created_at", "-id"], name="study_worklist_flag_idx"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -111,7 +115,10 @@ class Image(models.Model):
     # confidence and its words. It proposes the conditions for PNG/JPEG uploads.
     recognition = models.JSONField("image recogniser's view", default=dict, blank=True)
     uploaded_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="uploaded_images",
     )
     created_at = models.DateTimeField(auto_now_add=True)
@@ -134,13 +141,13 @@ class Analysis(models.Model):
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="analyses")
     condition = models.CharField(max_length=32)
-    requested_model_id = models.CharField(max_length=128, blank=True,
-                                          help_text="Blank: the registry's active model.")
+    requested_model_id = models.CharField(
+        max_length=128, blank=True, help_text="Blank: the registry's active model."
+    )
     model_id = models.CharField("model id used", max_length=128, blank=True)
     model_sha256 = models.CharField("model artifact sha256 used", max_length=64, blank=True)
     architecture = models.CharField(max_length=32, blank=True)
-    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED,
-                             db_index=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED, db_index=True)
     queue = models.CharField(max_length=32, default="interactive")
     probability = models.FloatField(null=True, blank=True)
     threshold = models.FloatField(null=True, blank=True)
@@ -153,15 +160,16 @@ class Analysis(models.Model):
     # None: not checked (not finished, or analysed before the check existed).
     applicable = models.BooleanField("in the model's population", null=True, blank=True)
     not_applicable_reason = models.TextField(blank=True)
-    applicability = models.JSONField("what the applicability check saw", default=dict,
-                                     blank=True)
-    heatmap_peak = models.JSONField("heat-map peak [x, y] (fractions of width, height)",
-                                    null=True, blank=True)
+    applicability = models.JSONField("what the applicability check saw", default=dict, blank=True)
+    heatmap_peak = models.JSONField(
+        "heat-map peak [x, y] (fractions of width, height)", null=True, blank=True
+    )
     gradcam_method = models.CharField(max_length=32, blank=True)
     gradcam_layer = models.CharField(max_length=128, blank=True)
     notes = models.JSONField(default=list, blank=True)
-    heatmap_raw = models.FileField("raw Grad-CAM heat map (8-bit grayscale PNG)",
-                                   upload_to="heatmaps/", max_length=255, blank=True)
+    heatmap_raw = models.FileField(
+        "raw Grad-CAM heat map (8-bit grayscale PNG)", upload_to="heatmaps/", max_length=255, blank=True
+    )
     error_message = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0)
     requeues = models.PositiveIntegerField(default=0)
@@ -170,7 +178,10 @@ class Analysis(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="+",
     )
     created_at = models.DateTimeField(auto_now_add=True)
@@ -187,9 +198,13 @@ class Analysis(models.Model):
     def is_finding(self) -> bool:
         """A positive label a radiologist may treat as an AI flag: never a placeholder's, an
         experimental model's, or one for an image outside the model's population."""
-        return bool(self.state == self.State.SUCCEEDED and self.positive
-                    and not self.is_placeholder and not self.experimental
-                    and self.applicable is not False)
+        return bool(
+            self.state == self.State.SUCCEEDED
+            and self.positive
+            and not self.is_placeholder
+            and not self.experimental
+            and self.applicable is not False
+        )
 
     @property
     def warnings(self) -> list[dict[str, str]]:
@@ -197,9 +212,13 @@ class Analysis(models.Model):
         if self.state != self.State.SUCCEEDED:
             return []
         return result_warnings(
-            is_placeholder=self.is_placeholder, placeholder_reason=self.placeholder_reason,
-            applicable=self.applicable, not_applicable_reason=self.not_applicable_reason,
-            experimental=self.experimental, experimental_reason=self.experimental_reason)
+            is_placeholder=self.is_placeholder,
+            placeholder_reason=self.placeholder_reason,
+            applicable=self.applicable,
+            not_applicable_reason=self.not_applicable_reason,
+            experimental=self.experimental,
+            experimental_reason=self.experimental_reason,
+        )
 
     @property
     def is_not_applicable(self) -> bool:
@@ -213,12 +232,12 @@ class Annotation(models.Model):
         UNCERTAIN = "uncertain", "Uncertain"
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="annotations")
-    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
-                               related_name="annotations")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="annotations")
     shapes = models.JSONField(default=list, blank=True)
     note = models.TextField(blank=True)
-    analysis = models.ForeignKey(Analysis, null=True, blank=True, on_delete=models.SET_NULL,
-                                 related_name="annotations")
+    analysis = models.ForeignKey(
+        Analysis, null=True, blank=True, on_delete=models.SET_NULL, related_name="annotations"
+    )
     verdict = models.CharField(max_length=16, choices=Verdict.choices, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -236,14 +255,13 @@ class AuditEvent(models.Model):
     """Who did what to which patient's data. Append-only; never edited from the app."""
 
     at = models.DateTimeField(auto_now_add=True, db_index=True)
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
-                              on_delete=models.SET_NULL, related_name="+")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     actor_label = models.CharField(max_length=150, help_text="username, or 'system' for jobs")
     action = models.CharField(max_length=64)
-    patient = models.ForeignKey(Patient, null=True, blank=True, on_delete=models.SET_NULL,
-                                related_name="+")
-    study = models.ForeignKey(Study, null=True, blank=True, on_delete=models.SET_NULL,
-                              related_name="+")
+    patient = models.ForeignKey(Patient, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    study = models.ForeignKey(Study, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     object_type = models.CharField(max_length=32, blank=True)
     object_id = models.CharField(max_length=64, blank=True)
     detail = models.JSONField(default=dict, blank=True)
@@ -279,10 +297,14 @@ class UploadConflict(models.Model):
     sop_instance_uid = models.CharField("SOPInstanceUID", max_length=64)
     claimed_patient_id = models.CharField("patient ID the upload claimed", max_length=64)
     claimed_fields = models.JSONField("identity fields of the upload", default=dict, blank=True)
-    existing_image = models.ForeignKey(Image, null=True, blank=True, on_delete=models.SET_NULL,
-                                       related_name="conflicts")
+    existing_image = models.ForeignKey(
+        Image, null=True, blank=True, on_delete=models.SET_NULL, related_name="conflicts"
+    )
     uploaded_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="+",
     )
     ip_address = models.GenericIPAddressField(null=True, blank=True)
@@ -294,8 +316,9 @@ class UploadConflict(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [
-            models.UniqueConstraint(fields=["sha256", "claimed_patient_id"],
-                                    name="upload_conflict_once_per_file_and_patient"),
+            models.UniqueConstraint(
+                fields=["sha256", "claimed_patient_id"], name="upload_conflict_once_per_file_and_patient"
+            ),
         ]
 
     def __str__(self) -> str:

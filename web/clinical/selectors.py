@@ -14,8 +14,13 @@ from web.clinical.models import Analysis, Image, Study
 def _analysis_count(**filters: Any) -> Coalesce:
     """Per study, computed only for the rows on the page (PostgreSQL evaluates a subquery in
     the select list after the sort and the limit)."""
-    counted = (Analysis.objects.filter(image__study=OuterRef("pk"), **filters).order_by()
-               .values("image__study").annotate(n=Count("pk")).values("n")[:1])
+    counted = (
+        Analysis.objects.filter(image__study=OuterRef("pk"), **filters)
+        .order_by()
+        .values("image__study")
+        .annotate(n=Count("pk"))
+        .values("n")[:1]
+    )
     return Coalesce(Subquery(counted), 0)
 
 
@@ -26,14 +31,18 @@ def study_worklist(*, status: str | None = None) -> QuerySet[Study]:
     model's positive is never a flag. The order is an index, so a page costs the same with a
     hundred studies or a million.
     """
-    images = (Image.objects.filter(study=OuterRef("pk")).order_by().values("study")
-              .annotate(n=Count("pk")).values("n")[:1])
+    images = (
+        Image.objects.filter(study=OuterRef("pk"))
+        .order_by()
+        .values("study")
+        .annotate(n=Count("pk"))
+        .values("n")[:1]
+    )
     qs = (
         Study.objects.select_related("patient", "assigned_radiologist")
         .annotate(
             image_count=Coalesce(Subquery(images), 0),
-            pending_count=_analysis_count(
-                state__in=[Analysis.State.QUEUED, Analysis.State.RUNNING]),
+            pending_count=_analysis_count(state__in=[Analysis.State.QUEUED, Analysis.State.RUNNING]),
             failed_count=_analysis_count(state=Analysis.State.FAILED),
         )
         .order_by("priority", "-ai_flagged", "-created_at", "-id")
@@ -48,10 +57,13 @@ def study_detail(*, study_id: int) -> Study:
     return (
         Study.objects.select_related("patient", "assigned_radiologist")
         .prefetch_related(
-            Prefetch("images", queryset=Image.objects.order_by("created_at", "id").prefetch_related(
-                Prefetch("analyses", queryset=Analysis.objects.order_by("created_at", "id")),
-                "annotations",
-            ))
+            Prefetch(
+                "images",
+                queryset=Image.objects.order_by("created_at", "id").prefetch_related(
+                    Prefetch("analyses", queryset=Analysis.objects.order_by("created_at", "id")),
+                    "annotations",
+                ),
+            )
         )
         .get(pk=study_id)
     )

@@ -6,8 +6,11 @@ from web.ui import views
 app_name = "ui"
 
 urlpatterns = [
-    path("login/", auth_views.LoginView.as_view(template_name="ui/login.html",
-                                                redirect_authenticated_user=True), name="login"),
+    path(
+        "login/",
+        auth_views.LoginView.as_view(template_name="ui/login.html", redirect_authenticated_user=True),
+        name="login",
+    ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", views.worklist, name="worklist"),
     path("studies/<int:study_id>/", views.study_page, name="study"),

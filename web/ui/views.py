@@ -15,8 +15,7 @@ from web.clinical.services import audit_record
 @login_required
 def worklist(request: HttpRequest) -> HttpResponse:
     studies = selectors.study_worklist()[:200]
-    return render(request, "ui/worklist.html", {"studies": studies,
-                                                "body_parts": KNOWN_BODY_PARTS})
+    return render(request, "ui/worklist.html", {"studies": studies, "body_parts": KNOWN_BODY_PARTS})
 
 
 @login_required
@@ -25,6 +24,12 @@ def study_page(request: HttpRequest, study_id: int) -> HttpResponse:
         study = selectors.study_detail(study_id=study_id)
     except Study.DoesNotExist:
         raise Http404("No such study.") from None
-    audit_record(actor=request.user, action="study.view", patient=study.patient, study=study,
-                 obj=study, ip_address=request.META.get("REMOTE_ADDR") or None)
+    audit_record(
+        actor=request.user,
+        action="study.view",
+        patient=study.patient,
+        study=study,
+        obj=study,
+        ip_address=request.META.get("REMOTE_ADDR") or None,
+    )
     return render(request, "ui/study.html", {"study": study})

@@ -9,7 +9,6 @@ import web.clinical.models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -18,151 +17,371 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Patient',
+            name="Patient",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('patient_id', models.CharField(max_length=64, unique=True, verbose_name='Patient ID (MRN)')),
-                ('name', models.CharField(blank=True, max_length=200)),
-                ('birth_date', models.DateField(blank=True, null=True)),
-                ('sex', models.CharField(blank=True, choices=[('M', 'Male'), ('F', 'Female'), ('O', 'Other'), ('', 'Unknown')], default='', max_length=1)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("patient_id", models.CharField(max_length=64, unique=True, verbose_name="Patient ID (MRN)")),
+                ("name", models.CharField(blank=True, max_length=200)),
+                ("birth_date", models.DateField(blank=True, null=True)),
+                (
+                    "sex",
+                    models.CharField(
+                        blank=True,
+                        choices=[("M", "Male"), ("F", "Female"), ("O", "Other"), ("", "Unknown")],
+                        default="",
+                        max_length=1,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['patient_id'],
+                "ordering": ["patient_id"],
             },
         ),
         migrations.CreateModel(
-            name='Image',
+            name="Image",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('sop_instance_uid', models.CharField(max_length=64, unique=True, verbose_name='SOPInstanceUID')),
-                ('series_instance_uid', models.CharField(blank=True, max_length=64)),
-                ('file', models.FileField(max_length=255, upload_to=web.clinical.models.image_upload_to)),
-                ('original_filename', models.CharField(blank=True, max_length=255)),
-                ('format', models.CharField(choices=[('dicom', 'DICOM'), ('png', 'PNG'), ('jpeg', 'JPEG')], max_length=8)),
-                ('dicom_header', models.JSONField(blank=True, default=dict, verbose_name='DICOM header summary')),
-                ('decode_notes', models.JSONField(blank=True, default=list)),
-                ('thumbnail', models.FileField(blank=True, max_length=255, upload_to='thumbnails/')),
-                ('size_bytes', models.PositiveBigIntegerField()),
-                ('sha256', models.CharField(max_length=64, unique=True)),
-                ('width', models.PositiveIntegerField()),
-                ('height', models.PositiveIntegerField()),
-                ('view_position', models.CharField(blank=True, max_length=16)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('uploaded_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='uploaded_images', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "sop_instance_uid",
+                    models.CharField(max_length=64, unique=True, verbose_name="SOPInstanceUID"),
+                ),
+                ("series_instance_uid", models.CharField(blank=True, max_length=64)),
+                ("file", models.FileField(max_length=255, upload_to=web.clinical.models.image_upload_to)),
+                ("original_filename", models.CharField(blank=True, max_length=255)),
+                (
+                    "format",
+                    models.CharField(
+                        choices=[("dicom", "DICOM"), ("png", "PNG"), ("jpeg", "JPEG")], max_length=8
+                    ),
+                ),
+                (
+                    "dicom_header",
+                    models.JSONField(blank=True, default=dict, verbose_name="DICOM header summary"),
+                ),
+                ("decode_notes", models.JSONField(blank=True, default=list)),
+                ("thumbnail", models.FileField(blank=True, max_length=255, upload_to="thumbnails/")),
+                ("size_bytes", models.PositiveBigIntegerField()),
+                ("sha256", models.CharField(max_length=64, unique=True)),
+                ("width", models.PositiveIntegerField()),
+                ("height", models.PositiveIntegerField()),
+                ("view_position", models.CharField(blank=True, max_length=16)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "uploaded_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="uploaded_images",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['created_at', 'id'],
+                "ordering": ["created_at", "id"],
             },
         ),
         migrations.CreateModel(
-            name='Analysis',
+            name="Analysis",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('condition', models.CharField(max_length=32)),
-                ('requested_model_id', models.CharField(blank=True, help_text="Blank: the registry's active model.", max_length=128)),
-                ('model_id', models.CharField(blank=True, max_length=128, verbose_name='model id used')),
-                ('model_sha256', models.CharField(blank=True, max_length=64, verbose_name='model artifact sha256 used')),
-                ('architecture', models.CharField(blank=True, max_length=32)),
-                ('state', models.CharField(choices=[('queued', 'Queued'), ('running', 'Running'), ('succeeded', 'Succeeded'), ('failed', 'Failed')], db_index=True, default='queued', max_length=16)),
-                ('queue', models.CharField(default='interactive', max_length=32)),
-                ('probability', models.FloatField(blank=True, null=True)),
-                ('threshold', models.FloatField(blank=True, null=True)),
-                ('positive', models.BooleanField(blank=True, null=True, verbose_name="label at the model's threshold")),
-                ('is_placeholder', models.BooleanField(default=False)),
-                ('placeholder_reason', models.TextField(blank=True)),
-                ('experimental', models.BooleanField(default=False)),
-                ('experimental_reason', models.TextField(blank=True)),
-                ('gradcam_method', models.CharField(blank=True, max_length=32)),
-                ('gradcam_layer', models.CharField(blank=True, max_length=128)),
-                ('notes', models.JSONField(blank=True, default=list)),
-                ('heatmap', models.FileField(blank=True, max_length=255, upload_to='heatmaps/', verbose_name='Grad-CAM overlay PNG')),
-                ('heatmap_raw', models.FileField(blank=True, max_length=255, upload_to='heatmaps/', verbose_name='raw Grad-CAM heat map (8-bit grayscale PNG)')),
-                ('error_message', models.TextField(blank=True)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('requeues', models.PositiveIntegerField(default=0)),
-                ('worker', models.CharField(blank=True, help_text='host:pid of the last run', max_length=200)),
-                ('enqueued_at', models.DateTimeField(blank=True, null=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('image', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='analyses', to='clinical.image')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("condition", models.CharField(max_length=32)),
+                (
+                    "requested_model_id",
+                    models.CharField(
+                        blank=True, help_text="Blank: the registry's active model.", max_length=128
+                    ),
+                ),
+                ("model_id", models.CharField(blank=True, max_length=128, verbose_name="model id used")),
+                (
+                    "model_sha256",
+                    models.CharField(blank=True, max_length=64, verbose_name="model artifact sha256 used"),
+                ),
+                ("architecture", models.CharField(blank=True, max_length=32)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("running", "Running"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                        ],
+                        db_index=True,
+                        default="queued",
+                        max_length=16,
+                    ),
+                ),
+                ("queue", models.CharField(default="interactive", max_length=32)),
+                ("probability", models.FloatField(blank=True, null=True)),
+                ("threshold", models.FloatField(blank=True, null=True)),
+                (
+                    "positive",
+                    models.BooleanField(blank=True, null=True, verbose_name="label at the model's threshold"),
+                ),
+                ("is_placeholder", models.BooleanField(default=False)),
+                ("placeholder_reason", models.TextField(blank=True)),
+                ("experimental", models.BooleanField(default=False)),
+                ("experimental_reason", models.TextField(blank=True)),
+                ("gradcam_method", models.CharField(blank=True, max_length=32)),
+                ("gradcam_layer", models.CharField(blank=True, max_length=128)),
+                ("notes", models.JSONField(blank=True, default=list)),
+                (
+                    "heatmap",
+                    models.FileField(
+                        blank=True, max_length=255, upload_to="heatmaps/", verbose_name="Grad-CAM overlay PNG"
+                    ),
+                ),
+                (
+                    "heatmap_raw",
+                    models.FileField(
+                        blank=True,
+                        max_length=255,
+                        upload_to="heatmaps/",
+                        verbose_name="raw Grad-CAM heat map (8-bit grayscale PNG)",
+                    ),
+                ),
+                ("error_message", models.TextField(blank=True)),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("requeues", models.PositiveIntegerField(default=0)),
+                (
+                    "worker",
+                    models.CharField(blank=True, help_text="host:pid of the last run", max_length=200),
+                ),
+                ("enqueued_at", models.DateTimeField(blank=True, null=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "image",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="analyses",
+                        to="clinical.image",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'analyses',
-                'ordering': ['created_at', 'id'],
+                "verbose_name_plural": "analyses",
+                "ordering": ["created_at", "id"],
             },
         ),
         migrations.CreateModel(
-            name='Study',
+            name="Study",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('study_instance_uid', models.CharField(max_length=64, unique=True, verbose_name='StudyInstanceUID')),
-                ('accession_number', models.CharField(blank=True, db_index=True, max_length=64)),
-                ('study_date', models.DateField(blank=True, null=True)),
-                ('modality', models.CharField(blank=True, max_length=16)),
-                ('body_part', models.CharField(blank=True, max_length=64, verbose_name='Body part (DICOM BodyPartExamined)')),
-                ('description', models.CharField(blank=True, max_length=200)),
-                ('priority', models.PositiveSmallIntegerField(choices=[(1, 'STAT'), (2, 'Urgent'), (3, 'Routine')], default=3)),
-                ('status', models.CharField(choices=[('received', 'Received'), ('analysing', 'AI analysing'), ('ai_complete', 'AI complete'), ('in_review', 'In review'), ('reported', 'Reported')], default='received', max_length=16)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('assigned_radiologist', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='assigned_studies', to=settings.AUTH_USER_MODEL)),
-                ('patient', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='studies', to='clinical.patient')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "study_instance_uid",
+                    models.CharField(max_length=64, unique=True, verbose_name="StudyInstanceUID"),
+                ),
+                ("accession_number", models.CharField(blank=True, db_index=True, max_length=64)),
+                ("study_date", models.DateField(blank=True, null=True)),
+                ("modality", models.CharField(blank=True, max_length=16)),
+                (
+                    "body_part",
+                    models.CharField(
+                        blank=True, max_length=64, verbose_name="Body part (DICOM BodyPartExamined)"
+                    ),
+                ),
+                ("description", models.CharField(blank=True, max_length=200)),
+                (
+                    "priority",
+                    models.PositiveSmallIntegerField(
+                        choices=[(1, "STAT"), (2, "Urgent"), (3, "Routine")], default=3
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("received", "Received"),
+                            ("analysing", "AI analysing"),
+                            ("ai_complete", "AI complete"),
+                            ("in_review", "In review"),
+                            ("reported", "Reported"),
+                        ],
+                        default="received",
+                        max_length=16,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "assigned_radiologist",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="assigned_studies",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "patient",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="studies",
+                        to="clinical.patient",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'studies',
-                'ordering': ['priority', '-created_at'],
+                "verbose_name_plural": "studies",
+                "ordering": ["priority", "-created_at"],
             },
         ),
         migrations.AddField(
-            model_name='image',
-            name='study',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='images', to='clinical.study'),
+            model_name="image",
+            name="study",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="images", to="clinical.study"
+            ),
         ),
         migrations.CreateModel(
-            name='AuditEvent',
+            name="AuditEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('at', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('actor_label', models.CharField(help_text="username, or 'system' for jobs", max_length=150)),
-                ('action', models.CharField(max_length=64)),
-                ('object_type', models.CharField(blank=True, max_length=32)),
-                ('object_id', models.CharField(blank=True, max_length=64)),
-                ('detail', models.JSONField(blank=True, default=dict)),
-                ('ip_address', models.GenericIPAddressField(blank=True, null=True)),
-                ('actor', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('patient', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='clinical.patient')),
-                ('study', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='clinical.study')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("at", models.DateTimeField(auto_now_add=True, db_index=True)),
+                ("actor_label", models.CharField(help_text="username, or 'system' for jobs", max_length=150)),
+                ("action", models.CharField(max_length=64)),
+                ("object_type", models.CharField(blank=True, max_length=32)),
+                ("object_id", models.CharField(blank=True, max_length=64)),
+                ("detail", models.JSONField(blank=True, default=dict)),
+                ("ip_address", models.GenericIPAddressField(blank=True, null=True)),
+                (
+                    "actor",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "patient",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="clinical.patient",
+                    ),
+                ),
+                (
+                    "study",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="clinical.study",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-at', '-id'],
+                "ordering": ["-at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='Annotation',
+            name="Annotation",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('shapes', models.JSONField(blank=True, default=list)),
-                ('note', models.TextField(blank=True)),
-                ('verdict', models.CharField(blank=True, choices=[('agree', 'Agree'), ('disagree', 'Disagree'), ('uncertain', 'Uncertain')], max_length=16)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('analysis', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='annotations', to='clinical.analysis')),
-                ('author', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='annotations', to=settings.AUTH_USER_MODEL)),
-                ('image', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='annotations', to='clinical.image')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("shapes", models.JSONField(blank=True, default=list)),
+                ("note", models.TextField(blank=True)),
+                (
+                    "verdict",
+                    models.CharField(
+                        blank=True,
+                        choices=[("agree", "Agree"), ("disagree", "Disagree"), ("uncertain", "Uncertain")],
+                        max_length=16,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "analysis",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="annotations",
+                        to="clinical.analysis",
+                    ),
+                ),
+                (
+                    "author",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="annotations",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "image",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="annotations",
+                        to="clinical.image",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['created_at'],
-                'constraints': [models.CheckConstraint(condition=models.Q(('verdict', ''), ('analysis__isnull', False), _connector='OR'), name='annotation_verdict_needs_analysis')],
+                "ordering": ["created_at"],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("verdict", ""), ("analysis__isnull", False), _connector="OR"),
+                        name="annotation_verdict_needs_analysis",
+                    )
+                ],
             },
         ),
         migrations.AddIndex(
-            model_name='analysis',
-            index=models.Index(fields=['state', 'enqueued_at'], name='analysis_sweep_idx'),
+            model_name="analysis",
+            index=models.Index(fields=["state", "enqueued_at"], name="analysis_sweep_idx"),
         ),
         migrations.AddIndex(
-            model_name='study',
-            index=models.Index(fields=['priority', '-created_at'], name='study_worklist_idx'),
+            model_name="study",
+            index=models.Index(fields=["priority", "-created_at"], name="study_worklist_idx"),
         ),
     ]

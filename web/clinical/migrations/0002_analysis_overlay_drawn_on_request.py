@@ -4,14 +4,13 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('clinical', '0001_initial'),
+        ("clinical", "0001_initial"),
     ]
 
     operations = [
         migrations.RemoveField(
-            model_name='analysis',
-            name='heatmap',
+            model_name="analysis",
+            name="heatmap",
         ),
     ]

@@ -8,27 +8,29 @@ def flag_studies_with_findings(apps, schema_editor):
     """Existing studies: flagged when any analysis is a real finding (as the services keep it)."""
     Study = apps.get_model("clinical", "Study")
     Analysis = apps.get_model("clinical", "Analysis")
-    flagged = (Analysis.objects.filter(state="succeeded", positive=True, is_placeholder=False)
-               .values("image__study_id"))
+    flagged = Analysis.objects.filter(state="succeeded", positive=True, is_placeholder=False).values(
+        "image__study_id"
+    )
     Study.objects.filter(pk__in=flagged).update(ai_flagged=True)
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('clinical', '0002_analysis_overlay_drawn_on_request'),
+        ("clinical", "0002_analysis_overlay_drawn_on_request"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='study',
-            name='ai_flagged',
-            field=models.BooleanField(default=False, editable=False, verbose_name='AI flag'),
+            model_name="study",
+            name="ai_flagged",
+            field=models.BooleanField(default=False, editable=False, verbose_name="AI flag"),
         ),
         migrations.RunPython(flag_studies_with_findings, migrations.RunPython.noop),
         migrations.AddIndex(
-            model_name='study',
-            index=models.Index(fields=['priority', '-ai_flagged', '-created_at', '-id'], name='study_worklist_flag_idx'),
+            model_name="study",
+            index=models.Index(
+                fields=["priority", "-ai_flagged", "-created_at", "-id"], name="study_worklist_flag_idx"
+            ),
         ),
     ]

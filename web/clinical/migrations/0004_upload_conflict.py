@@ -7,36 +7,82 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('clinical', '0003_study_ai_flag'),
+        ("clinical", "0003_study_ai_flag"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='UploadConflict',
+            name="UploadConflict",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('same_file_other_patient', 'Same file, another patient'), ('same_uid_other_patient', 'Same SOPInstanceUID, another patient'), ('same_uid_other_pixels', 'Same SOPInstanceUID, other pixels')], max_length=32)),
-                ('message', models.TextField(help_text='what the uploader was told')),
-                ('file', models.FileField(max_length=255, upload_to=web.clinical.models.quarantine_upload_to)),
-                ('original_filename', models.CharField(blank=True, max_length=255)),
-                ('sha256', models.CharField(max_length=64)),
-                ('sop_instance_uid', models.CharField(max_length=64, verbose_name='SOPInstanceUID')),
-                ('claimed_patient_id', models.CharField(max_length=64, verbose_name='patient ID the upload claimed')),
-                ('claimed_fields', models.JSONField(blank=True, default=dict, verbose_name='identity fields of the upload')),
-                ('ip_address', models.GenericIPAddressField(blank=True, null=True)),
-                ('attempts', models.PositiveIntegerField(default=1, help_text='times this file was sent')),
-                ('reviewed', models.BooleanField(default=False)),
-                ('review_note', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('existing_image', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='conflicts', to='clinical.image')),
-                ('uploaded_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("same_file_other_patient", "Same file, another patient"),
+                            ("same_uid_other_patient", "Same SOPInstanceUID, another patient"),
+                            ("same_uid_other_pixels", "Same SOPInstanceUID, other pixels"),
+                        ],
+                        max_length=32,
+                    ),
+                ),
+                ("message", models.TextField(help_text="what the uploader was told")),
+                (
+                    "file",
+                    models.FileField(max_length=255, upload_to=web.clinical.models.quarantine_upload_to),
+                ),
+                ("original_filename", models.CharField(blank=True, max_length=255)),
+                ("sha256", models.CharField(max_length=64)),
+                ("sop_instance_uid", models.CharField(max_length=64, verbose_name="SOPInstanceUID")),
+                (
+                    "claimed_patient_id",
+                    models.CharField(max_length=64, verbose_name="patient ID the upload claimed"),
+                ),
+                (
+                    "claimed_fields",
+                    models.JSONField(blank=True, default=dict, verbose_name="identity fields of the upload"),
+                ),
+                ("ip_address", models.GenericIPAddressField(blank=True, null=True)),
+                ("attempts", models.PositiveIntegerField(default=1, help_text="times this file was sent")),
+                ("reviewed", models.BooleanField(default=False)),
+                ("review_note", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "existing_image",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="conflicts",
+                        to="clinical.image",
+                    ),
+                ),
+                (
+                    "uploaded_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
-                'constraints': [models.UniqueConstraint(fields=('sha256', 'claimed_patient_id'), name='upload_conflict_once_per_file_and_patient')],
+                "ordering": ["-created_at", "-id"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("sha256", "claimed_patient_id"),
+                        name="upload_conflict_once_per_file_and_patient",
+                    )
+                ],
             },
         ),
     ]

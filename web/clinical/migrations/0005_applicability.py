@@ -8,41 +8,47 @@ def unflag_experimental_only(apps, schema_editor):
     """Experimental results no longer flag: a study flagged only by one loses its flag."""
     Study = apps.get_model("clinical", "Study")
     Analysis = apps.get_model("clinical", "Analysis")
-    finding = Analysis.objects.filter(image__study=OuterRef("pk"), state="succeeded",
-                                      positive=True, is_placeholder=False, experimental=False)
+    finding = Analysis.objects.filter(
+        image__study=OuterRef("pk"),
+        state="succeeded",
+        positive=True,
+        is_placeholder=False,
+        experimental=False,
+    )
     Study.objects.filter(ai_flagged=True).exclude(Exists(finding)).update(ai_flagged=False)
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('clinical', '0004_upload_conflict'),
+        ("clinical", "0004_upload_conflict"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='analysis',
-            name='applicability',
-            field=models.JSONField(blank=True, default=dict, verbose_name='what the applicability check saw'),
+            model_name="analysis",
+            name="applicability",
+            field=models.JSONField(blank=True, default=dict, verbose_name="what the applicability check saw"),
         ),
         migrations.AddField(
-            model_name='analysis',
-            name='applicable',
+            model_name="analysis",
+            name="applicable",
             field=models.BooleanField(blank=True, null=True, verbose_name="in the model's population"),
         ),
         migrations.AddField(
-            model_name='analysis',
-            name='heatmap_peak',
-            field=models.JSONField(blank=True, null=True, verbose_name='heat-map peak [x, y] (fractions of width, height)'),
+            model_name="analysis",
+            name="heatmap_peak",
+            field=models.JSONField(
+                blank=True, null=True, verbose_name="heat-map peak [x, y] (fractions of width, height)"
+            ),
         ),
         migrations.AddField(
-            model_name='analysis',
-            name='not_applicable_reason',
+            model_name="analysis",
+            name="not_applicable_reason",
             field=models.TextField(blank=True),
         ),
         migrations.AddField(
-            model_name='image',
-            name='recognition',
+            model_name="image",
+            name="recognition",
             field=models.JSONField(blank=True, default=dict, verbose_name="image recogniser's view"),
         ),
         migrations.RunPython(unflag_experimental_only, migrations.RunPython.noop),

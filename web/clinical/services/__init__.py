@@ -29,9 +29,23 @@ from web.clinical.services.upload_parts import (
 from web.clinical.services.uploads import image_upload, images_upload_many
 
 __all__ = [
-    "BulkUploadItem", "UploadConflictError", "UploadFields", "UploadRejected", "UploadResult",
-    "analyses_dispatch", "analyses_requeue_stuck", "analyses_run", "analysis_enqueue",
-    "analysis_fail", "analysis_mark_retrying", "analysis_run", "audit_event", "audit_record",
-    "image_analyses_request", "image_upload", "images_upload_many", "registry_activate",
+    "BulkUploadItem",
+    "UploadConflictError",
+    "UploadFields",
+    "UploadRejected",
+    "UploadResult",
+    "analyses_dispatch",
+    "analyses_requeue_stuck",
+    "analyses_run",
+    "analysis_enqueue",
+    "analysis_fail",
+    "analysis_mark_retrying",
+    "analysis_run",
+    "audit_event",
+    "audit_record",
+    "image_analyses_request",
+    "image_upload",
+    "images_upload_many",
+    "registry_activate",
     "studies_refresh",
 ]

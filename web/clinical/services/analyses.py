@@ -48,8 +48,9 @@ def analysis_enqueue(
     dispatch=False leaves the sending to the caller (bulk uploads send one job per batch of
     analyses); if the caller never does, the sweeper sends it: the row is the truth.
     """
-    analysis = analysis_build(image=image, condition=condition, queue=queue,
-                               created_by=created_by, model_id=model_id)
+    analysis = analysis_build(
+        image=image, condition=condition, queue=queue, created_by=created_by, model_id=model_id
+    )
     analysis.save()
     studies_mark_analysing([image.study])
     if dispatch:
@@ -57,21 +58,33 @@ def analysis_enqueue(
     analysis_event_publish(analysis=analysis, event="queued")
     return analysis
 
-def image_analyses_request(*, image: Image, conditions: list[str], queue: str, model_id: str,
-                           actor: Any, ip_address: str | None) -> list[Analysis]:
+
+def image_analyses_request(
+    *, image: Image, conditions: list[str], queue: str, model_id: str, actor: Any, ip_address: str | None
+) -> list[Analysis]:
     """Run (again) chosen conditions on a stored image. Each must apply to the image's body
     part (UploadRejected otherwise), as at upload: a knee model never runs on a chest film."""
     codes, _ = conditions_resolve(conditions, body_part=image.study.body_part)
     with transaction.atomic():
-        analyses = [analysis_enqueue(image=image, condition=code, queue=queue, created_by=actor,
-                                     model_id=model_id) for code in codes]
-        audit_record(actor=actor, action="analysis.request", patient=image.study.patient,
-                     study=image.study, obj=image, ip_address=ip_address,
-                     detail={"conditions": codes})
+        analyses = [
+            analysis_enqueue(image=image, condition=code, queue=queue, created_by=actor, model_id=model_id)
+            for code in codes
+        ]
+        audit_record(
+            actor=actor,
+            action="analysis.request",
+            patient=image.study.patient,
+            study=image.study,
+            obj=image,
+            ip_address=ip_address,
+            detail={"conditions": codes},
+        )
     return analyses
 
-def analysis_build(*, image: Image, condition: str, queue: str, created_by: Any = None,
-                    model_id: str = "") -> Analysis:
+
+def analysis_build(
+    *, image: Image, condition: str, queue: str, created_by: Any = None, model_id: str = ""
+) -> Analysis:
     get_condition(condition)
     if queue not in settings.ANALYSIS_QUEUES.values():
         raise ValueError(f"Unknown analysis queue '{queue}'.")
@@ -85,6 +98,7 @@ def analysis_build(*, image: Image, condition: str, queue: str, created_by: Any 
         created_by=created_by if getattr(created_by, "is_authenticated", False) else None,
     )
 
+
 def analyses_dispatch(*, analysis_ids: Sequence[int], queue: str) -> None:
     """Send the jobs (ids only) to the broker: one `analyze` job per id on the interactive
     queue (a person is waiting for each), jobs of up to ANALYSIS_BATCH_SIZE ids on the batch
@@ -96,20 +110,23 @@ def analyses_dispatch(*, analysis_ids: Sequence[int], queue: str) -> None:
     size = 1 if queue == settings.QUEUE_INTERACTIVE else settings.ANALYSIS_BATCH_SIZE
     ids = list(analysis_ids)
     for start in range(0, len(ids), size):
-        chunk = ids[start:start + size]
+        chunk = ids[start : start + size]
         try:
             if len(chunk) == 1:
                 app.send_task(TASK_ANALYZE, args=[chunk[0]], queue=queue)
             else:
                 app.send_task(TASK_ANALYZE_BATCH, args=[chunk], queue=queue)
         except Exception:  # noqa: BLE001 - any broker failure: the sweeper recovers it
-            log.error("Could not enqueue analyses %s on %s; the sweeper will retry", chunk,
-                      queue, exc_info=True)
+            log.error(
+                "Could not enqueue analyses %s on %s; the sweeper will retry", chunk, queue, exc_info=True
+            )
+
 
 def analysis_run(*, analysis_id: int, worker: str = "") -> Analysis | None:
     """Run one analysis job (worker side); see analyses_run."""
     done = analyses_run(analysis_ids=[analysis_id], worker=worker)
     return done[0] if done else None
+
 
 def analyses_run(*, analysis_ids: Sequence[int], worker: str = "") -> list[Analysis]:
     """Run analysis jobs (worker side), one model call per condition and model for the lot.
@@ -134,24 +151,33 @@ def analyses_run(*, analysis_ids: Sequence[int], worker: str = "") -> list[Analy
         done.extend(_analyses_compute_and_store(group, condition=condition, model_id=model_id))
     return done
 
+
 def _analyses_claim(*, analysis_ids: Sequence[int], worker: str) -> list[Analysis]:
     claimed: list[Analysis] = []
     with transaction.atomic():
-        rows = {a.pk: a for a in Analysis.objects.select_for_update().select_related("image__study")
-                .filter(pk__in=list(analysis_ids)).order_by("pk")}
+        rows = {
+            a.pk: a
+            for a in Analysis.objects.select_for_update()
+            .select_related("image__study")
+            .filter(pk__in=list(analysis_ids))
+            .order_by("pk")
+        }
         now = timezone.now()
         for analysis_id in dict.fromkeys(analysis_ids):
             analysis = rows.get(analysis_id)
             if analysis is None:
                 log.warning("Analysis %s no longer exists; job dropped", analysis_id)
             elif analysis.state in (Analysis.State.SUCCEEDED, Analysis.State.FAILED):
-                log.info("Analysis %s already %s; duplicate delivery ignored", analysis_id,
-                         analysis.state)
+                log.info("Analysis %s already %s; duplicate delivery ignored", analysis_id, analysis.state)
             elif analysis.attempts >= settings.ANALYSIS_MAX_RETRIES + 1:
                 # A job that keeps killing its worker (out of memory...) must not loop forever.
-                _analysis_mark_failed(analysis, message=(
-                    f"The analysis was interrupted {analysis.attempts} times (worker lost or "
-                    "timed out); giving up. Check the worker logs, then re-run it."))
+                _analysis_mark_failed(
+                    analysis,
+                    message=(
+                        f"The analysis was interrupted {analysis.attempts} times (worker lost or "
+                        "timed out); giving up. Check the worker logs, then re-run it."
+                    ),
+                )
             else:
                 analysis.state = Analysis.State.RUNNING
                 analysis.attempts += 1
@@ -160,11 +186,12 @@ def _analyses_claim(*, analysis_ids: Sequence[int], worker: str) -> list[Analysi
                 claimed.append(analysis)
         # One UPDATE for the lot (the rows are locked: attempts + 1 matches the objects).
         Analysis.objects.filter(pk__in=[a.pk for a in claimed]).update(
-            state=Analysis.State.RUNNING, attempts=F("attempts") + 1, started_at=now,
-            worker=worker[:200])
+            state=Analysis.State.RUNNING, attempts=F("attempts") + 1, started_at=now, worker=worker[:200]
+        )
         for analysis in claimed:
             analysis_event_publish(analysis=analysis, event="started")
     return claimed
+
 
 def _analysis_xray(analysis: Analysis) -> XRay:
     from core.analysis import check_body_part
@@ -174,37 +201,52 @@ def _analysis_xray(analysis: Analysis) -> XRay:
     # The header summary was read and stored at upload: only the pixels are needed again.
     xray = dataclasses.replace(
         load_xray(data, max_pixels=settings.RADTRIAGE_MAX_PIXELS, read_metadata=False),
-        metadata=dict(analysis.image.dicom_header or {}))
+        metadata=dict(analysis.image.dicom_header or {}),
+    )
     check_body_part(xray, condition=analysis.condition)
     return xray
 
+
 def _analysis_fail_permanently(analysis: Analysis, exc: Exception) -> Analysis:
-    message = (str(exc) if isinstance(exc, RadTriageError)
-               else "The stored image file is missing; upload it again.")
+    message = (
+        str(exc) if isinstance(exc, RadTriageError) else "The stored image file is missing; upload it again."
+    )
     return analysis_fail(analysis_id=analysis.pk, message=message) or analysis
 
-def _analyses_compute_and_store(group: list[tuple[Analysis, XRay]], *, condition: str,
-                                model_id: str) -> list[Analysis]:
+
+def _analyses_compute_and_store(
+    group: list[tuple[Analysis, XRay]], *, condition: str, model_id: str
+) -> list[Analysis]:
     # Imported here, never at module level: TensorFlow must stay out of the web process.
     from core.analysis import analyze_xrays
     from core.model_manager import get_manager
 
     try:
-        outcomes = analyze_xrays([xray for _, xray in group], condition=condition,
-                                 manager=get_manager(settings.RADTRIAGE_REGISTRY),
-                                 model_id=model_id or None, allow_body_part_mismatch=True)
+        outcomes = analyze_xrays(
+            [xray for _, xray in group],
+            condition=condition,
+            manager=get_manager(settings.RADTRIAGE_REGISTRY),
+            model_id=model_id or None,
+            allow_body_part_mismatch=True,
+        )
     except RadTriageError as exc:  # unknown model, unreadable registry: the same for all
         return [_analysis_fail_permanently(analysis, exc) for analysis, _ in group]
     stored: dict[int, str] = {}
     try:
-        heatmaps_store([(analysis, outcome.heatmap)
-                         for (analysis, _), outcome in zip(group, outcomes, strict=True)], stored)
+        heatmaps_store(
+            [(analysis, outcome.heatmap) for (analysis, _), outcome in zip(group, outcomes, strict=True)],
+            stored,
+        )
         return _analyses_complete(
-            [(analysis, outcome.to_dict(), stored[analysis.pk])
-             for (analysis, _), outcome in zip(group, outcomes, strict=True)])
+            [
+                (analysis, outcome.to_dict(), stored[analysis.pk])
+                for (analysis, _), outcome in zip(group, outcomes, strict=True)
+            ]
+        )
     except BaseException:
         files_delete(list(stored.values()))
         raise
+
 
 def _analyses_complete(results: list[tuple[Analysis, dict[str, Any], str]]) -> list[Analysis]:
     """Store the results in one transaction. A row that a duplicate delivery finished first
@@ -212,9 +254,13 @@ def _analyses_complete(results: list[tuple[Analysis, dict[str, Any], str]]) -> l
     done: list[Analysis] = []
     finished: list[Analysis] = []
     with transaction.atomic():
-        rows = {a.pk: a for a in Analysis.objects.select_for_update()
-                .select_related("image__study__patient")
-                .filter(pk__in=[a.pk for a, _, _ in results]).order_by("pk")}
+        rows = {
+            a.pk: a
+            for a in Analysis.objects.select_for_update()
+            .select_related("image__study__patient")
+            .filter(pk__in=[a.pk for a, _, _ in results])
+            .order_by("pk")
+        }
         old_files: list[str] = []
         for claimed, outcome, heatmap_name in results:
             analysis = rows.get(claimed.pk)
@@ -229,23 +275,49 @@ def _analyses_complete(results: list[tuple[Analysis, dict[str, Any], str]]) -> l
             done.append(analysis)
             finished.append(analysis)
         studies_refresh(studies=[a.image.study for a in finished])
-        AuditEvent.objects.bulk_create([
-            audit_event(actor=None, action="analysis.succeeded", patient=a.image.study.patient,
-                        study=a.image.study, obj=a,
-                        detail={"model_id": a.model_id, "is_placeholder": a.is_placeholder})
-            for a in finished
-        ])
+        AuditEvent.objects.bulk_create(
+            [
+                audit_event(
+                    actor=None,
+                    action="analysis.succeeded",
+                    patient=a.image.study.patient,
+                    study=a.image.study,
+                    obj=a,
+                    detail={"model_id": a.model_id, "is_placeholder": a.is_placeholder},
+                )
+                for a in finished
+            ]
+        )
         for analysis in finished:
             analysis_event_publish(analysis=analysis, event="finished")
         transaction.on_commit(lambda: files_delete(old_files))
     return done
 
+
 OUTCOME_FIELDS = [
-    "state", "probability", "threshold", "positive", "model_id", "model_sha256", "architecture",
-    "is_placeholder", "placeholder_reason", "experimental", "experimental_reason",
-    "gradcam_method", "gradcam_layer", "notes", "heatmap_raw", "error_message", "finished_at",
-    "applicable", "not_applicable_reason", "applicability", "heatmap_peak",
+    "state",
+    "probability",
+    "threshold",
+    "positive",
+    "model_id",
+    "model_sha256",
+    "architecture",
+    "is_placeholder",
+    "placeholder_reason",
+    "experimental",
+    "experimental_reason",
+    "gradcam_method",
+    "gradcam_layer",
+    "notes",
+    "heatmap_raw",
+    "error_message",
+    "finished_at",
+    "applicable",
+    "not_applicable_reason",
+    "applicability",
+    "heatmap_peak",
 ]
+
 
 def _analysis_apply_outcome(analysis: Analysis, out: dict[str, Any], *, heatmap_name: str) -> None:
     analysis.state = Analysis.State.SUCCEEDED
@@ -271,24 +343,27 @@ def _analysis_apply_outcome(analysis: Analysis, out: dict[str, Any], *, heatmap_
     analysis.error_message = ""
     analysis.finished_at = timezone.now()
 
+
 def _float_or_none(value: Any) -> float | None:
     try:
         return None if value is None else float(value)
     except (TypeError, ValueError):
         return None
 
+
 def analysis_fail(*, analysis_id: int, message: str) -> Analysis | None:
     """Mark an analysis failed with a message the user sees, unless it already ended: a batch
     job abandoned on a temporary problem must not replace the reason one of its images
     already failed for (a corrupt file, say) or undo a result."""
     with transaction.atomic():
-        analysis = (Analysis.objects.select_for_update().select_related("image__study")
-                    .filter(pk=analysis_id).first())
-        if analysis is None or analysis.state in (Analysis.State.SUCCEEDED,
-                                                   Analysis.State.FAILED):
+        analysis = (
+            Analysis.objects.select_for_update().select_related("image__study").filter(pk=analysis_id).first()
+        )
+        if analysis is None or analysis.state in (Analysis.State.SUCCEEDED, Analysis.State.FAILED):
             return analysis
         _analysis_mark_failed(analysis, message=message)
     return analysis
+
 
 def _analysis_mark_failed(analysis: Analysis, *, message: str) -> None:
     analysis.state = Analysis.State.FAILED
@@ -298,16 +373,21 @@ def _analysis_mark_failed(analysis: Analysis, *, message: str) -> None:
     study_refresh_status(analysis.image.study)
     analysis_event_publish(analysis=analysis, event="failed")
 
+
 def analysis_mark_retrying(*, analysis_id: int, message: str) -> None:
     """A transient error: the job goes back to queued while its retry waits (backoff)."""
     with transaction.atomic():
         updated = Analysis.objects.filter(
             pk=analysis_id, state__in=[Analysis.State.RUNNING, Analysis.State.QUEUED]
-        ).update(state=Analysis.State.QUEUED, enqueued_at=timezone.now(),
-                 error_message=f"Retrying after a temporary problem: {message}"[:2000])
+        ).update(
+            state=Analysis.State.QUEUED,
+            enqueued_at=timezone.now(),
+            error_message=f"Retrying after a temporary problem: {message}"[:2000],
+        )
         if updated:
             analysis = Analysis.objects.select_related("image__study").get(pk=analysis_id)
             analysis_event_publish(analysis=analysis, event="queued")
+
 
 def analyses_requeue_stuck(*, queued_after: float, running_after: float) -> list[int]:
     """The sweeper: send again every job the database says is waiting or running for too long.
@@ -323,11 +403,9 @@ def analyses_requeue_stuck(*, queued_after: float, running_after: float) -> list
             Analysis.objects.select_for_update(skip_locked=True)
             .select_related("image__study")
             .filter(
-                Q(state=Analysis.State.QUEUED, enqueued_at__lt=now - dt.timedelta(
-                    seconds=queued_after))
+                Q(state=Analysis.State.QUEUED, enqueued_at__lt=now - dt.timedelta(seconds=queued_after))
                 | Q(state=Analysis.State.QUEUED, enqueued_at__isnull=True)
-                | Q(state=Analysis.State.RUNNING, started_at__lt=now - dt.timedelta(
-                    seconds=running_after))
+                | Q(state=Analysis.State.RUNNING, started_at__lt=now - dt.timedelta(seconds=running_after))
             )
             .order_by("enqueued_at")[:500]
         )
@@ -343,7 +421,5 @@ def analyses_requeue_stuck(*, queued_after: float, running_after: float) -> list
         for analysis_id, queue in requeued:
             by_queue.setdefault(queue, []).append(analysis_id)
         for queue, ids in by_queue.items():
-            transaction.on_commit(
-                lambda q=queue, i=ids: analyses_dispatch(analysis_ids=i, queue=q)
-            )
+            transaction.on_commit(lambda q=queue, i=ids: analyses_dispatch(analysis_ids=i, queue=q))
     return [analysis_id for analysis_id, _ in requeued]

@@ -16,6 +16,7 @@ def audit_record(**fields: Any) -> AuditEvent:
     event.save()
     return event
 
+
 def audit_event(
     *,
     actor: Any,

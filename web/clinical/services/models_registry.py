@@ -21,7 +21,15 @@ def registry_activate(*, model_id: str, actor: Any, ip_address: str | None = Non
     previous = registry.active_models.get(entry.condition)
     registry.activate(model_id)
     registry.save()
-    audit_record(actor=actor, action="model.activate", ip_address=ip_address,
-                 detail={"condition": entry.condition, "model_id": model_id,
-                         "previous": previous, "status": entry.status})
+    audit_record(
+        actor=actor,
+        action="model.activate",
+        ip_address=ip_address,
+        detail={
+            "condition": entry.condition,
+            "model_id": model_id,
+            "previous": previous,
+            "status": entry.status,
+        },
+    )
     return entry.condition

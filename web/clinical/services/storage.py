@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 THUMBNAIL_SIZE = 256
 
+
 def thumbnail_jpeg(pixels: np.ndarray) -> bytes:
     """A preview for the worklist and the study page's heat-map view (never for reading).
     OpenCV area averaging and JPEG: a fraction of a millisecond on every upload."""
@@ -29,12 +30,14 @@ def thumbnail_jpeg(pixels: np.ndarray) -> bytes:
         raise ValueError("JPEG encoding of the thumbnail failed")
     return buffer.tobytes()
 
+
 def files_delete(names: list[str]) -> None:
     for name in names:
         try:
             default_storage.delete(name)
         except OSError:
             log.warning("Could not remove %s after a failed upload", name, exc_info=True)
+
 
 def heatmaps_store(maps: list[tuple[Analysis, np.ndarray]], stored: dict[int, str]) -> None:
     """Each raw Grad-CAM map at the model's resolution, as an 8-bit grayscale PNG (a few KB);

@@ -34,9 +34,13 @@ log = logging.getLogger(__name__)
 def _image_find(*, sha256: str, sop_uid: str) -> Image | None:
     # Asked on every upload and almost always empty: a one-table query (PostgreSQL plans the
     # three-table join in over a millisecond); the join only for the rare duplicate.
-    found = (Image.objects.filter(Q(sha256=sha256) | Q(sop_instance_uid=sop_uid))
-             .values_list("pk", flat=True).first())
+    found = (
+        Image.objects.filter(Q(sha256=sha256) | Q(sop_instance_uid=sop_uid))
+        .values_list("pk", flat=True)
+        .first()
+    )
     return None if found is None else Image.objects.select_related("study__patient").get(pk=found)
+
 
 class UploadConflictError(UploadRejected):
     """The file clashes with a stored image of another identity; it is kept for review."""
@@ -44,6 +48,7 @@ class UploadConflictError(UploadRejected):
     def __init__(self, message: str, *, conflict: UploadConflict) -> None:
         super().__init__(message, status_code=409)
         self.conflict = conflict
+
 
 @dataclass(frozen=True)
 class Identity:
@@ -53,6 +58,7 @@ class Identity:
     fields: UploadFields
     uploaded_by: Any
     ip_address: str | None
+
 
 def stored_copy(decoded: Decoded, identity: Identity) -> Image | None:
     """The stored image this upload is a copy of, or None if it is new.
@@ -69,76 +75,121 @@ def stored_copy(decoded: Decoded, identity: Identity) -> Image | None:
         return existing
     raise _conflict_keep(kind, decoded=decoded, existing=existing, identity=identity)
 
+
 def _clash_kind(existing: Image, decoded: Decoded, *, patient_id: str) -> str | None:
     same_file = existing.sha256 == decoded.sha256
     if existing.study.patient.patient_id != patient_id:
-        return (UploadConflict.Kind.SAME_FILE_OTHER_PATIENT if same_file
-                else UploadConflict.Kind.SAME_UID_OTHER_PATIENT)
+        return (
+            UploadConflict.Kind.SAME_FILE_OTHER_PATIENT
+            if same_file
+            else UploadConflict.Kind.SAME_UID_OTHER_PATIENT
+        )
     if same_file or _same_pixels(existing, decoded.xray):
         return None  # the same image again (a re-export keeps the pixels): a duplicate
     return UploadConflict.Kind.SAME_UID_OTHER_PIXELS
+
 
 def _same_pixels(existing: Image, xray: XRay) -> bool:
     """Decoded pixels equal (read only on the rare SOPInstanceUID match with other bytes)."""
     try:
         with existing.file.open("rb") as stored:
-            pixels = load_xray(stored.read(), max_pixels=settings.RADTRIAGE_MAX_PIXELS,
-                               read_metadata=False).pixels
+            pixels = load_xray(
+                stored.read(), max_pixels=settings.RADTRIAGE_MAX_PIXELS, read_metadata=False
+            ).pixels
     except (OSError, XRayDecodeError):
         log.warning("Stored image %s could not be read to compare pixels", existing.pk)
         return False
     return pixels.shape == xray.pixels.shape and bool(np.array_equal(pixels, xray.pixels))
 
+
 _CONFLICT_MESSAGES = {
-    UploadConflict.Kind.SAME_FILE_OTHER_PATIENT:
-        "This exact file is already stored for a different patient, not {patient}.",
-    UploadConflict.Kind.SAME_UID_OTHER_PATIENT:
+    UploadConflict.Kind.SAME_FILE_OTHER_PATIENT: (
+        "This exact file is already stored for a different patient, not {patient}."
+    ),
+    UploadConflict.Kind.SAME_UID_OTHER_PATIENT: (
         "An image with the same SOPInstanceUID ({uid}) is already stored for a different "
-        "patient, not {patient}.",
-    UploadConflict.Kind.SAME_UID_OTHER_PIXELS:
+        "patient, not {patient}."
+    ),
+    UploadConflict.Kind.SAME_UID_OTHER_PIXELS: (
         "An image with the same SOPInstanceUID ({uid}) but different pixels is already stored "
-        "for patient {patient}.",
+        "for patient {patient}."
+    ),
 }
 
-def _conflict_keep(kind: str, *, decoded: Decoded, existing: Image,
-                   identity: Identity) -> UploadConflictError:
+
+def _conflict_keep(
+    kind: str, *, decoded: Decoded, existing: Image, identity: Identity
+) -> UploadConflictError:
     """Keep the refused file for review (once per file and claimed patient) and say why."""
     patient_id = identity.patient.patient_id
-    claimed = {"patient_id": patient_id, "patient_name": identity.patient.name,
-               "study_instance_uid": header_value(decoded.xray.metadata, "StudyInstanceUID")
-               or identity.fields.study_instance_uid,
-               "accession_number": header_value(decoded.xray.metadata, "AccessionNumber")
-               or identity.fields.accession_number}
+    claimed = {
+        "patient_id": patient_id,
+        "patient_name": identity.patient.name,
+        "study_instance_uid": header_value(decoded.xray.metadata, "StudyInstanceUID")
+        or identity.fields.study_instance_uid,
+        "accession_number": header_value(decoded.xray.metadata, "AccessionNumber")
+        or identity.fields.accession_number,
+    }
     stored: list[str] = []
     try:
         with transaction.atomic():
-            conflict = (UploadConflict.objects.select_for_update()
-                        .filter(sha256=decoded.sha256, claimed_patient_id=patient_id).first())
+            conflict = (
+                UploadConflict.objects.select_for_update()
+                .filter(sha256=decoded.sha256, claimed_patient_id=patient_id)
+                .first()
+            )
             if conflict is None:
-                conflict = _conflict_build(kind, decoded=decoded, existing=existing,
-                                           identity=identity, claimed=claimed, stored=stored)
+                conflict = _conflict_build(
+                    kind,
+                    decoded=decoded,
+                    existing=existing,
+                    identity=identity,
+                    claimed=claimed,
+                    stored=stored,
+                )
                 conflict.save()
             else:
                 conflict.attempts = F("attempts") + 1
                 conflict.save(update_fields=["attempts"])
-            audit_record(actor=identity.uploaded_by, action="image.upload_conflict",
-                         obj=conflict, ip_address=identity.ip_address,
-                         detail={"kind": kind, "existing_image": existing.pk,
-                                 "filename": decoded.filename, "sha256": decoded.sha256})
+            audit_record(
+                actor=identity.uploaded_by,
+                action="image.upload_conflict",
+                obj=conflict,
+                ip_address=identity.ip_address,
+                detail={
+                    "kind": kind,
+                    "existing_image": existing.pk,
+                    "filename": decoded.filename,
+                    "sha256": decoded.sha256,
+                },
+            )
     except BaseException:
         files_delete(stored)
         raise
     log.warning("Upload conflict #%s (%s) with image %s", conflict.pk, kind, existing.pk)
     return UploadConflictError(conflict.message, conflict=conflict)
 
-def _conflict_build(kind: str, *, decoded: Decoded, existing: Image, identity: Identity,
-                    claimed: dict[str, Any], stored: list[str]) -> UploadConflict:
+
+def _conflict_build(
+    kind: str,
+    *,
+    decoded: Decoded,
+    existing: Image,
+    identity: Identity,
+    claimed: dict[str, Any],
+    stored: list[str],
+) -> UploadConflict:
     conflict = UploadConflict(
-        kind=kind, original_filename=(decoded.filename or "")[:255], sha256=decoded.sha256,
-        sop_instance_uid=decoded.sop_uid[:64], claimed_patient_id=claimed["patient_id"],
-        claimed_fields=claimed, existing_image=existing,
+        kind=kind,
+        original_filename=(decoded.filename or "")[:255],
+        sha256=decoded.sha256,
+        sop_instance_uid=decoded.sop_uid[:64],
+        claimed_patient_id=claimed["patient_id"],
+        claimed_fields=claimed,
+        existing_image=existing,
         uploaded_by=identity.uploaded_by
-        if getattr(identity.uploaded_by, "is_authenticated", False) else None,
+        if getattr(identity.uploaded_by, "is_authenticated", False)
+        else None,
         ip_address=identity.ip_address,
     )
     ext = {"dicom": "dcm", "png": "png", "jpeg": "jpg"}[decoded.xray.source_format]
@@ -146,16 +197,23 @@ def _conflict_build(kind: str, *, decoded: Decoded, existing: Image, identity: I
     stored.append(conflict.file.name)
     # The id is only known after the insert; the message names it so the uploader can quote it.
     conflict.save()
-    reason = _CONFLICT_MESSAGES[kind].format(uid=decoded.sop_uid,
-                                             patient=claimed["patient_id"])
-    conflict.message = (f"Refused: {reason} The file was not added to any study; it is kept "
-                        f"for review as upload conflict #{conflict.pk}. Ask an administrator "
-                        "to check which patient it belongs to.")
+    reason = _CONFLICT_MESSAGES[kind].format(uid=decoded.sop_uid, patient=claimed["patient_id"])
+    conflict.message = (
+        f"Refused: {reason} The file was not added to any study; it is kept "
+        f"for review as upload conflict #{conflict.pk}. Ask an administrator "
+        "to check which patient it belongs to."
+    )
     return conflict
 
+
 def duplicate(image: Image, *, uploaded_by: Any, ip_address: str | None) -> UploadResult:
-    audit_record(actor=uploaded_by, action="image.upload_duplicate", patient=image.study.patient,
-                 study=image.study, obj=image, ip_address=ip_address)
+    audit_record(
+        actor=uploaded_by,
+        action="image.upload_duplicate",
+        patient=image.study.patient,
+        study=image.study,
+        obj=image,
+        ip_address=ip_address,
+    )
     message = "This image was already uploaded; the stored copy and its analyses are returned."
-    return UploadResult(image=image, analyses=list(image.analyses.all()), created=False,
-                        warnings=[message])
+    return UploadResult(image=image, analyses=list(image.analyses.all()), created=False, warnings=[message])

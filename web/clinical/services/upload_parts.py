@@ -35,6 +35,7 @@ class UploadRejected(Exception):
         super().__init__(message)
         self.status_code = status_code
 
+
 @dataclass(frozen=True)
 class UploadFields:
     """Patient/study fields from the form. For DICOM the header wins where it has a value."""
@@ -51,12 +52,14 @@ class UploadFields:
     description: str = ""
     priority: int = Study.Priority.ROUTINE
 
+
 @dataclass
 class UploadResult:
     image: Image
     analyses: list[Analysis]
     created: bool
     warnings: list[str] = field(default_factory=list)
+
 
 @dataclass(frozen=True)
 class Decoded:
@@ -68,12 +71,14 @@ class Decoded:
     sha256: str
     sop_uid: str
 
+
 @dataclass(frozen=True)
 class PatientValues:
     patient_id: str
     name: str
     birth_date: dt.date | None
     sex: str
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -88,6 +93,7 @@ class Plan:
     accession: str
     recognition: dict[str, Any]
 
+
 def upload_decode(data: bytes, filename: str) -> Decoded:
     try:
         xray = validate_radiograph(load_xray(data, max_pixels=settings.RADTRIAGE_MAX_PIXELS))
@@ -97,19 +103,27 @@ def upload_decode(data: bytes, filename: str) -> Decoded:
     sop_uid = header_value(xray.metadata, "SOPInstanceUID") or _uid_from(sha256)
     return Decoded(filename=filename, data=data, xray=xray, sha256=sha256, sop_uid=sop_uid)
 
+
 def upload_plan(decoded: Decoded, fields: UploadFields, conditions: list[str] | None) -> Plan:
     meta = decoded.xray.metadata
     recognition = _recognise(decoded.xray)
     body_part, warnings = _body_part_resolve(
         header=normalise_body_part(header_value(meta, "BodyPartExamined")),
-        chosen=normalise_body_part(fields.body_part), recognition=recognition)
+        chosen=normalise_body_part(fields.body_part),
+        recognition=recognition,
+    )
     codes, condition_warnings = conditions_resolve(conditions, body_part=body_part)
-    return Plan(decoded=decoded, body_part=body_part, codes=codes,
-                 warnings=warnings + condition_warnings,
-                 patient=patient_values(decoded.xray, fields),
-                 study_uid=header_value(meta, "StudyInstanceUID") or fields.study_instance_uid.strip(),
-                 accession=header_value(meta, "AccessionNumber") or fields.accession_number.strip(),
-                 recognition=recognition)
+    return Plan(
+        decoded=decoded,
+        body_part=body_part,
+        codes=codes,
+        warnings=warnings + condition_warnings,
+        patient=patient_values(decoded.xray, fields),
+        study_uid=header_value(meta, "StudyInstanceUID") or fields.study_instance_uid.strip(),
+        accession=header_value(meta, "AccessionNumber") or fields.accession_number.strip(),
+        recognition=recognition,
+    )
+
 
 def _recognise(xray: XRay) -> dict[str, Any]:
     """What the image recogniser sees ({} if it cannot run: the analyses then say so)."""
@@ -120,39 +134,52 @@ def _recognise(xray: XRay) -> dict[str, Any]:
     except RadTriageError as exc:
         log.error("The image recogniser could not run at upload: %s", exc)
         return {}
-    return {"region": seen.region, "population": seen.population,
-            "region_confidence": round(float(seen.region_confidence), 4),
-            "age_group": seen.age_group, "description": seen_as(seen)}
+    return {
+        "region": seen.region,
+        "population": seen.population,
+        "region_confidence": round(float(seen.region_confidence), 4),
+        "age_group": seen.age_group,
+        "description": seen_as(seen),
+    }
 
-def _body_part_resolve(*, header: str, chosen: str,
-                       recognition: dict[str, Any]) -> tuple[str, list[str]]:
+
+def _body_part_resolve(*, header: str, chosen: str, recognition: dict[str, Any]) -> tuple[str, list[str]]:
     """The DICOM header decides; else the uploader's choice; else the recognised region.
     A recogniser that disagrees with the header or the choice is said, not followed."""
     seen = recognition.get("region") or ""
     given = header or chosen
     if given:
         source = "the DICOM header says" if header else "the upload says"
-        if seen in REGION_BODY_PART and region_of_body_part(given) not in ("", seen) and not (
-                seen == "knee" and region_of_body_part(given) == "limb"):
-            return given, [f"The image recogniser sees {recognition['description']}, but "
-                           f"{source} body part {given}; {given} was followed."]
+        if (
+            seen in REGION_BODY_PART
+            and region_of_body_part(given) not in ("", seen)
+            and not (seen == "knee" and region_of_body_part(given) == "limb")
+        ):
+            return given, [
+                f"The image recogniser sees {recognition['description']}, but "
+                f"{source} body part {given}; {given} was followed."
+            ]
         return given, []
     if seen in REGION_BODY_PART:
-        return REGION_BODY_PART[seen], [f"Body part recognised from the image: "
-                                        f"{recognition['description']}."]
+        return REGION_BODY_PART[seen], [f"Body part recognised from the image: {recognition['description']}."]
     return "", []
 
-def conditions_resolve(conditions: list[str] | None, *,
-                        body_part: str) -> tuple[list[str], list[str]]:
+
+def conditions_resolve(conditions: list[str] | None, *, body_part: str) -> tuple[list[str], list[str]]:
     """The conditions to run: those asked for, each of which must apply to the body part, or
     (None) all that apply to it."""
     if conditions is None:
         codes = conditions_for_body_part(body_part)
         if not codes:
-            what = (f"body part '{body_part}'" if body_part else
-                    "an image not recognised as a chest, knee or limb radiograph")
-            return [], [f"No RadTriage model applies to {what}: the image was stored without "
-                        "AI analysis. Choose a body part to analyse it anyway."]
+            what = (
+                f"body part '{body_part}'"
+                if body_part
+                else "an image not recognised as a chest, knee or limb radiograph"
+            )
+            return [], [
+                f"No RadTriage model applies to {what}: the image was stored without "
+                "AI analysis. Choose a body part to analyse it anyway."
+            ]
         return codes, []
     codes = []
     for code in conditions:
@@ -170,9 +197,10 @@ def conditions_resolve(conditions: list[str] | None, *,
         codes.append(condition.code)
     return list(dict.fromkeys(codes)), []
 
+
 def upload_detail(plan: Plan) -> dict[str, Any]:
-    return {"filename": plan.decoded.filename, "sha256": plan.decoded.sha256,
-            "conditions": plan.codes}
+    return {"filename": plan.decoded.filename, "sha256": plan.decoded.sha256, "conditions": plan.codes}
+
 
 @dataclass
 class BulkUploadItem:
@@ -183,9 +211,11 @@ class BulkUploadItem:
     error: str = ""
     status_code: int = 201
 
+
 def header_value(meta: dict[str, Any], key: str) -> str:
     value = meta.get(key)
     return str(value).strip() if value not in (None, "") else ""
+
 
 def _uid_from(sha256: str) -> str:
     from pydicom.uid import generate_uid
@@ -193,11 +223,13 @@ def _uid_from(sha256: str) -> str:
     # Deterministic, so the same PNG/JPEG always maps to the same instance UID.
     return str(generate_uid(entropy_srcs=[sha256]))
 
+
 def _dicom_date(value: str) -> dt.date | None:
     try:
         return dt.datetime.strptime(value[:8], "%Y%m%d").date() if value else None
     except ValueError:
         return None
+
 
 def patient_values(xray: XRay, fields: UploadFields) -> PatientValues:
     meta = xray.metadata
@@ -205,8 +237,9 @@ def patient_values(xray: XRay, fields: UploadFields) -> PatientValues:
     if not patient_id:
         raise UploadRejected(
             "The patient ID (MRN) is missing: the DICOM header has no PatientID and the form "
-            "gave no patient_id." if xray.source_format == "dicom" else
-            "The patient ID (MRN) is required for PNG/JPEG uploads: fill in patient_id."
+            "gave no patient_id."
+            if xray.source_format == "dicom"
+            else "The patient ID (MRN) is required for PNG/JPEG uploads: fill in patient_id."
         )
     if len(patient_id) > 64:
         raise UploadRejected("The patient ID is longer than 64 characters.")
@@ -218,6 +251,7 @@ def patient_values(xray: XRay, fields: UploadFields) -> PatientValues:
         sex=sex if sex in {"M", "F", "O"} else "",
     )
 
+
 def patient_resolve(values: PatientValues) -> Patient:
     patient, created = Patient.objects.get_or_create(
         patient_id=values.patient_id,
@@ -226,6 +260,7 @@ def patient_resolve(values: PatientValues) -> Patient:
     if not created:
         _patient_fill_gaps(patient, values)
     return patient
+
 
 def _patient_fill_gaps(patient: Patient, values: PatientValues) -> None:
     """An existing record is never overwritten by an upload; only its empty fields are filled."""
@@ -238,33 +273,41 @@ def _patient_fill_gaps(patient: Patient, values: PatientValues) -> None:
     if changed:
         patient.save()
 
+
 def patients_resolve_many(values: list[PatientValues]) -> dict[str, Patient]:
     """patient_id -> Patient, creating the missing ones in one insert. A concurrent upload
     creating the same patient raises IntegrityError (the caller falls back)."""
     by_id = {v.patient_id: v for v in values}
-    patients = {p.patient_id: p for p in Patient.objects.select_for_update()
-                .filter(patient_id__in=list(by_id))}
+    patients = {
+        p.patient_id: p for p in Patient.objects.select_for_update().filter(patient_id__in=list(by_id))
+    }
     for patient_id, patient in patients.items():
         _patient_fill_gaps(patient, by_id[patient_id])
-    new = [Patient(patient_id=v.patient_id, name=v.name, birth_date=v.birth_date, sex=v.sex)
-           for v in by_id.values() if v.patient_id not in patients]
+    new = [
+        Patient(patient_id=v.patient_id, name=v.name, birth_date=v.birth_date, sex=v.sex)
+        for v in by_id.values()
+        if v.patient_id not in patients
+    ]
     Patient.objects.bulk_create(new)
     patients.update({p.patient_id: p for p in new})
     return patients
+
 
 def study_resolve(plan: Plan, fields: UploadFields, *, patient: Patient) -> Study:
     study: Study | None = None
     if plan.study_uid:
         study = Study.objects.select_for_update().filter(study_instance_uid=plan.study_uid).first()
     elif plan.accession:
-        study = (Study.objects.select_for_update()
-                 .filter(patient=patient, accession_number=plan.accession).first())
+        study = (
+            Study.objects.select_for_update().filter(patient=patient, accession_number=plan.accession).first()
+        )
     if study is not None:
         _study_join(study, patient=patient, fields=fields)
         return study
     study = _study_build(plan, fields, patient=patient)
     study.save()
     return study
+
 
 def _study_join(study: Study, *, patient: Patient, fields: UploadFields) -> None:
     """An upload joins an existing study: it must be the same patient's; a more urgent upload
@@ -273,23 +316,26 @@ def _study_join(study: Study, *, patient: Patient, fields: UploadFields) -> None
         raise UploadRejected(
             f"Study {study.study_instance_uid} belongs to another patient "
             f"({study.patient.patient_id}), not {patient.patient_id}: check the file's "
-            "PatientID / StudyInstanceUID.", status_code=409,
+            "PatientID / StudyInstanceUID.",
+            status_code=409,
         )
     if fields.priority < study.priority:
         study.priority = fields.priority
         study.save(update_fields=["priority", "updated_at"])
 
+
 def _study_build(plan: Plan, fields: UploadFields, *, patient: Patient) -> Study:
     meta, xray = plan.decoded.xray.metadata, plan.decoded.xray
     return Study(
         patient=patient,
-        study_instance_uid=plan.study_uid or _uid_from(
-            f"study:{patient.patient_id}:{timezone.now()}"),
+        study_instance_uid=plan.study_uid or _uid_from(f"study:{patient.patient_id}:{timezone.now()}"),
         accession_number=plan.accession[:64],
-        study_date=_dicom_date(header_value(meta, "StudyDate")) or fields.study_date
-        or timezone.localdate(),
-        modality=(header_value(meta, "Modality") or fields.modality or
-                  ("DX" if xray.source_format == "dicom" else "OT"))[:16],
+        study_date=_dicom_date(header_value(meta, "StudyDate")) or fields.study_date or timezone.localdate(),
+        modality=(
+            header_value(meta, "Modality")
+            or fields.modality
+            or ("DX" if xray.source_format == "dicom" else "OT")
+        )[:16],
         body_part=plan.body_part[:64],
         description=(header_value(meta, "StudyDescription") or fields.description)[:200],
         priority=fields.priority,
@@ -297,14 +343,22 @@ def _study_build(plan: Plan, fields: UploadFields, *, patient: Patient) -> Study
         status=Study.Status.ANALYSING if plan.codes else Study.Status.RECEIVED,
     )
 
-def studies_resolve_many(plans: dict[int, Plan], *, fields: UploadFields,
-                          patients: dict[str, Patient],
-                          items: dict[int, BulkUploadItem]) -> dict[int, Study]:
+
+def studies_resolve_many(
+    plans: dict[int, Plan],
+    *,
+    fields: UploadFields,
+    patients: dict[str, Patient],
+    items: dict[int, BulkUploadItem],
+) -> dict[int, Study]:
     """index -> the study each new image joins (new studies in one insert). A file whose
     study belongs to another patient is refused in `items` and left out."""
-    studies = {s.study_instance_uid: s for s in Study.objects.select_for_update()
-               .select_related("patient")
-               .filter(study_instance_uid__in=[p.study_uid for p in plans.values()])}
+    studies = {
+        s.study_instance_uid: s
+        for s in Study.objects.select_for_update()
+        .select_related("patient")
+        .filter(study_instance_uid__in=[p.study_uid for p in plans.values()])
+    }
     placed: dict[int, Study] = {}
     new: list[Study] = []
     for index, plan in plans.items():
@@ -317,12 +371,14 @@ def studies_resolve_many(plans: dict[int, Plan], *, fields: UploadFields,
             try:
                 _study_join(study, patient=patient, fields=fields)
             except UploadRejected as exc:
-                items[index] = BulkUploadItem(plan.decoded.filename, error=str(exc),
-                                              status_code=exc.status_code)
+                items[index] = BulkUploadItem(
+                    plan.decoded.filename, error=str(exc), status_code=exc.status_code
+                )
                 continue
         placed[index] = study
     Study.objects.bulk_create(new)
     return placed
+
 
 def image_build(plan: Plan, *, study: Study, uploaded_by: Any, stored: list[str]) -> Image:
     """An unsaved Image whose file and thumbnail are already written (names added to
@@ -347,7 +403,6 @@ def image_build(plan: Plan, *, study: Study, uploaded_by: Any, stored: list[str]
     )
     image.file.save(f"{decoded.sop_uid}.{ext}", ContentFile(decoded.data), save=False)
     stored.append(image.file.name)
-    image.thumbnail.save(f"{decoded.sha256[:16]}.jpg",
-                         ContentFile(thumbnail_jpeg(xray.pixels)), save=False)
+    image.thumbnail.save(f"{decoded.sha256[:16]}.jpg", ContentFile(thumbnail_jpeg(xray.pixels)), save=False)
     stored.append(image.thumbnail.name)
     return image

@@ -64,12 +64,20 @@ def image_upload(
     and no file is left behind. dispatch=False: the caller sends the jobs (images_upload_many).
     """
     decoded = upload_decode(data, filename)
-    identity = Identity(patient=patient_values(decoded.xray, fields), fields=fields,
-                         uploaded_by=uploaded_by, ip_address=ip_address)
+    identity = Identity(
+        patient=patient_values(decoded.xray, fields),
+        fields=fields,
+        uploaded_by=uploaded_by,
+        ip_address=ip_address,
+    )
     existing = stored_copy(decoded, identity)
     if existing is not None:
-        return _resume(duplicate(existing, uploaded_by=uploaded_by, ip_address=ip_address),
-                       conditions=conditions, queue=queue, uploaded_by=uploaded_by)
+        return _resume(
+            duplicate(existing, uploaded_by=uploaded_by, ip_address=ip_address),
+            conditions=conditions,
+            queue=queue,
+            uploaded_by=uploaded_by,
+        )
     plan = upload_plan(decoded, fields, conditions)
     stored: list[str] = []
     try:
@@ -79,32 +87,46 @@ def image_upload(
             image = image_build(plan, study=study, uploaded_by=uploaded_by, stored=stored)
             image.save()
             analyses = [
-                analysis_enqueue(image=image, condition=code, queue=queue, created_by=uploaded_by,
-                                 dispatch=dispatch)
+                analysis_enqueue(
+                    image=image, condition=code, queue=queue, created_by=uploaded_by, dispatch=dispatch
+                )
                 for code in plan.codes
             ]
-            audit_record(actor=uploaded_by, action="image.upload", patient=patient, study=study,
-                         obj=image, ip_address=ip_address, detail=upload_detail(plan))
+            audit_record(
+                actor=uploaded_by,
+                action="image.upload",
+                patient=patient,
+                study=study,
+                obj=image,
+                ip_address=ip_address,
+                detail=upload_detail(plan),
+            )
     except IntegrityError:
         # Lost a race with an identical upload (unique SOPInstanceUID/sha256): that one wins.
         files_delete(stored)
         existing = stored_copy(decoded, identity)
         if existing is None:
             raise
-        return _resume(duplicate(existing, uploaded_by=uploaded_by, ip_address=ip_address),
-                       conditions=conditions, queue=queue, uploaded_by=uploaded_by)
+        return _resume(
+            duplicate(existing, uploaded_by=uploaded_by, ip_address=ip_address),
+            conditions=conditions,
+            queue=queue,
+            uploaded_by=uploaded_by,
+        )
     except BaseException:
         files_delete(stored)
         raise
     return UploadResult(image=image, analyses=analyses, created=True, warnings=plan.warnings)
+
 
 # A queued job older than this whose image is sent again has probably lost its message (web
 # process killed before it sent it, broker restarted): send it again. Younger ones are in flight.
 RESEND_WAITING_AFTER = dt.timedelta(seconds=30)
 
 
-def _resume(result: UploadResult, *, conditions: list[str] | None, queue: str,
-            uploaded_by: Any) -> UploadResult:
+def _resume(
+    result: UploadResult, *, conditions: list[str] | None, queue: str, uploaded_by: Any
+) -> UploadResult:
     """A file sent again: the conditions it asks for that never ran are added, and its jobs
     still waiting are sent again. Nothing is lost; running a job twice is harmless (the first
     result stands), so this errs on the side of sending."""
@@ -112,16 +134,23 @@ def _resume(result: UploadResult, *, conditions: list[str] | None, queue: str,
     codes, _ = conditions_resolve(conditions, body_part=image.study.body_part)
     have = {a.condition for a in result.analyses}
     with transaction.atomic():
-        added = [analysis_enqueue(image=image, condition=code, queue=queue,
-                                  created_by=uploaded_by, dispatch=False)
-                 for code in codes if code not in have]
+        added = [
+            analysis_enqueue(image=image, condition=code, queue=queue, created_by=uploaded_by, dispatch=False)
+            for code in codes
+            if code not in have
+        ]
     stale = timezone.now() - RESEND_WAITING_AFTER
-    resend = [a.pk for a in result.analyses if a.state == Analysis.State.QUEUED
-              and (a.enqueued_at is None or a.enqueued_at < stale)]
+    resend = [
+        a.pk
+        for a in result.analyses
+        if a.state == Analysis.State.QUEUED and (a.enqueued_at is None or a.enqueued_at < stale)
+    ]
     if added or resend:
         analyses_dispatch(analysis_ids=[a.pk for a in added] + resend, queue=queue)
-        result.warnings.append(f"{len(added)} missing analysis(es) added and {len(resend)} "
-                               "waiting one(s) sent to the workers again.")
+        result.warnings.append(
+            f"{len(added)} missing analysis(es) added and {len(resend)} "
+            "waiting one(s) sent to the workers again."
+        )
     result.analyses.extend(added)
     return result
 
@@ -158,8 +187,7 @@ def images_upload_many(
         try:
             plan = upload_plan(decoded, fields, conditions)
         except UploadRejected as exc:
-            items[index] = BulkUploadItem(decoded.filename, error=str(exc),
-                                          status_code=exc.status_code)
+            items[index] = BulkUploadItem(decoded.filename, error=str(exc), status_code=exc.status_code)
             continue
         if plan.study_uid:
             plans[index] = plan
@@ -167,22 +195,30 @@ def images_upload_many(
             one_by_one.append(index)
     try:
         try:
-            items.update(_images_store_many(plans, fields=fields, queue=queue,
-                                            uploaded_by=uploaded_by, ip_address=ip_address))
+            items.update(
+                _images_store_many(
+                    plans, fields=fields, queue=queue, uploaded_by=uploaded_by, ip_address=ip_address
+                )
+            )
         except IntegrityError:
             log.info("A concurrent upload overlapped a bulk upload; storing its files one by one")
             one_by_one.extend(plans)
         for index in sorted(one_by_one):
-            items[index] = _upload_one_of_many(files[index], fields=fields,
-                                               conditions=conditions, queue=queue,
-                                               uploaded_by=uploaded_by, ip_address=ip_address)
+            items[index] = _upload_one_of_many(
+                files[index],
+                fields=fields,
+                conditions=conditions,
+                queue=queue,
+                uploaded_by=uploaded_by,
+                ip_address=ip_address,
+            )
     finally:
         # Also after a crash half-way: what was committed is sent now, not at the next sweep.
         _dispatch_new(list(items.values()), queue=queue)
     return [items[i] for i in range(len(files))]
 
-def _decode_each(files: Sequence[tuple[str, bytes]],
-                 items: dict[int, BulkUploadItem]) -> dict[int, Decoded]:
+
+def _decode_each(files: Sequence[tuple[str, bytes]], items: dict[int, BulkUploadItem]) -> dict[int, Decoded]:
     """Decode every file: index -> the readable ones; a refused one gets its item now."""
     readable: dict[int, Decoded] = {}
     for index, (filename, data) in enumerate(files):
@@ -192,16 +228,19 @@ def _decode_each(files: Sequence[tuple[str, bytes]],
             items[index] = BulkUploadItem(filename, error=str(exc), status_code=exc.status_code)
     return readable
 
+
 def _images_find_many(decoded: list[Decoded]) -> dict[str, int]:
     """sha256 and SOPInstanceUID of the stored images among these -> image id."""
     if not decoded:
         return {}
-    rows = Image.objects.filter(Q(sha256__in=[d.sha256 for d in decoded])
-                                | Q(sop_instance_uid__in=[d.sop_uid for d in decoded]))
+    rows = Image.objects.filter(
+        Q(sha256__in=[d.sha256 for d in decoded]) | Q(sop_instance_uid__in=[d.sop_uid for d in decoded])
+    )
     known: dict[str, int] = {}
     for pk, sha256, sop_uid in rows.values_list("pk", "sha256", "sop_instance_uid"):
         known[sha256] = known[sop_uid] = pk
     return known
+
 
 def _upload_one_of_many(file: tuple[str, bytes], **kwargs: Any) -> BulkUploadItem:
     filename, data = file
@@ -211,8 +250,10 @@ def _upload_one_of_many(file: tuple[str, bytes], **kwargs: Any) -> BulkUploadIte
         return BulkUploadItem(filename, error=str(exc), status_code=exc.status_code)
     return BulkUploadItem(filename, result=result, status_code=201 if result.created else 200)
 
-def _images_store_many(plans: dict[int, Plan], *, fields: UploadFields, queue: str,
-                       uploaded_by: Any, ip_address: str | None) -> dict[int, BulkUploadItem]:
+
+def _images_store_many(
+    plans: dict[int, Plan], *, fields: UploadFields, queue: str, uploaded_by: Any, ip_address: str | None
+) -> dict[int, BulkUploadItem]:
     """The new images of a bulk upload in one transaction, with bulk inserts."""
     if not plans:
         return {}
@@ -222,18 +263,34 @@ def _images_store_many(plans: dict[int, Plan], *, fields: UploadFields, queue: s
         with transaction.atomic():
             patients = patients_resolve_many([p.patient for p in plans.values()])
             placed = studies_resolve_many(plans, fields=fields, patients=patients, items=items)
-            images = {i: image_build(plans[i], study=study, uploaded_by=uploaded_by,
-                                      stored=stored) for i, study in placed.items()}
+            images = {
+                i: image_build(plans[i], study=study, uploaded_by=uploaded_by, stored=stored)
+                for i, study in placed.items()
+            }
             Image.objects.bulk_create(images.values())
-            analyses = {i: [analysis_build(image=image, condition=code, queue=queue,
-                                            created_by=uploaded_by) for code in plans[i].codes]
-                        for i, image in images.items()}
+            analyses = {
+                i: [
+                    analysis_build(image=image, condition=code, queue=queue, created_by=uploaded_by)
+                    for code in plans[i].codes
+                ]
+                for i, image in images.items()
+            }
             Analysis.objects.bulk_create([a for group in analyses.values() for a in group])
             studies_mark_analysing([images[i].study for i, group in analyses.items() if group])
-            AuditEvent.objects.bulk_create([
-                audit_event(actor=uploaded_by, action="image.upload", patient=image.study.patient,
-                            study=image.study, obj=image, ip_address=ip_address,
-                            detail=upload_detail(plans[i])) for i, image in images.items()])
+            AuditEvent.objects.bulk_create(
+                [
+                    audit_event(
+                        actor=uploaded_by,
+                        action="image.upload",
+                        patient=image.study.patient,
+                        study=image.study,
+                        obj=image,
+                        ip_address=ip_address,
+                        detail=upload_detail(plans[i]),
+                    )
+                    for i, image in images.items()
+                ]
+            )
             for group in analyses.values():
                 for analysis in group:
                     analysis_event_publish(analysis=analysis, event="queued")
@@ -241,9 +298,13 @@ def _images_store_many(plans: dict[int, Plan], *, fields: UploadFields, queue: s
         files_delete(stored)
         raise
     for i, image in images.items():
-        items[i] = BulkUploadItem(plans[i].decoded.filename, status_code=201, result=UploadResult(
-            image=image, analyses=analyses[i], created=True, warnings=plans[i].warnings))
+        items[i] = BulkUploadItem(
+            plans[i].decoded.filename,
+            status_code=201,
+            result=UploadResult(image=image, analyses=analyses[i], created=True, warnings=plans[i].warnings),
+        )
     return items
+
 
 def _dispatch_new(items: Any, *, queue: str) -> None:
     """Send the new analyses once they are committed (at once, or when the caller's own

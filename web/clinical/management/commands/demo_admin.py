@@ -15,8 +15,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--username", default="admin")
-        parser.add_argument("--credentials-file", default=str(settings.BASE_DIR / "var" /
-                                                              "demo-admin.txt"))
+        parser.add_argument("--credentials-file", default=str(settings.BASE_DIR / "var" / "demo-admin.txt"))
 
     def handle(self, *args, username: str, credentials_file: str, **options) -> None:
         path = Path(credentials_file)

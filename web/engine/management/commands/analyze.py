@@ -22,23 +22,31 @@ from core.errors import RadTriageError
 
 
 class Command(BaseCommand):
-    help = ("Analyse X-rays (DICOM, PNG or JPEG) for a condition in one model call; print JSON "
-            "(--jsonl: a line per file); write the overlay of a single file with --out.")
+    help = (
+        "Analyse X-rays (DICOM, PNG or JPEG) for a condition in one model call; print JSON "
+        "(--jsonl: a line per file); write the overlay of a single file with --out."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("files", type=Path, nargs="+", metavar="FILE")
         parser.add_argument("--condition", required=True, choices=sorted(CONDITIONS))
-        parser.add_argument("--model", dest="model_id", default=None,
-                            help="a registry model id (default: the condition's active model)")
-        parser.add_argument("--jsonl", action="store_true",
-                            help="one JSON object per line, per file")
-        parser.add_argument("--out", type=Path, default=None,
-                            help="overlay PNG to write (a single file only)")
-        parser.add_argument("--alpha", type=float, default=0.4,
-                            help="heat-map intensity 0..1 (default 0.4)")
+        parser.add_argument(
+            "--model",
+            dest="model_id",
+            default=None,
+            help="a registry model id (default: the condition's active model)",
+        )
+        parser.add_argument("--jsonl", action="store_true", help="one JSON object per line, per file")
+        parser.add_argument(
+            "--out", type=Path, default=None, help="overlay PNG to write (a single file only)"
+        )
+        parser.add_argument("--alpha", type=float, default=0.4, help="heat-map intensity 0..1 (default 0.4)")
         parser.add_argument("--registry", type=Path, default=None)
-        parser.add_argument("--ignore-body-part", action="store_true",
-                            help="run even if the DICOM body part does not fit the condition")
+        parser.add_argument(
+            "--ignore-body-part",
+            action="store_true",
+            help="run even if the DICOM body part does not fit the condition",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         files: list[Path] = options["files"]
@@ -57,8 +65,9 @@ class Command(BaseCommand):
         if not analysed:
             sys.exit(2)
 
-    def _read(self, files: list[Path], options: dict[str, Any]
-              ) -> tuple[dict[int, Any], dict[int, dict[str, Any]]]:
+    def _read(
+        self, files: list[Path], options: dict[str, Any]
+    ) -> tuple[dict[int, Any], dict[int, dict[str, Any]]]:
         """index -> decoded X-ray for the readable files; results holds each refusal."""
         from core.analysis import check_body_part
         from core.imaging import load_xray, validate_radiograph
@@ -67,8 +76,7 @@ class Command(BaseCommand):
         results: dict[int, dict[str, Any]] = {}
         for index, path in enumerate(files):
             try:
-                xray = validate_radiograph(
-                    load_xray(path, max_pixels=settings.RADTRIAGE_MAX_PIXELS))
+                xray = validate_radiograph(load_xray(path, max_pixels=settings.RADTRIAGE_MAX_PIXELS))
                 if not options["ignore_body_part"]:
                     check_body_part(xray, condition=options["condition"])
             except (RadTriageError, OSError) as exc:
@@ -77,8 +85,9 @@ class Command(BaseCommand):
             readable[index] = xray
         return readable, results
 
-    def _analyse(self, readable: dict[int, Any], results: dict[int, dict[str, Any]],
-                 options: dict[str, Any]) -> None:
+    def _analyse(
+        self, readable: dict[int, Any], results: dict[int, dict[str, Any]], options: dict[str, Any]
+    ) -> None:
         from core.analysis import analyze_xrays
         from core.model_manager import get_manager
         from core.overlay import render_overlay, save_png
@@ -86,9 +95,13 @@ class Command(BaseCommand):
         files: list[Path] = options["files"]
         try:
             manager = get_manager(options["registry"] or settings.RADTRIAGE_REGISTRY)
-            outcomes = analyze_xrays(list(readable.values()), condition=options["condition"],
-                                     manager=manager, model_id=options["model_id"],
-                                     allow_body_part_mismatch=True)
+            outcomes = analyze_xrays(
+                list(readable.values()),
+                condition=options["condition"],
+                manager=manager,
+                model_id=options["model_id"],
+                allow_body_part_mismatch=True,
+            )
         except RadTriageError as exc:  # unknown model, unreadable registry: the same for all
             for index in readable:
                 results[index] = self._refused(files[index], exc)
@@ -96,16 +109,18 @@ class Command(BaseCommand):
         for (index, xray), outcome in zip(readable.items(), outcomes, strict=True):
             result = {"file": str(files[index]), **outcome.to_dict()}
             if options["out"] is not None:
-                save_png(options["out"], render_overlay(xray.pixels, outcome.heatmap,
-                                                        alpha=options["alpha"]))
+                save_png(options["out"], render_overlay(xray.pixels, outcome.heatmap, alpha=options["alpha"]))
                 result["overlay"] = str(options["out"])
             for warning in outcome.warnings:
                 self.stderr.write(f"WARNING: {files[index]}: {warning}")
             results[index] = result
 
     def _refused(self, path: Path, exc: Exception) -> dict[str, Any]:
-        message = str(exc) if isinstance(exc, RadTriageError) else (
-            f"{path} could not be read ({exc.strerror or exc}).")
+        message = (
+            str(exc)
+            if isinstance(exc, RadTriageError)
+            else (f"{path} could not be read ({exc.strerror or exc}).")
+        )
         self.stderr.write(f"error: {path}: {message}")
         return {"file": str(path), "error": message, "positive": False, "applicable": None}
 

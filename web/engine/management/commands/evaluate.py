@@ -13,20 +13,24 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 
 class Command(BaseCommand):
-    help = ("Evaluate a registered model: --model ID or --active CONDITION, on --data DIR laid "
-            "out like ../shared/data/<condition> (<split>/<negative|positive>/). --table prints "
-            "the seed paper's Table 1 for the registered models.")
+    help = (
+        "Evaluate a registered model: --model ID or --active CONDITION, on --data DIR laid "
+        "out like ../shared/data/<condition> (<split>/<negative|positive>/). --table prints "
+        "the seed paper's Table 1 for the registered models."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         which = parser.add_mutually_exclusive_group()
         which.add_argument("--model", default=None, help="registered model id")
-        which.add_argument("--active", default=None, metavar="CONDITION",
-                           help="the active model of this condition")
+        which.add_argument(
+            "--active", default=None, metavar="CONDITION", help="the active model of this condition"
+        )
         parser.add_argument("--data", default=None)
         parser.add_argument("--split", default="test")
         parser.add_argument("--json", default=None, metavar="OUT", help="write the report here")
-        parser.add_argument("--plots", default=None, metavar="DIR",
-                            help="write roc.png, reliability.png, confusion.png here")
+        parser.add_argument(
+            "--plots", default=None, metavar="DIR", help="write roc.png, reliability.png, confusion.png here"
+        )
         parser.add_argument("--n-boot", type=int, default=1000)
         parser.add_argument("--registry", default=str(settings.RADTRIAGE_REGISTRY))
         parser.add_argument("--table", action="store_true")
@@ -41,12 +45,15 @@ class Command(BaseCommand):
             self.stdout.write(active_table(o["registry"]))
             return
         if not (o["model"] or o["active"]) or not o["data"]:
-            raise CommandError("give --model MODEL_ID or --active CONDITION, and --data DIR "
-                               "(or --table)")
+            raise CommandError("give --model MODEL_ID or --active CONDITION, and --data DIR (or --table)")
         try:
             report = evaluate_registered_model(
-                registry_path=o["registry"], data=o["data"], model_id=o["model"],
-                condition=o["active"], split=o["split"], n_boot=o["n_boot"],
+                registry_path=o["registry"],
+                data=o["data"],
+                model_id=o["model"],
+                condition=o["active"],
+                split=o["split"],
+                n_boot=o["n_boot"],
                 plots_dir=o["plots"],
             )
         except (RadTriageError, RuntimeError, FileNotFoundError, ValueError) as exc:
@@ -58,12 +65,12 @@ class Command(BaseCommand):
         warn = "  [EXPERIMENTAL]" if report["experimental"] else ""
         self.stdout.write(
             f"{report['model_id']}{warn} on {report['split']} (n={report['n']}, "
-            f"threshold {report['threshold']:.4f}):")
+            f"threshold {report['threshold']:.4f}):"
+        )
         for name in ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1"):
             lo, hi = report[f"{name}_ci95"]
             v = report[name]
-            self.stdout.write(f"  {name:12s} {v if v is not None else 'n/a'}  "
-                              f"95% CI [{lo}, {hi}]")
+            self.stdout.write(f"  {name:12s} {v if v is not None else 'n/a'}  95% CI [{lo}, {hi}]")
         self.stdout.write(f"  confusion    {report['confusion']}")
         self.stdout.write(f"  Brier skill  {report['brier_skill']}  ECE {report['ece']:.4f}")
         if not o["json"]:

@@ -16,26 +16,39 @@ DEFAULT_DATA = Path(settings.BASE_DIR).parent / "shared" / "data"
 
 
 class Command(BaseCommand):
-    help = ("Fit the population check of registered models on their data set's train split "
-            "(cut-off on val, pass rates reported on test, own and other populations').")
+    help = (
+        "Fit the population check of registered models on their data set's train split "
+        "(cut-off on val, pass rates reported on test, own and other populations')."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         which = parser.add_mutually_exclusive_group(required=True)
-        which.add_argument("--model", action="append", default=None, metavar="ID",
-                           help="registered model id (repeatable)")
+        which.add_argument(
+            "--model", action="append", default=None, metavar="ID", help="registered model id (repeatable)"
+        )
         which.add_argument("--active", action="store_true", help="every active model")
-        parser.add_argument("--data-root", default=str(DEFAULT_DATA),
-                            help="folder holding <condition>/<split>/<negative|positive>/")
+        parser.add_argument(
+            "--data-root",
+            default=str(DEFAULT_DATA),
+            help="folder holding <condition>/<split>/<negative|positive>/",
+        )
         parser.add_argument("--registry", default=str(settings.RADTRIAGE_REGISTRY))
         parser.add_argument("--max-train", type=int, default=3000)
         parser.add_argument("--max-other-val", type=int, default=300)
-        parser.add_argument("--max-other-test", type=int, default=None,
-                            help="a seeded random subset of each other population's test images")
+        parser.add_argument(
+            "--max-other-test",
+            type=int,
+            default=None,
+            help="a seeded random subset of each other population's test images",
+        )
         parser.add_argument("--pass-rate", type=float, default=0.97)
         parser.add_argument("--margin", type=float, default=0.015)
         parser.add_argument("--cache-dir", default=str(Path(settings.BASE_DIR) / "var" / "cache"))
-        parser.add_argument("--dry-run", action="store_true",
-                            help="report only: write neither population.npz nor the registry")
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="report only: write neither population.npz nor the registry",
+        )
         parser.add_argument("--json", default=None, metavar="OUT", help="write the reports here")
 
     def handle(self, *args: Any, **o: Any) -> None:
@@ -50,26 +63,36 @@ class Command(BaseCommand):
             registry = Registry.load(o["registry"])
         except RadTriageError as exc:
             raise CommandError(str(exc)) from exc
-        model_ids = (sorted(set(registry.active_models.values())) if o["active"]
-                     else o["model"])
+        model_ids = sorted(set(registry.active_models.values())) if o["active"] else o["model"]
         reports = []
         for model_id in model_ids:
             self.stdout.write(f"fitting population of {model_id} ...")
             try:
-                reports.append(fit_population_for_model(
-                    model_id, o["registry"], o["data_root"], max_train=o["max_train"],
-                    max_other_val=o["max_other_val"], max_other_test=o["max_other_test"],
-                    pass_rate=o["pass_rate"],
-                    margin=o["margin"], cache_dir=o["cache_dir"], write=not o["dry_run"],
-                    progress=self.stdout.write))
+                reports.append(
+                    fit_population_for_model(
+                        model_id,
+                        o["registry"],
+                        o["data_root"],
+                        max_train=o["max_train"],
+                        max_other_val=o["max_other_val"],
+                        max_other_test=o["max_other_test"],
+                        pass_rate=o["pass_rate"],
+                        margin=o["margin"],
+                        cache_dir=o["cache_dir"],
+                        write=not o["dry_run"],
+                        progress=self.stdout.write,
+                    )
+                )
             except (RadTriageError, FileNotFoundError, ValueError) as exc:
                 raise CommandError(f"{model_id}: {exc}") from exc
         self.stdout.write(format_table(reports))
         for report in reports:
             a = report["applicability"]
             if a["test_pass_rate"] < o["pass_rate"]:
-                self.stderr.write(f"WARNING: {report['model_id']} keeps only "
-                                  f"{a['test_pass_rate']:.1%} of its own test images.")
+                self.stderr.write(
+                    f"WARNING: {report['model_id']} keeps only "
+                    f"{a['test_pass_rate']:.1%} of its own test images."
+                )
         if o["json"]:
             Path(o["json"]).parent.mkdir(parents=True, exist_ok=True)
             Path(o["json"]).write_text(json.dumps(reports, indent=2) + "\n")

@@ -20,12 +20,20 @@ class Command(BaseCommand):
     help = "Create or update RADTRIAGE_REGISTRY from the registry shipped with the code."
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--from", dest="source", type=Path,
-                            default=Path(settings.BASE_DIR) / "registry.json",
-                            help="the shipped registry (default: registry.json in the code)")
-        parser.add_argument("--to", dest="target", type=Path,
-                            default=Path(settings.RADTRIAGE_REGISTRY),
-                            help="the deployment's registry (default: RADTRIAGE_REGISTRY)")
+        parser.add_argument(
+            "--from",
+            dest="source",
+            type=Path,
+            default=Path(settings.BASE_DIR) / "registry.json",
+            help="the shipped registry (default: registry.json in the code)",
+        )
+        parser.add_argument(
+            "--to",
+            dest="target",
+            type=Path,
+            default=Path(settings.RADTRIAGE_REGISTRY),
+            help="the deployment's registry (default: RADTRIAGE_REGISTRY)",
+        )
 
     def handle(self, *args: Any, source: Path, target: Path, **options: Any) -> None:
         if source.resolve() == target.resolve():

@@ -11,18 +11,22 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 
 class Command(BaseCommand):
-    help = ("Train the body-region recogniser (chest child/adult, knee crop/film, limb) on the "
-            "manifest's train split, choose on val, report test; numpy-only at serving.")
+    help = (
+        "Train the body-region recogniser (chest child/adult, knee crop/film, limb) on the "
+        "manifest's train split, choose on val, report test; numpy-only at serving."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         from core.recogniser_training import DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR, DEFAULT_OUT_DIR
 
-        parser.add_argument("--data", default=str(DEFAULT_DATA_DIR),
-                            help="folder with manifest.csv (default ../shared/data)")
+        parser.add_argument(
+            "--data", default=str(DEFAULT_DATA_DIR), help="folder with manifest.csv (default ../shared/data)"
+        )
         parser.add_argument("--out", default=str(DEFAULT_OUT_DIR))
         parser.add_argument("--cache", default=str(DEFAULT_CACHE_DIR))
-        parser.add_argument("--per-class", type=int, default=3000,
-                            help="augmented training samples per class")
+        parser.add_argument(
+            "--per-class", type=int, default=3000, help="augmented training samples per class"
+        )
         parser.add_argument("--seed", type=int, default=0)
 
     def handle(self, *args: Any, **o: Any) -> None:
@@ -31,10 +35,17 @@ class Command(BaseCommand):
         data = Path(o["data"])
         if not (data / "manifest.csv").is_file():
             raise CommandError(f"no manifest.csv in {data}: give --data")
-        report = train_recogniser(data, out_dir=Path(o["out"]), cache_dir=Path(o["cache"]),
-                                  per_class=o["per_class"], seed=o["seed"],
-                                  progress=self.stdout.write)
+        report = train_recogniser(
+            data,
+            out_dir=Path(o["out"]),
+            cache_dir=Path(o["cache"]),
+            per_class=o["per_class"],
+            seed=o["seed"],
+            progress=self.stdout.write,
+        )
         test = report["test"]
-        self.stdout.write(f"test (n={test['n']}): population accuracy "
-                          f"{test['population_accuracy']:.1%}, region accuracy "
-                          f"{test['region_accuracy']:.1%}; card: {Path(o['out']) / 'card.md'}")
+        self.stdout.write(
+            f"test (n={test['n']}): population accuracy "
+            f"{test['population_accuracy']:.1%}, region accuracy "
+            f"{test['region_accuracy']:.1%}; card: {Path(o['out']) / 'card.md'}"
+        )

@@ -1,0 +1,101 @@
+"""Who may do what: three roles (Django groups, created by a migration) and what each may do.
+
+Every page, API endpoint and websocket asks `can(user, Capability.X)`; nothing checks
+`is_staff` or a group name directly, so the rules live here and nowhere else. An account in
+none of the groups sees no patient data. Superusers are admins.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from rest_framework.permissions import BasePermission
+
+
+class Role(enum.StrEnum):
+    TECHNOLOGIST = "technologist"
+    RADIOLOGIST = "radiologist"
+    ADMIN = "admin"
+
+
+class Capability(enum.StrEnum):
+    VIEW_STUDIES = "view_studies"  # worklist, study page, images, results (patient data)
+    UPLOAD = "upload"  # send images, queue their analyses
+    REVIEW = "review"  # claim, annotate, verdicts, re-run, mark reviewed, reports
+    MANAGE = "manage"  # users, models, audit log
+
+
+CAPABILITIES: dict[Role, frozenset[Capability]] = {
+    Role.TECHNOLOGIST: frozenset({Capability.VIEW_STUDIES, Capability.UPLOAD}),
+    Role.RADIOLOGIST: frozenset({Capability.VIEW_STUDIES, Capability.UPLOAD, Capability.REVIEW}),
+    Role.ADMIN: frozenset(Capability),
+}
+
+_CACHE_ATTRIBUTE = "_radtriage_roles"
+
+
+def roles_of(user: Any) -> frozenset[Role]:
+    """The user's roles (cached on the user object for the request)."""
+    if user is None or not user.is_authenticated or not user.is_active:
+        return frozenset()
+    cached = getattr(user, _CACHE_ATTRIBUTE, None)
+    if cached is None:
+        if user.is_superuser:
+            cached = frozenset(Role)
+        else:
+            names = set(user.groups.values_list("name", flat=True))
+            cached = frozenset(role for role in Role if role.value in names)
+        setattr(user, _CACHE_ATTRIBUTE, cached)
+    return cached
+
+
+def can(user: Any, capability: Capability) -> bool:
+    return any(capability in CAPABILITIES[role] for role in roles_of(user))
+
+
+def capabilities_of(user: Any) -> frozenset[Capability]:
+    return frozenset(c for c in Capability if can(user, c))
+
+
+def requires(capability: Capability) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+    """Page views: anonymous -> login page; logged in without the capability -> 403."""
+
+    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @wraps(view)
+        def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if not request.user.is_authenticated:
+                return redirect_to_login(request.get_full_path())
+            if not can(request.user, capability):
+                raise PermissionDenied(f"Your account may not {capability.value.replace('_', ' ')}.")
+            return view(request, *args, **kwargs)
+
+        checked.required_capability = capability  # type: ignore[attr-defined]
+        return checked
+
+    return decorate
+
+
+class _Requires(BasePermission):
+    capability: Capability = Capability.VIEW_STUDIES
+
+    def has_permission(self, request: Any, view: Any) -> bool:
+        return can(request.user, self.capability)
+
+
+def api_requires(capability: Capability) -> type[BasePermission]:
+    """DRF permission class: `permission_classes = [api_requires(Capability.REVIEW)]`.
+    Anonymous -> 401, logged in without the capability -> 403."""
+    return type(
+        f"Requires{capability.name.title().replace('_', '')}",
+        (_Requires,),
+        {"capability": capability, "message": f"Your account may not {capability.value.replace('_', ' ')}."},
+    )
+
+
+CanViewStudies = api_requires(Capability.VIEW_STUDIES)  # the API's default (settings)
