@@ -210,6 +210,11 @@ class BulkUploadItem:
     result: UploadResult | None = None
     error: str = ""
     status_code: int = 201
+    rejection: UploadRejected | None = None  # the refusal itself (a conflict carries its id)
+
+    @classmethod
+    def refused(cls, filename: str, exc: UploadRejected) -> BulkUploadItem:
+        return cls(filename, error=str(exc), status_code=exc.status_code, rejection=exc)
 
 
 def header_value(meta: dict[str, Any], key: str) -> str:
@@ -222,6 +227,12 @@ def _uid_from(sha256: str) -> str:
 
     # Deterministic, so the same PNG/JPEG always maps to the same instance UID.
     return str(generate_uid(entropy_srcs=[sha256]))
+
+
+def _new_uid() -> str:
+    from pydicom.uid import generate_uid
+
+    return str(generate_uid())
 
 
 def _dicom_date(value: str) -> dt.date | None:
@@ -250,16 +261,6 @@ def patient_values(xray: XRay, fields: UploadFields) -> PatientValues:
         birth_date=_dicom_date(header_value(meta, "PatientBirthDate")) or fields.birth_date,
         sex=sex if sex in {"M", "F", "O"} else "",
     )
-
-
-def patient_resolve(values: PatientValues) -> Patient:
-    patient, created = Patient.objects.get_or_create(
-        patient_id=values.patient_id,
-        defaults={"name": values.name, "birth_date": values.birth_date, "sex": values.sex},
-    )
-    if not created:
-        _patient_fill_gaps(patient, values)
-    return patient
 
 
 def _patient_fill_gaps(patient: Patient, values: PatientValues) -> None:
@@ -293,32 +294,19 @@ def patients_resolve_many(values: list[PatientValues]) -> dict[str, Patient]:
     return patients
 
 
-def study_resolve(plan: Plan, fields: UploadFields, *, patient: Patient) -> Study:
-    study: Study | None = None
-    if plan.study_uid:
-        study = Study.objects.select_for_update().filter(study_instance_uid=plan.study_uid).first()
-    elif plan.accession:
-        study = (
-            Study.objects.select_for_update().filter(patient=patient, accession_number=plan.accession).first()
-        )
-    if study is not None:
-        _study_join(study, patient=patient, fields=fields)
-        return study
-    study = _study_build(plan, fields, patient=patient)
-    study.save()
-    return study
-
-
-def _study_join(study: Study, *, patient: Patient, fields: UploadFields) -> None:
-    """An upload joins an existing study: it must be the same patient's; a more urgent upload
-    escalates the study's priority."""
-    if study.patient_id != patient.pk:
+def _study_owner_check(study: Study, plan: Plan) -> None:
+    """An upload may join an existing study only if it is the same patient's."""
+    if study.patient.patient_id != plan.patient.patient_id:
         raise UploadRejected(
             f"Study {study.study_instance_uid} belongs to another patient "
-            f"({study.patient.patient_id}), not {patient.patient_id}: check the file's "
+            f"({study.patient.patient_id}), not {plan.patient.patient_id}: check the file's "
             "PatientID / StudyInstanceUID.",
             status_code=409,
         )
+
+
+def _study_escalate(study: Study, fields: UploadFields) -> None:
+    """A more urgent upload joining a study raises the study's priority (never lowers it)."""
     if fields.priority < study.priority:
         study.priority = fields.priority
         study.save(update_fields=["priority", "updated_at"])
@@ -328,7 +316,7 @@ def _study_build(plan: Plan, fields: UploadFields, *, patient: Patient) -> Study
     meta, xray = plan.decoded.xray.metadata, plan.decoded.xray
     return Study(
         patient=patient,
-        study_instance_uid=plan.study_uid or _uid_from(f"study:{patient.patient_id}:{timezone.now()}"),
+        study_instance_uid=plan.study_uid or _new_uid(),
         accession_number=plan.accession[:64],
         study_date=_dicom_date(header_value(meta, "StudyDate")) or fields.study_date or timezone.localdate(),
         modality=(
@@ -347,37 +335,70 @@ def _study_build(plan: Plan, fields: UploadFields, *, patient: Patient) -> Study
 def studies_resolve_many(
     plans: dict[int, Plan],
     *,
-    fields: UploadFields,
-    patients: dict[str, Patient],
+    fields: dict[int, UploadFields],
     items: dict[int, BulkUploadItem],
 ) -> dict[int, Study]:
-    """index -> the study each new image joins (new studies in one insert). A file whose
-    study belongs to another patient is refused in `items` and left out."""
-    studies = {
-        s.study_instance_uid: s
-        for s in Study.objects.select_for_update()
-        .select_related("patient")
-        .filter(study_instance_uid__in=[p.study_uid for p in plans.values()])
-    }
+    """index -> the study each new image joins: by StudyInstanceUID, else by the patient's
+    accession number, else a study of its own. New patients and studies go in with one insert
+    each. A file whose study belongs to another patient is refused in `items` and left out
+    before anything is written for it."""
+    studies = _studies_existing(plans)
+    accepted: dict[int, Plan] = {}
+    for index, plan in plans.items():
+        study = studies.get(_study_key(index, plan))
+        try:
+            if study is not None:
+                _study_owner_check(study, plan)
+        except UploadRejected as exc:
+            items[index] = BulkUploadItem.refused(plan.decoded.filename, exc)
+            continue
+        accepted[index] = plan
+    patients = patients_resolve_many([p.patient for p in accepted.values()])
     placed: dict[int, Study] = {}
     new: list[Study] = []
-    for index, plan in plans.items():
-        patient = patients[plan.patient.patient_id]
-        study = studies.get(plan.study_uid)
+    for index, plan in accepted.items():
+        key = _study_key(index, plan)
+        study = studies.get(key)
         if study is None:
-            study = studies[plan.study_uid] = _study_build(plan, fields, patient=patient)
+            patient = patients[plan.patient.patient_id]
+            study = studies[key] = _study_build(plan, fields[index], patient=patient)
             new.append(study)
-        else:
-            try:
-                _study_join(study, patient=patient, fields=fields)
-            except UploadRejected as exc:
-                items[index] = BulkUploadItem(
-                    plan.decoded.filename, error=str(exc), status_code=exc.status_code
-                )
-                continue
+        elif study.pk is not None:
+            _study_escalate(study, fields[index])
         placed[index] = study
     Study.objects.bulk_create(new)
     return placed
+
+
+def _study_key(index: int, plan: Plan) -> str:
+    if plan.study_uid:
+        return f"uid:{plan.study_uid}"
+    if plan.accession:
+        return f"accession:{plan.patient.patient_id}:{plan.accession}"
+    return f"own:{index}"
+
+
+def _studies_existing(plans: dict[int, Plan]) -> dict[str, Study]:
+    """The stored studies these plans join, locked, by _study_key."""
+    found: dict[str, Study] = {}
+    uids = [p.study_uid for p in plans.values() if p.study_uid]
+    for study in (
+        Study.objects.select_for_update().select_related("patient").filter(study_instance_uid__in=uids)
+    ):
+        found[f"uid:{study.study_instance_uid}"] = study
+    accessions = {
+        (p.patient.patient_id, p.accession) for p in plans.values() if p.accession and not p.study_uid
+    }
+    for patient_id, accession in accessions:  # rare (PNG/JPEG with an accession number)
+        study = (
+            Study.objects.select_for_update()
+            .select_related("patient")
+            .filter(patient__patient_id=patient_id, accession_number=accession)
+            .first()
+        )
+        if study is not None:
+            found[f"accession:{patient_id}:{accession}"] = study
+    return found
 
 
 def image_build(plan: Plan, *, study: Study, uploaded_by: Any, stored: list[str]) -> Image:
