@@ -45,9 +45,12 @@ CLASS_WORDS = {
 class RecognitionLike(Protocol):
     """What this module needs of core.recognition.Recognition."""
 
-    region: str
-    population: str
-    age_group: str | None
+    @property
+    def region(self) -> str: ...
+    @property
+    def population(self) -> str: ...
+    @property
+    def age_group(self) -> str | None: ...
 
     def describe(self) -> str: ...
 

@@ -142,6 +142,7 @@ class ModelManager:
         registry = self.registry()
         if model_id is not None:
             entry: ModelEntry | None = registry.entry(model_id)
+            assert entry is not None
             if condition is not None and entry.condition != condition:
                 raise RegistryError(f"Model '{model_id}' is for {entry.condition}, not {condition}.")
         else:

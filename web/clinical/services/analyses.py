@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -265,7 +266,7 @@ def _analyses_complete(results: list[tuple[Analysis, dict[str, Any], str]]) -> l
         for claimed, outcome, heatmap_name in results:
             analysis = rows.get(claimed.pk)
             if analysis is None or analysis.state == Analysis.State.SUCCEEDED:
-                transaction.on_commit(lambda n=heatmap_name: files_delete([n]))
+                transaction.on_commit(partial(files_delete, [heatmap_name]))
                 done.extend([analysis] if analysis is not None else [])
                 continue
             old_files.extend(n for n in (analysis.heatmap_raw.name,) if n)
@@ -421,5 +422,5 @@ def analyses_requeue_stuck(*, queued_after: float, running_after: float) -> list
         for analysis_id, queue in requeued:
             by_queue.setdefault(queue, []).append(analysis_id)
         for queue, ids in by_queue.items():
-            transaction.on_commit(lambda q=queue, i=ids: analyses_dispatch(analysis_ids=i, queue=q))
+            transaction.on_commit(partial(analyses_dispatch, analysis_ids=ids, queue=queue))
     return [analysis_id for analysis_id, _ in requeued]

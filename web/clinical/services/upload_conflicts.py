@@ -197,7 +197,9 @@ def _conflict_build(
     stored.append(conflict.file.name)
     # The id is only known after the insert; the message names it so the uploader can quote it.
     conflict.save()
-    reason = _CONFLICT_MESSAGES[kind].format(uid=decoded.sop_uid, patient=claimed["patient_id"])
+    reason = _CONFLICT_MESSAGES[UploadConflict.Kind(kind)].format(
+        uid=decoded.sop_uid, patient=claimed["patient_id"]
+    )
     conflict.message = (
         f"Refused: {reason} The file was not added to any study; it is kept "
         f"for review as upload conflict #{conflict.pk}. Ask an administrator "

@@ -390,14 +390,14 @@ def _studies_existing(plans: dict[int, Plan]) -> dict[str, Study]:
         (p.patient.patient_id, p.accession) for p in plans.values() if p.accession and not p.study_uid
     }
     for patient_id, accession in accessions:  # rare (PNG/JPEG with an accession number)
-        study = (
+        joined = (
             Study.objects.select_for_update()
             .select_related("patient")
             .filter(patient__patient_id=patient_id, accession_number=accession)
             .first()
         )
-        if study is not None:
-            found[f"accession:{patient_id}:{accession}"] = study
+        if joined is not None:
+            found[f"accession:{patient_id}:{accession}"] = joined
     return found
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -316,4 +317,4 @@ def _dispatch_new(items: list[BulkUploadItem], *, queue: str) -> None:
             for analysis in item.result.analyses:
                 new_ids.setdefault(analysis.condition, []).append(analysis.pk)
     for ids in new_ids.values():
-        transaction.on_commit(lambda i=ids: analyses_dispatch(analysis_ids=i, queue=queue))
+        transaction.on_commit(partial(analyses_dispatch, analysis_ids=ids, queue=queue))

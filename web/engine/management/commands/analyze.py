@@ -119,7 +119,7 @@ class Command(BaseCommand):
         message = (
             str(exc)
             if isinstance(exc, RadTriageError)
-            else (f"{path} could not be read ({exc.strerror or exc}).")
+            else (f"{path} could not be read ({getattr(exc, 'strerror', None) or exc}).")
         )
         self.stderr.write(f"error: {path}: {message}")
         return {"file": str(path), "error": message, "positive": False, "applicable": None}
