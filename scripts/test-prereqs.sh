@@ -35,6 +35,11 @@ redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null || { say "Redis is not answering 
 # The fault tests start throwaway redis-server processes of their own (never touching 6379).
 command -v redis-server >/dev/null || { say "installing redis-server (fault tests)"; apt_install redis-server; }
 
+# pdftotext / pdftoppm (poppler-utils): the report tests read the PDFs back as a person would.
+if ! command -v pdftotext >/dev/null || ! command -v pdftoppm >/dev/null; then
+  say "installing poppler-utils (report PDF checks)"; apt_install poppler-utils
+fi
+
 # docker-compose.yml is validated with `docker compose config` or Debian's docker-compose.
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
   apt_install docker-compose || say "could not install docker-compose: the compose check will skip"

@@ -138,6 +138,9 @@ MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", BASE_DIR / "var" / "media"))
 
 # Engine (core/) configuration: where the registry lives; model paths in it are relative to it.
 RADTRIAGE_REGISTRY = Path(os.environ.get("RADTRIAGE_REGISTRY", BASE_DIR / "registry.json"))
+# The report header (signed PDF reports): the site's name and one address line.
+RADTRIAGE_INSTITUTION_NAME = os.environ.get("RADTRIAGE_INSTITUTION_NAME", "RadTriage radiology department")
+RADTRIAGE_INSTITUTION_ADDRESS = os.environ.get("RADTRIAGE_INSTITUTION_ADDRESS", "")
 RADTRIAGE_MAX_PIXELS = int(os.environ.get("RADTRIAGE_MAX_PIXELS", str(60_000_000)))
 
 LOGGING = {

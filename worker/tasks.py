@@ -22,6 +22,7 @@ from web.clinical.services import (
     analysis_mark_retrying,
 )
 from web.clinical.services.analyses import TASK_ANALYZE, TASK_ANALYZE_BATCH
+from web.clinical.services.reports import TASK_RENDER_REPORT, report_render
 from worker.celery import app
 
 log = logging.getLogger(__name__)
@@ -97,3 +98,20 @@ def sweep_stuck_analyses() -> list[int]:
     return analyses_requeue_stuck(
         queued_after=settings.STUCK_QUEUED_AFTER, running_after=settings.STUCK_RUNNING_AFTER
     )
+
+
+@app.task(
+    name=TASK_RENDER_REPORT,
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    soft_time_limit=120,
+    time_limit=150,
+    max_retries=3,
+)
+def render_report(self, report_id: int) -> None:
+    """Render a report version's PDF (idempotent: a current PDF is left as it is)."""
+    try:
+        report_render(report_id=report_id)
+    except TRANSIENT_ERRORS as exc:
+        raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries)) from None

@@ -2,7 +2,7 @@ from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
-from web.api import errors, views
+from web.api import errors, report_views, views
 
 app_name = "api"
 
@@ -24,5 +24,8 @@ urlpatterns = [
     path("images/<int:pk>/thumbnail/", views.ImageThumbnailView.as_view(), name="image-thumbnail"),
     path("images/<int:pk>/analyses/", views.ImageAnalysesView.as_view(), name="image-analyses"),
     path("annotations/", views.AnnotationCreateView.as_view(), name="annotation-create"),
+    path("studies/<int:pk>/reports/", report_views.StudyReportsView.as_view(), name="study-reports"),
+    path("reports/<int:pk>/sign/", report_views.ReportSignView.as_view(), name="report-sign"),
+    path("reports/<int:pk>/pdf/", report_views.ReportPdfView.as_view(), name="report-pdf"),
     re_path(r"^.*$", errors.api_not_found),
 ]

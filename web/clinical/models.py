@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -323,3 +325,83 @@ class UploadConflict(models.Model):
 
     def __str__(self) -> str:
         return f"conflict #{self.pk}: {self.get_kind_display()}"
+
+
+def report_upload_to(instance: Report, filename: str) -> str:
+    return f"reports/study-{instance.study_id}/{filename}"
+
+
+class Report(models.Model):
+    """One version of a study's report. A draft is edited freely; signing freezes it (text,
+    signer, time and the rendered PDF); any later change is an addendum: a new version that
+    keeps the signed ones untouched."""
+
+    class State(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        SIGNED = "signed", "Signed"
+
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="reports")
+    version = models.PositiveIntegerField()
+    is_addendum = models.BooleanField(default=False)
+    impression = models.TextField(blank=True)
+    state = models.CharField(max_length=8, choices=State.choices, default=State.DRAFT)
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    signed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    signed_at = models.DateTimeField(null=True, blank=True)
+    # The PDF of this version's current text; rendered by a worker (maintenance queue).
+    pdf = models.FileField(upload_to=report_upload_to, max_length=255, blank=True)
+    pdf_sha256 = models.CharField(max_length=64, blank=True)
+    rendered_text_hash = models.CharField(max_length=64, blank=True, help_text="what the PDF shows")
+    render_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["study", "version"]
+        constraints = [
+            models.UniqueConstraint(fields=["study", "version"], name="report_version_unique"),
+            # At most one draft per study: the one being edited.
+            models.UniqueConstraint(
+                fields=["study"], condition=Q(state="draft"), name="report_one_draft_per_study"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Report v{self.version} of study {self.study_id} ({self.state})"
+
+    @property
+    def is_signed(self) -> bool:
+        return self.state == self.State.SIGNED
+
+    # What signing freezes; only the rendering bookkeeping may still change.
+    FROZEN_WHEN_SIGNED = (
+        "impression",
+        "state",
+        "signed_by_id",
+        "signed_at",
+        "version",
+        "is_addendum",
+        "study_id",
+    )
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None:
+            stored = Report.objects.filter(pk=self.pk).values(*self.FROZEN_WHEN_SIGNED).first()
+            if stored and stored["state"] == self.State.SIGNED:
+                changed = [f for f in self.FROZEN_WHEN_SIGNED if stored[f] != getattr(self, f)]
+                if changed:
+                    raise SignedReportChanged(
+                        f"Report version {self.version} is signed and cannot change ({', '.join(changed)})."
+                    )
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        if self.is_signed:
+            raise SignedReportChanged(f"Report version {self.version} is signed and cannot be deleted.")
+        return super().delete(*args, **kwargs)
+
+
+class SignedReportChanged(Exception):
+    """A signed report version was about to change: never allowed (write an addendum)."""

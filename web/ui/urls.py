@@ -14,4 +14,5 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", views.worklist, name="worklist"),
     path("studies/<int:study_id>/", views.study_page, name="study"),
+    path("studies/<int:study_id>/report/", views.report_page, name="report"),
 ]

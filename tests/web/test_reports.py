@@ -1,0 +1,178 @@
+"""Study reports: drafted and signed through the API and the page, rendered by WeasyPrint;
+the PDF read back as a person would (pdftotext, pdftoppm), on PostgreSQL, with the tiny real
+Keras model's results."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import Group
+from django.core.management import call_command
+
+from tests.web.fixtures import dicom_bytes, upload
+from web.clinical.models import Analysis, Annotation, AuditEvent, Report, SignedReportChanged, Study
+
+pytestmark = pytest.mark.slow
+
+OUTPUT = Path(
+    os.environ.get("RADTRIAGE_TEST_OUTPUT", Path(__file__).resolve().parents[2] / "var" / "test-output")
+)
+
+
+def pdf_text(path: Path) -> str:
+    return subprocess.run(["pdftotext", str(path), "-"], check=True, capture_output=True, text=True).stdout
+
+
+def keep_pages(path: Path, name: str) -> list[Path]:
+    """PNG pages of the PDF, kept in the test output for a look."""
+    folder = OUTPUT / "reports"
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["pdftoppm", "-r", "60", "-png", str(path), str(folder / name)], check=True)
+    shutil.copy(path, folder / f"{name}.pdf")
+    return sorted(folder.glob(f"{name}-*.png"))
+
+
+@pytest.fixture()
+def reviewed_study(api, radiologist, private_redis, broker_switch, tiny_registry, settings) -> Study:
+    """A chest DICOM analysed for pneumonia (tiny real model) and cardiomegaly (placeholder),
+    with the radiologist's verdict on pneumonia and a rectangle drawn on the image."""
+    from web.clinical.services import analyses_run
+
+    radiologist.groups.add(Group.objects.get(name="radiologist"))
+    broker_switch(f"redis://127.0.0.1:{private_redis[1]}/0")  # jobs parked; run here instead
+    settings.RADTRIAGE_REGISTRY = tiny_registry
+    response = upload(
+        api,
+        dicom_bytes(patient_id="MRN-REPORT-1", patient_name="Report^Rita"),
+        conditions="pneumonia,cardiomegaly",
+    )
+    assert response.status_code == 201, response.content
+    image_id = response.json()["image"]["id"]
+    analyses_run(analysis_ids=list(Analysis.objects.filter(image_id=image_id).values_list("pk", flat=True)))
+    pneumonia = Analysis.objects.get(image_id=image_id, condition="pneumonia")
+    assert pneumonia.state == "succeeded" and pneumonia.heatmap_raw
+    Annotation.objects.create(
+        image_id=image_id, author=radiologist, analysis=pneumonia, verdict="disagree", note="Normal lungs"
+    )
+    Annotation.objects.create(
+        image_id=image_id, author=radiologist, shapes=[{"type": "rect", "points": [[0.2, 0.2], [0.5, 0.6]]}]
+    )
+    return pneumonia.image.study
+
+
+def test_a_signed_report_pdf_holds_what_the_radiologist_signed(api, reviewed_study, tmp_path) -> None:
+    study = reviewed_study
+    pneumonia = Analysis.objects.get(image__study=study, condition="pneumonia")
+
+    draft = api.post(
+        f"/api/studies/{study.pk}/reports/",
+        {"impression": "No consolidation. Heart size normal."},
+        format="json",
+    )
+    assert draft.status_code == 200, draft.content
+    signed = api.post(f"/api/reports/{draft.json()['id']}/sign/")
+    assert signed.status_code == 200 and signed.json()["state"] == "signed"
+    pdf = api.get(signed.json()["pdf_url"])
+
+    assert pdf.status_code == 200 and pdf["content-type"] == "application/pdf"
+    path = tmp_path / "report.pdf"
+    path.write_bytes(b"".join(pdf.streaming_content))
+    text = " ".join(pdf_text(path).split())
+    assert "MRN-REPORT-1" in text and "Report^Rita" in text
+    assert "No consolidation. Heart size normal." in text
+    # Each cell is read back (pdftotext gives a table's cells in reading order, not by row).
+    assert f"Pneumonia {pneumonia.probability:.2f}" in text and f"{pneumonia.threshold:.2f}" in text
+    assert f"pneumonia-tiny-test (sha256 {pneumonia.model_sha256[:12]})" in text
+    assert "Disagree (dr.house): Normal lungs" in text
+    assert "Cardiomegaly - " in text and "No AI result" in text  # the placeholder: no probability
+    assert "PLACEHOLDER MODEL: NO DIAGNOSTIC VALUE" in text
+    assert "Signed by dr.house on" in text
+    assert "AI output supports and does not replace the radiologist's reading" in text
+    assert "DRAFT" not in text
+    pages = keep_pages(path, f"signed-study-{study.pk}")
+    assert pages and all(p.stat().st_size > 5_000 for p in pages)
+    study.refresh_from_db()
+    assert study.status == Study.Status.REPORTED
+    assert AuditEvent.objects.filter(action="report.sign", study=study).count() == 1
+
+
+def test_a_signed_report_cannot_change_and_a_later_change_is_an_addendum(
+    api, reviewed_study, tmp_path
+) -> None:
+    study = reviewed_study
+    first = api.post(f"/api/studies/{study.pk}/reports/", {"impression": "Original reading."}, format="json")
+    api.post(f"/api/reports/{first.json()['id']}/sign/")
+
+    again = api.post(f"/api/reports/{first.json()['id']}/sign/")
+    assert again.status_code == 409 and "already signed" in again.json()["error"]
+    report = Report.objects.get(pk=first.json()["id"])
+    report.impression = "Tampered."
+    with pytest.raises(SignedReportChanged):
+        report.save()
+    with pytest.raises(SignedReportChanged):
+        Report.objects.get(pk=report.pk).delete()
+
+    addendum = api.post(
+        f"/api/studies/{study.pk}/reports/", {"impression": "Addendum: see CT."}, format="json"
+    )
+    assert addendum.json()["version"] == 2 and addendum.json()["is_addendum"] is True
+    api.post(f"/api/reports/{addendum.json()['id']}/sign/")
+
+    versions = api.get(f"/api/studies/{study.pk}/reports/").json()
+    assert [(v["version"], v["state"], v["impression"]) for v in versions] == [
+        (1, "signed", "Original reading."),
+        (2, "signed", "Addendum: see CT."),
+    ]
+    out = tmp_path / "addendum.pdf"
+    call_command("report", str(study.pk), "--out", str(out))
+    text = " ".join(pdf_text(out).split())
+    assert "addendum (version 2)" in text and "Original reading." in text and "Addendum: see CT." in text
+    keep_pages(out, f"addendum-study-{study.pk}")
+
+
+def test_a_draft_pdf_says_draft_and_only_radiologists_write_reports(
+    api, reviewed_study, django_user_model, tmp_path
+) -> None:
+    from rest_framework.test import APIClient
+
+    study = reviewed_study
+    draft = api.post(f"/api/studies/{study.pk}/reports/", {"impression": "Working notes."}, format="json")
+    out = tmp_path / "draft.pdf"
+    call_command("report", str(study.pk), "--out", str(out))
+    assert "DRAFT, NOT SIGNED" in pdf_text(out)
+
+    technologist = django_user_model.objects.create_user("tech.tina", password="pw")
+    technologist.groups.add(Group.objects.get(name="technologist"))
+    client = APIClient()
+    client.force_login(technologist)
+    assert (
+        client.post(f"/api/studies/{study.pk}/reports/", {"impression": "x"}, format="json").status_code
+        == 403
+    )
+    assert client.post(f"/api/reports/{draft.json()['id']}/sign/").status_code == 403
+    assert client.get(f"/api/reports/{draft.json()['id']}/pdf/").status_code == 404  # drafts stay private
+    assert Report.objects.get(pk=draft.json()["id"]).impression == "Working notes."
+
+
+def test_report_command_says_clearly_when_there_is_nothing_to_render(db, tmp_path) -> None:
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="no study 999"):
+        call_command("report", "999", "--out", str(tmp_path / "x.pdf"))
+
+
+def test_the_render_job_stores_the_pdf_once_and_a_new_draft_replaces_it(api, reviewed_study) -> None:
+    from web.clinical.services.reports import report_render
+
+    draft = api.post(f"/api/studies/{reviewed_study.pk}/reports/", {"impression": "v1 text"}, format="json")
+    first = report_render(report_id=draft.json()["id"])
+    again = report_render(report_id=draft.json()["id"])
+    assert first.pdf.name == again.pdf.name and first.pdf_sha256 == again.pdf_sha256
+
+    api.post(f"/api/studies/{reviewed_study.pk}/reports/", {"impression": "v1 text, edited"}, format="json")
+    edited = report_render(report_id=draft.json()["id"])
+    assert edited.pdf.name != first.pdf.name and not Path(first.pdf.path).exists()

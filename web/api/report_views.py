@@ -1,0 +1,142 @@
+"""Study reports over the API: list and draft (radiologists), sign, download the PDF."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import FileResponse
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from web.access import Capability, api_requires, can
+from web.clinical.models import Report, Study
+from web.clinical.services.reports import (
+    MAX_IMPRESSION_CHARS,
+    ReportError,
+    report_draft_save,
+    report_pdf_for_download,
+    report_pdf_is_current,
+    report_sign,
+)
+
+
+class ReportSerializer(serializers.ModelSerializer):
+    author = serializers.CharField(source="author.get_username", read_only=True)
+    signed_by = serializers.SerializerMethodField()
+    pdf_ready = serializers.SerializerMethodField()
+    pdf_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Report
+        fields = [
+            "id",
+            "study",
+            "version",
+            "is_addendum",
+            "state",
+            "impression",
+            "author",
+            "signed_by",
+            "signed_at",
+            "pdf_ready",
+            "pdf_sha256",
+            "pdf_url",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+    def get_signed_by(self, report: Report) -> str:
+        return report.signed_by.get_username() if report.signed_by else ""
+
+    def get_pdf_ready(self, report: Report) -> bool:
+        return report_pdf_is_current(report)
+
+    def get_pdf_url(self, report: Report) -> str:
+        return f"/api/reports/{report.pk}/pdf/"
+
+
+class DraftSerializer(serializers.Serializer):
+    impression = serializers.CharField(
+        allow_blank=True, max_length=MAX_IMPRESSION_CHARS, trim_whitespace=False
+    )
+
+
+def _client_ip(request: Any) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def _study(pk: int) -> Study:
+    try:
+        return Study.objects.select_related("patient").get(pk=pk)
+    except Study.DoesNotExist:
+        raise NotFound("No such study.") from None
+
+
+def _report(pk: int) -> Report:
+    try:
+        return Report.objects.select_related("study__patient", "author", "signed_by").get(pk=pk)
+    except Report.DoesNotExist:
+        raise NotFound("No such report.") from None
+
+
+class StudyReportsView(APIView):
+    """GET: every version of the study's report, oldest first. POST: save the draft (a new
+    version, an addendum, once one is signed)."""
+
+    def get_permissions(self) -> list[Any]:
+        needed = Capability.REVIEW if self.request.method == "POST" else Capability.VIEW_STUDIES
+        return [api_requires(needed)()]
+
+    @extend_schema(responses={200: ReportSerializer(many=True)}, summary="The study's report versions")
+    def get(self, request: Request, pk: int) -> Response:
+        study = _study(pk)
+        reports = study.reports.select_related("author", "signed_by").order_by("version")
+        return Response(ReportSerializer(reports, many=True).data)
+
+    @extend_schema(request=DraftSerializer, responses={200: ReportSerializer}, summary="Save the draft")
+    def post(self, request: Request, pk: int) -> Response:
+        _study(pk)
+        form = DraftSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        try:
+            report = report_draft_save(
+                study_id=pk,
+                author=request.user,
+                impression=form.validated_data["impression"],
+                ip_address=_client_ip(request),
+            )
+        except ReportError as exc:
+            return Response({"error": str(exc)}, status=exc.status_code)
+        return Response(ReportSerializer(report).data, status=status.HTTP_200_OK)
+
+
+class ReportSignView(APIView):
+    permission_classes = [api_requires(Capability.REVIEW)]
+
+    @extend_schema(request=None, responses={200: ReportSerializer}, summary="Sign a draft (final)")
+    def post(self, request: Request, pk: int) -> Response:
+        _report(pk)
+        try:
+            report = report_sign(report_id=pk, signer=request.user, ip_address=_client_ip(request))
+        except ReportError as exc:
+            return Response({"error": str(exc)}, status=exc.status_code)
+        return Response(ReportSerializer(report).data)
+
+
+class ReportPdfView(APIView):
+    permission_classes = [api_requires(Capability.VIEW_STUDIES)]
+
+    @extend_schema(responses={(200, "application/pdf"): bytes}, summary="The version's PDF")
+    def get(self, request: Request, pk: int) -> FileResponse:
+        report = _report(pk)
+        if not report.is_signed and not can(request.user, Capability.REVIEW):
+            raise NotFound("No such report.")  # drafts are the radiologists' working copy
+        report = report_pdf_for_download(report_id=pk, actor=request.user, ip_address=_client_ip(request))
+        study = report.study
+        name = f"report-{study.accession_number or study.pk}-v{report.version}.pdf"
+        return FileResponse(report.pdf.open("rb"), content_type="application/pdf", filename=name)

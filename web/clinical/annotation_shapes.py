@@ -1,0 +1,58 @@
+"""Drawing the team's annotation shapes onto an image (reports). One shape is a dict:
+{"type": rect | ellipse | arrow | freehand | text, "points": [[x, y], ...], "text": "..."}
+with points in image pixels (or all in [0, 1]: fractions of width and height). Rect, ellipse
+and arrow take two points (corners / from-to); freehand any number; text one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def shape_points(shape: dict[str, Any], *, width: int, height: int) -> list[tuple[int, int]]:
+    raw = shape.get("points")
+    if raw is None and {"x", "y"} <= shape.keys():
+        x, y = float(shape["x"]), float(shape["y"])
+        raw = [[x, y], [x + float(shape.get("w", 0)), y + float(shape.get("h", 0))]]
+    points = [(float(p[0]), float(p[1])) for p in raw or []]
+    if points and all(0.0 <= c <= 1.0 for p in points for c in p):
+        points = [(x * width, y * height) for x, y in points]
+    return [(round(x), round(y)) for x, y in points]
+
+
+def draw_shape(canvas: np.ndarray, shape: dict[str, Any], *, colour: tuple[int, int, int]) -> None:
+    """Draw in place on an RGB uint8 canvas; an unreadable shape is skipped, never fatal."""
+    import cv2
+
+    height, width = canvas.shape[:2]
+    thickness = max(2, round(max(height, width) / 300))
+    kind = str(shape.get("type") or shape.get("kind") or "")
+    try:
+        points = shape_points(shape, width=width, height=height)
+    except (TypeError, ValueError, IndexError):
+        return
+    if not points:
+        return
+    if kind in ("rect", "rectangle") and len(points) >= 2:
+        cv2.rectangle(canvas, points[0], points[1], colour, thickness)
+    elif kind == "ellipse" and len(points) >= 2:
+        (x0, y0), (x1, y1) = points[0], points[1]
+        centre = ((x0 + x1) // 2, (y0 + y1) // 2)
+        axes = (max(1, abs(x1 - x0) // 2), max(1, abs(y1 - y0) // 2))
+        cv2.ellipse(canvas, centre, axes, 0, 0, 360, colour, thickness)
+    elif kind == "arrow" and len(points) >= 2:
+        cv2.arrowedLine(canvas, points[0], points[1], colour, thickness, tipLength=0.2)
+    elif kind == "freehand" and len(points) >= 2:
+        cv2.polylines(canvas, [np.array(points, np.int32)], False, colour, thickness)
+    elif kind in ("text", "note"):
+        scale = max(0.6, max(height, width) / 900)
+        cv2.putText(
+            canvas,
+            str(shape.get("text", ""))[:80],
+            points[0],
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            colour,
+            thickness,
+        )

@@ -1,0 +1,191 @@
+"""A report version as a PDF (WeasyPrint): header, patient and study, each image beside its
+heat-map overlays with the team's annotations drawn on it, the findings table, the impression
+(and the versions signed before an addendum), the signer, and the fixed AI statement."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.template.loader import render_to_string
+
+from core.conditions import get_condition
+from core.wording import NOT_APPLICABLE, PLACEHOLDER
+from web.clinical.models import Analysis, Annotation, Image, Report
+
+AI_STATEMENT = (
+    "AI output supports and does not replace the radiologist's reading. Heat maps show where "
+    "the model looked, not a diagnosis."
+)
+PICTURE_MAX_SIDE = 900  # pixels: sharp in print at the width the page gives a picture
+
+
+@dataclass
+class Finding:
+    image_label: str
+    condition: str
+    probability: str
+    threshold: str
+    ai_result: str  # "Positive" / "Negative", or why there is no AI result
+    warning: str
+    model: str
+    verdicts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Picture:
+    caption: str
+    data_uri: str
+
+
+def report_pdf_bytes(report: Report) -> bytes:
+    from weasyprint import HTML
+
+    return HTML(string=report_html(report)).write_pdf()
+
+
+def report_html(report: Report) -> str:
+    study = report.study
+    images = list(study.images.order_by("created_at", "id").prefetch_related("analyses", "annotations"))
+    earlier = list(
+        study.reports.filter(state=Report.State.SIGNED, version__lt=report.version)
+        .select_related("signed_by")
+        .order_by("version")
+    )
+    context = {
+        "institution": settings.RADTRIAGE_INSTITUTION_NAME,
+        "institution_address": settings.RADTRIAGE_INSTITUTION_ADDRESS,
+        "report": report,
+        "study": study,
+        "patient": study.patient,
+        "earlier": earlier,
+        "figures": [_pictures(index, image) for index, image in enumerate(images, start=1)],
+        "findings": [f for index, image in enumerate(images, start=1) for f in _findings(index, image)],
+        "statement": AI_STATEMENT,
+        "signer": _person(report.signed_by) if report.signed_by else "",
+        "author": _person(report.author),
+    }
+    return render_to_string("clinical/report_pdf.html", context)
+
+
+def _person(user: Any) -> str:
+    full = user.get_full_name() if hasattr(user, "get_full_name") else ""
+    return f"{full} ({user.get_username()})" if full else user.get_username()
+
+
+def _latest_per_condition(image: Image) -> list[Analysis]:
+    latest: dict[str, Analysis] = {}
+    for analysis in image.analyses.all():  # oldest first: a re-run replaces the earlier one
+        if analysis.state == Analysis.State.SUCCEEDED:
+            latest[analysis.condition] = analysis
+    return list(latest.values())
+
+
+def _findings(index: int, image: Image) -> list[Finding]:
+    rows = []
+    for analysis in _latest_per_condition(image):
+        rows.append(
+            Finding(
+                image_label=f"Image {index}",
+                condition=get_condition(analysis.condition).label,
+                probability=_number(None if analysis.is_placeholder else analysis.probability),
+                threshold=_number(None if analysis.is_placeholder else analysis.threshold),
+                ai_result=_ai_result(analysis),
+                warning=_warning(analysis),
+                model=f"{analysis.model_id} (sha256 {analysis.model_sha256[:12] or 'none: no artifact'})",
+                verdicts=_verdicts(image, analysis),
+            )
+        )
+    return rows
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _ai_result(analysis: Analysis) -> str:
+    """Placeholder, not-applicable and experimental outputs never appear as a result."""
+    if analysis.is_placeholder:
+        return "No AI result (placeholder model)"
+    if analysis.applicable is False:
+        return "Outside the model's population"
+    if analysis.experimental:
+        return "Experimental (not a finding)"
+    return "Positive" if analysis.positive else "Negative"
+
+
+def _warning(analysis: Analysis) -> str:
+    if analysis.is_placeholder:
+        return PLACEHOLDER
+    if analysis.applicable is False:
+        return f"{NOT_APPLICABLE} {analysis.not_applicable_reason}".strip()
+    if analysis.experimental:
+        return analysis.experimental_reason or "Experimental model."
+    return ""
+
+
+def _verdicts(image: Image, analysis: Analysis) -> list[str]:
+    said = []
+    for note in image.annotations.all():
+        if note.analysis_id == analysis.pk and note.verdict:
+            comment = f": {note.note}" if note.note else ""
+            said.append(f"{note.get_verdict_display()} ({note.author.get_username()}){comment}")
+    return said
+
+
+def _pictures(index: int, image: Image) -> list[Picture]:
+    """The image with the annotations drawn on it, then one overlay per condition."""
+    from core.imaging import load_xray
+    from core.overlay import render_overlay
+    from web.clinical.selectors import _raw_heatmap
+
+    with image.file.open("rb") as handle:
+        gray = load_xray(handle.read(), max_pixels=settings.RADTRIAGE_MAX_PIXELS).pixels
+    annotations = list(image.annotations.all())
+    pictures = [
+        Picture(
+            f"Image {index}: {image.original_filename or image.sop_instance_uid}"
+            + (f", {len([a for a in annotations if a.shapes])} annotation(s)" if annotations else ""),
+            _data_uri(_fit(_draw_annotations(np.repeat(gray[:, :, None], 3, axis=2), annotations))),
+        )
+    ]
+    for analysis in _latest_per_condition(image):
+        if not analysis.heatmap_raw or analysis.is_placeholder:
+            continue
+        overlay = render_overlay(gray, _raw_heatmap(analysis))
+        label = get_condition(analysis.condition).label
+        pictures.append(Picture(f"Image {index}: {label} heat map", _data_uri(_fit(overlay))))
+    return pictures
+
+
+def _fit(rgb: np.ndarray) -> np.ndarray:
+    import cv2
+
+    height, width = rgb.shape[:2]
+    scale = PICTURE_MAX_SIDE / max(height, width)
+    if scale >= 1:
+        return rgb
+    return cv2.resize(rgb, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+
+
+def _data_uri(rgb: np.ndarray) -> str:
+    from core.overlay import encode_png
+
+    return "data:image/png;base64," + base64.b64encode(encode_png(rgb)).decode()
+
+
+ANNOTATION_COLOUR = (255, 196, 0)  # amber: readable over gray and over the JET colours
+
+
+def _draw_annotations(rgb: np.ndarray, annotations: list[Annotation]) -> np.ndarray:
+    """Draw each shape (web.clinical.annotation_shapes format) in image pixels."""
+    from web.clinical.annotation_shapes import draw_shape
+
+    canvas = np.ascontiguousarray(rgb)
+    for annotation in annotations:
+        for shape in annotation.shapes or []:
+            draw_shape(canvas, shape, colour=ANNOTATION_COLOUR)
+    return canvas

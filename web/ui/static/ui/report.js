@@ -1,0 +1,56 @@
+// Report page: save the draft, sign it (after a confirmation), then reload to show the versions.
+"use strict";
+(function () {
+  const editor = document.getElementById("report-editor");
+  if (!editor || editor.dataset.canEdit !== "1") return;
+  const studyId = editor.dataset.studyId;
+  const message = document.getElementById("report-message");
+  const text = document.getElementById("impression");
+  const signButton = document.getElementById("sign-report");
+
+  function csrfToken() {
+    const match = document.cookie.match(/(?:^|; )csrftoken=([^;]+)/);
+    return match ? decodeURIComponent(match[1]) : "";
+  }
+  async function send(url, body) {
+    const response = await fetch(url, {
+      method: "POST", credentials: "same-origin",
+      headers: {"Content-Type": "application/json", "X-CSRFToken": csrfToken()},
+      body: body === undefined ? "{}" : JSON.stringify(body),
+    });
+    const data = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      const detail = data.error || data.detail || (data.impression && data.impression[0]) || response.statusText;
+      throw new Error(detail);
+    }
+    return data;
+  }
+  function say(words, isError) {
+    message.textContent = words;
+    message.className = isError ? "error" : "ok";
+  }
+  let draftId = null;
+
+  document.getElementById("save-draft").addEventListener("click", async function () {
+    say("Saving…");
+    try {
+      const report = await send("/api/studies/" + studyId + "/reports/", {impression: text.value});
+      draftId = report.id;
+      signButton.disabled = false;
+      say("Draft version " + report.version + " saved.");
+    } catch (error) { say("Not saved: " + error.message, true); }
+  });
+
+  signButton.addEventListener("click", async function () {
+    if (!window.confirm("Sign this report? A signed report cannot be changed; later changes are addenda.")) return;
+    say("Signing…");
+    try {
+      // Sign exactly what is on the screen: save it first.
+      const draft = await send("/api/studies/" + studyId + "/reports/", {impression: text.value});
+      draftId = draft.id;
+      const report = await send("/api/reports/" + draftId + "/sign/");
+      say("Version " + report.version + " signed.");
+      window.location.reload();
+    } catch (error) { say("Not signed: " + error.message, true); }
+  });
+})();
