@@ -39,8 +39,8 @@ POPULATIONS = {  # data folder -> population in words
 
 
 def test_images(data: Path, folder: str, n: int, seed: int) -> list:
-    from core.data import load_samples
     from core.imaging import load_xray
+    from core.training.data import load_samples
 
     samples = [s for s in load_samples(data / folder, splits=["test"])]
     random.Random(seed).shuffle(samples)

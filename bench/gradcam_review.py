@@ -38,14 +38,14 @@ def main() -> None:
     ap.add_argument("--note", default="", help="what a person saw in the montage, for the card")
     args = ap.parse_args()
 
-    from core.training import configure_tensorflow
+    from core.training.model_ops import configure_tensorflow
 
     configure_tensorflow(2, 0)
     from core.calibration import apply_calibration
-    from core.data import load_arrays, samples_from_folder
     from core.gradcam import GradCam
     from core.model_manager import ModelManager
     from core.preprocessing import to_model_input
+    from core.training.data import load_arrays, samples_from_folder
 
     manager = ModelManager(args.registry)
     loaded = manager.get(model_id=args.model_id)
@@ -109,7 +109,7 @@ def main() -> None:
             summary[f"heat_by_third_top_mid_bottom_label{label}"] = [round(t, 2) for t in thirds]
     print(json.dumps({k: v for k, v in summary.items() if k.startswith("heat_by")}))
     if args.annotate:
-        from core.training import annotate_model
+        from core.training.entries import annotate_model
 
         text = (
             f"Grad-CAM ({cam.layer}) on {n} {args.split} images "

@@ -92,7 +92,7 @@ def main() -> None:
     if args.write and not args.choose:
         ap.error("--write needs --choose: the layer written must be chosen on validation")
 
-    from core.training import configure_tensorflow
+    from core.training.model_ops import configure_tensorflow
 
     configure_tensorflow(2, 0)
     import tensorflow as tf
@@ -187,14 +187,14 @@ def has_layer(model: Any, name: str) -> bool:
 
 
 def load_positives(loaded: Any, data: Path, split: str, limit: int) -> Any:
-    from core.data import samples_from_folder
+    from core.training.data import samples_from_folder
 
     samples = samples_from_folder(data / loaded.condition, splits=[split])
     return load_images(loaded, [s.path for s in samples if s.label == 1][:limit])
 
 
 def load_images(loaded: Any, paths: list[Path]) -> np.ndarray:
-    from core.data import decode_resized
+    from core.training.data import decode_resized
 
     return np.stack([decode_resized(p, input_size=loaded.input_size) for p in paths])
 
@@ -234,7 +234,8 @@ def fallback_share(loaded: Any, gray: np.ndarray, layer: str | None) -> dict[str
 def pointing_by_layer(
     loaded: Any, data: Path, boxes_csv: Path, split: str, layers: list[str | None]
 ) -> dict[str, Any]:
-    from core.localisation import centre_baseline, heatmap_peaks, load_boxes, pointing_game
+    from core.localisation import heatmap_peaks
+    from core.training.pointing_game import centre_baseline, load_boxes, pointing_game
 
     boxes = load_boxes(boxes_csv, split=split)
     paths = sorted(boxes)
@@ -330,14 +331,14 @@ def strip(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def summary(row: dict[str, Any]) -> str:
-    from core.localisation import summary as text
+    from core.training.pointing_game import summary as text
 
     return text(row)
 
 
 def write_registry(registry_path: str, model_id: str, report: dict[str, Any]) -> None:
     from core.registry import Registry
-    from core.training import annotate_model
+    from core.training.entries import annotate_model
 
     chosen = report["chosen"]
     test = chosen[report["split"]]

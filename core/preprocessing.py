@@ -2,7 +2,7 @@
 
 uint8 grayscale (H, W) -> float32 RGB (h, w, 3) in [0, 1]: replicate gray to 3 channels,
 resize to the model's input size (INTER_AREA when shrinking, INTER_LINEAR when enlarging),
-divide by 255. Training (core/training.py) uses this same function, so serving and training
+divide by 255. Training (core.training) uses this same function, so serving and training
 cannot drift apart.
 """
 
@@ -24,7 +24,7 @@ def preprocess_gray(pixels: np.ndarray, *, input_size: Sequence[int]) -> np.ndar
 def resize_gray(pixels: np.ndarray, *, input_size: Sequence[int]) -> np.ndarray:
     """uint8 (H, W) -> uint8 (h, w); INTER_AREA when shrinking, INTER_LINEAR when enlarging.
 
-    Training caches these uint8 arrays (core/data.py), so both paths share this one rule.
+    Training caches these uint8 arrays (core/training/data.py), so both paths share this one rule.
     """
     height, width = int(input_size[0]), int(input_size[1])
     if pixels.shape == (height, width):

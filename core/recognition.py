@@ -4,7 +4,7 @@ RadTriage's models each learned one population (children's chests, adults' chest
 joint crops, full knee films, limb films). Before a model's output is shown, the applicability
 check asks this recogniser what the image looks like. It runs in the Django web process, so it
 never imports TensorFlow and never unpickles: the weights are plain arrays in an .npz file
-(written by core.recogniser_training) and the forward pass is a few numpy matrix products.
+(written by core.training.recogniser) and the forward pass is a few numpy matrix products.
 
 Features (computed from a 128x128 area-resized thumbnail, whatever the input's size):
 a per-image standardised 32x32 thumbnail, a 16x16 gradient-magnitude map, a 16-bin intensity
@@ -245,7 +245,7 @@ class Recogniser:
 
     @classmethod
     def load(cls, path: str | Path) -> Recogniser:
-        """Read an .npz written by core.recogniser_training (no pickle).
+        """Read an .npz written by core.training.recogniser (no pickle).
 
         Raises RadTriageError naming the file when it is missing, unreadable or incomplete.
         """

@@ -23,7 +23,6 @@ from core.errors import RegistryError
 SCHEMA_VERSION = 1
 STATUSES = ("validated", "experimental", "retired")
 CALIBRATION_METHODS = ("none", "temperature", "platt")
-DEFAULT_PREPROCESSING: dict[str, Any] = {"color": "rgb", "resize": "bilinear", "scale": "x/255"}
 
 REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
     "id": str,
@@ -74,10 +73,6 @@ class ModelEntry:
     @property
     def gradcam_layer(self) -> str | None:
         return self.raw.get("gradcam_layer")
-
-    @property
-    def preprocessing(self) -> dict[str, Any]:
-        return {**DEFAULT_PREPROCESSING, **(self.raw.get("preprocessing") or {})}
 
     @property
     def calibration(self) -> dict[str, Any]:

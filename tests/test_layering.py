@@ -1,6 +1,7 @@
 """The layering the architecture promises, checked on every import statement:
-core/ is framework-free (no django, celery, web or worker), and the web side never imports
-the worker's tasks (they import the services: a circle)."""
+core/ is framework-free (no django, celery, web or worker), core's serving modules never import
+the offline tooling (core.training: training, evaluation, fitting), and the web side never
+imports the worker's tasks (they import the services: a circle)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
-def offenders(folder: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+def offenders(folder: str, forbidden: tuple[str, ...], *, recursive: bool = True) -> dict[str, list[str]]:
     found = {}
-    for path in sorted((ROOT / folder).rglob("*.py")):
+    for path in sorted((ROOT / folder).rglob("*.py") if recursive else (ROOT / folder).glob("*.py")):
         bad = sorted(
             m for m in imported_modules(path) if any(m == f or m.startswith(f + ".") for f in forbidden)
         )
@@ -33,6 +34,11 @@ def offenders(folder: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
 
 def test_core_imports_no_framework_and_nothing_of_web_or_worker() -> None:
     assert offenders("core", ("django", "celery", "channels", "rest_framework", "web", "worker")) == {}
+
+
+def test_core_serving_modules_never_import_the_offline_tooling() -> None:
+    # The serving modules are core/'s top-level files; core/training/ is the offline package.
+    assert offenders("core", ("core.training",), recursive=False) == {}
 
 
 def test_the_web_side_never_imports_the_worker_tasks() -> None:

@@ -9,24 +9,21 @@ import numpy as np
 import pytest
 
 from core.calibration import apply_calibration
-from core.evaluation import (
+from core.training.baseline import compare_at_operating_point, thumbnail_baseline
+from core.training.evaluation import (
     bootstrap_intervals,
     brier_skill,
     choose_threshold,
     clopper_pearson,
-    compare_at_operating_point,
     confusion,
     evaluate_predictions,
     fit_calibration,
     log_loss,
-    plot_confusion,
-    plot_reliability,
-    plot_roc,
     reliability_curve,
     roc_auc,
     threshold_metrics,
-    thumbnail_baseline,
 )
+from core.training.plots import plot_confusion, plot_reliability, plot_roc
 
 # 4 negatives, 4 positives. Pairs (pos > neg) counted by hand: 0.9 beats all 4, 0.8 beats 4,
 # 0.35 beats 0.1, 0.2, 0.3 (3), 0.35 vs 0.4 loses; 0.6 beats 4 -> 15 of 16 pairs.

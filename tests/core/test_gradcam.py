@@ -13,13 +13,9 @@ from core.gradcam import (
     GradCam,
     find_last_conv_layer,
 )
-from core.localisation import (
-    centre_baseline,
-    clopper_pearson,
-    heatmap_peak,
-    load_boxes,
-    pointing_game,
-)
+from core.localisation import heatmap_peak
+from core.training.evaluation import clopper_pearson
+from core.training.pointing_game import centre_baseline, load_boxes, pointing_game
 from tests.core.conftest import SHARED
 from tests.core.tiny_models import BLOB_RADIUS, SIZE, make_blob_images
 

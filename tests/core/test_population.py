@@ -15,12 +15,9 @@ from core.population import (
     METHOD_PCA,
     METHOD_PPCA,
     PopulationModel,
-    candidate_grid,
-    find_pooling_layer,
-    fit_population,
-    pooled_features,
-    select_population,
 )
+from core.training.population_fit import candidate_grid, fit_population, select_population
+from core.training.population_pipeline import find_pooling_layer, pooled_features
 from tests.core.conftest import SHARED
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.data import load_samples
 from core.preprocessing import resize_gray, to_model_input
 from core.registry import Registry, sha256_file, validate_registry
-from core.training import TrainConfig, plan_stages, train_model
+from core.training.config import TrainConfig, plan_stages
+from core.training.data import load_samples
+from core.training.train import train_model
 
 pytestmark = pytest.mark.slow
 
@@ -138,7 +139,7 @@ def test_a_tiny_run_learns_registers_and_its_artifact_loads(project: Path) -> No
 
     # Re-evaluating with today's rules keeps the artifact, the training record and what other
     # tools wrote into the entry (pointing game, applicability).
-    from core.training import annotate_model, refinalize_model
+    from core.training.entries import annotate_model, refinalize_model
 
     reg = Registry.load(project / "registry.json")
     raw_now = reg.entry("tiny-fracture").raw
@@ -202,7 +203,7 @@ def test_training_and_serving_preprocess_an_image_identically() -> None:
     real = Path(__file__).resolve().parents[3] / "shared/data/pneumonia/test/positive"
     if real.is_dir():
         path = sorted(real.iterdir())[0]
-        from core.data import decode_resized
+        from core.training.data import decode_resized
 
         np.testing.assert_array_equal(
             preprocess_gray(load_xray(path).pixels, input_size=(128, 128)),
@@ -234,7 +235,7 @@ def test_protocol_stages_follow_the_paper() -> None:
 
 
 def test_calibration_is_not_fitted_on_a_handful_of_validation_images() -> None:
-    from core.training import calibrate_on_validation
+    from core.training.finalize import calibrate_on_validation
 
     y = np.array([0, 0, 0, 0, 0, 1, 1])
     p = np.array([0.1, 0.2, 0.1, 0.3, 0.2, 0.9, 0.8])
@@ -249,7 +250,7 @@ def test_calibration_is_not_fitted_on_a_handful_of_validation_images() -> None:
 def test_shortcut_augmentation_hides_borders_and_keeps_the_image_range() -> None:
     import tensorflow as tf
 
-    from core.training import shortcut_augment
+    from core.training.datasets import shortcut_augment
 
     tf.random.set_seed(0)
     # A bright "side marker" in the top-left corner of a mid-gray image.
@@ -265,7 +266,7 @@ def test_shortcut_augmentation_hides_borders_and_keeps_the_image_range() -> None
 
 def test_every_condition_has_a_population_for_the_applicability_check() -> None:
     from core.conditions import CONDITIONS
-    from core.training import POPULATIONS
+    from core.training.config import POPULATIONS
 
     allowed = {"chest_child", "chest_adult", "knee_crop", "knee_film", "limb"}
     for condition in CONDITIONS:
@@ -276,7 +277,7 @@ def test_every_condition_has_a_population_for_the_applicability_check() -> None:
 
 
 def test_a_tiny_test_set_or_a_model_no_better_than_the_thumbnail_is_experimental() -> None:
-    from core.training import decide_status
+    from core.training.finalize import decide_status
 
     config = _config(Path(".")).resolved()
     good = {"test": {"n": 500, "n_positive": 200, "n_negative": 300, "auc_ci95": [0.8, 0.9]}}

@@ -13,7 +13,6 @@ from web.clinical.services.analyses import (
     analysis_enqueue,
     analysis_fail,
     analysis_mark_retrying,
-    analysis_run,
     image_analyses_request,
 )
 from web.clinical.services.audit import audit_event, audit_record
@@ -40,7 +39,6 @@ __all__ = [
     "analysis_enqueue",
     "analysis_fail",
     "analysis_mark_retrying",
-    "analysis_run",
     "audit_event",
     "audit_record",
     "image_analyses_request",

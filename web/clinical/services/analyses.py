@@ -123,12 +123,6 @@ def analyses_dispatch(*, analysis_ids: Sequence[int], queue: str) -> None:
             )
 
 
-def analysis_run(*, analysis_id: int, worker: str = "") -> Analysis | None:
-    """Run one analysis job (worker side); see analyses_run."""
-    done = analyses_run(analysis_ids=[analysis_id], worker=worker)
-    return done[0] if done else None
-
-
 def analyses_run(*, analysis_ids: Sequence[int], worker: str = "") -> list[Analysis]:
     """Run analysis jobs (worker side), one model call per condition and model for the lot.
 

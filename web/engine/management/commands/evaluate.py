@@ -37,7 +37,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **o: Any) -> None:
         from core.errors import RadTriageError
-        from core.model_evaluation import active_table, evaluate_registered_model, table1
+        from core.training.model_evaluation import active_table, evaluate_registered_model, table1
 
         if o["table"]:
             self.stdout.write(table1(o["registry"]))

@@ -53,9 +53,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **o: Any) -> None:
         from core.errors import RadTriageError
-        from core.population import fit_population_for_model, format_table
         from core.registry import Registry
-        from core.training import configure_tensorflow
+        from core.training.model_ops import configure_tensorflow
+        from core.training.population_pipeline import fit_population_for_model, format_table
 
         configure_tensorflow()
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

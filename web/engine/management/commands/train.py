@@ -1,5 +1,5 @@
 """`manage.py train`: train, calibrate, evaluate and register one model (thin wrapper over
-core.training.train_model). TensorFlow is imported only inside handle()."""
+core.training.train.train_model). TensorFlow is imported only inside handle()."""
 
 from __future__ import annotations
 
@@ -116,12 +116,13 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **o: Any) -> None:
-        from core.training import TrainConfig, train_model
+        from core.training.config import TrainConfig
+        from core.training.train import train_model
 
         registry = Path(o["registry"])
         confidence = o["threshold_confidence"] or None
         if o["remove"]:
-            from core.training import remove_model
+            from core.training.entries import remove_model
 
             try:
                 remove_model(registry, o["model_id"])
@@ -187,7 +188,8 @@ class Command(BaseCommand):
 
     def _update(self, registry: Path, o: dict[str, Any], confidence: float | None) -> None:
         from core.registry import Registry
-        from core.training import POPULATIONS, annotate_model, refinalize_model
+        from core.training.config import POPULATIONS
+        from core.training.entries import annotate_model, refinalize_model
 
         if not o["model_id"]:
             raise CommandError("--annotate/--refinalize need --model-id")

@@ -1,5 +1,5 @@
 """`manage.py train_recogniser`: train the body-region recogniser on ../shared/data (thin wrapper
-over core.recogniser_training.train_recogniser). Writes models/body-region-recogniser-v1/
+over core.training.recogniser.train_recogniser). Writes models/body-region-recogniser-v1/
 (recogniser.npz, card.md, metrics.json); decoded thumbnails are cached under var/cache."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        from core.recogniser_training import DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR, DEFAULT_OUT_DIR
+        from core.training.recogniser_data import DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR, DEFAULT_OUT_DIR
 
         parser.add_argument(
             "--data", default=str(DEFAULT_DATA_DIR), help="folder with manifest.csv (default ../shared/data)"
@@ -30,7 +30,7 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=0)
 
     def handle(self, *args: Any, **o: Any) -> None:
-        from core.recogniser_training import train_recogniser
+        from core.training.recogniser import train_recogniser
 
         data = Path(o["data"])
         if not (data / "manifest.csv").is_file():

@@ -1,7 +1,7 @@
 """Evaluate a registered model on a labelled folder, through the serving path.
 
 Predictions go through core.model_manager.ModelManager (checksum check, load, calibration from
-the registry) and the data through core.data (serve-time decoding and resizing), so the numbers
+the registry) and the data through core.training.data (serve-time decoding and resizing), so the numbers
 are those a radiologist's results would have. The threshold is the registry's.
 """
 
@@ -12,16 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from core.data import Sample, load_arrays, samples_from_folder
-from core.evaluation import (
-    evaluate_predictions,
-    plot_confusion,
-    plot_reliability,
-    plot_roc,
-)
-from core.model_card import PAPER_TABLE1
 from core.preprocessing import to_model_input
 from core.registry import Registry
+from core.training.data import Sample, load_arrays, samples_from_folder
+from core.training.evaluation import evaluate_predictions
+from core.training.model_card import PAPER_TABLE1
+from core.training.plots import plot_confusion, plot_reliability, plot_roc
 
 TABLE_CONDITIONS = ("pneumonia", "knee_osteoarthritis", "knee_osteoporosis", "fracture", "cardiomegaly")
 
