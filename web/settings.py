@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI / ReDoc files: the API docs work offline
     "channels",
     "axes",  # login throttling on every login path
     "web.engine",
@@ -78,6 +79,7 @@ MIDDLEWARE = [
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
+    "web.access.AdminRoleBackend",  # the admin role holds every Django permission
 ]
 AXES_FAILURE_LIMIT = int(os.environ.get("RADTRIAGE_LOGIN_FAILURE_LIMIT", "5"))
 AXES_COOLOFF_TIME = dt.timedelta(minutes=float(os.environ.get("RADTRIAGE_LOGIN_COOLOFF_MINUTES", "15")))
@@ -102,6 +104,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "web.access.template_context",
             ],
         },
     },
@@ -251,7 +254,8 @@ REST_FRAMEWORK = {
         "web.api.authentication.ExpiringTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # Reading patient data needs a role (web.access): a new endpoint is protected by default.
+    "DEFAULT_PERMISSION_CLASSES": ["web.access.CanViewStudies"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "web.api.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
@@ -262,6 +266,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Upload X-rays, follow asynchronous AI analyses, download Grad-CAM heat maps.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --------------------------------------------------------------------------- behind HTTPS

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.registry import Registry
+from tests.web.fixtures import with_role
 from web.clinical.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
@@ -76,7 +77,7 @@ def test_an_unknown_model_is_refused_and_nothing_changes(admin_client, registry)
 
 
 def test_a_radiologist_cannot_reach_the_registry_page(client, django_user_model, registry):
-    user = django_user_model.objects.create_user("rad", password="pw-rad-123")
+    user = with_role(django_user_model.objects.create_user("rad", password="pw-rad-123"), "radiologist")
     client.force_login(user)
     before = registry.read_text()
     response = client.post("/admin/model-registry/", {"model_id": "pn-v2"})

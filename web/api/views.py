@@ -20,6 +20,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.errors import XRayDecodeError
+from web.access import CanViewStudies, Capability, api_requires
 from web.api.authentication import token_expired
 from web.api.serializers import (
     PRIORITIES,
@@ -76,6 +77,7 @@ def too_large_message(size: int) -> str:
 
 
 class UploadView(APIView):
+    permission_classes = [api_requires(Capability.UPLOAD)]
     parser_classes = [MultiPartParser, FormParser]
 
     @extend_schema(
@@ -115,6 +117,7 @@ class UploadView(APIView):
 
 
 class BulkUploadView(APIView):
+    permission_classes = [api_requires(Capability.UPLOAD)]
     parser_classes = [MultiPartParser]
 
     @extend_schema(
@@ -196,6 +199,7 @@ def bulk_upload_summary(items: list[BulkUploadItem]) -> dict[str, Any]:
 
 @extend_schema(parameters=[OpenApiParameter("status", str, enum=list(Study.Status.values))])
 class StudyListView(generics.ListAPIView):
+    permission_classes = [CanViewStudies]
     serializer_class = StudyListSerializer
 
     def get_queryset(self):
@@ -206,6 +210,7 @@ class StudyListView(generics.ListAPIView):
 
 
 class StudyDetailView(generics.RetrieveAPIView):
+    permission_classes = [CanViewStudies]
     serializer_class = StudyDetailSerializer
 
     def get_object(self) -> Study:
@@ -225,6 +230,7 @@ class StudyDetailView(generics.RetrieveAPIView):
 
 
 class AnalysisDetailView(generics.RetrieveAPIView):
+    permission_classes = [CanViewStudies]
     serializer_class = AnalysisSerializer
 
     def get_object(self) -> Analysis:
@@ -235,6 +241,8 @@ class AnalysisDetailView(generics.RetrieveAPIView):
 
 
 class AnalysisHeatmapView(APIView):
+    permission_classes = [CanViewStudies]
+
     @extend_schema(
         parameters=[
             OpenApiParameter(
@@ -312,6 +320,8 @@ def _alpha(value: str | None) -> float:
 
 
 class ImageThumbnailView(APIView):
+    permission_classes = [CanViewStudies]
+
     @extend_schema(responses={(200, "image/jpeg"): bytes}, summary="A 256 px thumbnail")
     def get(self, request: Request, pk: int) -> FileResponse:
         image = Image.objects.filter(pk=pk).first()
@@ -328,6 +338,8 @@ class AnalysisRequestSerializer(serializers.Serializer):
 
 
 class ImageAnalysesView(APIView):
+    permission_classes = [api_requires(Capability.REVIEW)]
+
     @extend_schema(
         request=AnalysisRequestSerializer,
         responses={201: AnalysisSerializer(many=True)},
@@ -355,6 +367,7 @@ class ImageAnalysesView(APIView):
 
 
 class AnnotationCreateView(generics.CreateAPIView):
+    permission_classes = [api_requires(Capability.REVIEW)]
     serializer_class = AnnotationSerializer
 
     def perform_create(self, serializer: AnnotationSerializer) -> None:

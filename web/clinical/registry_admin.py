@@ -17,6 +17,7 @@ from django.urls import reverse
 from core.conditions import CONDITIONS
 from core.errors import RadTriageError
 from core.registry import Registry
+from web.access import Capability, can
 from web.clinical.services import registry_activate
 
 
@@ -50,7 +51,7 @@ def _percent(share: Any) -> str | None:
 
 def registry_view(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
-        if not request.user.has_perm("clinical.change_analysis"):
+        if not can(request.user, Capability.MANAGE):
             messages.error(request, "You are not allowed to change the active models.")
         else:
             try:

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
+from django.contrib.staticfiles import finders
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.views.decorators.cache import cache_control
 
 from core.conditions import KNOWN_BODY_PARTS
+from web.access import Capability, requires
 from web.clinical import selectors
 from web.clinical.models import Study
 from web.clinical.services import audit_record
 
 
-@login_required
+@requires(Capability.VIEW_STUDIES)
 def worklist(request: HttpRequest) -> HttpResponse:
     studies = selectors.study_worklist()[:200]
     return render(request, "ui/worklist.html", {"studies": studies, "body_parts": KNOWN_BODY_PARTS})
 
 
-@login_required
+@requires(Capability.VIEW_STUDIES)
 def study_page(request: HttpRequest, study_id: int) -> HttpResponse:
     try:
         study = selectors.study_detail(study_id=study_id)
@@ -33,3 +35,13 @@ def study_page(request: HttpRequest, study_id: int) -> HttpResponse:
         ip_address=request.META.get("REMOTE_ADDR") or None,
     )
     return render(request, "ui/study.html", {"study": study})
+
+
+@cache_control(public=True, max_age=86400)
+def favicon(request: HttpRequest) -> HttpResponse:
+    """/favicon.ico, which browsers ask for whatever the page links: the app's SVG icon."""
+    path = finders.find("ui/favicon.svg")
+    if path is None:
+        raise Http404("No favicon.")
+    with open(path, "rb") as handle:
+        return HttpResponse(handle.read(), content_type="image/svg+xml")
