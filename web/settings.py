@@ -141,6 +141,8 @@ MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", BASE_DIR / "var" / "media"))
 
 # Engine (core/) configuration: where the registry lives; model paths in it are relative to it.
 RADTRIAGE_REGISTRY = Path(os.environ.get("RADTRIAGE_REGISTRY", BASE_DIR / "registry.json"))
+# Switching a model on first loads it and runs a probe image, in a child process: at most this long.
+RADTRIAGE_MODEL_CHECK_TIMEOUT = float(os.environ.get("RADTRIAGE_MODEL_CHECK_TIMEOUT", "180"))
 RADTRIAGE_MAX_PIXELS = int(os.environ.get("RADTRIAGE_MAX_PIXELS", str(60_000_000)))
 
 LOGGING = {

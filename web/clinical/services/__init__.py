@@ -17,7 +17,11 @@ from web.clinical.services.analyses import (
     image_analyses_request,
 )
 from web.clinical.services.audit import audit_event, audit_record
-from web.clinical.services.models_registry import registry_activate
+from web.clinical.services.models_registry import (
+    ActivationRefused,
+    registry_activate,
+    registry_activation_preview,
+)
 from web.clinical.services.studies import studies_refresh
 from web.clinical.services.upload_conflicts import UploadConflictError
 from web.clinical.services.upload_parts import (
@@ -47,5 +51,7 @@ __all__ = [
     "image_upload",
     "images_upload_many",
     "registry_activate",
+    "registry_activation_preview",
+    "ActivationRefused",
     "studies_refresh",
 ]
