@@ -141,6 +141,9 @@ MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", BASE_DIR / "var" / "media"))
 
 # Engine (core/) configuration: where the registry lives; model paths in it are relative to it.
 RADTRIAGE_REGISTRY = Path(os.environ.get("RADTRIAGE_REGISTRY", BASE_DIR / "registry.json"))
+# The same person reading the same thing again within this many seconds is one action: one
+# audit row (a study page reads its study twice, page then script; see services.audit).
+RADTRIAGE_AUDIT_REPEAT_SECONDS = float(os.environ.get("RADTRIAGE_AUDIT_REPEAT_SECONDS", "300"))
 # Switching a model on first loads it and runs a probe image, in a child process: at most this long.
 RADTRIAGE_MODEL_CHECK_TIMEOUT = float(os.environ.get("RADTRIAGE_MODEL_CHECK_TIMEOUT", "180"))
 RADTRIAGE_MAX_PIXELS = int(os.environ.get("RADTRIAGE_MAX_PIXELS", str(60_000_000)))
@@ -269,6 +272,8 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
+    # No call to swagger.io's online validator: the docs page talks to this server only.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
 }

@@ -91,6 +91,7 @@ ROUTE_RULES: dict[str, list[Check]] = {
     # API: the schema and its docs describe endpoints, never data
     "api:schema": [Check("get", "/api/schema/", PUBLIC)],
     "api:docs": [Check("get", "/api/docs/", PUBLIC)],
+    "api:redoc": [Check("get", "/api/redoc/", PUBLIC)],
     "api:token": [
         Check("post", "/api/auth/token/", per_persona(400, 400, 400, 400, 400), data=lambda ids: {}),
         Check("delete", "/api/auth/token/", per_persona(401, 204, 204, 204, 204)),

@@ -42,6 +42,7 @@ from web.clinical.services import (
     UploadFields,
     UploadRejected,
     audit_record,
+    audit_record_read,
     image_analyses_request,
     image_upload,
     images_upload_many,
@@ -218,7 +219,7 @@ class StudyDetailView(generics.RetrieveAPIView):
             study = selectors.study_detail(study_id=self.kwargs["pk"])
         except Study.DoesNotExist:
             raise NotFound(f"No study with id {self.kwargs['pk']}.") from None
-        audit_record(
+        audit_record_read(
             actor=self.request.user,
             action="study.view",
             patient=study.patient,
@@ -275,7 +276,7 @@ class AnalysisHeatmapView(APIView):
         alpha = _alpha(request.query_params.get("alpha"))
         if not analysis.heatmap_raw:
             raise NotFound(f"Analysis {pk} has no heat map yet (state: {analysis.state}).")
-        audit_record(
+        audit_record_read(
             actor=request.user,
             action="heatmap.download",
             patient=analysis.image.study.patient,

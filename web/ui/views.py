@@ -11,7 +11,7 @@ from core.conditions import KNOWN_BODY_PARTS
 from web.access import Capability, requires
 from web.clinical import selectors
 from web.clinical.models import Study
-from web.clinical.services import audit_record
+from web.clinical.services import audit_record_read
 
 
 @requires(Capability.VIEW_STUDIES)
@@ -26,7 +26,7 @@ def study_page(request: HttpRequest, study_id: int) -> HttpResponse:
         study = selectors.study_detail(study_id=study_id)
     except Study.DoesNotExist:
         raise Http404("No such study.") from None
-    audit_record(
+    audit_record_read(
         actor=request.user,
         action="study.view",
         patient=study.patient,

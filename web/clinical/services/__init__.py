@@ -16,7 +16,7 @@ from web.clinical.services.analyses import (
     analysis_run,
     image_analyses_request,
 )
-from web.clinical.services.audit import audit_event, audit_record
+from web.clinical.services.audit import audit_event, audit_record, audit_record_read
 from web.clinical.services.models_registry import (
     ActivationRefused,
     registry_activate,
@@ -47,6 +47,7 @@ __all__ = [
     "analysis_run",
     "audit_event",
     "audit_record",
+    "audit_record_read",
     "image_analyses_request",
     "image_upload",
     "images_upload_many",
