@@ -12,6 +12,8 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
@@ -99,3 +101,40 @@ def api_requires(capability: Capability) -> type[BasePermission]:
 
 
 CanViewStudies = api_requires(Capability.VIEW_STUDIES)  # the API's default (settings)
+
+
+def template_context(request: HttpRequest) -> dict[str, Any]:
+    """Context processor: `may.upload`, `may.review`, ... so pages hide what the user cannot do
+    (the server checks again: hiding is a courtesy, never the protection)."""
+    return {"may": {c.value: can(getattr(request, "user", None), c) for c in Capability}}
+
+
+class AdminRoleBackend:
+    """Django permissions for the admin role: all of them, as for a superuser, so members of the
+    admin group manage users, models and the audit log in the Django admin. Authenticates no one."""
+
+    def authenticate(self, request: Any, **credentials: Any) -> None:
+        return None
+
+    def get_user(self, user_id: Any) -> None:
+        return None
+
+    def has_perm(self, user: Any, perm: str, obj: Any = None) -> bool:
+        return can(user, Capability.MANAGE)
+
+    def has_module_perms(self, user: Any, app_label: str) -> bool:
+        return can(user, Capability.MANAGE)
+
+
+def admin_site_permission(request: HttpRequest) -> bool:
+    """Who may enter the Django admin: the admin role (is_staff alone is not enough)."""
+    return can(request.user, Capability.MANAGE)
+
+
+class AdminLoginForm(AdminAuthenticationForm):
+    """The admin's login form, asking for the admin role instead of is_staff."""
+
+    def confirm_login_allowed(self, user: Any) -> None:
+        AuthenticationForm.confirm_login_allowed(self, user)
+        if not can(user, Capability.MANAGE):
+            raise self.get_invalid_login_error()

@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI / ReDoc files: the API docs work offline
     "channels",
     "axes",  # login throttling on every login path
     "web.engine",
@@ -78,6 +79,7 @@ MIDDLEWARE = [
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
+    "web.access.AdminRoleBackend",  # the admin role holds every Django permission
 ]
 AXES_FAILURE_LIMIT = int(os.environ.get("RADTRIAGE_LOGIN_FAILURE_LIMIT", "5"))
 AXES_COOLOFF_TIME = dt.timedelta(minutes=float(os.environ.get("RADTRIAGE_LOGIN_COOLOFF_MINUTES", "15")))
@@ -102,6 +104,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "web.access.template_context",
             ],
         },
     },
@@ -141,6 +144,11 @@ RADTRIAGE_REGISTRY = Path(os.environ.get("RADTRIAGE_REGISTRY", BASE_DIR / "regis
 # The report header (signed PDF reports): the site's name and one address line.
 RADTRIAGE_INSTITUTION_NAME = os.environ.get("RADTRIAGE_INSTITUTION_NAME", "RadTriage radiology department")
 RADTRIAGE_INSTITUTION_ADDRESS = os.environ.get("RADTRIAGE_INSTITUTION_ADDRESS", "")
+# The same person reading the same thing again within this many seconds is one action: one
+# audit row (a study page reads its study twice, page then script; see services.audit).
+RADTRIAGE_AUDIT_REPEAT_SECONDS = float(os.environ.get("RADTRIAGE_AUDIT_REPEAT_SECONDS", "300"))
+# Switching a model on first loads it and runs a probe image, in a child process: at most this long.
+RADTRIAGE_MODEL_CHECK_TIMEOUT = float(os.environ.get("RADTRIAGE_MODEL_CHECK_TIMEOUT", "180"))
 RADTRIAGE_MAX_PIXELS = int(os.environ.get("RADTRIAGE_MAX_PIXELS", str(60_000_000)))
 
 LOGGING = {
@@ -254,7 +262,8 @@ REST_FRAMEWORK = {
         "web.api.authentication.ExpiringTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # Reading patient data needs a role (web.access): a new endpoint is protected by default.
+    "DEFAULT_PERMISSION_CLASSES": ["web.access.CanViewStudies"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "web.api.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
@@ -265,6 +274,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Upload X-rays, follow asynchronous AI analyses, download Grad-CAM heat maps.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    # No call to swagger.io's online validator: the docs page talks to this server only.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --------------------------------------------------------------------------- behind HTTPS

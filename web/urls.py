@@ -3,11 +3,13 @@ from django.urls import include, path
 
 from web.clinical.registry_admin import registry_view
 from web.health import healthz
+from web.ui.views import favicon
 
 urlpatterns = [
     path("admin/model-registry/", admin.site.admin_view(registry_view), name="admin-model-registry"),
     path("admin/", admin.site.urls),
     path("healthz/", healthz, name="healthz"),
+    path("favicon.ico", favicon, name="favicon"),
     path("api/", include("web.api.urls")),
     path("", include("web.ui.urls")),
 ]

@@ -115,9 +115,20 @@ def wait_for(
 # --------------------------------------------------------------------------- people
 
 
+def with_role(user: Any, *roles: str) -> Any:
+    """Put `user` in role groups (web.access.Role values). The migration makes them; a
+    transactional test's flush removes them, hence get_or_create."""
+    from django.contrib.auth.models import Group
+
+    user.groups.add(*(Group.objects.get_or_create(name=role)[0] for role in roles))
+    return user
+
+
 @pytest.fixture()
 def radiologist(db: Any, django_user_model: Any) -> Any:
-    return django_user_model.objects.create_user("dr.house", password="pw-radiologist")
+    return with_role(
+        django_user_model.objects.create_user("dr.house", password="pw-radiologist"), "radiologist"
+    )
 
 
 @pytest.fixture()

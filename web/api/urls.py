@@ -1,5 +1,5 @@
 from django.urls import path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
 from web.api import errors, report_views, views
@@ -7,12 +7,20 @@ from web.api import errors, report_views, views
 app_name = "api"
 
 urlpatterns = [
-    # The schema describes endpoints, never data: readable without logging in.
+    # The schema describes endpoints, never data: readable without logging in. Its pages (Swagger
+    # UI, ReDoc) come from drf-spectacular-sidecar's static files: no CDN, they work offline.
     path("schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny]), name="schema"),
     path(
         "docs/",
         SpectacularSwaggerView.as_view(url_name="api:schema", permission_classes=[AllowAny]),
         name="docs",
+    ),
+    path(
+        "redoc/",
+        SpectacularRedocView.as_view(
+            url_name="api:schema", permission_classes=[AllowAny], template_name="api/redoc.html"
+        ),
+        name="redoc",
     ),
     path("auth/token/", views.TokenView.as_view(), name="token"),
     path("uploads/", views.UploadView.as_view(), name="upload"),

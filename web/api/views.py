@@ -20,6 +20,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.errors import XRayDecodeError
+from web.access import CanViewStudies, Capability, api_requires
 from web.api.authentication import token_expired
 from web.api.serializers import (
     PRIORITIES,
@@ -41,6 +42,7 @@ from web.clinical.services import (
     UploadFields,
     UploadRejected,
     audit_record,
+    audit_record_read,
     image_analyses_request,
     image_upload,
     images_upload_many,
@@ -76,6 +78,7 @@ def too_large_message(size: int) -> str:
 
 
 class UploadView(APIView):
+    permission_classes = [api_requires(Capability.UPLOAD)]
     parser_classes = [MultiPartParser, FormParser]
 
     @extend_schema(
@@ -115,6 +118,7 @@ class UploadView(APIView):
 
 
 class BulkUploadView(APIView):
+    permission_classes = [api_requires(Capability.UPLOAD)]
     parser_classes = [MultiPartParser]
 
     @extend_schema(
@@ -196,6 +200,7 @@ def bulk_upload_summary(items: list[BulkUploadItem]) -> dict[str, Any]:
 
 @extend_schema(parameters=[OpenApiParameter("status", str, enum=list(Study.Status.values))])
 class StudyListView(generics.ListAPIView):
+    permission_classes = [CanViewStudies]
     serializer_class = StudyListSerializer
 
     def get_queryset(self):
@@ -206,6 +211,7 @@ class StudyListView(generics.ListAPIView):
 
 
 class StudyDetailView(generics.RetrieveAPIView):
+    permission_classes = [CanViewStudies]
     serializer_class = StudyDetailSerializer
 
     def get_object(self) -> Study:
@@ -213,7 +219,7 @@ class StudyDetailView(generics.RetrieveAPIView):
             study = selectors.study_detail(study_id=self.kwargs["pk"])
         except Study.DoesNotExist:
             raise NotFound(f"No study with id {self.kwargs['pk']}.") from None
-        audit_record(
+        audit_record_read(
             actor=self.request.user,
             action="study.view",
             patient=study.patient,
@@ -225,6 +231,7 @@ class StudyDetailView(generics.RetrieveAPIView):
 
 
 class AnalysisDetailView(generics.RetrieveAPIView):
+    permission_classes = [CanViewStudies]
     serializer_class = AnalysisSerializer
 
     def get_object(self) -> Analysis:
@@ -235,6 +242,8 @@ class AnalysisDetailView(generics.RetrieveAPIView):
 
 
 class AnalysisHeatmapView(APIView):
+    permission_classes = [CanViewStudies]
+
     @extend_schema(
         parameters=[
             OpenApiParameter(
@@ -267,7 +276,7 @@ class AnalysisHeatmapView(APIView):
         alpha = _alpha(request.query_params.get("alpha"))
         if not analysis.heatmap_raw:
             raise NotFound(f"Analysis {pk} has no heat map yet (state: {analysis.state}).")
-        audit_record(
+        audit_record_read(
             actor=request.user,
             action="heatmap.download",
             patient=analysis.image.study.patient,
@@ -312,6 +321,8 @@ def _alpha(value: str | None) -> float:
 
 
 class ImageThumbnailView(APIView):
+    permission_classes = [CanViewStudies]
+
     @extend_schema(responses={(200, "image/jpeg"): bytes}, summary="A 256 px thumbnail")
     def get(self, request: Request, pk: int) -> FileResponse:
         image = Image.objects.filter(pk=pk).first()
@@ -328,6 +339,8 @@ class AnalysisRequestSerializer(serializers.Serializer):
 
 
 class ImageAnalysesView(APIView):
+    permission_classes = [api_requires(Capability.REVIEW)]
+
     @extend_schema(
         request=AnalysisRequestSerializer,
         responses={201: AnalysisSerializer(many=True)},
@@ -355,6 +368,7 @@ class ImageAnalysesView(APIView):
 
 
 class AnnotationCreateView(generics.CreateAPIView):
+    permission_classes = [api_requires(Capability.REVIEW)]
     serializer_class = AnnotationSerializer
 
     def perform_create(self, serializer: AnnotationSerializer) -> None:

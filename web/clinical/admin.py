@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from web.access import AdminLoginForm, admin_site_permission
 from web.clinical.models import (
     Analysis,
     Annotation,
@@ -120,3 +121,6 @@ class UploadConflictAdmin(admin.ModelAdmin):
 # The admin home links to the model registry page (web/clinical/registry_admin.py).
 admin.site.index_template = "admin/radtriage_index.html"
 admin.site.site_header = "RadTriage administration"
+# Only the admin role enters the admin (web.access), not any is_staff account.
+admin.site.has_permission = admin_site_permission
+admin.site.login_form = AdminLoginForm

@@ -7,10 +7,12 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from web.access import Capability, can
 from web.clinical.events import WORKLIST_GROUP, study_group
 from web.clinical.models import Study
 
 CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 
 
@@ -22,13 +24,17 @@ class UnknownPathConsumer(AsyncJsonWebsocketConsumer):
 
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):
-    """/ws/worklist/ and /ws/studies/<id>/. Anonymous connections are refused at handshake."""
+    """/ws/worklist/ and /ws/studies/<id>/. Anonymous connections, and accounts that may not see
+    studies (no role), are refused at the handshake."""
 
     async def connect(self) -> None:
         self.joined: list[str] = []
         user = self.scope.get("user")
         if user is None or not user.is_authenticated or not user.is_active:
             await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        if not await _may_view_studies(user):
+            await self.close(code=CLOSE_FORBIDDEN)
             return
         study_id = self.scope["url_route"]["kwargs"].get("study_id")
         if study_id is None:
@@ -62,3 +68,8 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 @database_sync_to_async
 def _study_exists(study_id: int) -> bool:
     return Study.objects.filter(pk=study_id).exists()
+
+
+@database_sync_to_async
+def _may_view_studies(user: Any) -> bool:
+    return can(user, Capability.VIEW_STUDIES)

@@ -7,6 +7,7 @@ changes), so switching here takes effect on the next analysis without restarting
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import admin, messages
@@ -17,7 +18,8 @@ from django.urls import reverse
 from core.conditions import CONDITIONS
 from core.errors import RadTriageError
 from core.registry import Registry
-from web.clinical.services import registry_activate
+from web.access import Capability, can
+from web.clinical.services import ActivationRefused, registry_activate, registry_activation_preview
 
 
 def _rows(registry: Registry) -> list[dict[str, Any]]:
@@ -49,24 +51,42 @@ def _percent(share: Any) -> str | None:
 
 
 def registry_view(request: HttpRequest) -> HttpResponse:
+    """The catalogue; `?confirm=<id>` asks to confirm switching that model on; a POST with
+    `confirmed` checks its artifact and switches it on (a POST without goes to the confirmation)."""
+    here = reverse("admin-model-registry")
     if request.method == "POST":
-        if not request.user.has_perm("clinical.change_analysis"):
+        model_id = request.POST.get("model_id", "")
+        if not can(request.user, Capability.MANAGE):
             messages.error(request, "You are not allowed to change the active models.")
+            return HttpResponseRedirect(here)
+        if not request.POST.get("confirmed"):
+            return HttpResponseRedirect(f"{here}?{urlencode({'confirm': model_id})}")
+        try:
+            condition = registry_activate(
+                model_id=model_id,
+                actor=request.user,
+                reason=request.POST.get("reason", ""),
+                ip_address=request.META.get("REMOTE_ADDR"),
+            )
+        except ActivationRefused as exc:
+            messages.error(request, str(exc))
+            return HttpResponseRedirect(f"{here}?{urlencode({'confirm': model_id})}")
+        except RadTriageError as exc:
+            messages.error(request, str(exc))
         else:
-            try:
-                condition = registry_activate(
-                    model_id=request.POST.get("model_id", ""),
-                    actor=request.user,
-                    ip_address=request.META.get("REMOTE_ADDR"),
-                )
-                messages.success(
-                    request,
-                    f"The active model for {condition} is now "
-                    f"{request.POST['model_id']}; new analyses use it.",
-                )
-            except RadTriageError as exc:
-                messages.error(request, str(exc))
-        return HttpResponseRedirect(reverse("admin-model-registry"))
+            messages.success(
+                request, f"The active model for {condition} is now {model_id}; new analyses use it."
+            )
+        return HttpResponseRedirect(here)
+    context: dict[str, Any] = {**admin.site.each_context(request), "title": "Model registry"}
+    if "confirm" in request.GET:
+        try:
+            preview = registry_activation_preview(model_id=request.GET["confirm"])
+        except RadTriageError as exc:
+            messages.error(request, str(exc))
+            return HttpResponseRedirect(here)
+        context.update(title=f"Activate {preview.model_id}?", preview=preview)
+        return TemplateResponse(request, "admin/model_registry_confirm.html", context)
     problems = None
     try:
         registry = Registry.load(settings.RADTRIAGE_REGISTRY)
@@ -74,12 +94,7 @@ def registry_view(request: HttpRequest) -> HttpResponse:
         missing = [c.label for code, c in CONDITIONS.items() if code not in registry.active_models]
     except RadTriageError as exc:
         rows, missing, problems = [], [], str(exc)
-    context = {
-        **admin.site.each_context(request),
-        "title": "Model registry",
-        "rows": rows,
-        "missing": missing,
-        "problems": problems,
-        "registry_path": str(settings.RADTRIAGE_REGISTRY),
-    }
+    context.update(
+        rows=rows, missing=missing, problems=problems, registry_path=str(settings.RADTRIAGE_REGISTRY)
+    )
     return TemplateResponse(request, "admin/model_registry.html", context)

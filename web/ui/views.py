@@ -2,30 +2,31 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
+from django.contrib.staticfiles import finders
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.views.decorators.cache import cache_control
 
 from core.conditions import KNOWN_BODY_PARTS
+from web.access import Capability, can, requires
 from web.clinical import selectors
 from web.clinical.models import Study
-from web.clinical.services import audit_record
+from web.clinical.services import audit_record_read
 
 
-@login_required
+@requires(Capability.VIEW_STUDIES)
 def worklist(request: HttpRequest) -> HttpResponse:
     studies = selectors.study_worklist()[:200]
     return render(request, "ui/worklist.html", {"studies": studies, "body_parts": KNOWN_BODY_PARTS})
 
 
-@login_required
+@requires(Capability.VIEW_STUDIES)
 def study_page(request: HttpRequest, study_id: int) -> HttpResponse:
     try:
         study = selectors.study_detail(study_id=study_id)
     except Study.DoesNotExist:
         raise Http404("No such study.") from None
-    audit_record(
+    audit_record_read(
         actor=request.user,
         action="study.view",
         patient=study.patient,
@@ -36,13 +37,9 @@ def study_page(request: HttpRequest, study_id: int) -> HttpResponse:
     return render(request, "ui/study.html", {"study": study})
 
 
-@login_required
+@requires(Capability.VIEW_STUDIES)
 def report_page(request: HttpRequest, study_id: int) -> HttpResponse:
     """Draft, sign and list a study's report versions (radiologists edit; others read)."""
-    from web.access import Capability, can
-
-    if not can(request.user, Capability.VIEW_STUDIES):
-        raise PermissionDenied("Your account may not view studies.")
     try:
         study = Study.objects.select_related("patient").get(pk=study_id)
     except Study.DoesNotExist:
@@ -57,3 +54,13 @@ def report_page(request: HttpRequest, study_id: int) -> HttpResponse:
         "can_edit": can(request.user, Capability.REVIEW),
     }
     return render(request, "ui/report.html", context)
+
+
+@cache_control(public=True, max_age=86400)
+def favicon(request: HttpRequest) -> HttpResponse:
+    """/favicon.ico, which browsers ask for whatever the page links: the app's SVG icon."""
+    path = finders.find("ui/favicon.svg")
+    if path is None:
+        raise Http404("No favicon.")
+    with open(path, "rb") as handle:
+        return HttpResponse(handle.read(), content_type="image/svg+xml")

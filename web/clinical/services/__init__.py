@@ -15,8 +15,12 @@ from web.clinical.services.analyses import (
     analysis_mark_retrying,
     image_analyses_request,
 )
-from web.clinical.services.audit import audit_event, audit_record
-from web.clinical.services.models_registry import registry_activate
+from web.clinical.services.audit import audit_event, audit_record, audit_record_read
+from web.clinical.services.models_registry import (
+    ActivationRefused,
+    registry_activate,
+    registry_activation_preview,
+)
 from web.clinical.services.studies import studies_refresh
 from web.clinical.services.upload_conflicts import UploadConflictError
 from web.clinical.services.upload_parts import (
@@ -41,9 +45,12 @@ __all__ = [
     "analysis_mark_retrying",
     "audit_event",
     "audit_record",
+    "audit_record_read",
     "image_analyses_request",
     "image_upload",
     "images_upload_many",
     "registry_activate",
+    "registry_activation_preview",
+    "ActivationRefused",
     "studies_refresh",
 ]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
 
 from web.clinical.models import AuditEvent, Patient, Study
 
@@ -13,6 +17,32 @@ log = logging.getLogger(__name__)
 def audit_record(**fields: Any) -> AuditEvent:
     """Save one audit row; the arguments are audit_event's."""
     event = audit_event(**fields)
+    event.save()
+    return event
+
+
+def audit_record_read(**fields: Any) -> AuditEvent:
+    """A read of patient data: one row per user action. Opening a study page reads the study
+    twice (the page, then its script's API refresh) and shows a heat map twice (the page's
+    layer, then the script's redrawn one); a repeat of the same read by the same person within
+    RADTRIAGE_AUDIT_REPEAT_SECONDS is that same action, so it adds no row."""
+    event = audit_event(**fields)
+    window = dt.timedelta(seconds=settings.RADTRIAGE_AUDIT_REPEAT_SECONDS)
+    if event.actor is not None and window:
+        earlier = (
+            AuditEvent.objects.filter(
+                actor=event.actor,
+                action=event.action,
+                object_type=event.object_type,
+                object_id=event.object_id,
+                detail=event.detail,
+                at__gte=timezone.now() - window,
+            )
+            .order_by("-at")
+            .first()
+        )
+        if earlier is not None:
+            return earlier
     event.save()
     return event
 

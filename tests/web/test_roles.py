@@ -1,0 +1,331 @@
+"""Who may reach what: every route Django resolves, for an outsider (not logged in), an account
+with no role, a technologist, a radiologist and an admin, through real requests.
+
+ROUTE_RULES is the table: one entry per route (by name, or by pattern when unnamed). A new
+route without an entry fails `test_every_route_has_a_rule`, naming it: add its rule here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.testing import WebsocketCommunicator
+from django.core.files.base import ContentFile
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from tests.web.fixtures import WS_ORIGIN, dicom_bytes, png_bytes, session_cookie_header, upload, with_role
+from web.clinical.models import Analysis, Annotation, Image, Patient, Report, Study
+
+PERSONAS = ("anonymous", "no_role", "technologist", "radiologist", "admin")
+ADMIN_FAMILY = "admin:*"  # Django admin's own routes: one rule for all of them
+
+
+@dataclass(frozen=True)
+class Check:
+    """One request and the status each persona gets. `path` and `data` may use the objects
+    (`{study}`, `{image}`, `{analysis}`) made for the test."""
+
+    method: str
+    path: str
+    expect: dict[str, int]
+    data: Callable[[dict[str, int]], dict[str, Any]] | None = None
+    json: bool = False
+    location: str | None = None  # where a refusal's 302 must point (the right login page)
+    refused: tuple[str, ...] = PERSONAS[:4]  # the personas `location` applies to
+
+
+def per_persona(
+    anonymous: int, no_role: int, technologist: int, radiologist: int, admin: int
+) -> dict[str, int]:
+    return dict(zip(PERSONAS, (anonymous, no_role, technologist, radiologist, admin), strict=True))
+
+
+# Common shapes of the table's rows.
+PUBLIC = per_persona(200, 200, 200, 200, 200)
+PAGE_STUDIES = per_persona(302, 403, 200, 200, 200)  # pages with patient data
+API_STUDIES = per_persona(401, 403, 200, 200, 200)  # API reads of patient data
+API_UPLOAD = per_persona(401, 403, 201, 201, 201)
+API_REVIEW = per_persona(401, 403, 403, 201, 201)  # annotate, re-run analyses
+ADMIN_ONLY = per_persona(302, 302, 302, 302, 200)  # anyone else -> the admin login page
+
+
+def _dicom_upload(ids: dict[str, int]) -> dict[str, Any]:
+    return {"file": SimpleUploadedFile("x.dcm", dicom_bytes(patient_id=f"MRN-R{ids['n']}", seed=ids["n"]))}
+
+
+def _bulk_upload(ids: dict[str, int]) -> dict[str, Any]:
+    return {"files": [SimpleUploadedFile("b.png", png_bytes(seed=100 + ids["n"]))], "patient_id": "MRN-BULK"}
+
+
+ROUTE_RULES: dict[str, list[Check]] = {
+    # pages
+    "ui:login": [Check("get", "/login/", per_persona(200, 302, 302, 302, 302))],
+    "ui:logout": [Check("post", "/logout/", per_persona(302, 302, 302, 302, 302))],
+    "ui:worklist": [Check("get", "/", PAGE_STUDIES, location="/login/")],
+    "ui:study": [Check("get", "/studies/{study}/", PAGE_STUDIES, location="/login/")],
+    "ui:report": [Check("get", "/studies/{study}/report/", PAGE_STUDIES, location="/login/")],
+    "healthz": [Check("get", "/healthz/", PUBLIC)],
+    "favicon": [Check("get", "/favicon.ico", PUBLIC)],
+    # Django admin: the model registry page and admin's own routes (index, every model list)
+    "admin-model-registry": [
+        Check("get", "/admin/model-registry/", ADMIN_ONLY, location="/admin/login/"),
+        Check(
+            "post",
+            "/admin/model-registry/",
+            per_persona(302, 302, 302, 302, 302),  # the admin: back to the page, with a message
+            data=lambda ids: {},
+            location="/admin/login/",
+        ),
+    ],
+    ADMIN_FAMILY: [
+        Check("get", "/admin/", ADMIN_ONLY, location="/admin/login/"),
+        Check("get", "/admin/auth/user/", ADMIN_ONLY, location="/admin/login/"),
+        Check("get", "/admin/clinical/patient/", ADMIN_ONLY, location="/admin/login/"),
+        Check("get", "/admin/clinical/auditevent/", ADMIN_ONLY, location="/admin/login/"),
+    ],
+    # API: the schema and its docs describe endpoints, never data
+    "api:schema": [Check("get", "/api/schema/", PUBLIC)],
+    "api:docs": [Check("get", "/api/docs/", PUBLIC)],
+    "api:redoc": [Check("get", "/api/redoc/", PUBLIC)],
+    "api:token": [
+        Check("post", "/api/auth/token/", per_persona(400, 400, 400, 400, 400), data=lambda ids: {}),
+        Check("delete", "/api/auth/token/", per_persona(401, 204, 204, 204, 204)),
+    ],
+    "api:upload": [Check("post", "/api/uploads/", API_UPLOAD, data=_dicom_upload)],
+    "api:upload-batch": [Check("post", "/api/uploads/batch/", API_UPLOAD, data=_bulk_upload)],
+    "api:study-list": [Check("get", "/api/studies/", API_STUDIES)],
+    "api:study-detail": [Check("get", "/api/studies/{study}/", API_STUDIES)],
+    "api:analysis-detail": [Check("get", "/api/analyses/{analysis}/", API_STUDIES)],
+    "api:analysis-heatmap": [Check("get", "/api/analyses/{analysis}/heatmap/?kind=raw", API_STUDIES)],
+    "api:image-thumbnail": [Check("get", "/api/images/{image}/thumbnail/", API_STUDIES)],
+    "api:image-analyses": [
+        Check(
+            "post",
+            "/api/images/{image}/analyses/",
+            API_REVIEW,
+            data=lambda ids: {"conditions": ["pneumonia"]},
+            json=True,
+        )
+    ],
+    "api:annotation-create": [
+        Check(
+            "post",
+            "/api/annotations/",
+            API_REVIEW,
+            data=lambda ids: {"image": ids["image"], "note": "left lower lobe", "shapes": []},
+            json=True,
+        )
+    ],
+    "api:study-reports": [
+        Check("get", "/api/studies/{study}/reports/", API_STUDIES),
+        Check(
+            "post",
+            "/api/studies/{study}/reports/",
+            per_persona(401, 403, 403, 200, 200),
+            data=lambda ids: {"impression": "No acute findings."},
+            json=True,
+        ),
+    ],
+    # The radiologist signs the draft; the admin, next, finds it signed (allowed, but final).
+    "api:report-sign": [Check("post", "/api/reports/{report}/sign/", per_persona(401, 403, 403, 200, 409))],
+    # A draft is the radiologists' working copy: a technologist does not see it exists.
+    "api:report-pdf": [Check("get", "/api/reports/{report}/pdf/", per_persona(401, 403, 404, 200, 200))],
+    "api/^.*$": [Check("get", "/api/no-such-endpoint/", per_persona(404, 404, 404, 404, 404))],
+}
+
+
+def _walk(patterns: list[Any], prefix: str = "", namespace: str = "") -> Iterator[tuple[str, str]]:
+    """(rule key, route) for every URL pattern: the namespaced name, else the full pattern."""
+    for entry in patterns:
+        route = prefix + str(entry.pattern)
+        if isinstance(entry, URLResolver):
+            inner = f"{namespace}{entry.namespace}:" if entry.namespace else namespace
+            yield from _walk(entry.url_patterns, route, inner)
+        elif isinstance(entry, URLPattern):
+            key = f"{namespace}{entry.name}" if entry.name else route
+            if route.startswith("admin/") and key != "admin-model-registry":
+                key = ADMIN_FAMILY
+            yield key, route
+
+
+def test_every_route_has_a_rule() -> None:
+    routes = _walk(get_resolver().url_patterns)
+    missing = sorted({f"{key}  ({route})" for key, route in routes if key not in ROUTE_RULES})
+    assert not missing, (
+        "Routes without an access rule in tests/web/test_roles.py ROUTE_RULES (say what an outsider, "
+        "a no-role account, a technologist, a radiologist and an admin get):\n  " + "\n  ".join(missing)
+    )
+
+
+def test_no_rule_is_left_for_a_route_that_is_gone() -> None:
+    keys = {key for key, _ in _walk(get_resolver().url_patterns)}
+    assert set(ROUTE_RULES) <= keys, (
+        f"Rules for routes that no longer exist: {sorted(set(ROUTE_RULES) - keys)}"
+    )
+
+
+# --------------------------------------------------------------------------- the requests
+
+
+@pytest.fixture()
+def people(db: Any, django_user_model: Any) -> dict[str, Any]:
+    make = django_user_model.objects.create_user
+    return {
+        "no_role": make("outsider", password="pw-outsider-1"),
+        "technologist": with_role(make("tech.tom", password="pw-tech-1"), "technologist"),
+        "radiologist": with_role(make("dr.rad", password="pw-rad-1"), "radiologist"),
+        # A member of the admin group, not a superuser: the group alone gives the rights.
+        "admin": with_role(make("ada.admin", password="pw-admin-1"), "admin"),
+    }
+
+
+@pytest.fixture()
+def objects(people: dict[str, Any]) -> dict[str, int]:
+    """A study with an image, a thumbnail and an analysis with a stored heat map."""
+    client = Client()
+    client.force_login(people["radiologist"])
+    body = upload(client, dicom_bytes(patient_id="MRN-ROLES", patient_name="Roles^Rita")).json()
+    image = Image.objects.get(pk=body["image"]["id"])
+    analysis = Analysis.objects.filter(image=image).first()
+    analysis.heatmap_raw.save("heat.png", ContentFile(png_bytes(size=32)), save=False)
+    analysis.state = Analysis.State.SUCCEEDED
+    analysis.save()
+    report = Report.objects.create(
+        study=image.study, version=1, author=people["radiologist"], impression="Draft reading."
+    )
+    return {"study": image.study_id, "image": image.pk, "analysis": analysis.pk, "report": report.pk, "n": 0}
+
+
+def _client_for(persona: str, people: dict[str, Any]) -> Client:
+    client = Client()
+    if persona != "anonymous":
+        client.force_login(people[persona])
+    return client
+
+
+def _cases() -> list[Any]:
+    return [
+        pytest.param(key, index, id=f"{key}#{index}")
+        for key, checks in ROUTE_RULES.items()
+        for index in range(len(checks))
+    ]
+
+
+@pytest.mark.parametrize("key,index", _cases())
+def test_each_role_gets_what_the_rule_says(key: str, index: int, people, objects) -> None:
+    check = ROUTE_RULES[key][index]
+    got: dict[str, int] = {}
+    for n, persona in enumerate(PERSONAS, start=1):
+        ids = {**objects, "n": n}
+        path = check.path.format(**ids)
+        kwargs: dict[str, Any] = {}
+        if check.data is not None:
+            kwargs["data"] = check.data(ids)
+            if check.json:
+                kwargs["content_type"] = "application/json"
+        response = getattr(_client_for(persona, people), check.method)(path, **kwargs)
+        got[persona] = response.status_code
+        if check.location and persona in check.refused and response.status_code == 302:
+            assert response["Location"].startswith(check.location), (persona, response["Location"])
+    assert got == check.expect, f"{check.method.upper()} {check.path}: expected {check.expect}, got {got}"
+
+
+# --------------------------------------------------------------------------- what each role sees
+
+
+def test_an_account_without_a_role_sees_no_patient_data(people, objects) -> None:
+    client = _client_for("no_role", people)
+    for path in ("/", f"/studies/{objects['study']}/", "/api/studies/", f"/api/studies/{objects['study']}/"):
+        response = client.get(path)
+        assert response.status_code == 403, path
+        assert b"Roles" not in response.content and b"MRN-ROLES" not in response.content, path
+
+
+def test_a_technologist_may_upload_but_not_annotate_or_rerun(people, objects) -> None:
+    client = _client_for("technologist", people)
+    worklist = client.get("/").content.decode()
+    assert 'id="upload-form"' in worklist and "MRN-ROLES" in worklist
+    refused = client.post(
+        "/api/annotations/", {"image": objects["image"], "note": "x"}, content_type="application/json"
+    )
+    assert refused.status_code == 403 and "may not review" in refused.json()["error"]
+    assert not Annotation.objects.exists()
+    before = Analysis.objects.count()
+    rerun = client.post(
+        f"/api/images/{objects['image']}/analyses/",
+        {"conditions": ["pneumonia"]},
+        content_type="application/json",
+    )
+    assert rerun.status_code == 403 and Analysis.objects.count() == before
+
+
+def test_is_staff_alone_does_not_open_the_admin(people) -> None:
+    """A staff account without the admin role does not get into the admin (no patient data)."""
+    staff = people["no_role"]
+    staff.is_staff = True
+    staff.save()
+    client = _client_for("no_role", people)
+    response = client.get("/admin/clinical/patient/")
+    assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
+
+
+def test_an_admin_group_member_logs_in_to_the_admin_with_a_password(people) -> None:
+    client = Client()
+    response = client.post(
+        "/admin/login/?next=/admin/", {"username": "ada.admin", "password": "pw-admin-1"}, follow=True
+    )
+    assert response.status_code == 200 and "Model registry" in response.content.decode()
+    outsider = Client().post("/admin/login/", {"username": "tech.tom", "password": "pw-tech-1"})
+    assert outsider.status_code == 200 and "Please enter the correct" in outsider.content.decode()
+
+
+def test_the_upload_form_is_shown_only_to_who_may_upload(people, objects) -> None:
+    for persona in ("technologist", "radiologist", "admin"):
+        assert 'id="upload-form"' in _client_for(persona, people).get("/").content.decode(), persona
+
+
+# --------------------------------------------------------------------------- websockets
+
+
+def _ws_connect(path: str, headers: list[tuple[bytes, bytes]]) -> tuple[bool, int | None]:
+    from web.asgi import application
+
+    async def attempt() -> tuple[bool, int | None]:
+        communicator = WebsocketCommunicator(application, path, headers=headers)
+        connected, code = await communicator.connect(timeout=5)
+        if connected:
+            await communicator.disconnect()
+        return connected, code
+
+    return async_to_sync(attempt)()
+
+
+@pytest.fixture()
+def ws_people(transactional_db: Any, django_user_model: Any) -> dict[str, Client]:
+    make = django_user_model.objects.create_user
+    clients = {}
+    for persona, user in (
+        ("no_role", make("ws.outsider", password="pw-1")),
+        ("technologist", with_role(make("ws.tech", password="pw-2"), "technologist")),
+    ):
+        client = Client()
+        client.force_login(user)
+        clients[persona] = client
+    return clients
+
+
+def test_a_websocket_from_an_account_without_a_role_is_refused(ws_people) -> None:
+    patient = Patient.objects.create(patient_id="MRN-WS")
+    study = Study.objects.create(patient=patient, study_instance_uid="1.2.3.4")
+    outsider = [session_cookie_header(ws_people["no_role"]), WS_ORIGIN]
+    assert _ws_connect("/ws/worklist/", outsider) == (False, 4403)
+    assert _ws_connect(f"/ws/studies/{study.pk}/", outsider) == (False, 4403)
+    tech = [session_cookie_header(ws_people["technologist"]), WS_ORIGIN]
+    assert _ws_connect("/ws/worklist/", tech)[0] is True
+    assert _ws_connect(f"/ws/studies/{study.pk}/", tech)[0] is True
