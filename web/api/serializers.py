@@ -146,6 +146,8 @@ class StudyListSerializer(serializers.ModelSerializer):
             "priority",
             "status",
             "assigned_radiologist",
+            "claimed_at",
+            "reviewed_at",
             "patient",
             "ai_flagged",
             "image_count",

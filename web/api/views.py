@@ -194,15 +194,29 @@ def bulk_upload_summary(items: list[BulkUploadItem]) -> dict[str, Any]:
     }
 
 
-@extend_schema(parameters=[OpenApiParameter("status", str, enum=list(Study.Status.values))])
+@extend_schema(
+    parameters=[
+        OpenApiParameter("status", str, enum=list(Study.Status.values)),
+        OpenApiParameter("condition", str, description="studies with an analysis of this condition"),
+        OpenApiParameter("positive", bool, description="only studies with a real AI finding"),
+        OpenApiParameter("region", str, enum=list(selectors.WORKLIST_REGIONS)),
+        OpenApiParameter("date_from", str, description="study date from (YYYY-MM-DD)"),
+        OpenApiParameter("date_to", str, description="study date to (YYYY-MM-DD)"),
+        OpenApiParameter("assigned", str, enum=list(selectors.ASSIGNED_CHOICES)),
+        OpenApiParameter("q", str, description="patient name, patient ID or accession contains"),
+    ]
+)
 class StudyListView(generics.ListAPIView):
+    """The worklist in triage order (see selectors.study_worklist), with its filters."""
+
     serializer_class = StudyListSerializer
 
     def get_queryset(self):
-        status_filter = self.request.query_params.get("status") or None
-        if status_filter is not None and status_filter not in Study.Status.values:
-            raise ValidationError({"status": f"Unknown status; use one of {', '.join(Study.Status.values)}."})
-        return selectors.study_worklist(status=status_filter)
+        try:
+            filters = selectors.worklist_filters_parse(self.request.query_params)
+        except selectors.WorklistFilterError as exc:
+            raise ValidationError({exc.field: str(exc)}) from None
+        return selectors.study_worklist(filters=filters, user=self.request.user)
 
 
 class StudyDetailView(generics.RetrieveAPIView):
