@@ -44,6 +44,7 @@ from web.clinical.services import (
     image_analyses_request,
     image_upload,
     images_upload_many,
+    upload_outcome,
 )
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,13 @@ class UploadView(APIView):
         study = selectors.study_worklist().get(pk=result.image.study_id)
         image = Image.objects.prefetch_related("analyses").get(pk=result.image.pk)
         body = UploadResultSerializer(
-            {"created": result.created, "warnings": result.warnings, "study": study, "image": image}
+            {
+                "created": result.created,
+                "warnings": result.warnings,
+                "outcome": upload_outcome(result),
+                "study": study,
+                "image": image,
+            }
         ).data
         return Response(body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 
@@ -176,6 +183,7 @@ def bulk_upload_summary(items: list[BulkUploadItem]) -> dict[str, Any]:
                 "filename": item.filename,
                 "status": "rejected" if result is None else "created" if result.created else "duplicate",
                 "error": item.error,
+                "outcome": upload_outcome(result, item.error),
                 "warnings": result.warnings if result else [],
                 "image_id": result.image.pk if result else None,
                 "study_id": result.image.study_id if result else None,

@@ -25,6 +25,7 @@ from web.clinical.services.upload_parts import (
     UploadFields,
     UploadRejected,
     UploadResult,
+    upload_outcome,
 )
 from web.clinical.services.uploads import image_upload, images_upload_many
 
@@ -48,4 +49,5 @@ __all__ = [
     "images_upload_many",
     "registry_activate",
     "studies_refresh",
+    "upload_outcome",
 ]
