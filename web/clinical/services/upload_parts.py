@@ -219,7 +219,7 @@ def upload_outcome(result: UploadResult | None, error: str = "") -> str:
         return f"Refused: {error}"
     study = result.image.study
     where = (
-        f"study {study.accession_number or study.study_instance_uid} of patient "
+        f"study {study.accession_number or f'#{study.pk}'} of patient "
         f"{study.patient.patient_id}, body part {study.body_part or 'unknown'}"
     )
     if not result.created:
