@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import re
 from typing import Any
 
 import pytest
@@ -303,3 +304,21 @@ def test_releasing_a_study_in_review_gives_it_back_ready_for_review(grey) -> Non
 
     s.refresh_from_db()
     assert s.status == "ai_complete" and s.assigned_radiologist is None
+
+
+def test_a_study_without_analyses_offers_analyse_with_its_region_conditions_first(grey) -> None:
+    s = study("MRN-NOAI", body_part="HAND")
+    image_id = s.images.get().pk
+    page = as_browser(grey).get("/").content.decode()
+    row = page[page.index(f'data-study-id="{s.pk}"') :].split("</tr>")[0]
+    options = re.findall(r'<option value="(\w+)">', row)
+
+    assert "No AI analysis" in row and "Analyse" in row and f'data-image-ids="{image_id}"' in row
+    assert options[0] == "fracture" and set(options) == {
+        "fracture",
+        "pneumonia",
+        "cardiomegaly",
+        "knee_osteoarthritis",
+        "knee_osteoporosis",
+    }
+    assert "Pneumonia (not for HAND)" in row
