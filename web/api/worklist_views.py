@@ -25,12 +25,12 @@ from web.clinical.services.worklist import (
 
 class _StudyActionView(APIView):
     permission_classes = [api_requires(Capability.REVIEW)]
-    action: Callable[..., Any]
+    service: Callable[..., Any]
 
     @extend_schema(request=None, responses={200: StudyListSerializer})
     def post(self, request: Request, pk: int) -> Response:
         try:
-            type(self).action(study_id=pk, user=request.user, ip_address=client_ip(request))
+            type(self).service(study_id=pk, user=request.user, ip_address=client_ip(request))
         except WorklistActionRefused as exc:
             return Response({"error": str(exc)}, status=exc.status_code)
         study = selectors.study_worklist().get(pk=pk)
@@ -40,16 +40,16 @@ class _StudyActionView(APIView):
 class StudyClaimView(_StudyActionView):
     """Assign the study to me. 409 when another radiologist holds it."""
 
-    action = study_claim
+    service = study_claim
 
 
 class StudyReleaseView(_StudyActionView):
     """Give my study back to the worklist. 409 unless I hold it."""
 
-    action = study_release
+    service = study_release
 
 
 class StudyReviewedView(_StudyActionView):
     """Mark my study reviewed (status reported, until reports exist). 409 unless I hold it."""
 
-    action = study_mark_reviewed
+    service = study_mark_reviewed
