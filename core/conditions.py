@@ -105,6 +105,18 @@ CONDITIONS: dict[str, Condition] = {
     )
 }
 
+# How soon a positive finding of each condition needs a radiologist (higher first). The
+# worklist sorts AI-positive studies by this, then by probability; it never changes the
+# priority a person gave.
+CONDITION_URGENCY: dict[str, int] = {
+    "pneumonia": 3,
+    "fracture": 3,
+    "cardiomegaly": 2,
+    "knee_osteoarthritis": 1,
+    "knee_osteoporosis": 1,
+}
+assert set(CONDITION_URGENCY) == set(CONDITIONS), "every condition needs an urgency"
+
 
 def normalise_body_part(body_part: str | None) -> str:
     """'Lower extremity' / 'lower_extremity' -> 'LOWEREXTREMITY' (DICOM style, no separators)."""

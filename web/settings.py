@@ -169,6 +169,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = RADTRIAGE_MAX_UPLOAD_BYTES
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 2**20
 # One bulk upload request takes at most this many files (a browser sends bigger sets in parts).
 RADTRIAGE_MAX_FILES_PER_REQUEST = int(os.environ.get("RADTRIAGE_MAX_FILES_PER_REQUEST", "100"))
+# Triage: a study waiting longer than this many hours rises to the top of its priority band,
+# above AI-positive studies, so that AI-negative studies are never starved.
+RADTRIAGE_WAITING_CAP_HOURS = float(os.environ.get("RADTRIAGE_WAITING_CAP_HOURS", "4"))
 # Django's own cap sits well above ours, so that ours (which says how many) is the one users meet.
 DATA_UPLOAD_MAX_NUMBER_FILES = 4 * RADTRIAGE_MAX_FILES_PER_REQUEST
 

@@ -146,6 +146,8 @@ class StudyListSerializer(serializers.ModelSerializer):
             "priority",
             "status",
             "assigned_radiologist",
+            "claimed_at",
+            "reviewed_at",
             "patient",
             "ai_flagged",
             "image_count",
@@ -256,6 +258,7 @@ class BulkUploadItemSerializer(serializers.Serializer):
     filename = serializers.CharField()
     status = serializers.ChoiceField(choices=["created", "duplicate", "rejected"])
     error = serializers.CharField(allow_blank=True)
+    outcome = serializers.CharField(help_text="what the server did with this file, in a sentence")
     warnings = serializers.ListField(child=serializers.CharField())
     image_id = serializers.IntegerField(allow_null=True)
     study_id = serializers.IntegerField(allow_null=True)
@@ -272,6 +275,7 @@ class BulkUploadResultSerializer(serializers.Serializer):
 class UploadResultSerializer(serializers.Serializer):
     created = serializers.BooleanField()
     warnings = serializers.ListField(child=serializers.CharField())
+    outcome = serializers.CharField(help_text="what the server did with the file, in a sentence")
     study = StudyListSerializer()
     image = ImageSerializer()
 

@@ -2,7 +2,7 @@ from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
-from web.api import errors, report_views, views
+from web.api import errors, report_views, views, worklist_views
 
 app_name = "api"
 
@@ -27,6 +27,9 @@ urlpatterns = [
     path("uploads/batch/", views.BulkUploadView.as_view(), name="upload-batch"),
     path("studies/", views.StudyListView.as_view(), name="study-list"),
     path("studies/<int:pk>/", views.StudyDetailView.as_view(), name="study-detail"),
+    path("studies/<int:pk>/claim/", worklist_views.StudyClaimView.as_view(), name="study-claim"),
+    path("studies/<int:pk>/release/", worklist_views.StudyReleaseView.as_view(), name="study-release"),
+    path("studies/<int:pk>/reviewed/", worklist_views.StudyReviewedView.as_view(), name="study-reviewed"),
     path("analyses/<int:pk>/", views.AnalysisDetailView.as_view(), name="analysis-detail"),
     path("analyses/<int:pk>/heatmap/", views.AnalysisHeatmapView.as_view(), name="analysis-heatmap"),
     path("images/<int:pk>/thumbnail/", views.ImageThumbnailView.as_view(), name="image-thumbnail"),

@@ -46,6 +46,7 @@ from web.clinical.services import (
     image_analyses_request,
     image_upload,
     images_upload_many,
+    upload_outcome,
 )
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,13 @@ class UploadView(APIView):
         study = selectors.study_worklist().get(pk=result.image.study_id)
         image = Image.objects.prefetch_related("analyses").get(pk=result.image.pk)
         body = UploadResultSerializer(
-            {"created": result.created, "warnings": result.warnings, "study": study, "image": image}
+            {
+                "created": result.created,
+                "warnings": result.warnings,
+                "outcome": upload_outcome(result),
+                "study": study,
+                "image": image,
+            }
         ).data
         return Response(body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 
@@ -180,6 +187,7 @@ def bulk_upload_summary(items: list[BulkUploadItem]) -> dict[str, Any]:
                 "filename": item.filename,
                 "status": "rejected" if result is None else "created" if result.created else "duplicate",
                 "error": item.error,
+                "outcome": upload_outcome(result, item.error),
                 "warnings": result.warnings if result else [],
                 "image_id": result.image.pk if result else None,
                 "study_id": result.image.study_id if result else None,
@@ -198,16 +206,30 @@ def bulk_upload_summary(items: list[BulkUploadItem]) -> dict[str, Any]:
     }
 
 
-@extend_schema(parameters=[OpenApiParameter("status", str, enum=list(Study.Status.values))])
+@extend_schema(
+    parameters=[
+        OpenApiParameter("status", str, enum=list(Study.Status.values)),
+        OpenApiParameter("condition", str, description="studies with an analysis of this condition"),
+        OpenApiParameter("positive", bool, description="only studies with a real AI finding"),
+        OpenApiParameter("region", str, enum=list(selectors.WORKLIST_REGIONS)),
+        OpenApiParameter("date_from", str, description="study date from (YYYY-MM-DD)"),
+        OpenApiParameter("date_to", str, description="study date to (YYYY-MM-DD)"),
+        OpenApiParameter("assigned", str, enum=list(selectors.ASSIGNED_CHOICES)),
+        OpenApiParameter("q", str, description="patient name, patient ID or accession contains"),
+    ]
+)
 class StudyListView(generics.ListAPIView):
+    """The worklist in triage order (see selectors.study_worklist), with its filters."""
+
     permission_classes = [CanViewStudies]
     serializer_class = StudyListSerializer
 
     def get_queryset(self):
-        status_filter = self.request.query_params.get("status") or None
-        if status_filter is not None and status_filter not in Study.Status.values:
-            raise ValidationError({"status": f"Unknown status; use one of {', '.join(Study.Status.values)}."})
-        return selectors.study_worklist(status=status_filter)
+        try:
+            filters = selectors.worklist_filters_parse(self.request.query_params)
+        except selectors.WorklistFilterError as exc:
+            raise ValidationError({exc.field: str(exc)}) from None
+        return selectors.study_worklist(filters=filters, user=self.request.user)
 
 
 class StudyDetailView(generics.RetrieveAPIView):

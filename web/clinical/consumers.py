@@ -59,6 +59,9 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     async def analysis_event(self, message: dict[str, Any]) -> None:
         await self.send_json({"type": "analysis", "event": message["event"], "analysis": message["analysis"]})
 
+    async def study_event(self, message: dict[str, Any]) -> None:
+        await self.send_json({"type": "study", "event": message["event"], "study": message["study"]})
+
     async def analysis_events(self, message: dict[str, Any]) -> None:
         """A burst sent as one channel message: the page still gets one frame per event."""
         for event in message["events"]:

@@ -47,6 +47,40 @@ def analysis_payload(analysis: Analysis) -> dict[str, Any]:
     }
 
 
+STUDY_EVENT_TYPE = "study.event"  # -> LiveConsumer.study_event
+
+
+def study_event_publish(*, study: Any, event: str) -> None:
+    """A person changed a study (claimed, released, in review, reviewed): after commit, tell
+    the worklist and the study's page. Rare and small, so sent directly, best effort."""
+    message = {
+        "type": STUDY_EVENT_TYPE,
+        "event": event,
+        "study": {
+            "id": study.pk,
+            "status": study.status,
+            "assigned_radiologist": study.assigned_radiologist.get_username()
+            if study.assigned_radiologist_id
+            else None,
+        },
+    }
+    groups = [study_group(study.pk), WORKLIST_GROUP]
+    transaction.on_commit(lambda: _send_now(groups, message))
+
+
+def _send_now(groups: list[str], message: dict[str, Any]) -> None:
+    from asgiref.sync import async_to_sync
+
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        for group in groups:
+            async_to_sync(layer.group_send)(group, message)
+    except Exception:  # noqa: BLE001 - see module docstring: events never fail an action
+        log.warning("Could not publish study event %s", message["event"], exc_info=True)
+
+
 def analysis_event_publish(*, analysis: Analysis, event: str) -> None:
     """Queue `event` for sending after the current transaction commits."""
     message = {"type": EVENT_TYPE, "event": event, "analysis": analysis_payload(analysis)}

@@ -72,6 +72,16 @@ class Study(models.Model):
         on_delete=models.SET_NULL,
         related_name="assigned_studies",
     )
+    # Set by the claim/release/review services (web.clinical.services.worklist), never by hand.
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

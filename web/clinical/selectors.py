@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import (
+    Case,
+    Count,
+    DateTimeField,
+    Exists,
+    F,
+    IntegerField,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+    When,
+)
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 
+from core.conditions import (
+    CHEST_PARTS,
+    CONDITION_URGENCY,
+    CONDITIONS,
+    KNEE_PARTS,
+    LIMB_PARTS,
+    OTHER_BODY_PARTS,
+)
 from web.clinical.models import Analysis, Image, Study
 
 
@@ -24,13 +50,107 @@ def _analysis_count(**filters: Any) -> Coalesce:
     return Coalesce(Subquery(counted), 0)
 
 
-def study_worklist(*, status: str | None = None) -> QuerySet[Study]:
-    """Studies for the worklist: most urgent first, AI-flagged first within a priority.
+@dataclass(frozen=True)
+class WorklistFilters:
+    """What the worklist shows: every field optional; the page and the API parse the same
+    query string with `worklist_filters_parse`."""
 
-    `ai_flagged` (a column the services keep) counts only real findings: a placeholder
-    model's positive is never a flag. The order is an index, so a page costs the same with a
-    hundred studies or a million.
+    status: str = ""
+    condition: str = ""
+    positive_only: bool = False
+    region: str = ""
+    date_from: dt.date | None = None
+    date_to: dt.date | None = None
+    assigned: str = ""  # "", "mine" or "unassigned"
+    q: str = ""
+
+
+# Body regions the worklist filters by (DICOM BodyPartExamined values of each).
+WORKLIST_REGIONS: dict[str, frozenset[str]] = {
+    "chest": CHEST_PARTS,
+    "limb": LIMB_PARTS | KNEE_PARTS,
+    "other": OTHER_BODY_PARTS,
+}
+ASSIGNED_CHOICES = ("mine", "unassigned")
+
+
+class WorklistFilterError(ValueError):
+    """A filter value the worklist does not know; `field` and `str()` say which and why."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def worklist_filters_parse(params: Mapping[str, Any]) -> WorklistFilters:
+    """A query string -> WorklistFilters. Raises WorklistFilterError on a value it cannot use."""
+
+    def text(name: str) -> str:
+        return str(params.get(name) or "").strip()
+
+    def date(name: str) -> dt.date | None:
+        value = text(name)
+        if not value:
+            return None
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            raise WorklistFilterError(name, f"{name}: use a date as YYYY-MM-DD.") from None
+
+    status, condition, region, assigned = text("status"), text("condition"), text("region"), text("assigned")
+    if status and status not in Study.Status.values:
+        raise WorklistFilterError("status", f"Unknown status; use one of {', '.join(Study.Status.values)}.")
+    if condition and condition not in CONDITIONS:
+        raise WorklistFilterError("condition", f"Unknown condition; use one of {', '.join(CONDITIONS)}.")
+    if region and region not in WORKLIST_REGIONS:
+        raise WorklistFilterError("region", f"Unknown body region; use one of {', '.join(WORKLIST_REGIONS)}.")
+    if assigned and assigned not in ASSIGNED_CHOICES:
+        raise WorklistFilterError("assigned", "Use assigned=mine or assigned=unassigned.")
+    return WorklistFilters(
+        status=status,
+        condition=condition,
+        positive_only=text("positive") in ("1", "true", "on", "yes"),
+        region=region,
+        date_from=date("date_from"),
+        date_to=date("date_to"),
+        assigned=assigned,
+        q=text("q")[:100],
+    )
+
+
+def _urgency_of_condition() -> Case:
+    return Case(
+        *[When(Q(condition=code), then=Value(level)) for code, level in CONDITION_URGENCY.items()],
+        default=Value(0),
+        output_field=IntegerField(),
+    )
+
+
+def _real_findings() -> QuerySet[Analysis]:
+    """Analysis.is_finding as a query (a not-applicable result is stored with positive=None)."""
+    return Analysis.objects.filter(
+        state=Analysis.State.SUCCEEDED, positive=True, is_placeholder=False, experimental=False
+    ).exclude(applicable=False)
+
+
+def study_worklist(
+    *, status: str | None = None, filters: WorklistFilters | None = None, user: Any = None
+) -> QuerySet[Study]:
+    """Studies in triage order:
+
+    1. the priority a person gave (STAT, urgent, routine); the AI never changes it;
+    2. within a priority, a study waiting longer than RADTRIAGE_WAITING_CAP_HOURS first
+       (longest waiting first), so AI-negative studies never starve;
+    3. then studies with a real AI finding, by the urgency of the condition
+       (core.conditions.CONDITION_URGENCY), then by its probability;
+    4. then the longest waiting first.
+
+    A reported study no longer waits. `strongest_id` is the analysis the row shows: the most
+    urgent real finding, else the most probable finished result.
     """
+    filters = filters or WorklistFilters(status=status or "")
+    now = timezone.now()
+    cap = now - dt.timedelta(hours=settings.RADTRIAGE_WAITING_CAP_HOURS)
     images = (
         Image.objects.filter(study=OuterRef("pk"))
         .order_by()
@@ -38,18 +158,93 @@ def study_worklist(*, status: str | None = None) -> QuerySet[Study]:
         .annotate(n=Count("pk"))
         .values("n")[:1]
     )
+    finding = _real_findings().filter(image__study=OuterRef("pk")).annotate(urgency=_urgency_of_condition())
+    top_finding = finding.order_by("-urgency", "-probability")
+    strongest = (
+        Analysis.objects.filter(image__study=OuterRef("pk"), state=Analysis.State.SUCCEEDED)
+        .annotate(
+            urgency=_urgency_of_condition(),
+            real=Exists(_real_findings().filter(pk=OuterRef("pk"))),
+        )
+        .order_by("-real", "-urgency", F("probability").desc(nulls_last=True), "-id")
+        .values("pk")[:1]
+    )
+    open_statuses = [s for s in Study.Status.values if s != Study.Status.REPORTED]
     qs = (
         Study.objects.select_related("patient", "assigned_radiologist")
         .annotate(
             image_count=Coalesce(Subquery(images), 0),
             pending_count=_analysis_count(state__in=[Analysis.State.QUEUED, Analysis.State.RUNNING]),
             failed_count=_analysis_count(state=Analysis.State.FAILED),
+            finding_urgency=Coalesce(Subquery(top_finding.values("urgency")[:1]), 0),
+            finding_probability=Coalesce(Subquery(top_finding.values("probability")[:1]), 0.0),
+            overdue_since=Case(
+                When(created_at__lte=cap, status__in=open_statuses, then=F("created_at")),
+                default=None,
+                output_field=DateTimeField(),
+            ),
+            strongest_id=Subquery(strongest),
         )
-        .order_by("priority", "-ai_flagged", "-created_at", "-id")
+        .order_by(
+            "priority",
+            F("overdue_since").asc(nulls_last=True),
+            "-finding_urgency",
+            "-finding_probability",
+            "created_at",
+            "id",
+        )
     )
-    if status:
-        qs = qs.filter(status=status)
+    return _filtered(qs, filters, user=user)
+
+
+def _filtered(qs: QuerySet[Study], f: WorklistFilters, *, user: Any) -> QuerySet[Study]:
+    if f.status:
+        qs = qs.filter(status=f.status)
+    if f.condition:
+        qs = qs.filter(Exists(Analysis.objects.filter(image__study=OuterRef("pk"), condition=f.condition)))
+    if f.positive_only:
+        qs = qs.filter(ai_flagged=True)
+    if f.region:
+        qs = qs.filter(body_part__in=sorted(WORKLIST_REGIONS[f.region]))
+    if f.date_from:
+        qs = qs.filter(study_date__gte=f.date_from)
+    if f.date_to:
+        qs = qs.filter(study_date__lte=f.date_to)
+    if f.assigned == "mine":
+        qs = qs.filter(assigned_radiologist=user) if user is not None else qs.none()
+    elif f.assigned == "unassigned":
+        qs = qs.filter(assigned_radiologist__isnull=True)
+    if f.q:
+        qs = qs.filter(
+            Q(patient__name__icontains=f.q)
+            | Q(patient__patient_id__icontains=f.q)
+            | Q(accession_number__icontains=f.q)
+            # DICOM names are stored 'Family^Given': "Jane Doe" should find 'Doe^Jane' too.
+            | Q(patient__name__icontains="^".join(reversed(f.q.split())))
+        )
     return qs
+
+
+def worklist_strongest(studies: list[Study]) -> None:
+    """Attach `strongest` (the Analysis the row shows, or None) to each study of a page:
+    one query for the page."""
+    ids = [s.strongest_id for s in studies if getattr(s, "strongest_id", None)]
+    by_id = {a.pk: a for a in Analysis.objects.filter(pk__in=ids)}
+    for study in studies:
+        study.strongest = by_id.get(getattr(study, "strongest_id", None))
+
+
+def waiting_label(study: Study, *, now: dt.datetime | None = None) -> str:
+    """'3 h 12 min' since the study arrived; '—' once reported."""
+    if study.status == Study.Status.REPORTED:
+        return "—"
+    minutes = max(0, int(((now or timezone.now()) - study.created_at).total_seconds() // 60))
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min"
+    return f"{hours // 24} d {hours % 24} h"
 
 
 def study_detail(*, study_id: int) -> Study:

@@ -28,6 +28,7 @@ from web.clinical.services.upload_parts import (
     UploadFields,
     UploadRejected,
     UploadResult,
+    upload_outcome,
 )
 from web.clinical.services.uploads import image_upload, images_upload_many
 
@@ -53,4 +54,5 @@ __all__ = [
     "registry_activation_preview",
     "ActivationRefused",
     "studies_refresh",
+    "upload_outcome",
 ]

@@ -217,6 +217,25 @@ class BulkUploadItem:
         return cls(filename, error=str(exc), status_code=exc.status_code, rejection=exc)
 
 
+def upload_outcome(result: UploadResult | None, error: str = "") -> str:
+    """What the server did with one file, in a sentence for the uploader: stored where,
+    duplicate of which study, or refused and why; which analyses were queued, or none and why."""
+    if result is None:
+        return f"Refused: {error}"
+    study = result.image.study
+    where = (
+        f"study {study.accession_number or f'#{study.pk}'} of patient "
+        f"{study.patient.patient_id}, body part {study.body_part or 'unknown'}"
+    )
+    if not result.created:
+        states = ", ".join(f"{a.condition} ({a.state})" for a in result.analyses) or "none"
+        return f"Duplicate: already stored in {where}; nothing new stored. Its analyses: {states}."
+    if result.analyses:
+        return f"Stored in {where}. Analyses queued: {', '.join(a.condition for a in result.analyses)}."
+    why = next((w for w in result.warnings if "without AI analysis" in w), "none was asked for.")
+    return f"Stored in {where}. No analysis queued: {why}"
+
+
 def header_value(meta: dict[str, Any], key: str) -> str:
     value = meta.get(key)
     return str(value).strip() if value not in (None, "") else ""

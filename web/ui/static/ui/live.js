@@ -1,7 +1,8 @@
 // Websocket with reconnect. Each time it opens, the page re-reads the server: events sent while
 // the page was loading or offline are never missed.
 "use strict";
-window.radtriageLive = function (path, onEvent, onOpen) {
+// onStudy (optional): a person changed a study (claimed, released, in review, reviewed).
+window.radtriageLive = function (path, onEvent, onOpen, onStudy) {
   const status = document.getElementById("live-status");
   let delay = 1000;
   function setStatus(state, text) {
@@ -18,6 +19,7 @@ window.radtriageLive = function (path, onEvent, onOpen) {
     ws.onmessage = function (msg) {
       const data = JSON.parse(msg.data);
       if (data.type === "analysis") onEvent(data);
+      else if (data.type === "study" && onStudy) onStudy(data);
     };
     ws.onclose = function () {
       setStatus("offline", "offline – reconnecting");
