@@ -136,6 +136,15 @@ ROUTE_RULES: dict[str, list[Check]] = {
     "api:report-sign": [Check("post", "/api/reports/{report}/sign/", per_persona(401, 403, 403, 200, 409))],
     # A draft is the radiologists' working copy: a technologist does not see it exists.
     "api:report-pdf": [Check("get", "/api/reports/{report}/pdf/", per_persona(401, 403, 404, 200, 200))],
+    # Claim, release, mark reviewed: reviewers only. The radiologist claims first, so the
+    # admin then finds it claimed (409); release/reviewed are the assignee's (the admin is not).
+    "api:study-claim": [Check("post", "/api/studies/{study}/claim/", per_persona(401, 403, 403, 200, 409))],
+    "api:study-release": [
+        Check("post", "/api/studies/{study}/release/", per_persona(401, 403, 403, 409, 409))
+    ],
+    "api:study-reviewed": [
+        Check("post", "/api/studies/{study}/reviewed/", per_persona(401, 403, 403, 409, 409))
+    ],
     "api/^.*$": [Check("get", "/api/no-such-endpoint/", per_persona(404, 404, 404, 404, 404))],
 }
 
