@@ -10,10 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import Group
 from django.core.management import call_command
 
-from tests.web.fixtures import dicom_bytes, upload
+from tests.web.fixtures import dicom_bytes, upload, with_role
 from web.clinical.models import Analysis, Annotation, AuditEvent, Report, SignedReportChanged, Study
 
 pytestmark = pytest.mark.slow
@@ -42,7 +41,7 @@ def reviewed_study(api, radiologist, private_redis, broker_switch, tiny_registry
     with the radiologist's verdict on pneumonia and a rectangle drawn on the image."""
     from web.clinical.services import analyses_run
 
-    radiologist.groups.add(Group.objects.get(name="radiologist"))
+    with_role(radiologist, "radiologist")
     broker_switch(f"redis://127.0.0.1:{private_redis[1]}/0")  # jobs parked; run here instead
     settings.RADTRIAGE_REGISTRY = tiny_registry
     response = upload(
@@ -146,7 +145,7 @@ def test_a_draft_pdf_says_draft_and_only_radiologists_write_reports(
     assert "DRAFT, NOT SIGNED" in pdf_text(out)
 
     technologist = django_user_model.objects.create_user("tech.tina", password="pw")
-    technologist.groups.add(Group.objects.get(name="technologist"))
+    with_role(technologist, "technologist")
     client = APIClient()
     client.force_login(technologist)
     assert (
