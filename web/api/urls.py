@@ -2,7 +2,7 @@ from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
-from web.api import errors, views
+from web.api import errors, review_views, views
 
 app_name = "api"
 
@@ -24,5 +24,16 @@ urlpatterns = [
     path("images/<int:pk>/thumbnail/", views.ImageThumbnailView.as_view(), name="image-thumbnail"),
     path("images/<int:pk>/analyses/", views.ImageAnalysesView.as_view(), name="image-analyses"),
     path("annotations/", views.AnnotationCreateView.as_view(), name="annotation-create"),
+    # The reading room (web.api.review_views): viewing needs VIEW_STUDIES, changes need REVIEW.
+    path("images/<int:pk>/display/", review_views.ImageDisplayView.as_view(), name="image-display"),
+    path("images/<int:pk>/pixels/", review_views.ImagePixelsView.as_view(), name="image-pixels"),
+    path(
+        "images/<int:pk>/annotations/",
+        review_views.ImageAnnotationsView.as_view(),
+        name="image-annotations",
+    ),
+    path("annotations/<int:pk>/", review_views.AnnotationDetailView.as_view(), name="annotation-detail"),
+    path("analyses/<int:pk>/verdict/", review_views.AnalysisVerdictView.as_view(), name="analysis-verdict"),
+    path("verdicts/counts/", review_views.VerdictCountsView.as_view(), name="verdict-counts"),
     re_path(r"^.*$", errors.api_not_found),
 ]

@@ -14,4 +14,5 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", views.worklist, name="worklist"),
     path("studies/<int:study_id>/", views.study_page, name="study"),
+    path("analyses/<int:analysis_id>/card/", views.analysis_card, name="analysis-card"),
 ]

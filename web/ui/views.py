@@ -7,8 +7,9 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from core.conditions import KNOWN_BODY_PARTS
+from web.access import Capability, requires
 from web.clinical import selectors
-from web.clinical.models import Study
+from web.clinical.models import Analysis, Study
 from web.clinical.services import audit_record
 
 
@@ -33,3 +34,14 @@ def study_page(request: HttpRequest, study_id: int) -> HttpResponse:
         ip_address=request.META.get("REMOTE_ADDR") or None,
     )
     return render(request, "ui/study.html", {"study": study})
+
+
+@requires(Capability.VIEW_STUDIES)
+def analysis_card(request: HttpRequest, analysis_id: int) -> HttpResponse:
+    """One result's card, the same partial the study page is drawn with: the page fetches it
+    again when a live event says the result changed (one template draws every card)."""
+    try:
+        analysis = selectors.analysis_get(analysis_id=analysis_id)
+    except Analysis.DoesNotExist:
+        raise Http404("No such analysis.") from None
+    return render(request, "ui/_analysis.html", {"a": analysis})

@@ -1,7 +1,8 @@
 // Websocket with reconnect. Each time it opens, the page re-reads the server: events sent while
 // the page was loading or offline are never missed.
 "use strict";
-window.radtriageLive = function (path, onEvent, onOpen) {
+// `others` maps further event types ("annotation") to their handlers.
+window.radtriageLive = function (path, onEvent, onOpen, others) {
   const status = document.getElementById("live-status");
   let delay = 1000;
   function setStatus(state, text) {
@@ -18,6 +19,7 @@ window.radtriageLive = function (path, onEvent, onOpen) {
     ws.onmessage = function (msg) {
       const data = JSON.parse(msg.data);
       if (data.type === "analysis") onEvent(data);
+      else if (others && others[data.type]) others[data.type](data);
     };
     ws.onclose = function () {
       setStatus("offline", "offline – reconnecting");
