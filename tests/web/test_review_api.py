@@ -21,7 +21,7 @@ RECT = {"type": "rect", "x": 10, "y": 12, "w": 30, "h": 20}
 def _person(django_user_model: Any, username: str, role: str | None) -> APIClient:
     user = django_user_model.objects.create_user(username, password=f"pw-{username}")
     if role:
-        user.groups.add(Group.objects.get(name=role))
+        user.groups.add(Group.objects.get_or_create(name=role)[0])
     client = APIClient()
     client.force_login(user)
     return client

@@ -247,9 +247,12 @@
       for (const card of cards) {
         const option = document.createElement("option");
         option.value = card.dataset.heatmapUrl;
-        option.textContent = card.dataset.condition + " #" + card.dataset.analysisId;
+        option.textContent = card.dataset.condition + " #" + card.dataset.analysisId +
+          (card.dataset.placeholder ? " (placeholder: no diagnostic value)" : "");
         heatSource.appendChild(option);
-        if (!preferred || (card.classList.contains("finding") && !preferred.classList.contains("finding"))) preferred = card;
+        // A finding's map first, then any real model's; a placeholder's only when alone.
+        const rank = function (c) { return c.classList.contains("finding") ? 2 : c.dataset.placeholder ? 0 : 1; };
+        if (!preferred || rank(card) > rank(preferred)) preferred = card;
       }
       heatSource.disabled = heatToggle.disabled = !cards.length;
       const still = Array.from(cards).some(function (c) { return c.dataset.heatmapUrl === current; });
@@ -345,7 +348,7 @@
       if (DRAW_TOOLS.indexOf(name) >= 0 && !canReview) return;
       tool = name;
       for (const b of root.querySelectorAll("[data-tool]")) b.setAttribute("aria-pressed", b.dataset.tool === tool ? "true" : "false");
-      canvas.dataset.tool = tool;
+      canvas.dataset.mode = tool;
       canvas.style.cursor = tool === "pan" ? "grab" : tool === "window" ? "ns-resize" : "crosshair";
     }
     root.querySelector(".toolbar").addEventListener("click", function (e) {
