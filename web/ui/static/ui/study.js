@@ -30,9 +30,13 @@
   function viewerOf(imageId) { return (window.radtriageViewers || {})[imageId]; }
 
   // The one way a card is (re)drawn: the server's partial.
-  const loading = {};
+  const loading = {}, stale = {};
   function refreshCard(analysisId, imageId) {
-    if (loading[analysisId]) return loading[analysisId];
+    // One fetch per card at a time; a change announced meanwhile fetches it once more after.
+    if (loading[analysisId]) {
+      stale[analysisId] = true;
+      return loading[analysisId];
+    }
     loading[analysisId] = fetch("/analyses/" + analysisId + "/card/", {credentials: "same-origin"})
       .then(function (r) { if (!r.ok) throw new Error("card " + r.status); return r.text(); })
       .then(function (html) {
@@ -53,7 +57,13 @@
         const viewer = viewerOf(card.dataset.imageId);
         if (viewer) viewer.refreshHeatSources();
       })
-      .finally(function () { delete loading[analysisId]; });
+      // The card cannot be had (session ended, role withdrawn, server error): the whole page
+      // again, which shows the login page or the reason rather than a stale card.
+      .catch(function () { location.reload(); })
+      .finally(function () {
+        delete loading[analysisId];
+        if (stale[analysisId]) { delete stale[analysisId]; refreshCard(analysisId, imageId); }
+      });
     return loading[analysisId];
   }
 
