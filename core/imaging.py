@@ -276,6 +276,42 @@ def _load_dicom(data: bytes, *, max_pixels: int, read_metadata: bool = True) -> 
     )
 
 
+@dataclass(frozen=True)
+class DicomValues:
+    """A DICOM image's values for a viewer that windows them itself.
+
+    values: float64 (rows, cols), after the modality LUT (RescaleSlope/Intercept), first frame.
+    window: (center, width) from WindowCenter/WindowWidth (0028,1050-1), first value, in the
+        same units; None when absent, unusable, or when a VOI LUT Sequence (0028,3010) applies.
+    monochrome1: PhotometricInterpretation (0028,0004) is MONOCHROME1: invert after windowing.
+    """
+
+    values: np.ndarray
+    window: tuple[float, float] | None
+    monochrome1: bool
+
+
+def load_dicom_values(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DicomValues:
+    """DICOM bytes -> DicomValues (the windowing and inversion left to the caller)."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except Exception as exc:  # pydicom raises many types on a cut-off header
+        raise XRayDecodeError(f"The DICOM file cannot be read ({exc}).") from None
+    _check_size(int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), max_pixels=max_pixels)
+    raw = _decode_dicom_pixels(ds, frames=int(ds.get("NumberOfFrames", 1) or 1))
+    values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
+    center, width = _first_window(ds)
+    usable = center is not None and width is not None and width >= 1 and "VOILUTSequence" not in ds
+    return DicomValues(
+        values=values,
+        window=(center, width) if usable else None,  # type: ignore[arg-type]
+        monochrome1=str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1",
+    )
+
+
 def _decode_dicom_pixels(ds: Any, *, frames: int) -> np.ndarray:
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     syntax_name = f"{syntax.name} ({syntax})" if syntax is not None else "unknown"

@@ -58,7 +58,7 @@ def reviewed_study(api, radiologist, private_redis, broker_switch, tiny_registry
         image_id=image_id, author=radiologist, analysis=pneumonia, verdict="disagree", note="Normal lungs"
     )
     Annotation.objects.create(
-        image_id=image_id, author=radiologist, shapes=[{"type": "rect", "points": [[0.2, 0.2], [0.5, 0.6]]}]
+        image_id=image_id, author=radiologist, shapes=[{"type": "rect", "x": 20, "y": 20, "w": 30, "h": 40}]
     )
     return pneumonia.image.study
 

@@ -69,6 +69,7 @@ ROUTE_RULES: dict[str, list[Check]] = {
     "ui:logout": [Check("post", "/logout/", per_persona(302, 302, 302, 302, 302))],
     "ui:worklist": [Check("get", "/", PAGE_STUDIES, location="/login/")],
     "ui:study": [Check("get", "/studies/{study}/", PAGE_STUDIES, location="/login/")],
+    "ui:analysis-card": [Check("get", "/analyses/{analysis}/card/", PAGE_STUDIES, location="/login/")],
     "ui:report": [Check("get", "/studies/{study}/report/", PAGE_STUDIES, location="/login/")],
     "healthz": [Check("get", "/healthz/", PUBLIC)],
     "favicon": [Check("get", "/favicon.ico", PUBLIC)],
@@ -145,6 +146,41 @@ ROUTE_RULES: dict[str, list[Check]] = {
     "api:study-reviewed": [
         Check("post", "/api/studies/{study}/reviewed/", per_persona(401, 403, 403, 409, 409))
     ],
+    # The viewer: reading needs VIEW_STUDIES; drawing and verdicts REVIEW; changing an
+    # annotation only its author (the radiologist here, so the admin is refused).
+    "api:image-display": [Check("get", "/api/images/{image}/display/", API_STUDIES)],
+    "api:image-pixels": [Check("get", "/api/images/{image}/pixels/", API_STUDIES)],
+    "api:image-annotations": [
+        Check("get", "/api/images/{image}/annotations/", API_STUDIES),
+        Check(
+            "post",
+            "/api/images/{image}/annotations/",
+            API_REVIEW,
+            data=lambda ids: {"shapes": [{"type": "rect", "x": 1, "y": 2, "w": 3, "h": 4}], "note": "n"},
+            json=True,
+        ),
+    ],
+    "api:annotation-detail": [
+        Check("get", "/api/annotations/{annotation}/", API_STUDIES),
+        Check(
+            "patch",
+            "/api/annotations/{annotation}/",
+            per_persona(401, 403, 403, 200, 403),
+            data=lambda ids: {"note": "edited"},
+            json=True,
+        ),
+    ],
+    "api:analysis-verdict": [
+        Check("get", "/api/analyses/{analysis}/verdict/", API_STUDIES),
+        Check(
+            "put",
+            "/api/analyses/{analysis}/verdict/",
+            per_persona(401, 403, 403, 200, 200),
+            data=lambda ids: {"verdict": "agree", "comment": ""},
+            json=True,
+        ),
+    ],
+    "api:verdict-counts": [Check("get", "/api/verdicts/counts/", API_STUDIES)],
     "api/^.*$": [Check("get", "/api/no-such-endpoint/", per_persona(404, 404, 404, 404, 404))],
 }
 
@@ -205,10 +241,18 @@ def objects(people: dict[str, Any]) -> dict[str, int]:
     analysis.heatmap_raw.save("heat.png", ContentFile(png_bytes(size=32)), save=False)
     analysis.state = Analysis.State.SUCCEEDED
     analysis.save()
+    annotation = Annotation.objects.create(image=image, author=people["radiologist"], note="mine")
     report = Report.objects.create(
         study=image.study, version=1, author=people["radiologist"], impression="Draft reading."
     )
-    return {"study": image.study_id, "image": image.pk, "analysis": analysis.pk, "report": report.pk, "n": 0}
+    return {
+        "study": image.study_id,
+        "image": image.pk,
+        "analysis": analysis.pk,
+        "report": report.pk,
+        "annotation": annotation.pk,
+        "n": 0,
+    }
 
 
 def _client_for(persona: str, people: dict[str, Any]) -> Client:
@@ -260,11 +304,12 @@ def test_a_technologist_may_upload_but_not_annotate_or_rerun(people, objects) ->
     client = _client_for("technologist", people)
     worklist = client.get("/").content.decode()
     assert 'id="upload-form"' in worklist and "MRN-ROLES" in worklist
+    notes_before = Annotation.objects.count()
     refused = client.post(
         "/api/annotations/", {"image": objects["image"], "note": "x"}, content_type="application/json"
     )
     assert refused.status_code == 403 and "may not review" in refused.json()["error"]
-    assert not Annotation.objects.exists()
+    assert Annotation.objects.count() == notes_before
     before = Analysis.objects.count()
     rerun = client.post(
         f"/api/images/{objects['image']}/analyses/",

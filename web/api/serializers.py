@@ -285,8 +285,18 @@ class AnnotationSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Annotation
-        fields = ["id", "image", "author", "shapes", "note", "analysis", "verdict", "created_at"]
-        read_only_fields = ["id", "author", "created_at"]
+        fields = [
+            "id",
+            "image",
+            "author",
+            "shapes",
+            "note",
+            "analysis",
+            "verdict",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["id", "author", "created_at", "updated_at"]
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         analysis = attrs.get("analysis")
@@ -297,3 +307,67 @@ class AnnotationSerializer(serializers.ModelSerializer):
         if not isinstance(attrs.get("shapes", []), list):
             raise serializers.ValidationError({"shapes": "Shapes must be a JSON list."})
         return attrs
+
+
+class AnnotationChangeSerializer(serializers.Serializer):
+    """PATCH of one's own annotation: either field, or both."""
+
+    shapes = serializers.JSONField(required=False)
+    note = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+
+
+class VerdictInputSerializer(serializers.Serializer):
+    verdict = serializers.ChoiceField(choices=Annotation.Verdict.values)
+    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+
+
+class VerdictSerializer(serializers.ModelSerializer):
+    author = serializers.CharField(source="author.username", read_only=True)
+    comment = serializers.CharField(source="note", read_only=True)
+    condition = serializers.CharField(source="analysis.condition", read_only=True)
+    model_id = serializers.CharField(source="analysis.model_id", read_only=True)
+    model_sha256 = serializers.CharField(source="analysis.model_sha256", read_only=True)
+
+    class Meta:
+        model = Annotation
+        fields = [
+            "id",
+            "analysis",
+            "author",
+            "verdict",
+            "comment",
+            "condition",
+            "model_id",
+            "model_sha256",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class VerdictCountSerializer(serializers.Serializer):
+    model_id = serializers.CharField()
+    model_sha256 = serializers.CharField()
+    condition = serializers.CharField()
+    verdict = serializers.CharField(source="verdict_value")
+    count = serializers.IntegerField()
+
+
+class ImageDisplaySerializer(serializers.Serializer):
+    """How the study page's viewer decodes and windows the full-resolution pixels."""
+
+    id = serializers.IntegerField()
+    width = serializers.IntegerField()
+    height = serializers.IntegerField()
+    format = serializers.CharField()
+    pixels_url = serializers.CharField()
+    encoding = serializers.ChoiceField(
+        choices=["rg16", "rgb8"],
+        help_text="rg16: value = (R * 256 + G) * scale + offset; rgb8: the file's own 8-bit pixels",
+    )
+    offset = serializers.FloatField()
+    scale = serializers.FloatField()
+    invert = serializers.BooleanField(help_text="MONOCHROME1: invert after windowing")
+    window = serializers.DictField(child=serializers.FloatField())
+    range = serializers.DictField(child=serializers.FloatField())
+    auto_window = serializers.DictField(child=serializers.FloatField(), required=False)

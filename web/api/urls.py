@@ -2,7 +2,7 @@ from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
-from web.api import errors, report_views, views, worklist_views
+from web.api import errors, report_views, review_views, views, worklist_views
 
 app_name = "api"
 
@@ -38,5 +38,16 @@ urlpatterns = [
     path("studies/<int:pk>/reports/", report_views.StudyReportsView.as_view(), name="study-reports"),
     path("reports/<int:pk>/sign/", report_views.ReportSignView.as_view(), name="report-sign"),
     path("reports/<int:pk>/pdf/", report_views.ReportPdfView.as_view(), name="report-pdf"),
+    # The reading room (web.api.review_views): viewing needs VIEW_STUDIES, changes need REVIEW.
+    path("images/<int:pk>/display/", review_views.ImageDisplayView.as_view(), name="image-display"),
+    path("images/<int:pk>/pixels/", review_views.ImagePixelsView.as_view(), name="image-pixels"),
+    path(
+        "images/<int:pk>/annotations/",
+        review_views.ImageAnnotationsView.as_view(),
+        name="image-annotations",
+    ),
+    path("annotations/<int:pk>/", review_views.AnnotationDetailView.as_view(), name="annotation-detail"),
+    path("analyses/<int:pk>/verdict/", review_views.AnalysisVerdictView.as_view(), name="analysis-verdict"),
+    path("verdicts/counts/", review_views.VerdictCountsView.as_view(), name="verdict-counts"),
     re_path(r"^.*$", errors.api_not_found),
 ]

@@ -7,7 +7,6 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.signals import user_logged_in
-from django.db import transaction
 from django.http import FileResponse, HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers, status
@@ -41,13 +40,13 @@ from web.clinical.services import (
     UploadConflictError,
     UploadFields,
     UploadRejected,
-    audit_record,
     audit_record_read,
     image_analyses_request,
     image_upload,
     images_upload_many,
     upload_outcome,
 )
+from web.clinical.services.review import ReviewRejected, annotation_create, verdict_set
 
 log = logging.getLogger(__name__)
 
@@ -390,21 +389,35 @@ class ImageAnalysesView(APIView):
 
 
 class AnnotationCreateView(generics.CreateAPIView):
+    """Kept for API clients: a drawing/note, or (with analysis + verdict) one's verdict, which
+    replaces one's earlier verdict on that result. The study page uses web.api.review_views."""
+
     permission_classes = [api_requires(Capability.REVIEW)]
     serializer_class = AnnotationSerializer
 
     def perform_create(self, serializer: AnnotationSerializer) -> None:
-        with transaction.atomic():
-            annotation = serializer.save(author=self.request.user)
-            study = annotation.image.study
-            audit_record(
-                actor=self.request.user,
-                action="annotation.create",
-                patient=study.patient,
-                study=study,
-                obj=annotation,
-                ip_address=client_ip(self.request),
-            )
+        data = serializer.validated_data
+        try:
+            if data.get("verdict"):
+                annotation, _ = verdict_set(
+                    analysis=data["analysis"],
+                    author=self.request.user,
+                    verdict=data["verdict"],
+                    comment=data.get("note", ""),
+                    ip_address=client_ip(self.request),
+                )
+            else:
+                annotation = annotation_create(
+                    image=data["image"],
+                    author=self.request.user,
+                    shapes=data.get("shapes", []),
+                    note=data.get("note", ""),
+                    analysis=data.get("analysis"),
+                    ip_address=client_ip(self.request),
+                )
+        except ReviewRejected as exc:
+            raise ValidationError({"error": str(exc)}) from None
+        serializer.instance = annotation
 
 
 class TokenView(ObtainAuthToken):

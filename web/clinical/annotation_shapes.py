@@ -1,7 +1,7 @@
-"""Drawing the team's annotation shapes onto an image (reports). One shape is a dict:
-{"type": rect | ellipse | arrow | freehand | text, "points": [[x, y], ...], "text": "..."}
-with points in image pixels (or all in [0, 1]: fractions of width and height). Rect, ellipse
-and arrow take two points (corners / from-to); freehand any number; text one."""
+"""Drawing the team's annotation shapes onto an image (reports), in the format the viewer
+saves (web.clinical.services.review.shapes_clean), in image pixels:
+rect / ellipse {x, y, w, h}; arrow {x1, y1, x2, y2}; freehand {points: [[x, y], ...]};
+text {x, y, text}."""
 
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ import numpy as np
 
 def shape_points(shape: dict[str, Any], *, width: int, height: int) -> list[tuple[int, int]]:
     raw = shape.get("points")
-    if raw is None and {"x", "y"} <= shape.keys():
+    if raw is None and {"x1", "y1", "x2", "y2"} <= shape.keys():
+        raw = [[shape["x1"], shape["y1"]], [shape["x2"], shape["y2"]]]
+    elif raw is None and {"x", "y"} <= shape.keys():
         x, y = float(shape["x"]), float(shape["y"])
         raw = [[x, y], [x + float(shape.get("w", 0)), y + float(shape.get("h", 0))]]
-    points = [(float(p[0]), float(p[1])) for p in raw or []]
-    if points and all(0.0 <= c <= 1.0 for p in points for c in p):
-        points = [(x * width, y * height) for x, y in points]
-    return [(round(x), round(y)) for x, y in points]
+    return [(round(float(p[0])), round(float(p[1]))) for p in raw or []]
 
 
 def draw_shape(canvas: np.ndarray, shape: dict[str, Any], *, colour: tuple[int, int, int]) -> None:

@@ -1,4 +1,4 @@
-"""Websocket consumers: authenticate, join a group, forward analysis events as JSON."""
+"""Websocket consumers: authenticate, join a group, forward analysis and annotation events as JSON."""
 
 from __future__ import annotations
 
@@ -65,7 +65,15 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     async def analysis_events(self, message: dict[str, Any]) -> None:
         """A burst sent as one channel message: the page still gets one frame per event."""
         for event in message["events"]:
-            await self.analysis_event(event)
+            if "annotation" in event:
+                await self.annotation_event(event)
+            else:
+                await self.analysis_event(event)
+
+    async def annotation_event(self, message: dict[str, Any]) -> None:
+        await self.send_json(
+            {"type": "annotation", "event": message["event"], "annotation": message["annotation"]}
+        )
 
 
 @database_sync_to_async

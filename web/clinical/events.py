@@ -19,7 +19,7 @@ from typing import Any
 from channels.layers import get_channel_layer
 from django.db import transaction
 
-from web.clinical.models import Analysis
+from web.clinical.models import Analysis, Annotation
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ EVENT_TYPE = "analysis.event"  # -> LiveConsumer.analysis_event
 # a message through the channel layer costs the receiving web process ~1 ms of CPU, so a
 # burst (a bulk upload's "queued", a batch job's "started"/"finished") travels as one.
 EVENTS_TYPE = "analysis.events"
+ANNOTATION_TYPE = "annotation.event"  # -> LiveConsumer.annotation_event (study group only)
 
 
 def study_group(study_id: int) -> str:
@@ -85,6 +86,19 @@ def analysis_event_publish(*, analysis: Analysis, event: str) -> None:
     """Queue `event` for sending after the current transaction commits."""
     message = {"type": EVENT_TYPE, "event": event, "analysis": analysis_payload(analysis)}
     groups = [study_group(analysis.image.study_id), WORKLIST_GROUP]
+    transaction.on_commit(lambda: _publisher.send(groups, message))
+
+
+def annotation_payload(annotation: Annotation) -> dict[str, Any]:
+    from web.api.serializers import AnnotationSerializer
+
+    return AnnotationSerializer(annotation).data
+
+
+def annotation_event_publish(*, annotation: Annotation, event: str) -> None:
+    """Queue a created/updated/deleted annotation for the study's open pages, after commit."""
+    message = {"type": ANNOTATION_TYPE, "event": event, "annotation": annotation_payload(annotation)}
+    groups = [study_group(annotation.image.study_id)]
     transaction.on_commit(lambda: _publisher.send(groups, message))
 
 
@@ -161,10 +175,12 @@ class _Publisher:
                     for group, messages in _by_group(burst).items():
                         await layer.group_send(group, _combined(messages))
             except Exception:  # noqa: BLE001 - see module docstring: events never fail a job
+                first = burst[0][1]
                 log.warning(
-                    "Could not publish %d event(s), the first for analysis %s",
+                    "Could not publish %d event(s), the first a %s event for %s",
                     len(burst),
-                    burst[0][1]["analysis"]["id"],
+                    first["type"],
+                    (first.get("analysis") or first.get("annotation") or {}).get("id"),
                     exc_info=True,
                 )
             with self._lock:
@@ -184,10 +200,13 @@ def _by_group(burst: list[tuple[list[str], dict[str, Any]]]) -> dict[str, list[d
 def _combined(messages: list[dict[str, Any]]) -> dict[str, Any]:
     if len(messages) == 1:
         return messages[0]
-    return {
-        "type": EVENTS_TYPE,
-        "events": [{"event": m["event"], "analysis": m["analysis"]} for m in messages],
-    }
+    return {"type": EVENTS_TYPE, "events": [_item(m) for m in messages]}
+
+
+def _item(message: dict[str, Any]) -> dict[str, Any]:
+    """One event of a combined message; an item without "annotation" is an analysis event."""
+    key = "annotation" if message["type"] == ANNOTATION_TYPE else "analysis"
+    return {"event": message["event"], key: message[key]}
 
 
 _publisher = _Publisher()

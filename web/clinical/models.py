@@ -252,15 +252,27 @@ class Annotation(models.Model):
     )
     verdict = models.CharField(max_length=16, choices=Verdict.choices, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        ordering = ["created_at"]
+        ordering = ["created_at", "id"]
         constraints = [
             models.CheckConstraint(
                 condition=Q(verdict="") | Q(analysis__isnull=False),
                 name="annotation_verdict_needs_analysis",
-            )
+            ),
+            # A verdict is a radiologist's current opinion of one AI result: changing it
+            # updates the row, so counts per model and condition count people, not clicks.
+            models.UniqueConstraint(
+                fields=["analysis", "author"],
+                condition=~Q(verdict=""),
+                name="annotation_one_verdict_per_author",
+            ),
         ]
+
+    def __str__(self) -> str:
+        kind = f"verdict {self.verdict}" if self.verdict else "annotation"
+        return f"{kind} by {self.author_id} on image {self.image_id}"
 
 
 class AuditEvent(models.Model):

@@ -303,3 +303,106 @@ def _raw_heatmap(analysis: Analysis) -> Any:
     if raw is None:
         raise ValueError(f"The stored heat map of analysis {analysis.pk} is unreadable.")
     return raw.astype(np.float32) / 255.0
+
+
+# --------------------------------------------------------------------------- the viewer
+
+
+def image_display(*, image: Image) -> tuple[dict[str, Any], bytes]:
+    """The full pixel matrix for the study page's viewer, losslessly, and how to show it.
+
+    DICOM: the stored values after the modality LUT (DICOM order: the page applies the window
+    and then the MONOCHROME1 inversion), packed as 16-bit codes into an RGB PNG (R = high
+    byte, G = low byte) because a browser decodes every PNG to 8 bits per channel;
+    value = code * scale + offset. PNG/JPEG: the stored file itself (8-bit).
+    Returns (description for the page, PNG/JPEG bytes).
+    """
+    with image.file.open("rb") as handle:
+        data = handle.read()
+    if image.format != Image.Format.DICOM:
+        meta = {
+            "encoding": "rgb8",
+            "content_type": "image/png" if image.format == Image.Format.PNG else "image/jpeg",
+            "offset": 0.0,
+            "scale": 1.0,
+            "invert": False,
+            "window": {"center": 127.5, "width": 256.0},
+            "range": {"min": 0.0, "max": 255.0},
+        }
+        return meta, data
+    return _dicom_display(data)
+
+
+def _dicom_display(data: bytes) -> tuple[dict[str, Any], bytes]:
+    import cv2
+    import numpy as np
+
+    from core.imaging import load_dicom_values
+
+    dicom = load_dicom_values(data, max_pixels=settings.RADTRIAGE_MAX_PIXELS)
+    values = dicom.values
+    lo, hi = float(values.min()), float(values.max())
+    integral = bool(np.all(values == np.round(values)))
+    scale = 1.0 if integral and hi - lo <= 65535 else max(hi - lo, 1e-9) / 65535.0
+    codes = np.round((values - lo) / scale).astype(np.uint16)
+    bgr = np.zeros((*codes.shape, 3), dtype=np.uint8)
+    bgr[..., 2] = codes >> 8
+    bgr[..., 1] = codes & 0xFF
+    ok, buffer = cv2.imencode(".png", bgr)
+    if not ok:
+        raise ValueError("PNG encoding of the pixel data failed")
+    center, width = dicom.window or ((lo + hi) / 2.0, max(hi - lo, 1.0))
+    p1, p99 = (float(v) for v in np.percentile(values, [1, 99]))
+    meta = {
+        "encoding": "rg16",
+        "content_type": "image/png",
+        "offset": lo,
+        "scale": scale,
+        "invert": dicom.monochrome1,
+        "window": {"center": center, "width": width},
+        "range": {"min": lo, "max": hi},
+        "auto_window": {"center": (p1 + p99) / 2.0, "width": max(p99 - p1, 1.0)},
+    }
+    return meta, buffer.tobytes()
+
+
+def condition_models(*, condition: str) -> list[dict[str, Any]]:
+    """The registry's models for a condition, for a re-run with another model. Empty when the
+    registry cannot be read (the page then offers no re-run, and says nothing false)."""
+    from core.errors import RadTriageError
+    from core.registry import Registry
+
+    try:
+        registry = Registry.load(settings.RADTRIAGE_REGISTRY)
+    except (RadTriageError, OSError, ValueError):
+        return []
+    active = registry.active_models.get(condition)
+    return [
+        {"id": e.id, "status": e.status, "active": e.id == active}
+        for e in sorted(registry.models.values(), key=lambda e: e.id)
+        if e.condition == condition
+    ]
+
+
+def verdict_counts() -> list[dict[str, Any]]:
+    """Current verdicts counted per model (id and checksum), condition and verdict."""
+    from web.clinical.models import Annotation
+
+    return list(
+        Annotation.objects.exclude(verdict="")
+        .values(
+            model_id=F("analysis__model_id"),
+            model_sha256=F("analysis__model_sha256"),
+            condition=F("analysis__condition"),
+            verdict_value=F("verdict"),
+        )
+        .annotate(count=Count("pk"))
+        .order_by("model_id", "condition", "verdict_value")
+    )
+
+
+def image_annotations(*, image_id: int) -> QuerySet[Any]:
+    """The drawings and notes on an image, oldest first (verdicts are shown on their results)."""
+    from web.clinical.models import Annotation
+
+    return Annotation.objects.filter(image_id=image_id, verdict="").select_related("author")

@@ -15,4 +15,5 @@ urlpatterns = [
     path("", views.worklist, name="worklist"),
     path("studies/<int:study_id>/", views.study_page, name="study"),
     path("studies/<int:study_id>/report/", views.report_page, name="report"),
+    path("analyses/<int:analysis_id>/card/", views.analysis_card, name="analysis-card"),
 ]

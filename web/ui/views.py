@@ -12,7 +12,7 @@ from django.views.decorators.cache import cache_control
 from core.conditions import CONDITIONS, KNOWN_BODY_PARTS, conditions_for_body_part
 from web.access import Capability, can, requires
 from web.clinical import selectors
-from web.clinical.models import Study
+from web.clinical.models import Analysis, Study
 from web.clinical.selectors import WORKLIST_REGIONS, WorklistFilterError, WorklistFilters
 from web.clinical.services import audit_record, audit_record_read
 from web.clinical.services.worklist import study_open
@@ -108,3 +108,14 @@ def favicon(request: HttpRequest) -> HttpResponse:
         raise Http404("No favicon.")
     with open(path, "rb") as handle:
         return HttpResponse(handle.read(), content_type="image/svg+xml")
+
+
+@requires(Capability.VIEW_STUDIES)
+def analysis_card(request: HttpRequest, analysis_id: int) -> HttpResponse:
+    """One result's card, the same partial the study page is drawn with: the page fetches it
+    again when a live event says the result changed (one template draws every card)."""
+    try:
+        analysis = selectors.analysis_get(analysis_id=analysis_id)
+    except Analysis.DoesNotExist:
+        raise Http404("No such analysis.") from None
+    return render(request, "ui/_analysis.html", {"a": analysis})

@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("clinical", "0006_roles"),
+        ("clinical", "0007_review"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -1,8 +1,10 @@
 // Websocket with reconnect. Each time it opens, the page re-reads the server: events sent while
 // the page was loading or offline are never missed.
 "use strict";
-// onStudy (optional): a person changed a study (claimed, released, in review, reviewed).
-window.radtriageLive = function (path, onEvent, onOpen, onStudy) {
+// `others` maps further event types ("study", "annotation") to their handlers; a function
+// alone is the "study" handler (a person claimed, released, reviewed a study).
+window.radtriageLive = function (path, onEvent, onOpen, others) {
+  if (typeof others === "function") others = {study: others};
   const status = document.getElementById("live-status");
   let delay = 1000;
   function setStatus(state, text) {
@@ -19,7 +21,7 @@ window.radtriageLive = function (path, onEvent, onOpen, onStudy) {
     ws.onmessage = function (msg) {
       const data = JSON.parse(msg.data);
       if (data.type === "analysis") onEvent(data);
-      else if (data.type === "study" && onStudy) onStudy(data);
+      else if (others && others[data.type]) others[data.type](data);
     };
     ws.onclose = function () {
       setStatus("offline", "offline – reconnecting");

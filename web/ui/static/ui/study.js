@@ -1,21 +1,21 @@
-// Study page: redraw one analysis from the event payload; unknown analyses -> reload the page.
+// Study page. Every analysis card is drawn by the server (ui/_analysis.html); when a live event
+// says a result changed, the page fetches that card again. Annotations live in viewer.js.
 "use strict";
 (function () {
-  const esc = window.radtriageEscape;
   const studyId = window.RADTRIAGE_STUDY_ID;
-  const stateLabels = {queued: "Queued", running: "Running", succeeded: "Succeeded", failed: "Failed"};
   const studyLabels = {received: "Received", analysing: "AI analysing", ai_complete: "AI complete",
                        in_review: "In review", reported: "Reported"};
-  function fixed(x, n) { return x == null ? "" : Number(x).toFixed(n); }
 
   // Heat-map intensity: one slider for the page, remembered across studies. The colour layer's
   // opacity blends exactly like the server's overlay: (1 - alpha) * X-ray + alpha * colour.
   const slider = document.getElementById("heat-intensity");
   const sliderValue = document.getElementById("heat-intensity-value");
   function intensity() { return slider ? Number(slider.value) / 100 : 0.4; }
+  window.radtriageHeatIntensity = intensity;
   function applyIntensity() {
     for (const layer of document.querySelectorAll(".heat-layer")) { layer.style.opacity = intensity(); }
     if (sliderValue) sliderValue.textContent = slider.value + " %";
+    for (const viewer of Object.values(window.radtriageViewers || {})) viewer.redraw();
   }
   if (slider) {
     const saved = window.localStorage && localStorage.getItem("radtriage.heatIntensity");
@@ -27,71 +27,115 @@
     applyIntensity();
   }
 
-  function render(a) {
-    let html = '<div class="head"><strong>' + esc(a.condition) + '</strong> <span class="badge state-' +
-      esc(a.state) + '">' + esc(stateLabels[a.state] || a.state) + "</span></div>";
-    if (a.state === "succeeded") {
-      const notApplicable = a.applicable === false;
-      for (const w of a.warnings || []) {
-        html += '<p class="warning ' + esc(w.kind.replace(/_/g, "")) + '-warning" role="alert">' + esc(w.text) + "</p>";
-      }
-      if (notApplicable) {
-        html += '<p class="result">No result: the model was not made for this image, so its output is not shown.</p>';
-      } else if (!a.is_placeholder) {
-        html += '<p class="result">Probability <b class="prob">' + fixed(a.probability, 3) + "</b> " +
-          (a.is_finding ? '<span class="badge flag">AI flag</span> (at or above threshold ' + fixed(a.threshold, 2) + ")"
-            : a.positive ? "at or above threshold " + fixed(a.threshold, 2) + ", not a flag (experimental)"
-            : "below threshold " + fixed(a.threshold, 2)) + "</p>";
-      }
-      if (a.heatmap_raw_url && a.image_thumbnail_url && !notApplicable) {
-        html += '<div class="overlay-view"><img class="xray-layer" alt="X-ray" src="' + esc(a.image_thumbnail_url) +
-          '"><img class="heat-layer" alt="Grad-CAM heat map over the X-ray" style="opacity: ' + intensity() +
-          '" src="' + esc(a.heatmap_url) + "?kind=color&v=" + esc(a.finished_at || "") + '"></div>';
-      }
-      if (a.heatmap_url && !notApplicable) {
-        const gradcam = a.gradcam_method === "gradcam";
-        html += '<p class="heatmap-links"><a class="heatmap" target="_blank" href="' + esc(a.heatmap_url) +
-          '">Full-resolution overlay</a> · <small' + (gradcam ? "" : ' class="cam-fallback"') + ">" +
-          (gradcam ? "Grad-CAM" : "Not Grad-CAM: " + esc(a.gradcam_method) + " map (fallback)") +
-          (a.gradcam_layer ? " at " + esc(a.gradcam_layer) : "") + "</small></p>";
-      }
-    } else if (a.state === "failed") {
-      html += '<p class="error">' + esc(a.error_message) + "</p>";
+  function viewerOf(imageId) { return (window.radtriageViewers || {})[imageId]; }
+
+  // The one way a card is (re)drawn: the server's partial.
+  const loading = {}, stale = {};
+  function refreshCard(analysisId, imageId) {
+    // One fetch per card at a time; a change announced meanwhile fetches it once more after.
+    if (loading[analysisId]) {
+      stale[analysisId] = true;
+      return loading[analysisId];
     }
-    html += '<p class="model">Model <code>' + esc(a.model_id || "(active model)") + "</code>" +
-      (a.model_sha256 ? ' · sha256 <code title="' + esc(a.model_sha256) + '">' + esc(a.model_sha256.slice(0, 12)) + "…</code>" : "") +
-      "</p>";
-    return html;
+    loading[analysisId] = fetch("/analyses/" + analysisId + "/card/", {credentials: "same-origin"})
+      .then(function (r) { if (!r.ok) throw new Error("card " + r.status); return r.text(); })
+      .then(function (html) {
+        const holder = document.createElement("div");
+        holder.innerHTML = html.trim();
+        const card = holder.firstElementChild;
+        const old = document.querySelector('.analysis[data-analysis-id="' + analysisId + '"]');
+        if (old) {
+          old.replaceWith(card);
+        } else {
+          const list = document.querySelector('section.image[data-image-id="' + (imageId || card.dataset.imageId) + '"] .analyses');
+          if (!list) { location.reload(); return; }
+          const empty = list.querySelector(".no-analysis");
+          if (empty) empty.remove();
+          list.appendChild(card);
+        }
+        for (const layer of card.querySelectorAll(".heat-layer")) layer.style.opacity = intensity();
+        const viewer = viewerOf(card.dataset.imageId);
+        if (viewer) viewer.refreshHeatSources();
+      })
+      // The card cannot be had (session ended, role withdrawn, server error): the whole page
+      // again, which shows the login page or the reason rather than a stale card.
+      .catch(function () { location.reload(); })
+      .finally(function () {
+        delete loading[analysisId];
+        if (stale[analysisId]) { delete stale[analysisId]; refreshCard(analysisId, imageId); }
+      });
+    return loading[analysisId];
   }
 
-  function show(a, studyStatus) {
-    const el = document.querySelector('[data-analysis-id="' + a.id + '"]');
-    if (!el) { location.reload(); return false; }
-    el.className = "analysis state-" + a.state + (a.is_placeholder ? " placeholder" : "") +
-      (a.is_finding ? " finding" : "") + (a.state === "succeeded" && a.applicable === false ? " not-applicable" : "");
-    // Redraw only what changed: replacing an identical card would reload its images and flicker.
-    const html = render(a);
-    if (el.dataset.rendered !== html) {
-      el.innerHTML = html;
-      el.dataset.rendered = html;
-    }
+  function showStatus(studyStatus) {
     const status = document.getElementById("study-status");
     if (status && studyStatus) {
       status.className = "badge state-" + studyStatus;
       status.textContent = studyLabels[studyStatus] || studyStatus;
     }
-    return true;
   }
-  function onEvent(data) { show(data.analysis, data.analysis.study_status); }
-  // On every (re)connect: bring each analysis up to date from the API (same fields as events).
+  // A card is fetched again only when its state changed: an identical card is left alone (no
+  // reload of its images, no flicker).
+  function update(a) {
+    const el = document.querySelector('.analysis[data-analysis-id="' + a.id + '"]');
+    if (!el || el.dataset.state !== a.state) refreshCard(a.id, a.image_id || a.image);
+  }
+  function onEvent(data) { update(data.analysis); showStatus(data.analysis.study_status); }
+  function onAnnotation(data) {
+    const viewer = viewerOf(data.annotation.image);
+    if (viewer) viewer.annotationEvent(data.event, data.annotation);
+  }
+  // On every (re)connect: bring each analysis and the annotations up to date from the API.
   function reconcile() {
     fetch("/api/studies/" + studyId + "/", {credentials: "same-origin"})
       .then(function (r) { return r.json(); })
       .then(function (study) {
-        for (const image of study.images) {
-          for (const a of image.analyses) { if (!show(a, study.status)) return; }
-        }
+        showStatus(study.status);
+        for (const image of study.images) { for (const a of image.analyses) update(a); }
+      });
+    for (const viewer of Object.values(window.radtriageViewers || {})) viewer.loadAnnotations();
+  }
+
+  function sendJson(url, method, body) {
+    return fetch(url, {method: method, credentials: "same-origin",
+      headers: {"Content-Type": "application/json", "X-CSRFToken": window.radtriageCsrf()},
+      body: JSON.stringify(body)})
+      .then(function (r) {
+        return r.json().catch(function () { return {}; }).then(function (data) {
+          if (!r.ok) throw new Error(data.error || ("HTTP " + r.status));
+          return data;
+        });
       });
   }
-  window.radtriageLive("/ws/studies/" + studyId + "/", onEvent, reconcile);
+
+  document.addEventListener("submit", function (e) {
+    const form = e.target;
+    if (form.classList.contains("verdict-form")) {
+      e.preventDefault();
+      const card = form.closest(".analysis");
+      const chosen = form.querySelector("input[name=verdict]:checked");
+      sendJson(form.dataset.url, "PUT", {verdict: chosen ? chosen.value : "",
+                                         comment: form.querySelector("input[name=comment]").value})
+        .then(function () { return refreshCard(card.dataset.analysisId); })
+        .catch(function (err) { form.querySelector(".verdict-message").textContent = err.message; });
+    } else if (form.classList.contains("rerun-form")) {
+      e.preventDefault();
+      const message = form.querySelector(".rerun-message");
+      sendJson(form.dataset.url, "POST", {conditions: [form.dataset.condition],
+                                          model_id: form.querySelector("select[name=model_id]").value})
+        .then(function (created) {
+          message.textContent = "Queued.";
+          for (const a of created) refreshCard(a.id, a.image);
+        })
+        .catch(function (err) { message.textContent = err.message; });
+    }
+  });
+  document.addEventListener("click", function (e) {
+    const button = e.target.closest("button.show-heat");
+    if (!button) return;
+    const viewer = viewerOf(button.closest(".analysis").dataset.imageId);
+    if (viewer) viewer.showHeat(button.dataset.heatmapUrl);
+  });
+
+  window.radtriageLive("/ws/studies/" + studyId + "/", onEvent, reconcile, {annotation: onAnnotation});
 })();

@@ -1,0 +1,234 @@
+"""Reading-room review: annotations drawn on an image and verdicts on AI results.
+
+Each user action is audited once and, after commit, sent to the study's live group so that
+colleagues with the study open see it without reloading.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from django.db import transaction
+
+from web.clinical.events import annotation_event_publish
+from web.clinical.models import Analysis, Annotation, Image
+from web.clinical.services.audit import audit_record
+
+MAX_SHAPES = 50
+MAX_POINTS = 5000
+MAX_NOTE = 2000
+
+# type -> the numeric fields it needs (image pixel coordinates; freehand also has "points").
+SHAPE_FIELDS: dict[str, tuple[str, ...]] = {
+    "rect": ("x", "y", "w", "h"),
+    "ellipse": ("x", "y", "w", "h"),
+    "arrow": ("x1", "y1", "x2", "y2"),
+    "freehand": (),
+    "text": ("x", "y"),
+}
+
+
+class ReviewRejected(Exception):
+    """The request is malformed or not allowed for this result (HTTP 400)."""
+
+
+class ReviewForbidden(Exception):
+    """The user may not change this row (HTTP 403): only its author may."""
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ReviewRejected(f"{what} must be a finite number.")
+    return float(value)
+
+
+def shapes_clean(shapes: Any) -> list[dict[str, Any]]:
+    """Validated shapes, keeping only the known fields: [{"type", ...coordinates}]."""
+    if not isinstance(shapes, list):
+        raise ReviewRejected("Shapes must be a JSON list.")
+    if len(shapes) > MAX_SHAPES:
+        raise ReviewRejected(f"At most {MAX_SHAPES} shapes per annotation.")
+    clean: list[dict[str, Any]] = []
+    for index, shape in enumerate(shapes):
+        kind = shape.get("type") if isinstance(shape, dict) else None
+        if kind not in SHAPE_FIELDS:
+            raise ReviewRejected(f"Shape {index}: type must be one of {', '.join(SHAPE_FIELDS)}.")
+        out: dict[str, Any] = {"type": kind}
+        for name in SHAPE_FIELDS[kind]:
+            out[name] = _number(shape.get(name), f"Shape {index}: {name}")
+        if kind == "freehand":
+            points = shape.get("points")
+            if not isinstance(points, list) or not 2 <= len(points) <= MAX_POINTS:
+                raise ReviewRejected(f"Shape {index}: a freehand line needs 2 to {MAX_POINTS} points.")
+            out["points"] = [
+                [_number(p[0], f"Shape {index}: point"), _number(p[1], f"Shape {index}: point")]
+                if isinstance(p, list | tuple) and len(p) == 2
+                else _number(None, f"Shape {index}: point")
+                for p in points
+            ]
+        if kind == "text" and isinstance(shape.get("text"), str):
+            out["text"] = shape["text"][:MAX_NOTE]
+        clean.append(out)
+    return clean
+
+
+def _note_clean(note: Any) -> str:
+    if not isinstance(note, str):
+        raise ReviewRejected("The note must be text.")
+    if len(note) > MAX_NOTE:
+        raise ReviewRejected(f"The note is longer than {MAX_NOTE} characters.")
+    return note.strip()
+
+
+def _audit(*, actor: Any, action: str, annotation: Annotation, ip_address: str | None, **detail: Any) -> None:
+    study = annotation.image.study
+    audit_record(
+        actor=actor,
+        action=action,
+        patient=study.patient,
+        study=study,
+        obj=annotation,
+        ip_address=ip_address,
+        detail=detail,
+    )
+
+
+def annotation_create(
+    *,
+    image: Image,
+    author: Any,
+    shapes: Any,
+    note: Any = "",
+    analysis: Analysis | None = None,
+    ip_address: str | None = None,
+) -> Annotation:
+    """A drawing (and/or a note) on the image, by `author`, shown to the whole team."""
+    clean = shapes_clean(shapes)
+    text = _note_clean(note)
+    if not clean and not text:
+        raise ReviewRejected("An annotation needs a shape or a note.")
+    if analysis is not None and analysis.image_id != image.pk:
+        raise ReviewRejected("The analysis belongs to another image.")
+    with transaction.atomic():
+        annotation = Annotation.objects.create(
+            image=image, author=author, shapes=clean, note=text, analysis=analysis
+        )
+        _audit(
+            actor=author,
+            action="annotation.create",
+            annotation=annotation,
+            ip_address=ip_address,
+            shapes=[s["type"] for s in clean],
+        )
+        annotation_event_publish(annotation=annotation, event="created")
+    return annotation
+
+
+def _own(annotation: Annotation, actor: Any) -> None:
+    if annotation.author_id != getattr(actor, "pk", None):
+        raise ReviewForbidden("Only its author may change or delete an annotation.")
+
+
+def annotation_update(
+    *,
+    annotation: Annotation,
+    actor: Any,
+    shapes: Any = None,
+    note: Any = None,
+    ip_address: str | None = None,
+) -> Annotation:
+    """Change the shapes and/or the note of one's own annotation."""
+    _own(annotation, actor)
+    if annotation.verdict:
+        raise ReviewRejected("This is a verdict; change it on its result.")
+    fields = ["updated_at"]
+    if shapes is not None:
+        annotation.shapes = shapes_clean(shapes)
+        fields.append("shapes")
+    if note is not None:
+        annotation.note = _note_clean(note)
+        fields.append("note")
+    if not annotation.shapes and not annotation.note:
+        raise ReviewRejected("An annotation needs a shape or a note; delete it instead.")
+    with transaction.atomic():
+        annotation.save(update_fields=fields)
+        _audit(
+            actor=actor,
+            action="annotation.update",
+            annotation=annotation,
+            ip_address=ip_address,
+            changed=fields[1:],
+        )
+        annotation_event_publish(annotation=annotation, event="updated")
+    return annotation
+
+
+def annotation_delete(*, annotation: Annotation, actor: Any, ip_address: str | None = None) -> None:
+    _own(annotation, actor)
+    if annotation.verdict:
+        raise ReviewRejected("This is a verdict; change it on its result.")
+    with transaction.atomic():
+        _audit(actor=actor, action="annotation.delete", annotation=annotation, ip_address=ip_address)
+        annotation_event_publish(annotation=annotation, event="deleted")
+        annotation.delete()
+
+
+def analysis_accepts_verdict(analysis: Analysis) -> bool:
+    """A result a radiologist can agree or disagree with: a real model's output for an image
+    in its population (never a placeholder's, never a result that was not shown)."""
+    return (
+        analysis.state == Analysis.State.SUCCEEDED
+        and not analysis.is_placeholder
+        and analysis.applicable is not False
+    )
+
+
+def verdict_set(
+    *,
+    analysis: Analysis,
+    author: Any,
+    verdict: str,
+    comment: Any = "",
+    ip_address: str | None = None,
+) -> tuple[Annotation, bool]:
+    """The author's current verdict on one AI result: the first call creates it, later ones
+    change it. Returns (verdict row, created)."""
+    if verdict not in Annotation.Verdict.values:
+        raise ReviewRejected(f"The verdict must be one of {', '.join(Annotation.Verdict.values)}.")
+    if not analysis_accepts_verdict(analysis):
+        raise ReviewRejected("This result has no finding to judge (not finished, placeholder or not shown).")
+    text = _note_clean(comment)
+    with transaction.atomic():
+        row = (
+            Annotation.objects.select_for_update()
+            .filter(analysis=analysis, author=author)
+            .exclude(verdict="")
+            .first()
+        )
+        created = row is None
+        previous = "" if created else row.verdict
+        if created:
+            row = Annotation.objects.create(
+                image_id=analysis.image_id, author=author, analysis=analysis, verdict=verdict, note=text
+            )
+        else:
+            row.verdict, row.note = verdict, text
+            row.save(update_fields=["verdict", "note", "updated_at"])
+        row.analysis = analysis
+        audit_record(
+            actor=author,
+            action="verdict.set",
+            patient=analysis.image.study.patient,
+            study=analysis.image.study,
+            obj=row,
+            ip_address=ip_address,
+            detail={
+                "analysis": analysis.pk,
+                "verdict": verdict,
+                "previous": previous,
+                "model_id": analysis.model_id,
+                "condition": analysis.condition,
+            },
+        )
+    return row, created
