@@ -175,7 +175,7 @@ ROUTE_RULES: dict[str, list[Check]] = {
         Check(
             "put",
             "/api/analyses/{analysis}/verdict/",
-            per_persona(401, 403, 403, 200, 200),
+            per_persona(401, 403, 403, 201, 201),  # each a first verdict of its own
             data=lambda ids: {"verdict": "agree", "comment": ""},
             json=True,
         ),
