@@ -7,8 +7,9 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from web.clinical.events import WORKLIST_GROUP, study_group
-from web.clinical.models import Study
+from web.access import Capability, can
+from web.clinical.events import WORKLIST_GROUP, batch_group, study_group
+from web.clinical.models import Batch, Study
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
@@ -22,7 +23,8 @@ class UnknownPathConsumer(AsyncJsonWebsocketConsumer):
 
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):
-    """/ws/worklist/ and /ws/studies/<id>/. Anonymous connections are refused at handshake."""
+    """/ws/worklist/, /ws/studies/<id>/ and /ws/batches/<id>/. Anonymous connections are
+    refused at handshake."""
 
     async def connect(self) -> None:
         self.joined: list[str] = []
@@ -30,8 +32,14 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if user is None or not user.is_authenticated or not user.is_active:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        study_id = self.scope["url_route"]["kwargs"].get("study_id")
-        if study_id is None:
+        kwargs = self.scope["url_route"]["kwargs"]
+        study_id = kwargs.get("study_id")
+        if "batch_id" in kwargs:
+            if not await _batch_visible(kwargs["batch_id"], user):
+                await self.close(code=CLOSE_NOT_FOUND)
+                return
+            group = batch_group(kwargs["batch_id"])
+        elif study_id is None:
             group = WORKLIST_GROUP
         else:
             if not await _study_exists(study_id):
@@ -56,9 +64,20 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     async def analysis_events(self, message: dict[str, Any]) -> None:
         """A burst sent as one channel message: the page still gets one frame per event."""
         for event in message["events"]:
-            await self.analysis_event(event)
+            if event.get("type") == "batch.progress":
+                await self.batch_progress(event)
+            else:
+                await self.analysis_event(event)
+
+    async def batch_progress(self, message: dict[str, Any]) -> None:
+        await self.send_json({"type": "batch", "progress": message["progress"]})
 
 
 @database_sync_to_async
 def _study_exists(study_id: int) -> bool:
     return Study.objects.filter(pk=study_id).exists()
+
+
+@database_sync_to_async
+def _batch_visible(batch_id: int, user: object) -> bool:
+    return can(user, Capability.VIEW_STUDIES) and Batch.objects.filter(pk=batch_id).exists()

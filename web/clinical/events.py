@@ -29,10 +29,22 @@ EVENT_TYPE = "analysis.event"  # -> LiveConsumer.analysis_event
 # a message through the channel layer costs the receiving web process ~1 ms of CPU, so a
 # burst (a bulk upload's "queued", a batch job's "started"/"finished") travels as one.
 EVENTS_TYPE = "analysis.events"
+BATCH_EVENT_TYPE = "batch.progress"  # -> LiveConsumer.batch_progress
 
 
 def study_group(study_id: int) -> str:
     return f"study-{study_id}"
+
+
+def batch_group(batch_id: int) -> str:
+    return f"batch-{batch_id}"
+
+
+def batch_event_publish(*, batch_id: int, progress: dict[str, Any]) -> None:
+    """A batch's progress (done / total, failed, ETA), for its page, after commit. Sent by the
+    same in-order publisher as the analysis events, so a page sees them in order."""
+    message = {"type": BATCH_EVENT_TYPE, "progress": progress}
+    transaction.on_commit(lambda: _publisher.send([batch_group(batch_id)], message))
 
 
 def analysis_payload(analysis: Analysis) -> dict[str, Any]:
@@ -128,9 +140,9 @@ class _Publisher:
                         await layer.group_send(group, _combined(messages))
             except Exception:  # noqa: BLE001 - see module docstring: events never fail a job
                 log.warning(
-                    "Could not publish %d event(s), the first for analysis %s",
+                    "Could not publish %d event(s), the first %s",
                     len(burst),
-                    burst[0][1]["analysis"]["id"],
+                    burst[0][1].get("analysis", {}).get("id", burst[0][1]["type"]),
                     exc_info=True,
                 )
             with self._lock:
@@ -148,8 +160,8 @@ def _by_group(burst: list[tuple[list[str], dict[str, Any]]]) -> dict[str, list[d
 
 
 def _combined(messages: list[dict[str, Any]]) -> dict[str, Any]:
-    if len(messages) == 1:
-        return messages[0]
+    if len(messages) == 1 or any(m["type"] != EVENT_TYPE for m in messages):
+        return messages[0] if len(messages) == 1 else {"type": EVENTS_TYPE, "events": messages}
     return {
         "type": EVENTS_TYPE,
         "events": [{"event": m["event"], "analysis": m["analysis"]} for m in messages],
