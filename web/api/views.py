@@ -194,7 +194,12 @@ def bulk_upload_summary(items: list[BulkUploadItem]) -> dict[str, Any]:
     }
 
 
-@extend_schema(parameters=[OpenApiParameter("status", str, enum=list(Study.Status.values))])
+@extend_schema(
+    parameters=[
+        OpenApiParameter("status", str, enum=list(Study.Status.values)),
+        OpenApiParameter("batch", int, description="only the studies of this batch's files"),
+    ]
+)
 class StudyListView(generics.ListAPIView):
     serializer_class = StudyListSerializer
 
@@ -202,7 +207,10 @@ class StudyListView(generics.ListAPIView):
         status_filter = self.request.query_params.get("status") or None
         if status_filter is not None and status_filter not in Study.Status.values:
             raise ValidationError({"status": f"Unknown status; use one of {', '.join(Study.Status.values)}."})
-        return selectors.study_worklist(status=status_filter)
+        batch = self.request.query_params.get("batch") or None
+        if batch is not None and not batch.isdigit():
+            raise ValidationError({"batch": "A batch id (a number)."})
+        return selectors.study_worklist(status=status_filter, batch_id=int(batch) if batch else None)
 
 
 class StudyDetailView(generics.RetrieveAPIView):

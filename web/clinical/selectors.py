@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db.models import Count, OuterRef, Prefetch, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
-from web.clinical.models import Analysis, Image, Study
+from web.clinical.models import Analysis, BatchItem, Image, Study
 
 
 def _analysis_count(**filters: Any) -> Coalesce:
@@ -24,7 +24,7 @@ def _analysis_count(**filters: Any) -> Coalesce:
     return Coalesce(Subquery(counted), 0)
 
 
-def study_worklist(*, status: str | None = None) -> QuerySet[Study]:
+def study_worklist(*, status: str | None = None, batch_id: int | None = None) -> QuerySet[Study]:
     """Studies for the worklist: most urgent first, AI-flagged first within a priority.
 
     `ai_flagged` (a column the services keep) counts only real findings: a placeholder
@@ -49,6 +49,10 @@ def study_worklist(*, status: str | None = None) -> QuerySet[Study]:
     )
     if status:
         qs = qs.filter(status=status)
+    if batch_id is not None:
+        qs = qs.filter(
+            pk__in=BatchItem.objects.filter(batch_id=batch_id, image__isnull=False).values("image__study_id")
+        )
     return qs
 
 

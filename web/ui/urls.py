@@ -14,4 +14,6 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", views.worklist, name="worklist"),
     path("studies/<int:study_id>/", views.study_page, name="study"),
+    path("batches/", views.batches_page, name="batches"),
+    path("batches/<int:batch_id>/", views.batch_page, name="batch"),
 ]

@@ -17,7 +17,7 @@ window.radtriageLive = function (path, onEvent, onOpen) {
     };
     ws.onmessage = function (msg) {
       const data = JSON.parse(msg.data);
-      if (data.type === "analysis") onEvent(data);
+      if (data.type === "analysis" || data.type === "batch") onEvent(data);
     };
     ws.onclose = function () {
       setStatus("offline", "offline – reconnecting");

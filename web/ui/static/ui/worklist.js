@@ -21,7 +21,9 @@
       (s.failed_count ? ' <span class="badge state-failed">' + s.failed_count + " failed</span>" : "") + "</td></tr>";
   }
   function refresh() {
-    fetch("/api/studies/?limit=200", {credentials: "same-origin"})
+    const batch = new URLSearchParams(location.search).get("batch");
+    fetch("/api/studies/?limit=200" + (batch ? "&batch=" + encodeURIComponent(batch) : ""),
+          {credentials: "same-origin"})
       .then(function (r) { return r.json(); })
       .then(function (page) {
         body.innerHTML = page.results.length ? page.results.map(row).join("") :
