@@ -356,6 +356,8 @@ def batch_progress(batch: Batch, *, now: dt.datetime | None = None) -> dict[str,
     )
     total, failed = counts["total"], counts["failed"]
     done = counts["succeeded"] + failed
+    # While files are still being imported the total still grows: never 100 % before the end.
+    imported = BatchItem.objects.filter(batch=batch).count() >= batch.files_total
     eta: float | None = None
     if batch.started_at and 0 < done < total:
         elapsed = ((now or timezone.now()) - batch.started_at).total_seconds()
@@ -366,11 +368,20 @@ def batch_progress(batch: Batch, *, now: dt.datetime | None = None) -> dict[str,
         "total": total,
         "done": done,
         "failed": failed,
-        "percent": 100.0 if total == 0 else round(100.0 * done / total, 1),
+        "imported": imported,
+        "percent": _percent(done=done, total=total, imported=imported),
         "eta_seconds": eta,
         "overran_window": batch.overran_window,
         "note": batch.note,
     }
+
+
+def _percent(*, done: int, total: int, imported: bool) -> float:
+    if total == 0:
+        return 100.0 if imported else 0.0
+    if done >= total and not imported:
+        return 99.9  # what is here has run, but files are still coming
+    return round(100.0 * done / total, 1)
 
 
 def batch_refresh(*, batch_id: int) -> dict[str, Any]:
@@ -378,7 +389,11 @@ def batch_refresh(*, batch_id: int) -> dict[str, Any]:
     with transaction.atomic():
         batch = Batch.objects.select_for_update().get(pk=batch_id)
         progress = batch_progress(batch)
-        if batch.state == Batch.State.RUNNING and progress["done"] == progress["total"]:
+        if (
+            batch.state == Batch.State.RUNNING
+            and progress["imported"]
+            and progress["done"] == progress["total"]
+        ):
             batch.state = Batch.State.DONE
             batch.finished_at = timezone.now()
             fields = ["state", "finished_at"]
@@ -439,7 +454,11 @@ def batch_wait(
         if on_progress and (progress["done"], progress["total"]) != last:
             on_progress(progress)
             last = (progress["done"], progress["total"])
-        if progress["done"] >= progress["total"] and batch.state != Batch.State.WAITING:
+        if (
+            progress["imported"]
+            and progress["done"] >= progress["total"]
+            and batch.state != Batch.State.WAITING
+        ):
             return True
         if time.monotonic() > deadline:
             return False
