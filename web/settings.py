@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -228,6 +229,22 @@ STUCK_QUEUED_AFTER = int(os.environ.get("RADTRIAGE_STUCK_QUEUED_AFTER", "900"))
 STUCK_RUNNING_AFTER = max(int(os.environ.get("RADTRIAGE_STUCK_RUNNING_AFTER", "0")), ANALYSIS_TIME_LIMIT + 5)
 SWEEP_INTERVAL = float(os.environ.get("RADTRIAGE_SWEEP_INTERVAL", "60"))
 
+# Batches. Overnight batches run inside this window, local time (TIME_ZONE); "HH:MM-HH:MM",
+# may span midnight ("22:00-05:00").
+RADTRIAGE_NIGHT_WINDOW = os.environ.get("RADTRIAGE_NIGHT_WINDOW", "01:00-06:00")
+if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d", RADTRIAGE_NIGHT_WINDOW):
+    raise ImproperlyConfigured(
+        f"RADTRIAGE_NIGHT_WINDOW must look like 01:00-06:00 (24-hour, local time), not "
+        f"{RADTRIAGE_NIGHT_WINDOW!r}."
+    )
+if RADTRIAGE_NIGHT_WINDOW[:5] == RADTRIAGE_NIGHT_WINDOW[6:]:
+    raise ImproperlyConfigured("RADTRIAGE_NIGHT_WINDOW must not start and end at the same time.")
+BATCH_CHECK_INTERVAL = float(os.environ.get("RADTRIAGE_BATCH_CHECK_INTERVAL", "60"))
+# Archive safety (zip bombs): members, total uncompressed bytes, and uncompressed/compressed.
+RADTRIAGE_ARCHIVE_MAX_MEMBERS = int(os.environ.get("RADTRIAGE_ARCHIVE_MAX_MEMBERS", "20000"))
+RADTRIAGE_ARCHIVE_MAX_BYTES = int(os.environ.get("RADTRIAGE_ARCHIVE_MAX_BYTES", str(20 * 2**30)))
+RADTRIAGE_ARCHIVE_MAX_RATIO = float(os.environ.get("RADTRIAGE_ARCHIVE_MAX_RATIO", "100"))
+
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_TASK_IGNORE_RESULT = True  # the database row is the result
 CELERY_RESULT_BACKEND = None
@@ -255,7 +272,14 @@ CELERY_BEAT_SCHEDULE = {
         "task": "worker.tasks.sweep_stuck_analyses",
         "schedule": SWEEP_INTERVAL,
         "options": {"queue": QUEUE_MAINTENANCE, "expires": max(SWEEP_INTERVAL, 1.0)},
-    }
+    },
+    # Starts the overnight batches once inside the night window (their jobs go on the batch
+    # queue) and says of those still running at its end that they went on past it.
+    "start-overnight-batches": {
+        "task": "worker.tasks.start_overnight_batches",
+        "schedule": BATCH_CHECK_INTERVAL,
+        "options": {"queue": QUEUE_MAINTENANCE, "expires": max(BATCH_CHECK_INTERVAL, 1.0)},
+    },
 }
 
 # --------------------------------------------------------------------------- REST API

@@ -3,13 +3,17 @@ web.settings (CELERY_* names), so web and workers cannot disagree."""
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 
 from celery import Celery
 from celery.signals import worker_init, worker_process_init
 from celery.utils.log import current_process_index
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "web.settings")
+
+log = logging.getLogger(__name__)
 
 app = Celery("radtriage", include=["worker.tasks"])
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -44,3 +48,32 @@ def limit_cpu_threads(sender: object = None, **_: object) -> None:
 
 def cpu_threads_per_process(*, cores: int, processes: int) -> int:
     return max(1, cores // (2 * max(1, processes)))
+
+
+@worker_process_init.connect
+def warm_models_in_the_background(**_: object) -> None:
+    """The first job of a fresh pool process used to pay for importing TensorFlow and loading
+    its model (41 s for the first result after start-up). Each pool process now warms the
+    active models as soon as it exists, in a thread: Celery kills a process whose init hook
+    runs past worker_proc_alive_timeout (4 s), and a job that arrives meanwhile waits on the
+    ModelManager's per-model lock instead of loading a second copy. After fork, so TensorFlow
+    is never imported in the parent. RADTRIAGE_WARM_MODELS=0 turns it off."""
+    if os.environ.get("RADTRIAGE_WARM_MODELS", "1").lower() in {"0", "false", "no"}:
+        return
+    threading.Thread(target=warm_models, name="radtriage-warm", daemon=True).start()
+
+
+def warm_models() -> None:
+    from django.conf import settings
+
+    from core.analysis import warm_active_models
+    from core.model_manager import get_manager
+
+    try:
+        took = warm_active_models(get_manager(settings.RADTRIAGE_REGISTRY))
+    except Exception:  # noqa: BLE001 - an unreadable registry: the first job says why
+        log.warning("Could not warm the models", exc_info=True)
+        return
+    log.info(
+        "Models warm in process %s: %s", os.getpid(), ", ".join(f"{c} {s:.1f} s" for c, s in took.items())
+    )

@@ -22,6 +22,7 @@ from web.clinical.services import (
     analysis_mark_retrying,
 )
 from web.clinical.services.analyses import TASK_ANALYZE, TASK_ANALYZE_BATCH
+from web.clinical.services.batches import batches_note_progress, batches_start_due
 from web.clinical.services.reports import TASK_RENDER_REPORT, report_render
 from worker.celery import app
 
@@ -71,6 +72,7 @@ def analyze_batch(self, analysis_ids: list[int]) -> None:
 def _run_with_retries(task, analysis_ids: list[int]) -> None:
     try:
         analyses_run(analysis_ids=analysis_ids, worker=f"{task.request.hostname}:{os.getpid()}")
+        _note_batch_progress(analysis_ids)
     except TRANSIENT_ERRORS as exc:
         message = f"{type(exc).__name__}: {exc}".strip()
         if task.request.retries >= task.max_retries:
@@ -83,6 +85,7 @@ def _run_with_retries(task, analysis_ids: list[int]) -> None:
                         "healthy."
                     ),
                 )
+            _note_batch_progress(analysis_ids)
             return
         log.warning("Analyses %s: transient error, retrying: %s", analysis_ids, message)
         for analysis_id in analysis_ids:
@@ -115,3 +118,16 @@ def render_report(self, report_id: int) -> None:
         report_render(report_id=report_id)
     except TRANSIENT_ERRORS as exc:
         raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries)) from None
+
+
+def _note_batch_progress(analysis_ids: list[int]) -> None:
+    """The batch pages' progress; best effort: the results are already stored."""
+    try:
+        batches_note_progress(analysis_ids=analysis_ids)
+    except Exception:  # noqa: BLE001 - the next job of the batch (or the beat check) catches up
+        log.warning("Could not update the progress of the batch of %s", analysis_ids, exc_info=True)
+
+
+@app.task(name="worker.tasks.start_overnight_batches", ignore_result=True, soft_time_limit=60, time_limit=90)
+def start_overnight_batches() -> list[int]:
+    return batches_start_due()

@@ -20,7 +20,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from tests.web.fixtures import WS_ORIGIN, dicom_bytes, png_bytes, session_cookie_header, upload, with_role
-from web.clinical.models import Analysis, Annotation, Image, Patient, Report, Study
+from web.clinical.models import Analysis, Annotation, Batch, Image, Patient, Report, Study
 
 PERSONAS = ("anonymous", "no_role", "technologist", "radiologist", "admin")
 ADMIN_FAMILY = "admin:*"  # Django admin's own routes: one rule for all of them
@@ -70,6 +70,8 @@ ROUTE_RULES: dict[str, list[Check]] = {
     "ui:worklist": [Check("get", "/", PAGE_STUDIES, location="/login/")],
     "ui:study": [Check("get", "/studies/{study}/", PAGE_STUDIES, location="/login/")],
     "ui:analysis-card": [Check("get", "/analyses/{analysis}/card/", PAGE_STUDIES, location="/login/")],
+    "ui:batches": [Check("get", "/batches/", PAGE_STUDIES, location="/login/")],
+    "ui:batch": [Check("get", "/batches/{batch}/", PAGE_STUDIES, location="/login/")],
     "ui:report": [Check("get", "/studies/{study}/report/", PAGE_STUDIES, location="/login/")],
     "healthz": [Check("get", "/healthz/", PUBLIC)],
     "favicon": [Check("get", "/favicon.ico", PUBLIC)],
@@ -181,6 +183,16 @@ ROUTE_RULES: dict[str, list[Check]] = {
         ),
     ],
     "api:verdict-counts": [Check("get", "/api/verdicts/counts/", API_STUDIES)],
+    "api:batch-list": [
+        Check("get", "/api/batches/", API_STUDIES),
+        Check(
+            "post",
+            "/api/batches/",
+            API_UPLOAD,
+            data=lambda ids: {"files": [SimpleUploadedFile("b.png", png_bytes(seed=300 + ids["n"]))]},
+        ),
+    ],
+    "api:batch-detail": [Check("get", "/api/batches/{batch}/", API_STUDIES)],
     "api/^.*$": [Check("get", "/api/no-such-endpoint/", per_persona(404, 404, 404, 404, 404))],
 }
 
@@ -242,6 +254,7 @@ def objects(people: dict[str, Any]) -> dict[str, int]:
     analysis.state = Analysis.State.SUCCEEDED
     analysis.save()
     annotation = Annotation.objects.create(image=image, author=people["radiologist"], note="mine")
+    batch = Batch.objects.create(created_by=people["technologist"], source=Batch.Source.BROWSER)
     report = Report.objects.create(
         study=image.study, version=1, author=people["radiologist"], impression="Draft reading."
     )
@@ -251,6 +264,7 @@ def objects(people: dict[str, Any]) -> dict[str, int]:
         "analysis": analysis.pk,
         "report": report.pk,
         "annotation": annotation.pk,
+        "batch": batch.pk,
         "n": 0,
     }
 

@@ -2,7 +2,7 @@ from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
-from web.api import errors, report_views, review_views, views, worklist_views
+from web.api import batch_views, errors, report_views, review_views, views, worklist_views
 
 app_name = "api"
 
@@ -25,6 +25,8 @@ urlpatterns = [
     path("auth/token/", views.TokenView.as_view(), name="token"),
     path("uploads/", views.UploadView.as_view(), name="upload"),
     path("uploads/batch/", views.BulkUploadView.as_view(), name="upload-batch"),
+    path("batches/", batch_views.BatchListView.as_view(), name="batch-list"),
+    path("batches/<int:pk>/", batch_views.BatchDetailView.as_view(), name="batch-detail"),
     path("studies/", views.StudyListView.as_view(), name="study-list"),
     path("studies/<int:pk>/", views.StudyDetailView.as_view(), name="study-detail"),
     path("studies/<int:pk>/claim/", worklist_views.StudyClaimView.as_view(), name="study-claim"),

@@ -215,6 +215,7 @@ def bulk_upload_summary(items: list[BulkUploadItem]) -> dict[str, Any]:
         OpenApiParameter("date_to", str, description="study date to (YYYY-MM-DD)"),
         OpenApiParameter("assigned", str, enum=list(selectors.ASSIGNED_CHOICES)),
         OpenApiParameter("q", str, description="patient name, patient ID or accession contains"),
+        OpenApiParameter("batch", int, description="only the studies of this batch's files"),
     ]
 )
 class StudyListView(generics.ListAPIView):

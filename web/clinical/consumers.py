@@ -8,8 +8,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from web.access import Capability, can
-from web.clinical.events import WORKLIST_GROUP, study_group
-from web.clinical.models import Study
+from web.clinical.events import WORKLIST_GROUP, batch_group, study_group
+from web.clinical.models import Batch, Study
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
@@ -24,8 +24,8 @@ class UnknownPathConsumer(AsyncJsonWebsocketConsumer):
 
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):
-    """/ws/worklist/ and /ws/studies/<id>/. Anonymous connections, and accounts that may not see
-    studies (no role), are refused at the handshake."""
+    """/ws/worklist/, /ws/studies/<id>/ and /ws/batches/<id>/. Anonymous connections, and
+    accounts that may not see studies (no role), are refused at the handshake."""
 
     async def connect(self) -> None:
         self.joined: list[str] = []
@@ -36,8 +36,14 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if not await _may_view_studies(user):
             await self.close(code=CLOSE_FORBIDDEN)
             return
-        study_id = self.scope["url_route"]["kwargs"].get("study_id")
-        if study_id is None:
+        kwargs = self.scope["url_route"]["kwargs"]
+        study_id = kwargs.get("study_id")
+        if "batch_id" in kwargs:
+            if not await _batch_visible(kwargs["batch_id"], user):
+                await self.close(code=CLOSE_NOT_FOUND)
+                return
+            group = batch_group(kwargs["batch_id"])
+        elif study_id is None:
             group = WORKLIST_GROUP
         else:
             if not await _study_exists(study_id):
@@ -64,16 +70,21 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 
     async def analysis_events(self, message: dict[str, Any]) -> None:
         """A burst sent as one channel message: the page still gets one frame per event."""
+        handlers = {
+            "annotation.event": self.annotation_event,
+            "study.event": self.study_event,
+            "batch.progress": self.batch_progress,
+        }
         for event in message["events"]:
-            if "annotation" in event:
-                await self.annotation_event(event)
-            else:
-                await self.analysis_event(event)
+            await handlers.get(event.get("type", ""), self.analysis_event)(event)
 
     async def annotation_event(self, message: dict[str, Any]) -> None:
         await self.send_json(
             {"type": "annotation", "event": message["event"], "annotation": message["annotation"]}
         )
+
+    async def batch_progress(self, message: dict[str, Any]) -> None:
+        await self.send_json({"type": "batch", "progress": message["progress"]})
 
 
 @database_sync_to_async
@@ -84,3 +95,8 @@ def _study_exists(study_id: int) -> bool:
 @database_sync_to_async
 def _may_view_studies(user: Any) -> bool:
     return can(user, Capability.VIEW_STUDIES)
+
+
+@database_sync_to_async
+def _batch_visible(batch_id: int, user: object) -> bool:
+    return can(user, Capability.VIEW_STUDIES) and Batch.objects.filter(pk=batch_id).exists()

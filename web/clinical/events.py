@@ -30,10 +30,22 @@ EVENT_TYPE = "analysis.event"  # -> LiveConsumer.analysis_event
 # burst (a bulk upload's "queued", a batch job's "started"/"finished") travels as one.
 EVENTS_TYPE = "analysis.events"
 ANNOTATION_TYPE = "annotation.event"  # -> LiveConsumer.annotation_event (study group only)
+BATCH_EVENT_TYPE = "batch.progress"  # -> LiveConsumer.batch_progress
 
 
 def study_group(study_id: int) -> str:
     return f"study-{study_id}"
+
+
+def batch_group(batch_id: int) -> str:
+    return f"batch-{batch_id}"
+
+
+def batch_event_publish(*, batch_id: int, progress: dict[str, Any]) -> None:
+    """A batch's progress (done / total, failed, ETA), for its page, after commit. Sent by the
+    same in-order publisher as the analysis events, so a page sees them in order."""
+    message = {"type": BATCH_EVENT_TYPE, "progress": progress}
+    transaction.on_commit(lambda: _publisher.send([batch_group(batch_id)], message))
 
 
 def analysis_payload(analysis: Analysis) -> dict[str, Any]:
@@ -198,15 +210,11 @@ def _by_group(burst: list[tuple[list[str], dict[str, Any]]]) -> dict[str, list[d
 
 
 def _combined(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """One channel message for a burst; each event keeps its own "type", which the consumer's
+    analysis_events dispatches on (analysis, annotation, study and batch events may mix)."""
     if len(messages) == 1:
         return messages[0]
-    return {"type": EVENTS_TYPE, "events": [_item(m) for m in messages]}
-
-
-def _item(message: dict[str, Any]) -> dict[str, Any]:
-    """One event of a combined message; an item without "annotation" is an analysis event."""
-    key = "annotation" if message["type"] == ANNOTATION_TYPE else "analysis"
-    return {"event": message["event"], key: message[key]}
+    return {"type": EVENTS_TYPE, "events": messages}
 
 
 _publisher = _Publisher()

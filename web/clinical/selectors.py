@@ -34,7 +34,7 @@ from core.conditions import (
     LIMB_PARTS,
     OTHER_BODY_PARTS,
 )
-from web.clinical.models import Analysis, Image, Study
+from web.clinical.models import Analysis, BatchItem, Image, Study
 
 
 def _analysis_count(**filters: Any) -> Coalesce:
@@ -63,6 +63,7 @@ class WorklistFilters:
     date_to: dt.date | None = None
     assigned: str = ""  # "", "mine" or "unassigned"
     q: str = ""
+    batch: int | None = None  # only the studies of this batch's files
 
 
 # Body regions the worklist filters by (DICOM BodyPartExamined values of each).
@@ -106,6 +107,9 @@ def worklist_filters_parse(params: Mapping[str, Any]) -> WorklistFilters:
         raise WorklistFilterError("region", f"Unknown body region; use one of {', '.join(WORKLIST_REGIONS)}.")
     if assigned and assigned not in ASSIGNED_CHOICES:
         raise WorklistFilterError("assigned", "Use assigned=mine or assigned=unassigned.")
+    batch = text("batch")
+    if batch and not batch.isdigit():
+        raise WorklistFilterError("batch", "A batch id (a number).")
     return WorklistFilters(
         status=status,
         condition=condition,
@@ -115,6 +119,7 @@ def worklist_filters_parse(params: Mapping[str, Any]) -> WorklistFilters:
         date_to=date("date_to"),
         assigned=assigned,
         q=text("q")[:100],
+        batch=int(batch) if batch else None,
     )
 
 
@@ -222,6 +227,9 @@ def _filtered(qs: QuerySet[Study], f: WorklistFilters, *, user: Any) -> QuerySet
             # DICOM names are stored 'Family^Given': "Jane Doe" should find 'Doe^Jane' too.
             | Q(patient__name__icontains="^".join(reversed(f.q.split())))
         )
+    if f.batch is not None:
+        files = BatchItem.objects.filter(batch_id=f.batch, image__isnull=False)
+        qs = qs.filter(pk__in=files.values("image__study_id"))
     return qs
 
 

@@ -16,4 +16,6 @@ urlpatterns = [
     path("studies/<int:study_id>/", views.study_page, name="study"),
     path("studies/<int:study_id>/report/", views.report_page, name="report"),
     path("analyses/<int:analysis_id>/card/", views.analysis_card, name="analysis-card"),
+    path("batches/", views.batches_page, name="batches"),
+    path("batches/<int:batch_id>/", views.batch_page, name="batch"),
 ]

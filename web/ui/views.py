@@ -6,15 +6,16 @@ from django.conf import settings
 from django.contrib.staticfiles import finders
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import get_object_or_404, render
 from django.views.decorators.cache import cache_control
 
 from core.conditions import CONDITIONS, KNOWN_BODY_PARTS, conditions_for_body_part
 from web.access import Capability, can, requires
 from web.clinical import selectors
-from web.clinical.models import Analysis, Study
+from web.clinical.models import Analysis, Batch, Study
 from web.clinical.selectors import WORKLIST_REGIONS, WorklistFilterError, WorklistFilters
 from web.clinical.services import audit_record, audit_record_read
+from web.clinical.services.batches import batch_progress, batch_summary
 from web.clinical.services.worklist import study_open
 
 WORKLIST_PAGE_SIZE = 50
@@ -53,6 +54,7 @@ def worklist(request: HttpRequest) -> HttpResponse:
         "regions": list(WORKLIST_REGIONS),
         "body_parts": KNOWN_BODY_PARTS,
         "waiting_cap_hours": f"{settings.RADTRIAGE_WAITING_CAP_HOURS:g}",
+        "batch": filters.batch,
     }
     if request.GET.get("fragment"):
         return render(request, "ui/_worklist_results.html", context)
@@ -119,3 +121,25 @@ def analysis_card(request: HttpRequest, analysis_id: int) -> HttpResponse:
     except Analysis.DoesNotExist:
         raise Http404("No such analysis.") from None
     return render(request, "ui/_analysis.html", {"a": analysis})
+
+
+@requires(Capability.VIEW_STUDIES)
+def batches_page(request: HttpRequest) -> HttpResponse:
+    """The latest batches, and (for those who may upload) a form for a new one."""
+    batches = Batch.objects.select_related("created_by")[:100]
+    return render(
+        request,
+        "ui/batches.html",
+        {"batches": batches, "can_upload": can(request.user, Capability.UPLOAD)},
+    )
+
+
+@requires(Capability.VIEW_STUDIES)
+def batch_page(request: HttpRequest, batch_id: int) -> HttpResponse:
+    """One batch: live progress over /ws/batches/<id>/, then its summary."""
+    batch = get_object_or_404(Batch, pk=batch_id)
+    return render(
+        request,
+        "ui/batch.html",
+        {"batch": batch, "summary": batch_summary(batch), "progress": batch_progress(batch)},
+    )

@@ -8,7 +8,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("clinical", "0008_study_claim_review"),
+        ("clinical", "0010_batches"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -22,7 +22,7 @@ from core.conditions import (
 from core.errors import RadTriageError
 from core.imaging import XRay, load_xray
 from web.clinical.events import analysis_event_publish
-from web.clinical.models import Analysis, AuditEvent, Image
+from web.clinical.models import Analysis, AuditEvent, Batch, Image
 from web.clinical.services.audit import audit_event, audit_record
 from web.clinical.services.storage import files_delete, heatmaps_store
 from web.clinical.services.studies import studies_mark_analysing, studies_refresh, study_refresh_status
@@ -402,6 +402,8 @@ def analyses_requeue_stuck(*, queued_after: float, running_after: float) -> list
                 | Q(state=Analysis.State.QUEUED, enqueued_at__isnull=True)
                 | Q(state=Analysis.State.RUNNING, started_at__lt=now - dt.timedelta(seconds=running_after))
             )
+            # An overnight batch's analyses wait for the night window, not for the sweeper.
+            .exclude(batch_id__in=Batch.objects.filter(state=Batch.State.WAITING).values("pk"))
             .order_by("enqueued_at")[:500]
         )
         for analysis in stuck:

@@ -86,6 +86,7 @@ def images_upload_many(
     queue: str = settings.QUEUE_BATCH,
     uploaded_by: Any = None,
     ip_address: str | None = None,
+    dispatch: bool = True,
 ) -> list[BulkUploadItem]:
     """Store several X-rays, each stored or refused on its own (a refused file leaves
     nothing; the others are kept), then send their analyses as jobs of ANALYSIS_BATCH_SIZE,
@@ -94,9 +95,12 @@ def images_upload_many(
     fields: one set for every file, or one per file (PNG/JPEG of different patients).
     The new images go in with a handful of queries for the whole lot; if a concurrent upload
     overlaps (IntegrityError), each file is settled again on its own.
+    dispatch=False stores the analyses queued but sends none (an overnight batch: the night
+    window sends them, web.clinical.services.batches).
     """
     per_file = _fields_per_file(fields, len(files))
     upload = _Upload(conditions=conditions, queue=queue, uploaded_by=uploaded_by, ip_address=ip_address)
+    upload.dispatch = dispatch
     items: dict[int, BulkUploadItem] = {}
     readable = _decode_each(files, items)
     known = _images_find_many(list(readable.values()))
@@ -124,7 +128,8 @@ def images_upload_many(
                 items.update(upload.store({index: settled}, per_file))
     finally:
         # Also after a crash half-way: what was committed is sent now, not at the next sweep.
-        _dispatch_new(list(items.values()), queue=queue)
+        if dispatch:
+            _dispatch_new(list(items.values()), queue=queue)
     return [items[i] for i in range(len(files))]
 
 
@@ -144,6 +149,7 @@ class _Upload:
         self.queue = queue
         self.uploaded_by = uploaded_by
         self.ip_address = ip_address
+        self.dispatch = True
 
     def settle(self, decoded: Decoded, fields: UploadFields, *, check_stored: bool) -> BulkUploadItem | Plan:
         """A stored copy (duplicate, or refused clash), a refusal, or the plan for a new image."""
@@ -214,7 +220,7 @@ class _Upload:
             for a in result.analyses
             if a.state == Analysis.State.QUEUED and (a.enqueued_at is None or a.enqueued_at < stale)
         ]
-        if added or resend:
+        if (added or resend) and self.dispatch:
             analyses_dispatch(analysis_ids=[a.pk for a in added] + resend, queue=self.queue)
             result.warnings.append(
                 f"{len(added)} missing analysis(es) added and {len(resend)} "

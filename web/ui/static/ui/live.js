@@ -20,7 +20,7 @@ window.radtriageLive = function (path, onEvent, onOpen, others) {
     };
     ws.onmessage = function (msg) {
       const data = JSON.parse(msg.data);
-      if (data.type === "analysis") onEvent(data);
+      if (data.type === "analysis" || data.type === "batch") onEvent(data);
       else if (others && others[data.type]) others[data.type](data);
     };
     ws.onclose = function () {

@@ -1,0 +1,511 @@
+"""Batches: many files imported at once (browser, .zip archive, server folder), each file
+accepted, recognised as a duplicate or refused with its reason, and their analyses run now or
+in the nightly window (RADTRIAGE_NIGHT_WINDOW, local time), on the batch queue.
+
+The files go through the one upload path (images_upload_many) in chunks, so memory holds a
+chunk, not the archive. The analyses are always stored first and sent only once they carry
+their batch (Analysis.batch), so every result counts towards its batch's progress.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import PurePosixPath
+from typing import Any, Protocol
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from web.clinical.events import batch_event_publish
+from web.clinical.models import Analysis, Batch, BatchItem
+from web.clinical.services.analyses import analyses_dispatch, analyses_run
+from web.clinical.services.archive_safety import Member
+from web.clinical.services.audit import audit_record
+from web.clinical.services.upload_parts import BulkUploadItem, UploadFields
+from web.clinical.services.uploads import images_upload_many
+
+log = logging.getLogger(__name__)
+
+# Files per call of the upload service: bounds memory, and lets the page show progress.
+IMPORT_CHUNK = 50
+ENDED = (Analysis.State.SUCCEEDED, Analysis.State.FAILED)
+
+PATIENT_FROM_CSV = "patients.csv"
+PATIENT_FROM_NAME = "file name"
+PATIENT_FROM_HEADER = "DICOM header"
+PATIENT_FROM_FORM = "form"
+
+
+class BatchFiles(Protocol):
+    """archive_safety.ZipFiles / FolderFiles / UploadedFiles."""
+
+    patients: dict[str, bytes]
+    count: int
+
+    def members(self) -> Iterator[Member]: ...
+
+
+# --------------------------------------------------------------------------- night window
+
+
+def night_window() -> tuple[dt.time, dt.time]:
+    start, end = settings.RADTRIAGE_NIGHT_WINDOW.split("-")
+    return dt.time.fromisoformat(start), dt.time.fromisoformat(end)
+
+
+def in_night_window(now: dt.datetime) -> bool:
+    """Whether `now` (aware) falls inside the night window, in the site's time zone."""
+    start, end = night_window()
+    local = timezone.localtime(now).time()
+    if start < end:
+        return start <= local < end
+    return local >= start or local < end  # the window spans midnight
+
+
+def night_window_end(moment: dt.datetime) -> dt.datetime:
+    """The end of the first window's end at or after `moment` (aware, local time zone)."""
+    _, end = night_window()
+    local = timezone.localtime(moment)
+    candidate = local.replace(hour=end.hour, minute=end.minute, second=0, microsecond=0)
+    if candidate <= local:
+        candidate += dt.timedelta(days=1)
+    return candidate
+
+
+# --------------------------------------------------------------------------- import
+
+
+def patients_csv_parse(data: bytes) -> dict[str, UploadFields]:
+    """patients.csv (file, patient_id, name, birth date, sex, accession) -> file name (lower
+    case, no folder) -> the fields. Headers are matched loosely ('Birth date' = birth_date)."""
+    text = data.decode("utf-8-sig", errors="replace")
+    rows: dict[str, UploadFields] = {}
+    for raw in csv.DictReader(io.StringIO(text)):
+        row = {(k or "").strip().lower().replace(" ", "_"): (v or "").strip() for k, v in raw.items()}
+        name = row.get("file") or row.get("filename") or ""
+        if not name:
+            continue
+        rows[PurePosixPath(name.replace("\\", "/")).name.lower()] = UploadFields(
+            patient_id=row.get("patient_id", ""),
+            patient_name=row.get("name") or row.get("patient_name", ""),
+            birth_date=_date_or_none(row.get("birth_date") or row.get("dob") or ""),
+            sex=(row.get("sex", "")[:1]).upper(),
+            accession_number=row.get("accession") or row.get("accession_number", ""),
+        )
+    return rows
+
+
+def _date_or_none(text: str) -> dt.date | None:
+    for fmt in ("%Y-%m-%d", "%Y%m%d", "%d/%m/%Y"):
+        try:
+            return dt.datetime.strptime(text, fmt).date()
+        except ValueError:
+            continue
+    return None
+
+
+def _patient_for(
+    member: Member, *, csvs: dict[str, dict[str, UploadFields]], form: UploadFields | None
+) -> tuple[UploadFields, str]:
+    """The fields for one file and where its patient comes from."""
+    path = PurePosixPath(member.name.replace("\\", "/"))
+    if member.data is not None and member.data[128:132] == b"DICM":
+        return form or UploadFields(), PATIENT_FROM_HEADER  # the header wins where it has a value
+    row = csvs.get(str(path.parent), {}).get(path.name.lower())
+    if row is not None and row.patient_id:
+        base = form or UploadFields()
+        return (
+            UploadFields(
+                **{
+                    **base.__dict__,
+                    **{k: v for k, v in row.__dict__.items() if v not in ("", None)},
+                }
+            ),
+            PATIENT_FROM_CSV,
+        )
+    if form is not None and form.patient_id:
+        return form, PATIENT_FROM_FORM
+    base = form or UploadFields()
+    return UploadFields(**{**base.__dict__, "patient_id": path.stem[:64]}), PATIENT_FROM_NAME
+
+
+def batch_import(
+    *,
+    files: BatchFiles,
+    source: str,
+    source_name: str = "",
+    conditions: list[str] | None = None,
+    overnight: bool = False,
+    fields: UploadFields | None = None,
+    uploaded_by: Any = None,
+    ip_address: str | None = None,
+    chunk: int = IMPORT_CHUNK,
+) -> Batch:
+    """Import every file of `files` as one Batch; returns it with its counts.
+
+    Each file is accepted, recognised as a duplicate, or refused with its reason (a refused
+    file never stops the others). PNG/JPEG files take their patient from a patients.csv in
+    their folder, else from `fields` (a browser form), else the file name's stem. The
+    analyses go on the batch queue now, or wait for the night window when `overnight`.
+    """
+    now = timezone.now()
+    batch = Batch.objects.create(
+        created_by=uploaded_by if getattr(uploaded_by, "is_authenticated", False) else None,
+        ip_address=ip_address,
+        source=source,
+        source_name=source_name[:255],
+        schedule=Batch.Schedule.OVERNIGHT if overnight else Batch.Schedule.NOW,
+        state=Batch.State.WAITING if overnight else Batch.State.RUNNING,
+        conditions=conditions,
+        files_total=files.count,
+        started_at=None if overnight else now,
+    )
+    audit_record(
+        actor=uploaded_by,
+        action="batch.create",
+        obj=batch,
+        ip_address=ip_address,
+        detail={
+            "source": source,
+            "source_name": source_name[:255],
+            "files": files.count,
+            "schedule": batch.schedule,
+            "conditions": conditions,
+        },
+    )
+    csvs = {folder: patients_csv_parse(data) for folder, data in files.patients.items()}
+    position = 0
+    for members in _chunks(files.members(), chunk):
+        _import_chunk(
+            batch,
+            members,
+            first=position,
+            csvs=csvs,
+            form=fields,
+            uploaded_by=uploaded_by,
+            ip_address=ip_address,
+        )
+        position += len(members)
+    batch.files_total = position
+    batch.save(update_fields=["files_total"])
+    batch_refresh(batch_id=batch.pk)
+    batch.refresh_from_db()
+    return batch
+
+
+def _chunks(members: Iterable[Member], size: int) -> Iterator[list[Member]]:
+    chunk: list[Member] = []
+    for member in members:
+        chunk.append(member)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _import_chunk(
+    batch: Batch,
+    members: list[Member],
+    *,
+    first: int,
+    csvs: dict[str, dict[str, UploadFields]],
+    form: UploadFields | None,
+    uploaded_by: Any,
+    ip_address: str | None,
+) -> None:
+    readable = [(i, m) for i, m in enumerate(members) if m.data is not None]
+    per_file = {i: _patient_for(m, csvs=csvs, form=form) for i, m in readable}
+    try:
+        results = images_upload_many(
+            files=[(m.name, m.data or b"") for _, m in readable],
+            fields=[per_file[i][0] for i, _ in readable],
+            conditions=batch.conditions,
+            queue=settings.QUEUE_BATCH,
+            uploaded_by=uploaded_by,
+            ip_address=ip_address,
+            dispatch=False,
+        )
+    except Exception as exc:  # noqa: BLE001 - one bad chunk (a bug, a crash) never sinks the batch
+        log.exception("Batch %s: files %s-%s could not be imported", batch.pk, first, first + len(members))
+        results = [BulkUploadItem(m.name, error=f"It could not be imported ({exc}).") for _, m in readable]
+    uploaded = {i: item for (i, _), item in zip(readable, results, strict=True)}
+    rows: list[BatchItem] = []
+    new_ids: list[int] = []
+    for i, member in enumerate(members):
+        item = uploaded.get(i)
+        if item is None or item.result is None:
+            rows.append(
+                BatchItem(
+                    batch=batch,
+                    position=first + i,
+                    filename=member.name[:1024],
+                    status=BatchItem.Status.REFUSED,
+                    reason=member.reason if item is None else item.error,
+                )
+            )
+            continue
+        result = item.result
+        rows.append(
+            BatchItem(
+                batch=batch,
+                position=first + i,
+                filename=member.name[:1024],
+                status=BatchItem.Status.ACCEPTED if result.created else BatchItem.Status.DUPLICATE,
+                reason="; ".join(result.warnings),
+                patient_from=per_file[i][1],
+                image=result.image,
+            )
+        )
+        # A duplicate brings only what it adds (conditions never run on it before).
+        new_ids.extend(a.pk for a in result.analyses if a.state == Analysis.State.QUEUED)
+    with transaction.atomic():
+        BatchItem.objects.bulk_create(rows)
+        Analysis.objects.filter(pk__in=new_ids, batch__isnull=True).update(batch=batch)
+        counts = {s: sum(r.status == s for r in rows) for s in BatchItem.Status.values}
+        froms = dict(batch.patients_from or {})
+        for row in rows:
+            if row.patient_from:
+                froms[row.patient_from] = froms.get(row.patient_from, 0) + 1
+        batch.accepted += counts[BatchItem.Status.ACCEPTED]
+        batch.duplicates += counts[BatchItem.Status.DUPLICATE]
+        batch.refused += counts[BatchItem.Status.REFUSED]
+        batch.patients_from = froms
+        batch.save(update_fields=["accepted", "duplicates", "refused", "patients_from"])
+    if batch.schedule == Batch.Schedule.NOW:
+        _batch_dispatch(batch, analysis_ids=new_ids)
+
+
+def _batch_dispatch(batch: Batch, *, analysis_ids: list[int] | None = None) -> int:
+    """Send the batch's waiting analyses (or these of them) to the batch queue, one model per
+    job. Returns how many were sent."""
+    rows = Analysis.objects.filter(batch=batch, state=Analysis.State.QUEUED)
+    if analysis_ids is not None:
+        rows = rows.filter(pk__in=analysis_ids)
+    by_condition: dict[str, list[int]] = {}
+    for pk, condition in rows.order_by("pk").values_list("pk", "condition"):
+        by_condition.setdefault(condition, []).append(pk)
+    for ids in by_condition.values():
+        analyses_dispatch(analysis_ids=ids, queue=settings.QUEUE_BATCH)
+    return sum(len(ids) for ids in by_condition.values())
+
+
+# --------------------------------------------------------------------------- overnight
+
+
+def batches_start_due(*, now: dt.datetime | None = None) -> list[int]:
+    """Celery beat, every BATCH_CHECK_INTERVAL: inside the night window, start the overnight
+    batches waiting for it (their analyses go on the batch queue); past its end, say of those
+    still running that they went on. Returns the ids of the batches started."""
+    now = now or timezone.now()
+    started: list[int] = []
+    if in_night_window(now):
+        with transaction.atomic():
+            due = list(
+                Batch.objects.select_for_update(skip_locked=True).filter(
+                    schedule=Batch.Schedule.OVERNIGHT, state=Batch.State.WAITING
+                )
+            )
+            for batch in due:
+                batch.state = Batch.State.RUNNING
+                batch.started_at = now
+                batch.save(update_fields=["state", "started_at"])
+                Analysis.objects.filter(batch=batch, state=Analysis.State.QUEUED).update(enqueued_at=now)
+                started.append(batch.pk)
+        for batch in due:
+            sent = _batch_dispatch(batch)
+            log.info("Overnight batch %s started: %d analyses sent", batch.pk, sent)
+            batch_refresh(batch_id=batch.pk)
+    running = Batch.objects.filter(
+        schedule=Batch.Schedule.OVERNIGHT, state=Batch.State.RUNNING, overran_window=False
+    )
+    for batch in running:
+        if batch.started_at and now >= night_window_end(batch.started_at):
+            batch.overran_window = True
+            batch.note = _overran_note(batch.started_at)
+            batch.save(update_fields=["overran_window", "note"])
+            batch_refresh(batch_id=batch.pk)
+    return started
+
+
+def _overran_note(started_at: dt.datetime) -> str:
+    end = night_window_end(started_at)
+    return (
+        f"Did not finish within the night window ({settings.RADTRIAGE_NIGHT_WINDOW}, ended "
+        f"{timezone.localtime(end):%Y-%m-%d %H:%M}); it goes on until every analysis has run."
+    )
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def batch_progress(batch: Batch, *, now: dt.datetime | None = None) -> dict[str, Any]:
+    """done / total (ended analyses), failed, percent, and the ETA in seconds (None until
+    something has finished, or once all have)."""
+    counts = Analysis.objects.filter(batch=batch).aggregate(
+        total=Count("pk"),
+        succeeded=Count("pk", filter=Q(state=Analysis.State.SUCCEEDED)),
+        failed=Count("pk", filter=Q(state=Analysis.State.FAILED)),
+    )
+    total, failed = counts["total"], counts["failed"]
+    done = counts["succeeded"] + failed
+    # While files are still being imported the total still grows: never 100 % before the end.
+    imported = BatchItem.objects.filter(batch=batch).count() >= batch.files_total
+    eta: float | None = None
+    if batch.started_at and 0 < done < total:
+        elapsed = ((now or timezone.now()) - batch.started_at).total_seconds()
+        eta = round(elapsed / done * (total - done), 1)
+    return {
+        "batch": batch.pk,
+        "state": batch.state,
+        "total": total,
+        "done": done,
+        "failed": failed,
+        "imported": imported,
+        "percent": _percent(done=done, total=total, imported=imported),
+        "eta_seconds": eta,
+        "overran_window": batch.overran_window,
+        "note": batch.note,
+    }
+
+
+def _percent(*, done: int, total: int, imported: bool) -> float:
+    if total == 0:
+        return 100.0 if imported else 0.0
+    if done >= total and not imported:
+        return 99.9  # what is here has run, but files are still coming
+    return round(100.0 * done / total, 1)
+
+
+def batch_refresh(*, batch_id: int) -> dict[str, Any]:
+    """Re-count a batch, mark it done when every analysis has ended, and tell its page."""
+    with transaction.atomic():
+        batch = Batch.objects.select_for_update().get(pk=batch_id)
+        progress = batch_progress(batch)
+        if (
+            batch.state == Batch.State.RUNNING
+            and progress["imported"]
+            and progress["done"] == progress["total"]
+        ):
+            batch.state = Batch.State.DONE
+            batch.finished_at = timezone.now()
+            fields = ["state", "finished_at"]
+            if (
+                batch.schedule == Batch.Schedule.OVERNIGHT
+                and batch.started_at
+                and batch.finished_at >= night_window_end(batch.started_at)
+            ):
+                batch.overran_window = True
+                batch.note = _overran_note(batch.started_at)
+                fields += ["overran_window", "note"]
+            batch.save(update_fields=fields)
+            progress = batch_progress(batch)
+        batch_event_publish(batch_id=batch.pk, progress=progress)
+    return progress
+
+
+def batches_note_progress(*, analysis_ids: Iterable[int]) -> None:
+    """After analyses ended (worker or inline): refresh the batches they belong to."""
+    batch_ids = set(
+        Analysis.objects.filter(pk__in=list(analysis_ids), batch__isnull=False).values_list(
+            "batch_id", flat=True
+        )
+    )
+    for batch_id in sorted(batch_ids):
+        batch_refresh(batch_id=batch_id)
+
+
+def batch_run_inline(*, batch: Batch, on_progress: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Run the batch's waiting analyses in this process, without a worker (one-off imports,
+    checks): jobs of ANALYSIS_BATCH_SIZE per condition, as a worker would."""
+    if batch.state == Batch.State.WAITING:
+        Batch.objects.filter(pk=batch.pk).update(state=Batch.State.RUNNING, started_at=timezone.now())
+    by_condition: dict[str, list[int]] = {}
+    rows = Analysis.objects.filter(batch=batch, state=Analysis.State.QUEUED).order_by("pk")
+    for pk, condition in rows.values_list("pk", "condition"):
+        by_condition.setdefault(condition, []).append(pk)
+    size = settings.ANALYSIS_BATCH_SIZE
+    for ids in by_condition.values():
+        for start in range(0, len(ids), size):
+            chunk = ids[start : start + size]
+            analyses_run(analysis_ids=chunk, worker="inline")
+            progress = batch_refresh(batch_id=batch.pk)
+            if on_progress:
+                on_progress(progress)
+    batch_refresh(batch_id=batch.pk)
+
+
+def batch_wait(
+    *, batch: Batch, timeout: float, on_progress: Callable[[dict[str, Any]], None] | None = None
+) -> bool:
+    """Block until every analysis of the batch has ended (True) or `timeout` passes (False)."""
+    deadline = time.monotonic() + timeout
+    last: tuple[int, int] | None = None
+    while True:
+        batch.refresh_from_db()
+        progress = batch_progress(batch)
+        if on_progress and (progress["done"], progress["total"]) != last:
+            on_progress(progress)
+            last = (progress["done"], progress["total"])
+        if (
+            progress["imported"]
+            and progress["done"] >= progress["total"]
+            and batch.state != Batch.State.WAITING
+        ):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def batch_summary(batch: Batch) -> dict[str, Any]:
+    """What the batch did, as import_batch --json prints it and the batch page shows it."""
+    analyses = Analysis.objects.filter(batch=batch)
+    positives = dict(
+        analyses.filter(
+            state=Analysis.State.SUCCEEDED, positive=True, is_placeholder=False, experimental=False
+        )
+        .exclude(applicable=False)
+        .values_list("condition")
+        .annotate(n=Count("pk"))
+        .order_by("condition")
+    )
+    conditions = sorted(set(analyses.values_list("condition", flat=True)))
+    items = batch.items.all()
+    return {
+        "batch": batch.pk,
+        "state": batch.state,
+        "schedule": batch.schedule,
+        "source": batch.source,
+        "source_name": batch.source_name,
+        "files": batch.files_total,
+        "accepted": batch.accepted,
+        "duplicates": batch.duplicates,
+        "refused": [
+            {"file": i.filename, "reason": i.reason} for i in items.filter(status=BatchItem.Status.REFUSED)
+        ],
+        "patients_from": batch.patients_from,
+        "analyses": analyses.count(),
+        "analyses_done": analyses.filter(state=Analysis.State.SUCCEEDED).count(),
+        "analyses_failed": analyses.filter(state=Analysis.State.FAILED).count(),
+        "failures": [
+            {"analysis": pk, "file": name, "condition": condition, "reason": message}
+            for pk, name, condition, message in analyses.filter(state=Analysis.State.FAILED)
+            .order_by("pk")
+            .values_list("pk", "image__original_filename", "condition", "error_message")
+        ],
+        "positives": {c: positives.get(c, 0) for c in conditions},
+        "studies": sorted(set(items.filter(image__isnull=False).values_list("image__study_id", flat=True))),
+        "overran_window": batch.overran_window,
+        "note": batch.note,
+    }
