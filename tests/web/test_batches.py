@@ -151,10 +151,13 @@ def test_an_archive_that_would_expand_beyond_the_limit_is_refused_whole(
 
 
 def test_only_those_who_may_upload_create_batches_and_outsiders_see_none(
-    api, tech_api, parked_broker, transactional_db
+    tech_api, parked_broker, transactional_db, django_user_model
 ) -> None:
+    from rest_framework.test import APIClient
+
     archive = zip_of([("a.dcm", dicom_bytes(patient_id="MRN-P1", seed=1))])
-    # `api` is logged in but holds no role: an outsider.
+    api = APIClient()  # logged in, but holding no role: an outsider
+    api.force_login(django_user_model.objects.create_user("outsider.olga", password="pw-olga-1"))
     assert post_archive(api, archive).status_code == 403
     assert api.get("/api/batches/").status_code == 403
     created = post_archive(tech_api, archive)
