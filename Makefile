@@ -32,6 +32,7 @@ test: $(STAMP) lint
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # make analyze FILE=chest.dcm CONDITION=pneumonia [OUT=overlay.png]
 analyze: $(STAMP)

@@ -75,5 +75,7 @@ def _split_of(path: str) -> str | None:
 
 def summary(result: Mapping[str, object]) -> str:
     """'0.27 (12/45, 95% CI 0.15-0.42)' for a pointing_game result."""
-    low, high = result["ci95"]  # type: ignore[misc]
+    ci95 = result["ci95"]
+    assert isinstance(ci95, tuple | list)
+    low, high = ci95
     return f"{result['rate']:.2f} ({result['hits']}/{result['n']}, 95% CI {low:.2f}-{high:.2f})"

@@ -164,11 +164,11 @@ def train_recogniser(
     arrays = _export_arrays(mean, scale, fitted[chosen], distance, cutoffs)
     out_dir.mkdir(parents=True, exist_ok=True)
     artifact = out_dir / "recogniser.npz"
-    np.savez_compressed(artifact, **arrays)
+    np.savez_compressed(artifact, **arrays)  # type: ignore[arg-type]
     recogniser = Recogniser.load(artifact)
     progress(f"chose {chosen}; distance cut-offs {np.round(cutoffs, 2).tolist()}; wrote {artifact}")
 
-    report = {
+    report: dict[str, Any] = {
         "seed": seed,
         "per_class": per_class,
         "chosen": chosen,

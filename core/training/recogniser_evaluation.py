@@ -123,7 +123,7 @@ def _rectangles(rng: np.random.Generator) -> np.ndarray:
 
 
 def _installed_photos() -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, Any] = {}  # cv2.imread gives None for a missing file: skipped by the caller
     try:
         import matplotlib
 
@@ -133,9 +133,8 @@ def _installed_photos() -> dict[str, np.ndarray]:
         )
         with gzip.open(sample / "s1045.ima.gz") as handle:
             raw = np.frombuffer(handle.read(), np.uint16).reshape(256, 256)
-        out["MRI head slice (matplotlib s1045.ima)"] = cv2.normalize(
-            raw, None, 0, 255, cv2.NORM_MINMAX
-        ).astype(np.uint8)
+        scaled = (raw - raw.min()) * (255.0 / max(1, int(raw.max()) - int(raw.min())))
+        out["MRI head slice (matplotlib s1045.ima)"] = scaled.astype(np.uint8)
     except (ImportError, OSError, ValueError):
         pass
     try:

@@ -171,6 +171,7 @@ def load_run_data(config: TrainConfig, *, log: Callable[[str], None]) -> RunData
 
     def arrays(split: str) -> ArraySplit:
         chosen = [s for s in samples if s.split == split]
+        assert config.input_size is not None  # TrainConfig.resolved() fills it in
         return load_arrays(chosen, input_size=config.input_size, cache_dir=config.cache_dir)
 
     counts = split_counts(samples)

@@ -8,6 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.signals import user_logged_in
 from django.http import FileResponse, HttpResponse
+from django.http.response import HttpResponseBase
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.authtoken.models import Token
@@ -16,6 +17,7 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
 from rest_framework.views import APIView
 
 from core.errors import XRayDecodeError
@@ -167,6 +169,7 @@ class BulkUploadView(APIView):
         )
         items = [refused.get(i) or next(stored) for i in range(len(data["files"]))]
         body = BulkUploadResultSerializer(bulk_upload_summary(items)).data
+        code: int
         if body["created"]:
             code = status.HTTP_201_CREATED
         elif body["rejected"]:
@@ -287,7 +290,7 @@ class AnalysisHeatmapView(APIView):
         responses={(200, "image/png"): bytes},
         summary="Download the Grad-CAM heat map of a finished analysis",
     )
-    def get(self, request: Request, pk: int) -> HttpResponse:
+    def get(self, request: Request, pk: int) -> HttpResponseBase:
         try:
             analysis = selectors.analysis_get(analysis_id=pk)
         except Analysis.DoesNotExist:
@@ -331,7 +334,7 @@ class AnalysisHeatmapView(APIView):
 
 
 def _alpha(value: str | None) -> float:
-    if value in (None, ""):
+    if not value:
         return OVERLAY_ALPHA
     try:
         alpha = float(value)
@@ -396,7 +399,7 @@ class AnnotationCreateView(generics.CreateAPIView):
     permission_classes = [api_requires(Capability.REVIEW)]
     serializer_class = AnnotationSerializer
 
-    def perform_create(self, serializer: AnnotationSerializer) -> None:
+    def perform_create(self, serializer: BaseSerializer[Any]) -> None:
         data = serializer.validated_data
         try:
             if data.get("verdict"):

@@ -122,5 +122,5 @@ class UploadConflictAdmin(admin.ModelAdmin):
 admin.site.index_template = "admin/radtriage_index.html"
 admin.site.site_header = "RadTriage administration"
 # Only the admin role enters the admin (web.access), not any is_staff account.
-admin.site.has_permission = admin_site_permission
+admin.site.has_permission = admin_site_permission  # type: ignore[method-assign]
 admin.site.login_form = AdminLoginForm

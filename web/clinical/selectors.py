@@ -236,10 +236,10 @@ def _filtered(qs: QuerySet[Study], f: WorklistFilters, *, user: Any) -> QuerySet
 def worklist_strongest(studies: list[Study]) -> None:
     """Attach `strongest` (the Analysis the row shows, or None) to each study of a page:
     one query for the page."""
-    ids = [s.strongest_id for s in studies if getattr(s, "strongest_id", None)]
-    by_id = {a.pk: a for a in Analysis.objects.filter(pk__in=ids)}
-    for study in studies:
-        study.strongest = by_id.get(getattr(study, "strongest_id", None))
+    ids = [getattr(s, "strongest_id", None) for s in studies]
+    by_id = {a.pk: a for a in Analysis.objects.filter(pk__in=[i for i in ids if i])}
+    for study, strongest_id in zip(studies, ids, strict=True):
+        study.strongest = by_id.get(strongest_id) if strongest_id else None  # type: ignore[attr-defined]
 
 
 def waiting_label(study: Study, *, now: dt.datetime | None = None) -> str:

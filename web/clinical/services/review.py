@@ -207,8 +207,8 @@ def verdict_set(
             .first()
         )
         created = row is None
-        previous = "" if created else row.verdict
-        if created:
+        previous = "" if row is None else row.verdict
+        if row is None:
             row = Annotation.objects.create(
                 image_id=analysis.image_id, author=author, analysis=analysis, verdict=verdict, note=text
             )
