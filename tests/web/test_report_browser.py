@@ -3,11 +3,9 @@ Playwright, against uvicorn and a Celery worker that renders the PDF)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
+from tests.output import TEST_OUTPUT
 from tests.web.fixtures import png_bytes
 from tests.web.test_browser import browser_page, dr_grey, live_server_url  # noqa: F401 - fixtures
 from tests.web.test_reports import pdf_text
@@ -15,9 +13,7 @@ from web.clinical.models import Study
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-OUTPUT = Path(
-    os.environ.get("RADTRIAGE_TEST_OUTPUT", Path(__file__).resolve().parents[2] / "var" / "test-output")
-)
+OUTPUT = TEST_OUTPUT
 
 
 @pytest.fixture()

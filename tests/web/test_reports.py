@@ -4,7 +4,6 @@ Keras model's results."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,14 +11,13 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
+from tests.output import TEST_OUTPUT
 from tests.web.fixtures import dicom_bytes, upload, with_role
 from web.clinical.models import Analysis, Annotation, AuditEvent, Report, SignedReportChanged, Study
 
 pytestmark = pytest.mark.slow
 
-OUTPUT = Path(
-    os.environ.get("RADTRIAGE_TEST_OUTPUT", Path(__file__).resolve().parents[2] / "var" / "test-output")
-)
+OUTPUT = TEST_OUTPUT
 
 
 def pdf_text(path: Path) -> str:

@@ -3,11 +3,10 @@ uvicorn + a Celery worker: zoom, window, heat map, annotations shared live with 
 a verdict that survives a reload, and a technologist who may look but not annotate.
 
 Screenshots of the viewer are written to the test's tmp_path (printed; run with -s to see it)
-or to $RADTRIAGE_ARTIFACTS when set."""
+in var/test-output/viewer (or $RADTRIAGE_TEST_OUTPUT/viewer)."""
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.output import output_folder
 from tests.web.fixtures import dicom_bytes, upload, wait_for
 from tests.web.test_browser import CHROMIUM, live_server_url  # noqa: F401 - the fixture
 
@@ -41,9 +41,8 @@ def isolated_media(settings):
 
 
 @pytest.fixture()
-def artifacts(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("RADTRIAGE_ARTIFACTS") or tmp_path / "screenshots")
-    folder.mkdir(parents=True, exist_ok=True)
+def artifacts() -> Path:
+    folder = output_folder("viewer")
     print(f"viewer screenshots: {folder}")
     return folder
 

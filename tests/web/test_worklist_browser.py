@@ -4,21 +4,19 @@ each file's own patient."""
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group
 
-from tests.web.fixtures import REPO, png_bytes
+from tests.output import TEST_OUTPUT
+from tests.web.fixtures import png_bytes
 from tests.web.test_browser import _in_thread, browser_page, isolated_media, live_server_url  # noqa: F401
 from web.clinical.models import Patient, Study
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-# Screenshots land here (kept after the run, outside git): RADTRIAGE_TEST_OUTPUT or var/test-output.
-OUTPUT = Path(os.environ.get("RADTRIAGE_TEST_OUTPUT", REPO / "var" / "test-output"))
+OUTPUT = TEST_OUTPUT
 
 
 @pytest.fixture()
