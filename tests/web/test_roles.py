@@ -101,6 +101,14 @@ ROUTE_RULES: dict[str, list[Check]] = {
         Check("delete", "/api/auth/token/", per_persona(401, 204, 204, 204, 204)),
     ],
     "api:upload": [Check("post", "/api/uploads/", API_UPLOAD, data=_dicom_upload)],
+    "api:upload-recognise": [
+        Check(
+            "post",
+            "/api/uploads/recognise/",
+            per_persona(401, 403, 200, 200, 200),
+            data=lambda ids: {"file": SimpleUploadedFile("p.png", png_bytes(seed=7))},
+        )
+    ],
     "api:upload-batch": [Check("post", "/api/uploads/batch/", API_UPLOAD, data=_bulk_upload)],
     "api:study-list": [Check("get", "/api/studies/", API_STUDIES)],
     "api:study-detail": [Check("get", "/api/studies/{study}/", API_STUDIES)],

@@ -68,3 +68,21 @@ def test_rerunning_a_condition_outside_the_region_is_refused(api, db) -> None:
     assert response.status_code == 400
     assert "Fracture does not apply" in str(response.json())
     assert Analysis.objects.filter(condition="fracture").count() == 0
+
+
+def test_the_page_can_ask_which_body_part_a_file_is_before_uploading_it(api, db) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    def propose(data: bytes, name: str):
+        return api.post(
+            "/api/uploads/recognise/", {"file": SimpleUploadedFile(name, data)}, format="multipart"
+        )
+
+    knee = propose(_film("knee_osteoarthritis"), "knee.jpg")
+    chest = propose(_film("pneumonia"), "chest.jpg")
+    broken = propose(b"not an image at all", "x.png")
+
+    assert knee.status_code == 200 and knee.json()["body_part"] == "KNEE"
+    assert chest.json()["body_part"] == "CHEST" and "chest" in chest.json()["description"]
+    assert broken.status_code == 400 and broken.json()["error"]
+    assert not Image.objects.exists() and not Study.objects.exists()  # nothing stored

@@ -143,3 +143,32 @@ def test_two_pngs_with_their_own_patients_each_get_their_outcome(
         )
     )
     assert patients[0] == ("MRN-PNG-KNEE", "KNEE") and patients[1][0] == "MRN-PNG-OTHER"
+
+
+def test_the_page_proposes_each_jpegs_body_region_and_the_uploader_may_change_it(
+    live_server_url,  # noqa: F811
+    dr_bailey,
+    browser_page,  # noqa: F811
+) -> None:
+    from playwright.sync_api import expect
+
+    from tests.web.test_upload_recognition import _film
+
+    chest, knee = _film("pneumonia"), _film("knee_osteoarthritis")
+    page = browser_page
+    log_in(page, live_server_url)
+    page.click("summary")
+    page.set_input_files(
+        "#upload-form input[name=file]",
+        [
+            {"name": "chest.jpg", "mimeType": "image/jpeg", "buffer": chest},
+            {"name": "knee.jpg", "mimeType": "image/jpeg", "buffer": knee},
+        ],
+    )
+
+    chest_region = page.get_by_label("Body region for chest.jpg")
+    expect(chest_region).to_have_value("CHEST")
+    expect(page.get_by_label("Body region for knee.jpg")).to_have_value("KNEE")
+    expect(page.locator("#upload-files tr", has_text="chest.jpg")).to_contain_text("seen as: ")
+    chest_region.select_option("")  # the uploader's choice stands: back to "recognise"
+    expect(chest_region).to_have_value("")

@@ -25,6 +25,7 @@ urlpatterns = [
     path("auth/token/", views.TokenView.as_view(), name="token"),
     path("uploads/", views.UploadView.as_view(), name="upload"),
     path("uploads/batch/", views.BulkUploadView.as_view(), name="upload-batch"),
+    path("uploads/recognise/", views.RecogniseView.as_view(), name="upload-recognise"),
     path("batches/", batch_views.BatchListView.as_view(), name="batch-list"),
     path("batches/<int:pk>/", batch_views.BatchDetailView.as_view(), name="batch-detail"),
     path("studies/", views.StudyListView.as_view(), name="study-list"),

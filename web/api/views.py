@@ -49,6 +49,7 @@ from web.clinical.services import (
     upload_outcome,
 )
 from web.clinical.services.review import ReviewRejected, annotation_create, verdict_set
+from web.clinical.services.upload_parts import body_part_proposal
 
 log = logging.getLogger(__name__)
 
@@ -452,3 +453,27 @@ class TokenView(ObtainAuthToken):
             )
         Token.objects.filter(user=request.user).delete()
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class RecogniseSerializer(serializers.Serializer):
+    file = serializers.FileField()
+
+
+class RecogniseView(APIView):
+    """Before an upload: which body part the image recogniser proposes for a PNG/JPEG (or the
+    DICOM header says), so the page can preselect it. Nothing is stored."""
+
+    parser_classes = [MultiPartParser]
+    permission_classes = [api_requires(Capability.UPLOAD)]
+
+    @extend_schema(request=RecogniseSerializer, summary="Propose a body part for a file (nothing stored)")
+    def post(self, request: Request) -> Response:
+        form = RecogniseSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        upload = form.validated_data["file"]
+        if upload.size > settings.RADTRIAGE_MAX_UPLOAD_BYTES:
+            return Response({"error": too_large_message(upload.size)}, status=413)
+        try:
+            return Response(body_part_proposal(upload.read(), upload.name or ""))
+        except UploadRejected as exc:
+            return Response({"error": str(exc)}, status=exc.status_code)

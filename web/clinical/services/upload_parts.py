@@ -125,6 +125,24 @@ def upload_plan(decoded: Decoded, fields: UploadFields, conditions: list[str] | 
     )
 
 
+def body_part_proposal(data: bytes, filename: str) -> dict[str, Any]:
+    """What the image recogniser proposes for a file before it is uploaded (nothing is
+    stored): the body part the upload would use, and what it sees, so the uploader can
+    confirm or override it. Raises UploadRejected for a file that would be refused anyway."""
+    decoded = upload_decode(data, filename)
+    header = normalise_body_part(header_value(decoded.xray.metadata, "BodyPartExamined"))
+    recognition = _recognise(decoded.xray)
+    region = recognition.get("region") or ""
+    return {
+        "filename": filename,
+        "body_part": header or REGION_BODY_PART.get(region, ""),
+        "from_header": bool(header),
+        "region": region,
+        "description": recognition.get("description") or "not recognised as a chest, knee or limb radiograph",
+        "confidence": recognition.get("region_confidence"),
+    }
+
+
 def _recognise(xray: XRay) -> dict[str, Any]:
     """What the image recogniser sees ({} if it cannot run: the analyses then say so)."""
     from core.recognition import recognise

@@ -45,7 +45,40 @@
         '<input type="hidden" name="accession_number"></td></tr>';
     }).join("");
   }
-  fileInput.addEventListener("change", drawFileTable);
+  // The recogniser proposes each PNG/JPEG's body region (nothing is stored); the choice stays
+  // the uploader's: a region already chosen is never overwritten.
+  function proposeBodyParts() {
+    files().forEach(function (f, i) {
+      if (isDicom(f)) return;
+      const data = new FormData();
+      data.append("file", f, f.name);
+      fetch("/api/uploads/recognise/", {method: "POST", body: data, credentials: "same-origin",
+                                         headers: {"X-CSRFToken": window.radtriageCsrf()}})
+        .then(function (r) { return r.json().then(function (body) { return {ok: r.ok, body: body}; }); })
+        .then(function (answer) {
+          const row = fileTable.querySelector('tr[data-index="' + i + '"]');
+          if (!row || files()[i] !== f) return;  // the selection changed meanwhile
+          const select = row.querySelector("select[name=body_part]");
+          const note = document.createElement("small");
+          note.className = "recognised";
+          if (!answer.ok) {
+            note.textContent = " " + (answer.body.error || "could not be read");
+            note.classList.add("error");
+          } else {
+            const proposal = answer.body;
+            note.textContent = " seen as: " + proposal.description;
+            if (proposal.body_part && select && !select.value &&
+                select.querySelector('option[value="' + proposal.body_part + '"]')) {
+              select.value = proposal.body_part;
+              select.dataset.proposed = proposal.body_part;
+            }
+          }
+          if (select) select.insertAdjacentElement("afterend", note);
+        })
+        .catch(function () { /* the upload itself still recognises the image */ });
+    });
+  }
+  fileInput.addEventListener("change", function () { drawFileTable(); proposeBodyParts(); });
 
   // CSV beside the images: filename,patient_id,patient_name,birth_date,sex,body_part,accession_number
   function parseCsv(text) {
