@@ -127,13 +127,27 @@ def main() -> None:
         start_new_session=True,
     )
     try:
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         while "ready." not in log_path.read_text(errors="replace"):
             if worker.poll() is not None or time.monotonic() - started > 180:
                 sys.exit("The worker did not start:\n" + log_path.read_text(errors="replace")[-3000:])
             time.sleep(0.1)
+        worker_ready = time.monotonic()
+        # `make run` says "ready" when the pool's models are warm (manage.py wait_ready): the
+        # issue's goal is the first result within 5 s of that.
+        from worker.readiness import warm_processes_since
+
+        while warm_processes_since(started_wall) < 1:
+            if worker.poll() is not None or time.monotonic() - worker_ready > 300:
+                sys.exit(
+                    "The worker never warmed its models:\n" + log_path.read_text(errors="replace")[-3000:]
+                )
+            time.sleep(0.1)
         ready = time.monotonic()
-        # The goal: the first result within 5 s of the worker saying it is ready.
+        print(
+            f"worker: said ready {worker_ready - started:.1f} s after start; `make run` ready "
+            f"(models warm) {ready - worker_ready:.1f} s after that"
+        )
         first = image_upload(
             data=dicom_bytes(patient_id="BENCH-FIRST", seed=10**6, size=args.size),
             filename="first.dcm",
@@ -144,7 +158,7 @@ def main() -> None:
             if time.monotonic() - ready > 300:
                 break
             time.sleep(0.05)
-        print(f"worker: first result {time.monotonic() - ready:.1f} s after it said ready")
+        print(f"first result {time.monotonic() - ready:.1f} s after `make run` said ready (goal: 5 s)")
         while "Models warm in process" not in log_path.read_text(errors="replace"):
             if worker.poll() is not None or time.monotonic() - ready > 300:
                 break

@@ -55,6 +55,7 @@ cat <<BANNER
   RadTriage is starting at  $URL
   $CREDENTIALS
   API schema: ${URL}api/schema/   API docs: ${URL}api/docs/
+  It says "RadTriage is ready" once the workers' models are warm; uploads before that wait.
   Stop with Ctrl-C.
 
 BANNER

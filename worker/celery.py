@@ -77,3 +77,9 @@ def warm_models() -> None:
     log.info(
         "Models warm in process %s: %s", os.getpid(), ", ".join(f"{c} {s:.1f} s" for c, s in took.items())
     )
+    try:
+        from worker.readiness import mark_warm
+
+        mark_warm()
+    except Exception:  # noqa: BLE001 - only `make run`'s "ready" line waits on it
+        log.warning("Could not mark this process warm in Redis", exc_info=True)

@@ -39,3 +39,49 @@ def test_a_fresh_worker_warms_the_active_models_before_the_first_job_comes(
         assert worker.log().count("Loaded model pneumonia-tiny-test") == 1
     finally:
         worker.stop()
+
+
+def test_make_run_says_ready_only_once_the_workers_models_are_warm(
+    transactional_db, private_redis, tiny_registry, service_logs
+) -> None:
+    """`manage.py wait_ready` (the Procfile's `ready` line) waits for the warm marks."""
+    import subprocess
+    import sys
+
+    env = service_env(
+        CELERY_BROKER_URL=f"redis://127.0.0.1:{private_redis[1]}/0", RADTRIAGE_REGISTRY=str(tiny_registry)
+    )
+    ready = subprocess.Popen(
+        [sys.executable, "manage.py", "wait_ready", "--once", "--processes", "1", "--timeout", "170"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    worker = celery_worker("ready", env, service_logs).start(ready_text="ready.", timeout=90)
+    try:
+        said, _ = ready.communicate(timeout=180)
+        warm_by_then = "Models warm in process" in worker.log()
+    finally:
+        worker.stop()
+        ready.kill()
+    assert ready.returncode == 0, said
+    assert "RadTriage is ready: models warm in" in said
+    assert warm_by_then  # the worker had finished warming when "ready" was said
+
+
+def test_wait_ready_gives_up_with_a_clear_message_when_no_worker_warms(
+    transactional_db, private_redis
+) -> None:
+    import subprocess
+    import sys
+
+    env = service_env(CELERY_BROKER_URL=f"redis://127.0.0.1:{private_redis[1]}/0")
+    done = subprocess.run(
+        [sys.executable, "manage.py", "wait_ready", "--once", "--timeout", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and "Not ready after 2 s" in done.stderr

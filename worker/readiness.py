@@ -1,0 +1,38 @@
+"""When is RadTriage ready? When the web answers and every worker pool process has warmed its
+models: a process marks itself warm in Redis, and `manage.py wait_ready` (run by `make run`)
+says "ready" only then, so the first upload after it is answered at model speed."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+WARM_MARK_TTL = 24 * 3600  # seconds: a mark outlives any restart it could be confused with
+
+
+def _client():  # type: ignore[no-untyped-def]
+    import redis
+    from django.conf import settings
+
+    return redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2)
+
+
+def _prefix() -> str:
+    from django.conf import settings
+
+    return f"{settings.RADTRIAGE_NAMESPACE}.warm."
+
+
+def mark_warm() -> None:
+    """This pool process has its models loaded (called by worker.celery.warm_models)."""
+    key = f"{_prefix()}{socket.gethostname()}.{os.getpid()}"
+    _client().set(key, repr(time.time()), ex=WARM_MARK_TTL)
+
+
+def warm_processes_since(started: float) -> int:
+    """How many pool processes marked themselves warm after `started` (a time.time())."""
+    client = _client()
+    keys = list(client.scan_iter(match=f"{_prefix()}*", count=500))
+    marks = [float(v) for v in client.mget(keys) if v is not None] if keys else []
+    return sum(1 for mark in marks if mark >= started)
