@@ -86,10 +86,13 @@ def images_upload_many(
     queue: str = settings.QUEUE_BATCH,
     uploaded_by: Any = None,
     ip_address: str | None = None,
+    dispatch: bool = True,
 ) -> list[BulkUploadItem]:
     """Store several X-rays, each stored or refused on its own (a refused file leaves
     nothing; the others are kept), then send their analyses as jobs of ANALYSIS_BATCH_SIZE,
-    grouped by condition so that each job runs one model.
+    grouped by condition so that each job runs one model. dispatch=False leaves the sending of
+    the new analyses to the caller (the DICOM listener sends an association's in mini-batches);
+    if it never does, the sweeper sends them.
 
     fields: one set for every file, or one per file (PNG/JPEG of different patients).
     The new images go in with a handful of queries for the whole lot; if a concurrent upload
@@ -124,7 +127,8 @@ def images_upload_many(
                 items.update(upload.store({index: settled}, per_file))
     finally:
         # Also after a crash half-way: what was committed is sent now, not at the next sweep.
-        _dispatch_new(list(items.values()), queue=queue)
+        if dispatch:
+            _dispatch_new(list(items.values()), queue=queue)
     return [items[i] for i in range(len(files))]
 
 
