@@ -81,3 +81,49 @@ def fake_pacs() -> Iterator[FakePACS]:
     pacs = FakePACS()
     yield pacs
     pacs.stop()
+
+
+def client_with_role(django_user_model: Any, username: str, role: str | None) -> Any:
+    """An API client logged in as a user in the given role's group (None: an outsider)."""
+    from django.contrib.auth.models import Group
+    from rest_framework.test import APIClient
+
+    user = django_user_model.objects.create_user(username, password=f"pw-{username}")
+    if role:
+        # get_or_create: a transactional test's flush also empties the groups migration 0006 made.
+        user.groups.add(Group.objects.get_or_create(name=role)[0])
+    client = APIClient()
+    client.force_login(user)
+    client.user = user
+    return client
+
+
+@pytest.fixture()
+def radiologist_api(transactional_db: Any, django_user_model: Any) -> Any:
+    return client_with_role(django_user_model, "dr.grey", "radiologist")
+
+
+@pytest.fixture()
+def admin_api(transactional_db: Any, django_user_model: Any) -> Any:
+    return client_with_role(django_user_model, "it.admin", "admin")
+
+
+@pytest.fixture()
+def outsider_api(transactional_db: Any, django_user_model: Any) -> Any:
+    return client_with_role(django_user_model, "mr.nobody", None)
+
+
+def analysed_image(client: Any, data: bytes, *, timeout: float = 120) -> Any:
+    """Upload through the API and wait for the real worker to finish every analysis."""
+    from tests.web.fixtures import upload, wait_for
+    from web.clinical.models import Analysis, Image
+
+    response = upload(client, data)
+    assert response.status_code == 201, response.content
+    image = Image.objects.get(pk=response.json()["image"]["id"])
+    wait_for(
+        lambda: not Analysis.objects.filter(image=image, state__in=["queued", "running"]).exists(),
+        timeout=timeout,
+        what="the analyses to finish",
+    )
+    return image

@@ -2,7 +2,7 @@ from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
-from web.api import errors, views
+from web.api import dicom_views, errors, views
 
 app_name = "api"
 
@@ -24,5 +24,11 @@ urlpatterns = [
     path("images/<int:pk>/thumbnail/", views.ImageThumbnailView.as_view(), name="image-thumbnail"),
     path("images/<int:pk>/analyses/", views.ImageAnalysesView.as_view(), name="image-analyses"),
     path("annotations/", views.AnnotationCreateView.as_view(), name="annotation-create"),
+    path(
+        "analyses/<int:pk>/dicom-sc/",
+        dicom_views.AnalysisSecondaryCaptureView.as_view(),
+        name="analysis-dicom-sc",
+    ),
+    path("images/<int:pk>/dicom-sr/", dicom_views.ImageStructuredReportView.as_view(), name="image-dicom-sr"),
     re_path(r"^.*$", errors.api_not_found),
 ]

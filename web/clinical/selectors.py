@@ -108,3 +108,8 @@ def _raw_heatmap(analysis: Analysis) -> Any:
     if raw is None:
         raise ValueError(f"The stored heat map of analysis {analysis.pk} is unreadable.")
     return raw.astype(np.float32) / 255.0
+
+
+def analysis_heatmap_raw(*, analysis: Analysis) -> Any:
+    """The stored Grad-CAM map as float32 (h, w) in [0, 1] (for DICOM results)."""
+    return _raw_heatmap(analysis)
