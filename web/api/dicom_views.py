@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import io
 import logging
+import tempfile
 
-from django.http import HttpResponse
+from django.http import FileResponse, HttpResponse
 from drf_spectacular.utils import extend_schema
 from pydicom.dataset import Dataset
-from rest_framework.exceptions import NotFound
+from rest_framework import serializers
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from web.access import Capability, api_requires
 from web.api.views import client_ip
 from web.clinical import selectors
-from web.clinical.models import Analysis, Image
+from web.clinical.models import Analysis, Image, Study
 from web.clinical.services import audit_record
+from web.clinical.services.dicom.deidentify import studies_export_deidentified
 from web.clinical.services.dicom.results_sc import ResultNotReady, analysis_secondary_capture
 from web.clinical.services.dicom.results_sr import image_structured_report
 
@@ -84,3 +87,66 @@ class ImageStructuredReportView(APIView):
             ip_address=client_ip(request),
         )
         return dicom_response(sr, f"image-{pk}-ai-results-sr.dcm")
+
+
+MAX_EXPORT_STUDIES = 500
+ZIP = "application/zip"
+
+
+def deidentified_zip_response(request: Request, studies: list[Study], filename: str) -> FileResponse:
+    """The zip, written to a temporary file (never whole in memory), and one audit row."""
+    out = tempfile.TemporaryFile()  # noqa: SIM115 - FileResponse closes it once sent
+    manifest = studies_export_deidentified(studies=studies, out=out)
+    out.seek(0)
+    audit_record(
+        actor=request.user,
+        action="export.deidentified",
+        patient=studies[0].patient if len(studies) == 1 else None,
+        study=studies[0] if len(studies) == 1 else None,
+        ip_address=client_ip(request),
+        detail={
+            "study_ids": [s.pk for s in studies],
+            "instances": manifest["instances"],
+            "not_exported": len(manifest["not_exported"]),
+        },
+    )
+    return FileResponse(out, content_type=ZIP, as_attachment=True, filename=filename)
+
+
+class StudyDeidentifiedExportView(APIView):
+    permission_classes = [api_requires(Capability.MANAGE)]
+
+    @extend_schema(
+        responses={(200, ZIP): bytes},
+        summary="A study de-identified for research (DICOM PS3.15 Annex E basic profile), as a zip",
+    )
+    def get(self, request: Request, pk: int) -> FileResponse:
+        study = Study.objects.select_related("patient").filter(pk=pk).first()
+        if study is None:
+            raise NotFound(f"No study with id {pk}.")
+        return deidentified_zip_response(request, [study], f"study-{pk}-deidentified.zip")
+
+
+class BatchExportSerializer(serializers.Serializer):
+    study_ids = serializers.ListField(
+        child=serializers.IntegerField(min_value=1), allow_empty=False, max_length=MAX_EXPORT_STUDIES
+    )
+
+
+class DeidentifiedExportView(APIView):
+    permission_classes = [api_requires(Capability.MANAGE)]
+
+    @extend_schema(
+        request=BatchExportSerializer,
+        responses={(200, ZIP): bytes},
+        summary="Several studies de-identified together (one UID map across them), as a zip",
+    )
+    def post(self, request: Request) -> FileResponse:
+        form = BatchExportSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        wanted = list(dict.fromkeys(form.validated_data["study_ids"]))
+        studies = list(Study.objects.select_related("patient").filter(pk__in=wanted).order_by("pk"))
+        missing = sorted(set(wanted) - {s.pk for s in studies})
+        if missing:
+            raise ValidationError({"study_ids": f"No study with id {', '.join(map(str, missing))}."})
+        return deidentified_zip_response(request, studies, "studies-deidentified.zip")

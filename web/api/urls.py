@@ -30,5 +30,11 @@ urlpatterns = [
         name="analysis-dicom-sc",
     ),
     path("images/<int:pk>/dicom-sr/", dicom_views.ImageStructuredReportView.as_view(), name="image-dicom-sr"),
+    path(
+        "studies/<int:pk>/deidentified/",
+        dicom_views.StudyDeidentifiedExportView.as_view(),
+        name="study-deidentified",
+    ),
+    path("exports/deidentified/", dicom_views.DeidentifiedExportView.as_view(), name="export-deidentified"),
     re_path(r"^.*$", errors.api_not_found),
 ]
