@@ -22,6 +22,12 @@ from web.clinical.services import (
     analysis_mark_retrying,
 )
 from web.clinical.services.analyses import TASK_ANALYZE, TASK_ANALYZE_BATCH
+from web.clinical.services.dicom.pacs_send import (
+    TASK_PACS_SEND,
+    PacsSendError,
+    pacs_send_fail,
+    pacs_send_run,
+)
 from worker.celery import app
 
 log = logging.getLogger(__name__)
@@ -97,3 +103,26 @@ def sweep_stuck_analyses() -> list[int]:
     return analyses_requeue_stuck(
         queued_after=settings.STUCK_QUEUED_AFTER, running_after=settings.STUCK_RUNNING_AFTER
     )
+
+
+@app.task(
+    name=TASK_PACS_SEND,
+    bind=True,
+    acks_late=True,
+    soft_time_limit=120,
+    time_limit=150,
+    max_retries=settings.RADTRIAGE_PACS_MAX_RETRIES,
+    ignore_result=True,
+)
+def pacs_send(self, send_id: int) -> None:
+    """C-STORE an image's AI results to the PACS; retried with backoff, then marked failed."""
+    try:
+        pacs_send_run(send_id=send_id)
+    except (PacsSendError, *TRANSIENT_ERRORS) as exc:
+        if self.request.retries >= self.max_retries:
+            pacs_send_fail(
+                send_id=send_id, message=f"Gave up after {self.request.retries + 1} attempts: {exc}"
+            )
+            return
+        delay = settings.RADTRIAGE_PACS_RETRY_DELAY * 2**self.request.retries
+        raise self.retry(exc=exc, countdown=delay) from None

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,47 @@ def analysed_image(client: Any, data: bytes, *, timeout: float = 120) -> Any:
         what="the analyses to finish",
     )
     return image
+
+
+@dataclass
+class Stack:
+    pacs: FakePACS
+    listener_port: int
+    worker: Any
+    listener: Any
+
+
+@pytest.fixture(scope="module")
+def pacs_stack(
+    django_db_setup: Any, django_db_blocker: Any, tiny_registry: Path, service_logs: Path
+) -> Iterator[Stack]:
+    """The deployment in small: `manage.py dicom_listener` and a Celery worker configured to
+    C-STORE results to a PACS (FakePACS, here), on a Redis namespace of their own (so the
+    session's other worker never takes their jobs). It retries twice, 0.2 s apart, then fails."""
+    import sys
+    import uuid
+
+    from tests.web.fixtures import Service, celery_worker, free_port, service_env
+
+    pacs = FakePACS()
+    port = free_port()
+    with django_db_blocker.unblock():
+        env = service_env(
+            RADTRIAGE_REGISTRY=str(tiny_registry),
+            RADTRIAGE_NAMESPACE=f"rtd{uuid.uuid4().hex[:8]}",
+            RADTRIAGE_PACS_HOST="127.0.0.1",
+            RADTRIAGE_PACS_PORT=str(pacs.port),
+            RADTRIAGE_PACS_AE_TITLE="TESTPACS",
+            RADTRIAGE_PACS_MAX_RETRIES="2",
+            RADTRIAGE_PACS_RETRY_DELAY="0.2",
+            RADTRIAGE_DICOM_ALLOWED_AE_TITLES="STORESCU",
+        )
+    argv = [sys.executable, "manage.py", "dicom_listener", "--host", "127.0.0.1", "--port", str(port)]
+    listener = Service("dicom-listener", argv, env, service_logs).start(
+        ready_text="DICOM listener ready", timeout=60
+    )
+    worker = celery_worker("pacs", env, service_logs).start(ready_text="ready.", timeout=90)
+    yield Stack(pacs=pacs, listener_port=port, worker=worker, listener=listener)
+    worker.stop()
+    listener.stop()
+    pacs.stop()

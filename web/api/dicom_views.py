@@ -13,14 +13,16 @@ from pydicom.dataset import Dataset
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
+from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from web.access import Capability, api_requires
 from web.api.views import client_ip
 from web.clinical import selectors
-from web.clinical.models import Analysis, Image, Study
+from web.clinical.models import Analysis, DicomSend, Image, Study
 from web.clinical.services import audit_record
 from web.clinical.services.dicom.deidentify import studies_export_deidentified
+from web.clinical.services.dicom.pacs_send import pacs_sends_queue
 from web.clinical.services.dicom.results_sc import ResultNotReady, analysis_secondary_capture
 from web.clinical.services.dicom.results_sr import image_structured_report
 
@@ -150,3 +152,62 @@ class DeidentifiedExportView(APIView):
         if missing:
             raise ValidationError({"study_ids": f"No study with id {', '.join(map(str, missing))}."})
         return deidentified_zip_response(request, studies, "studies-deidentified.zip")
+
+
+class DicomSendSerializer(serializers.ModelSerializer):
+    destination = serializers.SerializerMethodField()
+
+    class Meta:
+        model = DicomSend
+        fields = [
+            "id",
+            "destination",
+            "state",
+            "attempts",
+            "last_error",
+            "instances",
+            "sent_at",
+            "updated_at",
+        ]
+
+    def get_destination(self, send: DicomSend) -> str:
+        return f"{send.ae_title}@{send.host}:{send.port}"
+
+
+class ImagePacsSendsView(APIView):
+    """GET: where the image's AI results were C-STOREd and how that went. POST: send them
+    (again) now to the configured PACS; 409 when none is configured or nothing is finished."""
+
+    def get_permissions(self) -> list:
+        capability = Capability.VIEW_STUDIES if self.request.method == "GET" else Capability.REVIEW
+        return [api_requires(capability)()]
+
+    @extend_schema(responses={200: DicomSendSerializer(many=True)}, summary="The results' sends to the PACS")
+    def get(self, request: Request, pk: int) -> Response:
+        image = Image.objects.filter(pk=pk).first()
+        if image is None:
+            raise NotFound(f"No image with id {pk}.")
+        return Response(DicomSendSerializer(image.dicom_sends.all(), many=True).data)
+
+    @extend_schema(
+        request=None, responses={202: DicomSendSerializer(many=True)}, summary="Send to the PACS now"
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        image = Image.objects.select_related("study__patient").filter(pk=pk).first()
+        if image is None:
+            raise NotFound(f"No image with id {pk}.")
+        sends = pacs_sends_queue(image_ids=[pk])
+        if not sends:
+            return Response(
+                {"detail": "Not sent: no PACS is configured, or the image's analyses are not finished."},
+                status=409,
+            )
+        audit_record(
+            actor=request.user,
+            action="pacs_send.request",
+            patient=image.study.patient,
+            study=image.study,
+            obj=image,
+            ip_address=client_ip(request),
+        )
+        return Response(DicomSendSerializer(sends, many=True).data, status=202)

@@ -30,6 +30,7 @@ urlpatterns = [
         name="analysis-dicom-sc",
     ),
     path("images/<int:pk>/dicom-sr/", dicom_views.ImageStructuredReportView.as_view(), name="image-dicom-sr"),
+    path("images/<int:pk>/pacs-sends/", dicom_views.ImagePacsSendsView.as_view(), name="image-pacs-sends"),
     path(
         "studies/<int:pk>/deidentified/",
         dicom_views.StudyDeidentifiedExportView.as_view(),

@@ -292,7 +292,18 @@ def _analyses_complete(results: list[tuple[Analysis, dict[str, Any], str]]) -> l
         for analysis in finished:
             analysis_event_publish(analysis=analysis, event="finished")
         transaction.on_commit(lambda: files_delete(old_files))
+        _results_to_pacs(finished)
     return done
+
+
+def _results_to_pacs(finished: list[Analysis]) -> None:
+    """Once committed, queue the C-STORE of the results of images now fully analysed (only
+    when a PACS node is configured)."""
+    if finished and settings.RADTRIAGE_PACS_HOST:
+        from web.clinical.services.dicom.pacs_send import pacs_sends_queue
+
+        image_ids = sorted({a.image_id for a in finished})
+        transaction.on_commit(partial(pacs_sends_queue, image_ids=image_ids))
 
 
 OUTCOME_FIELDS = [
@@ -373,6 +384,7 @@ def _analysis_mark_failed(analysis: Analysis, *, message: str) -> None:
     analysis.save(update_fields=["state", "error_message", "finished_at"])
     study_refresh_status(analysis.image.study)
     analysis_event_publish(analysis=analysis, event="failed")
+    _results_to_pacs([analysis])  # the image's other results may now be complete
 
 
 def analysis_mark_retrying(*, analysis_id: int, message: str) -> None:
