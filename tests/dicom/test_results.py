@@ -55,6 +55,10 @@ def test_the_sr_lists_each_condition_with_probability_threshold_result_and_model
     # The model without an artifact ran its flagged placeholder: the SR says so.
     assert findings["Cardiomegaly"]["AI result"].TextValue.startswith("placeholder")
 
+    # The viewer offers both downloads on the study page.
+    page = radiologist_api.get(f"/studies/{image.study_id}/").content.decode()
+    assert f"/api/images/{image.pk}/dicom-sr/" in page and f"/api/analyses/{pneumonia.pk}/dicom-sc/" in page
+
     dump = dcmtk("dsrdump", str(path))
     assert dump.returncode == 0, dump.stderr
     assert "Comprehensive SR" in dump.stdout and "pneumonia-tiny-test" in dump.stdout
