@@ -98,7 +98,7 @@ class StorageSCP:
         self.server: Any = None
 
     def start(self, host: str, port: int) -> tuple[str, int]:
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_C_ECHO, lambda event: 0x0000),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_RELEASED, self._on_end),
@@ -150,9 +150,9 @@ class StorageSCP:
     def _send(self, assoc: Any, *, final: bool = False) -> None:
         with self._lock:
             pending = self._pending.pop(id(assoc), None) if final else self._pending.get(id(assoc))
-            ids, pending_ids = (pending.ids, {}) if pending else ({}, {})
+            ids: dict[str, list[int]] = pending.ids if pending else {}
             if pending is not None:
-                pending.ids = pending_ids
+                pending.ids = {}
         for condition_ids in ids.values():
             analyses_dispatch(analysis_ids=condition_ids, queue=settings.QUEUE_BATCH)
         if final and pending is not None:

@@ -33,11 +33,11 @@ def reference_dataset(image: Image) -> Dataset:
     built from the rows for a PNG/JPEG upload (its instance UID is the one it was filed under)."""
     if image.format == Image.Format.DICOM:
         with image.file.open("rb") as handle:
-            ds = pydicom.dcmread(handle, stop_before_pixels=True)
+            header: Dataset = pydicom.dcmread(handle, stop_before_pixels=True)
         for keyword in TYPE_2_COPIED:  # present, if empty, in what the results copy
-            if keyword not in ds:
-                setattr(ds, keyword, "")
-        return ds
+            if keyword not in header:
+                setattr(header, keyword, "")
+        return header
     study = image.study
     patient = study.patient
     ds = Dataset()

@@ -54,7 +54,7 @@ def analysis_secondary_capture(*, analysis: Analysis) -> Dataset:
         transfer_syntax_uid=ExplicitVRLittleEndian,
     )
     orientation = ref.get("PatientOrientation")
-    sc.PatientOrientation = list(orientation) if orientation and len(orientation) == 2 else ""
+    sc.PatientOrientation = list(orientation) if orientation and len(orientation) == 2 else []
     sc.BurnedInAnnotation = "YES"
     sc.SeriesDescription = f"AI heat map (not for diagnosis): {analysis.condition}"[:64]
     sc.ImageComments = f"{BANNER}. {analysis.condition}, model {analysis.model_id}."

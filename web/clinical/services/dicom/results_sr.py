@@ -5,6 +5,7 @@ the model, each referencing the source instance, in the source's study."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -84,7 +85,7 @@ def _finding(analysis: Analysis, ref: Dataset) -> hd.sr.ContainerContentItem:
         label = get_condition(analysis.condition).label
     except Exception:  # noqa: BLE001 - a condition since removed still has its code
         label = analysis.condition
-    items: list[Dataset] = [
+    items: list[Any] = [
         hd.sr.TextContentItem(name=CONDITION, value=label, relationship_type=CONTAINS),
         hd.sr.NumContentItem(
             name=PROBABILITY,
