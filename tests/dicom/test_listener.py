@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -146,13 +147,13 @@ def test_an_association_is_analysed_by_the_worker(listener, live_worker) -> None
     assoc = scu_association(port)
     statuses = [
         assoc.send_c_store(pydicom.dcmread(io.BytesIO(dicom_bytes(study_uid=study_uid, seed=i)))).Status
-        for i in range(3)
+        for i in range(6)
     ]
     assoc.release()
-    assert statuses == [0, 0, 0]
+    assert statuses == [0] * 6
 
     study = Study.objects.get(study_instance_uid=study_uid)
-    assert study.images.count() == 3
+    assert study.images.count() == 6
     try:
         wait_for(
             lambda: not Analysis.objects.filter(image__study=study).exclude(state="succeeded").exists(),
@@ -163,7 +164,11 @@ def test_an_association_is_analysed_by_the_worker(listener, live_worker) -> None
         states = list(Analysis.objects.values_list("state", "error_message"))
         raise AssertionError(f"{states}\n{live_worker.log()[-3000:]}") from None
     pneumonia = Analysis.objects.filter(image__study=study, condition="pneumonia")
-    assert pneumonia.count() == 3 and all(a.model_id == "pneumonia-tiny-test" for a in pneumonia)
+    assert pneumonia.count() == 6 and all(a.model_id == "pneumonia-tiny-test" for a in pneumonia)
+    # Analysed in mini-batches (the listener's is 4 here): four sent during the association,
+    # the other two at its release; each batch is claimed, and so started, at one instant.
+    started = Counter(a.started_at for a in pneumonia)
+    assert sorted(started.values()) == [2, 4]
     study.refresh_from_db()
     assert study.status == Study.Status.AI_COMPLETE
 

@@ -105,3 +105,17 @@ def test_results_are_for_people_who_may_see_studies(outsider_api, radiologist_ap
     # Not analysed yet (no worker here): a 404 that says so, not an empty report.
     pending = radiologist_api.get(f"/api/images/{image_id}/dicom-sr/")
     assert pending.status_code == 404 and "no finished analysis" in pending.content.decode()
+
+
+def test_the_sr_words_never_present_a_placeholder_or_out_of_population_result_as_a_finding() -> None:
+    from web.clinical.models import Analysis
+    from web.clinical.services.dicom.results_sr import result_words
+
+    def words(**flags) -> str:
+        return result_words(Analysis(**{"state": "succeeded", "probability": 0.9, "positive": True, **flags}))
+
+    assert words() == "positive"
+    assert words(positive=False) == "negative"
+    assert words(is_placeholder=True, placeholder_reason="no model").startswith("placeholder")
+    assert words(applicable=False, not_applicable_reason="a child's film").startswith("not applicable")
+    assert words(experimental=True, experimental_reason="trial").startswith("experimental model, positive")
