@@ -51,6 +51,12 @@ if [ ! -x /usr/bin/chromium ]; then
   apt_install chromium fonts-dejavu-core || say "could not install chromium: browser tests will skip"
 fi
 
+# dcmtk (storescu, echoscu, dsrdump, dcmcjpeg): real DICOM peers for the listener tests
+if ! command -v storescu >/dev/null; then
+  say "installing dcmtk for the DICOM tests"
+  apt_install dcmtk || say "could not install dcmtk: the DICOM network tests will fail"
+fi
+
 # WeasyPrint's system libraries (Pango) for PDF reports
 if ! ldconfig -p 2>/dev/null | grep -q libpango-1.0; then
   say "installing Pango for WeasyPrint"

@@ -282,6 +282,30 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# --------------------------------------------------------------------------- DICOM
+# The Storage SCP (`manage.py dicom_listener`): where it listens, its AE title, and which
+# calling AE titles may connect (comma-separated; empty: any). An association's analyses are
+# sent to the workers every RADTRIAGE_DICOM_BATCH_SIZE instances and when it ends.
+RADTRIAGE_DICOM_HOST = os.environ.get("RADTRIAGE_DICOM_HOST", "0.0.0.0")
+RADTRIAGE_DICOM_PORT = int(os.environ.get("RADTRIAGE_DICOM_PORT", "11112"))
+RADTRIAGE_DICOM_AE_TITLE = os.environ.get("RADTRIAGE_DICOM_AE_TITLE", "RADTRIAGE")
+RADTRIAGE_DICOM_ALLOWED_AE_TITLES = [
+    t.strip() for t in os.environ.get("RADTRIAGE_DICOM_ALLOWED_AE_TITLES", "").split(",") if t.strip()
+]
+RADTRIAGE_DICOM_BATCH_SIZE = max(
+    1, int(os.environ.get("RADTRIAGE_DICOM_BATCH_SIZE", str(ANALYSIS_BATCH_SIZE)))
+)
+for _title in [RADTRIAGE_DICOM_AE_TITLE, *RADTRIAGE_DICOM_ALLOWED_AE_TITLES]:
+    if not 0 < len(_title) <= 16:
+        raise ImproperlyConfigured(f"DICOM AE title {_title!r} must be 1 to 16 characters.")
+# A PACS node to C-STORE the AI results to (Secondary Capture + Comprehensive SR) once all of
+# an image's analyses are done. Unset RADTRIAGE_PACS_HOST: nothing is sent automatically.
+RADTRIAGE_PACS_HOST = os.environ.get("RADTRIAGE_PACS_HOST", "")
+RADTRIAGE_PACS_PORT = int(os.environ.get("RADTRIAGE_PACS_PORT", "104"))
+RADTRIAGE_PACS_AE_TITLE = os.environ.get("RADTRIAGE_PACS_AE_TITLE", "PACS")
+RADTRIAGE_PACS_MAX_RETRIES = int(os.environ.get("RADTRIAGE_PACS_MAX_RETRIES", "5"))
+RADTRIAGE_PACS_RETRY_DELAY = float(os.environ.get("RADTRIAGE_PACS_RETRY_DELAY", "30"))  # doubles each try
+
 # --------------------------------------------------------------------------- REST API
 REST_FRAMEWORK = {
     # Token first, so an anonymous call gets 401 + WWW-Authenticate rather than 403.

@@ -7,11 +7,12 @@ from __future__ import annotations
 import os
 import socket
 import time
+from typing import Any
 
 WARM_MARK_TTL = 24 * 3600  # seconds: a mark outlives any restart it could be confused with
 
 
-def _client():  # type: ignore[no-untyped-def]
+def _client() -> Any:
     import redis
     from django.conf import settings
 

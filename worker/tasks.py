@@ -23,6 +23,12 @@ from web.clinical.services import (
 )
 from web.clinical.services.analyses import TASK_ANALYZE, TASK_ANALYZE_BATCH
 from web.clinical.services.batches import batches_note_progress, batches_start_due
+from web.clinical.services.dicom.pacs_send import (
+    TASK_PACS_SEND,
+    PacsSendError,
+    pacs_send_fail,
+    pacs_send_run,
+)
 from web.clinical.services.reports import TASK_RENDER_REPORT, report_render
 from worker.celery import app
 
@@ -131,3 +137,26 @@ def _note_batch_progress(analysis_ids: list[int]) -> None:
 @app.task(name="worker.tasks.start_overnight_batches", ignore_result=True, soft_time_limit=60, time_limit=90)
 def start_overnight_batches() -> list[int]:
     return batches_start_due()
+
+
+@app.task(
+    name=TASK_PACS_SEND,
+    bind=True,
+    acks_late=True,
+    soft_time_limit=120,
+    time_limit=150,
+    max_retries=settings.RADTRIAGE_PACS_MAX_RETRIES,
+    ignore_result=True,
+)
+def pacs_send(self, send_id: int) -> None:
+    """C-STORE an image's AI results to the PACS; retried with backoff, then marked failed."""
+    try:
+        pacs_send_run(send_id=send_id)
+    except (PacsSendError, *TRANSIENT_ERRORS) as exc:
+        if self.request.retries >= self.max_retries:
+            pacs_send_fail(
+                send_id=send_id, message=f"Gave up after {self.request.retries + 1} attempts: {exc}"
+            )
+            return
+        delay = settings.RADTRIAGE_PACS_RETRY_DELAY * 2**self.request.retries
+        raise self.retry(exc=exc, countdown=delay) from None

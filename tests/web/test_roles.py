@@ -201,6 +201,26 @@ ROUTE_RULES: dict[str, list[Check]] = {
         ),
     ],
     "api:batch-detail": [Check("get", "/api/batches/{batch}/", API_STUDIES)],
+    # DICOM results and exports: reading the results needs VIEW_STUDIES; sending again REVIEW
+    # (409 here: no PACS is configured); de-identified research exports the admin only.
+    "api:image-dicom-sr": [Check("get", "/api/images/{image}/dicom-sr/", API_STUDIES)],
+    "api:analysis-dicom-sc": [Check("get", "/api/analyses/{analysis}/dicom-sc/", API_STUDIES)],
+    "api:image-pacs-sends": [
+        Check("get", "/api/images/{image}/pacs-sends/", API_STUDIES),
+        Check("post", "/api/images/{image}/pacs-sends/", per_persona(401, 403, 403, 409, 409)),
+    ],
+    "api:study-deidentified": [
+        Check("get", "/api/studies/{study}/deidentified/", per_persona(401, 403, 403, 403, 200))
+    ],
+    "api:export-deidentified": [
+        Check(
+            "post",
+            "/api/exports/deidentified/",
+            per_persona(401, 403, 403, 403, 200),
+            data=lambda ids: {"study_ids": [ids["study"]]},
+            json=True,
+        )
+    ],
     "api/^.*$": [Check("get", "/api/no-such-endpoint/", per_persona(404, 404, 404, 404, 404))],
 }
 
@@ -260,6 +280,8 @@ def objects(people: dict[str, Any]) -> dict[str, int]:
     analysis = Analysis.objects.filter(image=image).first()
     analysis.heatmap_raw.save("heat.png", ContentFile(png_bytes(size=32)), save=False)
     analysis.state = Analysis.State.SUCCEEDED
+    analysis.probability, analysis.threshold, analysis.positive = 0.3, 0.5, False
+    analysis.model_id, analysis.model_sha256 = "pneumonia-test", "0" * 64
     analysis.save()
     annotation = Annotation.objects.create(image=image, author=people["radiologist"], note="mine")
     batch = Batch.objects.create(created_by=people["technologist"], source=Batch.Source.BROWSER)

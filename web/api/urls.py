@@ -2,7 +2,7 @@ from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
-from web.api import batch_views, errors, report_views, review_views, views, worklist_views
+from web.api import batch_views, dicom_views, errors, report_views, review_views, views, worklist_views
 
 app_name = "api"
 
@@ -52,5 +52,18 @@ urlpatterns = [
     path("annotations/<int:pk>/", review_views.AnnotationDetailView.as_view(), name="annotation-detail"),
     path("analyses/<int:pk>/verdict/", review_views.AnalysisVerdictView.as_view(), name="analysis-verdict"),
     path("verdicts/counts/", review_views.VerdictCountsView.as_view(), name="verdict-counts"),
+    path(
+        "analyses/<int:pk>/dicom-sc/",
+        dicom_views.AnalysisSecondaryCaptureView.as_view(),
+        name="analysis-dicom-sc",
+    ),
+    path("images/<int:pk>/dicom-sr/", dicom_views.ImageStructuredReportView.as_view(), name="image-dicom-sr"),
+    path("images/<int:pk>/pacs-sends/", dicom_views.ImagePacsSendsView.as_view(), name="image-pacs-sends"),
+    path(
+        "studies/<int:pk>/deidentified/",
+        dicom_views.StudyDeidentifiedExportView.as_view(),
+        name="study-deidentified",
+    ),
+    path("exports/deidentified/", dicom_views.DeidentifiedExportView.as_view(), name="export-deidentified"),
     re_path(r"^.*$", errors.api_not_found),
 ]

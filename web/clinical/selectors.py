@@ -414,3 +414,8 @@ def image_annotations(*, image_id: int) -> QuerySet[Any]:
     from web.clinical.models import Annotation
 
     return Annotation.objects.filter(image_id=image_id, verdict="").select_related("author")
+
+
+def analysis_heatmap_raw(*, analysis: Analysis) -> Any:
+    """The stored Grad-CAM map as float32 (h, w) in [0, 1] (for DICOM results)."""
+    return _raw_heatmap(analysis)

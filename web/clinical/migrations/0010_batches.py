@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("clinical", "0008_study_claim_review"),
+        ("clinical", "0009_dicom"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

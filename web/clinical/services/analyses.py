@@ -286,7 +286,27 @@ def _analyses_complete(results: list[tuple[Analysis, dict[str, Any], str]]) -> l
         for analysis in finished:
             analysis_event_publish(analysis=analysis, event="finished")
         transaction.on_commit(lambda: files_delete(old_files))
+        _results_to_pacs(finished)
     return done
+
+
+def _results_to_pacs(finished: list[Analysis]) -> None:
+    """Once committed, queue the C-STORE of the results of images now fully analysed (only
+    when a PACS node is configured)."""
+    if finished and settings.RADTRIAGE_PACS_HOST:
+        image_ids = sorted({a.image_id for a in finished})
+        transaction.on_commit(partial(_results_to_pacs_now, image_ids=image_ids))
+
+
+def _results_to_pacs_now(*, image_ids: list[int]) -> None:
+    # After the commit: the last of an image's analyses to commit sees all the others done.
+    # Never lets a PACS problem fail the analysis job whose results are already stored.
+    from web.clinical.services.dicom.pacs_send import pacs_sends_queue
+
+    try:
+        pacs_sends_queue(image_ids=image_ids)
+    except Exception:  # noqa: BLE001 - POST /api/images/<id>/pacs-sends/ can send it later
+        log.error("Could not queue the PACS send of images %s", image_ids, exc_info=True)
 
 
 OUTCOME_FIELDS = [
@@ -367,6 +387,7 @@ def _analysis_mark_failed(analysis: Analysis, *, message: str) -> None:
     analysis.save(update_fields=["state", "error_message", "finished_at"])
     study_refresh_status(analysis.image.study)
     analysis_event_publish(analysis=analysis, event="failed")
+    _results_to_pacs([analysis])  # the image's other results may now be complete
 
 
 def analysis_mark_retrying(*, analysis_id: int, message: str) -> None:

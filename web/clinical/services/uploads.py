@@ -90,7 +90,9 @@ def images_upload_many(
 ) -> list[BulkUploadItem]:
     """Store several X-rays, each stored or refused on its own (a refused file leaves
     nothing; the others are kept), then send their analyses as jobs of ANALYSIS_BATCH_SIZE,
-    grouped by condition so that each job runs one model.
+    grouped by condition so that each job runs one model. dispatch=False leaves the sending of
+    the new analyses to the caller (the DICOM listener sends an association's in mini-batches);
+    if it never does, the sweeper sends them.
 
     fields: one set for every file, or one per file (PNG/JPEG of different patients).
     The new images go in with a handful of queries for the whole lot; if a concurrent upload

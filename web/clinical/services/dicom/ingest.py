@@ -1,0 +1,54 @@
+"""One received instance through the browser's upload path, and the DIMSE status it earns."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import DatabaseError
+
+from web.clinical.services.upload_parts import UploadFields
+from web.clinical.services.uploads import images_upload_many
+
+log = logging.getLogger(__name__)
+
+# C-STORE statuses (PS3.4 B.2.3 and pynetdicom's conventions).
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700  # could not store it now: the sender should try again later
+DATASET_MISMATCH = 0xA900  # the data set's SOP Class is not the one negotiated
+CANNOT_UNDERSTAND = 0xC000  # refused: corrupt, not a radiograph, clashes with another patient
+
+
+@dataclass
+class Stored:
+    """What became of one instance: the status to answer and the analyses it queued."""
+
+    status: int
+    comment: str = ""
+    analysis_ids: dict[str, list[int]] = field(default_factory=dict)  # condition -> ids
+    created: bool = False
+
+
+def dicom_instance_store(*, data: bytes, filename: str, ip_address: str | None) -> Stored:
+    """Store one C-STORE'd instance (bytes with its file meta) exactly as an upload; its new
+    analyses are returned, not sent, for the association to send in mini-batches."""
+    try:
+        [item] = images_upload_many(
+            files=[(filename, data)],
+            fields=UploadFields(),
+            conditions=None,
+            queue=settings.QUEUE_BATCH,
+            ip_address=ip_address,
+            dispatch=False,
+        )
+    except (DatabaseError, OSError) as exc:
+        log.error("Could not store %s: %s", filename, exc, exc_info=True)
+        return Stored(OUT_OF_RESOURCES, f"Not stored, try again later: {exc}")
+    if item.result is None:
+        return Stored(CANNOT_UNDERSTAND, item.error)
+    ids: dict[str, list[int]] = {}
+    if item.result.created:
+        for analysis in item.result.analyses:
+            ids.setdefault(analysis.condition, []).append(analysis.pk)
+    return Stored(SUCCESS, analysis_ids=ids, created=item.result.created)

@@ -1,0 +1,127 @@
+"""C-STORE of the AI results to the configured PACS node (RADTRIAGE_PACS_HOST/PORT/AE_TITLE).
+
+An image is queued once all its analyses are done; the worker's `pacs_send` task runs
+`pacs_send_run`, retrying with backoff, and `pacs_send_fail` records the last error when it
+gives up. The row (DicomSend) is what the API shows: queued, sent or failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from pydicom.dataset import Dataset
+
+from web.clinical.models import Analysis, DicomSend, Image
+
+log = logging.getLogger(__name__)
+
+TASK_PACS_SEND = "worker.tasks.pacs_send"  # registered under this name in worker/tasks.py
+STORE_OK = {0x0000, 0xB000, 0xB006, 0xB007}  # success, and the warnings that still store
+
+
+class PacsSendError(Exception):
+    """This attempt failed (no association, a failure status): worth another try."""
+
+
+def pacs_sends_queue(*, image_ids: Sequence[int]) -> list[DicomSend]:
+    """Queue the results of each image whose analyses are all done (at least one succeeded)
+    for the configured PACS; nothing when none is configured. A re-queue replaces the results
+    already sent (same instance UIDs where nothing changed)."""
+    if not settings.RADTRIAGE_PACS_HOST:
+        return []
+    busy = Analysis.objects.filter(state__in=[Analysis.State.QUEUED, Analysis.State.RUNNING])
+    ready = (
+        Image.objects.filter(pk__in=image_ids, analyses__state=Analysis.State.SUCCEEDED)
+        .exclude(pk__in=busy.values("image_id"))
+        .distinct()
+    )
+    sends = []
+    with transaction.atomic():
+        for image in ready:
+            send, _ = DicomSend.objects.update_or_create(
+                image=image,
+                host=settings.RADTRIAGE_PACS_HOST,
+                port=settings.RADTRIAGE_PACS_PORT,
+                ae_title=settings.RADTRIAGE_PACS_AE_TITLE,
+                defaults={"state": DicomSend.State.QUEUED, "attempts": 0, "last_error": ""},
+            )
+            sends.append(send)
+        ids = [s.pk for s in sends]
+        transaction.on_commit(lambda: _dispatch(ids))
+    return sends
+
+
+def _dispatch(send_ids: list[int]) -> None:
+    from worker.celery import app
+
+    for send_id in send_ids:
+        try:
+            app.send_task(TASK_PACS_SEND, args=[send_id], queue=settings.QUEUE_MAINTENANCE)
+        except Exception:  # noqa: BLE001 - the row stays queued, visible as such
+            log.error("Could not enqueue PACS send %s", send_id, exc_info=True)
+
+
+def pacs_send_run(*, send_id: int) -> DicomSend:
+    """One attempt: the image's SR and its heat-map SCs in one association. Raises
+    PacsSendError (after recording it on the row) when the PACS did not take them all."""
+    send = DicomSend.objects.select_related("image__study__patient").get(pk=send_id)
+    if send.state == DicomSend.State.SENT:
+        return send  # a redelivered job: already done
+    send.attempts += 1
+    try:
+        datasets = results_datasets(send.image)
+        _store(datasets, host=send.host, port=send.port, called=send.ae_title)
+    except PacsSendError as exc:
+        send.last_error = str(exc)
+        send.save(update_fields=["attempts", "last_error", "updated_at"])
+        raise
+    send.state = DicomSend.State.SENT
+    send.last_error = ""
+    send.sent_at = timezone.now()
+    send.instances = [str(ds.SOPInstanceUID) for ds in datasets]
+    send.save(update_fields=["state", "attempts", "last_error", "sent_at", "instances", "updated_at"])
+    return send
+
+
+def pacs_send_fail(*, send_id: int, message: str) -> None:
+    DicomSend.objects.filter(pk=send_id).exclude(state=DicomSend.State.SENT).update(
+        state=DicomSend.State.FAILED, last_error=message, updated_at=timezone.now()
+    )
+
+
+def results_datasets(image: Image) -> list[Dataset]:
+    from web.clinical.services.dicom.results_sc import analysis_secondary_capture
+    from web.clinical.services.dicom.results_sr import image_structured_report
+
+    out = [image_structured_report(image=image)]
+    for analysis in image.analyses.filter(state=Analysis.State.SUCCEEDED).exclude(heatmap_raw=""):
+        out.append(analysis_secondary_capture(analysis=analysis))
+    return out
+
+
+def _store(datasets: list[Dataset], *, host: str, port: int, called: str) -> None:
+    from pynetdicom import AE
+
+    ae = AE(ae_title=settings.RADTRIAGE_DICOM_AE_TITLE)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
+        ae.add_requested_context(sop_class)
+    assoc = ae.associate(host, port, ae_title=called)
+    if not assoc.is_established:
+        why = "rejected the association" if assoc.is_rejected else "could not be reached"
+        raise PacsSendError(f"The PACS {called}@{host}:{port} {why}.")
+    try:
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            code = status.get("Status") if status else None
+            if code not in STORE_OK:
+                what = f"status 0x{code:04X}" if code is not None else "no answer"
+                raise PacsSendError(
+                    f"The PACS {called}@{host}:{port} did not store {ds.SOPInstanceUID}: {what}."
+                )
+    finally:
+        assoc.release()

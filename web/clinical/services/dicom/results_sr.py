@@ -1,0 +1,120 @@
+"""The AI results of one image as a DICOM Comprehensive SR: per condition, its probability,
+the model's threshold, the result in words (or not applicable / experimental / placeholder) and
+the model, each referencing the source instance, in the source's study."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
+
+from core.conditions import get_condition
+from web.clinical.models import Analysis, Image
+from web.clinical.services.dicom.reference import (
+    BANNER,
+    MANUFACTURER,
+    SR_SERIES_NUMBER,
+    reference_dataset,
+    stable_uid,
+)
+from web.clinical.services.dicom.results_sc import ResultNotReady
+
+SCHEME = "99RADTRIAGE"  # private coding scheme for what DCM/LOINC has no code for
+TITLE = Code("18748-4", "LN", "Diagnostic imaging report")
+FINDING = Code("121071", "DCM", "Finding")
+COMMENT = Code("121106", "DCM", "Comment")
+ALGORITHM_NAME = Code("111001", "DCM", "Algorithm Name")
+ALGORITHM_VERSION = Code("111003", "DCM", "Algorithm Version")
+SOURCE = Code("121112", "DCM", "Source of Measurement")
+CONDITION = Code("RT-CONDITION", SCHEME, "Condition")
+PROBABILITY = Code("RT-PROBABILITY", SCHEME, "AI probability")
+THRESHOLD = Code("RT-THRESHOLD", SCHEME, "Decision threshold")
+RESULT = Code("RT-RESULT", SCHEME, "AI result")
+NO_UNITS = Code("1", "UCUM", "no units")
+CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
+
+
+def image_structured_report(*, image: Image) -> Dataset:
+    """The latest finished analysis of each condition of the image, as a Comprehensive SR."""
+    latest: dict[str, Analysis] = {}
+    for analysis in image.analyses.filter(state=Analysis.State.SUCCEEDED).order_by("finished_at", "id"):
+        latest[analysis.condition] = analysis
+    if not latest:
+        raise ResultNotReady(f"Image {image.pk} has no finished analysis yet.")
+    analyses = [latest[c] for c in sorted(latest)]
+    ref = reference_dataset(image)
+    root = hd.sr.ContainerContentItem(name=TITLE)
+    root.ContentSequence = hd.sr.ContentSequence(
+        [hd.sr.TextContentItem(name=COMMENT, value=BANNER, relationship_type=CONTAINS)]
+        + [_finding(a, ref) for a in analyses]
+    )
+    return hd.sr.ComprehensiveSR(
+        evidence=[ref],
+        content=root,
+        series_instance_uid=stable_uid("sr-series", image.sop_instance_uid),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=stable_uid("sr", image.sop_instance_uid, *_versions(analyses)),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,  # preliminary, unverified: an AI result, not a report
+        is_verified=False,
+    )
+
+
+def _versions(analyses: Sequence[Analysis]) -> list[str]:
+    return [f"{a.pk}:{a.finished_at}" for a in analyses]
+
+
+def result_words(analysis: Analysis) -> str:
+    if analysis.is_placeholder:
+        return f"placeholder, no trained model: {analysis.placeholder_reason}"[:1024]
+    if analysis.applicable is False:
+        return f"not applicable: {analysis.not_applicable_reason}"[:1024]
+    label = "positive" if analysis.positive else "negative"
+    if analysis.experimental:
+        return f"experimental model, {label}: {analysis.experimental_reason}"[:1024]
+    return label
+
+
+def _finding(analysis: Analysis, ref: Dataset) -> hd.sr.ContainerContentItem:
+    try:
+        label = get_condition(analysis.condition).label
+    except Exception:  # noqa: BLE001 - a condition since removed still has its code
+        label = analysis.condition
+    items: list[Any] = [
+        hd.sr.TextContentItem(name=CONDITION, value=label, relationship_type=CONTAINS),
+        hd.sr.NumContentItem(
+            name=PROBABILITY,
+            value=float(analysis.probability or 0.0),
+            unit=NO_UNITS,
+            relationship_type=CONTAINS,
+        ),
+    ]
+    if analysis.threshold is not None:
+        items.append(
+            hd.sr.NumContentItem(
+                name=THRESHOLD, value=float(analysis.threshold), unit=NO_UNITS, relationship_type=CONTAINS
+            )
+        )
+    items += [
+        hd.sr.TextContentItem(name=RESULT, value=result_words(analysis), relationship_type=CONTAINS),
+        hd.sr.TextContentItem(
+            name=ALGORITHM_NAME, value=analysis.model_id or "?", relationship_type=CONTAINS
+        ),
+        hd.sr.TextContentItem(
+            name=ALGORITHM_VERSION, value=(analysis.model_sha256 or "?")[:64], relationship_type=CONTAINS
+        ),
+        hd.sr.ImageContentItem(
+            name=SOURCE,
+            referenced_sop_class_uid=ref.SOPClassUID,
+            referenced_sop_instance_uid=ref.SOPInstanceUID,
+            relationship_type=CONTAINS,
+        ),
+    ]
+    finding = hd.sr.ContainerContentItem(name=FINDING, relationship_type=CONTAINS)
+    finding.ContentSequence = hd.sr.ContentSequence(items)
+    return finding
