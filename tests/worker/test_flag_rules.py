@@ -66,7 +66,9 @@ def test_not_applicable_and_experimental_results_never_flag_or_reorder_the_workl
     assert flagged_result["is_finding"] is True  # the same model, on a child
     flags = {s["id"]: s["ai_flagged"] for s in worklist}
     assert flags == {flagged_study: True, adult_study: False, experimental_study: False}
-    assert [s["id"] for s in worklist] == [flagged_study, experimental_study, adult_study]
+    # The real finding first; the other two keep the order of their waiting time (the adult's
+    # study came first), as if they had no AI result: their "positives" move nothing up.
+    assert [s["id"] for s in worklist] == [flagged_study, adult_study, experimental_study]
 
 
 def test_the_study_page_shows_a_not_applicable_result_as_such_not_as_a_negative(
