@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from core.errors import XRayDecodeError
 
@@ -185,6 +185,9 @@ def validate_radiograph(xray: XRay) -> XRay:
 
 def _load_raster(data: bytes, *, max_pixels: int) -> XRay:
     kind = "png" if data.startswith(PNG_MAGIC) else "jpeg"
+    # Pillow's process-wide switch; WeasyPrint (reports) turns it on when imported, which would
+    # let a truncated upload through with its missing rows filled in grey. Never here.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -253,6 +253,18 @@ def test_truncated_png_and_jpeg_are_refused():
             load_xray(data[: len(data) // 2])
 
 
+def test_truncated_images_stay_refused_after_weasyprint_is_imported():
+    """WeasyPrint (reports) turns on Pillow's process-wide LOAD_TRUNCATED_IMAGES on import."""
+    import weasyprint  # noqa: F401
+    from PIL import ImageFile
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = True  # as its import leaves it
+    ramp = Image.fromarray(np.random.default_rng(1).integers(0, 255, (200, 200), dtype=np.uint8))
+    data = png_bytes(ramp)
+    with pytest.raises(XRayDecodeError, match="damaged or truncated"):
+        load_xray(data[: len(data) // 2])
+
+
 def test_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(XRayDecodeError, match="No such file"):
         load_xray(tmp_path / "nope.dcm")

@@ -42,8 +42,12 @@ class Picture:
 
 
 def report_pdf_bytes(report: Report) -> bytes:
-    from weasyprint import HTML
+    from PIL import ImageFile
 
+    truncated_allowed = ImageFile.LOAD_TRUNCATED_IMAGES
+    from weasyprint import HTML  # its import switches Pillow to accept truncated images...
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = truncated_allowed  # ...which uploads must never do
     return HTML(string=report_html(report)).write_pdf()
 
 
