@@ -174,7 +174,8 @@ def validate_radiograph(xray: XRay) -> XRay:
     ):
         value = (xray.metadata.get(tag) or "").upper()
         if value and value not in known:
-            notes.append(f"Unrecognised {tag} '{value}' in the DICOM header; check the projection.")
+            shown = value if len(value) <= 32 else value[:32] + "..."  # a hostile header can be huge
+            notes.append(f"Unrecognised {tag} '{shown}' in the DICOM header; check the projection.")
     return XRay(
         pixels=xray.pixels, metadata=xray.metadata, source_format=xray.source_format, notes=tuple(notes)
     )
@@ -197,7 +198,13 @@ def _load_raster(data: bytes, *, max_pixels: int) -> XRay:
         raise XRayDecodeError(
             f"The image is too large to analyse safely (over {max_pixels:,} pixels)."
         ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        # Pillow's own text names an in-memory buffer object: nothing a user can act on.
+        raise XRayDecodeError(
+            f"The {kind.upper()} file is damaged or truncated and cannot be decoded "
+            "(its image data is not readable)."
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise XRayDecodeError(
             f"The {kind.upper()} file is damaged or truncated and cannot be decoded ({exc})."
         ) from None

@@ -53,6 +53,12 @@ def member_name_unsafe(name: str) -> str:
     return ""
 
 
+def text_name(name: str) -> str:
+    """A file system name as text that can be stored and shown: bytes that are not UTF-8
+    (a Latin-1 name on a Linux disk arrives as surrogates) become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def is_archive(name: str, head: bytes) -> bool:
     return name.lower().endswith(ARCHIVE_SUFFIXES) or head.startswith(ARCHIVE_MAGIC)
 
@@ -156,7 +162,7 @@ class FolderFiles:
             if path.name.startswith(".") or (path.is_dir() and not path.is_symlink()):
                 continue
             if path.name.lower() == PATIENTS_CSV and not path.is_symlink():
-                self.patients[path.relative_to(folder).parent.as_posix()] = path.read_bytes()
+                self.patients[text_name(path.relative_to(folder).parent.as_posix())] = path.read_bytes()
                 continue
             self.paths.append(path)
         if len(self.paths) > settings.RADTRIAGE_ARCHIVE_MAX_MEMBERS:
@@ -171,7 +177,7 @@ class FolderFiles:
             yield self._member(path)
 
     def _member(self, path: Path) -> Member:
-        name = path.relative_to(self.folder).as_posix()
+        name = text_name(path.relative_to(self.folder).as_posix())
         if path.is_symlink():
             return Member(name, None, "It is a symbolic link; links are not followed.")
         size = path.stat().st_size
