@@ -51,5 +51,5 @@ urlpatterns = [
     path("annotations/<int:pk>/", review_views.AnnotationDetailView.as_view(), name="annotation-detail"),
     path("analyses/<int:pk>/verdict/", review_views.AnalysisVerdictView.as_view(), name="analysis-verdict"),
     path("verdicts/counts/", review_views.VerdictCountsView.as_view(), name="verdict-counts"),
-    re_path(r"^.*$", errors.api_not_found),
+    re_path(r"^[\s\S]*$", errors.api_not_found),  # not ".*": a path may hold an encoded newline
 ]
