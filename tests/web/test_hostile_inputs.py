@@ -210,6 +210,27 @@ def _sent_name(case: Case) -> str:
     return case.raw_name.decode("utf-8", "replace")
 
 
+def test_a_browser_batch_of_hostile_files_refuses_each_on_its_own(api, db) -> None:
+    """POST /api/batches/ with `files` (the batch page's upload)."""
+    before = state()
+
+    response = post(api, "/api/batches/", "files", HTTP_CASES, patient_id="MRN-BATCH")
+
+    assert response.status_code == 201, response.content
+    body = response.json()
+    reasons = {r["file"]: r["reason"] for r in body["refused"]}
+    for case in HTTP_CASES:
+        name = case.name if len(case.name) <= 255 else case.name[:251] + ".png"
+        if case.accepted:
+            assert name not in reasons, (case.id, reasons.get(name))
+        else:
+            assert_clean_message(reasons[name], case.message)
+    accepted = [c for c in HTTP_CASES if c.accepted]
+    assert body["accepted"] == len(accepted) == Image.objects.count() - before["images"]
+    assert_every_image_has_its_files_and_no_file_is_orphan()
+    good_upload_succeeds(api, seed=888)
+
+
 # --------------------------------------------------------------------------- manage.py import_batch
 
 

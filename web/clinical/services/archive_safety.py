@@ -201,7 +201,8 @@ class FolderFiles:
 
 
 class UploadedFiles:
-    """Files sent from the browser, already in memory (the upload's own size limits apply)."""
+    """Files sent from the browser, already in memory; one over the upload size limit is
+    refused alone, as in a folder or an archive."""
 
     def __init__(self, files: list[tuple[str, bytes]]) -> None:
         self.files = files
@@ -209,8 +210,14 @@ class UploadedFiles:
         self.count = len(files)
 
     def members(self) -> Iterator[Member]:
+        limit = settings.RADTRIAGE_MAX_UPLOAD_BYTES
         for name, data in self.files:
-            yield Member(name, data)
+            if len(data) > limit:
+                yield Member(
+                    name, None, f"It is {len(data):,} bytes; the largest file accepted is {limit:,} bytes."
+                )
+            else:
+                yield Member(name, data)
 
     def __enter__(self) -> UploadedFiles:
         return self
