@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,7 +176,8 @@ def validate_radiograph(xray: XRay) -> XRay:
     ):
         value = (xray.metadata.get(tag) or "").upper()
         if value and value not in known:
-            notes.append(f"Unrecognised {tag} '{value}' in the DICOM header; check the projection.")
+            shown = value if len(value) <= 32 else value[:32] + "..."  # a hostile header can be huge
+            notes.append(f"Unrecognised {tag} '{shown}' in the DICOM header; check the projection.")
     return XRay(
         pixels=xray.pixels, metadata=xray.metadata, source_format=xray.source_format, notes=tuple(notes)
     )
@@ -200,7 +203,13 @@ def _load_raster(data: bytes, *, max_pixels: int) -> XRay:
         raise XRayDecodeError(
             f"The image is too large to analyse safely (over {max_pixels:,} pixels)."
         ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        # Pillow's own text names an in-memory buffer object: nothing a user can act on.
+        raise XRayDecodeError(
+            f"The {kind.upper()} file is damaged or truncated and cannot be decoded "
+            "(its image data is not readable)."
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise XRayDecodeError(
             f"The {kind.upper()} file is damaged or truncated and cannot be decoded ({exc})."
         ) from None
@@ -262,21 +271,30 @@ def _load_dicom(data: bytes, *, max_pixels: int, read_metadata: bool = True) -> 
             "The DICOM file contains no image (no Pixel Data): it may be a report, a "
             "presentation state or a key-object note rather than an X-ray."
         )
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    _check_size(cols, rows, max_pixels=max_pixels)
+    with _damaged_header():
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        _check_size(cols, rows, max_pixels=max_pixels)
 
-    notes: list[str] = []
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    raw = _decode_dicom_pixels(ds, frames=frames)
-    if frames > 1:
-        notes.append(f"Multi-frame DICOM ({frames} frames): only the first frame was analysed.")
-    pixels = dicom_to_display(raw, ds)
-    return XRay(
-        pixels=pixels,
-        metadata=dicom_metadata(ds) if read_metadata else {},
-        source_format="dicom",
-        notes=tuple(notes),
-    )
+        notes: list[str] = []
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        raw = _decode_dicom_pixels(ds, frames=frames)
+        if frames > 1:
+            notes.append(f"Multi-frame DICOM ({frames} frames): only the first frame was analysed.")
+        pixels = dicom_to_display(raw, ds)
+        metadata = dicom_metadata(ds) if read_metadata else {}
+    return XRay(pixels=pixels, metadata=metadata, source_format="dicom", notes=tuple(notes))
+
+
+@contextmanager
+def _damaged_header() -> Iterator[None]:
+    """pydicom reads header values lazily, so a damaged one (a wrong VR, text where a number
+    belongs) fails where it is first used, with any of a dozen exception types."""
+    try:
+        yield
+    except XRayDecodeError:
+        raise
+    except Exception as exc:
+        raise XRayDecodeError(f"The DICOM header is damaged: a value in it cannot be read ({exc}).") from None
 
 
 @dataclass(frozen=True)
@@ -303,16 +321,17 @@ def load_dicom_values(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> D
         ds = pydicom.dcmread(io.BytesIO(data))
     except Exception as exc:  # pydicom raises many types on a cut-off header
         raise XRayDecodeError(f"The DICOM file cannot be read ({exc}).") from None
-    _check_size(int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), max_pixels=max_pixels)
-    raw = _decode_dicom_pixels(ds, frames=int(ds.get("NumberOfFrames", 1) or 1))
-    values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
-    center, width = _first_window(ds)
-    usable = center is not None and width is not None and width >= 1 and "VOILUTSequence" not in ds
-    return DicomValues(
-        values=values,
-        window=(center, width) if usable else None,  # type: ignore[arg-type]
-        monochrome1=str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1",
-    )
+    with _damaged_header():
+        _check_size(int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), max_pixels=max_pixels)
+        raw = _decode_dicom_pixels(ds, frames=int(ds.get("NumberOfFrames", 1) or 1))
+        values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
+        center, width = _first_window(ds)
+        usable = center is not None and width is not None and width >= 1 and "VOILUTSequence" not in ds
+        return DicomValues(
+            values=values,
+            window=(center, width) if usable else None,  # type: ignore[arg-type]
+            monochrome1=str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1",
+        )
 
 
 def _decode_dicom_pixels(ds: Any, *, frames: int) -> np.ndarray:

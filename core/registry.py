@@ -112,6 +112,14 @@ class Registry:
             raise RegistryError(
                 f"Model registry {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})."
             ) from None
+        except UnicodeDecodeError as exc:
+            raise RegistryError(
+                f"Model registry {path} is not UTF-8 text (byte {exc.start}): is it the right file?"
+            ) from None
+        except RecursionError:
+            raise RegistryError(f"Model registry {path} is nested too deeply to be a registry.") from None
+        except OSError as exc:  # a folder, no permission, an I/O error
+            raise RegistryError(f"Model registry {path} cannot be read ({exc.strerror or exc}).") from None
         problems = validate_registry(document)
         if problems:
             raise RegistryError(
@@ -220,7 +228,9 @@ def validate_registry(document: Any) -> list[str]:
                 problems.append(f"models[{index}]: duplicate id '{model['id']}'.")
             seen[model["id"]] = model
     for condition, model_id in active.items():
-        if condition not in CONDITIONS:
+        if not isinstance(model_id, str):
+            problems.append(f"active_models.{condition}: must be a model id (a string).")
+        elif condition not in CONDITIONS:
             problems.append(f"active_models: unknown condition '{condition}'.")
         elif model_id not in seen:
             problems.append(f"active_models.{condition}: model '{model_id}' is not in 'models'.")
@@ -257,7 +267,10 @@ def _validate_entry(model: Any, index: int) -> list[str]:
         problems.append(f"{where}: input_size must be [height, width], integers 16..2048.")
     if len(model["class_labels"]) != 2:
         problems.append(f"{where}: class_labels must name exactly two classes [negative, positive].")
-    threshold = float(model["threshold"])
+    try:
+        threshold = float(model["threshold"])
+    except OverflowError:  # an integer too large for a float
+        threshold = math.inf
     if not (0.0 < threshold < 1.0) or math.isnan(threshold):
         problems.append(f"{where}: threshold must be strictly between 0 and 1, got {threshold}.")
     sha = model.get("sha256")

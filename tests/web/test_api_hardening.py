@@ -53,15 +53,32 @@ def test_a_heat_map_that_cannot_be_drawn_says_so_without_server_paths(api) -> No
     assert str(django_settings.MEDIA_ROOT) not in message and "/" not in message.split(":", 1)[-1]
 
 
-def test_an_unknown_websocket_path_is_closed_cleanly(transactional_db, api) -> None:
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/ws/nowhere/at/all/",
+        "/ws/",
+        "/ws/studies/abc/",
+        "/ws/studies/99999999999999999999999999/",
+        "/ws/../../etc/passwd",
+        "/ws/%ff%fe%00/",
+        "/ws/" + "x" * 5000 + "/",
+    ],
+)
+@pytest.mark.parametrize("logged_in", [True, False], ids=["logged-in", "anonymous"])
+def test_an_unknown_websocket_path_is_closed_cleanly(
+    transactional_db, api, path: str, logged_in: bool
+) -> None:
+    headers = [session_cookie_header(api), WS_ORIGIN] if logged_in else [WS_ORIGIN]
+
     async def attempt() -> tuple[bool, int | None]:
-        communicator = WebsocketCommunicator(
-            application, "/ws/nowhere/at/all/", headers=[session_cookie_header(api), WS_ORIGIN]
-        )
+        communicator = WebsocketCommunicator(application, path, headers=headers)
         return await communicator.connect(timeout=5)
 
     connected, code = async_to_sync(attempt)()
-    assert connected is False and code == 4404
+    # A study id too large for the database is a real route: anonymous is told to log in first.
+    routed = path.startswith("/ws/studies/9")
+    assert connected is False and code == (4401 if routed and not logged_in else 4404)
 
 
 def test_healthz_reports_a_model_answering_from_its_placeholder_and_its_recovery(

@@ -130,7 +130,7 @@ class StudyListSerializer(serializers.ModelSerializer):
     pending_count = serializers.IntegerField(read_only=True)
     failed_count = serializers.IntegerField(read_only=True)
     assigned_radiologist = serializers.CharField(
-        source="assigned_radiologist.username", default=None, read_only=True
+        source="assigned_radiologist.username", default=None, read_only=True, allow_null=True
     )
 
     class Meta:

@@ -65,5 +65,5 @@ urlpatterns = [
         name="study-deidentified",
     ),
     path("exports/deidentified/", dicom_views.DeidentifiedExportView.as_view(), name="export-deidentified"),
-    re_path(r"^.*$", errors.api_not_found),
+    re_path(r"^[\s\S]*$", errors.api_not_found),  # not ".*": a path may hold an encoded newline
 ]

@@ -53,6 +53,12 @@ def member_name_unsafe(name: str) -> str:
     return ""
 
 
+def text_name(name: str) -> str:
+    """A file system name as text that can be stored and shown: bytes that are not UTF-8
+    (a Latin-1 name on a Linux disk arrives as surrogates) become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def is_archive(name: str, head: bytes) -> bool:
     return name.lower().endswith(ARCHIVE_SUFFIXES) or head.startswith(ARCHIVE_MAGIC)
 
@@ -156,7 +162,7 @@ class FolderFiles:
             if path.name.startswith(".") or (path.is_dir() and not path.is_symlink()):
                 continue
             if path.name.lower() == PATIENTS_CSV and not path.is_symlink():
-                self.patients[path.relative_to(folder).parent.as_posix()] = path.read_bytes()
+                self.patients[text_name(path.relative_to(folder).parent.as_posix())] = path.read_bytes()
                 continue
             self.paths.append(path)
         if len(self.paths) > settings.RADTRIAGE_ARCHIVE_MAX_MEMBERS:
@@ -171,7 +177,7 @@ class FolderFiles:
             yield self._member(path)
 
     def _member(self, path: Path) -> Member:
-        name = path.relative_to(self.folder).as_posix()
+        name = text_name(path.relative_to(self.folder).as_posix())
         if path.is_symlink():
             return Member(name, None, "It is a symbolic link; links are not followed.")
         size = path.stat().st_size
@@ -195,7 +201,8 @@ class FolderFiles:
 
 
 class UploadedFiles:
-    """Files sent from the browser, already in memory (the upload's own size limits apply)."""
+    """Files sent from the browser, already in memory; one over the upload size limit is
+    refused alone, as in a folder or an archive."""
 
     def __init__(self, files: list[tuple[str, bytes]]) -> None:
         self.files = files
@@ -203,8 +210,14 @@ class UploadedFiles:
         self.count = len(files)
 
     def members(self) -> Iterator[Member]:
+        limit = settings.RADTRIAGE_MAX_UPLOAD_BYTES
         for name, data in self.files:
-            yield Member(name, data)
+            if len(data) > limit:
+                yield Member(
+                    name, None, f"It is {len(data):,} bytes; the largest file accepted is {limit:,} bytes."
+                )
+            else:
+                yield Member(name, data)
 
     def __enter__(self) -> UploadedFiles:
         return self

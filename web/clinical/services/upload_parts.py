@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,13 +100,30 @@ def upload_decode(data: bytes, filename: str) -> Decoded:
         xray = validate_radiograph(load_xray(data, max_pixels=settings.RADTRIAGE_MAX_PIXELS))
     except XRayDecodeError as exc:
         raise UploadRejected(str(exc)) from None
+    for tag in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        uid_check(header_value(xray.metadata, tag), what=f"The DICOM header's {tag}")
     sha256 = hashlib.sha256(data).hexdigest()
     sop_uid = header_value(xray.metadata, "SOPInstanceUID") or _uid_from(sha256)
     return Decoded(filename=filename, data=data, xray=xray, sha256=sha256, sop_uid=sop_uid)
 
 
+# DICOM PS3.5 9.1: digits in dot-separated components, at most 64 characters. The UIDs name the
+# stored file and its folder, so anything else (a huge value, '../') is refused, never stored.
+UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def uid_check(value: str, *, what: str) -> None:
+    """Refuse a UID that is not one ('' passes: absent)."""
+    if value and (len(value) > 64 or not UID_PATTERN.fullmatch(value)):
+        raise UploadRejected(
+            f"{what} is not a valid DICOM UID (digits and dots, at most 64 characters; this one "
+            f"has {len(value):,} characters): the file cannot be filed safely."
+        )
+
+
 def upload_plan(decoded: Decoded, fields: UploadFields, conditions: list[str] | None) -> Plan:
     meta = decoded.xray.metadata
+    uid_check(fields.study_instance_uid.strip(), what="The study_instance_uid given")
     recognition = _recognise(decoded.xray)
     body_part, warnings = _body_part_resolve(
         header=normalise_body_part(header_value(meta, "BodyPartExamined")),

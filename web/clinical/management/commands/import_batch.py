@@ -15,7 +15,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from web.clinical.models import Batch
-from web.clinical.services.archive_safety import ArchiveRefused, FolderFiles, ZipFiles
+from web.clinical.services.archive_safety import ArchiveRefused, FolderFiles, ZipFiles, text_name
 from web.clinical.services.batches import batch_import, batch_run_inline, batch_summary, batch_wait
 
 
@@ -55,7 +55,7 @@ class Command(BaseCommand):
             batch = batch_import(
                 files=files,
                 source=Batch.Source.FOLDER if path.is_dir() else Batch.Source.ARCHIVE,
-                source_name=str(path.resolve()),
+                source_name=text_name(str(path.resolve())),
                 conditions=conditions,
                 overnight=options["overnight"],
             )

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from core.conditions import CONDITIONS
-from core.errors import RadTriageError
+from core.errors import RadTriageError, XRayDecodeError
 
 
 class Command(BaseCommand):
@@ -76,6 +76,12 @@ class Command(BaseCommand):
         results: dict[int, dict[str, Any]] = {}
         for index, path in enumerate(files):
             try:
+                size = path.stat().st_size if path.is_file() else 0
+                if size > settings.RADTRIAGE_MAX_UPLOAD_BYTES:  # as an upload or a batch would
+                    raise XRayDecodeError(
+                        f"The file is {size:,} bytes; the largest accepted is "
+                        f"{settings.RADTRIAGE_MAX_UPLOAD_BYTES:,} bytes (RADTRIAGE_MAX_UPLOAD_BYTES)."
+                    )
                 xray = validate_radiograph(load_xray(path, max_pixels=settings.RADTRIAGE_MAX_PIXELS))
                 if not options["ignore_body_part"]:
                     check_body_part(xray, condition=options["condition"])
