@@ -172,6 +172,9 @@ class BulkUploadView(APIView):
         code: int
         if body["created"]:
             code = status.HTTP_201_CREATED
+        elif body["rejected"] and all(i.status_code == status.HTTP_507_INSUFFICIENT_STORAGE for i in items):
+            code = status.HTTP_507_INSUFFICIENT_STORAGE
+            body["error"] = items[0].error
         elif body["rejected"]:
             code = status.HTTP_400_BAD_REQUEST
             body["error"] = f"None of the {len(items)} files was accepted; see results."

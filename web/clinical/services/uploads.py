@@ -16,6 +16,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from web.clinical.events import analysis_event_publish
+from web.clinical.media_storage import storage_is_full
 from web.clinical.models import Analysis, AuditEvent, Image
 from web.clinical.services.analyses import analyses_dispatch, analysis_build, analysis_enqueue
 from web.clinical.services.audit import audit_event
@@ -126,6 +127,15 @@ def images_upload_many(
                 items[index] = settled
             else:  # its first copy was refused where it was filed: this one is settled alone
                 items.update(upload.store({index: settled}, per_file))
+    except OSError as exc:
+        if not storage_is_full(exc):
+            raise
+        # Nothing of the failed transaction is left (rows rolled back, files removed): each
+        # file not yet settled is refused, and the uploader is told to try again later.
+        log.error("Media storage full: %d upload(s) refused: %s", len(files) - len(items), exc)
+        full = UploadRejected(STORAGE_FULL_MESSAGE, status_code=507)
+        for index, decoded in readable.items():
+            items.setdefault(index, BulkUploadItem.refused(decoded.filename, full))
     finally:
         # Also after a crash half-way: what was committed is sent now, not at the next sweep.
         if dispatch:
@@ -228,6 +238,12 @@ class _Upload:
             )
         result.analyses.extend(added)
         return result
+
+
+STORAGE_FULL_MESSAGE = (
+    "The image storage is full: the file was not stored and nothing of it was kept. "
+    "Tell your administrator, then send it again."
+)
 
 
 # A queued job older than this whose image is sent again has probably lost its message (web
