@@ -239,6 +239,10 @@ SWEEP_INTERVAL = float(os.environ.get("RADTRIAGE_SWEEP_INTERVAL", "60"))
 # (45 s) of the fault clearing. The sweeper above remains the backstop.
 ORPHAN_AFTER = float(os.environ.get("RADTRIAGE_ORPHAN_AFTER", "30"))
 ORPHAN_SWEEP_INTERVAL = float(os.environ.get("RADTRIAGE_ORPHAN_SWEEP_INTERVAL", "15"))
+# The files of an upload whose web process died before it committed (journals untouched this
+# long) are removed by a beat task every ABANDONED_UPLOAD_CHECK_INTERVAL seconds.
+ABANDONED_UPLOAD_AFTER = float(os.environ.get("RADTRIAGE_ABANDONED_UPLOAD_AFTER", "900"))
+ABANDONED_UPLOAD_CHECK_INTERVAL = float(os.environ.get("RADTRIAGE_ABANDONED_UPLOAD_CHECK_INTERVAL", "300"))
 
 # Batches. Overnight batches run inside this window, local time (TIME_ZONE); "HH:MM-HH:MM",
 # may span midnight ("22:00-05:00").
@@ -288,6 +292,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "worker.tasks.requeue_orphaned_analyses",
         "schedule": ORPHAN_SWEEP_INTERVAL,
         "options": {"queue": QUEUE_MAINTENANCE, "expires": max(ORPHAN_SWEEP_INTERVAL, 1.0)},
+    },
+    "remove-abandoned-uploads": {
+        "task": "worker.tasks.remove_abandoned_uploads",
+        "schedule": ABANDONED_UPLOAD_CHECK_INTERVAL,
+        "options": {"queue": QUEUE_MAINTENANCE, "expires": max(ABANDONED_UPLOAD_CHECK_INTERVAL, 1.0)},
     },
     # Starts the overnight batches once inside the night window (their jobs go on the batch
     # queue) and says of those still running at its end that they went on past it.

@@ -26,6 +26,7 @@ from web.clinical.services.analyses import TASK_ANALYZE, TASK_ANALYZE_BATCH
 from web.clinical.services.batches import batches_note_progress, batches_start_due
 from web.clinical.services.broker import worker_heartbeat
 from web.clinical.services.reports import TASK_RENDER_REPORT, report_render
+from web.clinical.services.storage import media_remove_abandoned_uploads
 from worker.celery import app
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,13 @@ def sweep_stuck_analyses() -> list[int]:
 )
 def requeue_orphaned_analyses() -> list[int]:
     return analyses_requeue_orphans(orphan_after=settings.ORPHAN_AFTER)
+
+
+@app.task(
+    name="worker.tasks.remove_abandoned_uploads", ignore_result=True, soft_time_limit=120, time_limit=150
+)
+def remove_abandoned_uploads() -> list[str]:
+    return media_remove_abandoned_uploads(older_than=settings.ABANDONED_UPLOAD_AFTER)
 
 
 @app.task(

@@ -20,7 +20,7 @@ from web.clinical.media_storage import storage_is_full
 from web.clinical.models import Analysis, AuditEvent, Image
 from web.clinical.services.analyses import analyses_dispatch, analysis_build, analysis_enqueue
 from web.clinical.services.audit import audit_event
-from web.clinical.services.storage import files_delete
+from web.clinical.services.storage import StoredFiles, files_delete
 from web.clinical.services.studies import studies_mark_analysing
 from web.clinical.services.upload_conflicts import Identity, duplicate, stored_copy
 from web.clinical.services.upload_parts import (
@@ -30,6 +30,7 @@ from web.clinical.services.upload_parts import (
     UploadFields,
     UploadRejected,
     UploadResult,
+    UploadSource,
     conditions_resolve,
     image_build,
     patient_values,
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 def image_upload(
     *,
-    data: bytes,
+    data: UploadSource,
     filename: str,
     fields: UploadFields,
     conditions: list[str] | None,
@@ -81,7 +82,7 @@ def image_upload(
 
 def images_upload_many(
     *,
-    files: Sequence[tuple[str, bytes]],
+    files: Sequence[tuple[str, UploadSource]],
     fields: UploadFields | Sequence[UploadFields],
     conditions: list[str] | None,
     queue: str = settings.QUEUE_BATCH,
@@ -251,7 +252,9 @@ STORAGE_FULL_MESSAGE = (
 RESEND_WAITING_AFTER = dt.timedelta(seconds=30)
 
 
-def _decode_each(files: Sequence[tuple[str, bytes]], items: dict[int, BulkUploadItem]) -> dict[int, Decoded]:
+def _decode_each(
+    files: Sequence[tuple[str, UploadSource]], items: dict[int, BulkUploadItem]
+) -> dict[int, Decoded]:
     """Decode every file: index -> the readable ones; a refused one gets its item now."""
     readable: dict[int, Decoded] = {}
     for index, (filename, data) in enumerate(files):
@@ -282,10 +285,12 @@ def _images_store(
     if not plans:
         return {}
     items: dict[int, BulkUploadItem] = {}
-    stored: list[str] = []
+    stored = StoredFiles()
     by = upload.uploaded_by
     try:
         with transaction.atomic():
+            # Once the rows are in (at the outermost commit) the journal has done its job.
+            transaction.on_commit(stored.close)
             placed = studies_resolve_many(plans, fields=fields, items=items)
             images = {
                 i: image_build(plans[i], study=study, uploaded_by=by, stored=stored)
@@ -320,6 +325,7 @@ def _images_store(
                     analysis_event_publish(analysis=analysis, event="queued")
     except BaseException:
         files_delete(stored)
+        stored.close()
         raise
     for i, image in images.items():
         items[i] = BulkUploadItem(
