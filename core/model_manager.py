@@ -73,6 +73,10 @@ class LoadedModel:
     population: Population | None = None
     population_model: Any = None
     loaded_at: float = field(default_factory=time.monotonic)
+    # The artifact file and its (mtime_ns, size) when it was read (None: it was missing), so a
+    # file deleted, replaced or restored under a running worker is noticed at the next job.
+    artifact: Path | None = None
+    artifact_stamp: tuple[int, int] | None = None
     _predict_fn: Any = None
     _gradcam: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -165,6 +169,12 @@ class ModelManager:
             loaded = self._cache.get(key)
             if loaded is None:
                 return None
+            if loaded.artifact is not None and artifact_stamp(loaded.artifact) != loaded.artifact_stamp:
+                # Deleted or overwritten (the next load says so with a placeholder), or
+                # restored after a placeholder: a stat per job, no restart needed.
+                log.warning("Model artifact %s changed on disk; reloading %s", loaded.artifact, key[0])
+                del self._cache[key]
+                return None
             if (
                 loaded.is_placeholder
                 and loaded.entry is not None
@@ -196,6 +206,14 @@ class ModelManager:
         if entry is None:
             return self._placeholder(condition, None, f"No active model is registered for {condition}.")
         path = registry.artifact_path(entry)
+        stamp = artifact_stamp(path)  # before reading: a change during the load is seen next time
+        loaded = self._load_artifact(registry, entry, condition, path)
+        loaded.artifact, loaded.artifact_stamp = path, stamp
+        return loaded
+
+    def _load_artifact(
+        self, registry: Registry, entry: ModelEntry, condition: str, path: Path
+    ) -> LoadedModel:
         if not path.is_file():
             return self._placeholder(condition, entry, f"Model artifact missing: {path}.")
         actual = sha256_file(path)
@@ -263,6 +281,15 @@ class ModelManager:
             keras_model=build_placeholder(input_size=size),
             entry=entry,
         )
+
+
+def artifact_stamp(path: Path) -> tuple[int, int] | None:
+    """(mtime_ns, size) of a model file, None if it is missing."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size)
 
 
 def _interruption(exc: BaseException) -> BaseException | None:

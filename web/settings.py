@@ -139,6 +139,11 @@ STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "var" / "static"))
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", BASE_DIR / "var" / "media"))
+STORAGES = {
+    # FileSystemStorage that removes a half-written file (disk full) instead of leaving it.
+    "default": {"BACKEND": "web.clinical.media_storage.MediaStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
 
 # Engine (core/) configuration: where the registry lives; model paths in it are relative to it.
 RADTRIAGE_REGISTRY = Path(os.environ.get("RADTRIAGE_REGISTRY", BASE_DIR / "registry.json"))
@@ -228,6 +233,16 @@ ANALYSIS_MAX_RETRIES = int(os.environ.get("RADTRIAGE_ANALYSIS_MAX_RETRIES", "5")
 STUCK_QUEUED_AFTER = int(os.environ.get("RADTRIAGE_STUCK_QUEUED_AFTER", "900"))
 STUCK_RUNNING_AFTER = max(int(os.environ.get("RADTRIAGE_STUCK_RUNNING_AFTER", "0")), ANALYSIS_TIME_LIMIT + 5)
 SWEEP_INTERVAL = float(os.environ.get("RADTRIAGE_SWEEP_INTERVAL", "60"))
+# The orphan sweep: every ORPHAN_SWEEP_INTERVAL seconds, a job queued for ORPHAN_AFTER seconds
+# with no message in the broker, or running on a worker whose heartbeat stopped ORPHAN_AFTER
+# seconds ago, is sent again: lost jobs run again within ORPHAN_AFTER + ORPHAN_SWEEP_INTERVAL
+# (45 s) of the fault clearing. The sweeper above remains the backstop.
+ORPHAN_AFTER = float(os.environ.get("RADTRIAGE_ORPHAN_AFTER", "30"))
+ORPHAN_SWEEP_INTERVAL = float(os.environ.get("RADTRIAGE_ORPHAN_SWEEP_INTERVAL", "15"))
+# The files of an upload whose web process died before it committed (journals untouched this
+# long) are removed by a beat task every ABANDONED_UPLOAD_CHECK_INTERVAL seconds.
+ABANDONED_UPLOAD_AFTER = float(os.environ.get("RADTRIAGE_ABANDONED_UPLOAD_AFTER", "900"))
+ABANDONED_UPLOAD_CHECK_INTERVAL = float(os.environ.get("RADTRIAGE_ABANDONED_UPLOAD_CHECK_INTERVAL", "300"))
 
 # Batches. Overnight batches run inside this window, local time (TIME_ZONE); "HH:MM-HH:MM",
 # may span midnight ("22:00-05:00").
@@ -272,6 +287,16 @@ CELERY_BEAT_SCHEDULE = {
         "task": "worker.tasks.sweep_stuck_analyses",
         "schedule": SWEEP_INTERVAL,
         "options": {"queue": QUEUE_MAINTENANCE, "expires": max(SWEEP_INTERVAL, 1.0)},
+    },
+    "requeue-orphaned-analyses": {
+        "task": "worker.tasks.requeue_orphaned_analyses",
+        "schedule": ORPHAN_SWEEP_INTERVAL,
+        "options": {"queue": QUEUE_MAINTENANCE, "expires": max(ORPHAN_SWEEP_INTERVAL, 1.0)},
+    },
+    "remove-abandoned-uploads": {
+        "task": "worker.tasks.remove_abandoned_uploads",
+        "schedule": ABANDONED_UPLOAD_CHECK_INTERVAL,
+        "options": {"queue": QUEUE_MAINTENANCE, "expires": max(ABANDONED_UPLOAD_CHECK_INTERVAL, 1.0)},
     },
     # Starts the overnight batches once inside the night window (their jobs go on the batch
     # queue) and says of those still running at its end that they went on past it.

@@ -13,9 +13,10 @@ import random
 import redis.exceptions
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 from web.clinical.services import (
+    analyses_requeue_orphans,
     analyses_requeue_stuck,
     analyses_run,
     analysis_fail,
@@ -29,7 +30,9 @@ from web.clinical.services.dicom.pacs_send import (
     pacs_send_fail,
     pacs_send_run,
 )
+from web.clinical.services.broker import worker_heartbeat
 from web.clinical.services.reports import TASK_RENDER_REPORT, report_render
+from web.clinical.services.storage import media_remove_abandoned_uploads
 from worker.celery import app
 
 log = logging.getLogger(__name__)
@@ -76,11 +79,16 @@ def analyze_batch(self, analysis_ids: list[int]) -> None:
 
 
 def _run_with_retries(task, analysis_ids: list[int]) -> None:
+    worker = f"{task.request.hostname}:{os.getpid()}"
     try:
-        analyses_run(analysis_ids=analysis_ids, worker=f"{task.request.hostname}:{os.getpid()}")
+        with worker_heartbeat(worker):  # the orphan sweep re-sends the job if this stops
+            analyses_run(analysis_ids=analysis_ids, worker=worker)
         _note_batch_progress(analysis_ids)
     except TRANSIENT_ERRORS as exc:
         message = f"{type(exc).__name__}: {exc}".strip()
+        # A connection the database dropped (restart, pg_terminate_backend) is unusable: a
+        # fresh one is opened for the bookkeeping below and for the retry.
+        close_old_connections()
         if task.request.retries >= task.max_retries:
             for analysis_id in analysis_ids:  # those already finished are left alone
                 analysis_fail(
@@ -107,6 +115,20 @@ def sweep_stuck_analyses() -> list[int]:
     return analyses_requeue_stuck(
         queued_after=settings.STUCK_QUEUED_AFTER, running_after=settings.STUCK_RUNNING_AFTER
     )
+
+
+@app.task(
+    name="worker.tasks.requeue_orphaned_analyses", ignore_result=True, soft_time_limit=30, time_limit=45
+)
+def requeue_orphaned_analyses() -> list[int]:
+    return analyses_requeue_orphans(orphan_after=settings.ORPHAN_AFTER)
+
+
+@app.task(
+    name="worker.tasks.remove_abandoned_uploads", ignore_result=True, soft_time_limit=120, time_limit=150
+)
+def remove_abandoned_uploads() -> list[str]:
+    return media_remove_abandoned_uploads(older_than=settings.ABANDONED_UPLOAD_AFTER)
 
 
 @app.task(

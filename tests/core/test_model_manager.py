@@ -166,13 +166,37 @@ def test_a_restored_artifact_is_served_again_without_a_restart(registry, monkeyp
     manager = ModelManager(registry)
     artifact.write_bytes(b"corrupted" * 100)
     assert manager.get(condition="pneumonia").is_placeholder
-    artifact.write_bytes(good)
-    # Within the retry interval the placeholder stays (no re-hash on every job)...
+    # A broken file that stays as it is is not read again on every job...
+    monkeypatch.setattr(model_manager, "sha256_file", lambda path: pytest.fail("re-hashed"))
     assert manager.get(condition="pneumonia").is_placeholder
-    monkeypatch.setattr(model_manager, "PLACEHOLDER_RETRY_SECONDS", 0.0)
-    # ...after it, the next job loads the restored file.
+    monkeypatch.undo()
+    # ...but the next job after the file is put back loads it: no restart, no waiting.
+    artifact.write_bytes(good)
     loaded = manager.get(condition="pneumonia")
     assert not loaded.is_placeholder and loaded.model_id == "blob-v1"
+
+
+def test_a_model_file_deleted_or_overwritten_under_a_warm_worker_gives_a_placeholder(registry):
+    """The model is in memory; its file is then deleted, or overwritten with other bytes.
+    The next job says so (placeholder, no diagnostic value) instead of answering from a model
+    whose file no longer checks out; and it comes back once the file is restored."""
+    artifact = registry.parent / "model.keras"
+    good = artifact.read_bytes()
+    manager = ModelManager(registry)
+    assert not manager.get(condition="pneumonia").is_placeholder
+
+    artifact.unlink()
+    missing = manager.get(condition="pneumonia")
+    assert missing.is_placeholder and "missing" in missing.placeholder_reason
+
+    artifact.write_bytes(good[:-10] + b"0123456789")
+    corrupt = manager.get(condition="pneumonia")
+    assert corrupt.is_placeholder and "checksum" in corrupt.placeholder_reason
+
+    artifact.write_bytes(good)
+    back = manager.get(condition="pneumonia")
+    assert not back.is_placeholder and back.model_id == "blob-v1"
+    assert manager.load_count == 2
 
 
 def test_wrong_checksum_gives_a_flagged_placeholder(registry):

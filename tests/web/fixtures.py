@@ -93,10 +93,16 @@ def upload(client: Any, data: bytes, name: str = "xray.dcm", **fields: Any) -> A
 
 
 def media_files() -> list[Path]:
+    """The stored files (images, thumbnails, heat maps...), not the uploads' journals (in a
+    test inside one transaction, its commit, which removes them, never comes)."""
     from django.conf import settings
 
+    from web.clinical.services.storage import UPLOAD_JOURNALS
+
     root = Path(settings.MEDIA_ROOT)
-    return sorted(p for p in root.rglob("*") if p.is_file())
+    return sorted(
+        p for p in root.rglob("*") if p.is_file() and UPLOAD_JOURNALS not in p.relative_to(root).parts
+    )
 
 
 def wait_for(

@@ -7,7 +7,9 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.signals import user_logged_in
-from django.http import FileResponse, HttpResponse
+from django.core.files.uploadedfile import UploadedFile
+from django.core.files.uploadhandler import TemporaryFileUploadHandler
+from django.http import FileResponse, HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers, status
@@ -100,7 +102,7 @@ class UploadView(APIView):
             )
         try:
             result = image_upload(
-                data=upload.read(),
+                data=upload,
                 filename=upload.name or "",
                 fields=upload_fields(data),
                 conditions=data["conditions"],
@@ -139,6 +141,12 @@ class BulkUploadView(APIView):
         },
         summary="Upload several X-rays at once; their analyses run in batches",
     )
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        # Every file of a batch goes to a temporary file as it arrives, however small: a
+        # request of hundreds of MB never sits in the web process's memory.
+        request.upload_handlers = [TemporaryFileUploadHandler(request)]
+        return super().dispatch(request, *args, **kwargs)
+
     def post(self, request: Request) -> Response:
         """Each file is stored or refused on its own (a refused file leaves nothing behind);
         `results` says which, in the order sent. Analyses go to the batch queue unless
@@ -148,7 +156,7 @@ class BulkUploadView(APIView):
         form.is_valid(raise_exception=True)
         data = form.validated_data
         refused: dict[int, BulkUploadItem] = {}
-        files: list[tuple[str, bytes]] = []
+        files: list[tuple[str, UploadedFile]] = []
         for index, upload in enumerate(data["files"]):
             if upload.size > settings.RADTRIAGE_MAX_UPLOAD_BYTES:
                 refused[index] = BulkUploadItem(
@@ -157,7 +165,7 @@ class BulkUploadView(APIView):
                     status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
                 )
             else:
-                files.append((upload.name or "", upload.read()))
+                files.append((upload.name or "", upload))  # read one at a time by the service
         stored = iter(
             images_upload_many(
                 files=files,
@@ -173,6 +181,9 @@ class BulkUploadView(APIView):
         code: int
         if body["created"]:
             code = status.HTTP_201_CREATED
+        elif body["rejected"] and all(i.status_code == status.HTTP_507_INSUFFICIENT_STORAGE for i in items):
+            code = status.HTTP_507_INSUFFICIENT_STORAGE
+            body["error"] = items[0].error
         elif body["rejected"]:
             code = status.HTTP_400_BAD_REQUEST
             body["error"] = f"None of the {len(items)} files was accepted; see results."

@@ -8,6 +8,7 @@ that TensorFlow is only ever imported by workers, never by the web process.
 
 from web.clinical.services.analyses import (
     analyses_dispatch,
+    analyses_requeue_orphans,
     analyses_requeue_stuck,
     analyses_run,
     analysis_enqueue,
@@ -39,6 +40,7 @@ __all__ = [
     "UploadRejected",
     "UploadResult",
     "analyses_dispatch",
+    "analyses_requeue_orphans",
     "analyses_requeue_stuck",
     "analyses_run",
     "analysis_enqueue",

@@ -13,7 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from core.conditions import (
@@ -405,6 +405,48 @@ def analysis_mark_retrying(*, analysis_id: int, message: str) -> None:
             analysis_event_publish(analysis=analysis, event="queued")
 
 
+def analyses_requeue_orphans(*, orphan_after: float) -> list[int]:
+    """The orphan sweep (every ORPHAN_SWEEP_INTERVAL): send again, within a minute, the jobs
+    the broker no longer has. A queued row older than `orphan_after` seconds whose id is in no
+    broker queue and in no worker's hands lost its message (Redis restarted empty, the web
+    process died between commit and send); a running row whose worker's heartbeat stopped
+    over `orphan_after` ago lost its worker (killed, machine gone). The long sweeper
+    (analyses_requeue_stuck) stays as the backstop. Safe to overlap a live job: completion is
+    idempotent, the first result stands.
+    """
+    from web.clinical.services.broker import broker_analysis_ids, broker_uptime, workers_alive
+
+    cutoff = timezone.now() - dt.timedelta(seconds=orphan_after)
+    candidates = (
+        Analysis.objects.filter(
+            Q(state=Analysis.State.QUEUED, enqueued_at__lt=cutoff)
+            | Q(state=Analysis.State.RUNNING, started_at__lt=cutoff)
+        )
+        .exclude(batch_id__in=Batch.objects.filter(state=Batch.State.WAITING).values("pk"))
+        .values_list("pk", "state", "worker")[:2000]
+    )
+    rows = list(candidates)
+    if not rows:
+        return []  # the usual case: no need to read the broker
+    queued = [pk for pk, state, _ in rows if state == Analysis.State.QUEUED]
+    running = {pk: worker for pk, state, worker in rows if state == Analysis.State.RUNNING}
+    in_broker = broker_analysis_ids(queues=settings.ANALYSIS_QUEUES.values()) if queued else set()
+    orphans = [pk for pk in queued if pk not in in_broker]
+    # Just after a broker restart every heartbeat is gone until its next refresh: wait for it.
+    if running and broker_uptime() > orphan_after:
+        alive = workers_alive(running.values())
+        orphans.extend(pk for pk, worker in running.items() if worker not in alive)
+    if not orphans:
+        return []
+    return _analyses_requeue(
+        Analysis.objects.filter(pk__in=orphans).filter(
+            Q(state=Analysis.State.QUEUED, enqueued_at__lt=cutoff)
+            | Q(state=Analysis.State.RUNNING, started_at__lt=cutoff)
+        ),
+        why="orphaned",
+    )
+
+
 def analyses_requeue_stuck(*, queued_after: float, running_after: float) -> list[int]:
     """The sweeper: send again every job the database says is waiting or running for too long.
 
@@ -413,20 +455,25 @@ def analyses_requeue_stuck(*, queued_after: float, running_after: float) -> list
     Re-sending is safe because `analyses_run` is idempotent.
     """
     now = timezone.now()
+    return _analyses_requeue(
+        Analysis.objects.filter(
+            Q(state=Analysis.State.QUEUED, enqueued_at__lt=now - dt.timedelta(seconds=queued_after))
+            | Q(state=Analysis.State.QUEUED, enqueued_at__isnull=True)
+            | Q(state=Analysis.State.RUNNING, started_at__lt=now - dt.timedelta(seconds=running_after))
+        )
+        # An overnight batch's analyses wait for the night window, not for the sweeper.
+        .exclude(batch_id__in=Batch.objects.filter(state=Batch.State.WAITING).values("pk")),
+        why="stuck",
+    )
+
+
+def _analyses_requeue(rows: QuerySet[Analysis], *, why: str) -> list[int]:
+    """Back to queued (requeues + 1) and sent again once committed; rows another sweep or a
+    worker holds locked are skipped."""
+    now = timezone.now()
     requeued: list[tuple[int, str]] = []
     with transaction.atomic():
-        stuck = (
-            Analysis.objects.select_for_update(skip_locked=True)
-            .select_related("image__study")
-            .filter(
-                Q(state=Analysis.State.QUEUED, enqueued_at__lt=now - dt.timedelta(seconds=queued_after))
-                | Q(state=Analysis.State.QUEUED, enqueued_at__isnull=True)
-                | Q(state=Analysis.State.RUNNING, started_at__lt=now - dt.timedelta(seconds=running_after))
-            )
-            # An overnight batch's analyses wait for the night window, not for the sweeper.
-            .exclude(batch_id__in=Batch.objects.filter(state=Batch.State.WAITING).values("pk"))
-            .order_by("enqueued_at")[:500]
-        )
+        stuck = rows.select_for_update(skip_locked=True).order_by("enqueued_at")[:500]
         for analysis in stuck:
             was = analysis.state
             analysis.state = Analysis.State.QUEUED
@@ -434,7 +481,7 @@ def analyses_requeue_stuck(*, queued_after: float, running_after: float) -> list
             analysis.requeues += 1
             analysis.save(update_fields=["state", "enqueued_at", "requeues"])
             requeued.append((analysis.pk, analysis.queue))
-            log.warning("Re-enqueueing analysis %s (was %s)", analysis.pk, was)
+            log.warning("Re-enqueueing %s analysis %s (was %s)", why, analysis.pk, was)
         by_queue: dict[str, list[int]] = {}
         for analysis_id, queue in requeued:
             by_queue.setdefault(queue, []).append(analysis_id)

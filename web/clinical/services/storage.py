@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import logging
+import time
+import uuid
+from pathlib import Path
 
 import numpy as np
-from django.core.files.base import ContentFile
+from django.conf import settings
+from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
+from django.db.models import Q
+from django.db.models.fields.files import FieldFile
 
 from web.clinical.models import Analysis
 
@@ -61,3 +67,85 @@ def heatmaps_store(maps: list[tuple[Analysis, np.ndarray]], stored: dict[int, st
         futures = [pool.submit(save, analysis, heatmap) for analysis, heatmap in maps]
     for future in futures:
         future.result()  # the first failure, if any, after every write has ended
+
+
+# Beside the media files: one journal per upload in progress, listing the files it writes.
+UPLOAD_JOURNALS = ".uploads-in-progress"
+
+
+class StoredFiles(list[str]):
+    """The media files one upload writes (for its caller to delete if it fails), also listed
+    in a journal file until its rows are committed or its files removed: a web process killed
+    half-way through leaves a journal, and media_remove_abandoned_uploads removes the files no
+    row points to. Each name is journalled before its file is written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.journal: Path | None = None
+        self._expected: set[str] = set()
+
+    def expect(self, name: str) -> None:
+        if self.journal is None:
+            folder = Path(settings.MEDIA_ROOT) / UPLOAD_JOURNALS
+            folder.mkdir(parents=True, exist_ok=True)
+            self.journal = folder / f"{uuid.uuid4().hex}.txt"
+        with open(self.journal, "a") as handle:
+            handle.write(name + "\n")
+        self._expected.add(name)
+
+    def append(self, name: str) -> None:
+        if self.journal is not None and name not in self._expected:
+            self.expect(name)  # the storage picked another name (a race for the first)
+        super().append(name)
+
+    def close(self) -> None:
+        """The upload is settled (committed, or its files removed): no journal needed."""
+        if self.journal is not None:
+            self.journal.unlink(missing_ok=True)
+            self.journal = None
+
+
+def field_file_save(field_file: FieldFile, filename: str, content: File, stored: list[str]) -> None:
+    """Write a FileField's file (the row is saved by the caller), its name added to `stored`;
+    with StoredFiles, journalled first."""
+    if isinstance(stored, StoredFiles):
+        name = field_file.field.generate_filename(field_file.instance, filename)
+        stored.expect(field_file.storage.get_available_name(name, max_length=field_file.field.max_length))
+    field_file.save(filename, content, save=False)
+    assert field_file.name
+    stored.append(field_file.name)
+
+
+def media_remove_abandoned_uploads(*, older_than: float) -> list[str]:
+    """The files of uploads whose process died before committing or cleaning up (journals
+    untouched for `older_than` seconds) that no row points to: removed, with their journals."""
+    from web.clinical.models import Image, UploadConflict
+
+    folder = Path(settings.MEDIA_ROOT) / UPLOAD_JOURNALS
+    if not folder.is_dir():
+        return []
+    cutoff = time.time() - older_than
+    removed: list[str] = []
+    for journal in sorted(folder.glob("*.txt")):
+        try:
+            if journal.stat().st_mtime > cutoff:
+                continue  # an upload still in progress
+            names = [n for n in journal.read_text().splitlines() if n]
+        except FileNotFoundError:
+            continue  # it finished meanwhile
+        kept = {
+            name
+            for pair in Image.objects.filter(Q(file__in=names) | Q(thumbnail__in=names)).values_list(
+                "file", "thumbnail"
+            )
+            for name in pair
+        }
+        kept.update(UploadConflict.objects.filter(file__in=names).values_list("file", flat=True))
+        for name in names:
+            if name not in kept and default_storage.exists(name):
+                default_storage.delete(name)
+                removed.append(name)
+        journal.unlink(missing_ok=True)
+    if removed:
+        log.warning("Removed %d file(s) of abandoned uploads: %s", len(removed), removed[:20])
+    return removed

@@ -8,14 +8,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from django.conf import settings
-from django.core.files.base import ContentFile
 from django.db import transaction
 from django.db.models import F, Q
 
 from core.errors import XRayDecodeError
-from core.imaging import XRay, load_xray
+from core.imaging import load_xray
 from web.clinical.models import Image, UploadConflict
 from web.clinical.services.audit import audit_record
 from web.clinical.services.storage import files_delete
@@ -26,6 +24,7 @@ from web.clinical.services.upload_parts import (
     UploadRejected,
     UploadResult,
     header_value,
+    pixels_digest,
 )
 
 log = logging.getLogger(__name__)
@@ -84,12 +83,12 @@ def _clash_kind(existing: Image, decoded: Decoded, *, patient_id: str) -> str | 
             if same_file
             else UploadConflict.Kind.SAME_UID_OTHER_PATIENT
         )
-    if same_file or _same_pixels(existing, decoded.xray):
+    if same_file or _same_pixels(existing, decoded):
         return None  # the same image again (a re-export keeps the pixels): a duplicate
     return UploadConflict.Kind.SAME_UID_OTHER_PIXELS
 
 
-def _same_pixels(existing: Image, xray: XRay) -> bool:
+def _same_pixels(existing: Image, decoded: Decoded) -> bool:
     """Decoded pixels equal (read only on the rare SOPInstanceUID match with other bytes)."""
     try:
         with existing.file.open("rb") as stored:
@@ -99,7 +98,7 @@ def _same_pixels(existing: Image, xray: XRay) -> bool:
     except (OSError, XRayDecodeError):
         log.warning("Stored image %s could not be read to compare pixels", existing.pk)
         return False
-    return pixels.shape == xray.pixels.shape and bool(np.array_equal(pixels, xray.pixels))
+    return pixels_digest(pixels) == decoded.pixels_sha256
 
 
 _CONFLICT_MESSAGES = {
@@ -193,7 +192,7 @@ def _conflict_build(
         ip_address=identity.ip_address,
     )
     ext = {"dicom": "dcm", "png": "png", "jpeg": "jpg"}[decoded.xray.source_format]
-    conflict.file.save(f"{decoded.sop_uid}.{ext}", ContentFile(decoded.data), save=False)
+    conflict.file.save(f"{decoded.sop_uid}.{ext}", decoded.content(), save=False)
     stored.append(conflict.file.name)
     # The id is only known after the insert; the message names it so the uploader can quote it.
     conflict.save()

@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
+import numpy as np
 from django.conf import settings
-from django.core.files.base import ContentFile
+from django.core.files.base import ContentFile, File
 from django.utils import timezone
 
 from core.applicability import region_of_body_part, seen_as
@@ -24,7 +26,7 @@ from core.conditions import (
 from core.errors import RadTriageError, UnknownConditionError, XRayDecodeError
 from core.imaging import XRay, load_xray, validate_radiograph
 from web.clinical.models import Analysis, Image, Patient, Study
-from web.clinical.services.storage import thumbnail_jpeg
+from web.clinical.services.storage import field_file_save, thumbnail_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +64,43 @@ class UploadResult:
     warnings: list[str] = field(default_factory=list)
 
 
+# What an upload is read from: its bytes, or a binary file (Django's temporary upload file),
+# read once to decode and streamed again to the media storage: a batch never sits in memory.
+UploadSource = bytes | IO[bytes]
+
+
 @dataclass(frozen=True)
 class Decoded:
-    """A readable radiograph and its identity (checked before anything is stored)."""
+    """A readable radiograph and its identity (checked before anything is stored).
+
+    Everything the upload needs from the pixels (thumbnail, recognition, a digest to compare
+    re-exports) is made at decode time and the pixels are dropped: `xray.pixels` is a
+    zero-size stand-in of the right shape, so a batch holds one image's pixels at a time.
+    """
 
     filename: str
-    data: bytes
+    source: UploadSource
+    size: int
     xray: XRay
     sha256: str
     sop_uid: str
+    pixels_sha256: str = ""
+    thumbnail: bytes = b""
+    recognition: dict[str, Any] = field(default_factory=dict)
+
+    def content(self) -> File:
+        """The file's bytes for the storage, streamed from the source."""
+        if isinstance(self.source, bytes):
+            return ContentFile(self.source)
+        self.source.seek(0)
+        # A plain File (no temporary_file_path): the storage copies, never moves, the
+        # upload's temporary file, which a second attempt at storing may need again.
+        return File(self.source)
+
+
+def pixels_digest(pixels: np.ndarray) -> str:
+    head = f"{pixels.shape}{pixels.dtype}".encode()
+    return hashlib.sha256(head + np.ascontiguousarray(pixels).tobytes()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -95,7 +125,8 @@ class Plan:
     recognition: dict[str, Any]
 
 
-def upload_decode(data: bytes, filename: str) -> Decoded:
+def upload_decode(source: UploadSource, filename: str) -> Decoded:
+    data = source if isinstance(source, bytes) else _read_all(source)
     try:
         xray = validate_radiograph(load_xray(data, max_pixels=settings.RADTRIAGE_MAX_PIXELS))
     except XRayDecodeError as exc:
@@ -104,7 +135,23 @@ def upload_decode(data: bytes, filename: str) -> Decoded:
         uid_check(header_value(xray.metadata, tag), what=f"The DICOM header's {tag}")
     sha256 = hashlib.sha256(data).hexdigest()
     sop_uid = header_value(xray.metadata, "SOPInstanceUID") or _uid_from(sha256)
-    return Decoded(filename=filename, data=data, xray=xray, sha256=sha256, sop_uid=sop_uid)
+    return Decoded(
+        filename=filename,
+        source=source,
+        size=len(data),
+        # The pixels' stand-in: the right shape, no memory (np.broadcast_to of one byte).
+        xray=dataclasses.replace(xray, pixels=np.broadcast_to(np.uint8(0), xray.pixels.shape)),
+        sha256=sha256,
+        sop_uid=sop_uid,
+        pixels_sha256=pixels_digest(xray.pixels),
+        thumbnail=thumbnail_jpeg(xray.pixels),
+        recognition=_recognise(xray),
+    )
+
+
+def _read_all(source: IO[bytes]) -> bytes:
+    source.seek(0)
+    return source.read()
 
 
 # DICOM PS3.5 9.1: digits in dot-separated components, at most 64 characters. The UIDs name the
@@ -124,7 +171,7 @@ def uid_check(value: str, *, what: str) -> None:
 def upload_plan(decoded: Decoded, fields: UploadFields, conditions: list[str] | None) -> Plan:
     meta = decoded.xray.metadata
     uid_check(fields.study_instance_uid.strip(), what="The study_instance_uid given")
-    recognition = _recognise(decoded.xray)
+    recognition = decoded.recognition
     body_part, warnings = _body_part_resolve(
         header=normalise_body_part(header_value(meta, "BodyPartExamined")),
         chosen=normalise_body_part(fields.body_part),
@@ -149,7 +196,7 @@ def body_part_proposal(data: bytes, filename: str) -> dict[str, Any]:
     confirm or override it. Raises UploadRejected for a file that would be refused anyway."""
     decoded = upload_decode(data, filename)
     header = normalise_body_part(header_value(decoded.xray.metadata, "BodyPartExamined"))
-    recognition = _recognise(decoded.xray)
+    recognition = decoded.recognition
     region = recognition.get("region") or ""
     return {
         "filename": filename,
@@ -469,7 +516,7 @@ def image_build(plan: Plan, *, study: Study, uploaded_by: Any, stored: list[str]
         format=xray.source_format,
         dicom_header=xray.metadata,
         decode_notes=list(xray.notes),
-        size_bytes=len(decoded.data),
+        size_bytes=decoded.size,
         sha256=decoded.sha256,
         height=xray.shape[0],
         width=xray.shape[1],
@@ -477,8 +524,6 @@ def image_build(plan: Plan, *, study: Study, uploaded_by: Any, stored: list[str]
         recognition=plan.recognition,
         uploaded_by=uploaded_by if getattr(uploaded_by, "is_authenticated", False) else None,
     )
-    image.file.save(f"{decoded.sop_uid}.{ext}", ContentFile(decoded.data), save=False)
-    stored.append(image.file.name)
-    image.thumbnail.save(f"{decoded.sha256[:16]}.jpg", ContentFile(thumbnail_jpeg(xray.pixels)), save=False)
-    stored.append(image.thumbnail.name)
+    field_file_save(image.file, f"{decoded.sop_uid}.{ext}", decoded.content(), stored)
+    field_file_save(image.thumbnail, f"{decoded.sha256[:16]}.jpg", ContentFile(decoded.thumbnail), stored)
     return image

@@ -16,10 +16,11 @@ from django.db.models import Q
 from django.utils import timezone
 
 from web.clinical.events import analysis_event_publish
+from web.clinical.media_storage import storage_is_full
 from web.clinical.models import Analysis, AuditEvent, Image
 from web.clinical.services.analyses import analyses_dispatch, analysis_build, analysis_enqueue
 from web.clinical.services.audit import audit_event
-from web.clinical.services.storage import files_delete
+from web.clinical.services.storage import StoredFiles, files_delete
 from web.clinical.services.studies import studies_mark_analysing
 from web.clinical.services.upload_conflicts import Identity, duplicate, stored_copy
 from web.clinical.services.upload_parts import (
@@ -29,6 +30,7 @@ from web.clinical.services.upload_parts import (
     UploadFields,
     UploadRejected,
     UploadResult,
+    UploadSource,
     conditions_resolve,
     image_build,
     patient_values,
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 
 def image_upload(
     *,
-    data: bytes,
+    data: UploadSource,
     filename: str,
     fields: UploadFields,
     conditions: list[str] | None,
@@ -80,7 +82,7 @@ def image_upload(
 
 def images_upload_many(
     *,
-    files: Sequence[tuple[str, bytes]],
+    files: Sequence[tuple[str, UploadSource]],
     fields: UploadFields | Sequence[UploadFields],
     conditions: list[str] | None,
     queue: str = settings.QUEUE_BATCH,
@@ -128,6 +130,15 @@ def images_upload_many(
                 items[index] = settled
             else:  # its first copy was refused where it was filed: this one is settled alone
                 items.update(upload.store({index: settled}, per_file))
+    except OSError as exc:
+        if not storage_is_full(exc):
+            raise
+        # Nothing of the failed transaction is left (rows rolled back, files removed): each
+        # file not yet settled is refused, and the uploader is told to try again later.
+        log.error("Media storage full: %d upload(s) refused: %s", len(files) - len(items), exc)
+        full = UploadRejected(STORAGE_FULL_MESSAGE, status_code=507)
+        for index, decoded in readable.items():
+            items.setdefault(index, BulkUploadItem.refused(decoded.filename, full))
     finally:
         # Also after a crash half-way: what was committed is sent now, not at the next sweep.
         if dispatch:
@@ -232,12 +243,20 @@ class _Upload:
         return result
 
 
+STORAGE_FULL_MESSAGE = (
+    "The image storage is full: the file was not stored and nothing of it was kept. "
+    "Tell your administrator, then send it again."
+)
+
+
 # A queued job older than this whose image is sent again has probably lost its message (web
 # process killed before it sent it, broker restarted): send it again. Younger ones are in flight.
 RESEND_WAITING_AFTER = dt.timedelta(seconds=30)
 
 
-def _decode_each(files: Sequence[tuple[str, bytes]], items: dict[int, BulkUploadItem]) -> dict[int, Decoded]:
+def _decode_each(
+    files: Sequence[tuple[str, UploadSource]], items: dict[int, BulkUploadItem]
+) -> dict[int, Decoded]:
     """Decode every file: index -> the readable ones; a refused one gets its item now."""
     readable: dict[int, Decoded] = {}
     for index, (filename, data) in enumerate(files):
@@ -268,10 +287,12 @@ def _images_store(
     if not plans:
         return {}
     items: dict[int, BulkUploadItem] = {}
-    stored: list[str] = []
+    stored = StoredFiles()
     by = upload.uploaded_by
     try:
         with transaction.atomic():
+            # Once the rows are in (at the outermost commit) the journal has done its job.
+            transaction.on_commit(stored.close)
             placed = studies_resolve_many(plans, fields=fields, items=items)
             images = {
                 i: image_build(plans[i], study=study, uploaded_by=by, stored=stored)
@@ -306,6 +327,7 @@ def _images_store(
                     analysis_event_publish(analysis=analysis, event="queued")
     except BaseException:
         files_delete(stored)
+        stored.close()
         raise
     for i, image in images.items():
         items[i] = BulkUploadItem(
