@@ -223,6 +223,7 @@ class Stack:
         self.env = {
             **os.environ,
             "DEBUG": "0",
+            "RADTRIAGE_HTTPS": "0",  # plain HTTP on loopback: no TLS proxy in front
             "SECRET_KEY": uuid.uuid4().hex * 2,
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
             "REDIS_URL": redis_url,

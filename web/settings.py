@@ -359,13 +359,42 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "web.api.schema.error_responses",
     ],
+    # Two choice sets share a field name ("status"): each gets its own enum name in the schema.
+    "ENUM_NAME_OVERRIDES": {
+        "StudyStatusEnum": "web.clinical.models.Study.Status",
+        "BulkUploadStatusEnum": "web.api.serializers.BULK_UPLOAD_STATUSES",
+    },
 }
 
 # --------------------------------------------------------------------------- behind HTTPS
-# Set RADTRIAGE_HTTPS=1 when a TLS-terminating proxy sits in front (it must set
-# X-Forwarded-Proto); cookies then never travel over plain HTTP.
+# Secure by default when DEBUG is off: the site is served over HTTPS (a TLS-terminating proxy in
+# front must set X-Forwarded-Proto), plain HTTP is redirected to it (/healthz/ excepted, for the
+# container's own health probe), browsers are told to stay on HTTPS (HSTS) and cookies never
+# travel over plain HTTP. RADTRIAGE_HTTPS=0 relaxes all of it, explicitly, for a plain-HTTP
+# trial on localhost; RADTRIAGE_HTTPS=1 turns it on under DEBUG too.
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
-if env_bool("RADTRIAGE_HTTPS", False):
+RADTRIAGE_HTTPS = env_bool("RADTRIAGE_HTTPS", not DEBUG)
+if RADTRIAGE_HTTPS:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz/$"]
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
-    SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", "3600"))
+    SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", str(365 * 24 * 3600)))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
+
+# A login lasts at most this long (seconds; default one 8-hour shift), then the user logs in again.
+SESSION_COOKIE_AGE = int(os.environ.get("SESSION_COOKIE_AGE", str(8 * 3600)))
+if SESSION_COOKIE_AGE <= 0:
+    raise ImproperlyConfigured("SESSION_COOKIE_AGE must be a positive number of seconds.")
+
+# Passwords set through Django (admin, `manage.py changepassword`, createsuperuser) are checked.
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": int(os.environ.get("RADTRIAGE_PASSWORD_MIN_LENGTH", "12"))},
+    },
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]

@@ -1,12 +1,14 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from web.clinical.audit_export import audit_export_view
 from web.clinical.registry_admin import registry_view
 from web.health import healthz
 from web.ui.views import favicon
 
 urlpatterns = [
     path("admin/model-registry/", admin.site.admin_view(registry_view), name="admin-model-registry"),
+    path("admin/audit/export.csv", admin.site.admin_view(audit_export_view), name="admin-audit-export"),
     path("admin/", admin.site.urls),
     path("healthz/", healthz, name="healthz"),
     path("favicon.ico", favicon, name="favicon"),

@@ -86,6 +86,8 @@ ROUTE_RULES: dict[str, list[Check]] = {
             location="/admin/login/",
         ),
     ],
+    # The audit log as CSV (Capability.MANAGE): the admin login page for anyone else.
+    "admin-audit-export": [Check("get", "/admin/audit/export.csv", ADMIN_ONLY, location="/admin/login/")],
     ADMIN_FAMILY: [
         Check("get", "/admin/", ADMIN_ONLY, location="/admin/login/"),
         Check("get", "/admin/auth/user/", ADMIN_ONLY, location="/admin/login/"),
@@ -234,7 +236,7 @@ def _walk(patterns: list[Any], prefix: str = "", namespace: str = "") -> Iterato
             yield from _walk(entry.url_patterns, route, inner)
         elif isinstance(entry, URLPattern):
             key = f"{namespace}{entry.name}" if entry.name else route
-            if route.startswith("admin/") and key != "admin-model-registry":
+            if route.startswith("admin/") and not key.startswith("admin-"):
                 key = ADMIN_FAMILY
             yield key, route
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.parsers import MultiPartParser
@@ -56,7 +57,11 @@ class BatchListView(APIView):
         capability = Capability.UPLOAD if self.request.method == "POST" else Capability.VIEW_STUDIES
         return [api_requires(capability)()]
 
-    @extend_schema(summary="The latest batches (100), newest first")
+    @extend_schema(
+        operation_id="batches_list",
+        summary="The latest batches (100), newest first",
+        responses={200: OpenApiTypes.OBJECT},
+    )
     def get(self, request: Request) -> Response:
         batches = Batch.objects.select_related("created_by")[:100]
         return Response(
@@ -82,7 +87,11 @@ class BatchListView(APIView):
             }
         )
 
-    @extend_schema(request=BatchCreateSerializer, summary="Import a .zip or many X-rays as one batch")
+    @extend_schema(
+        request=BatchCreateSerializer,
+        summary="Import a .zip or many X-rays as one batch",
+        responses={201: OpenApiTypes.OBJECT},
+    )
     def post(self, request: Request) -> Response:
         form = BatchCreateSerializer(data=request.data)
         form.is_valid(raise_exception=True)
@@ -113,6 +122,9 @@ class BatchListView(APIView):
 class BatchDetailView(APIView):
     permission_classes = [api_requires(Capability.VIEW_STUDIES)]
 
-    @extend_schema(summary="One batch: what became of its files, its progress and results")
+    @extend_schema(
+        summary="One batch: what became of its files, its progress and results",
+        responses={200: OpenApiTypes.OBJECT},
+    )
     def get(self, request: Request, pk: int) -> Response:
         return Response(batch_body(get_object_or_404(Batch, pk=pk)))

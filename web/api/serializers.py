@@ -186,7 +186,7 @@ class UploadFieldsSerializer(serializers.Serializer):
     patient_id = serializers.CharField(required=False, allow_blank=True, max_length=64)
     patient_name = serializers.CharField(required=False, allow_blank=True, max_length=200)
     birth_date = serializers.DateField(required=False, allow_null=True)
-    sex = serializers.ChoiceField(choices=["M", "F", "O", ""], required=False, allow_blank=True)
+    sex = serializers.ChoiceField(choices=Patient.Sex.choices, required=False, allow_blank=True)
     study_instance_uid = serializers.CharField(required=False, allow_blank=True, max_length=64)
     accession_number = serializers.CharField(required=False, allow_blank=True, max_length=64)
     study_date = serializers.DateField(required=False, allow_null=True)
@@ -254,9 +254,13 @@ class BulkAnalysisSerializer(serializers.Serializer):
     state = serializers.CharField()
 
 
+# What became of one file of a bulk upload (named in SPECTACULAR_SETTINGS: not a study's status).
+BULK_UPLOAD_STATUSES = ["created", "duplicate", "rejected"]
+
+
 class BulkUploadItemSerializer(serializers.Serializer):
     filename = serializers.CharField()
-    status = serializers.ChoiceField(choices=["created", "duplicate", "rejected"])
+    status = serializers.ChoiceField(choices=BULK_UPLOAD_STATUSES)
     error = serializers.CharField(allow_blank=True)
     outcome = serializers.CharField(help_text="what the server did with this file, in a sentence")
     warnings = serializers.ListField(child=serializers.CharField())
@@ -317,7 +321,7 @@ class AnnotationChangeSerializer(serializers.Serializer):
 
 
 class VerdictInputSerializer(serializers.Serializer):
-    verdict = serializers.ChoiceField(choices=Annotation.Verdict.values)
+    verdict = serializers.ChoiceField(choices=Annotation.Verdict.choices)
     comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
 

@@ -1,4 +1,10 @@
+from collections.abc import Iterator
+from typing import Any
+
 from django.contrib import admin
+from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
 from web.access import AdminLoginForm, admin_site_permission
 from web.clinical.models import (
@@ -10,6 +16,7 @@ from web.clinical.models import (
     Study,
     UploadConflict,
 )
+from web.clinical.selectors import BadAuditFilter, audit_event_filter
 
 
 @admin.register(Patient)
@@ -63,19 +70,117 @@ class AnnotationAdmin(admin.ModelAdmin):
     raw_id_fields = ["image", "analysis"]
 
 
+class AuditTextFilter(admin.SimpleListFilter):
+    """A typed-in filter (username, patient ID, study, date) whose query parameter is the one
+    the CSV export reads (selectors.AUDIT_FILTERS)."""
+
+    template = "admin/audit_text_filter.html"
+    input_type = "text"
+    placeholder = ""
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return []
+
+    def has_output(self) -> bool:
+        return True
+
+    # A text box, not a list of links: its one "choice" carries what the box needs.
+    def choices(self, changelist: Any) -> Iterator[dict[str, Any]]:  # type: ignore[override]
+        keep = [(k, v) for k, v in changelist.get_filters_params().items() if k != self.parameter_name]
+        yield {
+            "name": self.parameter_name,
+            "value": self.value() or "",
+            "input_type": self.input_type,
+            "placeholder": self.placeholder,
+            "keep": [(k, v[-1] if isinstance(v, list) else v) for k, v in keep],
+            "clear": changelist.get_query_string(remove=[self.parameter_name]),
+        }
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if not self.value():
+            return queryset
+        try:
+            return audit_event_filter(queryset, **{str(self.parameter_name): str(self.value())})
+        except BadAuditFilter as exc:
+            raise ValidationError(str(exc)) from exc
+
+
+class AuditUserFilter(AuditTextFilter):
+    title = "user"
+    parameter_name = "user"
+    placeholder = "username"
+
+
+class AuditPatientFilter(AuditTextFilter):
+    title = "patient"
+    parameter_name = "patient"
+    placeholder = "patient ID (MRN)"
+
+
+class AuditStudyFilter(AuditTextFilter):
+    title = "study"
+    parameter_name = "study"
+    placeholder = "id, accession or UID"
+
+
+class AuditSinceFilter(AuditTextFilter):
+    title = "date from"
+    parameter_name = "since"
+    input_type = "date"
+
+
+class AuditUntilFilter(AuditTextFilter):
+    title = "date to"
+    parameter_name = "until"
+    input_type = "date"
+
+
+class AuditActionFilter(admin.SimpleListFilter):
+    title = "action"
+    parameter_name = "action"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        actions = AuditEvent.objects.order_by("action").values_list("action", flat=True).distinct()
+        return [(a, a) for a in actions]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return audit_event_filter(queryset, action=self.value() or "")
+
+
 @admin.register(AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):
-    list_display = ["at", "actor_label", "action", "patient", "object_type", "object_id"]
-    list_filter = ["action"]
-    search_fields = ["actor_label", "patient__patient_id"]
+    """The audit log: read-only for everyone (admins and superusers included), filterable, and
+    exported as CSV with the same filters (/admin/audit/export.csv)."""
 
-    def has_add_permission(self, request):  # append-only
+    list_display = [
+        "at",
+        "actor_label",
+        "action",
+        "patient",
+        "study",
+        "object_type",
+        "object_id",
+        "ip_address",
+    ]
+    list_filter = [
+        AuditUserFilter,
+        AuditActionFilter,
+        AuditPatientFilter,
+        AuditStudyFilter,
+        AuditSinceFilter,
+        AuditUntilFilter,
+    ]
+    list_select_related = ["patient", "study"]
+    actions = None  # no bulk "delete selected"
+    show_facets = admin.ShowFacets.NEVER
+
+    def has_add_permission(self, request: HttpRequest) -> bool:  # append-only
         return False
 
-    def has_change_permission(self, request, obj=None):
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None):
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
 

@@ -279,8 +279,22 @@ class Annotation(models.Model):
         return f"{kind} by {self.author_id} on image {self.image_id}"
 
 
+class AuditLogIsAppendOnly(Exception):
+    """An attempt to change or delete an audit row through the application."""
+
+
+class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
+    def update(self, **kwargs: Any) -> int:
+        raise AuditLogIsAppendOnly("Audit events are never changed.")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise AuditLogIsAppendOnly("Audit events are never deleted.")
+
+
 class AuditEvent(models.Model):
-    """Who did what to which patient's data. Append-only; never edited from the app."""
+    """Who did what to which patient's data. Append-only: rows are added, never changed or
+    deleted through the application (admin, API, ORM: save of a stored row, update and delete
+    refuse). A deleted user, patient or study leaves its rows, with the link emptied."""
 
     at = models.DateTimeField(auto_now_add=True, db_index=True)
     actor = models.ForeignKey(
@@ -295,11 +309,21 @@ class AuditEvent(models.Model):
     detail = models.JSONField(default=dict, blank=True)
     ip_address = models.GenericIPAddressField(null=True, blank=True)
 
+    objects = AuditEventQuerySet.as_manager()
+
     class Meta:
         ordering = ["-at", "-id"]
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise AuditLogIsAppendOnly("Audit events are never changed.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise AuditLogIsAppendOnly("Audit events are never deleted.")
 
 
 def quarantine_upload_to(instance: UploadConflict, filename: str) -> str:
