@@ -4,9 +4,12 @@
 ARG DEBIAN_IMAGE=radtriage-smoke/debian:bookworm
 FROM ${DEBIAN_IMAGE}
 ENV LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive
-RUN apt-get update \
+# No "main" cluster from the package: the entrypoint creates the one in PGDATA.
+RUN mkdir -p /etc/postgresql-common/createcluster.d \
+ && echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/no-main.conf \
+ && apt-get update \
  && apt-get install -y --no-install-recommends postgresql-15 \
- && rm -rf /var/lib/apt/lists/* \
+ && rm -rf /var/lib/apt/lists/* /var/lib/postgresql/15 /etc/postgresql/15 \
  && mkdir -p /var/lib/postgresql/data /var/run/postgresql \
  && chown -R postgres:postgres /var/lib/postgresql /var/run/postgresql \
  && chmod 700 /var/lib/postgresql/data
