@@ -43,5 +43,7 @@ COPY models ./models
 RUN useradd --system --uid 1000 --home /app radtriage \
  && mkdir -p /data/media /app/var/registry && chown -R radtriage /data /app/models /app/var
 USER radtriage
+# Matplotlib (heat map colours) wants a writable config dir; /app is not the user's to write.
+ENV MPLCONFIGDIR=/tmp/matplotlib
 EXPOSE 8000
 CMD ["python", "-m", "uvicorn", "--host", "0.0.0.0", "--port", "8000", "web.asgi:application"]

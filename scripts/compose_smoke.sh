@@ -172,12 +172,18 @@ wait_healthy() {  # wait_healthy <timeout s> <service...>
       state=$(health "$(cid "$service")")
       case $state in
         healthy) ;;
-        unhealthy|exited|dead|missing) fail "$service is $state" ;;
-        *) pending+=("$service:$state") ;;
+        exited|dead|missing) fail "$service is $state" ;;
+        *) pending+=("$service:$state") ;;  # unhealthy may still turn healthy: keep checking
       esac
     done
     [ ${#pending[@]} -eq 0 ] && return 0
-    [ "$(date +%s)" -lt "$deadline" ] || fail "not healthy after ${limit}s: ${pending[*]}"
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      for service in "$@"; do
+        docker inspect -f "$service: {{if .State.Health}}{{range .State.Health.Log}}[{{.ExitCode}}] {{.Output}} {{end}}{{end}}" \
+          "$(cid "$service")" 2>/dev/null | tr '\n' ' ' | cut -c1-600 >&2; echo >&2
+      done
+      fail "not healthy after ${limit}s: ${pending[*]}"
+    fi
     sleep 3
   done
 }

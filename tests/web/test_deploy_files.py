@@ -127,3 +127,12 @@ def test_the_smoke_override_runs_the_locally_built_images(tool: str) -> None:
     assert services["redis"]["image"] == "radtriage-smoke/redis:7"
     assert {services[name]["image"] for name in ("web", "worker-cpu", "beat")} == {"radtriage-smoke/app:cpu"}
     assert services["worker"]["image"] == "radtriage-smoke/app:gpu"
+
+
+def test_every_shell_command_is_one_line_so_no_option_is_dropped() -> None:
+    # In a folded YAML scalar a more-indented line keeps its newline; inside `sh -c` that newline
+    # ends the command, so `-n cpu@%h` (the health check's node name) was silently never passed.
+    for name, spec in _compose()["services"].items():
+        command = spec.get("command")
+        if isinstance(command, str):
+            assert "\n" not in command, name
