@@ -214,6 +214,7 @@ step "upload one chest X-ray ($(basename "$CHEST")) and wait for its result and 
 FIRST_START=$(date +%s.%N)
 RESPONSE=$(api -X POST "$BASE_URL/api/uploads/" -F "file=@$CHEST" -F conditions=pneumonia -F body_part=CHEST -F patient_id=SMOKE-0001 -F "patient_name=Smoke^Test") \
   || fail "POST /api/uploads/ failed"
+UPLOAD_S=$(python3 -c "import time; print(f'{time.time() - $FIRST_START:.1f}')")
 ANALYSIS=$(printf '%s' "$RESPONSE" | json '[a["id"] for a in d["image"]["analyses"]][0]') \
   || fail "the upload answered no analysis: $RESPONSE"
 deadline=$(($(date +%s) + 300))
@@ -228,7 +229,14 @@ FIRST_S=$(python3 -c "import time; print(f'{time.time() - $FIRST_START:.1f}')")
 api "$BASE_URL/api/analyses/$ANALYSIS/heatmap/" -o /tmp/radtriage-smoke-heatmap.png -w '%{http_code} %{content_type} %{size_download}\n' \
   | { read -r code type size; [ "$code" = 200 ] && [ "$type" = image/png ] || fail "heat map download: $code $type";
       say "heat map: $size bytes of PNG"; }
-say "first result in ${FIRST_S}s: $(api "$BASE_URL/api/analyses/$ANALYSIS/" | json '", ".join(f"{k}={d.get(k)}" for k in ("condition", "state", "label", "probability", "model_id") if k in d)')"
+timings() { python3 -c '
+import json, sys
+from datetime import datetime
+d = json.load(sys.stdin)
+queued, started, finished = (datetime.fromisoformat(d[k]) for k in ("enqueued_at", "started_at", "finished_at"))
+print("queued %.1fs, ran %.1fs" % ((started - queued).total_seconds(), (finished - started).total_seconds()))'; }
+say "first result in ${FIRST_S}s: upload request ${UPLOAD_S}s, then $(api "$BASE_URL/api/analyses/$ANALYSIS/" | timings)"
+say "first result: $(api "$BASE_URL/api/analyses/$ANALYSIS/" | json '", ".join(f"{k}={d.get(k)}" for k in ("condition", "state", "label", "probability", "model_id") if k in d)')"
 rm -f /tmp/radtriage-smoke-heatmap.png
 
 # ---------------------------------------------------------------- batch + worker restart
