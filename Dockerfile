@@ -2,7 +2,13 @@
 #   docker build -t radtriage:cpu .                           (web, beat, CPU workers)
 #   docker build -t radtriage:gpu --build-arg TF_BUILD=gpu .  (GPU workers; needs the NVIDIA
 #                                                              container toolkit on the host)
-FROM python:3.11-slim-bookworm
+# BASE_IMAGE: any Debian bookworm image whose `python`/`pip` are Python 3.11 (the official image
+# by default; scripts/compose_smoke.sh builds one from debootstrap where no registry is reachable).
+# Behind a TLS-inspecting proxy, hand pip the host's CA bundle as a BuildKit secret; it is
+# mounted for the pip steps only and never stored in the image:
+#   DOCKER_BUILDKIT=1 docker build --secret id=ca_bundle,src=/etc/ssl/certs/ca-certificates.crt .
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 
 ARG TF_BUILD=cpu
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
@@ -16,20 +22,28 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
+# Dependencies first, in their own layer: a code change does not reinstall TensorFlow.
+# The GPU build swaps tensorflow-cpu for the CUDA build of the same version (never both).
 COPY pyproject.toml README.md ./
+RUN --mount=type=secret,id=ca_bundle \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+ && python -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(d['dependencies'] if '$TF_BUILD' != 'gpu' else \
+[r for r in d['dependencies'] if not r.startswith('tensorflow-cpu')] + d['optional-dependencies']['gpu']))" \
+      > /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt "setuptools>=69" wheel && rm /tmp/requirements.txt
 COPY core ./core
 COPY web ./web
 COPY worker ./worker
 # Editable: the code runs from /app, next to its templates and static files.
-RUN pip install -e . \
- && if [ "$TF_BUILD" = "gpu" ]; then \
-      pip uninstall -y tensorflow-cpu && pip install "tensorflow[and-cuda]~=2.21.0"; \
-    fi
+RUN pip install --no-deps --no-build-isolation -e .
 COPY manage.py registry.json ./
 COPY models ./models
 
 RUN useradd --system --uid 1000 --home /app radtriage \
  && mkdir -p /data/media /app/var/registry && chown -R radtriage /data /app/models /app/var
 USER radtriage
+# Matplotlib (heat map colours) wants a writable config dir; /app is not the user's to write.
+ENV MPLCONFIGDIR=/tmp/matplotlib
 EXPOSE 8000
 CMD ["python", "-m", "uvicorn", "--host", "0.0.0.0", "--port", "8000", "web.asgi:application"]

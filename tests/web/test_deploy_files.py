@@ -91,3 +91,48 @@ def test_the_registry_sync_command_creates_the_deployment_registry(tmp_path) -> 
         timeout=60,
     )
     assert again.returncode == 0 and "is up to date" in again.stdout
+
+
+def test_the_base_image_is_a_build_argument_defaulting_to_the_official_python_image() -> None:
+    lines = (REPO / "Dockerfile").read_text().splitlines()
+    first_from = next(i for i, line in enumerate(lines) if line.startswith("FROM "))
+
+    assert "ARG BASE_IMAGE=python:3.11-slim-bookworm" in lines[:first_from]
+    assert lines[first_from] == "FROM ${BASE_IMAGE}"
+
+
+def test_the_ca_bundle_reaches_pip_only_as_a_build_secret() -> None:
+    # A bundle copied into a layer would ship to every user of the image.
+    text = (REPO / "Dockerfile").read_text()
+    instructions = [line for line in text.splitlines() if line and not line.startswith("#")]
+
+    assert not any(".crt" in line or ".pem" in line for line in instructions)
+    assert "RUN --mount=type=secret,id=ca_bundle" in text
+    assert "PIP_CERT=/run/secrets/ca_bundle" in text
+    assert not any(line.startswith(("ENV", "ARG")) and "PIP_CERT" in line for line in instructions)
+
+
+@pytest.mark.parametrize("tool", ["docker-compose", "docker"])
+def test_the_smoke_override_runs_the_locally_built_images(tool: str) -> None:
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed")
+    if tool == "docker" and subprocess.run([tool, "compose", "version"], capture_output=True).returncode != 0:
+        pytest.skip("the docker compose plugin is not installed")
+    files = ["-f", "docker-compose.yml", "-f", "docker/compose.smoke.yml", "--profile", "cpu"]
+    argv = [tool, *files, "config"] if tool == "docker-compose" else [tool, "compose", *files, "config"]
+    result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert services["postgres"]["image"] == "radtriage-smoke/postgres:15"
+    assert services["redis"]["image"] == "radtriage-smoke/redis:7"
+    assert {services[name]["image"] for name in ("web", "worker-cpu", "beat")} == {"radtriage-smoke/app:cpu"}
+    assert services["worker"]["image"] == "radtriage-smoke/app:gpu"
+
+
+def test_every_shell_command_is_one_line_so_no_option_is_dropped() -> None:
+    # In a folded YAML scalar a more-indented line keeps its newline; inside `sh -c` that newline
+    # ends the command, so `-n cpu@%h` (the health check's node name) was silently never passed.
+    for name, spec in _compose()["services"].items():
+        command = spec.get("command")
+        if isinstance(command, str):
+            assert "\n" not in command, name
