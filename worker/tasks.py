@@ -24,13 +24,13 @@ from web.clinical.services import (
 )
 from web.clinical.services.analyses import TASK_ANALYZE, TASK_ANALYZE_BATCH
 from web.clinical.services.batches import batches_note_progress, batches_start_due
+from web.clinical.services.broker import worker_heartbeat
 from web.clinical.services.dicom.pacs_send import (
     TASK_PACS_SEND,
     PacsSendError,
     pacs_send_fail,
     pacs_send_run,
 )
-from web.clinical.services.broker import worker_heartbeat
 from web.clinical.services.reports import TASK_RENDER_REPORT, report_render
 from web.clinical.services.storage import media_remove_abandoned_uploads
 from worker.celery import app
