@@ -141,3 +141,30 @@ def test_a_study_export_is_for_admins_only(admin_api, radiologist_api, outsider_
         == 400
     )
     assert AuditEvent.objects.filter(action="export.deidentified").count() == 1
+
+
+def test_a_batch_is_exported_de_identified_in_one_zip(admin_api) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    files = [
+        SimpleUploadedFile(
+            f"{i}.dcm", identified(patient_id=f"MRN-B{i}", study_uid=generate_uid(), seed=20 + i)
+        )
+        for i in range(2)
+    ]
+    created = admin_api.post("/api/batches/", {"files": files, "conditions": ""}, format="multipart")
+    assert created.status_code == 201, created.content
+    batch_id = created.json()["batch"]
+
+    response = admin_api.post("/api/exports/deidentified/", {"batch_id": batch_id}, format="json")
+    both = admin_api.post(
+        "/api/exports/deidentified/", {"batch_id": batch_id, "study_ids": [1]}, format="json"
+    )
+    unknown = admin_api.post("/api/exports/deidentified/", {"batch_id": 999999}, format="json")
+
+    assert response.status_code == 200, response.content
+    assert response["Content-Disposition"].endswith(f'batch-{batch_id}-deidentified.zip"')
+    files_out, manifest, body = members(response)
+    assert len(files_out) == 2 and manifest["studies"] == 2
+    assert b"MRN-B0" not in body and b"MRN-B1" not in body
+    assert both.status_code == 400 and unknown.status_code == 400

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import tempfile
+from typing import Any
 
 from django.http import FileResponse, HttpResponse
 from drf_spectacular.utils import extend_schema
@@ -19,7 +20,7 @@ from rest_framework.views import APIView
 from web.access import Capability, api_requires
 from web.api.views import client_ip
 from web.clinical import selectors
-from web.clinical.models import Analysis, DicomSend, Image, Study
+from web.clinical.models import Analysis, Batch, BatchItem, DicomSend, Image, Study
 from web.clinical.services import audit_record
 from web.clinical.services.dicom.deidentify import studies_export_deidentified
 from web.clinical.services.dicom.pacs_send import pacs_sends_queue
@@ -130,9 +131,20 @@ class StudyDeidentifiedExportView(APIView):
 
 
 class BatchExportSerializer(serializers.Serializer):
+    """Which studies: `study_ids`, or `batch_id` (the studies of a batch's files), not both."""
+
     study_ids = serializers.ListField(
-        child=serializers.IntegerField(min_value=1), allow_empty=False, max_length=MAX_EXPORT_STUDIES
+        child=serializers.IntegerField(min_value=1),
+        allow_empty=False,
+        max_length=MAX_EXPORT_STUDIES,
+        required=False,
     )
+    batch_id = serializers.IntegerField(min_value=1, required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("study_ids" in attrs) == ("batch_id" in attrs):
+            raise serializers.ValidationError("Give either study_ids or batch_id.")
+        return attrs
 
 
 class DeidentifiedExportView(APIView):
@@ -146,12 +158,31 @@ class DeidentifiedExportView(APIView):
     def post(self, request: Request) -> FileResponse:
         form = BatchExportSerializer(data=request.data)
         form.is_valid(raise_exception=True)
+        if "batch_id" in form.validated_data:
+            return self._batch(request, form.validated_data["batch_id"])
         wanted = list(dict.fromkeys(form.validated_data["study_ids"]))
         studies = list(Study.objects.select_related("patient").filter(pk__in=wanted).order_by("pk"))
         missing = sorted(set(wanted) - {s.pk for s in studies})
         if missing:
             raise ValidationError({"study_ids": f"No study with id {', '.join(map(str, missing))}."})
         return deidentified_zip_response(request, studies, "studies-deidentified.zip")
+
+    def _batch(self, request: Request, batch_id: int) -> FileResponse:
+        if not Batch.objects.filter(pk=batch_id).exists():
+            raise ValidationError({"batch_id": f"No batch with id {batch_id}."})
+        files = BatchItem.objects.filter(batch_id=batch_id, image__isnull=False)
+        studies = list(
+            Study.objects.select_related("patient")
+            .filter(pk__in=files.values("image__study_id"))
+            .order_by("pk")
+        )
+        if not studies:
+            raise ValidationError({"batch_id": f"Batch {batch_id} stored no image to export."})
+        if len(studies) > MAX_EXPORT_STUDIES:
+            raise ValidationError(
+                {"batch_id": f"Batch {batch_id} has {len(studies)} studies; at most {MAX_EXPORT_STUDIES}."}
+            )
+        return deidentified_zip_response(request, studies, f"batch-{batch_id}-deidentified.zip")
 
 
 class DicomSendSerializer(serializers.ModelSerializer):
