@@ -145,3 +145,34 @@ def test_two_pngs_with_their_own_patients_each_get_their_outcome(
         )
     )
     assert patients[0] == ("MRN-PNG-KNEE", "KNEE") and patients[1][0] == "MRN-PNG-OTHER"
+
+
+def test_hostile_files_on_the_upload_page_are_each_listed_with_the_server_s_reason(
+    live_server_url,  # noqa: F811
+    dr_bailey,
+    browser_page,  # noqa: F811
+) -> None:
+    from playwright.sync_api import expect
+
+    from tests.hostile_corpus import dicom, hostile_files
+
+    chosen = {"random-dcm", "truncated-dicom", "dicom-no-pixels", "dicom-mpeg2", "dicom-huge-uid"}
+    hostile = [c for c in hostile_files() if c.id in chosen]
+    page = browser_page
+    log_in(page, live_server_url)
+    page.click("summary")
+    page.set_input_files(
+        "#upload-form input[name=file]",
+        [{"name": "good.dcm", "mimeType": "application/dicom", "buffer": dicom(seed=4242)}]
+        + [{"name": c.name, "mimeType": "application/dicom", "buffer": c.data} for c in hostile],
+    )
+    page.click("#upload-form button[type=submit]")
+
+    expect(page.locator("#upload-message")).to_have_text(f"1 stored, 0 already there, {len(hostile)} refused")
+    errors = page.locator("#upload-errors > li")
+    expect(errors).to_have_count(len(hostile))
+    for case in hostile:
+        item = errors.filter(has_text=case.name)
+        expect(item).to_have_count(1)
+        expect(item).to_contain_text(re.compile(re.escape(case.message), re.IGNORECASE))
+    expect(page.locator("#upload-results > li", has_text="good.dcm")).to_contain_text("Stored in")
