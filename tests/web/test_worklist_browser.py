@@ -172,3 +172,34 @@ def test_the_page_proposes_each_jpegs_body_region_and_the_uploader_may_change_it
     expect(page.locator("#upload-files tr", has_text="chest.jpg")).to_contain_text("seen as: ")
     chest_region.select_option("")  # the uploader's choice stands: back to "recognise"
     expect(chest_region).to_have_value("")
+
+
+def test_hostile_files_on_the_upload_page_are_each_listed_with_the_server_s_reason(
+    live_server_url,  # noqa: F811
+    dr_bailey,
+    browser_page,  # noqa: F811
+) -> None:
+    from playwright.sync_api import expect
+
+    from tests.hostile_corpus import dicom, hostile_files
+
+    chosen = {"random-dcm", "truncated-dicom", "dicom-no-pixels", "dicom-mpeg2", "dicom-huge-uid"}
+    hostile = [c for c in hostile_files() if c.id in chosen]
+    page = browser_page
+    log_in(page, live_server_url)
+    page.click("summary")
+    page.set_input_files(
+        "#upload-form input[name=file]",
+        [{"name": "good.dcm", "mimeType": "application/dicom", "buffer": dicom(seed=4242)}]
+        + [{"name": c.name, "mimeType": "application/dicom", "buffer": c.data} for c in hostile],
+    )
+    page.click("#upload-form button[type=submit]")
+
+    expect(page.locator("#upload-message")).to_have_text(f"1 stored, 0 already there, {len(hostile)} refused")
+    errors = page.locator("#upload-errors > li")
+    expect(errors).to_have_count(len(hostile))
+    for case in hostile:
+        item = errors.filter(has_text=case.name)
+        expect(item).to_have_count(1)
+        expect(item).to_contain_text(re.compile(re.escape(case.message), re.IGNORECASE))
+    expect(page.locator("#upload-results > li", has_text="good.dcm")).to_contain_text("Stored in")
