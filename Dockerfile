@@ -22,9 +22,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
-# Dependencies first, in their own layer: a code change does not reinstall TensorFlow.
-# The GPU build swaps tensorflow-cpu for the CUDA build of the same version (never both).
-COPY pyproject.toml README.md ./
+# Dependencies first, in their own layer, from pyproject.toml alone: a code or README change does
+# not reinstall TensorFlow. The GPU build swaps tensorflow-cpu for the CUDA build of the same
+# version (never both).
+COPY pyproject.toml ./
 RUN --mount=type=secret,id=ca_bundle \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
  && python -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
@@ -32,6 +33,7 @@ print('\n'.join(d['dependencies'] if '$TF_BUILD' != 'gpu' else \
 [r for r in d['dependencies'] if not r.startswith('tensorflow-cpu')] + d['optional-dependencies']['gpu']))" \
       > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt "setuptools>=69" wheel && rm /tmp/requirements.txt
+COPY README.md ./
 COPY core ./core
 COPY web ./web
 COPY worker ./worker

@@ -244,22 +244,16 @@ step "batch of $BATCH images, worker container restarted in the middle"
 FILES=()
 while IFS= read -r f; do FILES+=(-F "files=@$f"); done < <(
   find "$DATA/pneumonia/test/negative" "$DATA/pneumonia/test/positive" -name '*.jpg' | sort | sed -n "2,$((BATCH + 1))p")
+WORKER=$(cid worker-cpu)  # looked up first: compose itself is slow to start
 RESPONSE=$(api -X POST "$BASE_URL/api/uploads/batch/" "${FILES[@]}" -F conditions=pneumonia -F body_part=CHEST -F patient_id=SMOKE-0001 -F "patient_name=Smoke^Test") \
   || fail "POST /api/uploads/batch/ failed"
 mapfile -t IDS < <(printf '%s' "$RESPONSE" | json '"\n".join(str(a["id"]) for r in d["results"] for a in r["analyses"])')
 [ "${#IDS[@]}" -eq "$BATCH" ] || fail "expected $BATCH analyses from the batch upload, got ${#IDS[@]}: $RESPONSE"
 count_states() { for id in "${IDS[@]}"; do analysis_state "$id" | cut -d' ' -f1; done | sort | uniq -c | awk '{printf "%s=%s ", $2, $1}'; }
-# Restart as soon as the worker has started on the batch's first job: the rest of the batch is
-# still queued (or reserved by the worker) and must survive the worker going away.
-deadline=$(($(date +%s) + 300))
-while :; do
-  state=$(analysis_state "${IDS[0]}" | cut -d' ' -f1)
-  [ "$state" = queued ] || break
-  [ "$(date +%s)" -lt "$deadline" ] || fail "the batch did not start within 300 s"
-  sleep 0.2
-done
-WORKER=$(cid worker-cpu)
-say "first job of the batch is $state -> docker restart ${WORKER:0:12} (SIGTERM, 10 s grace, then SIGKILL)"
+# Restart the worker right away: the upload answers once its jobs are on the broker, and the
+# worker has at most begun on them (the smoke override makes each job one analysis, so the worker's
+# warm shutdown finishes at most one and leaves the rest queued). Every one must still succeed.
+say "batch enqueued -> docker restart ${WORKER:0:12} (SIGTERM, 10 s grace, then SIGKILL)"
 docker restart "$WORKER" >/dev/null || fail "docker restart of the worker failed"
 states=$(count_states)
 say "just after the restart: $states"
