@@ -429,3 +429,54 @@ def test_a_websocket_from_an_account_without_a_role_is_refused(ws_people) -> Non
     tech = [session_cookie_header(ws_people["technologist"]), WS_ORIGIN]
     assert _ws_connect("/ws/worklist/", tech)[0] is True
     assert _ws_connect(f"/ws/studies/{study.pk}/", tech)[0] is True
+
+
+# Every websocket route (web/clinical/routing.py) and what each persona gets: True (opened) or
+# the close code. A new route without a rule fails test_every_websocket_route_has_a_rule.
+OPEN = True
+WS_SOCKETS_FOR_STAFF = per_persona(4401, 4403, OPEN, OPEN, OPEN)
+WS_RULES: dict[str, tuple[str, dict[str, Any]]] = {
+    "ws/worklist/": ("/ws/worklist/", WS_SOCKETS_FOR_STAFF),
+    "ws/studies/<int:study_id>/": ("/ws/studies/{study}/", WS_SOCKETS_FOR_STAFF),
+    "ws/batches/<int:batch_id>/": ("/ws/batches/{batch}/", WS_SOCKETS_FOR_STAFF),
+    "": ("/ws/no-such-socket/", per_persona(4404, 4404, 4404, 4404, 4404)),
+}
+
+
+def test_every_websocket_route_has_a_rule() -> None:
+    from web.clinical.routing import websocket_urlpatterns
+
+    routes = {str(p.pattern) for p in websocket_urlpatterns}
+    assert routes - WS_RULES.keys() == set(), f"websocket routes without a rule: {routes - WS_RULES.keys()}"
+    assert WS_RULES.keys() - routes == set(), (
+        f"rules for websocket routes that are gone: {WS_RULES.keys() - routes}"
+    )
+
+
+@pytest.fixture()
+def ws_everyone(transactional_db: Any, django_user_model: Any) -> tuple[dict[str, Any], dict[str, int]]:
+    make = django_user_model.objects.create_user
+    headers: dict[str, Any] = {"anonymous": [WS_ORIGIN]}
+    for persona in PERSONAS[1:]:
+        user = make(f"ws.{persona}", password="pw-ws-1")
+        if persona != "no_role":
+            with_role(user, persona)
+        client = Client()
+        client.force_login(user)
+        headers[persona] = [session_cookie_header(client), WS_ORIGIN]
+    study = Study.objects.create(
+        patient=Patient.objects.create(patient_id="MRN-WS2"), study_instance_uid="1.2.9"
+    )
+    batch = Batch.objects.create(source=Batch.Source.BROWSER)
+    return headers, {"study": study.pk, "batch": batch.pk}
+
+
+@pytest.mark.parametrize("route", list(WS_RULES))
+def test_each_role_gets_what_the_websocket_rule_says(route: str, ws_everyone) -> None:
+    headers, ids = ws_everyone
+    path, expected = WS_RULES[route]
+    got = {}
+    for persona in PERSONAS:
+        connected, code = _ws_connect(path.format(**ids), headers[persona])
+        got[persona] = OPEN if connected else code
+    assert got == expected, f"{path}: expected {expected}, got {got}"
