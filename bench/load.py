@@ -234,6 +234,8 @@ def main() -> None:
             log = tmp / f"{name}.log"
             if log.exists():
                 print(f"--- {name}.log (end)\n{log.read_text(errors='replace')[-1500:]}")
+        print(f"logs kept in {tmp}")
+        tmp = Path("/nonexistent")  # keep them
         raise SystemExit(2) from None
     finally:
         signal.alarm(0)
