@@ -11,7 +11,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/5
 PYTEST_ARGS ?=
 
-.PHONY: run test venv lint analyze bench bench-pipeline
+.PHONY: run test venv lint analyze bench bench-pipeline bench-load
 
 venv: $(STAMP)
 
@@ -43,3 +43,6 @@ bench: $(STAMP)
 
 bench-pipeline: $(STAMP)
 	$(PY) bench/pipeline.py
+
+bench-load: $(STAMP)
+	$(PY) bench/load.py

@@ -199,6 +199,7 @@ def main() -> None:
 
         load_files = [next(pending) for _ in range(args.uploads)]
         results: list[tuple[float, int | None, str]] = []
+        globals()["_results"] = results  # the clean-up keeps the logs when an upload failed
         lock = threading.Lock()
         uploaders = [client.twin() for _ in range(args.clients)]
         go = threading.Barrier(args.clients)
@@ -243,7 +244,10 @@ def main() -> None:
             with contextlib.suppress(OSError):
                 socket.sock.close()
         stack.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if any(error for _, _, error in globals().get("_results", [])):
+            print(f"uploads failed: logs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
         if database_name:
             drop_postgres(args.pg_admin_url, database_name)
 
