@@ -11,7 +11,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/5
 PYTEST_ARGS ?=
 
-.PHONY: run test venv lint analyze bench bench-pipeline bench-dicom
+.PHONY: run test venv lint analyze bench bench-pipeline bench-dicom bench-load
 
 venv: $(STAMP)
 
@@ -46,3 +46,6 @@ bench-pipeline: $(STAMP)
 
 bench-dicom: $(STAMP)
 	$(PY) bench/dicom_ingest.py
+
+bench-load: $(STAMP)
+	$(PY) bench/load.py

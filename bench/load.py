@@ -199,6 +199,7 @@ def main() -> None:
 
         load_files = [next(pending) for _ in range(args.uploads)]
         results: list[tuple[float, int | None, str]] = []
+        globals()["_results"] = results  # the clean-up keeps the logs when an upload failed
         lock = threading.Lock()
         uploaders = [client.twin() for _ in range(args.clients)]
         go = threading.Barrier(args.clients)
@@ -234,6 +235,8 @@ def main() -> None:
             log = tmp / f"{name}.log"
             if log.exists():
                 print(f"--- {name}.log (end)\n{log.read_text(errors='replace')[-1500:]}")
+        print(f"logs kept in {tmp}")
+        tmp = Path("/nonexistent")  # keep them
         raise SystemExit(2) from None
     finally:
         signal.alarm(0)
@@ -241,7 +244,10 @@ def main() -> None:
             with contextlib.suppress(OSError):
                 socket.sock.close()
         stack.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if any(error for _, _, error in globals().get("_results", [])):
+            print(f"uploads failed: logs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
         if database_name:
             drop_postgres(args.pg_admin_url, database_name)
 

@@ -179,6 +179,12 @@ class EventSocket:
                 payload = self._exactly(length)
                 if b0 & 0x0F == 0x1:
                     self.events.put((time.perf_counter(), json.loads(payload)))
+                elif b0 & 0x0F == 0x9:
+                    # Answer the server's keepalive ping (uvicorn pings every 20 s and closes a
+                    # socket that does not answer): a client frame is masked.
+                    mask = os.urandom(4)
+                    masked = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+                    self.sock.sendall(bytes([0x8A, 0x80 | len(payload)]) + mask + masked)
                 elif b0 & 0x0F == 0x8:
                     return
         except (EOFError, OSError):
