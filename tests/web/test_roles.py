@@ -223,7 +223,7 @@ ROUTE_RULES: dict[str, list[Check]] = {
             json=True,
         )
     ],
-    "api/^.*$": [Check("get", "/api/no-such-endpoint/", per_persona(404, 404, 404, 404, 404))],
+    r"api/^[\s\S]*$": [Check("get", "/api/no-such-endpoint/", per_persona(404, 404, 404, 404, 404))],
 }
 
 

@@ -131,6 +131,13 @@ class UploadView(APIView):
 class BulkUploadView(APIView):
     permission_classes = [api_requires(Capability.UPLOAD)]
     parser_classes = [MultiPartParser]
+    serializer_class = BulkUploadSerializer  # for the schema (and its checks)
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        # Every file of a batch goes to a temporary file as it arrives, however small: a
+        # request of hundreds of MB never sits in the web process's memory.
+        request.upload_handlers = [TemporaryFileUploadHandler(request)]
+        return super().dispatch(request, *args, **kwargs)
 
     @extend_schema(
         request=BulkUploadSerializer,
@@ -141,12 +148,6 @@ class BulkUploadView(APIView):
         },
         summary="Upload several X-rays at once; their analyses run in batches",
     )
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        # Every file of a batch goes to a temporary file as it arrives, however small: a
-        # request of hundreds of MB never sits in the web process's memory.
-        request.upload_handlers = [TemporaryFileUploadHandler(request)]
-        return super().dispatch(request, *args, **kwargs)
-
     def post(self, request: Request) -> Response:
         """Each file is stored or refused on its own (a refused file leaves nothing behind);
         `results` says which, in the order sent. Analyses go to the batch queue unless
@@ -470,14 +471,28 @@ class RecogniseSerializer(serializers.Serializer):
     file = serializers.FileField()
 
 
+class RecogniseResultSerializer(serializers.Serializer):
+    filename = serializers.CharField()
+    body_part = serializers.CharField(help_text="blank: not recognised")
+    from_header = serializers.BooleanField()
+    region = serializers.CharField()
+    description = serializers.CharField()
+    confidence = serializers.FloatField(allow_null=True)
+
+
 class RecogniseView(APIView):
     """Before an upload: which body part the image recogniser proposes for a PNG/JPEG (or the
     DICOM header says), so the page can preselect it. Nothing is stored."""
 
     parser_classes = [MultiPartParser]
+    serializer_class = RecogniseSerializer  # for the schema (and its checks)
     permission_classes = [api_requires(Capability.UPLOAD)]
 
-    @extend_schema(request=RecogniseSerializer, summary="Propose a body part for a file (nothing stored)")
+    @extend_schema(
+        request=RecogniseSerializer,
+        responses={200: RecogniseResultSerializer},
+        summary="Propose a body part for a file (nothing stored)",
+    )
     def post(self, request: Request) -> Response:
         form = RecogniseSerializer(data=request.data)
         form.is_valid(raise_exception=True)
