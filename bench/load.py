@@ -38,7 +38,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from pipeline import Client, EventSocket, Stack, make_images, percentile  # noqa: E402
+from pipeline import make_images  # noqa: E402
+from stack import Client, EventSocket, Stack, percentile  # noqa: E402
 
 EXPECTED_EVENTS = ("queued", "started", "finished")
 
