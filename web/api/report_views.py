@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from web.access import Capability, api_requires, can
+from web.api.views import client_ip
 from web.clinical.models import Report, Study
 from web.clinical.services.reports import (
     MAX_IMPRESSION_CHARS,
@@ -66,10 +67,6 @@ class DraftSerializer(serializers.Serializer):
     )
 
 
-def _client_ip(request: Any) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
-
-
 def _study(pk: int) -> Study:
     try:
         return Study.objects.select_related("patient").get(pk=pk)
@@ -108,7 +105,7 @@ class StudyReportsView(APIView):
                 study_id=pk,
                 author=request.user,
                 impression=form.validated_data["impression"],
-                ip_address=_client_ip(request),
+                ip_address=client_ip(request),
             )
         except ReportError as exc:
             return Response({"error": str(exc)}, status=exc.status_code)
@@ -122,7 +119,7 @@ class ReportSignView(APIView):
     def post(self, request: Request, pk: int) -> Response:
         _report(pk)
         try:
-            report = report_sign(report_id=pk, signer=request.user, ip_address=_client_ip(request))
+            report = report_sign(report_id=pk, signer=request.user, ip_address=client_ip(request))
         except ReportError as exc:
             return Response({"error": str(exc)}, status=exc.status_code)
         return Response(ReportSerializer(report).data)
@@ -136,7 +133,7 @@ class ReportPdfView(APIView):
         report = _report(pk)
         if not report.is_signed and not can(request.user, Capability.REVIEW):
             raise NotFound("No such report.")  # drafts are the radiologists' working copy
-        report = report_pdf_for_download(report_id=pk, actor=request.user, ip_address=_client_ip(request))
+        report = report_pdf_for_download(report_id=pk, actor=request.user, ip_address=client_ip(request))
         study = report.study
         name = f"report-{study.accession_number or study.pk}-v{report.version}.pdf"
         return FileResponse(report.pdf.open("rb"), content_type="application/pdf", filename=name)
