@@ -30,6 +30,13 @@ def pytest_configure(config) -> None:
     from django.conf import settings
 
     assert settings.DATABASES
+    # Every test user gets a password; PBKDF2's 1M rounds cost ~0.2 s each (the role table alone
+    # makes ~300). MD5 is acceptable for throwaway test accounts and nowhere else; PBKDF2 stays
+    # listed so any hash a real setting made still verifies.
+    settings.PASSWORD_HASHERS = [
+        "django.contrib.auth.hashers.MD5PasswordHasher",
+        *[h for h in settings.PASSWORD_HASHERS if "MD5" not in h],
+    ]
 
 
 def pytest_unconfigure(config) -> None:

@@ -63,19 +63,37 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_a_tiny_run_learns_registers_and_its_artifact_loads(project: Path) -> None:
+def test_a_tiny_run_interrupted_and_resumed_learns_registers_and_its_artifact_loads(project: Path) -> None:
+    """One tiny run (training is the suite's slowest step): stopped after two epochs, resumed
+    from its checkpoint, then everything a finished run must give."""
     import keras
+
+    logs: list[str] = []
+    first = train_model(
+        _config(project / "data"),
+        models_dir=project / "models",
+        registry_path=project / "registry.json",
+        stop_after_epochs=2,
+        log=logs.append,
+    )
+    assert not first.finished and first.epochs_run == 2
+    assert Registry.load(project / "registry.json").models == {}  # nothing registered yet
+    state = json.loads((project / "models/tiny-fracture/checkpoints/state.json").read_text())
+    assert state["epochs_done"] == 2
 
     result = train_model(
         _config(project / "data"),
         models_dir=project / "models",
         registry_path=project / "registry.json",
+        resume=True,
         activate=True,
         command="pytest",
-        log=lambda _m: None,
+        log=logs.append,
     )
-    losses = [h["loss"] for h in result.history]
     assert result.finished and result.epochs_run == 4
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]  # continued, not restarted
+    assert any("resuming tiny-fracture: 2 epoch(s) done" in m for m in logs)
+    losses = [h["loss"] for h in result.history]
     # A from-scratch backbone on 32 images is noisy epoch to epoch (batch-8 BatchNorm,
     # dropout): judge the trend, the last two epochs against the first.
     assert sum(losses[-2:]) / 2 < losses[0]
@@ -89,6 +107,7 @@ def test_a_tiny_run_learns_registers_and_its_artifact_loads(project: Path) -> No
     assert sha256_file(artifact) == entry.sha256
     raw = entry.raw
     assert raw["training"]["epochs_run"] == 4 and raw["training"]["seed"] == 42
+    assert raw["training"]["sittings"] == 2
     assert raw["calibration"]["method"] == "platt"
     assert 0 < raw["threshold"] < 1
     for split in ("val", "test"):
@@ -160,34 +179,6 @@ def test_a_tiny_run_learns_registers_and_its_artifact_loads(project: Path) -> No
     table = io.StringIO()
     call_command("evaluate", table=True, registry=str(project / "registry.json"), stdout=table)
     assert "| fracture |" in table.getvalue() and "77.0" in table.getvalue()
-
-
-def test_an_interrupted_run_resumes_from_its_last_checkpoint(project: Path) -> None:
-    logs: list[str] = []
-    first = train_model(
-        _config(project / "data"),
-        models_dir=project / "models",
-        registry_path=project / "registry.json",
-        stop_after_epochs=2,
-        log=logs.append,
-    )
-    assert not first.finished and first.epochs_run == 2
-    assert Registry.load(project / "registry.json").models == {}  # nothing registered yet
-    state = json.loads((project / "models/tiny-fracture/checkpoints/state.json").read_text())
-    assert state["epochs_done"] == 2
-
-    second = train_model(
-        _config(project / "data"),
-        models_dir=project / "models",
-        registry_path=project / "registry.json",
-        resume=True,
-        log=logs.append,
-    )
-    assert second.finished and second.epochs_run == 4
-    assert [h["epoch"] for h in second.history] == [1, 2, 3, 4]  # continued, not restarted
-    assert any("resuming tiny-fracture: 2 epoch(s) done" in m for m in logs)
-    entry = Registry.load(project / "registry.json").entry("tiny-fracture")
-    assert entry.raw["training"]["sittings"] == 2 and entry.raw["training"]["epochs_run"] == 4
 
 
 def test_training_and_serving_preprocess_an_image_identically() -> None:
