@@ -17,6 +17,7 @@ from core.applicability import Applicability, check_applicability
 from core.conditions import get_condition
 from core.errors import BodyPartMismatchError, RadTriageError
 from core.imaging import XRay
+from core.joint_crop import paste_maps, search_shape
 from core.localisation import heatmap_peak
 from core.model_manager import LoadedModel, ModelManager
 from core.preprocessing import preprocess_gray
@@ -27,6 +28,12 @@ log = logging.getLogger(__name__)
 # From 8 images on, a CPU runs MobileNetV2/DenseNet121 + Grad-CAM ~3x cheaper per image than
 # one at a time (bench/core_inference.py); 16 keeps a batch's memory small on any worker.
 DEFAULT_BATCH_SIZE = 16
+# Reads of joints cut from a full film are shown, never flagged: the model was validated on
+# joint crops, and no graded full films exist here to validate the whole chain.
+JOINT_CROP_UNVALIDATED = (
+    "read on knee joints found and cut out automatically from a full film; the model was "
+    "validated on joint crops only, and its accuracy on full films is not measured"
+)
 
 
 @dataclass(frozen=True)
@@ -156,28 +163,119 @@ def analyze_with_model_batch(
     outcomes: list[AnalysisOutcome] = []
     for start in range(0, len(xrays), batch_size):
         chunk = xrays[start : start + batch_size]
-        batch = np.stack([preprocess_gray(x.pixels, input_size=loaded.input_size) for x in chunk])
+        film_views = _views(chunk, loaded=loaded, recognitions=_recognise(chunk))
+        flat = [view for views in film_views for view in views]
+        batch = np.stack([preprocess_gray(v.pixels, input_size=loaded.input_size) for v in flat])
         probabilities, cam = loaded.predict_with_gradcam(batch)
         distances = _feature_distances(loaded, getattr(cam, "pooled", None))
-        recognitions = _recognise(chunk)
-        outcomes.extend(
-            _outcome(
-                xray,
+        for i, view in enumerate(flat):
+            view.probability, view.method = float(probabilities[i]), cam.methods[i]
+            view.heatmap = cam.heatmaps[i]
+            view.applicability = _applicability(
+                view.xray,
                 loaded=loaded,
-                probability=float(probabilities[i]),
-                method=cam.methods[i],
-                layer=cam.layer,
-                heatmap=cam.heatmaps[i],
-                applicability=_applicability(
-                    xray,
-                    loaded=loaded,
-                    recognition=recognitions[i],
-                    distance=None if distances is None else float(distances[i]),
-                ),
+                recognition=view.recognition,
+                distance=None if distances is None else float(distances[i]),
             )
-            for i, xray in enumerate(chunk)
-        )
+        outcomes.extend(_film_outcome(views, loaded=loaded, layer=cam.layer) for views in film_views)
     return outcomes
+
+
+@dataclass
+class _View:
+    """What the model reads of one film: the film itself, or one knee joint cut out of it."""
+
+    xray: XRay
+    pixels: np.ndarray
+    recognition: Any
+    box: tuple[float, float, float, float] | None = None  # the joint's place on the film
+    probability: float = 0.0
+    method: str = ""
+    heatmap: np.ndarray | None = None
+    applicability: Applicability | None = None
+
+
+def _views(xrays: Sequence[XRay], *, loaded: LoadedModel, recognitions: list[Any]) -> list[list[_View]]:
+    """Per film, what the model reads: the film, or, for a model trained on joint crops
+    (core.joint_crop) and a film the recogniser sees as a full knee film, each joint found on it,
+    cut out like the training crops. The crops are recognised and checked on their own."""
+    cropper = loaded.joint_cropper
+    out: list[list[_View]] = []
+    crops: list[_View] = []
+    for xray, recognition in zip(xrays, recognitions, strict=True):
+        whole = [_View(xray, xray.pixels, recognition)]
+        if cropper is None or getattr(recognition, "population", None) != "knee_film":
+            out.append(whole)
+            continue
+        found = cropper.find(xray.pixels)
+        joints = [
+            _View(xray, cropper.crop(xray.pixels, box, size=loaded.input_size), None, box) for _, box in found
+        ]
+        crops.extend(joints)
+        out.append(joints or whole)
+    for view, recognition in zip(crops, _recognise([_crop_xray(v) for v in crops]), strict=True):
+        view.recognition = recognition
+    return out
+
+
+def _joint_record(view: _View) -> dict[str, Any]:
+    assert view.box is not None and view.applicability is not None
+    return {
+        "box": [round(float(c), 4) for c in view.box],
+        "probability": round(view.probability, 6),
+        "applicable": view.applicability.applicable,
+    }
+
+
+def _crop_xray(view: _View) -> XRay:
+    return XRay(pixels=view.pixels, metadata=view.xray.metadata, source_format=view.xray.source_format)
+
+
+def _film_outcome(views: list[_View], *, loaded: LoadedModel, layer: str | None) -> AnalysisOutcome:
+    """One outcome per film. Several joints: the highest probability among the joints the model
+    may read (in its population) counts, and the map shows each such joint in its place."""
+    xray = views[0].xray
+    if views[0].box is None:
+        view = views[0]
+        assert view.applicability is not None and view.heatmap is not None
+        return _outcome(
+            xray,
+            loaded=loaded,
+            probability=view.probability,
+            method=view.method,
+            layer=layer,
+            heatmap=view.heatmap,
+            applicability=view.applicability,
+        )
+    readable = [v for v in views if v.applicability is not None and v.applicability.applicable]
+    chosen = max(readable, key=lambda v: v.probability) if readable else views[0]
+    assert chosen.applicability is not None
+    shown = readable or [chosen]
+    placed = [(v.box, v.heatmap) for v in shown if v.box is not None and v.heatmap is not None]
+    heatmap = paste_maps(search_shape(xray.pixels), [b for b, _ in placed], [m for _, m in placed])
+    within = f"; {len(readable)} within its population, the highest probability is reported"
+    note = (
+        f"Read on {len(views)} knee joint{'s' if len(views) > 1 else ''} found on the film, each cut "
+        "out and contrast-equalised (CLAHE) like the model's training crops"
+        + (within if readable else "")
+        + "."
+    )
+    applicability = Applicability(
+        chosen.applicability.applicable,
+        chosen.applicability.reason,
+        (*chosen.applicability.notes, note),
+        {**chosen.applicability.checks, "joints": [_joint_record(v) for v in views]},
+    )
+    return _outcome(
+        xray,
+        loaded=loaded,
+        probability=chosen.probability,
+        method=chosen.method,
+        layer=layer,
+        heatmap=heatmap,
+        applicability=applicability,
+        experimental_reason=JOINT_CROP_UNVALIDATED,
+    )
 
 
 def _recognise(xrays: Sequence[XRay]) -> list[Any]:
@@ -226,7 +324,9 @@ def _outcome(
     layer: str | None,
     heatmap: np.ndarray,
     applicability: Applicability,
+    experimental_reason: str | None = None,
 ) -> AnalysisOutcome:
+    """experimental_reason: this read is experimental even if the model is not (never a flag)."""
     return AnalysisOutcome(
         condition=loaded.condition,
         probability=probability,
@@ -237,8 +337,8 @@ def _outcome(
         architecture=loaded.architecture,
         is_placeholder=loaded.is_placeholder,
         placeholder_reason=loaded.placeholder_reason,
-        experimental=loaded.experimental,
-        experimental_reason=loaded.experimental_reason,
+        experimental=loaded.experimental or experimental_reason is not None,
+        experimental_reason=loaded.experimental_reason or experimental_reason,
         gradcam_method=method,
         gradcam_layer=layer,
         heatmap=heatmap,

@@ -72,6 +72,9 @@ class LoadedModel:
     # (core.population); None when the entry has none, or its file failed to load.
     population: Population | None = None
     population_model: Any = None
+    # A model trained on joint crops reads full films through the joints it finds on them
+    # (core.joint_crop); None for every other model, or when its template failed to load.
+    joint_cropper: Any = None
     loaded_at: float = field(default_factory=time.monotonic)
     # The artifact file and its (mtime_ns, size) when it was read (None: it was missing), so a
     # file deleted, replaced or restored under a running worker is noticed at the next job.
@@ -254,6 +257,7 @@ class ModelManager:
             entry=entry,
             population=Population.from_entry(entry.raw),
             population_model=_population_model(registry, entry),
+            joint_cropper=_joint_cropper(registry, entry),
         )
 
     def _placeholder(self, condition: str, entry: ModelEntry | None, reason: str) -> LoadedModel:
@@ -312,6 +316,21 @@ def _population_model(registry: Registry, entry: ModelEntry) -> Any:
         return load_population(registry, entry)
     except RadTriageError as exc:
         log.error("Population model for %s could not be loaded: %s", entry.id, exc)
+        return None
+
+
+def _joint_cropper(registry: Registry, entry: ModelEntry) -> Any:
+    """The entry's joint cropper (its "joint_crop" object), or None. A broken template is
+    logged and leaves full films unread (turned away as outside the population), never wrong."""
+    from core.joint_crop import JointCropper
+
+    spec = entry.raw.get("joint_crop")
+    if not spec:
+        return None
+    try:
+        return JointCropper.from_entry(registry.artifact_path(entry).parent, spec)
+    except (RadTriageError, OSError, ValueError) as exc:
+        log.error("Joint crop template for %s could not be loaded: %s", entry.id, exc)
         return None
 
 

@@ -237,6 +237,16 @@ def extra_lines(entry: dict[str, Any]) -> list[str]:
             if isinstance(pointing, dict)
             else [f"- {_plain(pointing)}"]
         )
+    joint = entry.get("joint_crop")
+    if joint:
+        lines += [
+            "",
+            "## Full knee films: joints found and cut out automatically (core.joint_crop)",
+            "A full film is read through each knee joint found on it, cut out and equalised like "
+            "the training crops. Such reads are shown as EXPERIMENTAL and never flag: no graded "
+            "full films exist here to validate them.",
+        ]
+        lines += [f"- {k.replace('_', ' ')}: {_plain(v)}" for k, v in joint.items() if k != "sha256"]
     return lines
 
 
