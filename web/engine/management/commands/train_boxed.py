@@ -1,0 +1,79 @@
+"""`manage.py train_boxed`: train a box-aware head (core.training.boxed_head) so the heat map
+points at the finding, evaluate it like every model and register it (inactive unless
+--activate). Thin wrapper over core.training.boxed_pipeline; TensorFlow only inside handle()."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+SHARED = Path(settings.BASE_DIR).parent / "shared"
+
+
+class Command(BaseCommand):
+    help = (
+        "Train a head that learns where the finding is from its boxes (train split only; val "
+        "chooses the epoch), on a frozen ImageNet MobileNetV2; register it."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--condition", default="fracture")
+        parser.add_argument("--data-root", default=str(SHARED / "data"))
+        parser.add_argument(
+            "--boxes", default=None, help="boxes CSV (default: <data-root>/<condition>_boxes.csv)"
+        )
+        parser.add_argument(
+            "--imagenet-weights",
+            default=str(SHARED / "weights" / "mobilenet_v2_1.0_224_imagenet_notop.weights.h5"),
+            help="local no-top MobileNetV2 weights (never downloaded)",
+        )
+        parser.add_argument("--model-id", default=None)
+        parser.add_argument("--input-size", type=int, default=384)
+        parser.add_argument("--units", type=int, default=128)
+        parser.add_argument("--box-weight", type=float, default=1.0)
+        parser.add_argument("--epochs", type=int, default=30)
+        parser.add_argument("--lr", type=float, default=1e-3)
+        parser.add_argument("--seed", type=int, default=42)
+        parser.add_argument("--registry", default=str(settings.RADTRIAGE_REGISTRY))
+        parser.add_argument("--cache-dir", default=str(Path(settings.BASE_DIR) / "var" / "cache"))
+        parser.add_argument("--activate", action="store_true")
+
+    def handle(self, *args: Any, **o: Any) -> None:
+        from core.training.boxed_head import BoxedHeadConfig
+        from core.training.boxed_pipeline import train_boxed_model
+        from core.training.model_ops import configure_tensorflow
+
+        configure_tensorflow(seed=o["seed"])
+        condition = o["condition"]
+        boxes = Path(o["boxes"] or Path(o["data_root"]) / f"{condition}_boxes.csv")
+        for path, what in ((boxes, "boxes CSV"), (Path(o["imagenet_weights"]), "ImageNet weights")):
+            if not path.is_file():
+                raise CommandError(f"{what} not found: {path}")
+        size = int(o["input_size"])
+        config = BoxedHeadConfig(
+            input_size=(size, size),
+            units=o["units"],
+            box_weight=o["box_weight"],
+            epochs=o["epochs"],
+            lr=o["lr"],
+            seed=o["seed"],
+        )
+        entry = train_boxed_model(
+            condition=condition,
+            data_root=o["data_root"],
+            boxes_csv=boxes,
+            imagenet_weights=o["imagenet_weights"],
+            model_id=o["model_id"] or f"{condition}-mobilenetv2-{size}-boxed-v1",
+            registry_path=o["registry"],
+            config=config,
+            cache_dir=o["cache_dir"],
+            activate=o["activate"],
+            command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            log=lambda line: self.stdout.write(line),
+        )
+        self.stdout.write(self.style.SUCCESS(f"registered {entry['id']} (status {entry['status']})"))
