@@ -9,7 +9,9 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "web.settings")
+os.environ["RADTRIAGE_ASGI"] = "1"  # settings: no persistent database connections here
 django_asgi_app = get_asgi_application()
+os.environ.pop("RADTRIAGE_ASGI")  # read; not for processes this one starts
 
 # Imported after Django is set up: they touch models.
 from channels.auth import AuthMiddlewareStack  # noqa: E402

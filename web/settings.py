@@ -111,10 +111,18 @@ TEMPLATES = [
     },
 ]
 
+# Under ASGI (web.asgi sets RADTRIAGE_ASGI) each request runs in a thread of its own that ends
+# with it: a connection kept for reuse is never reused, only left open until garbage-collected.
+# Under load the web processes then ran PostgreSQL out of connections ("too many clients",
+# HTTP 500; bench/load.py). So, as Django's docs say, no persistent connections under ASGI;
+# the worker and the DICOM listener keep theirs.
+DB_CONN_MAX_AGE = (
+    0 if os.environ.get("RADTRIAGE_ASGI") == "1" else int(os.environ.get("DB_CONN_MAX_AGE", "60"))
+)
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'var' / 'radtriage.sqlite3'}"),
-        conn_max_age=int(os.environ.get("DB_CONN_MAX_AGE", "60")),
+        conn_max_age=DB_CONN_MAX_AGE,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

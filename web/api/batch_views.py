@@ -9,12 +9,12 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from web.access import Capability, api_requires
+from web.api.parsers import MultiPartParser
 from web.api.serializers import UploadFieldsSerializer
 from web.api.views import client_ip, upload_fields
 from web.clinical.models import Batch

@@ -16,7 +16,7 @@ from rest_framework import generics, serializers, status
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.exceptions import NotFound, ValidationError
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.parsers import FormParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
@@ -25,6 +25,7 @@ from rest_framework.views import APIView
 from core.errors import XRayDecodeError
 from web.access import CanViewStudies, Capability, api_requires
 from web.api.authentication import token_expired
+from web.api.parsers import NAME_NOT_UTF8_MESSAGE, MultiPartParser, name_not_utf8
 from web.api.serializers import (
     PRIORITIES,
     AnalysisSerializer,
@@ -100,6 +101,8 @@ class UploadView(APIView):
             return Response(
                 {"error": too_large_message(upload.size)}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
             )
+        if name_not_utf8(upload):
+            return Response({"error": NAME_NOT_UTF8_MESSAGE}, status=status.HTTP_400_BAD_REQUEST)
         try:
             result = image_upload(
                 data=upload,
@@ -164,6 +167,10 @@ class BulkUploadView(APIView):
                     upload.name or "",
                     error=too_large_message(upload.size),
                     status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                )
+            elif name_not_utf8(upload):
+                refused[index] = BulkUploadItem(
+                    upload.name or "", error=NAME_NOT_UTF8_MESSAGE, status_code=status.HTTP_400_BAD_REQUEST
                 )
             else:
                 files.append((upload.name or "", upload))  # read one at a time by the service

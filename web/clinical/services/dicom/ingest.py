@@ -32,7 +32,11 @@ class Stored:
 
 def dicom_instance_store(*, data: bytes, filename: str, ip_address: str | None) -> Stored:
     """Store one C-STORE'd instance (bytes with its file meta) exactly as an upload; its new
-    analyses are returned, not sent, for the association to send in mini-batches."""
+    analyses are returned, not sent, for the association to send in mini-batches. Held to
+    the upload size limit, as the upload API is."""
+    limit = settings.RADTRIAGE_MAX_UPLOAD_BYTES
+    if len(data) > limit:
+        return Stored(CANNOT_UNDERSTAND, f"Too large: {len(data):,} bytes (limit {limit:,} bytes).")
     try:
         [item] = images_upload_many(
             files=[(filename, data)],

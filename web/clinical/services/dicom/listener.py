@@ -169,5 +169,15 @@ def _status(code: int, comment: str = "") -> Dataset:
     status = Dataset()
     status.Status = code
     if code and comment:
-        status.ErrorComment = comment[:64]  # LO
+        status.ErrorComment = error_comment(comment)
     return status
+
+
+def error_comment(text: str) -> str:
+    """A reason as an Error Comment (LO): at most 64 characters of the default repertoire and
+    no backslash (LO's value separator). A longer one is cut at a word and ends with '...', so
+    the sender's log never shows half a word."""
+    text = " ".join(text.split()).encode("ascii", "replace").decode().replace("\\", "/")
+    if len(text) <= 64:
+        return text
+    return text[:61].rsplit(" ", 1)[0].rstrip(" ,;:(-") + "..."
