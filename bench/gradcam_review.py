@@ -56,7 +56,11 @@ def main() -> None:
     rng = np.random.default_rng(0)
     pick = sorted(rng.permutation(len(samples))[: args.n].tolist())
     arrays = load_arrays([samples[i] for i in pick], input_size=loaded.input_size)
-    cam = GradCam(loaded.keras_model, layer=args.layer or loaded.gradcam_layer)
+    cam = GradCam(
+        loaded.keras_model,
+        layer=args.layer or loaded.gradcam_layer,
+        position_reference=loaded.position_reference,
+    )
     probs, maps = [], []
     for i in range(0, arrays.n, 32):
         r = cam(to_model_input(arrays.x[i : i + 32]))

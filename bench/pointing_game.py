@@ -205,7 +205,7 @@ def run_gradcam(loaded: Any, gray: np.ndarray, layer: str | None) -> Any:
     from core.gradcam import GradCam
     from core.preprocessing import to_model_input
 
-    cam = GradCam(loaded.keras_model, layer=layer)
+    cam = GradCam(loaded.keras_model, layer=layer, position_reference=loaded.position_reference)
     probs, maps, methods = [], [], []
     for i in range(0, len(gray), BATCH):
         result = cam(to_model_input(gray[i : i + BATCH]))

@@ -75,6 +75,9 @@ class LoadedModel:
     # A model trained on joint crops reads full films through the joints it finds on them
     # (core.joint_crop); None for every other model, or when its template failed to load.
     joint_cropper: Any = None
+    # Whether Grad-CAM subtracts the blank film's position pattern (core.gradcam); a registry
+    # entry may turn it off where the pointing game measured it harmful (the boxed head).
+    position_reference: bool = True
     loaded_at: float = field(default_factory=time.monotonic)
     # The artifact file and its (mtime_ns, size) when it was read (None: it was missing), so a
     # file deleted, replaced or restored under a running worker is noticed at the next job.
@@ -105,7 +108,9 @@ class LoadedModel:
                 if self._gradcam is None:
                     from core.gradcam import GradCam
 
-                    self._gradcam = GradCam(self.keras_model, layer=self.gradcam_layer)
+                    self._gradcam = GradCam(
+                        self.keras_model, layer=self.gradcam_layer, position_reference=self.position_reference
+                    )
         return self._gradcam
 
 
@@ -258,6 +263,7 @@ class ModelManager:
             population=Population.from_entry(entry.raw),
             population_model=_population_model(registry, entry),
             joint_cropper=_joint_cropper(registry, entry),
+            position_reference=bool(entry.raw.get("gradcam_position_reference", True)),
         )
 
     def _placeholder(self, condition: str, entry: ModelEntry | None, reason: str) -> LoadedModel:

@@ -28,6 +28,8 @@ KEPT_FIELDS = (
     "applicability",
     "gradcam_review",
     "gradcam_layer",
+    "gradcam_position_reference",
+    "joint_crop",
     "limitations",
     "inactive_reason",
     "cross_validation",
