@@ -121,6 +121,18 @@ def wait_for(
 # --------------------------------------------------------------------------- people
 
 
+def web_login_user(user_model: Any, username: str, password: str) -> Any:
+    """A user who logs in with a password on a web server started as a subprocess: hashed with
+    the production hasher, which that server knows (the test process hashes with MD5, see
+    tests/conftest.py)."""
+    from django.contrib.auth.hashers import make_password
+
+    user = user_model.objects.create_user(username)
+    user.password = make_password(password, hasher="pbkdf2_sha256")
+    user.save(update_fields=["password"])
+    return user
+
+
 def with_role(user: Any, *roles: str) -> Any:
     """Put `user` in role groups (web.access.Role values). The migration makes them; a
     transactional test's flush removes them, hence get_or_create."""

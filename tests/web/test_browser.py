@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.web.fixtures import Service, dicom_bytes, free_port, service_env, wait_for, with_role
+from tests.web.fixtures import (
+    Service,
+    dicom_bytes,
+    free_port,
+    service_env,
+    wait_for,
+    web_login_user,
+    with_role,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -69,7 +77,7 @@ def browser_page() -> Iterator[object]:
 @pytest.fixture()
 def dr_grey(django_user_model):
     # Created before the browser starts: Playwright's loop makes the ORM refuse to run after.
-    return with_role(django_user_model.objects.create_user("dr.grey", password="pw-grey-123"), "radiologist")
+    return with_role(web_login_user(django_user_model, "dr.grey", "pw-grey-123"), "radiologist")
 
 
 def log_in_to_the_live_worklist(page, base_url: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.output import output_folder
-from tests.web.fixtures import dicom_bytes, upload, wait_for
+from tests.web.fixtures import dicom_bytes, upload, wait_for, web_login_user
 from tests.web.test_browser import CHROMIUM, live_server_url  # noqa: F401 - the fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -55,7 +55,7 @@ def team(django_user_model) -> dict[str, Any]:
 
     people = {}
     for username, role in (("dr.ada", "radiologist"), ("dr.bo", "radiologist"), ("tech.cy", "technologist")):
-        user = django_user_model.objects.create_user(username, password=f"pw-{username}-123")
+        user = web_login_user(django_user_model, username, f"pw-{username}-123")
         user.groups.add(Group.objects.get_or_create(name=role)[0])
         people[username] = user
     return people

@@ -10,7 +10,7 @@ import pytest
 from django.contrib.auth.models import Group
 
 from tests.output import TEST_OUTPUT
-from tests.web.fixtures import png_bytes
+from tests.web.fixtures import png_bytes, web_login_user
 from tests.web.test_browser import _in_thread, browser_page, isolated_media, live_server_url  # noqa: F401
 from web.clinical.models import Patient, Study
 
@@ -22,9 +22,9 @@ OUTPUT = TEST_OUTPUT
 @pytest.fixture()
 def dr_bailey(django_user_model):
     # Created before the browser starts: Playwright's loop makes the ORM refuse to run after.
-    user = django_user_model.objects.create_user("dr.bailey", password="pw-bailey-123")
+    user = web_login_user(django_user_model, "dr.bailey", "pw-bailey-123")
     user.groups.add(Group.objects.get_or_create(name="radiologist")[0])
-    other = django_user_model.objects.create_user("dr.webber", password="pw-webber-123")
+    other = web_login_user(django_user_model, "dr.webber", "pw-webber-123")
     other.groups.add(Group.objects.get_or_create(name="radiologist")[0])
     return user, other
 
