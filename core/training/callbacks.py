@@ -108,6 +108,40 @@ def clean_validation_callback(val: ArraySplit, bn_probe: np.ndarray, *, seed: in
     return CleanValidation()
 
 
+OPTIMIZER_STATE = "last.optimizer.npz"
+
+
+def save_optimizer_state(optimizer: Any, path: Path) -> None:
+    """The optimizer's variables (Adam's moments, its step count) beside the last weights: a
+    resumed run continues the same optimisation instead of restarting Adam, whose first steps
+    on trained weights sent the loss up (seen in the tiny resume test)."""
+    import numpy as np
+
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, *[np.asarray(v) for v in optimizer.variables])
+    tmp.replace(path)
+
+
+def restore_optimizer_state(model: Any, path: Path) -> bool:
+    """Load what save_optimizer_state wrote into the freshly compiled model's optimizer; False
+    (nothing changed) when there is none or it does not fit (another stage trains other weights)."""
+    import numpy as np
+
+    if not path.is_file():
+        return False
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    with np.load(path, allow_pickle=False) as saved:
+        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    if len(values) != len(optimizer.variables) or any(
+        tuple(v.shape) != tuple(x.shape) for v, x in zip(optimizer.variables, values, strict=True)
+    ):
+        return False
+    for variable, value in zip(optimizer.variables, values, strict=True):
+        variable.assign(value)
+    return True
+
+
 def persist_callback(
     run: RunState, *, ckpt_dir: Path, config: TrainConfig, stop_after_epochs: int | None
 ) -> Any:
@@ -125,6 +159,7 @@ def persist_callback(
             lr = float(self.model.optimizer.learning_rate.numpy())
             run.record_epoch(epoch, logs, seconds=time.time() - self.started, lr=lr)
             self.model.save_weights(ckpt_dir / "last.weights.h5")
+            save_optimizer_state(self.model.optimizer, ckpt_dir / OPTIMIZER_STATE)
             run.save(ckpt_dir / "state.json", config)
             if run.sitting_over(stop_after_epochs):
                 self.model.stop_training = True

@@ -34,7 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from core.training.callbacks import RunState, clean_validation_callback, persist_callback, progress_callback
+from core.training.callbacks import (
+    OPTIMIZER_STATE,
+    RunState,
+    clean_validation_callback,
+    persist_callback,
+    progress_callback,
+    restore_optimizer_state,
+)
 from core.training.config import PROTOCOLS, Stage, TrainConfig, plan_stages
 from core.training.cross_validation import cross_validate
 from core.training.data import ArraySplit, load_arrays, load_samples, split_counts
@@ -295,6 +302,8 @@ def fit_stage(
     if run.lr is not None and run.epochs_done > stage.start_epoch:
         lr = float(run.lr)  # resuming inside this stage: keep the reduced rate
     compile_for_stage(model, lr)
+    if run.epochs_done > stage.start_epoch and restore_optimizer_state(model, ckpt_dir / OPTIMIZER_STATE):
+        log("resumed the optimizer's state (Adam moments) with the weights")
     log(
         f"stage {stage.trainable}: epochs {max(run.epochs_done, stage.start_epoch) + 1}"
         f"-{stage.end_epoch}, lr {lr:g}, trainable weights "

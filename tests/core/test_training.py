@@ -93,6 +93,8 @@ def test_a_tiny_run_interrupted_and_resumed_learns_registers_and_its_artifact_lo
     assert result.finished and result.epochs_run == 4
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]  # continued, not restarted
     assert any("resuming tiny-fracture: 2 epoch(s) done" in m for m in logs)
+    # Adam's moments came back with the weights: the resumed epochs continue, not restart.
+    assert any("resumed the optimizer's state" in m for m in logs)
     losses = [h["loss"] for h in result.history]
     # A from-scratch backbone on 32 images is noisy epoch to epoch (batch-8 BatchNorm,
     # dropout): judge the trend, the last two epochs against the first.
