@@ -140,6 +140,8 @@ def training_record(config: BoxedHeadConfig, best: dict[str, float], weights: He
             "train boxes only; horizontal flips (boxes mirrored)"
         ),
         "optimizer": f"AdamW (weight decay {config.weight_decay})",
+        "augmentation": {"enabled": True, "horizontal_flip": True, "note": "mirrored films, boxes mirrored"},
+        "batchnorm": "backbone BN frozen (ImageNet statistics); the head's BatchNorm is an identity",
         "best_epoch": int(best["epoch"]),
         "best_val_auc_during_training": round(best["auc"], 4),
         "best_val_cell_pointing": round(best["pointing"], 4),

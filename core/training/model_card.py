@@ -286,7 +286,8 @@ def render_card(entry: dict[str, Any]) -> str:
         f"- Initial weights: {weights}.",
         f"- Protocol: `{t.get('protocol')}`, {t.get('epochs_run')} of {t.get('epochs_planned')} "
         f"epoch(s) run{' (stopped early)' if t.get('stopped_early') else ''}, batch "
-        f"{t.get('batch_size')}, Adam lr {t.get('learning_rate')}, class weights "
+        f"{t.get('batch_size')}, {(t.get('optimizer') or 'Adam').split(' (')[0]} lr "
+        f"{t.get('learning_rate')}, class weights "
         f"{ {k: round(v, 3) for k, v in (t.get('class_weights') or {}).items()} }, "
         f"seed {t.get('seed')}; stages "
         + "; ".join(
@@ -296,10 +297,19 @@ def render_card(entry: dict[str, Any]) -> str:
         )
         + ".",
         f"- Augmentation: {t.get('augmentation')}.",
-        f"- BatchNorm: {t.get('batchnorm')}; trainable BatchNorm statistics re-estimated on "
-        "clean training images after training.",
+        f"- BatchNorm: {t.get('batchnorm')}"
+        + (
+            "."
+            if t.get("protocol") == "boxed head"
+            else "; trainable BatchNorm statistics re-estimated on clean training images after training."
+        ),
         f"- Training wall time: {t.get('wall_time_s')} s on {t.get('hardware')}.",
         f"- Command: `{t.get('command')}`",
+        *[
+            f"- {key.replace('_', ' ').capitalize()}: {t[key]}."
+            for key in ("head", "loss", "epoch_chosen_by")
+            if t.get(key)
+        ],
         "",
         "## Population",
         *population_lines(entry.get("population")),
