@@ -51,6 +51,9 @@ class BoxedHeadConfig:
     weight_decay: float = 1e-4
     dropout: float = 0.3
     seed: int = 42
+    # Share of the film's width and height blanked (black) on each side, inside the model, at
+    # training and serving alike: side markers, text and borders cannot be learned (shortcuts).
+    border: float = 0.0
 
 
 @dataclass
@@ -67,8 +70,10 @@ class HeadWeights:
 # ----------------------------------------------------------------------------- features
 
 
-def build_trunk(input_size: Sequence[int], imagenet_weights: str | Path) -> Any:
-    """image in [0, 1] -> block_13_expand_relu maps: the frozen ImageNet part of the model."""
+def build_trunk(input_size: Sequence[int], imagenet_weights: str | Path, *, border: float = 0.0) -> Any:
+    """image in [0, 1] -> block_13_expand_relu maps: the frozen ImageNet part of the model,
+    after blanking `border` of each side (Cropping2D then ZeroPadding2D: built-in layers, so the
+    saved model needs no custom code, and the maps stay aligned with the film)."""
     import keras
 
     height, width = int(input_size[0]), int(input_size[1])
@@ -77,7 +82,12 @@ def build_trunk(input_size: Sequence[int], imagenet_weights: str | Path) -> Any:
     )
     trunk = keras.Model(full.input, full.get_layer(CUT_LAYER).output, name="mobilenetv2")
     inputs = keras.Input(shape=(height, width, 3), name="image")
-    x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus1_1")(inputs)
+    x = inputs
+    if border > 0:
+        margin = (int(round(height * border)), int(round(width * border)))
+        x = keras.layers.Cropping2D((margin, margin), name="border_crop")(x)
+        x = keras.layers.ZeroPadding2D((margin, margin), name="border_blank")(x)
+    x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus1_1")(x)
     return keras.Model(inputs, trunk(x), name="trunk")
 
 
@@ -268,14 +278,19 @@ def pooled_mean(weights: HeadWeights, x: np.ndarray, batch: int = 256) -> np.nda
 
 
 def build_boxed_model(
-    input_size: Sequence[int], imagenet_weights: str | Path, weights: HeadWeights, *, dropout: float = 0.3
+    input_size: Sequence[int],
+    imagenet_weights: str | Path,
+    weights: HeadWeights,
+    *,
+    dropout: float = 0.3,
+    border: float = 0.0,
 ) -> Any:
     """The served Keras model (see the module doc): trunk + the trained head, one file."""
     import keras
 
-    trunk = build_trunk(input_size, imagenet_weights)
+    trunk = build_trunk(input_size, imagenet_weights, border=border)
     units = weights.kernel.shape[1]
-    x = trunk.get_layer("mobilenetv2")(trunk.get_layer("to_minus1_1")(trunk.input))
+    x = trunk.output
     h = keras.layers.Conv2D(units, 1, activation="relu", name="cell_dense")(x)
     pooled = keras.layers.GlobalAveragePooling2D(name="gap")(h)
     bn = keras.layers.BatchNormalization(name="head_bn")

@@ -35,7 +35,7 @@ def train_boxed_model(
     *,
     condition: str,
     data_root: str | Path,
-    boxes_csv: str | Path,
+    boxes_csv: str | Path | None,
     imagenet_weights: str | Path,
     model_id: str,
     registry_path: str | Path,
@@ -57,12 +57,15 @@ def train_boxed_model(
         split: load_arrays([s for s in samples if s.split == split], input_size=size, cache_dir=cache_dir)
         for split in ("train", "val", "test")
     }
-    boxes = load_boxes(boxes_csv, split="train")
-    boxes.update(load_boxes(boxes_csv, split="val"))  # val boxes choose the epoch; test never seen
-    trunk = build_trunk(size, imagenet_weights)
-    train_f = _features(trunk, splits["train"], cache_dir, flip=False, log=log)
-    train_ff = _features(trunk, splits["train"], cache_dir, flip=True, log=log)
-    val_f = _features(trunk, splits["val"], cache_dir, flip=False, log=log)
+    boxes = {}
+    if boxes_csv is not None:  # no boxes: the image label alone (e.g. border-blanked pneumonia)
+        boxes = load_boxes(boxes_csv, split="train")
+        boxes.update(load_boxes(boxes_csv, split="val"))  # val boxes choose the epoch; never test
+    trunk = build_trunk(size, imagenet_weights, border=config.border)
+    key = f"border{config.border}"
+    train_f = _features(trunk, splits["train"], cache_dir, flip=False, log=log, key=key)
+    train_ff = _features(trunk, splits["train"], cache_dir, flip=True, log=log, key=key)
+    val_f = _features(trunk, splits["val"], cache_dir, flip=False, log=log, key=key)
     grid = train_f.shape[1:3]
     train_boxes = boxes_by_path(boxes, splits["train"].paths, data_root)
     val_boxes = boxes_by_path(boxes, splits["val"].paths, data_root)
@@ -82,7 +85,7 @@ def train_boxed_model(
     )
     out_dir = Path(registry_path).resolve().parent / "models" / model_id
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = build_boxed_model(size, imagenet_weights, weights, dropout=config.dropout)
+    model = build_boxed_model(size, imagenet_weights, weights, dropout=config.dropout, border=config.border)
     model.save(out_dir / "model.keras")
     train_config = TrainConfig(
         condition=condition,
@@ -118,7 +121,7 @@ def train_boxed_model(
         artifact_root=Path(registry_path).resolve().parent,
     )
     entry["gradcam_layer"] = "cell_dense"
-    entry["training"].update(training_record(config, best, weights))
+    entry["training"].update(training_record(config, best, weights, with_boxes=bool(boxes)))
     from core.training.model_card import write_card
 
     write_card(out_dir / "card.md", entry)
@@ -126,18 +129,27 @@ def train_boxed_model(
     return entry
 
 
-def training_record(config: BoxedHeadConfig, best: dict[str, float], weights: HeadWeights) -> dict[str, Any]:
+def training_record(
+    config: BoxedHeadConfig, best: dict[str, float], weights: HeadWeights, *, with_boxes: bool = True
+) -> dict[str, Any]:
     return {
         "protocol": "boxed head",
         "head": (
-            f"frozen ImageNet MobileNetV2 cut at {CUT_LAYER}; the paper's Dense+ReLU "
+            ("film borders blanked, then " if config.border else "")
+            + f"frozen ImageNet MobileNetV2 cut at {CUT_LAYER}; the paper's Dense+ReLU "
             f"({weights.kernel.shape[1]} units) applied per cell as a 1x1 convolution, then GAP, "
             "BatchNorm (identity, mean = training films' mean), Dropout, Dense(1, sigmoid)"
         ),
         "loss": (
-            "class-weighted BCE of the image logit (mean of cell logits) + "
-            f"{config.box_weight} x -log(softmax mass of the cells inside the fracture boxes), "
-            "train boxes only; horizontal flips (boxes mirrored)"
+            "class-weighted BCE of the image logit (mean of cell logits)"
+            + (
+                f" + {config.box_weight} x -log(softmax mass of the cells inside the finding's "
+                "boxes), train boxes only"
+                if with_boxes
+                else " (no boxes)"
+            )
+            + "; horizontal flips"
+            + (f"; {config.border:.0%} of each side blanked inside the model" if config.border else "")
         ),
         "optimizer": f"AdamW (weight decay {config.weight_decay})",
         "augmentation": {"enabled": True, "horizontal_flip": True, "note": "mirrored films, boxes mirrored"},
@@ -145,17 +157,24 @@ def training_record(config: BoxedHeadConfig, best: dict[str, float], weights: He
         "best_epoch": int(best["epoch"]),
         "best_val_auc_during_training": round(best["auc"], 4),
         "best_val_cell_pointing": round(best["pointing"], 4),
-        "epoch_chosen_by": "validation AUC + validation pointing game at cell level",
+        "epoch_chosen_by": "validation AUC"
+        + (" + validation pointing game at cell level" if with_boxes else ""),
         "boxed_head_config": asdict(config),
     }
 
 
 def _features(
-    trunk: Any, split: ArraySplit, cache_dir: str | Path | None, *, flip: bool, log: Callable[[str], None]
+    trunk: Any,
+    split: ArraySplit,
+    cache_dir: str | Path | None,
+    *,
+    flip: bool,
+    log: Callable[[str], None],
+    key: str = "",
 ) -> np.ndarray:
     """Trunk maps of a split, cached by the films, size and flip (they take minutes on a CPU)."""
     key = hashlib.sha256(
-        ("\n".join(split.paths) + f"|{split.x.shape}|{flip}|{CUT_LAYER}|v1").encode()
+        ("\n".join(split.paths) + f"|{split.x.shape}|{flip}|{CUT_LAYER}|{key}|v1").encode()
     ).hexdigest()[:20]
     cache = Path(cache_dir) / f"trunk-{key}.npy" if cache_dir else None
     if cache is not None and cache.is_file():

@@ -80,3 +80,25 @@ def test_the_served_models_gradcam_is_its_cell_evidence() -> None:
         evidence = cells[i] - weights.b
         scaled = (evidence - evidence.min()) / (evidence.max() - evidence.min())
         assert np.corrcoef(at_centres.ravel(), scaled.ravel())[0, 1] > 0.98
+
+
+@pytest.mark.slow
+def test_with_a_blanked_border_nothing_written_in_the_border_changes_the_answer() -> None:
+    """A side marker or text in the outer 10% of the film cannot move the probability."""
+    if not WEIGHTS.is_file():
+        pytest.skip("../shared/weights (MobileNetV2 ImageNet) is absent")
+    rng = np.random.default_rng(2)
+    weights = HeadWeights(
+        kernel=rng.normal(0, 0.05, (576, 8)).astype(np.float32),
+        bias=np.zeros(8, np.float32),
+        v=rng.normal(0, 1, 8).astype(np.float32),
+        b=0.0,
+        pooled_mean=np.zeros(8, np.float32),
+    )
+    blanked = build_boxed_model((96, 96), WEIGHTS, weights, border=0.1)
+    plain = build_boxed_model((96, 96), WEIGHTS, weights)
+    film = rng.uniform(0.2, 0.8, (1, 96, 96, 3)).astype(np.float32)
+    marked = film.copy()
+    marked[:, 2:9, 2:30, :] = 1.0  # a bright "R" marker and text in the top-left corner
+    assert float(blanked(marked)[0, 0]) == pytest.approx(float(blanked(film)[0, 0]), abs=1e-6)
+    assert abs(float(plain(marked)[0, 0]) - float(plain(film)[0, 0])) > 1e-4  # it would have

@@ -32,6 +32,15 @@ class Command(BaseCommand):
             default=str(SHARED / "weights" / "mobilenet_v2_1.0_224_imagenet_notop.weights.h5"),
             help="local no-top MobileNetV2 weights (never downloaded)",
         )
+        parser.add_argument(
+            "--no-boxes", action="store_true", help="train on the image label alone (no boxes CSV)"
+        )
+        parser.add_argument(
+            "--border",
+            type=float,
+            default=0.0,
+            help="share of each side blanked inside the model (fights border shortcuts), e.g. 0.1",
+        )
         parser.add_argument("--model-id", default=None)
         parser.add_argument("--input-size", type=int, default=384)
         parser.add_argument("--units", type=int, default=128)
@@ -50,8 +59,11 @@ class Command(BaseCommand):
 
         configure_tensorflow(seed=o["seed"])
         condition = o["condition"]
-        boxes = Path(o["boxes"] or Path(o["data_root"]) / f"{condition}_boxes.csv")
-        for path, what in ((boxes, "boxes CSV"), (Path(o["imagenet_weights"]), "ImageNet weights")):
+        boxes = None if o["no_boxes"] else Path(o["boxes"] or Path(o["data_root"]) / f"{condition}_boxes.csv")
+        needed = [(Path(o["imagenet_weights"]), "ImageNet weights")]
+        if boxes is not None:
+            needed.append((boxes, "boxes CSV (or --no-boxes)"))
+        for path, what in needed:
             if not path.is_file():
                 raise CommandError(f"{what} not found: {path}")
         size = int(o["input_size"])
@@ -62,6 +74,7 @@ class Command(BaseCommand):
             epochs=o["epochs"],
             lr=o["lr"],
             seed=o["seed"],
+            border=o["border"],
         )
         entry = train_boxed_model(
             condition=condition,
