@@ -179,3 +179,19 @@ def test_an_upgrade_adds_new_models_and_keeps_what_the_admins_chose(tmp_path):
     stamp = target.stat().st_mtime_ns
     assert registry_sync(tmp_path / "new" / "registry.json", target) == []
     assert target.stat().st_mtime_ns == stamp  # nothing to do: not rewritten
+
+
+def test_saving_the_registry_keeps_it_readable_by_the_other_services(tmp_path) -> None:
+    """The web process saves it when an admin switches models; the worker (another user in
+    the compose stack) must still read it. mkstemp alone left it 0600."""
+    import os
+    import stat
+
+    from core.registry import write_json_atomic
+
+    path = tmp_path / "registry.json"
+    write_json_atomic(path, {"active_models": {}, "models": []})
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    os.chmod(path, 0o664)
+    write_json_atomic(path, {"active_models": {}, "models": []})
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o664
