@@ -232,21 +232,30 @@ def _crop_xray(view: _View) -> XRay:
 
 
 def _film_outcome(views: list[_View], *, loaded: LoadedModel, layer: str | None) -> AnalysisOutcome:
-    """One outcome per film. Several joints: the highest probability among the joints the model
-    may read (in its population) counts, and the map shows each such joint in its place."""
-    xray = views[0].xray
-    if views[0].box is None:
-        view = views[0]
+    """One outcome per film: the film's own view, or its joints combined (_joints_read)."""
+    view = views[0]
+    if view.box is None:
         assert view.applicability is not None and view.heatmap is not None
-        return _outcome(
-            xray,
-            loaded=loaded,
-            probability=view.probability,
-            method=view.method,
-            layer=layer,
-            heatmap=view.heatmap,
-            applicability=view.applicability,
-        )
+        heatmap, applicability, experimental_reason = view.heatmap, view.applicability, None
+    else:
+        view, heatmap, applicability = _joints_read(views)
+        experimental_reason = JOINT_CROP_UNVALIDATED
+    return _outcome(
+        view.xray,
+        loaded=loaded,
+        probability=view.probability,
+        method=view.method,
+        layer=layer,
+        heatmap=heatmap,
+        applicability=applicability,
+        experimental_reason=experimental_reason,
+    )
+
+
+def _joints_read(views: list[_View]) -> tuple[_View, np.ndarray, Applicability]:
+    """Several joints of one film: the highest probability among the joints the model may read
+    (in its population) counts, and the map shows each such joint in its place."""
+    xray = views[0].xray
     readable = [v for v in views if v.applicability is not None and v.applicability.applicable]
     chosen = max(readable, key=lambda v: v.probability) if readable else views[0]
     assert chosen.applicability is not None
@@ -266,16 +275,7 @@ def _film_outcome(views: list[_View], *, loaded: LoadedModel, layer: str | None)
         (*chosen.applicability.notes, note),
         {**chosen.applicability.checks, "joints": [_joint_record(v) for v in views]},
     )
-    return _outcome(
-        xray,
-        loaded=loaded,
-        probability=chosen.probability,
-        method=chosen.method,
-        layer=layer,
-        heatmap=heatmap,
-        applicability=applicability,
-        experimental_reason=JOINT_CROP_UNVALIDATED,
-    )
+    return chosen, heatmap, applicability
 
 
 def _recognise(xrays: Sequence[XRay]) -> list[Any]:
