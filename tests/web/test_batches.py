@@ -287,3 +287,32 @@ def test_import_batch_inline_json_on_real_images(transactional_db, tiny_registry
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout)["duplicates"] == 4 and json.loads(again.stdout)["analyses"] == 0
     assert os.path.isdir(settings.MEDIA_ROOT)
+
+
+def test_an_inline_import_sends_no_job_and_one_that_dies_is_taken_over_by_the_workers(
+    parked_broker, transactional_db, tmp_path
+) -> None:
+    """`import_batch --inline` runs its analyses itself: sent to the workers as well, a running
+    worker raced it for them (seen as a failed analysis in the full suite). If the inline process
+    dies, the beat hands its queued analyses to the workers: no job is lost."""
+    from web.clinical.services.archive_safety import FolderFiles
+    from web.clinical.services.batches import INLINE_ABANDONED_AFTER, batch_import, batches_start_due
+
+    for i in range(3):
+        (tmp_path / f"{i}.dcm").write_bytes(dicom_bytes(patient_id=f"MRN-I{i}", seed=60 + i))
+    with FolderFiles(tmp_path) as files:
+        batch = batch_import(files=files, source=Batch.Source.FOLDER, conditions=["pneumonia"], inline=True)
+    assert (batch.state, batch.accepted) == ("waiting", 3)
+    assert sent_jobs(parked_broker, "batch") == []  # the inline run (here: killed) owns them
+
+    # Still young: the beat leaves it to its inline process.
+    assert batches_start_due(now=batch.created_at + INLINE_ABANDONED_AFTER / 2) == []
+    assert sent_jobs(parked_broker, "batch") == []
+    # No progress for longer than that: the workers get every queued analysis, once.
+    later = batch.created_at + INLINE_ABANDONED_AFTER * 2
+    assert batches_start_due(now=later) == [batch.pk]
+    ids = sorted(Analysis.objects.filter(batch=batch).values_list("pk", flat=True))
+    assert sent_jobs(parked_broker, "batch") == [("worker.tasks.analyze_batch", ids)]
+    batch.refresh_from_db()
+    assert batch.state == "running" and "workers finished it" in batch.note
+    assert batches_start_due(now=later) == []

@@ -77,7 +77,8 @@ def test_the_registry_sync_command_creates_the_deployment_registry(tmp_path) -> 
         timeout=60,
     )
     assert first.returncode == 0, first.stderr
-    assert "pneumonia: active model pneumonia-mobilenetv2-128-v1" in first.stdout
+    shipped = json.loads((REPO / "registry.json").read_text())["active_models"]["pneumonia"]
+    assert f"pneumonia: active model {shipped}" in first.stdout
     shipped = json.loads((REPO / "registry.json").read_text())
     deployed = json.loads(target.read_text())
     assert deployed["active_models"] == shipped["active_models"]

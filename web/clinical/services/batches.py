@@ -143,6 +143,7 @@ def batch_import(
     source_name: str = "",
     conditions: list[str] | None = None,
     overnight: bool = False,
+    inline: bool = False,
     fields: UploadFields | None = None,
     uploaded_by: Any = None,
     ip_address: str | None = None,
@@ -153,7 +154,9 @@ def batch_import(
     Each file is accepted, recognised as a duplicate, or refused with its reason (a refused
     file never stops the others). PNG/JPEG files take their patient from a patients.csv in
     their folder, else from `fields` (a browser form), else the file name's stem. The
-    analyses go on the batch queue now, or wait for the night window when `overnight`.
+    analyses go on the batch queue now, or wait for the night window when `overnight`, or,
+    `inline`, wait for batch_run_inline in this process: never sent to the workers as well,
+    where a running worker would race the inline run for them.
     """
     now = timezone.now()
     batch = Batch.objects.create(
@@ -162,7 +165,7 @@ def batch_import(
         source=source,
         source_name=source_name[:255],
         schedule=Batch.Schedule.OVERNIGHT if overnight else Batch.Schedule.NOW,
-        state=Batch.State.WAITING if overnight else Batch.State.RUNNING,
+        state=Batch.State.WAITING if overnight or inline else Batch.State.RUNNING,
         conditions=conditions,
         files_total=files.count,
         started_at=None if overnight else now,
@@ -279,7 +282,7 @@ def _import_chunk(
         batch.refused += counts[BatchItem.Status.REFUSED]
         batch.patients_from = froms
         batch.save(update_fields=["accepted", "duplicates", "refused", "patients_from"])
-    if batch.schedule == Batch.Schedule.NOW:
+    if batch.schedule == Batch.Schedule.NOW and batch.state == Batch.State.RUNNING:
         _batch_dispatch(batch, analysis_ids=new_ids)
 
 
@@ -298,6 +301,40 @@ def _batch_dispatch(batch: Batch, *, analysis_ids: list[int] | None = None) -> i
 
 
 # --------------------------------------------------------------------------- overnight
+
+# An inline import (`import_batch --inline`) whose batch made no progress for this long died:
+# its process finishes a job every few seconds while it lives.
+INLINE_ABANDONED_AFTER = dt.timedelta(minutes=10)
+
+
+def batches_take_over_abandoned_inline(*, now: dt.datetime) -> list[int]:
+    """Hand to the workers the queued analyses of an inline batch whose process is gone (no
+    analysis of it finished for INLINE_ABANDONED_AFTER): a killed import loses no job."""
+    cutoff = now - INLINE_ABANDONED_AFTER
+    taken: list[Batch] = []
+    with transaction.atomic():
+        candidates = Batch.objects.select_for_update(skip_locked=True).filter(
+            schedule=Batch.Schedule.NOW, state=Batch.State.WAITING, created_at__lt=cutoff
+        )
+        for batch in candidates:
+            last = (
+                Analysis.objects.filter(batch=batch, finished_at__isnull=False)
+                .order_by("-finished_at")
+                .values_list("finished_at", flat=True)
+                .first()
+            )
+            if last is not None and last >= cutoff:
+                continue
+            batch.state = Batch.State.RUNNING
+            batch.note = "The inline import stopped before the end; the workers finished it."
+            batch.save(update_fields=["state", "note"])
+            Analysis.objects.filter(batch=batch, state=Analysis.State.QUEUED).update(enqueued_at=now)
+            taken.append(batch)
+    for batch in taken:
+        sent = _batch_dispatch(batch)
+        log.warning("Inline batch %s was abandoned: %d analyses sent to the workers", batch.pk, sent)
+        batch_refresh(batch_id=batch.pk)
+    return [b.pk for b in taken]
 
 
 def batches_start_due(*, now: dt.datetime | None = None) -> list[int]:
@@ -323,6 +360,7 @@ def batches_start_due(*, now: dt.datetime | None = None) -> list[int]:
             sent = _batch_dispatch(batch)
             log.info("Overnight batch %s started: %d analyses sent", batch.pk, sent)
             batch_refresh(batch_id=batch.pk)
+    started += batches_take_over_abandoned_inline(now=now)
     running = Batch.objects.filter(
         schedule=Batch.Schedule.OVERNIGHT, state=Batch.State.RUNNING, overran_window=False
     )
@@ -424,9 +462,10 @@ def batches_note_progress(*, analysis_ids: Iterable[int]) -> None:
 
 def batch_run_inline(*, batch: Batch, on_progress: Callable[[dict[str, Any]], None] | None = None) -> None:
     """Run the batch's waiting analyses in this process, without a worker (one-off imports,
-    checks): jobs of ANALYSIS_BATCH_SIZE per condition, as a worker would."""
-    if batch.state == Batch.State.WAITING:
-        Batch.objects.filter(pk=batch.pk).update(state=Batch.State.RUNNING, started_at=timezone.now())
+    checks): jobs of ANALYSIS_BATCH_SIZE per condition, as a worker would. The batch stays
+    'waiting' until its last job has run, so the sweeper never hands its queued analyses to a
+    worker meanwhile."""
+    Batch.objects.filter(pk=batch.pk, started_at__isnull=True).update(started_at=timezone.now())
     by_condition: dict[str, list[int]] = {}
     rows = Analysis.objects.filter(batch=batch, state=Analysis.State.QUEUED).order_by("pk")
     for pk, condition in rows.values_list("pk", "condition"):
@@ -439,6 +478,7 @@ def batch_run_inline(*, batch: Batch, on_progress: Callable[[dict[str, Any]], No
             progress = batch_refresh(batch_id=batch.pk)
             if on_progress:
                 on_progress(progress)
+    Batch.objects.filter(pk=batch.pk, state=Batch.State.WAITING).update(state=Batch.State.RUNNING)
     batch_refresh(batch_id=batch.pk)
 
 

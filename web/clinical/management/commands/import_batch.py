@@ -58,6 +58,7 @@ class Command(BaseCommand):
                 source_name=text_name(str(path.resolve())),
                 conditions=conditions,
                 overnight=options["overnight"],
+                inline=options["inline"],
             )
         if options["inline"]:
             batch_run_inline(batch=batch, on_progress=progress)
