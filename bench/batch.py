@@ -2,16 +2,18 @@
 throughput at the same batch size, in the same run.
 
 On a scratch database, media folder and Redis namespace: writes --n generated chest DICOM
-files to a folder, starts a worker as `make run` does (and times its warm start: from "ready"
-to the models warm), imports the folder as one batch for --condition and waits for every
-analysis. Then, in this process, runs core.analysis.analyze_with_model_batch over the same
-decoded images in jobs of ANALYSIS_BATCH_SIZE, with the condition's model and with every
-active model of the registry. Prints images/min (platform and raw), CPU seconds per image by
-process (the import command, the worker's pool and parent processes; read from /proc), and
-the projected time of a 10,000-image night with each active model. Asserts nothing.
+files to a folder, starts a worker as `make run` does (one pool process per core up to two;
+--concurrency to change it) and times its warm start (from "ready" to the models warm),
+imports the folder as one batch for --condition and waits for every analysis. Then, in this
+process, runs core.analysis.analyze_with_model_batch over the same decoded images in jobs of
+ANALYSIS_BATCH_SIZE, with the condition's model and with every active model of the registry.
+Prints images/min (platform and raw), CPU seconds per image by process (the import command,
+the worker's pool and parent processes; read from /proc), and the projected time of a
+10,000-image night with each active model. Asserts nothing.
 
     .venv/bin/python bench/batch.py [--n 300] [--condition pneumonia] [--size 512]
-        [--registry registry.json] [--database-url postgres://...]      # --n 2000: the full run
+        [--registry registry.json] [--database-url postgres://...] [--redis-url redis://...]
+        [--concurrency 2]                                               # --n 2000: the full run
 """
 
 from __future__ import annotations
@@ -74,6 +76,12 @@ def main() -> None:
     parser.add_argument("--registry", default=str(REPO / "registry.json"))
     parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/bench_batch")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=2 if (os.cpu_count() or 1) >= 2 else 1,
+        help="worker pool processes (default: as `make run`, one per core up to two)",
+    )
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     env = {
@@ -105,14 +113,17 @@ def main() -> None:
     folder.mkdir()
     write_images(folder, args.n, args.size)
     batch_size = settings.ANALYSIS_BATCH_SIZE
-    print(f"{args.n} chest DICOM {args.size}x{args.size}, condition {args.condition}, jobs of {batch_size}")
+    print(
+        f"{args.n} chest DICOM {args.size}x{args.size}, condition {args.condition}, jobs of {batch_size}, "
+        f"{args.concurrency} worker pool process(es)"
+    )
 
     log_path = scratch / "worker.log"
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "interactive,maintenance,batch"]
         + [
             "--concurrency",
-            "1",
+            str(args.concurrency),
             "-n",
             "bench@%h",
             "--without-gossip",
@@ -137,7 +148,7 @@ def main() -> None:
         # issue's goal is the first result within 5 s of that.
         from worker.readiness import warm_processes_since
 
-        while warm_processes_since(started_wall) < 1:
+        while warm_processes_since(started_wall) < args.concurrency:
             if worker.poll() is not None or time.monotonic() - worker_ready > 300:
                 sys.exit(
                     "The worker never warmed its models:\n" + log_path.read_text(errors="replace")[-3000:]
@@ -208,7 +219,7 @@ def main() -> None:
         f"  import_batch command (decode, recognise, thumbnail, rows): {import_cpu_s / args.n * 1000:6.1f} ms"
     )
     print(
-        f"  worker pool process (analysis + Grad-CAM + storing):       {pool / max(n_done, 1) * 1000:6.1f} ms"
+        f"  worker pool process(es) (analysis + Grad-CAM + storing):   {pool / max(n_done, 1) * 1000:6.1f} ms"
     )
     print(
         f"  worker parent process (broker, bookkeeping):               "
@@ -238,7 +249,7 @@ def main() -> None:
         f"platform / raw = {raw[args.condition] / platform_per_image:.0%}"
     )
     print(
-        f"projected {NIGHT:,}-image night, one worker process "
+        f"projected {NIGHT:,}-image night, this worker ({args.concurrency} pool process(es)) "
         f"(the platform's overhead per image measured with {args.condition}):"
     )
     overhead = platform_per_image - raw[args.condition]
