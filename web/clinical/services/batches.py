@@ -501,7 +501,11 @@ def batch_wait(
             return True
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.5)
+        # Closer to the end, a closer look: the last jobs take a fraction of a second, and
+        # a half-second poll added a quarter of a second on average to every --wait.
+        left = progress["total"] - progress["done"]
+        near_end = progress["imported"] and left <= 2 * settings.ANALYSIS_BATCH_SIZE
+        time.sleep(0.1 if near_end else 0.5)
 
 
 # --------------------------------------------------------------------------- summary
