@@ -183,7 +183,7 @@ def main() -> None:
         import resource
 
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t0 = time.monotonic()
+        t0, t0_wall = time.monotonic(), time.time()
         command = subprocess.run(
             [sys.executable, "manage.py", "import_batch", str(folder), "--wait", "--json"]
             + ["--conditions", args.condition],
@@ -214,6 +214,22 @@ def main() -> None:
     )
     print(f"platform: {n_done / wall * 60:,.0f} images/min end to end ({wall:.1f} s, import + analyses)")
     print(f"          analyses from the batch's start to its end: {analysing:.1f} s")
+    from django.db.models import Max, Min
+
+    marks = Analysis.objects.filter(batch=batch).aggregate(
+        imported=Max("created_at"), first=Min("finished_at"), last=Max("finished_at")
+    )
+    if batch.started_at and all(marks.values()):
+
+        def since(moment: object) -> float:
+            return moment.timestamp() - t0_wall  # type: ignore[attr-defined]
+
+        print(
+            f"          timeline from the command's start: batch created {since(batch.started_at):.1f} s "
+            f"(start-up), last file imported {since(marks['imported']):.1f} s, first result "
+            f"{since(marks['first']):.1f} s, last result {since(marks['last']):.1f} s, command "
+            f"done {wall:.1f} s"
+        )
     print("CPU per image:")
     print(
         f"  import_batch command (decode, recognise, thumbnail, rows): {import_cpu_s / args.n * 1000:6.1f} ms"

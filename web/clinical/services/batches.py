@@ -501,11 +501,10 @@ def batch_wait(
             return True
         if time.monotonic() > deadline:
             return False
-        # Closer to the end, a closer look: the last jobs take a fraction of a second, and
-        # a half-second poll added a quarter of a second on average to every --wait.
-        left = progress["total"] - progress["done"]
-        near_end = progress["imported"] and left <= 2 * settings.ANALYSIS_BATCH_SIZE
-        time.sleep(0.1 if near_end else 0.5)
+        # Closer to the end, a closer look: a fixed half-second poll added a quarter of a
+        # second on average to every --wait, while the last jobs take a fraction of one.
+        eta = progress["eta_seconds"]
+        time.sleep(0.5 if eta is None or not progress["imported"] else min(0.5, max(0.05, eta / 4)))
 
 
 # --------------------------------------------------------------------------- summary
