@@ -184,7 +184,8 @@ def batch_import(
     position = 0
     sender = _JobSender(batch)
     try:
-        for members in _chunks(files.members(), chunk):
+        # The first chunk is one job's worth: the workers start while the rest is imported.
+        for members in _chunks(files.members(), chunk, first=min(chunk, settings.ANALYSIS_BATCH_SIZE)):
             sender.add(
                 _import_chunk(
                     batch,
@@ -206,13 +207,14 @@ def batch_import(
     return batch
 
 
-def _chunks(members: Iterable[Member], size: int) -> Iterator[list[Member]]:
+def _chunks(members: Iterable[Member], size: int, *, first: int | None = None) -> Iterator[list[Member]]:
     chunk: list[Member] = []
+    limit = first or size
     for member in members:
         chunk.append(member)
-        if len(chunk) >= size:
+        if len(chunk) >= limit:
             yield chunk
-            chunk = []
+            chunk, limit = [], size
     if chunk:
         yield chunk
 
