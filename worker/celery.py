@@ -53,9 +53,12 @@ def limit_blas_threads(**_: object) -> None:
     on 2 cores) without making it any faster, and took the other core from the other pool
     process and the import. Each pool process (after fork: numpy is already loaded, so its
     environment variables come too late) gets as many BLAS threads as TensorFlow."""
-    from threadpoolctl import threadpool_limits
+    try:
+        from threadpoolctl import threadpool_limits
 
-    threadpool_limits(limits=int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 1), user_api="blas")
+        threadpool_limits(limits=int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 1), user_api="blas")
+    except Exception:  # noqa: BLE001 - slower jobs, never a pool process that cannot start
+        log.warning("Could not limit numpy's BLAS threads", exc_info=True)
 
 
 def cpu_threads_per_process(*, cores: int, processes: int) -> int:

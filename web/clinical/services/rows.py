@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +34,7 @@ def rows_update(objects: Sequence[Model], fields: Sequence[str]) -> None:
         assert isinstance(field, Field) and field.column, f"{name} is not a column of {meta.label}"
         columns.append(field)
     quote = connection.ops.quote_name
-    row = "(" + ", ".join(f"CAST(%s AS {field.db_type(connection)})" for field in columns) + ")"
+    row = "(" + ", ".join(f"CAST(%s AS {_cast_type(field, connection)})" for field in columns) + ")"
     params: list[Any] = []
     for obj in objects:
         params.append(columns[0].get_db_prep_save(obj.pk, connection))
@@ -47,3 +48,9 @@ def rows_update(objects: Sequence[Model], fields: Sequence[str]) -> None:
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
+
+
+def _cast_type(field: Field, connection: Any) -> str:
+    """The column's type, but a character column's without its length: CAST(... AS
+    varchar(n)) would cut a long value silently where a plain UPDATE refuses it."""
+    return re.sub(r"^(varchar|character varying)\(\d+\)$", "varchar", str(field.db_type(connection)))
