@@ -247,7 +247,12 @@ def _stretch_to_uint8(values: np.ndarray) -> np.ndarray:
     lo, hi = float(np.min(values)), float(np.max(values))
     if hi <= lo:
         return np.zeros(values.shape, dtype=np.uint8)
-    return np.round((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    # round((values - lo) * scale), in place on one temporary: the same arithmetic, but each
+    # fresh full-size float64 temporary cost more than the arithmetic (2.1 of 3.7 ms of
+    # decoding a 512 px DICOM, in the upload and again in the worker).
+    scaled = values - lo
+    scaled *= 255.0 / (hi - lo)
+    return np.round(scaled, out=scaled).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- DICOM
@@ -392,8 +397,14 @@ def window_linear(values: np.ndarray, *, center: float, width: float) -> np.ndar
     """DICOM PS3.3 C.11.2.1.2.1 'LINEAR' window, output 0..255 uint8."""
     if width <= 1:
         return np.where(values < center - 0.5, 0, 255).astype(np.uint8)
-    scaled = ((values - (center - 0.5)) / (width - 1.0) + 0.5) * 255.0
-    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+    # ((values - (center - 0.5)) / (width - 1) + 0.5) * 255, rounded and clipped, in place on
+    # one temporary (see _stretch_to_uint8).
+    scaled = values - (center - 0.5)
+    scaled /= width - 1.0
+    scaled += 0.5
+    scaled *= 255.0
+    np.round(scaled, out=scaled)
+    return np.clip(scaled, 0, 255, out=scaled).astype(np.uint8)
 
 
 def _first_window(ds: Any) -> tuple[float | None, float | None]:

@@ -212,6 +212,30 @@ def test_an_overnight_batch_waits_for_the_night_window_and_starts_inside_it(
     assert "Did not finish within the night window" in tech_api.get(f"/batches/{batch.pk}/").content.decode()
 
 
+def test_a_batch_reaches_the_workers_in_full_jobs_from_its_first_files(
+    parked_broker, transactional_db, settings, tmp_path
+) -> None:
+    """Each job is one model call: a chunk of files used to end in a short job (50 files, jobs
+    of 16: a job of 2 every chunk). The jobs now carry ANALYSIS_BATCH_SIZE analyses each, the
+    first as soon as that many files are in, and every analysis goes exactly once."""
+    from web.clinical.services.archive_safety import FolderFiles
+    from web.clinical.services.batches import batch_import
+
+    settings.ANALYSIS_BATCH_SIZE = 4
+    for i in range(10):
+        (tmp_path / f"{i:02}.dcm").write_bytes(dicom_bytes(patient_id=f"MRN-J{i}", seed=60 + i))
+    with FolderFiles(tmp_path) as files:
+        batch = batch_import(files=files, source=Batch.Source.FOLDER, conditions=["pneumonia"], chunk=3)
+
+    ids = sorted(Analysis.objects.filter(batch=batch).values_list("pk", flat=True))
+    assert len(ids) == 10
+    assert sent_jobs(parked_broker, "batch") == [
+        ("worker.tasks.analyze_batch", ids[0:4]),
+        ("worker.tasks.analyze_batch", ids[4:8]),
+        ("worker.tasks.analyze_batch", ids[8:10]),  # what is left, when the import ends
+    ]
+
+
 def test_a_night_window_across_midnight(settings) -> None:
     from web.clinical.services.batches import in_night_window
 

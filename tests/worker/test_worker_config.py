@@ -27,3 +27,17 @@ def test_the_thread_limit_follows_the_pool_size_and_can_be_overridden(monkeypatc
     monkeypatch.setenv("RADTRIAGE_TF_THREADS", "3")
     limit_cpu_threads(sender=SimpleNamespace(concurrency=4))
     assert os.environ["TF_NUM_INTRAOP_THREADS"] == "3"
+
+
+def test_a_pool_process_runs_numpy_on_as_many_threads_as_tensorflow(monkeypatch) -> None:
+    import numpy as np
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from worker.celery import limit_blas_threads
+
+    np.ones((64, 64)) @ np.ones((64, 64))  # BLAS loaded, as in a pool process after fork
+    with threadpool_limits(limits=2, user_api="blas"):  # restored after the test
+        monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "1")
+        limit_blas_threads()  # worker_process_init, in the pool process
+        blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+        assert blas and set(blas) == {1}

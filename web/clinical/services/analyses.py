@@ -21,9 +21,10 @@ from core.conditions import (
 )
 from core.errors import RadTriageError
 from core.imaging import XRay, load_xray
-from web.clinical.events import analysis_event_publish
+from web.clinical.events import analyses_event_publish, analysis_event_publish
 from web.clinical.models import Analysis, AuditEvent, Batch, Image
 from web.clinical.services.audit import audit_event, audit_record
+from web.clinical.services.rows import rows_update
 from web.clinical.services.storage import files_delete, heatmaps_store
 from web.clinical.services.studies import studies_mark_analysing, studies_refresh, study_refresh_status
 from web.clinical.services.upload_parts import conditions_resolve
@@ -183,8 +184,7 @@ def _analyses_claim(*, analysis_ids: Sequence[int], worker: str) -> list[Analysi
         Analysis.objects.filter(pk__in=[a.pk for a in claimed]).update(
             state=Analysis.State.RUNNING, attempts=F("attempts") + 1, started_at=now, worker=worker[:200]
         )
-        for analysis in claimed:
-            analysis_event_publish(analysis=analysis, event="started")
+        analyses_event_publish(analyses=claimed, event="started")
     return claimed
 
 
@@ -265,10 +265,9 @@ def _analyses_complete(results: list[tuple[Analysis, dict[str, Any], str]]) -> l
                 continue
             old_files.extend(n for n in (analysis.heatmap_raw.name,) if n)
             _analysis_apply_outcome(analysis, outcome, heatmap_name=heatmap_name)
-            # A row at a time: bulk_update's CASE expressions cost more than the round trips.
-            analysis.save(update_fields=OUTCOME_FIELDS)
             done.append(analysis)
             finished.append(analysis)
+        rows_update(finished, OUTCOME_FIELDS)
         studies_refresh(studies=[a.image.study for a in finished])
         AuditEvent.objects.bulk_create(
             [
@@ -283,8 +282,7 @@ def _analyses_complete(results: list[tuple[Analysis, dict[str, Any], str]]) -> l
                 for a in finished
             ]
         )
-        for analysis in finished:
-            analysis_event_publish(analysis=analysis, event="finished")
+        analyses_event_publish(analyses=finished, event="finished")
         transaction.on_commit(lambda: files_delete(old_files))
         _results_to_pacs(finished)
     return done

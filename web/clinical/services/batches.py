@@ -185,17 +185,24 @@ def batch_import(
     )
     csvs = {folder: patients_csv_parse(data) for folder, data in files.patients.items()}
     position = 0
-    for members in _chunks(files.members(), chunk):
-        _import_chunk(
-            batch,
-            members,
-            first=position,
-            csvs=csvs,
-            form=fields,
-            uploaded_by=uploaded_by,
-            ip_address=ip_address,
-        )
-        position += len(members)
+    sender = _JobSender(batch)
+    try:
+        # The first chunk is one job's worth: the workers start while the rest is imported.
+        for members in _chunks(files.members(), chunk, first=min(chunk, settings.ANALYSIS_BATCH_SIZE)):
+            sender.add(
+                _import_chunk(
+                    batch,
+                    members,
+                    first=position,
+                    csvs=csvs,
+                    form=fields,
+                    uploaded_by=uploaded_by,
+                    ip_address=ip_address,
+                )
+            )
+            position += len(members)
+    finally:
+        sender.flush()  # also after a crash: what was committed is sent now, not at the next sweep
     batch.files_total = position
     batch.save(update_fields=["files_total"])
     batch_refresh(batch_id=batch.pk)
@@ -203,13 +210,14 @@ def batch_import(
     return batch
 
 
-def _chunks(members: Iterable[Member], size: int) -> Iterator[list[Member]]:
+def _chunks(members: Iterable[Member], size: int, *, first: int | None = None) -> Iterator[list[Member]]:
     chunk: list[Member] = []
+    limit = first or size
     for member in members:
         chunk.append(member)
-        if len(chunk) >= size:
+        if len(chunk) >= limit:
             yield chunk
-            chunk = []
+            chunk, limit = [], size
     if chunk:
         yield chunk
 
@@ -223,7 +231,9 @@ def _import_chunk(
     form: UploadFields | None,
     uploaded_by: Any,
     ip_address: str | None,
-) -> None:
+) -> list[tuple[int, str]]:
+    """Import one chunk of files; returns the (id, condition) of its analyses to send now
+    (none for an overnight batch)."""
     readable = [(i, m) for i, m in enumerate(members) if m.data is not None]
     per_file = {i: _patient_for(m, csvs=csvs, form=form) for i, m in readable}
     try:
@@ -282,8 +292,39 @@ def _import_chunk(
         batch.refused += counts[BatchItem.Status.REFUSED]
         batch.patients_from = froms
         batch.save(update_fields=["accepted", "duplicates", "refused", "patients_from"])
-    if batch.schedule == Batch.Schedule.NOW and batch.state == Batch.State.RUNNING:
-        _batch_dispatch(batch, analysis_ids=new_ids)
+    if batch.schedule != Batch.Schedule.NOW or batch.state != Batch.State.RUNNING:
+        return []  # overnight, or inline (import_batch --inline runs them itself)
+    return list(
+        Analysis.objects.filter(batch=batch, state=Analysis.State.QUEUED, pk__in=new_ids)
+        .order_by("pk")
+        .values_list("pk", "condition")
+    )
+
+
+class _JobSender:
+    """Sends a batch's new analyses to the batch queue as its chunks are imported, in full jobs
+    of ANALYSIS_BATCH_SIZE analyses of one condition (one model call each); what is left of
+    each condition goes when the import ends. A chunk of 50 files used to end in a job of 2."""
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        self.pending: dict[str, list[int]] = {}
+
+    def add(self, analyses: list[tuple[int, str]]) -> None:
+        for pk, condition in analyses:
+            self.pending.setdefault(condition, []).append(pk)
+        size = settings.ANALYSIS_BATCH_SIZE
+        for ids in self.pending.values():
+            full = len(ids) - len(ids) % size
+            if full:
+                analyses_dispatch(analysis_ids=ids[:full], queue=settings.QUEUE_BATCH)
+                del ids[:full]
+
+    def flush(self) -> None:
+        for ids in self.pending.values():
+            if ids:
+                analyses_dispatch(analysis_ids=ids, queue=settings.QUEUE_BATCH)
+        self.pending.clear()
 
 
 def _batch_dispatch(batch: Batch, *, analysis_ids: list[int] | None = None) -> int:
@@ -502,7 +543,10 @@ def batch_wait(
             return True
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.5)
+        # Closer to the end, a closer look: a fixed half-second poll added a quarter of a
+        # second on average to every --wait, while the last jobs take a fraction of one.
+        eta = progress["eta_seconds"]
+        time.sleep(0.5 if eta is None or not progress["imported"] else min(0.5, max(0.05, eta / 4)))
 
 
 # --------------------------------------------------------------------------- summary

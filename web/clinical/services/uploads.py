@@ -15,7 +15,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from web.clinical.events import analysis_event_publish
+from web.clinical.events import analyses_event_publish
 from web.clinical.media_storage import storage_is_full
 from web.clinical.models import Analysis, AuditEvent, Image
 from web.clinical.services.analyses import analyses_dispatch, analysis_build, analysis_enqueue
@@ -322,9 +322,7 @@ def _images_store(
                     for i, image in images.items()
                 ]
             )
-            for group in analyses.values():
-                for analysis in group:
-                    analysis_event_publish(analysis=analysis, event="queued")
+            analyses_event_publish(analyses=[a for group in analyses.values() for a in group], event="queued")
     except BaseException:
         files_delete(stored)
         stored.close()

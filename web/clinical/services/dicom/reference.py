@@ -60,3 +60,7 @@ def reference_dataset(image: Image) -> Dataset:
 
 def stable_uid(*parts: object) -> str:
     return str(generate_uid(entropy_srcs=["radtriage", *map(str, parts)]))
+
+
+class ResultNotReady(Exception):
+    """The analysis has no result to render yet (`str()` says why)."""

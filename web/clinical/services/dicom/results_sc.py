@@ -15,13 +15,10 @@ from web.clinical.services.dicom.reference import (
     BANNER,
     MANUFACTURER,
     SC_SERIES_NUMBER,
+    ResultNotReady,
     reference_dataset,
     stable_uid,
 )
-
-
-class ResultNotReady(Exception):
-    """The analysis has no result to render yet (`str()` says why)."""
 
 
 def analysis_secondary_capture(*, analysis: Analysis) -> Dataset:

@@ -17,10 +17,10 @@ from web.clinical.services.dicom.reference import (
     BANNER,
     MANUFACTURER,
     SR_SERIES_NUMBER,
+    ResultNotReady,
     reference_dataset,
     stable_uid,
 )
-from web.clinical.services.dicom.results_sc import ResultNotReady
 
 SCHEME = "99RADTRIAGE"  # private coding scheme for what DCM/LOINC has no code for
 TITLE = Code("18748-4", "LN", "Diagnostic imaging report")
