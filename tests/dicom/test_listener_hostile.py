@@ -17,8 +17,8 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 from tests.dicom.conftest import LISTENER_AE, MODALITY_AE
 from tests.hostile_corpus import Case, hostile_files
-from tests.web.fixtures import dicom_bytes, media_files
-from web.clinical.models import Analysis, Image, Patient, Study, UploadConflict
+from tests.web.fixtures import dicom_bytes, media_files, stored_state
+from web.clinical.models import Image
 
 # What a C-STORE SCU can send: a DICOM file whose file meta names its SOP Class, SOP Instance
 # and transfer syntax. The others (empty, noise, PDF, PNG, JPEG, a zip, a header cut inside its
@@ -65,17 +65,6 @@ def assert_readable_comment(comment: str, fragment: str) -> None:
     assert comment.endswith("."), f"cut in the middle: {comment!r}"
 
 
-def state() -> dict[str, Any]:
-    return {
-        "patients": Patient.objects.count(),
-        "studies": Study.objects.count(),
-        "images": Image.objects.count(),
-        "analyses": Analysis.objects.count(),
-        "conflicts": UploadConflict.objects.count(),
-        "files": media_files(),
-    }
-
-
 @pytest.fixture()
 def send_files_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
     """pynetdicom sends a file path's bytes without decoding them, as storescu does."""
@@ -119,7 +108,7 @@ def test_the_listener_answers_each_hostile_instance_and_stores_all_or_nothing(
     _, port = listener
     path = tmp_path / "sent.dcm"
     path.write_bytes(as_sent(case))
-    before = state()
+    before = stored_state()
 
     with associate(port) as assoc:
         status = assoc.send_c_store(path)
@@ -131,7 +120,7 @@ def test_the_listener_answers_each_hostile_instance_and_stores_all_or_nothing(
         else:
             assert 0xA000 <= status.Status <= 0xCFFF, status  # a failure, not a warning or success
             assert_readable_comment(status.ErrorComment, case.message)
-            assert state() == before
+            assert stored_state() == before
         good_instance_is_stored(assoc, tmp_path, seed=CASES.index(case))  # same association
 
 
@@ -143,7 +132,7 @@ def test_an_unsupported_transfer_syntax_is_refused_at_negotiation(
     path = tmp_path / "video.dcm"
     path.write_bytes(MPEG2.data)
     syntax = pydicom.dcmread(io.BytesIO(MPEG2.data)).file_meta.TransferSyntaxUID
-    before = state()
+    before = stored_state()
 
     with associate(port, syntax) as assoc:
         accepted = {c.transfer_syntax[0] for c in assoc.accepted_contexts}
@@ -151,7 +140,7 @@ def test_an_unsupported_transfer_syntax_is_refused_at_negotiation(
             assoc.send_c_store(path)
 
         assert syntax not in accepted and ExplicitVRLittleEndian in accepted
-        assert state() == before
+        assert stored_state() == before
         good_instance_is_stored(assoc, tmp_path, seed=100)
 
 
@@ -165,12 +154,12 @@ def test_encapsulated_pixels_sent_as_uncompressed_are_refused(
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     path = tmp_path / "mislabelled.dcm"
     ds.save_as(path, enforce_file_format=True)
-    before = state()
+    before = stored_state()
 
     with associate(port) as assoc:
         status = assoc.send_c_store(path)
 
         assert 0xA000 <= status.Status <= 0xCFFF, status
         assert_readable_comment(status.ErrorComment, "DICOM")
-        assert state() == before
+        assert stored_state() == before
         good_instance_is_stored(assoc, tmp_path, seed=101)

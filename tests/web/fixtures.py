@@ -105,6 +105,26 @@ def media_files() -> list[Path]:
     )
 
 
+def stored_state() -> dict[str, Any]:
+    """What a refused file must not change: every row an upload writes, and the media files."""
+    from web.clinical.models import Analysis, Image, Patient, Study, UploadConflict
+
+    return {
+        "patients": Patient.objects.count(),
+        "studies": Study.objects.count(),
+        "images": Image.objects.count(),
+        "analyses": Analysis.objects.count(),
+        "conflicts": UploadConflict.objects.count(),
+        "files": media_files(),
+    }
+
+
+def uvicorn_argv(port: int) -> list[str]:
+    """The web process as `make run` starts it, on this port."""
+    host = ["--host", "127.0.0.1", "--port", str(port)]
+    return [sys.executable, "-m", "uvicorn", *host, "web.asgi:application"]
+
+
 def wait_for(
     predicate: Callable[[], Any], *, timeout: float, interval: float = 0.1, what: str = "condition"
 ) -> Any:

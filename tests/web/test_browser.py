@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from tests.web.fixtures import (
     dicom_bytes,
     free_port,
     service_env,
+    uvicorn_argv,
     wait_for,
     web_login_user,
     with_role,
@@ -35,16 +35,7 @@ def isolated_media(settings):
 def live_server_url(live_worker, service_logs: Path) -> Iterator[str]:
     """The web process as `make run` starts it (uvicorn), on a free port."""
     port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "web.asgi:application",
-    ]
+    argv = uvicorn_argv(port)
     server = Service("uvicorn", argv, service_env(), service_logs)
     server.start(ready_text="Uvicorn running on", timeout=60)
     yield f"http://127.0.0.1:{port}"

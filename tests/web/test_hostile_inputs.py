@@ -25,8 +25,8 @@ from tests.hostile_corpus import (
     hostile_files,
     hostile_members,
 )
-from tests.web.fixtures import REPO, dicom_bytes, media_files, service_env
-from web.clinical.models import Analysis, BatchItem, Image, Patient, Study, UploadConflict
+from tests.web.fixtures import REPO, dicom_bytes, media_files, service_env, stored_state
+from web.clinical.models import BatchItem, Image
 
 LIMIT = 2 * 2**20  # the configured upload size limit in these tests (above the zip bomb)
 CASES = hostile_files(max_upload_bytes=LIMIT)
@@ -39,18 +39,6 @@ SERVER_TEXT = ("/tmp", "/work", "/home", "site-packages", "Traceback", "<_io.", 
 @pytest.fixture(autouse=True)
 def upload_limit(settings) -> None:
     settings.RADTRIAGE_MAX_UPLOAD_BYTES = LIMIT
-
-
-def state() -> dict[str, Any]:
-    """What a refused file must not change: every row an upload writes, and the media files."""
-    return {
-        "patients": Patient.objects.count(),
-        "studies": Study.objects.count(),
-        "images": Image.objects.count(),
-        "analyses": Analysis.objects.count(),
-        "conflicts": UploadConflict.objects.count(),
-        "files": media_files(),
-    }
 
 
 def assert_every_image_has_its_files_and_no_file_is_orphan() -> None:
@@ -116,7 +104,7 @@ def _file(name: str, data: bytes) -> Any:
 def test_the_upload_api_answers_each_hostile_file_in_json_and_stores_all_or_nothing(
     api, db, case: Case
 ) -> None:
-    before = state()
+    before = stored_state()
 
     response = post(api, "/api/uploads/", "file", [case], patient_id=f"MRN-{case.id}"[:64])
 
@@ -133,20 +121,20 @@ def test_the_upload_api_answers_each_hostile_file_in_json_and_stores_all_or_noth
     else:
         assert 400 <= response.status_code < 500, body
         assert_clean_message(body["error"], case.message)
-        assert state() == before
+        assert stored_state() == before
     assert_every_image_has_its_files_and_no_file_is_orphan()
     good_upload_succeeds(api, seed=CASES.index(case))
 
 
 def test_a_file_name_that_is_not_utf8_is_refused_over_http_and_stores_nothing(api, db) -> None:
     case = next(c for c in CASES if c.name == NON_UTF8_NAME)
-    before = state()
+    before = stored_state()
 
     response = post(api, "/api/uploads/", "file", [case], patient_id="MRN-LATIN1")
 
     assert response.status_code == 400
     assert_clean_message(response.json()["error"], "file name is not valid UTF-8")
-    assert state() == before
+    assert stored_state() == before
     good_upload_succeeds(api, seed=777)
 
 
@@ -156,7 +144,7 @@ def test_a_bulk_file_whose_name_is_not_utf8_gets_a_result_of_its_own(api, db) ->
     case = next(c for c in CASES if c.name == NON_UTF8_NAME)
     # Larger than the parser's reads (64 KiB): parts cross them, and must arrive unchanged.
     good = Case("big", "big.dcm", dicom(rows=400, cols=400, seed=30), "accept")
-    before = state()
+    before = stored_state()
 
     response = post(api, "/api/uploads/batch/", "files", [good, case, good], patient_id="MRN-LATIN1")
 
@@ -187,13 +175,13 @@ def test_a_browser_batch_keeps_a_file_whose_name_is_not_utf8(api, db) -> None:
 
 def test_a_form_study_uid_that_is_a_path_is_refused_and_stores_nothing(api, db) -> None:
     png = next(c for c in CASES if c.id == "png-rgba")
-    before = state()
+    before = stored_state()
 
     response = post(api, "/api/uploads/", "file", [png], patient_id="MRN-UID", study_instance_uid="../../x")
 
     assert response.status_code == 400
     assert_clean_message(response.json()["error"], "not a valid DICOM UID")
-    assert state() == before
+    assert stored_state() == before
 
 
 # --------------------------------------------------------------------------- the upload page's bulk API
@@ -202,7 +190,7 @@ def test_a_form_study_uid_that_is_a_path_is_refused_and_stores_nothing(api, db) 
 def test_the_bulk_upload_behind_the_upload_page_refuses_each_hostile_file_on_its_own(api, db) -> None:
     """The upload page sends every file it is given to /api/uploads/batch/ and lists each
     refused file with the `error` of its result (web/ui/static/ui/upload.js)."""
-    before = state()
+    before = stored_state()
 
     response = post(api, "/api/uploads/batch/", "files", HTTP_CASES, patient_id="MRN-BULK")
 
@@ -234,7 +222,7 @@ def _sent_name(case: Case) -> str:
 
 def test_a_browser_batch_of_hostile_files_refuses_each_on_its_own(api, db) -> None:
     """POST /api/batches/ with `files` (the batch page's upload)."""
-    before = state()
+    before = stored_state()
 
     response = post(api, "/api/batches/", "files", HTTP_CASES, patient_id="MRN-BATCH")
 

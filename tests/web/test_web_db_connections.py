@@ -5,7 +5,6 @@ the web processes ran PostgreSQL out of connections and answered HTTP 500."""
 
 from __future__ import annotations
 
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.web.fixtures import Service, db_url_for_services, free_port, service_env
+from tests.web.fixtures import Service, db_url_for_services, free_port, service_env, uvicorn_argv
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -39,16 +38,7 @@ def test_the_web_process_does_not_keep_a_database_connection_per_request(service
     env = service_env(DATABASE_URL=f"{db_url_for_services()}?application_name={name}")
     env.pop("DB_CONN_MAX_AGE")  # the deployment's default
     port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "web.asgi:application",
-    ]
+    argv = uvicorn_argv(port)
     server = Service("uvicorn", argv, env, service_logs).start(ready_text="Uvicorn running on", timeout=60)
     try:
         answers: list[Any] = [
