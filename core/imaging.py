@@ -243,8 +243,9 @@ def _check_size(width: int, height: int, *, max_pixels: int) -> None:
         )
 
 
-def _stretch_to_uint8(values: np.ndarray) -> np.ndarray:
-    lo, hi = float(np.min(values)), float(np.max(values))
+def _stretch_to_uint8(values: np.ndarray, *, span: tuple[float, float] | None = None) -> np.ndarray:
+    """values -> 0..255 over their range (`span`: the range to use instead of values' own)."""
+    lo, hi = span if span is not None else (float(np.min(values)), float(np.max(values)))
     if hi <= lo:
         return np.zeros(values.shape, dtype=np.uint8)
     # round((values - lo) * scale), in place on one temporary: the same arithmetic, but each
@@ -379,8 +380,11 @@ def dicom_to_display(arr: np.ndarray, ds: Any) -> np.ndarray:
     """
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
     center, width = _first_window(ds)
+    by_table = _display_by_table(arr, ds, center=center, width=width)
+    if by_table is not None:
+        return by_table
+    values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
     if "VOILUTSequence" in ds:
         values = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
         out = _stretch_to_uint8(values)
@@ -391,6 +395,38 @@ def dicom_to_display(arr: np.ndarray, ds: Any) -> np.ndarray:
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         out = 255 - out
     return out
+
+
+def _display_by_table(
+    arr: np.ndarray, ds: Any, *, center: float | None, width: float | None
+) -> np.ndarray | None:
+    """dicom_to_display for integer stored values, computed once per stored value present in
+    the image's range and looked up for each pixel: the same arithmetic on each value, so the
+    same pixels, ~4x faster at 512 px (the upload and the worker each decode every file).
+    None when it does not apply (a VOI LUT Sequence, a Modality LUT Sequence without a window,
+    a range wider than the image has pixels): the caller computes pixel by pixel."""
+    from pydicom.pixels import apply_modality_lut
+
+    if arr.dtype.kind not in "iu" or arr.ndim != 2 or arr.size == 0 or "VOILUTSequence" in ds:
+        return None
+    windowed = center is not None and width is not None and width >= 1
+    if not windowed and ds.get("ModalityLUTSequence"):
+        return None  # the stretch needs the range of the values present: not monotonic
+    lo, hi = int(arr.min()), int(arr.max())
+    start = 0 if arr.dtype.kind == "u" else lo  # unsigned: index by the stored value itself
+    if hi - start + 1 > max(arr.size // 4, 256):
+        return None
+    stored = np.arange(start, hi + 1, dtype=arr.dtype)
+    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    if windowed:
+        table = window_linear(values, center=center, width=width)  # type: ignore[arg-type]
+    else:
+        # Rescale is linear: the lowest and highest stored values present give the range.
+        ends = (float(values[lo - start]), float(values[hi - start]))
+        table = _stretch_to_uint8(values, span=(min(ends), max(ends)))
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        table = 255 - table
+    return table[arr] if start == 0 else table[arr.astype(np.intp) - start]
 
 
 def window_linear(values: np.ndarray, *, center: float, width: float) -> np.ndarray:

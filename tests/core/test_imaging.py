@@ -298,3 +298,50 @@ def test_the_pixels_can_be_read_without_the_header_summary(tmp_path) -> None:
 
     assert full.metadata["Modality"] and pixels_only.metadata == {}
     np.testing.assert_array_equal(pixels_only.pixels, full.pixels)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        {},
+        {"window": (2000.0, 1500.0)},
+        {"slope": 2.0, "intercept": -1000.0},
+        {"slope": -0.5, "intercept": 300.0},
+        {"slope": 1.5, "intercept": 7.0, "window": (900.0, 3.0)},
+        {"photometric": "MONOCHROME1"},
+        {"photometric": "MONOCHROME1", "window": (1000.0, 1.0)},
+        {"signed": True},
+        {"signed": True, "slope": 3.0, "intercept": 11.0, "window": (-100.0, 900.0)},
+    ],
+)
+def test_dicom_display_by_table_gives_the_same_pixels_as_pixel_by_pixel(case):
+    # dicom_to_display looks each stored value up in a table computed once per value; the
+    # pixels must be exactly those of the arithmetic done on every pixel.
+    from pydicom.dataset import Dataset
+    from pydicom.pixels import apply_modality_lut
+
+    from core.imaging import _stretch_to_uint8, dicom_to_display
+
+    rng = np.random.default_rng(7)
+    signed = case.get("signed", False)
+    stored = rng.integers(-1500 if signed else 37, 3000, size=(128, 160)).astype(
+        np.int16 if signed else np.uint16
+    )
+    ds = Dataset()
+    ds.PhotometricInterpretation = case.get("photometric", "MONOCHROME2")
+    if "slope" in case:
+        ds.RescaleSlope, ds.RescaleIntercept = case["slope"], case["intercept"]
+    if "window" in case:
+        ds.WindowCenter, ds.WindowWidth = case["window"]
+    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    expected = (
+        window_linear(values, center=case["window"][0], width=case["window"][1])
+        if "window" in case
+        else _stretch_to_uint8(values)
+    )
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        expected = 255 - expected
+    out = dicom_to_display(stored, ds)
+    assert out.dtype == np.uint8 and out.shape == stored.shape
+    np.testing.assert_array_equal(out, expected)
+    assert len(np.unique(out)) > 1

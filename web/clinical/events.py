@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -246,3 +248,54 @@ atexit.register(_publisher.flush)
 
 def events_flush(timeout: float = 2.0) -> bool:
     return _publisher.flush(timeout)
+
+
+class GroupListener:
+    """Blocking wake-ups from a group's messages, for a process outside the ASGI server (the
+    import_batch command waiting for its batch): wait() returns True as soon as a message
+    arrives, False after `timeout`. Only a wake-up: the caller reads the database, the truth,
+    and still wakes on its own after the timeout (no channel layer, Redis down: it polls)."""
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self._layer = get_channel_layer()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._channel = ""
+
+    def __enter__(self) -> GroupListener:
+        if self._layer is None:
+            return self
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._channel = self._loop.run_until_complete(self._layer.new_channel())
+            self._loop.run_until_complete(self._layer.group_add(self.group, self._channel))
+        except Exception:  # noqa: BLE001 - a wake-up is an optimisation; polling still works
+            log.warning("Could not listen to %s; polling instead", self.group, exc_info=True)
+            self._close()
+        return self
+
+    def wait(self, timeout: float) -> bool:
+        if self._loop is None or self._layer is None:
+            time.sleep(timeout)
+            return False
+        try:
+            self._loop.run_until_complete(asyncio.wait_for(self._layer.receive(self._channel), timeout))
+            return True
+        except TimeoutError:
+            return False
+        except Exception:  # noqa: BLE001 - see wait(): fall back to polling
+            log.warning("Listening to %s failed; polling instead", self.group, exc_info=True)
+            self._close()
+            time.sleep(timeout)
+            return False
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._loop is not None and self._layer is not None:
+            with contextlib.suppress(Exception):
+                self._loop.run_until_complete(self._layer.group_discard(self.group, self._channel))
+        self._close()
+
+    def _close(self) -> None:
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None

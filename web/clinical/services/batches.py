@@ -23,7 +23,7 @@ from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from web.clinical.events import batch_event_publish
+from web.clinical.events import GroupListener, batch_event_publish, batch_group
 from web.clinical.models import Analysis, Batch, BatchItem
 from web.clinical.services.analyses import analyses_dispatch, analyses_run
 from web.clinical.services.archive_safety import Member
@@ -526,27 +526,25 @@ def batch_run_inline(*, batch: Batch, on_progress: Callable[[dict[str, Any]], No
 def batch_wait(
     *, batch: Batch, timeout: float, on_progress: Callable[[dict[str, Any]], None] | None = None
 ) -> bool:
-    """Block until every analysis of the batch has ended (True) or `timeout` passes (False)."""
+    """Block until every analysis of the batch has ended (True) or `timeout` passes (False).
+    Woken by the batch's own progress events (each job's end, sent to its page), the last
+    result is seen at once, not at the next poll (0.4 s later: a tenth of a 300-image batch);
+    the database, the truth, is still read every half second at least."""
     deadline = time.monotonic() + timeout
     last: tuple[int, int] | None = None
-    while True:
-        batch.refresh_from_db()
-        progress = batch_progress(batch)
-        if on_progress and (progress["done"], progress["total"]) != last:
-            on_progress(progress)
-            last = (progress["done"], progress["total"])
-        if (
-            progress["imported"]
-            and progress["done"] >= progress["total"]
-            and batch.state != Batch.State.WAITING
-        ):
-            return True
-        if time.monotonic() > deadline:
-            return False
-        # Closer to the end, a closer look: a fixed half-second poll added a quarter of a
-        # second on average to every --wait, while the last jobs take a fraction of one.
-        eta = progress["eta_seconds"]
-        time.sleep(0.5 if eta is None or not progress["imported"] else min(0.5, max(0.05, eta / 4)))
+    with GroupListener(batch_group(batch.pk)) as listener:
+        while True:
+            batch.refresh_from_db()
+            progress = batch_progress(batch)
+            if on_progress and (progress["done"], progress["total"]) != last:
+                on_progress(progress)
+                last = (progress["done"], progress["total"])
+            ended = progress["imported"] and progress["done"] >= progress["total"]
+            if ended and batch.state != Batch.State.WAITING:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            listener.wait(min(0.5, max(0.0, deadline - time.monotonic()) + 0.01))
 
 
 # --------------------------------------------------------------------------- summary
