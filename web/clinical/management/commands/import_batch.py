@@ -7,11 +7,8 @@ beside them (file, patient_id, name, birth date, sex, accession), else the file 
 
 from __future__ import annotations
 
-import atexit
 import json
-import os
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +38,6 @@ class Command(BaseCommand):
         parser.add_argument(
             "--timeout", type=float, default=24 * 3600, help="--wait gives up after this many seconds"
         )
-
-    def run_from_argv(self, argv: list[str]) -> None:
-        """From the command line only (not call_command): once done, exit without the
-        interpreter's teardown of every module, 0.3 s after a batch (a tenth of a 300-image
-        run). atexit still runs (the last live events are sent); everything this command
-        writes is closed by then. Skipped while another non-daemon thread runs."""
-        super().run_from_argv(argv)
-        if all(t.daemon or t is threading.main_thread() for t in threading.enumerate()):
-            atexit._run_exitfuncs()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(0)
 
     def handle(self, *args: Any, **options: Any) -> None:
         path = Path(options["path"])
