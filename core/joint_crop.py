@@ -25,6 +25,7 @@ import numpy as np
 
 from core.errors import RegistryError
 from core.localisation import Box
+from core.preprocessing import resize_gray
 
 TEMPLATE_FILE = "joint_template.npy"
 SEARCH_SIDE = 256  # the film is searched at this size (its longer side)
@@ -105,15 +106,8 @@ class JointCropper:
 
     def crop(self, gray: np.ndarray, box: Box, *, size: Sequence[int]) -> np.ndarray:
         """uint8 (h, w) film + a box as fractions -> uint8 crop at `size`, CLAHE applied."""
-        height, width = gray.shape
-        x0, y0, x1, y1 = box
-        r0, r1 = int(round(y0 * height)), max(int(round(y1 * height)), int(round(y0 * height)) + 1)
-        c0, c1 = int(round(x0 * width)), max(int(round(x1 * width)), int(round(x0 * width)) + 1)
-        patch = gray[r0:r1, c0:c1]
-        h, w = int(size[0]), int(size[1])
-        shrink = patch.shape[0] > h
-        resized = cv2.resize(patch, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        return self._clahe().apply(resized)
+        r0, r1, c0, c1 = _pixel_span(box, *gray.shape)
+        return self._clahe().apply(resize_gray(gray[r0:r1, c0:c1], input_size=size))
 
     def _clahe(self) -> cv2.CLAHE:
         return cv2.createCLAHE(clipLimit=self.clahe_clip, tileGridSize=(self.clahe_grid, self.clahe_grid))
@@ -143,15 +137,23 @@ def _is_other_knee(match: tuple[float, int, int, int], best: tuple[float, int, i
     return score >= SECOND_KNEE_SCORE * best_score and low <= side / bside <= high and beside
 
 
+def _pixel_span(box: Box, height: int, width: int) -> tuple[int, int, int, int]:
+    """A box as fractions -> rows r0:r1 and columns c0:c1 of a (height, width) image, at
+    least one pixel each way, inside the image."""
+    x0, y0, x1, y1 = box
+    r0, c0 = int(round(y0 * height)), int(round(x0 * width))
+    r1 = min(max(int(round(y1 * height)), r0 + 1), height)
+    c1 = min(max(int(round(x1 * width)), c0 + 1), width)
+    return r0, r1, c0, c1
+
+
 def paste_maps(shape: Sequence[int], boxes: Sequence[Box], maps: Sequence[np.ndarray]) -> np.ndarray:
     """Each crop's heat map put back where its crop came from, on a float32 map of `shape`
     (the film reduced to its search size): what the overlay draws on the full film."""
     height, width = int(shape[0]), int(shape[1])
     out = np.zeros((height, width), np.float32)
-    for (x0, y0, x1, y1), heat in zip(boxes, maps, strict=True):
-        r0, r1 = int(round(y0 * height)), max(int(round(y1 * height)), int(round(y0 * height)) + 1)
-        c0, c1 = int(round(x0 * width)), max(int(round(x1 * width)), int(round(x0 * width)) + 1)
-        r1, c1 = min(r1, height), min(c1, width)
+    for box, heat in zip(boxes, maps, strict=True):
+        r0, r1, c0, c1 = _pixel_span(box, height, width)
         patch = cv2.resize(np.asarray(heat, np.float32), (c1 - c0, r1 - r0), interpolation=cv2.INTER_LINEAR)
         out[r0:r1, c0:c1] = np.maximum(out[r0:r1, c0:c1], patch)
     return out
