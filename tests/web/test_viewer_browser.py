@@ -226,19 +226,20 @@ def test_annotations_persist_are_shared_live_and_only_their_author_changes_them(
     expect(ada.locator("canvas.viewer-canvas")).to_have_attribute("data-ready", "1")
     expect(own).to_contain_text("dr.ada · rectangle left base opacity")
 
-    # Ada edits her note; Bo's page follows.
+    # Ada edits her note. While she types, Bo draws an ellipse: it appears on Ada's open page
+    # (which offers her no way to delete it), and the live update keeps what she has typed.
     own.locator("button.edit").click()
     own.locator("input.edit-note").fill("left base consolidation")
-    own.locator("button.save").click()
-    expect(own).to_contain_text("left base consolidation")
-    expect(theirs).to_contain_text("left base consolidation")
-
-    # Bo draws an ellipse; it appears on Ada's open page, which offers her no way to delete it.
     bo.click("[data-tool=ellipse]")
     drag(bo, (0.2, 0.2), (0.3, 0.35))
     from_bo = ada.locator(".annotation-list li", has_text="dr.bo")
     expect(from_bo).to_contain_text("ellipse")
     expect(from_bo.locator("button.delete")).to_have_count(0)
+    expect(own.locator("input.edit-note")).to_have_value("left base consolidation")
+    own.locator("button.save").click()
+    expect(own).to_contain_text("left base consolidation")
+    expect(own.locator("input.edit-note")).to_have_count(0)
+    expect(theirs).to_contain_text("left base consolidation")
     status = ada.evaluate(
         """async (id) => (await fetch(`/api/annotations/${id}/`, {method: "DELETE",
              headers: {"X-CSRFToken": radtriageCsrf()}})).status""",

@@ -266,6 +266,9 @@
     function describe(a) {
       return a.shapes.map(function (s) { return KIND_LABELS[s.type] || s.type; }).join(", ") || "note";
     }
+    // Notes being edited, id -> text typed so far: a live event or a reload re-renders the
+    // list, and must not throw away what the radiologist is typing.
+    const editing = new Map();
     function renderList() {
       list.innerHTML = "";
       if (!annotations.size) { list.innerHTML = '<li class="empty">None yet.</li>'; return; }
@@ -273,12 +276,22 @@
         const li = document.createElement("li");
         li.dataset.annotationId = a.id;
         li.className = "annotation" + (a.author === me ? " own" : "") + (a.id === selected ? " selected" : "");
+        const mine = a.author === me && canReview;
         li.innerHTML = '<b class="author">' + esc(a.author) + '</b> · <span class="kind">' + esc(describe(a)) +
           '</span> <span class="note">' + esc(a.note) + "</span>" +
-          (a.author === me && canReview ? ' <button type="button" class="edit">Edit note</button>' +
-            ' <button type="button" class="delete">Delete</button>' : "");
+          (mine && !editing.has(a.id) ? ' <button type="button" class="edit">Edit note</button>' : "") +
+          (mine ? ' <button type="button" class="delete">Delete</button>' : "");
         list.appendChild(li);
+        if (mine && editing.has(a.id)) openEditor(li, a.id, editing.get(a.id));
       }
+    }
+    function openEditor(li, id, text) {
+      const noteSpan = li.querySelector(".note");
+      noteSpan.innerHTML = '<input class="edit-note" aria-label="Note" maxlength="2000"> <button type="button" class="save">Save</button>';
+      const input = noteSpan.querySelector("input");
+      input.value = text;
+      editing.set(id, text);
+      input.addEventListener("input", function () { editing.set(id, input.value); });
     }
     function upsert(a) { annotations.set(a.id, a); renderList(); redraw(); }
     self.loadAnnotations = function () {
@@ -291,7 +304,7 @@
         });
     };
     self.annotationEvent = function (event, a) {
-      if (event === "deleted") { annotations.delete(a.id); if (selected === a.id) selected = null; renderList(); redraw(); }
+      if (event === "deleted") { annotations.delete(a.id); editing.delete(a.id); if (selected === a.id) selected = null; renderList(); redraw(); }
       else upsert(a);
     };
     function save(shape) {
@@ -312,15 +325,13 @@
       const id = Number(li.dataset.annotationId);
       if (e.target.classList.contains("delete")) { remove(id); return; }
       if (e.target.classList.contains("edit")) {
-        const noteSpan = li.querySelector(".note");
-        noteSpan.innerHTML = '<input class="edit-note" aria-label="Note" maxlength="2000"> <button type="button" class="save">Save</button>';
-        noteSpan.querySelector("input").value = annotations.get(id).note;
+        openEditor(li, id, annotations.get(id).note);
         e.target.remove();
         return;
       }
       if (e.target.classList.contains("save")) {
         sendJson("/api/annotations/" + id + "/", "PATCH", {note: li.querySelector(".edit-note").value})
-          .then(upsert)
+          .then(function (a) { editing.delete(id); upsert(a); })
           .catch(function (err) { statusLine.textContent = "Not saved: " + err.message; });
         return;
       }
