@@ -125,9 +125,9 @@ def main() -> None:
 
     xrays = [load_xray(p.read_bytes()) for p in sorted(folder.glob("*.dcm"))]
 
-    def raw_per_image(sample: list, condition: str) -> float:
+    def raw_per_image(sample: list, condition: str | None, model_id: str | None = None) -> float:
         """Seconds per image of analyze_with_model_batch in jobs of batch_size (after a warm-up)."""
-        loaded = get_manager(args.registry).get(condition=condition)
+        loaded = get_manager(args.registry).get(condition=condition, model_id=model_id)
         analyze_with_model_batch(sample[:batch_size], loaded=loaded, batch_size=batch_size)
         if len(sample) % batch_size:  # the last, shorter job traces its own graph: not timed
             analyze_with_model_batch(
@@ -290,6 +290,18 @@ def main() -> None:
             f"  {condition:22} {manager.get(condition=condition).model_id:42} "
             f"raw {raw[condition] * 1000:6.1f} ms/img -> {seconds / 3600:5.2f} h"
         )
+    # The "intensive" family is inactive (see its card), but a site may switch to it: what
+    # would a night cost with it?
+    densenets = [e for e in manager.registry().models.values() if e.architecture == "densenet121"]
+    for entry in densenets:
+        per_image = raw_per_image(xrays[: min(len(xrays), 4 * batch_size)], None, entry.id)
+        seconds = NIGHT * (per_image + overhead)
+        print(
+            f"  {entry.condition:22} {entry.id + ' (inactive)':42} "
+            f"raw {per_image * 1000:6.1f} ms/img -> {seconds / 3600:5.2f} h"
+        )
+    if not densenets:
+        print("  (no DenseNet121 model in the registry: nothing to project for the intensive family)")
     import redis
 
     broker = redis.Redis.from_url(args.redis_url)
