@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from core.training.config import THRESHOLD_CONFIDENCE, TrainConfig
+from core.training.config import PROTOCOLS, THRESHOLD_CONFIDENCE, TrainConfig
 from core.training.data import ArraySplit, load_arrays, load_samples, split_counts
 from core.training.evaluation import DEFAULT_MIN_SENSITIVITY
 from core.training.finalize import finalize_model
@@ -32,6 +33,7 @@ KEPT_FIELDS = (
     "joint_crop",
     "limitations",
     "inactive_reason",
+    "threshold_reason",
     "cross_validation",
 )
 
@@ -55,6 +57,15 @@ def _load_splits(
     if train is None or val is None:
         raise ValueError(f"{config.data} needs a '{config.train_split}' and a '{config.val_split}' split")
     return train, val, test, counts
+
+
+def _previous_history(metrics_path: Path) -> list[dict[str, float]]:
+    """The per-epoch history an earlier finalize wrote, so a re-evaluation keeps it."""
+    try:
+        history = json.loads(metrics_path.read_text()).get("history", [])
+    except (OSError, ValueError):
+        return []
+    return history if isinstance(history, list) else []
 
 
 def refinalize_model(
@@ -88,7 +99,9 @@ def refinalize_model(
         architecture=old["architecture"],
         model_id=model_id,
         input_size=tuple(old["input_size"]),
-        protocol=t.get("protocol", "quick"),
+        # Boxed heads record "boxed head", which only their trainer knows; the protocol plays
+        # no part in re-evaluation, and the training record is kept as it was.
+        protocol=t.get("protocol", "quick") if t.get("protocol") in PROTOCOLS else "quick",
         seed=int(t.get("seed", 42)),
         calibration=(old.get("calibration") or {}).get("method", "platt")
         if (old.get("calibration") or {}).get("method") != "none"
@@ -109,7 +122,7 @@ def refinalize_model(
         val=val,
         test=test,
         counts=counts,
-        history=[],
+        history=_previous_history(out_dir / "metrics.json"),
         epochs_run=int(t.get("epochs_run", 0)),
         wall_s=float(t.get("wall_time_s", 0)),
         stopped_early=bool(t.get("stopped_early")),

@@ -332,6 +332,11 @@ def render_card(entry: dict[str, Any]) -> str:
         ),
         f"- Threshold: **{entry['threshold']:.4f}** on the calibrated probability; rule: "
         f'{entry.get("threshold_rule")}. "Positive" means p >= threshold, not p >= 0.5.',
+        *(
+            [f"- Why this sensitivity target: {entry['threshold_reason']}"]
+            if entry.get("threshold_reason")
+            else []
+        ),
         "",
         "## Performance (95% intervals)",
         metrics_table(metrics),

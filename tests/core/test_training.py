@@ -165,19 +165,34 @@ def test_a_tiny_run_interrupted_and_resumed_learns_registers_and_its_artifact_lo
     reg = Registry.load(project / "registry.json")
     raw_now = reg.entry("tiny-fracture").raw
     raw_now["metrics"]["test"]["pointing_game"] = {"hits": 3, "n": 6}
+    # A boxed head records its own protocol name, which TrainConfig does not know.
+    boxed_training = {**raw["training"], "protocol": "boxed head"}
     annotate_model(
         project / "registry.json",
         "tiny-fracture",
         metrics=raw_now["metrics"],
         applicability={"in_population_pass_rate": 0.97},
+        training=boxed_training,
+        threshold_reason="a triage list should miss few fractures",
     )
+    history = json.loads((artifact.parent / "metrics.json").read_text())["history"]
+    assert history
     again = refinalize_model(
-        project / "registry.json", "tiny-fracture", data=project / "data", n_boot=50, log=lambda _m: None
+        project / "registry.json",
+        "tiny-fracture",
+        data=project / "data",
+        n_boot=50,
+        min_sensitivity=0.95,
+        log=lambda _m: None,
     )
-    assert again["sha256"] == raw["sha256"] and again["training"] == raw["training"]
+    assert again["sha256"] == raw["sha256"] and again["training"] == boxed_training
     assert again["metrics"]["test"]["pointing_game"] == {"hits": 3, "n": 6}
+    assert ">= 0.95" in again["threshold_rule"]
+    # The training history is not lost by a re-evaluation.
+    assert json.loads((artifact.parent / "metrics.json").read_text())["history"] == history
     card = (project / raw["card"]).read_text()
     assert "Pointing game" in card and "in population pass rate: 0.970" in card
+    assert "Why this sensitivity target: a triage list should miss few fractures" in card
     table = io.StringIO()
     call_command("evaluate", table=True, registry=str(project / "registry.json"), stdout=table)
     assert "| fracture |" in table.getvalue() and "77.0" in table.getvalue()

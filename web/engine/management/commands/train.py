@@ -80,6 +80,11 @@ class Command(BaseCommand):
         )
         parser.add_argument("--inactive-reason", default=None)
         parser.add_argument(
+            "--threshold-reason",
+            default=None,
+            help="with --annotate: why the operating point's sensitivity target is what it is (card)",
+        )
+        parser.add_argument(
             "--limitation",
             action="append",
             default=None,
@@ -214,6 +219,8 @@ class Command(BaseCommand):
                     fields["inactive_reason"] = o["inactive_reason"]
                 if o["limitation"]:
                     fields["limitations"] = list(o["limitation"])
+                if o["threshold_reason"]:
+                    fields["threshold_reason"] = o["threshold_reason"]
                 annotate_model(registry, o["model_id"], **fields)
                 if o["activate"]:
                     reg = Registry.load(registry)
