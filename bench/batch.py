@@ -47,6 +47,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine so far, all cores (/proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS, idle / CLOCK_TICKS
+
+
 def children(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
@@ -205,6 +212,7 @@ def main() -> None:
         import resource
 
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        machine_before = machine_cpu()
         t0, t0_wall = time.monotonic(), time.time()
         command = subprocess.run(
             [sys.executable, "manage.py", "import_batch", str(folder), "--wait", "--json"]
@@ -215,6 +223,7 @@ def main() -> None:
             text=True,
         )
         wall = time.monotonic() - t0
+        machine_after = machine_cpu()
         after = {pid: cpu_seconds(pid) for pid in [worker.pid, *children(worker.pid)]}
         # Only the import command has been reaped since: the worker is still running.
         done_usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -263,6 +272,15 @@ def main() -> None:
         f"  worker parent process (broker, bookkeeping):               "
         f"{parent / max(n_done, 1) * 1000:6.1f} ms"
     )
+    # What the machine spent besides: PostgreSQL, Redis, the kernel, this script's polling,
+    # anything else running; and what it left idle (the share of the cores nobody used).
+    busy = machine_after[0] - machine_before[0]
+    idle = machine_after[1] - machine_before[1]
+    rest = busy - import_cpu_s - pool - parent
+    print(
+        f"  everything else (PostgreSQL, Redis, kernel, others):       {rest / max(n_done, 1) * 1000:6.1f} ms"
+    )
+    print(f"  cores idle during the batch: {idle / max(busy + idle, 1e-9):.0%}")
 
     # The raw engine on the same images, in jobs of the same size; the run's condition before
     # and after the platform, averaged (this shared machine's speed drifts between minutes).

@@ -20,7 +20,7 @@ from core.imaging import XRay
 from core.joint_crop import paste_maps, search_shape
 from core.localisation import heatmap_peak
 from core.model_manager import LoadedModel, ModelManager
-from core.preprocessing import preprocess_gray
+from core.preprocessing import preprocess_batch
 from core.wording import result_warnings
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def analyze_with_model_batch(
         chunk = xrays[start : start + batch_size]
         film_views = _views(chunk, loaded=loaded, recognitions=_recognise(chunk))
         flat = [view for views in film_views for view in views]
-        batch = np.stack([preprocess_gray(v.pixels, input_size=loaded.input_size) for v in flat])
+        batch = preprocess_batch([v.pixels for v in flat], input_size=loaded.input_size)
         probabilities, cam = loaded.predict_with_gradcam(batch)
         distances = _feature_distances(loaded, getattr(cam, "pooled", None))
         for i, view in enumerate(flat):

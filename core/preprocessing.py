@@ -40,5 +40,14 @@ def to_model_input(gray: np.ndarray) -> np.ndarray:
 
 
 def preprocess_batch(images: Sequence[np.ndarray], *, input_size: Sequence[int]) -> np.ndarray:
-    """A list of uint8 (H_i, W_i) -> float32 (n, h, w, 3)."""
-    return np.stack([preprocess_gray(p, input_size=input_size) for p in images])
+    """A list of uint8 (H_i, W_i) -> float32 (n, h, w, 3): the same values as preprocess_gray
+    for each, written straight into one array (no per-image float temporaries, no stacking
+    copy: a worker's batch job spent ~14% of its Python time there)."""
+    height, width = int(input_size[0]), int(input_size[1])
+    out = np.empty((len(images), height, width, 3), dtype=np.float32)
+    for i, pixels in enumerate(images):
+        if pixels.ndim != 2:
+            raise ValueError(f"expected a 2-D grayscale image, got shape {pixels.shape}")
+        small = resize_gray(pixels, input_size=input_size)
+        np.divide(small[..., None], np.float32(255.0), out=out[i], dtype=np.float32)
+    return out

@@ -208,6 +208,14 @@ def test_training_and_serving_preprocess_an_image_identically() -> None:
         served = preprocess_gray(pixels, input_size=size)
         trained = to_model_input(resize_gray(pixels, input_size=size))
         np.testing.assert_array_equal(served, trained)
+    # The worker's batch path writes the same values straight into one array.
+    from core.preprocessing import preprocess_batch
+
+    films = [rng.integers(0, 256, shape).astype(np.uint8) for shape in ((300, 260), (64, 80), (128, 128))]
+    np.testing.assert_array_equal(
+        preprocess_batch(films, input_size=(128, 128)),
+        np.stack([preprocess_gray(f, input_size=(128, 128)) for f in films]),
+    )
     real = Path(__file__).resolve().parents[3] / "shared/data/pneumonia/test/positive"
     if real.is_dir():
         path = sorted(real.iterdir())[0]
