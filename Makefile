@@ -11,7 +11,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/5
 PYTEST_ARGS ?=
 
-.PHONY: run test venv lint analyze bench bench-pipeline bench-dicom bench-load
+.PHONY: run test venv lint analyze bench bench-pipeline bench-dicom bench-load bench-batch
 
 venv: $(STAMP)
 
@@ -49,3 +49,6 @@ bench-dicom: $(STAMP)
 
 bench-load: $(STAMP)
 	$(PY) bench/load.py
+
+bench-batch: $(STAMP)
+	$(PY) bench/batch.py
