@@ -213,9 +213,14 @@ def test_training_and_serving_preprocess_an_image_identically() -> None:
     from core.preprocessing import preprocess_batch
 
     films = [rng.integers(0, 256, shape).astype(np.uint8) for shape in ((300, 260), (64, 80), (128, 128))]
+    batch = preprocess_batch(films, input_size=(128, 128))
+    np.testing.assert_array_equal(batch, np.stack([preprocess_gray(f, input_size=(128, 128)) for f in films]))
+    # ...and both are the paper's rule, X/255 replicated to RGB, for every 8-bit value.
+    small = np.stack([resize_gray(f, input_size=(128, 128)) for f in films])
+    np.testing.assert_array_equal(batch, np.repeat(small[..., None], 3, axis=-1).astype(np.float32) / 255.0)
+    every_value = np.arange(256, dtype=np.uint8).reshape(16, 16)
     np.testing.assert_array_equal(
-        preprocess_batch(films, input_size=(128, 128)),
-        np.stack([preprocess_gray(f, input_size=(128, 128)) for f in films]),
+        to_model_input(every_value), np.repeat(every_value[..., None], 3, axis=-1).astype(np.float32) / 255.0
     )
     real = Path(__file__).resolve().parents[3] / "shared/data/pneumonia/test/positive"
     if real.is_dir():
