@@ -21,6 +21,16 @@ def test_a_box_marks_the_cells_it_covers_and_mirrors_with_the_film() -> None:
     assert mirrored[0][0, 3] and mirrored[0].sum() == 1
 
 
+def test_strict_masks_keep_only_cells_whose_centre_the_pointing_game_would_score() -> None:
+    # Cell centres of a 4x4 grid sit at 0.125, 0.375, 0.625, 0.875.
+    box = (0.2, 0.2, 0.45, 0.45)
+    assert box_masks([[box]], (4, 4))[0].sum() == 4  # it touches four cells...
+    strict = box_masks([[box], [(0.5, 0.5, 0.55, 0.55)]], (4, 4), strict=True)
+    assert strict[0].sum() == 1 and strict[0][1, 1]  # ...but holds one cell's centre
+    assert strict[1].sum() == 1 and strict[1][2, 2]  # no centre inside: the cell of its own centre
+    assert box_masks([[box]], (4, 4), flip=True, strict=True)[0][1, 2]
+
+
 def _films(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Maps (n, 6, 6, 8): positives carry a 'lesion' pattern in one random cell, their box."""
     x = rng.normal(0, 1, (n, 6, 6, 8)).astype(np.float16)

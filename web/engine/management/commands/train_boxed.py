@@ -45,6 +45,13 @@ class Command(BaseCommand):
         parser.add_argument("--input-size", type=int, default=384)
         parser.add_argument("--units", type=int, default=128)
         parser.add_argument("--box-weight", type=float, default=1.0)
+        parser.add_argument(
+            "--box-cells",
+            choices=("centre", "overlap"),
+            default="centre",
+            help="cells a box marks: those whose centre lies in it (what the pointing game scores) "
+            "or every cell it touches",
+        )
         parser.add_argument("--epochs", type=int, default=30)
         parser.add_argument("--lr", type=float, default=1e-3)
         parser.add_argument("--seed", type=int, default=42)
@@ -71,6 +78,7 @@ class Command(BaseCommand):
             input_size=(size, size),
             units=o["units"],
             box_weight=o["box_weight"],
+            box_cells=o["box_cells"],
             epochs=o["epochs"],
             lr=o["lr"],
             seed=o["seed"],
