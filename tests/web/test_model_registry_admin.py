@@ -39,7 +39,12 @@ def registry(tmp_path: Path, settings) -> Path:
                 "active_models": {"pneumonia": "pn-v1"},
                 "models": [
                     model("pn-v1", metrics={"test": {"auc": 0.991, "auc_ci95": [0.98, 0.996]}}),
-                    model("pn-v2", status="experimental", experimental_reason="trained on 25 images"),
+                    model(
+                        "pn-v2",
+                        status="experimental",
+                        experimental_reason="trained on 25 images",
+                        inactive_reason="no ImageNet weights offline; 15 CPU-hours from scratch",
+                    ),
                 ],
             }
         )
@@ -70,6 +75,7 @@ def test_an_admin_sees_every_model_its_status_and_which_is_active(admin_client, 
     html = page.content.decode()
     assert "pn-v1" in html and "pn-v2" in html and "0.991" in html
     assert "EXPERIMENTAL" in html and "trained on 25 images" in html
+    assert "Kept inactive: no ImageNet weights offline; 15 CPU-hours from scratch" in html
     assert "No active model for: Cardiomegaly" in html  # what runs on a placeholder
     assert 'href="/admin/model-registry/"' in admin_client.get("/admin/").content.decode()
 

@@ -35,6 +35,8 @@ def _rows(registry: Registry) -> list[dict[str, Any]]:
                     "input_size": "x".join(map(str, entry.input_size)),
                     "status": entry.status,
                     "experimental_reason": entry.experimental_reason,
+                    # Why a model is kept off (e.g. DenseNet121: no ImageNet weights offline).
+                    "inactive_reason": entry.raw.get("inactive_reason") or "",
                     "threshold": entry.threshold,
                     "test_auc": test.get("auc"),
                     "test_auc_ci": test.get("auc_ci95"),
