@@ -31,7 +31,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -57,7 +57,7 @@ class BoxedHeadConfig:
     # Which cells a box marks (box_masks): "centre" = cells whose centre lies in the box, what
     # the pointing game scores; "overlap" = every cell the box touches (the v1 model: its peak
     # then often sat on a cell whose centre is just outside the box, 68/114 on val vs 74/114).
-    box_cells: str = "centre"
+    box_cells: Literal["centre", "overlap"] = "centre"
 
 
 @dataclass
