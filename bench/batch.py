@@ -112,8 +112,9 @@ def main() -> None:
 
     call_command("migrate", verbosity=0)
     from tests.web.fixtures import dicom_bytes
+    from web.clinical.ingest.parts import UploadFields
+    from web.clinical.ingest.uploads import image_upload
     from web.clinical.models import Analysis, Batch, Image, Patient, Study
-    from web.clinical.services import UploadFields, image_upload
 
     for model in (Analysis, Image, Study, Patient, Batch):
         model.objects.all().delete()

@@ -55,10 +55,10 @@ def main() -> None:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
+    from web.clinical.files import thumbnail_jpeg
+    from web.clinical.ingest.parts import UploadFields, upload_decode, upload_plan
+    from web.clinical.ingest.uploads import image_upload
     from web.clinical.models import Image
-    from web.clinical.services import UploadFields, image_upload
-    from web.clinical.services.storage import thumbnail_jpeg
-    from web.clinical.services.upload_parts import upload_decode, upload_plan
 
     Image.objects.all().delete()
     files = [png(seed) for seed in range(args.n + 3)]

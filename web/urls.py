@@ -1,8 +1,8 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from web.clinical.audit_export import audit_export_view
-from web.clinical.registry_admin import registry_view
+from web.clinical.audit.export import audit_export_view
+from web.clinical.registry.admin_views import registry_view
 from web.health import healthz
 from web.ui.views import favicon
 

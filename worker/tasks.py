@@ -15,24 +15,25 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections
 
-from web.clinical.services import (
+from web.clinical.analysis.broker import worker_heartbeat
+from web.clinical.analysis.jobs import (
+    TASK_ANALYZE,
+    TASK_ANALYZE_BATCH,
     analyses_requeue_orphans,
     analyses_requeue_stuck,
     analyses_run,
     analysis_fail,
     analysis_mark_retrying,
 )
-from web.clinical.services.analyses import TASK_ANALYZE, TASK_ANALYZE_BATCH
-from web.clinical.services.batches import batches_note_progress, batches_start_due
-from web.clinical.services.broker import worker_heartbeat
-from web.clinical.services.dicom.pacs_send import (
+from web.clinical.batches.batches import batches_note_progress, batches_start_due
+from web.clinical.dicom.pacs_send import (
     TASK_PACS_SEND,
     PacsSendError,
     pacs_send_fail,
     pacs_send_run,
 )
-from web.clinical.services.reports import TASK_RENDER_REPORT, report_render
-from web.clinical.services.storage import media_remove_abandoned_uploads
+from web.clinical.files import media_remove_abandoned_uploads
+from web.clinical.reporting.reports import TASK_RENDER_REPORT, report_render
 from worker.celery import app
 
 log = logging.getLogger(__name__)

@@ -38,7 +38,7 @@ def dcmtk(tool: str, *args: str, timeout: float = 120) -> subprocess.CompletedPr
 @pytest.fixture()
 def listener(transactional_db: Any) -> Iterator[tuple[str, int]]:
     """The Storage SCP on a free loopback port; only MODALITY1 and STORESCU may call."""
-    from web.clinical.services.dicom.listener import StorageSCP
+    from web.clinical.dicom.listener import StorageSCP
 
     scp = StorageSCP(ae_title=LISTENER_AE, allowed_calling=[MODALITY_AE, "STORESCU"], batch_size=4)
     address = scp.start("127.0.0.1", 0)

@@ -7,8 +7,8 @@ from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage, ge
 
 from tests.dicom.conftest import LISTENER_AE, dcmtk
 from tests.web.fixtures import dicom_bytes, wait_for
+from web.clinical.dicom.pacs_send import pacs_send_run
 from web.clinical.models import DicomSend, Image
-from web.clinical.services.dicom.pacs_send import pacs_send_run
 
 
 def send_file(stack, tmp_path, **kwargs) -> Image:

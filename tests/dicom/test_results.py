@@ -109,7 +109,7 @@ def test_results_are_for_people_who_may_see_studies(outsider_api, radiologist_ap
 
 def test_the_sr_words_never_present_a_placeholder_or_out_of_population_result_as_a_finding() -> None:
     from web.clinical.models import Analysis
-    from web.clinical.services.dicom.results_sr import result_words
+    from web.clinical.reporting.dicom_sr import result_words
 
     def words(**flags) -> str:
         return result_words(Analysis(**{"state": "succeeded", "probability": 0.9, "positive": True, **flags}))

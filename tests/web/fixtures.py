@@ -97,7 +97,7 @@ def media_files() -> list[Path]:
     test inside one transaction, its commit, which removes them, never comes)."""
     from django.conf import settings
 
-    from web.clinical.services.storage import UPLOAD_JOURNALS
+    from web.clinical.files import UPLOAD_JOURNALS
 
     root = Path(settings.MEDIA_ROOT)
     return sorted(

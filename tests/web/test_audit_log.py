@@ -13,8 +13,8 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from tests.web.fixtures import dicom_bytes, png_bytes, upload, with_role
+from web.clinical.audit.records import audit_record
 from web.clinical.models import Analysis, AuditEvent, AuditLogIsAppendOnly, Patient, Study
-from web.clinical.services.audit import audit_record
 
 pytestmark = pytest.mark.django_db
 

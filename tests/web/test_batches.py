@@ -170,8 +170,8 @@ def test_only_those_who_may_upload_create_batches_and_outsiders_see_none(
 def test_an_overnight_batch_waits_for_the_night_window_and_starts_inside_it(
     tech_api, parked_broker, transactional_db, settings
 ) -> None:
-    from web.clinical.services import analyses_requeue_stuck
-    from web.clinical.services.batches import batch_refresh, batches_start_due
+    from web.clinical.analysis.jobs import analyses_requeue_stuck
+    from web.clinical.batches.batches import batch_refresh, batches_start_due
 
     settings.TIME_ZONE = "Europe/Paris"
     settings.RADTRIAGE_NIGHT_WINDOW = "01:00-06:00"
@@ -218,8 +218,8 @@ def test_a_batch_reaches_the_workers_in_full_jobs_from_its_first_files(
     """Each job is one model call: a chunk of files used to end in a short job (50 files, jobs
     of 16: a job of 2 every chunk). The jobs now carry ANALYSIS_BATCH_SIZE analyses each, the
     first as soon as that many files are in, and every analysis goes exactly once."""
-    from web.clinical.services.archive_safety import FolderFiles
-    from web.clinical.services.batches import batch_import
+    from web.clinical.batches.batches import batch_import
+    from web.clinical.ingest.archive_safety import FolderFiles
 
     settings.ANALYSIS_BATCH_SIZE = 4
     for i in range(10):
@@ -246,9 +246,9 @@ def test_waiting_for_a_batch_ends_as_soon_as_its_last_analysis_ends(
 
     from django.db import connection
 
-    from web.clinical.services.analyses import analysis_fail
-    from web.clinical.services.archive_safety import FolderFiles
-    from web.clinical.services.batches import batch_import, batch_wait, batches_note_progress
+    from web.clinical.analysis.jobs import analysis_fail
+    from web.clinical.batches.batches import batch_import, batch_wait, batches_note_progress
+    from web.clinical.ingest.archive_safety import FolderFiles
 
     (tmp_path / "one.dcm").write_bytes(dicom_bytes(patient_id="MRN-W1", seed=71))
     with FolderFiles(tmp_path) as files:
@@ -277,7 +277,7 @@ def test_waiting_for_a_batch_ends_as_soon_as_its_last_analysis_ends(
 
 
 def test_a_night_window_across_midnight(settings) -> None:
-    from web.clinical.services.batches import in_night_window
+    from web.clinical.batches.batches import in_night_window
 
     settings.TIME_ZONE = "UTC"
     settings.RADTRIAGE_NIGHT_WINDOW = "22:00-05:00"
@@ -359,8 +359,8 @@ def test_an_inline_import_sends_no_job_and_one_that_dies_is_taken_over_by_the_wo
     """`import_batch --inline` runs its analyses itself: sent to the workers as well, a running
     worker raced it for them (seen as a failed analysis in the full suite). If the inline process
     dies, the beat hands its queued analyses to the workers: no job is lost."""
-    from web.clinical.services.archive_safety import FolderFiles
-    from web.clinical.services.batches import INLINE_ABANDONED_AFTER, batch_import, batches_start_due
+    from web.clinical.batches.batches import INLINE_ABANDONED_AFTER, batch_import, batches_start_due
+    from web.clinical.ingest.archive_safety import FolderFiles
 
     for i in range(3):
         (tmp_path / f"{i}.dcm").write_bytes(dicom_bytes(patient_id=f"MRN-I{i}", seed=60 + i))

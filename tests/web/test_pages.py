@@ -6,7 +6,7 @@ from django.test import Client
 
 from tests.web.fixtures import dicom_bytes, upload
 from web.clinical.models import Analysis, Study
-from web.clinical.services import studies_refresh
+from web.clinical.worklist.states import studies_refresh
 
 
 def _finish(analysis: Analysis, **fields) -> None:

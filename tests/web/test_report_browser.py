@@ -19,7 +19,8 @@ OUTPUT = TEST_OUTPUT
 @pytest.fixture()
 def study_to_report(dr_grey) -> Study:  # noqa: F811 - the fixture imported above
     # Made before the browser starts: Playwright's loop makes the ORM refuse to run after.
-    from web.clinical.services import UploadFields, image_upload
+    from web.clinical.ingest.parts import UploadFields
+    from web.clinical.ingest.uploads import image_upload
 
     result = image_upload(
         data=png_bytes(size=256, seed=5),

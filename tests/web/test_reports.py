@@ -37,7 +37,7 @@ def keep_pages(path: Path, name: str) -> list[Path]:
 def reviewed_study(api, radiologist, private_redis, broker_switch, tiny_registry, settings) -> Study:
     """A chest DICOM analysed for pneumonia (tiny real model) and cardiomegaly (placeholder),
     with the radiologist's verdict on pneumonia and a rectangle drawn on the image."""
-    from web.clinical.services import analyses_run
+    from web.clinical.analysis.jobs import analyses_run
 
     with_role(radiologist, "radiologist")
     broker_switch(f"redis://127.0.0.1:{private_redis[1]}/0")  # jobs parked; run here instead
@@ -163,7 +163,7 @@ def test_report_command_says_clearly_when_there_is_nothing_to_render(db, tmp_pat
 
 
 def test_the_render_job_stores_the_pdf_once_and_a_new_draft_replaces_it(api, reviewed_study) -> None:
-    from web.clinical.services.reports import report_render
+    from web.clinical.reporting.reports import report_render
 
     draft = api.post(f"/api/studies/{reviewed_study.pk}/reports/", {"impression": "v1 text"}, format="json")
     first = report_render(report_id=draft.json()["id"])

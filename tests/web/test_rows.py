@@ -8,7 +8,7 @@ import pytest
 from django.db import DataError, transaction
 
 from web.clinical.models import Patient
-from web.clinical.services.rows import rows_update
+from web.clinical.rows import rows_update
 
 pytestmark = pytest.mark.django_db
 

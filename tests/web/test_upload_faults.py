@@ -11,8 +11,8 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from tests.web.fixtures import dicom_bytes, upload
+from web.clinical.files import UPLOAD_JOURNALS
 from web.clinical.models import Analysis, Image, Patient, Study
-from web.clinical.services.storage import UPLOAD_JOURNALS
 
 
 @pytest.fixture()

@@ -18,8 +18,8 @@ import requests
 from django.db import connection, transaction
 
 from tests.web.fixtures import Service, dicom_bytes, free_port, media_files, service_env, wait_for
+from web.clinical.files import UPLOAD_JOURNALS, media_remove_abandoned_uploads
 from web.clinical.models import Analysis, Image, Patient, Study
-from web.clinical.services.storage import UPLOAD_JOURNALS, media_remove_abandoned_uploads
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

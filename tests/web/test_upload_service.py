@@ -6,14 +6,10 @@ from __future__ import annotations
 import pytest
 
 from tests.web.fixtures import media_files, png_bytes
+from web.clinical.ingest.conflicts import UploadConflictError
+from web.clinical.ingest.parts import UploadFields, UploadRejected
+from web.clinical.ingest.uploads import image_upload, images_upload_many
 from web.clinical.models import Image, Patient, Study
-from web.clinical.services import (
-    UploadConflictError,
-    UploadFields,
-    UploadRejected,
-    image_upload,
-    images_upload_many,
-)
 
 
 def test_each_png_of_a_batch_can_carry_its_own_patient(db) -> None:

@@ -58,7 +58,7 @@ def test_a_radiologist_searches_filters_claims_and_live_updates_keep_the_filter(
 ) -> None:
     from playwright.sync_api import expect
 
-    from web.clinical.services.worklist import study_claim
+    from web.clinical.worklist.claims import study_claim
 
     _, webber = dr_bailey
     _in_thread(lambda: _study("MRN-LIVE-1", "Karev^Alex", "CHEST", 1))

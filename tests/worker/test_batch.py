@@ -77,7 +77,7 @@ def test_a_bulk_upload_is_analysed_in_batches_and_each_result_reaches_the_browse
 def test_one_unreadable_image_fails_alone_and_the_rest_of_its_batch_succeeds(
     api, private_redis, broker_switch, tiny_registry, settings
 ) -> None:
-    from web.clinical.services import analyses_run
+    from web.clinical.analysis.jobs import analyses_run
 
     # Rows made through the API, with the jobs parked on a broker no worker reads.
     broker_switch(f"redis://127.0.0.1:{private_redis[1]}/0")
@@ -150,7 +150,7 @@ def test_a_single_upload_is_served_before_a_bulk_backlog(
 def test_abandoning_a_batch_keeps_the_reason_an_image_already_failed_for(
     api, private_redis, broker_switch
 ) -> None:
-    from web.clinical.services import analysis_fail
+    from web.clinical.analysis.jobs import analysis_fail
 
     broker_switch(f"redis://127.0.0.1:{private_redis[1]}/0")  # no worker reads these jobs
     response = bulk_upload(

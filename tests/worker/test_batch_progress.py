@@ -26,7 +26,7 @@ def test_a_batch_reports_its_progress_in_order_until_100_percent(
 ) -> None:
     from django.utils import timezone
 
-    from web.clinical.services.batches import batches_start_due
+    from web.clinical.batches.batches import batches_start_due
 
     radiologist.groups.add(Group.objects.get_or_create(name="radiologist")[0])
     now = timezone.localtime()

@@ -10,14 +10,14 @@ import redis
 from django.utils import timezone
 
 from tests.web.fixtures import dicom_bytes, upload, wait_for
-from web.clinical.models import Analysis
-from web.clinical.services import analyses_requeue_orphans
-from web.clinical.services.broker import (
+from web.clinical.analysis.broker import (
     _job_analysis_ids,
     broker_analysis_ids,
     broker_uptime,
     worker_heartbeat,
 )
+from web.clinical.analysis.jobs import analyses_requeue_orphans
+from web.clinical.models import Analysis
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 

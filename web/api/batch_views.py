@@ -17,9 +17,9 @@ from web.access import Capability, api_requires
 from web.api.parsers import MultiPartParser
 from web.api.serializers import UploadFieldsSerializer
 from web.api.views import client_ip, upload_fields
+from web.clinical.batches.batches import batch_import, batch_progress, batch_summary
+from web.clinical.ingest.archive_safety import ArchiveRefused, UploadedFiles, ZipFiles
 from web.clinical.models import Batch
-from web.clinical.services.archive_safety import ArchiveRefused, UploadedFiles, ZipFiles
-from web.clinical.services.batches import batch_import, batch_progress, batch_summary
 
 
 class BatchCreateSerializer(UploadFieldsSerializer):

@@ -19,12 +19,12 @@ from rest_framework.views import APIView
 
 from web.access import Capability, api_requires
 from web.api.views import client_ip
-from web.clinical import selectors
+from web.clinical.analysis.queries import analysis_get
+from web.clinical.audit.records import audit_record
+from web.clinical.dicom.deidentify import studies_export_deidentified
+from web.clinical.dicom.pacs_send import pacs_sends_queue
+from web.clinical.dicom.reference import ResultNotReady
 from web.clinical.models import Analysis, Batch, BatchItem, DicomSend, Image, Study
-from web.clinical.services import audit_record
-from web.clinical.services.dicom.deidentify import studies_export_deidentified
-from web.clinical.services.dicom.pacs_send import pacs_sends_queue
-from web.clinical.services.dicom.reference import ResultNotReady
 
 log = logging.getLogger(__name__)
 DICOM = "application/dicom"
@@ -47,12 +47,12 @@ class AnalysisSecondaryCaptureView(APIView):
     )
     def get(self, request: Request, pk: int) -> HttpResponse:
         try:
-            analysis = selectors.analysis_get(analysis_id=pk)
+            analysis = analysis_get(analysis_id=pk)
         except Analysis.DoesNotExist:
             raise NotFound(f"No analysis with id {pk}.") from None
         # highdicom (0.3 s to import) only where it is used: every process that loads the URLs
         # (each manage.py command, through its system checks) imported it.
-        from web.clinical.services.dicom.results_sc import analysis_secondary_capture
+        from web.clinical.reporting.dicom_sc import analysis_secondary_capture
 
         try:
             sc = analysis_secondary_capture(analysis=analysis)
@@ -80,7 +80,7 @@ class ImageStructuredReportView(APIView):
         image = Image.objects.select_related("study__patient").filter(pk=pk).first()
         if image is None:
             raise NotFound(f"No image with id {pk}.")
-        from web.clinical.services.dicom.results_sr import image_structured_report
+        from web.clinical.reporting.dicom_sr import image_structured_report
 
         try:
             sr = image_structured_report(image=image)

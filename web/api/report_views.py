@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 from web.access import Capability, api_requires, can
 from web.api.views import client_ip
 from web.clinical.models import Report, Study
-from web.clinical.services.reports import (
+from web.clinical.reporting.reports import (
     MAX_IMPRESSION_CHARS,
     ReportError,
     report_draft_save,

@@ -29,10 +29,10 @@ from web.api.serializers import (
     VerdictSerializer,
 )
 from web.api.views import client_ip
-from web.clinical import selectors
+from web.clinical.analysis.queries import analysis_get
+from web.clinical.audit.records import audit_record
 from web.clinical.models import Analysis, Annotation, Image
-from web.clinical.services import audit_record
-from web.clinical.services.review import (
+from web.clinical.review.annotations import (
     ReviewForbidden,
     ReviewRejected,
     annotation_create,
@@ -40,6 +40,8 @@ from web.clinical.services.review import (
     annotation_update,
     verdict_set,
 )
+from web.clinical.review.queries import image_annotations, verdict_counts
+from web.clinical.viewer import image_display
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ def _image(pk: int) -> Image:
 
 def _display(image: Image) -> tuple[dict[str, Any], bytes]:
     try:
-        return selectors.image_display(image=image)
+        return image_display(image=image)
     except (FileNotFoundError, ValueError, XRayDecodeError):
         log.warning("Pixels of image %s cannot be read", image.pk, exc_info=True)
         raise NotFound(f"The stored file of image {image.pk} is missing or unreadable.") from None
@@ -116,7 +118,7 @@ class ImageAnnotationsView(ReadOrReview):
     @extend_schema(responses=AnnotationSerializer(many=True), summary="The team's annotations on an image")
     def get(self, request: Request, pk: int) -> Response:
         _image(pk)
-        return Response(AnnotationSerializer(selectors.image_annotations(image_id=pk), many=True).data)
+        return Response(AnnotationSerializer(image_annotations(image_id=pk), many=True).data)
 
     @extend_schema(
         request=AnnotationChangeSerializer,
@@ -190,7 +192,7 @@ class AnnotationDetailView(ReadOrReview):
 class AnalysisVerdictView(ReadOrReview):
     def _analysis(self, pk: int) -> Analysis:
         try:
-            return selectors.analysis_get(analysis_id=pk)
+            return analysis_get(analysis_id=pk)
         except Analysis.DoesNotExist:
             raise NotFound(f"No analysis with id {pk}.") from None
 
@@ -232,4 +234,4 @@ class VerdictCountsView(APIView):
         summary="Current verdicts counted per model (id, checksum), condition and verdict",
     )
     def get(self, request: Request) -> Response:
-        return Response(VerdictCountSerializer(selectors.verdict_counts(), many=True).data)
+        return Response(VerdictCountSerializer(verdict_counts(), many=True).data)

@@ -37,22 +37,29 @@ from web.api.serializers import (
     UploadResultSerializer,
     UploadSerializer,
 )
-from web.clinical import selectors
-from web.clinical.models import Analysis, Image, Study
-from web.clinical.selectors import OVERLAY_ALPHA
-from web.clinical.services import (
+from web.clinical.analysis.jobs import image_analyses_request
+from web.clinical.analysis.queries import analysis_get
+from web.clinical.audit.records import audit_record_read
+from web.clinical.ingest.conflicts import UploadConflictError
+from web.clinical.ingest.parts import (
     BulkUploadItem,
-    UploadConflictError,
     UploadFields,
     UploadRejected,
-    audit_record_read,
-    image_analyses_request,
-    image_upload,
-    images_upload_many,
+    body_part_proposal,
     upload_outcome,
 )
-from web.clinical.services.review import ReviewRejected, annotation_create, verdict_set
-from web.clinical.services.upload_parts import body_part_proposal
+from web.clinical.ingest.uploads import image_upload, images_upload_many
+from web.clinical.models import Analysis, Image, Study
+from web.clinical.review.annotations import ReviewRejected, annotation_create, verdict_set
+from web.clinical.viewer import OVERLAY_ALPHA, analysis_heatmap_color_png, analysis_heatmap_overlay_png
+from web.clinical.worklist.queries import (
+    ASSIGNED_CHOICES,
+    WORKLIST_REGIONS,
+    WorklistFilterError,
+    study_detail,
+    study_worklist,
+    worklist_filters_parse,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +124,7 @@ class UploadView(APIView):
             return Response({"error": str(exc), "conflict_id": exc.conflict.pk}, status=exc.status_code)
         except UploadRejected as exc:
             return Response({"error": str(exc)}, status=exc.status_code)
-        study = selectors.study_worklist().get(pk=result.image.study_id)
+        study = study_worklist().get(pk=result.image.study_id)
         image = Image.objects.prefetch_related("analyses").get(pk=result.image.pk)
         body = UploadResultSerializer(
             {
@@ -233,26 +240,26 @@ def bulk_upload_summary(items: list[BulkUploadItem]) -> dict[str, Any]:
         OpenApiParameter("status", str, enum=list(Study.Status.values)),
         OpenApiParameter("condition", str, description="studies with an analysis of this condition"),
         OpenApiParameter("positive", bool, description="only studies with a real AI finding"),
-        OpenApiParameter("region", str, enum=list(selectors.WORKLIST_REGIONS)),
+        OpenApiParameter("region", str, enum=list(WORKLIST_REGIONS)),
         OpenApiParameter("date_from", str, description="study date from (YYYY-MM-DD)"),
         OpenApiParameter("date_to", str, description="study date to (YYYY-MM-DD)"),
-        OpenApiParameter("assigned", str, enum=list(selectors.ASSIGNED_CHOICES)),
+        OpenApiParameter("assigned", str, enum=list(ASSIGNED_CHOICES)),
         OpenApiParameter("q", str, description="patient name, patient ID or accession contains"),
         OpenApiParameter("batch", int, description="only the studies of this batch's files"),
     ]
 )
 class StudyListView(generics.ListAPIView):
-    """The worklist in triage order (see selectors.study_worklist), with its filters."""
+    """The worklist in triage order (see study_worklist), with its filters."""
 
     permission_classes = [CanViewStudies]
     serializer_class = StudyListSerializer
 
     def get_queryset(self):
         try:
-            filters = selectors.worklist_filters_parse(self.request.query_params)
-        except selectors.WorklistFilterError as exc:
+            filters = worklist_filters_parse(self.request.query_params)
+        except WorklistFilterError as exc:
             raise ValidationError({exc.field: str(exc)}) from None
-        return selectors.study_worklist(filters=filters, user=self.request.user)
+        return study_worklist(filters=filters, user=self.request.user)
 
 
 class StudyDetailView(generics.RetrieveAPIView):
@@ -261,7 +268,7 @@ class StudyDetailView(generics.RetrieveAPIView):
 
     def get_object(self) -> Study:
         try:
-            study = selectors.study_detail(study_id=self.kwargs["pk"])
+            study = study_detail(study_id=self.kwargs["pk"])
         except Study.DoesNotExist:
             raise NotFound(f"No study with id {self.kwargs['pk']}.") from None
         audit_record_read(
@@ -281,7 +288,7 @@ class AnalysisDetailView(generics.RetrieveAPIView):
 
     def get_object(self) -> Analysis:
         try:
-            return selectors.analysis_get(analysis_id=self.kwargs["pk"])
+            return analysis_get(analysis_id=self.kwargs["pk"])
         except Analysis.DoesNotExist:
             raise NotFound(f"No analysis with id {self.kwargs['pk']}.") from None
 
@@ -312,7 +319,7 @@ class AnalysisHeatmapView(APIView):
     )
     def get(self, request: Request, pk: int) -> HttpResponseBase:
         try:
-            analysis = selectors.analysis_get(analysis_id=pk)
+            analysis = analysis_get(analysis_id=pk)
         except Analysis.DoesNotExist:
             raise NotFound(f"No analysis with id {pk}.") from None
         kind = request.query_params.get("kind", "overlay")
@@ -336,9 +343,9 @@ class AnalysisHeatmapView(APIView):
             )
         try:
             png = (
-                selectors.analysis_heatmap_color_png(analysis=analysis)
+                analysis_heatmap_color_png(analysis=analysis)
                 if kind == "color"
-                else selectors.analysis_heatmap_overlay_png(analysis=analysis, alpha=alpha)
+                else analysis_heatmap_overlay_png(analysis=analysis, alpha=alpha)
             )
         except (FileNotFoundError, ValueError, XRayDecodeError):
             # The details (server paths) go to the log, never to the client.

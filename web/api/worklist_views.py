@@ -14,13 +14,13 @@ from rest_framework.views import APIView
 from web.access import Capability, api_requires
 from web.api.serializers import StudyListSerializer
 from web.api.views import client_ip
-from web.clinical import selectors
-from web.clinical.services.worklist import (
+from web.clinical.worklist.claims import (
     WorklistActionRefused,
     study_claim,
     study_mark_reviewed,
     study_release,
 )
+from web.clinical.worklist.queries import study_worklist
 
 
 class _StudyActionView(APIView):
@@ -33,7 +33,7 @@ class _StudyActionView(APIView):
             type(self).service(study_id=pk, user=request.user, ip_address=client_ip(request))
         except WorklistActionRefused as exc:
             return Response({"error": str(exc)}, status=exc.status_code)
-        study = selectors.study_worklist().get(pk=pk)
+        study = study_worklist().get(pk=pk)
         return Response(StudyListSerializer(study).data, status=status.HTTP_200_OK)
 
 

@@ -7,6 +7,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from web.access import AdminLoginForm, admin_site_permission
+from web.clinical.audit.queries import BadAuditFilter, audit_event_filter
 from web.clinical.models import (
     Analysis,
     Annotation,
@@ -16,7 +17,6 @@ from web.clinical.models import (
     Study,
     UploadConflict,
 )
-from web.clinical.selectors import BadAuditFilter, audit_event_filter
 
 
 @admin.register(Patient)

@@ -72,7 +72,7 @@ class Study(models.Model):
         on_delete=models.SET_NULL,
         related_name="assigned_studies",
     )
-    # Set by the claim/release/review services (web.clinical.services.worklist), never by hand.
+    # Set by the claim/release/review services (web.clinical.worklist.claims), never by hand.
     claimed_at = models.DateTimeField(null=True, blank=True)
     reviewed_at = models.DateTimeField(null=True, blank=True)
     reviewed_by = models.ForeignKey(

@@ -11,12 +11,21 @@ from django.views.decorators.cache import cache_control
 
 from core.conditions import CONDITIONS, KNOWN_BODY_PARTS, conditions_for_body_part
 from web.access import Capability, can, requires
-from web.clinical import selectors
+from web.clinical.analysis.queries import analysis_get
+from web.clinical.audit.records import audit_record, audit_record_read
+from web.clinical.batches.batches import batch_progress, batch_summary
 from web.clinical.models import Analysis, Batch, Study
-from web.clinical.selectors import WORKLIST_REGIONS, WorklistFilterError, WorklistFilters
-from web.clinical.services import audit_record, audit_record_read
-from web.clinical.services.batches import batch_progress, batch_summary
-from web.clinical.services.worklist import study_open
+from web.clinical.worklist.claims import study_open
+from web.clinical.worklist.queries import (
+    WORKLIST_REGIONS,
+    WorklistFilterError,
+    WorklistFilters,
+    study_detail,
+    study_worklist,
+    waiting_label,
+    worklist_filters_parse,
+    worklist_strongest,
+)
 
 WORKLIST_PAGE_SIZE = 50
 
@@ -26,15 +35,15 @@ def worklist(request: HttpRequest) -> HttpResponse:
     """The worklist page; with ?fragment=1 only its results (rows and pager), which the live
     update fetches with the same query string, so the filters and the page stay as they were."""
     try:
-        filters, filter_error = selectors.worklist_filters_parse(request.GET), ""
+        filters, filter_error = worklist_filters_parse(request.GET), ""
     except WorklistFilterError as exc:
         filters, filter_error = WorklistFilters(), str(exc)
-    paginator = Paginator(selectors.study_worklist(filters=filters, user=request.user), WORKLIST_PAGE_SIZE)
+    paginator = Paginator(study_worklist(filters=filters, user=request.user), WORKLIST_PAGE_SIZE)
     page = paginator.get_page(request.GET.get("page"))
     rows = list(page.object_list)
-    selectors.worklist_strongest(rows)
+    worklist_strongest(rows)
     for study in rows:
-        study.waiting = selectors.waiting_label(study)
+        study.waiting = waiting_label(study)
         applies = conditions_for_body_part(study.body_part)
         study.analyse_choices = [(c, CONDITIONS[c].label, c in applies) for c in applies] + [
             (c.code, c.label, False) for c in CONDITIONS.values() if c.code not in applies
@@ -64,7 +73,7 @@ def worklist(request: HttpRequest) -> HttpResponse:
 @requires(Capability.VIEW_STUDIES)
 def study_page(request: HttpRequest, study_id: int) -> HttpResponse:
     try:
-        study = selectors.study_detail(study_id=study_id)
+        study = study_detail(study_id=study_id)
     except Study.DoesNotExist:
         raise Http404("No such study.") from None
     moved = study_open(study=study, user=request.user)
@@ -117,7 +126,7 @@ def analysis_card(request: HttpRequest, analysis_id: int) -> HttpResponse:
     """One result's card, the same partial the study page is drawn with: the page fetches it
     again when a live event says the result changed (one template draws every card)."""
     try:
-        analysis = selectors.analysis_get(analysis_id=analysis_id)
+        analysis = analysis_get(analysis_id=analysis_id)
     except Analysis.DoesNotExist:
         raise Http404("No such analysis.") from None
     return render(request, "ui/_analysis.html", {"a": analysis})

@@ -7,9 +7,9 @@ from typing import Any
 from django import template
 
 from web.access import Capability, can
-from web.clinical import selectors
 from web.clinical.models import Analysis
-from web.clinical.services.review import analysis_accepts_verdict
+from web.clinical.registry.queries import condition_models
+from web.clinical.review.annotations import analysis_accepts_verdict
 
 register = template.Library()
 
@@ -30,5 +30,5 @@ def review_of(analysis: Analysis, user: Any) -> dict[str, Any]:
         "verdicts": verdicts,
         "mine": next((v for v in verdicts if v.author_id == user.pk), None),
         "can_judge": reviewer and analysis_accepts_verdict(analysis),
-        "models": selectors.condition_models(condition=analysis.condition) if reviewer else [],
+        "models": condition_models(condition=analysis.condition) if reviewer else [],
     }

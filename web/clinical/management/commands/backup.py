@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from web.clinical.services.backup import BackupRefused, backup_create
+from web.clinical.backup import BackupRefused, backup_create
 
 
 class Command(BaseCommand):

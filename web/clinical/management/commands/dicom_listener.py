@@ -27,7 +27,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, host: str, port: int, ae_title: str, allow: list[str] | None, **options) -> None:
-        from web.clinical.services.dicom.listener import StorageSCP
+        from web.clinical.dicom.listener import StorageSCP
 
         if not 0 < len(ae_title) <= 16:
             raise CommandError(f"The AE title {ae_title!r} must be 1 to 16 characters.")

@@ -14,9 +14,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from web.clinical.batches.batches import batch_import, batch_run_inline, batch_summary, batch_wait
+from web.clinical.ingest.archive_safety import ArchiveRefused, FolderFiles, ZipFiles, text_name
 from web.clinical.models import Batch
-from web.clinical.services.archive_safety import ArchiveRefused, FolderFiles, ZipFiles, text_name
-from web.clinical.services.batches import batch_import, batch_run_inline, batch_summary, batch_wait
 
 
 class Command(BaseCommand):

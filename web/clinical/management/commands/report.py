@@ -11,7 +11,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from web.clinical.models import Report, Study
-from web.clinical.services.reports import report_render
+from web.clinical.reporting.reports import report_render
 
 
 class Command(BaseCommand):

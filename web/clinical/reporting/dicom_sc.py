@@ -10,8 +10,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian
 
-from web.clinical.models import Analysis
-from web.clinical.services.dicom.reference import (
+from web.clinical.dicom.reference import (
     BANNER,
     MANUFACTURER,
     SC_SERIES_NUMBER,
@@ -19,6 +18,7 @@ from web.clinical.services.dicom.reference import (
     reference_dataset,
     stable_uid,
 )
+from web.clinical.models import Analysis
 
 
 def analysis_secondary_capture(*, analysis: Analysis) -> Dataset:
@@ -26,7 +26,7 @@ def analysis_secondary_capture(*, analysis: Analysis) -> Dataset:
     source's study and referencing the source instance (SourceImageSequence)."""
     from core.imaging import load_xray
     from core.overlay import render_overlay
-    from web.clinical.selectors import OVERLAY_ALPHA, analysis_heatmap_raw
+    from web.clinical.viewer import OVERLAY_ALPHA, analysis_heatmap_raw
 
     if analysis.state != Analysis.State.SUCCEEDED or not analysis.heatmap_raw:
         raise ResultNotReady(f"Analysis {analysis.pk} has no heat map (state: {analysis.state}).")

@@ -94,8 +94,8 @@ def pacs_send_fail(*, send_id: int, message: str) -> None:
 
 
 def results_datasets(image: Image) -> list[Dataset]:
-    from web.clinical.services.dicom.results_sc import analysis_secondary_capture
-    from web.clinical.services.dicom.results_sr import image_structured_report
+    from web.clinical.reporting.dicom_sc import analysis_secondary_capture
+    from web.clinical.reporting.dicom_sr import image_structured_report
 
     out = [image_structured_report(image=image)]
     for analysis in image.analyses.filter(state=Analysis.State.SUCCEEDED).exclude(heatmap_raw=""):

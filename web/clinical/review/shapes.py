@@ -1,5 +1,5 @@
 """Drawing the team's annotation shapes onto an image (reports), in the format the viewer
-saves (web.clinical.services.review.shapes_clean), in image pixels:
+saves (web.clinical.review.annotations.shapes_clean), in image pixels:
 rect / ellipse {x, y, w, h}; arrow {x1, y1, x2, y2}; freehand {points: [[x, y], ...]};
 text {x, y, text}."""
 

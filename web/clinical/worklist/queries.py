@@ -1,4 +1,4 @@
-"""Selectors: read-only queries the views, API and consumers share."""
+"""queries: read-only queries."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from core.conditions import (
     LIMB_PARTS,
     OTHER_BODY_PARTS,
 )
-from web.clinical.models import Analysis, AuditEvent, BatchItem, Image, Study
+from web.clinical.models import Analysis, BatchItem, Image, Study
 
 
 def _analysis_count(**filters: Any) -> Coalesce:
@@ -72,6 +72,8 @@ WORKLIST_REGIONS: dict[str, frozenset[str]] = {
     "limb": LIMB_PARTS | KNEE_PARTS,
     "other": OTHER_BODY_PARTS,
 }
+
+
 ASSIGNED_CHOICES = ("mine", "unassigned")
 
 
@@ -270,220 +272,3 @@ def study_detail(*, study_id: int) -> Study:
         )
         .get(pk=study_id)
     )
-
-
-def analysis_get(*, analysis_id: int) -> Analysis:
-    return Analysis.objects.select_related("image__study__patient").get(pk=analysis_id)
-
-
-OVERLAY_ALPHA = 0.4  # the heat map's default intensity over the X-ray
-
-
-def analysis_heatmap_overlay_png(*, analysis: Analysis, alpha: float = OVERLAY_ALPHA) -> bytes:
-    """The Grad-CAM map in JET colours over the X-ray at its full resolution.
-
-    Drawn on request from the stored image and raw map (numpy/OpenCV, no TensorFlow): the
-    worker does not spend a full-resolution PNG on every analysis, most of which nobody opens.
-    """
-    from core.imaging import load_xray
-    from core.overlay import encode_png, render_overlay
-
-    with analysis.image.file.open("rb") as handle:
-        xray = load_xray(handle.read(), max_pixels=settings.RADTRIAGE_MAX_PIXELS)
-    return encode_png(render_overlay(xray.pixels, _raw_heatmap(analysis), alpha=alpha))
-
-
-def analysis_heatmap_color_png(*, analysis: Analysis) -> bytes:
-    """The Grad-CAM map alone, in JET colours, for the page to lay over the X-ray at any
-    intensity (CSS opacity gives exactly core.overlay's (1 - alpha) * X-ray + alpha * colour)."""
-    from core.overlay import colorize_heatmap, encode_png
-
-    return encode_png(colorize_heatmap(_raw_heatmap(analysis)))
-
-
-def _raw_heatmap(analysis: Analysis) -> Any:
-    """float32 (h, w) in [0, 1] from the stored 8-bit map."""
-    import cv2
-    import numpy as np
-
-    with analysis.heatmap_raw.open("rb") as handle:
-        raw = cv2.imdecode(np.frombuffer(handle.read(), np.uint8), cv2.IMREAD_GRAYSCALE)
-    if raw is None:
-        raise ValueError(f"The stored heat map of analysis {analysis.pk} is unreadable.")
-    return raw.astype(np.float32) / 255.0
-
-
-# --------------------------------------------------------------------------- the viewer
-
-
-def image_display(*, image: Image) -> tuple[dict[str, Any], bytes]:
-    """The full pixel matrix for the study page's viewer, losslessly, and how to show it.
-
-    DICOM: the stored values after the modality LUT (DICOM order: the page applies the window
-    and then the MONOCHROME1 inversion), packed as 16-bit codes into an RGB PNG (R = high
-    byte, G = low byte) because a browser decodes every PNG to 8 bits per channel;
-    value = code * scale + offset. PNG/JPEG: the stored file itself (8-bit).
-    Returns (description for the page, PNG/JPEG bytes).
-    """
-    with image.file.open("rb") as handle:
-        data = handle.read()
-    if image.format != Image.Format.DICOM:
-        meta = {
-            "encoding": "rgb8",
-            "content_type": "image/png" if image.format == Image.Format.PNG else "image/jpeg",
-            "offset": 0.0,
-            "scale": 1.0,
-            "invert": False,
-            "window": {"center": 127.5, "width": 256.0},
-            "range": {"min": 0.0, "max": 255.0},
-        }
-        return meta, data
-    return _dicom_display(data)
-
-
-def _dicom_display(data: bytes) -> tuple[dict[str, Any], bytes]:
-    import cv2
-    import numpy as np
-
-    from core.imaging import load_dicom_values
-
-    dicom = load_dicom_values(data, max_pixels=settings.RADTRIAGE_MAX_PIXELS)
-    values = dicom.values
-    lo, hi = float(values.min()), float(values.max())
-    integral = bool(np.all(values == np.round(values)))
-    scale = 1.0 if integral and hi - lo <= 65535 else max(hi - lo, 1e-9) / 65535.0
-    codes = np.round((values - lo) / scale).astype(np.uint16)
-    bgr = np.zeros((*codes.shape, 3), dtype=np.uint8)
-    bgr[..., 2] = codes >> 8
-    bgr[..., 1] = codes & 0xFF
-    ok, buffer = cv2.imencode(".png", bgr)
-    if not ok:
-        raise ValueError("PNG encoding of the pixel data failed")
-    center, width = dicom.window or ((lo + hi) / 2.0, max(hi - lo, 1.0))
-    p1, p99 = (float(v) for v in np.percentile(values, [1, 99]))
-    meta = {
-        "encoding": "rg16",
-        "content_type": "image/png",
-        "offset": lo,
-        "scale": scale,
-        "invert": dicom.monochrome1,
-        "window": {"center": center, "width": width},
-        "range": {"min": lo, "max": hi},
-        "auto_window": {"center": (p1 + p99) / 2.0, "width": max(p99 - p1, 1.0)},
-    }
-    return meta, buffer.tobytes()
-
-
-def condition_models(*, condition: str) -> list[dict[str, Any]]:
-    """The registry's models for a condition, for a re-run with another model. Empty when the
-    registry cannot be read (the page then offers no re-run, and says nothing false)."""
-    from core.errors import RadTriageError
-    from core.registry import Registry
-
-    try:
-        registry = Registry.load(settings.RADTRIAGE_REGISTRY)
-    except (RadTriageError, OSError, ValueError):
-        return []
-    active = registry.active_models.get(condition)
-    return [
-        {"id": e.id, "status": e.status, "active": e.id == active}
-        for e in sorted(registry.models.values(), key=lambda e: e.id)
-        if e.condition == condition
-    ]
-
-
-def verdict_counts() -> list[dict[str, Any]]:
-    """Current verdicts counted per model (id and checksum), condition and verdict."""
-    from web.clinical.models import Annotation
-
-    return list(
-        Annotation.objects.exclude(verdict="")
-        .values(
-            model_id=F("analysis__model_id"),
-            model_sha256=F("analysis__model_sha256"),
-            condition=F("analysis__condition"),
-            verdict_value=F("verdict"),
-        )
-        .annotate(count=Count("pk"))
-        .order_by("model_id", "condition", "verdict_value")
-    )
-
-
-def image_annotations(*, image_id: int) -> QuerySet[Any]:
-    """The drawings and notes on an image, oldest first (verdicts are shown on their results)."""
-    from web.clinical.models import Annotation
-
-    return Annotation.objects.filter(image_id=image_id, verdict="").select_related("author")
-
-
-def analysis_heatmap_raw(*, analysis: Analysis) -> Any:
-    """The stored Grad-CAM map as float32 (h, w) in [0, 1] (for DICOM results)."""
-    return _raw_heatmap(analysis)
-
-
-# --------------------------------------------------------------------------- the audit log
-
-# The audit log's filters, as query parameters (the admin's list and its CSV export share them).
-AUDIT_FILTERS = ("user", "action", "patient", "study", "since", "until")
-
-
-class BadAuditFilter(ValueError):
-    pass
-
-
-def _audit_date(name: str, raw: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(raw)
-    except ValueError:
-        raise BadAuditFilter(f"`{name}` must be a date like 2026-12-01, not {raw!r}.") from None
-
-
-def audit_event_list(
-    *,
-    user: str = "",
-    action: str = "",
-    patient: str = "",
-    study: str = "",
-    since: str = "",
-    until: str = "",
-) -> QuerySet[Any]:
-    """Audit rows, newest first, filtered by: username, action, patient ID (MRN), study (its id,
-    accession number or StudyInstanceUID), and a date range (inclusive, the site's TIME_ZONE).
-    A badly formed date raises BadAuditFilter."""
-    events = AuditEvent.objects.select_related("patient", "study").order_by("-at", "-id")
-    return audit_event_filter(
-        events, user=user, action=action, patient=patient, study=study, since=since, until=until
-    )
-
-
-def audit_event_filter(
-    events: QuerySet[Any],
-    *,
-    user: str = "",
-    action: str = "",
-    patient: str = "",
-    study: str = "",
-    since: str = "",
-    until: str = "",
-) -> QuerySet[Any]:
-    """audit_event_list's filters, on any query of audit rows (the admin's list)."""
-    if user := user.strip():
-        events = events.filter(actor_label__iexact=user)
-    if action := action.strip():
-        events = events.filter(action=action)
-    if patient := patient.strip():
-        events = events.filter(patient__patient_id=patient)
-    if study := study.strip():
-        match = Q(study__accession_number=study) | Q(study__study_instance_uid=study)
-        if study.isdigit():
-            match |= Q(study_id=int(study))
-        events = events.filter(match)
-    if since := since.strip():
-        events = events.filter(at__date__gte=_audit_date("since", since))
-    if until := until.strip():
-        events = events.filter(at__date__lte=_audit_date("until", until))
-    return events
-
-
-def audit_filters_from(params: Mapping[str, str]) -> dict[str, str]:
-    return {name: params.get(name, "") for name in AUDIT_FILTERS}

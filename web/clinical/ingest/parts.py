@@ -25,8 +25,8 @@ from core.conditions import (
 )
 from core.errors import RadTriageError, UnknownConditionError, XRayDecodeError
 from core.imaging import XRay, load_xray, validate_radiograph
+from web.clinical.files import field_file_save, thumbnail_jpeg
 from web.clinical.models import Analysis, Image, Patient, Study
-from web.clinical.services.storage import field_file_save, thumbnail_jpeg
 
 log = logging.getLogger(__name__)
 

@@ -23,13 +23,13 @@ from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from web.clinical.analysis.jobs import analyses_dispatch, analyses_run
+from web.clinical.audit.records import audit_record
 from web.clinical.events import GroupListener, batch_event_publish, batch_group
+from web.clinical.ingest.archive_safety import Member
+from web.clinical.ingest.parts import BulkUploadItem, UploadFields
+from web.clinical.ingest.uploads import images_upload_many
 from web.clinical.models import Analysis, Batch, BatchItem
-from web.clinical.services.analyses import analyses_dispatch, analyses_run
-from web.clinical.services.archive_safety import Member
-from web.clinical.services.audit import audit_record
-from web.clinical.services.upload_parts import BulkUploadItem, UploadFields
-from web.clinical.services.uploads import images_upload_many
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from core.conditions import get_condition
-from web.clinical.models import Analysis, Image
-from web.clinical.services.dicom.reference import (
+from web.clinical.dicom.reference import (
     BANNER,
     MANUFACTURER,
     SR_SERIES_NUMBER,
@@ -21,6 +20,7 @@ from web.clinical.services.dicom.reference import (
     reference_dataset,
     stable_uid,
 )
+from web.clinical.models import Analysis, Image
 
 SCHEME = "99RADTRIAGE"  # private coding scheme for what DCM/LOINC has no code for
 TITLE = Code("18748-4", "LN", "Diagnostic imaging report")

@@ -19,7 +19,7 @@ from core.conditions import CONDITIONS
 from core.errors import RadTriageError
 from core.registry import Registry
 from web.access import Capability, can
-from web.clinical.services import ActivationRefused, registry_activate, registry_activation_preview
+from web.clinical.registry.activation import ActivationRefused, registry_activate, registry_activation_preview
 
 
 def _rows(registry: Registry) -> list[dict[str, Any]]:

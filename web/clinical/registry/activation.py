@@ -20,7 +20,7 @@ from django.conf import settings
 from core.errors import RadTriageError
 from core.model_check import CHECKS
 from core.registry import ModelEntry, Registry
-from web.clinical.services.audit import audit_record
+from web.clinical.audit.records import audit_record
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db import DatabaseError
 
-from web.clinical.services.upload_parts import UploadFields
-from web.clinical.services.uploads import images_upload_many
+from web.clinical.ingest.parts import UploadFields
+from web.clinical.ingest.uploads import images_upload_many
 
 log = logging.getLogger(__name__)
 

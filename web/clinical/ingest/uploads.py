@@ -15,15 +15,12 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from web.clinical.analysis.jobs import analyses_dispatch, analysis_build, analysis_enqueue
+from web.clinical.audit.records import audit_event
 from web.clinical.events import analyses_event_publish
-from web.clinical.media_storage import storage_is_full
-from web.clinical.models import Analysis, AuditEvent, Image
-from web.clinical.services.analyses import analyses_dispatch, analysis_build, analysis_enqueue
-from web.clinical.services.audit import audit_event
-from web.clinical.services.storage import StoredFiles, files_delete
-from web.clinical.services.studies import studies_mark_analysing
-from web.clinical.services.upload_conflicts import Identity, duplicate, stored_copy
-from web.clinical.services.upload_parts import (
+from web.clinical.files import StoredFiles, files_delete
+from web.clinical.ingest.conflicts import Identity, duplicate, stored_copy
+from web.clinical.ingest.parts import (
     BulkUploadItem,
     Decoded,
     Plan,
@@ -39,6 +36,9 @@ from web.clinical.services.upload_parts import (
     upload_detail,
     upload_plan,
 )
+from web.clinical.media_storage import storage_is_full
+from web.clinical.models import Analysis, AuditEvent, Image
+from web.clinical.worklist.states import studies_mark_analysing
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def images_upload_many(
     The new images go in with a handful of queries for the whole lot; if a concurrent upload
     overlaps (IntegrityError), each file is settled again on its own.
     dispatch=False stores the analyses queued but sends none (an overnight batch: the night
-    window sends them, web.clinical.services.batches).
+    window sends them, web.clinical.batches.batches).
     """
     per_file = _fields_per_file(fields, len(files))
     upload = _Upload(conditions=conditions, queue=queue, uploaded_by=uploaded_by, ip_address=ip_address)

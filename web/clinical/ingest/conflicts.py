@@ -14,10 +14,9 @@ from django.db.models import F, Q
 
 from core.errors import XRayDecodeError
 from core.imaging import load_xray
-from web.clinical.models import Image, UploadConflict
-from web.clinical.services.audit import audit_record
-from web.clinical.services.storage import files_delete
-from web.clinical.services.upload_parts import (
+from web.clinical.audit.records import audit_record
+from web.clinical.files import files_delete
+from web.clinical.ingest.parts import (
     Decoded,
     PatientValues,
     UploadFields,
@@ -26,6 +25,7 @@ from web.clinical.services.upload_parts import (
     header_value,
     pixels_digest,
 )
+from web.clinical.models import Image, UploadConflict
 
 log = logging.getLogger(__name__)
 

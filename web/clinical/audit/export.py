@@ -13,8 +13,8 @@ from django.http.response import HttpResponseBase
 from django.utils import timezone
 
 from web.access import Capability, requires
-from web.clinical.selectors import BadAuditFilter, audit_event_list, audit_filters_from
-from web.clinical.services.audit import audit_record
+from web.clinical.audit.queries import BadAuditFilter, audit_event_list, audit_filters_from
+from web.clinical.audit.records import audit_record
 
 COLUMNS = [
     "at",

@@ -11,9 +11,9 @@ from typing import Any
 
 from django.db import transaction
 
+from web.clinical.audit.records import audit_record
 from web.clinical.events import annotation_event_publish
 from web.clinical.models import Analysis, Annotation, Image
-from web.clinical.services.audit import audit_record
 
 MAX_SHAPES = 50
 MAX_POINTS = 5000

@@ -38,8 +38,8 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from web.clinical.services.analyses import analyses_dispatch
-from web.clinical.services.dicom.ingest import CANNOT_UNDERSTAND, DATASET_MISMATCH, dicom_instance_store
+from web.clinical.analysis.jobs import analyses_dispatch
+from web.clinical.dicom.ingest import CANNOT_UNDERSTAND, DATASET_MISMATCH, dicom_instance_store
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from web.clinical.audit.records import audit_record
 from web.clinical.events import study_event_publish
 from web.clinical.models import Analysis, Study
-from web.clinical.services.audit import audit_record
 
 
 class WorklistActionRefused(Exception):

@@ -13,9 +13,9 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from web.clinical.audit.records import audit_record
+from web.clinical.files import files_delete
 from web.clinical.models import Report, Study
-from web.clinical.services.audit import audit_record
-from web.clinical.services.storage import files_delete
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def report_pdf_is_current(report: Report) -> bool:
 def report_render(*, report_id: int) -> Report:
     """Render (if not already current) and store the version's PDF. Idempotent; a signed
     version's PDF, once rendered, is never replaced."""
-    from web.clinical.services.report_pdf import report_pdf_bytes
+    from web.clinical.reporting.pdf import report_pdf_bytes
 
     report = Report.objects.select_related("study__patient", "author", "signed_by").get(pk=report_id)
     if report_pdf_is_current(report):

@@ -21,13 +21,13 @@ from core.conditions import (
 )
 from core.errors import RadTriageError
 from core.imaging import XRay, load_xray
+from web.clinical.audit.records import audit_event, audit_record
 from web.clinical.events import analyses_event_publish, analysis_event_publish
+from web.clinical.files import files_delete, heatmaps_store
+from web.clinical.ingest.parts import conditions_resolve
 from web.clinical.models import Analysis, AuditEvent, Batch, Image
-from web.clinical.services.audit import audit_event, audit_record
-from web.clinical.services.rows import rows_update
-from web.clinical.services.storage import files_delete, heatmaps_store
-from web.clinical.services.studies import studies_mark_analysing, studies_refresh, study_refresh_status
-from web.clinical.services.upload_parts import conditions_resolve
+from web.clinical.rows import rows_update
+from web.clinical.worklist.states import studies_mark_analysing, studies_refresh, study_refresh_status
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ def _results_to_pacs(finished: list[Analysis]) -> None:
 def _results_to_pacs_now(*, image_ids: list[int]) -> None:
     # After the commit: the last of an image's analyses to commit sees all the others done.
     # Never lets a PACS problem fail the analysis job whose results are already stored.
-    from web.clinical.services.dicom.pacs_send import pacs_sends_queue
+    from web.clinical.dicom.pacs_send import pacs_sends_queue
 
     try:
         pacs_sends_queue(image_ids=image_ids)
@@ -412,7 +412,7 @@ def analyses_requeue_orphans(*, orphan_after: float) -> list[int]:
     (analyses_requeue_stuck) stays as the backstop. Safe to overlap a live job: completion is
     idempotent, the first result stands.
     """
-    from web.clinical.services.broker import broker_analysis_ids, broker_uptime, workers_alive
+    from web.clinical.analysis.broker import broker_analysis_ids, broker_uptime, workers_alive
 
     cutoff = timezone.now() - dt.timedelta(seconds=orphan_after)
     candidates = (

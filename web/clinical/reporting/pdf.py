@@ -144,7 +144,7 @@ def _pictures(index: int, image: Image) -> list[Picture]:
     """The image with the annotations drawn on it, then one overlay per condition."""
     from core.imaging import load_xray
     from core.overlay import render_overlay
-    from web.clinical.selectors import _raw_heatmap
+    from web.clinical.viewer import _raw_heatmap
 
     with image.file.open("rb") as handle:
         gray = load_xray(handle.read(), max_pixels=settings.RADTRIAGE_MAX_PIXELS).pixels
@@ -185,8 +185,8 @@ ANNOTATION_COLOUR = (255, 196, 0)  # amber: readable over gray and over the JET 
 
 
 def _draw_annotations(rgb: np.ndarray, annotations: list[Annotation]) -> np.ndarray:
-    """Draw each shape (web.clinical.annotation_shapes format) in image pixels."""
-    from web.clinical.annotation_shapes import draw_shape
+    """Draw each shape (web.clinical.review.shapes format) in image pixels."""
+    from web.clinical.review.shapes import draw_shape
 
     canvas = np.ascontiguousarray(rgb)
     for annotation in annotations:

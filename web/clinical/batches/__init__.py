@@ -1,0 +1,1 @@
+"""Batch imports: many files at once, scheduled now or in the night window."""

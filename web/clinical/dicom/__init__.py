@@ -1,0 +1,1 @@
+"""DICOM networking: the Storage SCP listener, C-STORE ingest, de-identification, PACS sends."""

@@ -1,0 +1,1 @@
+"""Uploads from every route (browser, API, DICOM, batches): validation, identity and conflicts."""

@@ -1,0 +1,1 @@
+"""Radiologists' annotations and verdicts on images and AI results."""

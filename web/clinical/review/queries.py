@@ -1,0 +1,35 @@
+"""queries: read-only queries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import (
+    Count,
+    F,
+    QuerySet,
+)
+
+
+def verdict_counts() -> list[dict[str, Any]]:
+    """Current verdicts counted per model (id and checksum), condition and verdict."""
+    from web.clinical.models import Annotation
+
+    return list(
+        Annotation.objects.exclude(verdict="")
+        .values(
+            model_id=F("analysis__model_id"),
+            model_sha256=F("analysis__model_sha256"),
+            condition=F("analysis__condition"),
+            verdict_value=F("verdict"),
+        )
+        .annotate(count=Count("pk"))
+        .order_by("model_id", "condition", "verdict_value")
+    )
+
+
+def image_annotations(*, image_id: int) -> QuerySet[Any]:
+    """The drawings and notes on an image, oldest first (verdicts are shown on their results)."""
+    from web.clinical.models import Annotation
+
+    return Annotation.objects.filter(image_id=image_id, verdict="").select_related("author")
