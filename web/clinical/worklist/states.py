@@ -9,6 +9,7 @@ from typing import Any
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from web.clinical.analysis.findings import studies_with_finding
 from web.clinical.models import Analysis, Image, Study
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,7 @@ def studies_refresh(*, studies: list[Study]) -> None:
     if not by_pk:
         return
     now = timezone.now()
-    # Analysis.is_finding as a query: a not-applicable result is stored with positive=None.
-    flagged = _studies_with(
-        list(by_pk), state=Analysis.State.SUCCEEDED, positive=True, is_placeholder=False, experimental=False
-    )
+    flagged = studies_with_finding(list(by_pk))  # the finding rule (analysis.findings)
     _studies_set(studies, "ai_flagged", {pk: pk in flagged for pk in by_pk}, now=now)
     watched = [pk for pk, s in by_pk.items() if s.status in (Study.Status.RECEIVED, Study.Status.ANALYSING)]
     if watched:
