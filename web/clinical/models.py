@@ -213,14 +213,11 @@ class Analysis(models.Model):
     @property
     def is_finding(self) -> bool:
         """A positive label a radiologist may treat as an AI flag: never a placeholder's, an
-        experimental model's, or one for an image outside the model's population."""
-        return bool(
-            self.state == self.State.SUCCEEDED
-            and self.positive
-            and not self.is_placeholder
-            and not self.experimental
-            and self.applicable is not False
-        )
+        experimental model's, or one for an image outside the model's population (the one
+        rule: web.clinical.analysis.findings)."""
+        from web.clinical.analysis.findings import analysis_is_finding
+
+        return analysis_is_finding(self)
 
     @property
     def warnings(self) -> list[dict[str, str]]:

@@ -1,33 +1,90 @@
 """The finding rule: what counts as an AI finding, which results count at all, which result a
-study shows, and which result is current. Written once, as data; the query expressions and the
-in-memory checks are derived from it, so the flag, the worklist, the filters, the reports, the
-SR and the counts cannot disagree.
+study shows, and which result of a condition is current.
+
+Written once, as data (field -> the values a result must hold there); the query expressions
+and the in-memory checks are both derived from it, so the study's flag, the worklist order and
+filters, the row's strongest result, the PDF, the SR, batch summaries and verdict counts cannot
+disagree. core.analysis.AnalysisOutcome.flag is the same rule on core's side of the line (a
+test checks they agree on every kind of result).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypedDict
 
-from django.db.models import Case, Exists, IntegerField, OuterRef, Q, QuerySet, Value, When
+from django.db.models import (
+    Case,
+    CharField,
+    Exists,
+    F,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+    When,
+)
 
+from core.conditions import CONDITION_URGENCY
 from web.clinical.models import Analysis, Image
 
-# field -> the values a result must hold there. None among them: "not checked" is accepted.
-# A result counts (may be reported as a reading of the image) when it finished, came from a
-# real model that is not experimental, and the image is not outside the model's population
+Rule = Mapping[str, tuple[Any, ...]]
+
+_DONE = (Analysis.State.SUCCEEDED,)
+# A result counts (may be read as the model's answer for the image) when it finished, came from
+# a real model that is not experimental, and the image is not outside the model's population
 # (applicable None: analysed before the check existed).
-APPLICABLE_RULE: Mapping[str, tuple[Any, ...]] = {
-    "state": (Analysis.State.SUCCEEDED,),
+APPLICABLE_RULE: Rule = {
+    "state": _DONE,
     "is_placeholder": (False,),
     "experimental": (False,),
     "applicable": (True, None),
 }
-# A finding: an applicable result whose label at the model's threshold is positive.
-FINDING_RULE: Mapping[str, tuple[Any, ...]] = {**APPLICABLE_RULE, "positive": (True,)}
+# A finding (the AI flag): an applicable result positive at the model's threshold.
+FINDING_RULE: Rule = {**APPLICABLE_RULE, "positive": (True,)}
 
 
-def _rule_q(rule: Mapping[str, tuple[Any, ...]], prefix: str) -> Q:
+@dataclass(frozen=True)
+class ResultKind:
+    """One kind of finished result: its key, the words the worklist row shows, its rule."""
+
+    key: str
+    label: str
+    rule: Rule
+
+
+# Every finished result is exactly one of these; listed strongest first: the order in which a
+# study's results compete to be the one its row shows. A not-applicable, experimental or
+# placeholder score is never shown while an applicable result exists.
+RESULT_KINDS: tuple[ResultKind, ...] = (
+    ResultKind("finding", "AI flag", FINDING_RULE),
+    ResultKind("negative", "negative", {**APPLICABLE_RULE, "positive": (False, None)}),
+    ResultKind(
+        "experimental",
+        "experimental, not a flag",
+        {"state": _DONE, "is_placeholder": (False,), "experimental": (True,), "applicable": (True, None)},
+    ),
+    ResultKind(
+        "not_applicable",
+        "not applicable to this image",
+        {"state": _DONE, "is_placeholder": (False,), "applicable": (False,)},
+    ),
+    ResultKind(
+        "placeholder", "placeholder, no diagnostic value", {"state": _DONE, "is_placeholder": (True,)}
+    ),
+)
+RESULT_LABELS: dict[str, str] = {k.key: k.label for k in RESULT_KINDS}
+_STANDING = {k.key: len(RESULT_KINDS) - i for i, k in enumerate(RESULT_KINDS)}  # 0: not finished
+
+
+# --------------------------------------------------------------------------- the rule, derived
+
+
+def _rule_q(rule: Rule, prefix: str) -> Q:
     q = Q()
     for field, allowed in rule.items():
         values = [v for v in allowed if v is not None]
@@ -39,12 +96,12 @@ def _rule_q(rule: Mapping[str, tuple[Any, ...]], prefix: str) -> Q:
     return q
 
 
-def _rule_holds(rule: Mapping[str, tuple[Any, ...]], analysis: Any) -> bool:
-    # `is` for booleans and None, so 1 == True or 0 == False never slip through.
+def _rule_holds(rule: Rule, analysis: Any) -> bool:
     return all(any(_same(getattr(analysis, field), v) for v in allowed) for field, allowed in rule.items())
 
 
 def _same(value: Any, wanted: Any) -> bool:
+    # `is` for booleans and None, so that 1 == True or 0 == False never slips through.
     if wanted is None or isinstance(wanted, bool):
         return value is wanted
     return bool(value == wanted)
@@ -56,17 +113,34 @@ def finding_q(prefix: str = "") -> Q:
 
 
 def applicable_q(prefix: str = "") -> Q:
-    """An applicable (reportable) result as a query expression on Analysis."""
+    """An applicable result (one that counts) as a query expression on Analysis."""
     return _rule_q(APPLICABLE_RULE, prefix)
 
 
 def analysis_is_finding(analysis: Any) -> bool:
-    """The finding rule for one object in memory (an Analysis or anything with its fields)."""
+    """The finding rule for one object in memory (an Analysis, or anything with its fields)."""
     return _rule_holds(FINDING_RULE, analysis)
 
 
 def analysis_is_applicable(analysis: Any) -> bool:
     return _rule_holds(APPLICABLE_RULE, analysis)
+
+
+def result_kind(analysis: Any) -> str | None:
+    """ "finding", "negative", "experimental", "not_applicable", "placeholder"; None until finished."""
+    return next((k.key for k in RESULT_KINDS if _rule_holds(k.rule, analysis)), None)
+
+
+def result_kind_expression(prefix: str = "") -> Case:
+    """result_kind as a query expression (NULL until finished)."""
+    return Case(
+        *[When(_rule_q(k.rule, prefix), then=Value(k.key)) for k in RESULT_KINDS],
+        default=None,
+        output_field=CharField(),
+    )
+
+
+# --------------------------------------------------------------------------- which studies
 
 
 def findings() -> QuerySet[Analysis]:
@@ -75,7 +149,10 @@ def findings() -> QuerySet[Analysis]:
 
 def studies_with_finding(study_ids: Iterable[int], *, condition: str | None = None) -> set[int]:
     """The studies among these with a finding (for `condition` when given). Starts from the
-    studies' images (a few index probes), never from the analysis table, which grows forever."""
+    studies' images (a few index probes), never from the analysis table, which grows forever.
+
+    Any finding counts, not only the latest result of its condition: a re-run (another model,
+    an experimental one) never silently takes a flag away from a study."""
     matching = findings().filter(image=OuterRef("pk"))
     if condition:
         matching = matching.filter(condition=condition)
@@ -88,20 +165,105 @@ def studies_with_finding(study_ids: Iterable[int], *, condition: str | None = No
     )
 
 
-def study_has_finding_q(*, condition: str | None = None, study_ref: str = "pk") -> Exists:
-    """Exists(...) on Study: the study has a finding (for `condition` when given)."""
-    matching = findings().filter(image__study=OuterRef(study_ref))
+def study_has_finding(*, condition: str | None = None) -> Exists:
+    """On Study: it has a finding (for `condition` when given)."""
+    matching = findings().filter(image__study=OuterRef("pk"))
     if condition:
         matching = matching.filter(condition=condition)
     return Exists(matching)
 
 
+# --------------------------------------------------------------------------- strongest result
+
+
 def urgency_of_condition() -> Case:
     """core.conditions.CONDITION_URGENCY as a query expression on Analysis.condition."""
-    from core.conditions import CONDITION_URGENCY
-
     return Case(
         *[When(Q(condition=code), then=Value(level)) for code, level in CONDITION_URGENCY.items()],
         default=Value(0),
         output_field=IntegerField(),
     )
+
+
+def _standing_expression() -> Case:
+    return Case(
+        *[When(_rule_q(k.rule, ""), then=Value(_STANDING[k.key])) for k in RESULT_KINDS],
+        default=Value(0),
+        output_field=IntegerField(),
+    )
+
+
+def results_ranked(analyses: QuerySet[Analysis]) -> QuerySet[Analysis]:
+    """Strongest first: a finding (the most urgent condition, then the most probable), then an
+    applicable result, then experimental, not-applicable and placeholder ones, then results not
+    finished; newest first among equals."""
+    return analyses.annotate(
+        result_standing=_standing_expression(), result_urgency=urgency_of_condition()
+    ).order_by("-result_standing", "-result_urgency", F("probability").desc(nulls_last=True), "-id")
+
+
+def result_rank_key(analysis: Any) -> tuple[int, int, float, int]:
+    """results_ranked's order in memory (sort ascending with this key)."""
+    kind = result_kind(analysis)
+    probability = analysis.probability
+    return (
+        -_STANDING.get(kind or "", 0),
+        -CONDITION_URGENCY.get(analysis.condition, 0),
+        -(probability if probability is not None else float("-inf")),
+        -(analysis.pk or 0),
+    )
+
+
+def study_strongest_result() -> Subquery:
+    """On Study: the id of the result its row shows (None while nothing has finished)."""
+    finished = Analysis.objects.filter(image__study=OuterRef("pk"), state=Analysis.State.SUCCEEDED)
+    return Subquery(results_ranked(finished).values("pk")[:1])
+
+
+class ResultRecord(TypedDict):
+    id: int
+    condition: str
+    probability: float | None
+    positive: bool | None
+    finding: bool
+    kind: str
+    label: str
+
+
+def result_record(analysis: Analysis) -> ResultRecord:
+    """What a row shows of a finished result; the worklist page and /api/studies/ draw this.
+    A placeholder's or a not-applicable result's number and label mean nothing: None."""
+    kind = result_kind(analysis) or ""
+    meaningless = kind in ("placeholder", "not_applicable")
+    return {
+        "id": analysis.pk,
+        "condition": analysis.condition,
+        "probability": None if meaningless else analysis.probability,
+        "positive": None if meaningless or analysis.positive is None else bool(analysis.positive),
+        "finding": kind == "finding",
+        "kind": kind,
+        "label": RESULT_LABELS.get(kind, ""),
+    }
+
+
+# --------------------------------------------------------------------------- current result
+
+_NEVER = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+def current_results(analyses: Iterable[Analysis]) -> list[Analysis]:
+    """The current result of each condition among one image's analyses: the one that finished
+    last (by finished_at, then id), since a re-run replaces the earlier reading. The PDF and the
+    SR both report these, strongest first (results_ranked's order)."""
+    latest: dict[str, Analysis] = {}
+    for analysis in analyses:
+        if analysis.state != Analysis.State.SUCCEEDED:
+            continue
+        held = latest.get(analysis.condition)
+        if held is None or _finish_key(analysis) > _finish_key(held):
+            latest[analysis.condition] = analysis
+    return sorted(latest.values(), key=result_rank_key)
+
+
+def _finish_key(analysis: Analysis) -> tuple[dt.datetime, int]:
+    return (analysis.finished_at or _NEVER, analysis.pk or 0)
