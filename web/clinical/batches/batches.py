@@ -23,6 +23,7 @@ from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from web.clinical.analysis.findings import finding_q
 from web.clinical.analysis.jobs import analyses_dispatch, analyses_run
 from web.clinical.audit.records import audit_record
 from web.clinical.events import GroupListener, batch_event_publish, batch_group
@@ -554,10 +555,7 @@ def batch_summary(batch: Batch) -> dict[str, Any]:
     """What the batch did, as import_batch --json prints it and the batch page shows it."""
     analyses = Analysis.objects.filter(batch=batch)
     positives = dict(
-        analyses.filter(
-            state=Analysis.State.SUCCEEDED, positive=True, is_placeholder=False, experimental=False
-        )
-        .exclude(applicable=False)
+        analyses.filter(finding_q())  # findings, by the one rule
         .values_list("condition")
         .annotate(n=Count("pk"))
         .order_by("condition")
