@@ -48,4 +48,5 @@ USER radtriage
 # Matplotlib (heat map colours) wants a writable config dir; /app is not the user's to write.
 ENV MPLCONFIGDIR=/tmp/matplotlib
 EXPOSE 8000
-CMD ["python", "-m", "uvicorn", "--host", "0.0.0.0", "--port", "8000", "web.asgi:application"]
+# --no-proxy-headers: forwarded headers are believed only from RADTRIAGE_TRUSTED_PROXIES (web.asgi).
+CMD ["python", "-m", "uvicorn", "--host", "0.0.0.0", "--port", "8000", "--no-proxy-headers", "web.asgi:application"]

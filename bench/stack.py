@@ -176,6 +176,7 @@ class Stack:
                 str(self.port),
                 "--workers",
                 str(self.web_workers),
+                "--no-proxy-headers",
                 "web.asgi:application",
             ],
         )

@@ -11,6 +11,9 @@ export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 export RADTRIAGE_HOST="${RADTRIAGE_HOST:-127.0.0.1}"
 export RADTRIAGE_PORT="${RADTRIAGE_PORT:-8000}"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+# Proxies whose X-Forwarded-For is believed (web/settings.py): none unless named, so a request's
+# client address (the login lockout's, the audit log's) is the address that connected.
+export RADTRIAGE_TRUSTED_PROXIES="${RADTRIAGE_TRUSTED_PROXIES:-}"
 # One worker pool process per core, up to two (each runs TensorFlow on one thread): a batch is
 # prepared and stored by one while the other runs the model. ~0.6 GB of memory each.
 CORES="$(nproc 2>/dev/null || echo 1)"

@@ -106,6 +106,13 @@ def api_requires(capability: Capability) -> type[BasePermission]:
 CanViewStudies = api_requires(Capability.VIEW_STUDIES)  # the API's default (settings)
 
 
+def client_ip(request: HttpRequest) -> str | None:
+    """The client's address, for the login lockout and the audit log: the address that
+    connected, or, behind a proxy named in RADTRIAGE_TRUSTED_PROXIES, the one it forwarded
+    (web.asgi resolves it before Django sees the request; a header from anyone else is ignored)."""
+    return request.META.get("REMOTE_ADDR") or None
+
+
 def template_context(request: HttpRequest) -> dict[str, Any]:
     """Context processor: `may.upload`, `may.review`, ... so pages hide what the user cannot do
     (the server checks again: hiding is a courtesy, never the protection)."""

@@ -1,6 +1,8 @@
 """ASGI entry (uvicorn; daphne for `manage.py runserver`): HTTP through Django, websockets through Channels.
 
-Websockets need a logged-in session (AuthMiddlewareStack) and an allowed Origin.
+Websockets need a logged-in session (AuthMiddlewareStack) and an allowed Origin. Forwarded
+headers are believed only from the proxies in RADTRIAGE_TRUSTED_PROXIES (settings): this module
+applies them, so uvicorn runs with --no-proxy-headers (its default believes 127.0.0.1).
 """
 
 import logging
@@ -17,17 +19,22 @@ os.environ.pop("RADTRIAGE_ASGI")  # read; not for processes this one starts
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware  # noqa: E402
 
 from web.clinical.routing import websocket_urlpatterns  # noqa: E402
 
-application = ProtocolTypeRouter(
+_router = ProtocolTypeRouter(
     {
         # Static files (CSS/JS of the pages) are served by the app itself: one process to run.
         "http": ASGIStaticFilesHandler(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+# The client address (scope["client"], Django's REMOTE_ADDR) and scheme: from X-Forwarded-For /
+# -Proto only when the connection comes from a trusted proxy; an empty list trusts none.
+application = ProxyHeadersMiddleware(_router, trusted_hosts=list(settings.RADTRIAGE_TRUSTED_PROXIES))
 
 
 def _warm_up() -> None:

@@ -7,6 +7,7 @@ With DEBUG off, a missing production setting stops start-up with a clear message
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
 import re
 import sys
@@ -98,6 +99,9 @@ RADTRIAGE_TOKEN_TTL_HOURS = float(os.environ.get("RADTRIAGE_TOKEN_TTL_HOURS", st
 ROOT_URLCONF = "web.urls"
 WSGI_APPLICATION = "web.wsgi.application"
 ASGI_APPLICATION = "web.asgi.application"
+# The address counted is the one client address the whole site uses (web.access.client_ip),
+# never a header the client writes itself (see RADTRIAGE_TRUSTED_PROXIES below).
+AXES_CLIENT_IP_CALLABLE = "web.access.client_ip"
 
 TEMPLATES = [
     {
@@ -385,6 +389,32 @@ SPECTACULAR_SETTINGS = {
 # travel over plain HTTP. RADTRIAGE_HTTPS=0 relaxes all of it, explicitly, for a plain-HTTP
 # trial on localhost; RADTRIAGE_HTTPS=1 turns it on under DEBUG too.
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
+# --------------------------------------------------------------------------- behind a proxy
+# RADTRIAGE_TRUSTED_PROXIES: the reverse proxies (IP addresses or networks, comma separated,
+# e.g. "172.19.0.10" or "10.0.0.0/24") whose X-Forwarded-For / X-Forwarded-Proto headers are
+# believed. Empty (the default): none, and every request's client address is the address that
+# connected. The login lockout and every audit row take the client address from here and
+# nowhere else (web.access.client_ip); a header from anyone else is ignored, so a client cannot
+# pick a fresh address per guess or write a false one into the audit log. The ASGI application
+# (web.asgi) applies it; uvicorn's own handling, which believes 127.0.0.1 and FORWARDED_ALLOW_IPS
+# by default, is switched off on every command line that starts it (--no-proxy-headers).
+
+
+def _trusted_proxies(raw: str) -> list[str]:
+    proxies = [p.strip() for p in raw.split(",") if p.strip()]
+    for proxy in proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"RADTRIAGE_TRUSTED_PROXIES: {proxy!r} is not an IP address or network; list "
+                "the proxies in front of RadTriage, e.g. RADTRIAGE_TRUSTED_PROXIES=172.19.0.10."
+            ) from None
+    return proxies
+
+
+RADTRIAGE_TRUSTED_PROXIES = _trusted_proxies(os.environ.get("RADTRIAGE_TRUSTED_PROXIES", ""))
+
 RADTRIAGE_HTTPS = env_bool("RADTRIAGE_HTTPS", not DEBUG)
 if RADTRIAGE_HTTPS:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

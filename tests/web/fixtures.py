@@ -122,7 +122,7 @@ def stored_state() -> dict[str, Any]:
 def uvicorn_argv(port: int) -> list[str]:
     """The web process as `make run` starts it, on this port."""
     host = ["--host", "127.0.0.1", "--port", str(port)]
-    return [sys.executable, "-m", "uvicorn", *host, "web.asgi:application"]
+    return [sys.executable, "-m", "uvicorn", *host, "--no-proxy-headers", "web.asgi:application"]
 
 
 def wait_for(

@@ -23,7 +23,7 @@ from rest_framework.serializers import BaseSerializer
 from rest_framework.views import APIView
 
 from core.errors import XRayDecodeError
-from web.access import CanViewStudies, Capability, api_requires
+from web.access import CanViewStudies, Capability, api_requires, client_ip
 from web.api.authentication import token_expired
 from web.api.parsers import NAME_NOT_UTF8_MESSAGE, MultiPartParser, name_not_utf8
 from web.api.serializers import (
@@ -62,10 +62,6 @@ from web.clinical.worklist.queries import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def client_ip(request: Any) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
 
 
 def upload_fields(data: dict[str, Any]) -> UploadFields:

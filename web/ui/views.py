@@ -10,7 +10,7 @@ from django.shortcuts import get_object_or_404, render
 from django.views.decorators.cache import cache_control
 
 from core.conditions import CONDITIONS, KNOWN_BODY_PARTS, conditions_for_body_part
-from web.access import Capability, can, requires
+from web.access import Capability, can, client_ip, requires
 from web.clinical.analysis.queries import analysis_get
 from web.clinical.audit.records import audit_record, audit_record_read
 from web.clinical.batches.batches import batch_progress, batch_summary
@@ -84,7 +84,7 @@ def study_page(request: HttpRequest, study_id: int) -> HttpResponse:
         patient=study.patient,
         study=study,
         obj=study,
-        ip_address=request.META.get("REMOTE_ADDR") or None,
+        ip_address=client_ip(request),
         detail={"status": Study.Status.IN_REVIEW.value} if moved else None,
     )
     return render(

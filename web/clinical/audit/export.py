@@ -12,7 +12,7 @@ from django.http import HttpRequest, HttpResponseBadRequest, StreamingHttpRespon
 from django.http.response import HttpResponseBase
 from django.utils import timezone
 
-from web.access import Capability, requires
+from web.access import Capability, client_ip, requires
 from web.clinical.audit.queries import BadAuditFilter, audit_event_list, audit_filters_from
 from web.clinical.audit.records import audit_record
 
@@ -74,7 +74,7 @@ def audit_export_view(request: HttpRequest) -> HttpResponseBase:
         actor=request.user,
         action="audit.export",
         detail={"filters": {k: v for k, v in filters.items() if v}, "rows": count},
-        ip_address=request.META.get("REMOTE_ADDR"),
+        ip_address=client_ip(request),
     )
     writer = csv.writer(_Echo())
     response = StreamingHttpResponse(
