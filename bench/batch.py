@@ -78,7 +78,7 @@ def write_images(folder: Path, n: int, size: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=2000, help="images in the batch (the issue's run: 2,000)")
+    parser.add_argument("--n", type=int, default=2000, help="images in the batch")
     parser.add_argument("--size", type=int, default=512, help="pixels per side of the generated images")
     parser.add_argument("--condition", default="pneumonia")
     parser.add_argument("--registry", default=str(REPO / "registry.json"))
@@ -175,7 +175,7 @@ def main() -> None:
             time.sleep(0.1)
         worker_ready = time.monotonic()
         # `make run` says "ready" when the pool's models are warm (manage.py wait_ready): the
-        # issue's goal is the first result within 5 s of that.
+        # goal is the first result within 5 s of that.
         from worker.readiness import warm_processes_since
 
         while warm_processes_since(started_wall) < args.concurrency:

@@ -16,7 +16,7 @@ database and media folder, then:
 4. platform throughput, single: --single-n images sent back to back one per request through
    POST /api/uploads/ (interactive queue, one job each): the path a person at the page takes.
 
-Prints figures and the issue's targets (throughput >= 85 % of raw; p50 latency <= raw + 250 ms);
+Prints figures and the targets (throughput >= 85 % of raw; p50 latency <= raw + 250 ms);
 asserts nothing.
 
     .venv/bin/python bench/pipeline.py [--n 192] [--per-request 16] [--single-n 40]

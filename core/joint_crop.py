@@ -1,5 +1,5 @@
 """Knee joints found on a full knee film and cut out the way the knee OA model's training crops
-were made (issue 8: serve a model the way it was trained).
+were made: a model is served the way it was trained.
 
 The knee OA model learned from the Osteoarthritis Initiative crops of Chen et al. 2019: one knee
 joint per 224x224 image, femoral condyles above, tibial plateau below, contrast-equalised with
