@@ -185,7 +185,7 @@ def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     # mkstemp makes the file 0600: the replaced registry would then be unreadable to the other
-    # services' users (the compose worker failed on it). Keep the old file's mode, else 0644.
+    # services' users (the compose workers run as another user). Keep the old file's mode, else 0644.
     try:
         mode = path.stat().st_mode & 0o777
     except FileNotFoundError:

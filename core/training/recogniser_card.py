@@ -78,7 +78,7 @@ knows nothing beyond these five data sets.
   standardised with training means and spreads.
 - Classifier: {layers}, trained with scikit-learn, exported as arrays and run with numpy.
   Chosen on validation balanced accuracy among: {candidates} (multinomial logistic
-  regression scored 97.0% in development runs and is no longer fitted; zoom-out augmentation
+  regression scores 97.0% on the same measure and is not fitted by default; zoom-out augmentation
   to 0.65 scored 98.2% against 98.5% for 0.85, same measure).
 - Out of distribution: Mahalanobis distance of the appearance statistics to each class's
   Gaussian (shrunk covariance), divided by that class's cut-off = the {CUTOFF_PERCENTILE:.0f}th
