@@ -121,7 +121,7 @@ TEMPLATES = [
 
 # Under ASGI (web.asgi sets RADTRIAGE_ASGI) each request runs in a thread of its own that ends
 # with it: a connection kept for reuse is never reused, only left open until garbage-collected.
-# Under load the web processes then ran PostgreSQL out of connections ("too many clients",
+# Under load the web processes would run PostgreSQL out of connections ("too many clients",
 # HTTP 500; bench/load.py). So, as Django's docs say, no persistent connections under ASGI;
 # the worker and the DICOM listener keep theirs.
 DB_CONN_MAX_AGE = (

@@ -49,8 +49,8 @@ def limit_cpu_threads(sender: object = None, **_: object) -> None:
 @worker_process_init.connect
 def limit_blas_threads(**_: object) -> None:
     """numpy's BLAS (OpenBLAS) also starts a thread per core and spins it between calls: in a
-    pool process that doubled the CPU a batch job costs (12 vs 6 ms per image, bench/batch.py
-    on 2 cores) without making it any faster, and took the other core from the other pool
+    pool process that doubles the CPU a batch job costs (12 vs 6 ms per image, bench/batch.py
+    on 2 cores) without making it any faster, and takes the other core from the other pool
     process and the import. Each pool process (after fork: numpy is already loaded, so its
     environment variables come too late) gets as many BLAS threads as TensorFlow."""
     try:
@@ -67,8 +67,8 @@ def cpu_threads_per_process(*, cores: int, processes: int) -> int:
 
 @worker_process_init.connect
 def warm_models_in_the_background(**_: object) -> None:
-    """The first job of a fresh pool process used to pay for importing TensorFlow and loading
-    its model (41 s for the first result after start-up). Each pool process now warms the
+    """Without this, the first job of a fresh pool process pays for importing TensorFlow and
+    loading its model (41 s for the first result after start-up). Each pool process warms the
     active models as soon as it exists, in a thread: Celery kills a process whose init hook
     runs past worker_proc_alive_timeout (4 s), and a job that arrives meanwhile waits on the
     ModelManager's per-model lock instead of loading a second copy. After fork, so TensorFlow

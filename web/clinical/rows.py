@@ -14,9 +14,9 @@ def rows_update(objects: Sequence[Model], fields: Sequence[str]) -> None:
     """Save `fields` of these stored objects (all of one model): on PostgreSQL in one
     `UPDATE ... FROM (VALUES ...)`, elsewhere (SQLite) one save per row.
 
-    A batch job's results used to go in with one UPDATE per analysis (16 round trips a job,
-    ~30 % of its bookkeeping); Django's bulk_update writes a CASE per field and row, which
-    PostgreSQL evaluates slower than the round trips it saves. Values are converted as
+    One UPDATE per analysis would cost a batch job 16 round trips (~30 % of its bookkeeping);
+    Django's bulk_update writes a CASE per field and row, which PostgreSQL evaluates slower
+    than the round trips it saves. Values are converted as
     Model.save converts them (get_db_prep_save), each cast to its column's type.
     """
     if not objects:

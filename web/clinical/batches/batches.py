@@ -305,7 +305,7 @@ def _import_chunk(
 class _JobSender:
     """Sends a batch's new analyses to the batch queue as its chunks are imported, in full jobs
     of ANALYSIS_BATCH_SIZE analyses of one condition (one model call each); what is left of
-    each condition goes when the import ends. A chunk of 50 files used to end in a job of 2."""
+    each condition goes when the import ends, so a chunk of 50 files never ends in a job of 2."""
 
     def __init__(self, batch: Batch) -> None:
         self.batch = batch
