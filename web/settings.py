@@ -92,6 +92,9 @@ AXES_COOLOFF_TIME = dt.timedelta(minutes=float(os.environ.get("RADTRIAGE_LOGIN_C
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "web.lockout.lockout_response"
+# The address counted is the one client address the whole site uses (web.access.client_ip),
+# never a header the client writes itself (see RADTRIAGE_TRUSTED_PROXIES below).
+AXES_CLIENT_IP_CALLABLE = "web.access.client_ip"
 AXES_VERBOSE = False
 # API tokens expire (a new one is issued by POST /api/auth/token/; DELETE revokes one).
 RADTRIAGE_TOKEN_TTL_HOURS = float(os.environ.get("RADTRIAGE_TOKEN_TTL_HOURS", str(24 * 7)))
@@ -99,9 +102,6 @@ RADTRIAGE_TOKEN_TTL_HOURS = float(os.environ.get("RADTRIAGE_TOKEN_TTL_HOURS", st
 ROOT_URLCONF = "web.urls"
 WSGI_APPLICATION = "web.wsgi.application"
 ASGI_APPLICATION = "web.asgi.application"
-# The address counted is the one client address the whole site uses (web.access.client_ip),
-# never a header the client writes itself (see RADTRIAGE_TRUSTED_PROXIES below).
-AXES_CLIENT_IP_CALLABLE = "web.access.client_ip"
 
 TEMPLATES = [
     {
@@ -173,12 +173,25 @@ RADTRIAGE_AUDIT_REPEAT_SECONDS = float(os.environ.get("RADTRIAGE_AUDIT_REPEAT_SE
 RADTRIAGE_MODEL_CHECK_TIMEOUT = float(os.environ.get("RADTRIAGE_MODEL_CHECK_TIMEOUT", "180"))
 RADTRIAGE_MAX_PIXELS = int(os.environ.get("RADTRIAGE_MAX_PIXELS", str(60_000_000)))
 
+# No patient identifier in any log line. A search travels in the query string, and the web
+# server logs each request line: its access loggers (uvicorn's, and runserver's) log the path
+# without the query string (web.logs). Applied when Django starts in each web process, before
+# it answers a request. SQL (with its parameters: names, IDs) is never logged, even at
+# LOG_LEVEL=DEBUG.
+_REQUEST_LOG = {"handlers": ["console"], "filters": ["query_string_dropped"], "propagate": False}
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "filters": {"query_string_dropped": {"()": "web.logs.QueryStringDropped"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {
+        "uvicorn.access": _REQUEST_LOG,
+        "django.server": _REQUEST_LOG,
+        "django.channels.server": _REQUEST_LOG,
+        "django.db.backends": {"level": "INFO"},
+    },
 }
 
 LOGIN_URL = "ui:login"
@@ -382,13 +395,6 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
-# --------------------------------------------------------------------------- behind HTTPS
-# Secure by default when DEBUG is off: the site is served over HTTPS (a TLS-terminating proxy in
-# front must set X-Forwarded-Proto), plain HTTP is redirected to it (/healthz/ excepted, for the
-# container's own health probe), browsers are told to stay on HTTPS (HSTS) and cookies never
-# travel over plain HTTP. RADTRIAGE_HTTPS=0 relaxes all of it, explicitly, for a plain-HTTP
-# trial on localhost; RADTRIAGE_HTTPS=1 turns it on under DEBUG too.
-CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
 # --------------------------------------------------------------------------- behind a proxy
 # RADTRIAGE_TRUSTED_PROXIES: the reverse proxies (IP addresses or networks, comma separated,
 # e.g. "172.19.0.10" or "10.0.0.0/24") whose X-Forwarded-For / X-Forwarded-Proto headers are
@@ -415,6 +421,13 @@ def _trusted_proxies(raw: str) -> list[str]:
 
 RADTRIAGE_TRUSTED_PROXIES = _trusted_proxies(os.environ.get("RADTRIAGE_TRUSTED_PROXIES", ""))
 
+# --------------------------------------------------------------------------- behind HTTPS
+# Secure by default when DEBUG is off: the site is served over HTTPS (a TLS-terminating proxy in
+# front must set X-Forwarded-Proto), plain HTTP is redirected to it (/healthz/ excepted, for the
+# container's own health probe), browsers are told to stay on HTTPS (HSTS) and cookies never
+# travel over plain HTTP. RADTRIAGE_HTTPS=0 relaxes all of it, explicitly, for a plain-HTTP
+# trial on localhost; RADTRIAGE_HTTPS=1 turns it on under DEBUG too.
+CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
 RADTRIAGE_HTTPS = env_bool("RADTRIAGE_HTTPS", not DEBUG)
 if RADTRIAGE_HTTPS:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -125,6 +125,14 @@ def uvicorn_argv(port: int) -> list[str]:
     return [sys.executable, "-m", "uvicorn", *host, "--no-proxy-headers", "web.asgi:application"]
 
 
+def procfile_service(name: str, env: dict[str, str], log_dir: Path) -> Service:
+    """A process exactly as `make run` starts it: its Procfile line, run by a shell (honcho's
+    way), with env supplying PYTHON and the RADTRIAGE_* host and port variables."""
+    line = next(x for x in (REPO / "Procfile").read_text().splitlines() if x.startswith(f"{name}:"))
+    command = line.removeprefix(f"{name}:").strip()
+    return Service(name, ["sh", "-c", f"exec {command}"], {"PYTHON": sys.executable, **env}, log_dir)
+
+
 def wait_for(
     predicate: Callable[[], Any], *, timeout: float, interval: float = 0.1, what: str = "condition"
 ) -> Any:

@@ -6,7 +6,6 @@ request through the proxy is recorded with the address the proxy forwarded."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from tests.web.fixtures import (
     Service,
     dicom_bytes,
     free_port,
+    procfile_service,
     service_env,
     web_login_user,
     with_role,
@@ -57,13 +57,12 @@ def start_web(service_logs: Path, transactional_db: Any) -> Iterator[Callable[..
     def start(**extra_env: str) -> str:
         port = free_port()
         env = service_env(
-            PYTHON=sys.executable,
             RADTRIAGE_HOST="127.0.0.1",
             RADTRIAGE_PORT=str(port),
             RADTRIAGE_TRUSTED_PROXIES=PROXY,
             **extra_env,
         )
-        server = Service("uvicorn", ["sh", "-c", f"exec {procfile_web_command()}"], env, service_logs)
+        server = procfile_service("web", env, service_logs)
         servers.append(server.start(ready_text="Uvicorn running on", timeout=90))
         return f"http://127.0.0.1:{port}"
 

@@ -47,7 +47,8 @@ def dicom_instance_store(*, data: bytes, filename: str, ip_address: str | None) 
             dispatch=False,
         )
     except (DatabaseError, OSError) as exc:
-        log.error("Could not store %s: %s", filename, exc, exc_info=True)
+        # The error's class only: a database error's text quotes the row's values (names, IDs).
+        log.error("Could not store %s: %s", filename, type(exc).__name__)
         return Stored(OUT_OF_RESOURCES, f"Not stored, try again later: {exc}")
     if item.result is None:
         return Stored(CANNOT_UNDERSTAND, item.error)

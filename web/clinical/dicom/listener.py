@@ -36,12 +36,16 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 from pynetdicom import AE, evt
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from web.clinical.analysis.jobs import analyses_dispatch
 from web.clinical.dicom.ingest import CANNOT_UNDERSTAND, DATASET_MISMATCH, dicom_instance_store
 
 log = logging.getLogger(__name__)
+# pynetdicom logs the query data sets of C-FIND/C-GET/C-MOVE (patient names, IDs): never here.
+pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 
 STORAGE_CLASSES = (
     ComputedRadiographyImageStorage,
@@ -140,7 +144,8 @@ class StorageSCP:
         if ready:
             self._send(assoc)
         if stored.status:
-            log.warning("Refused %s from %s: %s", sop_uid, calling, stored.comment)
+            # Not the reason: it may name the patient (a wrong-patient clash); the sender has it.
+            log.warning("Refused %s from %s: status 0x%04X", sop_uid, calling, stored.status)
         return _status(stored.status, stored.comment)
 
     def _on_end(self, event: Any) -> None:
