@@ -176,7 +176,7 @@ def main() -> None:
         worker_ready = time.monotonic()
         # `make run` says "ready" when the pool's models are warm (manage.py wait_ready): the
         # goal is the first result within 5 s of that.
-        from worker.readiness import warm_processes_since
+        from web.engine.readiness import warm_processes_since
 
         while warm_processes_since(started_wall) < args.concurrency:
             if worker.poll() is not None or time.monotonic() - worker_ready > 300:

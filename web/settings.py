@@ -16,6 +16,13 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from web.clinical.dispatch import (
+    TASK_RECOVER_ORPHANS,
+    TASK_REMOVE_ABANDONED_UPLOADS,
+    TASK_START_OVERNIGHT_BATCHES,
+    TASK_SWEEP_STUCK,
+)
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -313,24 +320,24 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 CELERY_BEAT_SCHEDULE = {
     "sweep-stuck-analyses": {
-        "task": "worker.tasks.sweep_stuck_analyses",
+        "task": TASK_SWEEP_STUCK,
         "schedule": SWEEP_INTERVAL,
         "options": {"queue": QUEUE_MAINTENANCE, "expires": max(SWEEP_INTERVAL, 1.0)},
     },
     "requeue-orphaned-analyses": {
-        "task": "worker.tasks.requeue_orphaned_analyses",
+        "task": TASK_RECOVER_ORPHANS,
         "schedule": ORPHAN_SWEEP_INTERVAL,
         "options": {"queue": QUEUE_MAINTENANCE, "expires": max(ORPHAN_SWEEP_INTERVAL, 1.0)},
     },
     "remove-abandoned-uploads": {
-        "task": "worker.tasks.remove_abandoned_uploads",
+        "task": TASK_REMOVE_ABANDONED_UPLOADS,
         "schedule": ABANDONED_UPLOAD_CHECK_INTERVAL,
         "options": {"queue": QUEUE_MAINTENANCE, "expires": max(ABANDONED_UPLOAD_CHECK_INTERVAL, 1.0)},
     },
     # Starts the overnight batches once inside the night window (their jobs go on the batch
     # queue) and says of those still running at its end that they went on past it.
     "start-overnight-batches": {
-        "task": "worker.tasks.start_overnight_batches",
+        "task": TASK_START_OVERNIGHT_BATCHES,
         "schedule": BATCH_CHECK_INTERVAL,
         "options": {"queue": QUEUE_MAINTENANCE, "expires": max(BATCH_CHECK_INTERVAL, 1.0)},
     },

@@ -1,5 +1,6 @@
-"""The Celery application: broker, queues, limits and the beat schedule all come from
-web.settings (CELERY_* names), so web and workers cannot disagree."""
+"""The Celery application of the workers: the web's own app (web.clinical.dispatch, configured
+from web.settings' CELERY_* names: broker, queues, limits, the beat schedule) with the tasks
+added, so web and workers cannot disagree. Process hooks for the pool live here."""
 
 from __future__ import annotations
 
@@ -7,16 +8,15 @@ import logging
 import os
 import threading
 
-from celery import Celery
 from celery.signals import worker_init, worker_process_init
 from celery.utils.log import current_process_index
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "web.settings")
+from web.clinical.dispatch import celery_app
 
 log = logging.getLogger(__name__)
 
-app = Celery("radtriage", include=["worker.tasks"])
-app.config_from_object("django.conf:settings", namespace="CELERY")
+app = celery_app()
+app.conf.include = ["worker.tasks"]
 
 
 @worker_process_init.connect
@@ -93,7 +93,7 @@ def warm_models() -> None:
         "Models warm in process %s: %s", os.getpid(), ", ".join(f"{c} {s:.1f} s" for c, s in took.items())
     )
     try:
-        from worker.readiness import mark_warm
+        from web.engine.readiness import mark_warm
 
         mark_warm()
     except Exception:  # noqa: BLE001 - only `make run`'s "ready" line waits on it

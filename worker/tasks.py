@@ -1,4 +1,5 @@
 """Thin Celery tasks: take an id, call one service. No pixels or models travel the broker.
+Each is registered under its name in web.clinical.dispatch, the names the web side sends.
 
 The model is loaded by core.model_manager inside the service on the first job of each pool
 process (after fork), and stays warm for the next jobs.
@@ -15,25 +16,22 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections
 
-from web.clinical.analysis.broker import worker_heartbeat
-from web.clinical.analysis.jobs import (
+from web.clinical.analysis.jobs import analyses_run, analysis_fail, analysis_mark_retrying
+from web.clinical.analysis.recovery import analyses_requeue_orphans, analyses_requeue_stuck, worker_heartbeat
+from web.clinical.batches.batches import batches_note_progress, batches_start_due
+from web.clinical.dicom.pacs_send import PacsSendError, pacs_send_fail, pacs_send_run
+from web.clinical.dispatch import (
     TASK_ANALYZE,
     TASK_ANALYZE_BATCH,
-    analyses_requeue_orphans,
-    analyses_requeue_stuck,
-    analyses_run,
-    analysis_fail,
-    analysis_mark_retrying,
-)
-from web.clinical.batches.batches import batches_note_progress, batches_start_due
-from web.clinical.dicom.pacs_send import (
     TASK_PACS_SEND,
-    PacsSendError,
-    pacs_send_fail,
-    pacs_send_run,
+    TASK_RECOVER_ORPHANS,
+    TASK_REMOVE_ABANDONED_UPLOADS,
+    TASK_RENDER_REPORT,
+    TASK_START_OVERNIGHT_BATCHES,
+    TASK_SWEEP_STUCK,
 )
 from web.clinical.files import media_remove_abandoned_uploads
-from web.clinical.reporting.reports import TASK_RENDER_REPORT, report_render
+from web.clinical.reporting.reports import report_render
 from worker.celery import app
 
 log = logging.getLogger(__name__)
@@ -111,23 +109,19 @@ def _run_with_retries(task, analysis_ids: list[int]) -> None:
         raise task.retry(exc=exc, countdown=retry_countdown(task.request.retries)) from None
 
 
-@app.task(name="worker.tasks.sweep_stuck_analyses", ignore_result=True, soft_time_limit=60, time_limit=90)
+@app.task(name=TASK_SWEEP_STUCK, ignore_result=True, soft_time_limit=60, time_limit=90)
 def sweep_stuck_analyses() -> list[int]:
     return analyses_requeue_stuck(
         queued_after=settings.STUCK_QUEUED_AFTER, running_after=settings.STUCK_RUNNING_AFTER
     )
 
 
-@app.task(
-    name="worker.tasks.requeue_orphaned_analyses", ignore_result=True, soft_time_limit=30, time_limit=45
-)
+@app.task(name=TASK_RECOVER_ORPHANS, ignore_result=True, soft_time_limit=30, time_limit=45)
 def requeue_orphaned_analyses() -> list[int]:
     return analyses_requeue_orphans(orphan_after=settings.ORPHAN_AFTER)
 
 
-@app.task(
-    name="worker.tasks.remove_abandoned_uploads", ignore_result=True, soft_time_limit=120, time_limit=150
-)
+@app.task(name=TASK_REMOVE_ABANDONED_UPLOADS, ignore_result=True, soft_time_limit=120, time_limit=150)
 def remove_abandoned_uploads() -> list[str]:
     return media_remove_abandoned_uploads(older_than=settings.ABANDONED_UPLOAD_AFTER)
 
@@ -157,7 +151,7 @@ def _note_batch_progress(analysis_ids: list[int]) -> None:
         log.warning("Could not update the progress of the batch of %s", analysis_ids, exc_info=True)
 
 
-@app.task(name="worker.tasks.start_overnight_batches", ignore_result=True, soft_time_limit=60, time_limit=90)
+@app.task(name=TASK_START_OVERNIGHT_BATCHES, ignore_result=True, soft_time_limit=60, time_limit=90)
 def start_overnight_batches() -> list[int]:
     return batches_start_due()
 

@@ -420,8 +420,9 @@ def broker_switch() -> Iterator[Callable[[str], None]]:
     """Point this test process's Celery producer at another broker URL (restored after)."""
     from kombu import pools
 
-    from worker.celery import app
+    from web.clinical.dispatch import celery_app
 
+    app = celery_app()  # the web's producer; a worker started in-process shares it
     original = app.conf.broker_url
 
     def switch(url: str) -> None:

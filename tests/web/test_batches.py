@@ -170,7 +170,7 @@ def test_only_those_who_may_upload_create_batches_and_outsiders_see_none(
 def test_an_overnight_batch_waits_for_the_night_window_and_starts_inside_it(
     tech_api, parked_broker, transactional_db, settings
 ) -> None:
-    from web.clinical.analysis.jobs import analyses_requeue_stuck
+    from web.clinical.analysis.recovery import analyses_requeue_stuck
     from web.clinical.batches.batches import batch_refresh, batches_start_due
 
     settings.TIME_ZONE = "Europe/Paris"

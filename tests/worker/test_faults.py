@@ -134,7 +134,7 @@ def test_a_job_lost_by_a_redis_restart_runs_within_a_minute_of_redis_being_back(
 
     queue_key = f"{settings.RADTRIAGE_NAMESPACE}.interactive"
     assert redis.Redis.from_url(url).llen(queue_key) == 1
-    from web.clinical.analysis.broker import broker_analysis_ids
+    from web.clinical.analysis.recovery import broker_analysis_ids
 
     with override_settings(CELERY_BROKER_URL=url):  # the sweep reads real kombu messages
         assert broker_analysis_ids(queues=["interactive", "batch"]) == {analysis.pk}

@@ -10,13 +10,14 @@ import redis
 from django.utils import timezone
 
 from tests.web.fixtures import dicom_bytes, upload, wait_for
-from web.clinical.analysis.broker import (
-    _job_analysis_ids,
+from web.clinical.analysis.recovery import (
+    analyses_requeue_orphans,
     broker_analysis_ids,
     broker_uptime,
+    job_message_ids,
     worker_heartbeat,
 )
-from web.clinical.analysis.jobs import analyses_requeue_orphans
+from web.clinical.dispatch import ANALYSIS_TASKS
 from web.clinical.models import Analysis
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -42,8 +43,8 @@ def test_the_orphan_sweep_resends_only_the_jobs_whose_message_or_worker_is_gone(
 
     client = redis.Redis.from_url(url)
     queue = f"{settings.RADTRIAGE_NAMESPACE}.interactive"
-    for raw in client.lrange(queue, 0, -1):
-        if _job_analysis_ids(raw) == [lost_queued]:  # Redis restarted, web died before sending...
+    for raw in client.lrange(queue, 0, -1):  # Redis restarted, web died before sending...
+        if job_message_ids(raw, tasks=ANALYSIS_TASKS) == [lost_queued]:
             client.lrem(queue, 1, raw)
     assert broker_analysis_ids(queues=["interactive"]) == set(ids) - {lost_queued}
 

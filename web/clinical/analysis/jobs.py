@@ -1,19 +1,18 @@
 """The analysis job lifecycle: enqueue, dispatch, claim, run (worker side), complete, fail,
-retry, and the sweeper that re-sends stuck jobs."""
+retry. How a lost job is found and sent again: recovery.py."""
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import logging
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import F
 from django.utils import timezone
 
 from core.conditions import (
@@ -21,19 +20,20 @@ from core.conditions import (
 )
 from core.errors import RadTriageError
 from core.imaging import XRay, load_xray
+from web.clinical.analysis.outcome import OUTCOME_FIELDS, analysis_apply_outcome
 from web.clinical.audit.records import audit_event, audit_record
+from web.clinical.dispatch import TASK_ANALYZE, TASK_ANALYZE_BATCH, job_send
 from web.clinical.events import analyses_event_publish, analysis_event_publish
 from web.clinical.files import files_delete, heatmaps_store
 from web.clinical.ingest.parts import conditions_resolve
-from web.clinical.models import Analysis, AuditEvent, Batch, Image
+from web.clinical.models import Analysis, AuditEvent, Image
 from web.clinical.rows import rows_update
 from web.clinical.worklist.states import studies_mark_analysing, studies_refresh, study_refresh_status
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from core.analysis import AnalysisOutcome
 
-# The Celery task names (worker/tasks.py registers them under these names).
-TASK_ANALYZE = "worker.tasks.analyze"
-TASK_ANALYZE_BATCH = "worker.tasks.analyze_batch"
+log = logging.getLogger(__name__)
 
 
 def analysis_enqueue(
@@ -106,18 +106,15 @@ def analyses_dispatch(*, analysis_ids: Sequence[int], queue: str) -> None:
     queue (a person is waiting for each), jobs of up to ANALYSIS_BATCH_SIZE ids on the batch
     queue (one model call for many images). If the broker is down the rows stay queued and
     the sweeper sends them again later: the database, not the broker, is the truth."""
-    # By task name: the web side never imports the tasks, which import these services.
-    from worker.celery import app
-
     size = 1 if queue == settings.QUEUE_INTERACTIVE else settings.ANALYSIS_BATCH_SIZE
     ids = list(analysis_ids)
     for start in range(0, len(ids), size):
         chunk = ids[start : start + size]
         try:
             if len(chunk) == 1:
-                app.send_task(TASK_ANALYZE, args=[chunk[0]], queue=queue)
+                job_send(TASK_ANALYZE, args=[chunk[0]], queue=queue)
             else:
-                app.send_task(TASK_ANALYZE_BATCH, args=[chunk], queue=queue)
+                job_send(TASK_ANALYZE_BATCH, args=[chunk], queue=queue)
         except Exception:  # noqa: BLE001 - any broker failure: the sweeper recovers it
             log.error(
                 "Could not enqueue analyses %s on %s; the sweeper will retry", chunk, queue, exc_info=True
@@ -234,7 +231,7 @@ def _analyses_compute_and_store(
         )
         return _analyses_complete(
             [
-                (analysis, outcome.to_dict(), stored[analysis.pk])
+                (analysis, outcome, stored[analysis.pk])
                 for (analysis, _), outcome in zip(group, outcomes, strict=True)
             ]
         )
@@ -243,7 +240,7 @@ def _analyses_compute_and_store(
         raise
 
 
-def _analyses_complete(results: list[tuple[Analysis, dict[str, Any], str]]) -> list[Analysis]:
+def _analyses_complete(results: list[tuple[Analysis, AnalysisOutcome, str]]) -> list[Analysis]:
     """Store the results in one transaction. A row that a duplicate delivery finished first
     keeps that result; ours is dropped with its file."""
     done: list[Analysis] = []
@@ -264,7 +261,7 @@ def _analyses_complete(results: list[tuple[Analysis, dict[str, Any], str]]) -> l
                 done.extend([analysis] if analysis is not None else [])
                 continue
             old_files.extend(n for n in (analysis.heatmap_raw.name,) if n)
-            _analysis_apply_outcome(analysis, outcome, heatmap_name=heatmap_name)
+            analysis_apply_outcome(analysis, outcome, heatmap_name=heatmap_name)
             done.append(analysis)
             finished.append(analysis)
         rows_update(finished, OUTCOME_FIELDS)
@@ -307,63 +304,6 @@ def _results_to_pacs_now(*, image_ids: list[int]) -> None:
         log.error("Could not queue the PACS send of images %s", image_ids, exc_info=True)
 
 
-OUTCOME_FIELDS = [
-    "state",
-    "probability",
-    "threshold",
-    "positive",
-    "model_id",
-    "model_sha256",
-    "architecture",
-    "is_placeholder",
-    "placeholder_reason",
-    "experimental",
-    "experimental_reason",
-    "gradcam_method",
-    "gradcam_layer",
-    "notes",
-    "heatmap_raw",
-    "error_message",
-    "finished_at",
-    "applicable",
-    "not_applicable_reason",
-    "applicability",
-    "heatmap_peak",
-]
-
-
-def _analysis_apply_outcome(analysis: Analysis, out: dict[str, Any], *, heatmap_name: str) -> None:
-    analysis.state = Analysis.State.SUCCEEDED
-    analysis.probability = float(out["probability"])
-    analysis.threshold = _float_or_none(out.get("threshold"))
-    analysis.applicable = bool(out.get("applicable", True))
-    analysis.not_applicable_reason = str(out.get("not_applicable_reason") or "")
-    analysis.applicability = dict(out.get("applicability") or {})
-    analysis.heatmap_peak = out.get("heatmap_peak")
-    # Outside the model's population the label means nothing: neither positive nor negative.
-    analysis.positive = bool(out.get("positive")) if analysis.applicable else None
-    analysis.model_id = str(out.get("model_id") or "")[:128]
-    analysis.model_sha256 = str(out.get("model_sha256") or "")[:64]
-    analysis.architecture = str(out.get("architecture") or "")[:32]
-    analysis.is_placeholder = bool(out.get("is_placeholder"))
-    analysis.placeholder_reason = str(out.get("placeholder_reason") or "")
-    analysis.experimental = bool(out.get("experimental"))
-    analysis.experimental_reason = str(out.get("experimental_reason") or "")
-    analysis.gradcam_method = str(out.get("gradcam_method") or "")[:32]
-    analysis.gradcam_layer = str(out.get("gradcam_layer") or "")[:128]
-    analysis.notes = list(out.get("notes") or [])
-    analysis.heatmap_raw.name = heatmap_name
-    analysis.error_message = ""
-    analysis.finished_at = timezone.now()
-
-
-def _float_or_none(value: Any) -> float | None:
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def analysis_fail(*, analysis_id: int, message: str) -> Analysis | None:
     """Mark an analysis failed with a message the user sees, unless it already ended: a batch
     job abandoned on a temporary problem must not replace the reason one of its images
@@ -401,88 +341,3 @@ def analysis_mark_retrying(*, analysis_id: int, message: str) -> None:
         if updated:
             analysis = Analysis.objects.select_related("image__study").get(pk=analysis_id)
             analysis_event_publish(analysis=analysis, event="queued")
-
-
-def analyses_requeue_orphans(*, orphan_after: float) -> list[int]:
-    """The orphan sweep (every ORPHAN_SWEEP_INTERVAL): send again, within a minute, the jobs
-    the broker no longer has. A queued row older than `orphan_after` seconds whose id is in no
-    broker queue and in no worker's hands lost its message (Redis restarted empty, the web
-    process died between commit and send); a running row whose worker's heartbeat stopped
-    over `orphan_after` ago lost its worker (killed, machine gone). The long sweeper
-    (analyses_requeue_stuck) stays as the backstop. Safe to overlap a live job: completion is
-    idempotent, the first result stands.
-    """
-    from web.clinical.analysis.broker import broker_analysis_ids, broker_uptime, workers_alive
-
-    cutoff = timezone.now() - dt.timedelta(seconds=orphan_after)
-    candidates = (
-        Analysis.objects.filter(
-            Q(state=Analysis.State.QUEUED, enqueued_at__lt=cutoff)
-            | Q(state=Analysis.State.RUNNING, started_at__lt=cutoff)
-        )
-        .exclude(batch_id__in=Batch.objects.filter(state=Batch.State.WAITING).values("pk"))
-        .values_list("pk", "state", "worker")[:2000]
-    )
-    rows = list(candidates)
-    if not rows:
-        return []  # the usual case: no need to read the broker
-    queued = [pk for pk, state, _ in rows if state == Analysis.State.QUEUED]
-    running = {pk: worker for pk, state, worker in rows if state == Analysis.State.RUNNING}
-    in_broker = broker_analysis_ids(queues=settings.ANALYSIS_QUEUES.values()) if queued else set()
-    orphans = [pk for pk in queued if pk not in in_broker]
-    # Just after a broker restart every heartbeat is gone until its next refresh: wait for it.
-    if running and broker_uptime() > orphan_after:
-        alive = workers_alive(running.values())
-        orphans.extend(pk for pk, worker in running.items() if worker not in alive)
-    if not orphans:
-        return []
-    return _analyses_requeue(
-        Analysis.objects.filter(pk__in=orphans).filter(
-            Q(state=Analysis.State.QUEUED, enqueued_at__lt=cutoff)
-            | Q(state=Analysis.State.RUNNING, started_at__lt=cutoff)
-        ),
-        why="orphaned",
-    )
-
-
-def analyses_requeue_stuck(*, queued_after: float, running_after: float) -> list[int]:
-    """The sweeper: send again every job the database says is waiting or running for too long.
-
-    A queued row older than `queued_after` lost its broker message (Redis restarted, enqueue
-    failed); a running row older than `running_after` (> the hard time limit) lost its worker.
-    Re-sending is safe because `analyses_run` is idempotent.
-    """
-    now = timezone.now()
-    return _analyses_requeue(
-        Analysis.objects.filter(
-            Q(state=Analysis.State.QUEUED, enqueued_at__lt=now - dt.timedelta(seconds=queued_after))
-            | Q(state=Analysis.State.QUEUED, enqueued_at__isnull=True)
-            | Q(state=Analysis.State.RUNNING, started_at__lt=now - dt.timedelta(seconds=running_after))
-        )
-        # An overnight batch's analyses wait for the night window, not for the sweeper.
-        .exclude(batch_id__in=Batch.objects.filter(state=Batch.State.WAITING).values("pk")),
-        why="stuck",
-    )
-
-
-def _analyses_requeue(rows: QuerySet[Analysis], *, why: str) -> list[int]:
-    """Back to queued (requeues + 1) and sent again once committed; rows another sweep or a
-    worker holds locked are skipped."""
-    now = timezone.now()
-    requeued: list[tuple[int, str]] = []
-    with transaction.atomic():
-        stuck = rows.select_for_update(skip_locked=True).order_by("enqueued_at")[:500]
-        for analysis in stuck:
-            was = analysis.state
-            analysis.state = Analysis.State.QUEUED
-            analysis.enqueued_at = now
-            analysis.requeues += 1
-            analysis.save(update_fields=["state", "enqueued_at", "requeues"])
-            requeued.append((analysis.pk, analysis.queue))
-            log.warning("Re-enqueueing %s analysis %s (was %s)", why, analysis.pk, was)
-        by_queue: dict[str, list[int]] = {}
-        for analysis_id, queue in requeued:
-            by_queue.setdefault(queue, []).append(analysis_id)
-        for queue, ids in by_queue.items():
-            transaction.on_commit(partial(analyses_dispatch, analysis_ids=ids, queue=queue))
-    return [analysis_id for analysis_id, _ in requeued]

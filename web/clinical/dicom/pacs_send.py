@@ -15,11 +15,11 @@ from django.db import transaction
 from django.utils import timezone
 from pydicom.dataset import Dataset
 
+from web.clinical.dispatch import TASK_PACS_SEND, job_send
 from web.clinical.models import Analysis, DicomSend, Image
 
 log = logging.getLogger(__name__)
 
-TASK_PACS_SEND = "worker.tasks.pacs_send"  # registered under this name in worker/tasks.py
 STORE_OK = {0x0000, 0xB000, 0xB006, 0xB007}  # success, and the warnings that still store
 
 
@@ -56,11 +56,9 @@ def pacs_sends_queue(*, image_ids: Sequence[int]) -> list[DicomSend]:
 
 
 def _dispatch(send_ids: list[int]) -> None:
-    from worker.celery import app
-
     for send_id in send_ids:
         try:
-            app.send_task(TASK_PACS_SEND, args=[send_id], queue=settings.QUEUE_MAINTENANCE)
+            job_send(TASK_PACS_SEND, args=[send_id], queue=settings.QUEUE_MAINTENANCE)
         except Exception:  # noqa: BLE001 - the row stays queued, visible as such
             log.error("Could not enqueue PACS send %s", send_id, exc_info=True)
 

@@ -14,12 +14,12 @@ from django.db.models import Max
 from django.utils import timezone
 
 from web.clinical.audit.records import audit_record
+from web.clinical.dispatch import TASK_RENDER_REPORT, job_send
 from web.clinical.files import files_delete
 from web.clinical.models import Report, Study
 
 log = logging.getLogger(__name__)
 
-TASK_RENDER_REPORT = "worker.tasks.render_report"
 MAX_IMPRESSION_CHARS = 20_000
 
 
@@ -95,10 +95,8 @@ def report_render_request(*, report_id: int) -> None:
     first downloaded instead: nothing waits on this."""
     from django.conf import settings
 
-    from worker.celery import app
-
     try:
-        app.send_task(TASK_RENDER_REPORT, args=[report_id], queue=settings.QUEUE_MAINTENANCE)
+        job_send(TASK_RENDER_REPORT, args=[report_id], queue=settings.QUEUE_MAINTENANCE)
     except Exception:  # noqa: BLE001 - any broker failure: rendered on download instead
         log.warning("Could not send report %s to be rendered", report_id, exc_info=True)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from worker.readiness import warm_processes_since
+from web.engine.readiness import warm_processes_since
 
 
 class Command(BaseCommand):

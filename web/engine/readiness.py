@@ -1,6 +1,7 @@
 """When is RadTriage ready? When the web answers and every worker pool process has warmed its
-models: a process marks itself warm in Redis, and `manage.py wait_ready` (run by `make run`)
-says "ready" only then, so the first upload after it is answered at model speed."""
+models: a process marks itself warm in Redis (worker/celery.py calls mark_warm), and
+`manage.py wait_ready` (run by `make run`) says "ready" only then, so the first upload after
+it is answered at model speed. Both sides read the key format from here."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def _prefix() -> str:
 
 
 def mark_warm() -> None:
-    """This pool process has its models loaded (called by worker.celery.warm_models)."""
+    """This pool process has its models loaded (called by the worker once its models are warm)."""
     key = f"{_prefix()}{socket.gethostname()}.{os.getpid()}"
     _client().set(key, repr(time.time()), ex=WARM_MARK_TTL)
 
