@@ -2,6 +2,7 @@
 #   docker build -t radtriage:cpu .                           (web, beat, CPU workers)
 #   docker build -t radtriage:gpu --build-arg TF_BUILD=gpu .  (GPU workers; needs the NVIDIA
 #                                                              container toolkit on the host)
+# PG_MAJOR: the PostgreSQL client's major version, that of the database server (16 by default).
 # BASE_IMAGE: any Debian bookworm image whose `python`/`pip` are Python 3.11 (the official image
 # by default; scripts/compose_smoke.sh builds one from debootstrap where no registry is reachable).
 # Behind a TLS-inspecting proxy, hand pip the host's CA bundle as a BuildKit secret; it is
@@ -33,6 +34,20 @@ print('\n'.join(d['dependencies'] if '$TF_BUILD' != 'gpu' else \
 [r for r in d['dependencies'] if not r.startswith('tensorflow-cpu')] + d['optional-dependencies']['gpu']))" \
       > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt "setuptools>=69" wheel && rm /tmp/requirements.txt
+# The PostgreSQL client of the server's major version, for `manage.py backup` / `restore`
+# (pg_dump refuses a server newer than itself). PG_MAJOR is docker-compose.yml's postgres image
+# version: Debian's own package where bookworm ships it (15), otherwise the PostgreSQL project's
+# apt repository (set up by Debian's postgresql-common, which carries its signing key). Declared
+# after the pip step, so another PostgreSQL version does not reinstall TensorFlow.
+ARG PG_MAJOR=16
+RUN apt-get update \
+ && if ! apt-cache show "postgresql-client-$PG_MAJOR" >/dev/null 2>&1; then \
+      apt-get install -y --no-install-recommends postgresql-common ca-certificates \
+      && /usr/share/postgresql-common/pgdg/apt.postgresql.org.sh -y; \
+    fi \
+ && apt-get install -y --no-install-recommends "postgresql-client-$PG_MAJOR" \
+ && rm -rf /var/lib/apt/lists/* \
+ && pg_dump --version | grep -q " $PG_MAJOR\."
 COPY README.md ./
 COPY core ./core
 COPY web ./web
@@ -43,7 +58,8 @@ COPY manage.py registry.json ./
 COPY models ./models
 
 RUN useradd --system --uid 1000 --home /app radtriage \
- && mkdir -p /data/media /app/var/registry && chown -R radtriage /data /app/models /app/var
+ && mkdir -p /data/media /app/var/registry /backups \
+ && chown -R radtriage /data /app/models /app/var /backups
 USER radtriage
 # Matplotlib (heat map colours) wants a writable config dir; /app is not the user's to write.
 ENV MPLCONFIGDIR=/tmp/matplotlib

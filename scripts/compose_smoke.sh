@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The docker compose deployment, built and run end to end on this machine, with no image
-# registry: a Debian bookworm base from debootstrap (`docker import`), Python, PostgreSQL and
-# Redis images on it, the app image on that (Dockerfile's BASE_IMAGE), then the CPU profile up,
-# every health check green, a login, one real chest X-ray through the web container to its result
-# and heat map, a batch with the worker container restarted in the middle (nothing may be lost),
-# and everything torn down. Prints the build time, start-up time and time to first result.
+# registry: a Debian bookworm base from debootstrap (`docker import`), Python, PostgreSQL, Redis
+# and TLS proxy images on it, the app image on that (Dockerfile's BASE_IMAGE), then the CPU and
+# proxy profiles up, every health check green, and, all through the TLS proxy as a browser would:
+# the first admin made with the documented command, a login, one real chest X-ray to its result
+# and heat map (its audit row must hold the address the proxy saw, not a forged X-Forwarded-For),
+# a batch with the worker container restarted in the middle (nothing may be lost), a C-ECHO to
+# the DICOM listener, then `manage.py backup`, the database, stored files and registry volumes
+# destroyed, `manage.py restore` into new ones, and the same results served again. Everything
+# is torn down at the end. Prints the build, start-up, first-result and backup/restore times.
 #
 #   scripts/compose_smoke.sh                 # CPU images, the whole run
 #   TF_BUILD=gpu scripts/compose_smoke.sh    # builds the GPU worker image and checks TensorFlow
@@ -17,8 +21,12 @@
 # is mounted for the pip steps only: it is never in an image layer.
 #
 # Settings (environment): RADTRIAGE_SMOKE_CACHE (debootstrap tarball; /var/cache/radtriage-compose),
-# RADTRIAGE_SMOKE_PORT (web on 127.0.0.1:<port>; 18765), RADTRIAGE_DATA (../shared/data),
+# RADTRIAGE_SMOKE_PORT (web on 127.0.0.1:<port>; 18765), RADTRIAGE_SMOKE_HTTPS_PORT (the proxy's
+# HTTPS on 127.0.0.1; 18443), RADTRIAGE_SMOKE_HTTP_PORT (18080), RADTRIAGE_SMOKE_DICOM_PORT (18112),
+# RADTRIAGE_SMOKE_PG_MAJOR (the PostgreSQL server and client version; 15, Debian bookworm's: the
+# PostgreSQL project's apt repository that 16 needs may be out of reach), RADTRIAGE_DATA (../shared/data),
 # RADTRIAGE_SMOKE_BATCH (images in the restart batch; 10), CPU_WORKERS (1), DEBIAN_MIRROR,
+# RADTRIAGE_SMOKE_BUILD_NETWORK (the image builds' network; host),
 # RADTRIAGE_SMOKE_KEEP=1 (leave the stack running; `down -v` it yourself).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +37,11 @@ CACHE="${RADTRIAGE_SMOKE_CACHE:-/var/cache/radtriage-compose}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 CA_BUNDLE="${RADTRIAGE_SMOKE_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 PORT="${RADTRIAGE_SMOKE_PORT:-18765}"
+HTTPS_PORT="${RADTRIAGE_SMOKE_HTTPS_PORT:-18443}"
+HTTP_PORT="${RADTRIAGE_SMOKE_HTTP_PORT:-18080}"
+DICOM_PORT="${RADTRIAGE_SMOKE_DICOM_PORT:-18112}"
+PG_MAJOR="${RADTRIAGE_SMOKE_PG_MAJOR:-15}"
+BUILD_NETWORK="${RADTRIAGE_SMOKE_BUILD_NETWORK:-host}"
 DATA="${RADTRIAGE_DATA:-$REPO/../shared/data}"
 BATCH="${RADTRIAGE_SMOKE_BATCH:-10}"
 KEEP="${RADTRIAGE_SMOKE_KEEP:-0}"
@@ -36,7 +49,11 @@ PROJECT=radtriage-smoke
 DEBIAN_IMAGE=radtriage-smoke/debian:bookworm
 PYTHON_IMAGE=radtriage-smoke/python:3.11-bookworm
 APP_IMAGE=radtriage-smoke/app
-BASE_URL="http://127.0.0.1:$PORT"
+POSTGRES_IMAGE=radtriage-smoke/postgres:$PG_MAJOR
+PROXY_IMAGE=radtriage-smoke/proxy
+# The host name users type (ALLOWED_HOSTS and the proxy's certificate), resolved by curl alone.
+SITE=radtriage.smoke.test
+BASE_URL="https://$SITE:$HTTPS_PORT"
 
 T0=$(date +%s)
 say() { printf '\033[1m[compose-smoke %4ss]\033[0m %s\n' "$(($(date +%s) - T0))" "$*"; }
@@ -106,23 +123,28 @@ build() {  # build <what> <args...>
   local what=$1; shift
   say "building $what"
   local log; log=$(mktemp)
-  if ! "${BUILD[@]}" "$@" > "$log" 2>&1; then
+  # RUN steps on the host's network: they reach the package mirrors even where the daemon's
+  # bridge has no NAT to the outside (dockerd --iptables=false).
+  if ! "${BUILD[@]}" --network "$BUILD_NETWORK" "$@" > "$log" 2>&1; then
     tail -n 30 "$log" >&2; rm -f "$log"; fail "building $what failed (last lines above)"
   fi
   rm -f "$log"
 }
-step "images: python, postgres, redis, app ($TF_BUILD)"
+step "images: python, postgres $PG_MAJOR, redis, proxy, app ($TF_BUILD, PostgreSQL client $PG_MAJOR)"
 build "$PYTHON_IMAGE" -t "$PYTHON_IMAGE" --build-arg DEBIAN_IMAGE="$DEBIAN_IMAGE" \
   -f docker/python-base.Dockerfile docker
 if [ "$TF_BUILD" != gpu ]; then
-  build radtriage-smoke/postgres:15 -t radtriage-smoke/postgres:15 --build-arg DEBIAN_IMAGE="$DEBIAN_IMAGE" \
-    -f docker/postgres.Dockerfile docker
+  build "$POSTGRES_IMAGE" -t "$POSTGRES_IMAGE" --build-arg DEBIAN_IMAGE="$DEBIAN_IMAGE" \
+    --build-arg PG_MAJOR="$PG_MAJOR" -f docker/postgres.Dockerfile docker
   build radtriage-smoke/redis:7 -t radtriage-smoke/redis:7 --build-arg DEBIAN_IMAGE="$DEBIAN_IMAGE" \
     -f docker/redis.Dockerfile docker
+  build "$PROXY_IMAGE" -t "$PROXY_IMAGE" --build-arg DEBIAN_IMAGE="$DEBIAN_IMAGE" \
+    -f docker/proxy.Dockerfile docker
 fi
+# The app's pg_dump is the server's major version, as docker-compose.yml builds it (PG_MAJOR).
 build "$APP_IMAGE:$TF_BUILD (TensorFlow and the app; long the first time, cached after)" \
   -t "$APP_IMAGE:$TF_BUILD" --build-arg BASE_IMAGE="$PYTHON_IMAGE" --build-arg TF_BUILD="$TF_BUILD" \
-  --secret id=ca_bundle,src="$CA_BUNDLE" .
+  --build-arg PG_MAJOR="$PG_MAJOR" --secret id=ca_bundle,src="$CA_BUNDLE" .
 # The bundle was a secret: make sure it did not end up in the image anyway.
 if docker run --rm --entrypoint sh "$APP_IMAGE:$TF_BUILD" -c 'test -e /run/secrets/ca_bundle'; then
   fail "the CA bundle is present in $APP_IMAGE:$TF_BUILD"
@@ -140,27 +162,38 @@ if [ "$TF_BUILD" = gpu ]; then
   exit 0
 fi
 
-# ---------------------------------------------------------------- compose up
-export SECRET_KEY POSTGRES_PASSWORD RADTRIAGE_PORT="127.0.0.1:$PORT" CPU_WORKERS="${CPU_WORKERS:-1}"
+# ---------------------------------------------------------------- setup
+export SECRET_KEY POSTGRES_PASSWORD CPU_WORKERS="${CPU_WORKERS:-1}"
 SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(50))')
 POSTGRES_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(16))')
-export ALLOWED_HOSTS=localhost,127.0.0.1
-compose() { "${COMPOSE[@]}" -p "$PROJECT" -f docker-compose.yml -f docker/compose.smoke.yml --profile cpu "$@"; }
-SERVICES=(postgres redis web worker-cpu beat)
+export ALLOWED_HOSTS="$SITE"
+export RADTRIAGE_PORT="127.0.0.1:$PORT" RADTRIAGE_HTTPS_PORT="127.0.0.1:$HTTPS_PORT"
+export RADTRIAGE_HTTP_PORT="127.0.0.1:$HTTP_PORT" RADTRIAGE_DICOM_PORT="127.0.0.1:$DICOM_PORT"
+export RADTRIAGE_SMOKE_POSTGRES_IMAGE="$POSTGRES_IMAGE" RADTRIAGE_SMOKE_PROXY_IMAGE="$PROXY_IMAGE"
+compose() {
+  "${COMPOSE[@]}" -p "$PROJECT" -f docker-compose.yml -f docker/compose.smoke.yml --profile cpu --profile proxy "$@"
+}
+APP_SERVICES=(web worker-cpu beat dicom)
+SERVICES=(postgres redis "${APP_SERVICES[@]}" proxy)
+WORK=$(mktemp -d)
 teardown() {
   local rc=$?
   if [ "$KEEP" = 1 ]; then say "left running (RADTRIAGE_SMOKE_KEEP=1): ${COMPOSE[*]} -p $PROJECT ... down -v"; return; fi
   if [ "$rc" != 0 ] && [ -n "${UP:-}" ]; then
     say "logs of the last 40 lines per service:"; compose logs --no-color --tail 40 2>&1 | sed 's/^/    /' >&2 || true
   fi
-  say "tearing down (containers, network, volumes)"
+  say "tearing down (containers, networks, volumes)"
   compose down -v --remove-orphans >/dev/null 2>&1 || say "compose down failed: remove the $PROJECT containers by hand"
+  rm -rf "$WORK"
 }
 trap teardown EXIT
-ss -ltn 2>/dev/null | grep -q "127.0.0.1:$PORT " && fail "port $PORT is taken on this machine (set RADTRIAGE_SMOKE_PORT)"
+for port in "$PORT" "$HTTPS_PORT" "$HTTP_PORT" "$DICOM_PORT"; do
+  ss -ltn 2>/dev/null | grep -q "127.0.0.1:$port " && fail "port $port is taken on this machine (set the smoke run's port settings, see the top of this script)"
+done
 compose down -v --remove-orphans >/dev/null 2>&1 || true  # a previous run's leftovers
 
-step "docker compose --profile cpu up (${SERVICES[*]})"
+# ---------------------------------------------------------------- compose up
+step "docker compose --profile cpu --profile proxy up (${SERVICES[*]})"
 UP_START=$(date +%s); UP=1
 compose up -d --no-build "${SERVICES[@]}" 2>&1 | sed 's/^/    /' || fail "compose up failed"
 cid() { compose ps -q "$1"; }
@@ -188,31 +221,50 @@ wait_healthy() {  # wait_healthy <timeout s> <service...>
     sleep 3
   done
 }
-wait_healthy 600 "${SERVICES[@]}"
+wait_healthy 900 "${SERVICES[@]}"
 STARTUP_S=$(($(date +%s) - UP_START))
 say "every health check passes after ${STARTUP_S}s: $(for s in "${SERVICES[@]}"; do printf '%s=%s ' "$s" "$(health "$(cid "$s")")"; done)"
 
-# ---------------------------------------------------------------- log in
-step "log in (an account made with manage.py in the web container, then POST /api/auth/token/)"
+# ---------------------------------------------------------------- the proxy, the ports
+step "TLS proxy in front, web port on loopback only, backup client = server version"
+WEB_BINDINGS=$(docker port "$(cid web)" 8000/tcp | tr '\n' ' ')
+case "$WEB_BINDINGS" in
+  "127.0.0.1:$PORT ") ;;
+  *) fail "the web port is published on $WEB_BINDINGS, not on 127.0.0.1:$PORT alone" ;;
+esac
+compose exec -T proxy cat /etc/radtriage/tls/cert.pem > "$WORK/cert.pem" || fail "no certificate in the proxy"
+CURL=(curl -sS --max-time 120 --cacert "$WORK/cert.pem" --resolve "$SITE:$HTTPS_PORT:127.0.0.1" --resolve "$SITE:$HTTP_PORT:127.0.0.1")
+read -r code location < <("${CURL[@]}" -o /dev/null -w '%{http_code} %{redirect_url}\n' "http://$SITE:$HTTP_PORT/worklist/")
+[ "$code" = 301 ] && [ "$location" = "$BASE_URL/worklist/" ] || fail "plain HTTP answered $code $location, not a redirect to $BASE_URL/worklist/"
+"${CURL[@]}" -o /dev/null -D "$WORK/headers" "$BASE_URL/healthz/" || fail "$BASE_URL/healthz/ (the self-signed certificate for $SITE) failed"
+grep -qi '^strict-transport-security: max-age=[1-9]' "$WORK/headers" || fail "no HSTS header over HTTPS: $(tr -d '\r' < "$WORK/headers" | tr '\n' ' ')"
+CLIENT_MAJOR=$(compose exec -T web pg_dump --version | sed -n 's/.*(PostgreSQL) \([0-9]*\).*/\1/p')
+SERVER_MAJOR=$(compose exec -T postgres postgres --version | sed -n 's/.*(PostgreSQL) \([0-9]*\).*/\1/p')
+[ -n "$CLIENT_MAJOR" ] && [ "$CLIENT_MAJOR" = "$SERVER_MAJOR" ] || fail "pg_dump in web is '$CLIENT_MAJOR', the server is $SERVER_MAJOR"
+say "web published on $WEB_BINDINGS only; https://$SITE:$HTTPS_PORT answers with the proxy's certificate and HSTS; http -> 301 https; pg_dump $CLIENT_MAJOR = server $SERVER_MAJOR"
+
+# ---------------------------------------------------------------- first admin, log in
+step "first admin (docker compose exec web python manage.py createsuperuser), log in through the proxy"
 PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')
 compose exec -T -e DJANGO_SUPERUSER_PASSWORD="$PASSWORD" web \
   python manage.py createsuperuser --noinput --username smoke --email smoke@example.org >/dev/null \
   || fail "manage.py createsuperuser failed in the web container"
 json() { python3 -c 'import json, sys; d = json.load(sys.stdin); print(eval(sys.argv[1], {"d": d}))' "$1"; }
-TOKEN=$(curl -fsS -X POST "$BASE_URL/api/auth/token/" -d username=smoke --data-urlencode "password=$PASSWORD" | json 'd["token"]') \
+TOKEN=$("${CURL[@]}" -f -X POST "$BASE_URL/api/auth/token/" -d username=smoke --data-urlencode "password=$PASSWORD" | json 'd["token"]') \
   || fail "POST /api/auth/token/ gave no token"
 AUTH=(-H "Authorization: Token $TOKEN")
-curl -fsS "${AUTH[@]}" "$BASE_URL/healthz/" | sed 's/^/    healthz: /'; echo
-
-api() { curl -sS --max-time 120 "${AUTH[@]}" "$@"; }
+api() { "${CURL[@]}" "${AUTH[@]}" "$@"; }
+api -f "$BASE_URL/healthz/" | sed 's/^/    healthz: /'; echo
 analysis_state() { api "$BASE_URL/api/analyses/$1/" | json 'd["state"] + " " + str(bool(d.get("heatmap_url")))'; }
+web_shell() { compose exec -T web python manage.py shell -c "$1" 2>/dev/null | tail -n 1; }
 
 # ---------------------------------------------------------------- one image
 CHEST=$(find "$DATA/pneumonia/test/positive" -name '*.jpg' | sort | sed -n 1p)
 [ -n "$CHEST" ] || fail "no chest image under $DATA/pneumonia/test/positive"
 step "upload one chest X-ray ($(basename "$CHEST")) and wait for its result and heat map"
+FORGED=203.0.113.66  # a client's own X-Forwarded-For: the proxy replaces it, the audit never holds it
 FIRST_START=$(date +%s.%N)
-RESPONSE=$(api -X POST "$BASE_URL/api/uploads/" -F "file=@$CHEST" -F conditions=pneumonia -F body_part=CHEST -F patient_id=SMOKE-0001 -F "patient_name=Smoke^Test") \
+RESPONSE=$(api -X POST "$BASE_URL/api/uploads/" -H "X-Forwarded-For: $FORGED" -F "file=@$CHEST" -F conditions=pneumonia -F body_part=CHEST -F patient_id=SMOKE-0001 -F "patient_name=Smoke^Test") \
   || fail "POST /api/uploads/ failed"
 UPLOAD_S=$(python3 -c "import time; print(f'{time.time() - $FIRST_START:.1f}')")
 ANALYSIS=$(printf '%s' "$RESPONSE" | json '[a["id"] for a in d["image"]["analyses"]][0]') \
@@ -226,9 +278,10 @@ while :; do
   sleep 0.5
 done
 FIRST_S=$(python3 -c "import time; print(f'{time.time() - $FIRST_START:.1f}')")
-api "$BASE_URL/api/analyses/$ANALYSIS/heatmap/" -o /tmp/radtriage-smoke-heatmap.png -w '%{http_code} %{content_type} %{size_download}\n' \
+api "$BASE_URL/api/analyses/$ANALYSIS/heatmap/" -o "$WORK/heatmap.png" -w '%{http_code} %{content_type} %{size_download}\n' \
   | { read -r code type size; [ "$code" = 200 ] && [ "$type" = image/png ] || fail "heat map download: $code $type";
       say "heat map: $size bytes of PNG"; }
+HEATMAP_SHA=$(sha256sum < "$WORK/heatmap.png" | cut -c1-64)
 timings() { python3 -c '
 import json, sys
 from datetime import datetime
@@ -237,7 +290,20 @@ queued, started, finished = (datetime.fromisoformat(d[k]) for k in ("enqueued_at
 print("queued %.1fs, ran %.1fs" % ((started - queued).total_seconds(), (finished - started).total_seconds()))'; }
 say "first result in ${FIRST_S}s: upload request ${UPLOAD_S}s, then $(api "$BASE_URL/api/analyses/$ANALYSIS/" | timings)"
 say "first result: $(api "$BASE_URL/api/analyses/$ANALYSIS/" | json '", ".join(f"{k}={d.get(k)}" for k in ("condition", "state", "label", "probability", "model_id") if k in d)')"
-rm -f /tmp/radtriage-smoke-heatmap.png
+
+# The upload's audit row holds the address the proxy saw (its access log's), never the forged one
+# nor the proxy's own.
+step "audit address of the upload = the client address the proxy logged"
+PROXY_SAW=$(compose logs --no-color proxy 2>/dev/null | sed -n 's/^[^|]*| \([0-9a-f.:]*\) .*"POST \/api\/uploads\/ .*/\1/p' | tail -n 1)
+AUDIT_IP=$(web_shell "from web.clinical.models import AuditEvent; print(AuditEvent.objects.filter(actor_label='smoke', action='image.upload').order_by('-id').values_list('ip_address', flat=True).first())")
+PROXY_IP=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$(cid proxy)" | xargs)
+[ -n "$PROXY_SAW" ] || fail "no POST /api/uploads/ line in the proxy's access log"
+[ "$AUDIT_IP" = "$PROXY_SAW" ] && [ "$AUDIT_IP" != "$FORGED" ] && [ "$AUDIT_IP" != "$PROXY_IP" ] \
+  || fail "the upload's audit row says $AUDIT_IP; the proxy ($PROXY_IP) saw $PROXY_SAW; the forged header said $FORGED"
+if compose logs --no-color proxy web 2>/dev/null | grep -qF -e SMOKE-0001 -e 'Smoke^Test' -e Smoke%5ETest; then
+  fail "a patient identifier is in the proxy or web log"
+fi
+say "audit ip_address=$AUDIT_IP, as the proxy logged it (proxy $PROXY_IP; forged X-Forwarded-For $FORGED ignored)"
 
 # ---------------------------------------------------------------- batch + worker restart
 step "batch of $BATCH images, worker container restarted in the middle"
@@ -249,13 +315,13 @@ RESPONSE=$(api -X POST "$BASE_URL/api/uploads/batch/" "${FILES[@]}" -F condition
   || fail "POST /api/uploads/batch/ failed"
 mapfile -t IDS < <(printf '%s' "$RESPONSE" | json '"\n".join(str(a["id"]) for r in d["results"] for a in r["analyses"])')
 [ "${#IDS[@]}" -eq "$BATCH" ] || fail "expected $BATCH analyses from the batch upload, got ${#IDS[@]}: $RESPONSE"
-count_states() { for id in "${IDS[@]}"; do analysis_state "$id" | cut -d' ' -f1; done | sort | uniq -c | awk '{printf "%s=%s ", $2, $1}'; }
+count_states() { for id in "$@"; do analysis_state "$id" | cut -d' ' -f1; done | sort | uniq -c | awk '{printf "%s=%s ", $2, $1}'; }
 # Restart the worker right away: the upload answers once its jobs are on the broker, and the
 # worker has at most begun on them (the smoke override makes each job one analysis, so the worker's
 # warm shutdown finishes at most one and leaves the rest queued). Every one must still succeed.
 say "batch enqueued -> docker restart ${WORKER:0:12} (SIGTERM, 10 s grace, then SIGKILL)"
 docker restart "$WORKER" >/dev/null || fail "docker restart of the worker failed"
-states=$(count_states)
+states=$(count_states "${IDS[@]}")
 say "just after the restart: $states"
 case $states in
   "succeeded=$BATCH ") fail "the batch finished before the worker went down: nothing was interrupted (raise RADTRIAGE_SMOKE_BATCH)" ;;
@@ -264,18 +330,69 @@ INTERRUPTED=$states
 RESTART_AT=$(date +%s)
 deadline=$((RESTART_AT + ${RADTRIAGE_SMOKE_BATCH_TIMEOUT:-900}))
 while :; do
-  states=$(count_states)
+  states=$(count_states "${IDS[@]}")
   case $states in *queued=*|*running=*|*pending=*) ;; *) break ;; esac
   [ "$(date +%s)" -lt "$deadline" ] || fail "after the restart the batch is still unfinished: $states"
   sleep 2
 done
 [ "$states" = "succeeded=$BATCH " ] || fail "after the worker restart not every analysis succeeded: $states"
 BATCH_S=$(($(date +%s) - RESTART_AT))
-DUPLICATES=$(compose exec -T web python manage.py shell -c \
-  "from web.clinical.models import Analysis; from django.db.models import Count; print(Analysis.objects.values('image_id', 'condition').annotate(n=Count('id')).filter(n__gt=1).count())" 2>/dev/null | tail -n 1)
+DUPLICATES=$(web_shell "from web.clinical.models import Analysis; from django.db.models import Count; print(Analysis.objects.values('image_id', 'condition').annotate(n=Count('id')).filter(n__gt=1).count())")
 [ "$DUPLICATES" = 0 ] || fail "the restart left duplicate analyses ($DUPLICATES image/condition pairs)"
 wait_healthy 300 worker-cpu
 say "worker restart: all $BATCH analyses succeeded ${BATCH_S}s after the restart, none duplicated; worker healthy again"
 
-printf '\nRESULT  build time %ss | start-up time %ss (up -> every health check) | time to first result %ss (upload -> result + heat map) | worker restart mid-batch (%sleft at the restart): %s/%s succeeded, none duplicated, %ss to finish after the restart\n' \
-  "$BUILD_S" "$STARTUP_S" "$FIRST_S" "$INTERRUPTED" "$BATCH" "$BATCH" "$BATCH_S"
+# ---------------------------------------------------------------- DICOM listener
+step "C-ECHO to the DICOM listener (service dicom), from the web container as a modality would"
+ECHO=$(compose exec -T web python -c '
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+ae = AE(ae_title="SMOKE")
+ae.add_requested_context(Verification)
+assoc = ae.associate("dicom", 11112, ae_title="RADTRIAGE")
+assert assoc.is_established, "association refused"
+status = assoc.send_c_echo()
+assoc.release()
+print("0x%04X" % status.Status)' 2>/dev/null | tail -n 1)
+[ "$ECHO" = 0x0000 ] || fail "C-ECHO to dicom:11112 answered '$ECHO'"
+say "C-ECHO: $ECHO (success); listener published on $(docker port "$(cid dicom)" 11112/tcp | tr '\n' ' ')"
+
+# ---------------------------------------------------------------- backup, disaster, restore
+step "manage.py backup in the web container (the backups volume)"
+COUNTS=$(web_shell "from web.clinical.backup import row_counts; print(sorted(row_counts().items()))")
+BACKUP=/backups/smoke-$(date +%Y%m%d-%H%M%S)
+BACKUP_START=$(date +%s)
+BACKED_UP=$(compose exec -T web python manage.py backup "$BACKUP" 2>&1 | tail -n 1) || fail "manage.py backup failed: $BACKED_UP"
+case $BACKED_UP in "Backed up into"*) ;; *) fail "manage.py backup: $BACKED_UP" ;; esac
+BACKUP_S=$(($(date +%s) - BACKUP_START))
+say "${BACKUP_S}s: $BACKED_UP"
+
+step "disaster: database, stored files and registry volumes removed; restore into new ones"
+RESTORE_START=$(date +%s)
+compose stop "${APP_SERVICES[@]}" postgres >/dev/null 2>&1 || fail "compose stop failed"
+compose rm -f "${APP_SERVICES[@]}" postgres >/dev/null 2>&1 || fail "compose rm failed"
+for volume in pgdata media registry; do
+  docker volume rm "${PROJECT}_$volume" >/dev/null || fail "docker volume rm ${PROJECT}_$volume failed"
+done
+compose up -d --no-build postgres 2>&1 | sed 's/^/    /'
+wait_healthy 300 postgres
+# The documented restore, in a one-off web container (nothing else runs on the database).
+compose run --rm --no-deps -T web python manage.py restore "$BACKUP" > "$WORK/restore.log" 2>&1 \
+  || fail "manage.py restore failed: $(tail -n 5 "$WORK/restore.log")"
+sed 's/^/    /' "$WORK/restore.log"
+compose up -d --no-build "${APP_SERVICES[@]}" 2>&1 | sed 's/^/    /'
+wait_healthy 900 "${SERVICES[@]}"
+RESTORE_S=$(($(date +%s) - RESTORE_START))
+RESTORED_COUNTS=$(web_shell "from web.clinical.backup import row_counts; print(sorted(row_counts().items()))")
+[ "$RESTORED_COUNTS" = "$COUNTS" ] || fail "row counts after the restore $RESTORED_COUNTS differ from before $COUNTS"
+# The same token (its row was restored), through the same proxy, to the re-created web container.
+read -r state has_heatmap < <(analysis_state "$ANALYSIS" || echo "unreadable False")
+[ "$state $has_heatmap" = "succeeded True" ] || fail "after the restore analysis $ANALYSIS is $state (heat map: $has_heatmap)"
+api -f "$BASE_URL/api/analyses/$ANALYSIS/heatmap/" -o "$WORK/heatmap-restored.png" || fail "the restored heat map is not served"
+[ "$(sha256sum < "$WORK/heatmap-restored.png" | cut -c1-64)" = "$HEATMAP_SHA" ] || fail "the restored heat map differs"
+states=$(count_states "${IDS[@]}")
+[ "$states" = "succeeded=$BATCH " ] || fail "after the restore the batch's analyses are $states"
+say "restored and serving again after ${RESTORE_S}s: $RESTORED_COUNTS; heat map identical; batch $states"
+
+printf '\nRESULT  build time %ss | start-up time %ss (up -> every health check) | time to first result %ss (upload -> result + heat map, through the TLS proxy) | worker restart mid-batch (%sleft at the restart): %s/%s succeeded, none duplicated, %ss to finish after the restart | audit address = the proxy'"'"'s client (%s), forged X-Forwarded-For ignored | web on 127.0.0.1 only, HTTP -> HTTPS, HSTS | backup %ss, restore into new volumes + restart %ss, rows and heat map identical (pg_dump %s = server %s)\n' \
+  "$BUILD_S" "$STARTUP_S" "$FIRST_S" "$INTERRUPTED" "$BATCH" "$BATCH" "$BATCH_S" "$AUDIT_IP" "$BACKUP_S" "$RESTORE_S" "$CLIENT_MAJOR" "$SERVER_MAJOR"
