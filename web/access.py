@@ -13,11 +13,16 @@ from functools import wraps
 from typing import Any
 
 from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth import SESSION_KEY, get_user_model
 from django.contrib.auth.forms import AuthenticationForm
+from django.contrib.auth.models import Group
 from django.contrib.auth.views import redirect_to_login
+from django.contrib.sessions.models import Session
 from django.core.exceptions import PermissionDenied
+from django.db.models.signals import m2m_changed, pre_delete, pre_save
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
+from django.utils import timezone
 from rest_framework.permissions import BasePermission
 
 
@@ -148,3 +153,77 @@ class AdminLoginForm(AdminAuthenticationForm):
         AuthenticationForm.confirm_login_allowed(self, user)
         if not can(user, Capability.MANAGE):
             raise self.get_invalid_login_error()
+
+
+# --------------------------------------------------------------------------- access that ends
+# A changed or reset password, a deactivated account and a removed role (or superuser flag) end
+# the account's API tokens and login sessions, and close its open live pages: whoever held
+# them logs in again and gets only what the account may now do. (Django alone ends sessions on a
+# password change, but not tokens, and neither on a role removed.) Connected once at start-up
+# (web.api's AppConfig.ready), for every way an account changes: admin, API, manage.py, code.
+
+
+def user_access_end(*, user_ids: set[int]) -> None:
+    """End every API token and login session of these accounts, and close their websockets
+    (after commit). Sessions are found by reading the unexpired ones: this runs on rare admin
+    actions, and a session row does not say whose it is."""
+    from rest_framework.authtoken.models import Token
+
+    from web.clinical.events import access_ended_publish
+
+    if not user_ids:
+        return
+    Token.objects.filter(user_id__in=user_ids).delete()
+    owners = {str(pk) for pk in user_ids}
+    ended = [
+        session.session_key
+        for session in Session.objects.filter(expire_date__gt=timezone.now()).iterator()
+        if str(session.get_decoded().get(SESSION_KEY)) in owners
+    ]
+    Session.objects.filter(session_key__in=ended).delete()
+    access_ended_publish(user_ids=user_ids)
+
+
+def _account_changed(sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
+    """pre_save of a user: compared with the stored row, did the password change, or the
+    account lose its activity or its superuser flag?"""
+    watched = {"password", "is_active", "is_superuser"}
+    if instance.pk is None or (update_fields is not None and not watched & set(update_fields)):
+        return  # a new account, or a save of other fields (last_login at each login)
+    stored = sender.objects.filter(pk=instance.pk).values("password", "is_active", "is_superuser").first()
+    if stored is None:
+        return
+    if (
+        stored["password"] != instance.password
+        or (stored["is_active"] and not instance.is_active)
+        or (stored["is_superuser"] and not instance.is_superuser)
+    ):
+        user_access_end(user_ids={instance.pk})
+
+
+def _roles_changed(
+    sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any
+) -> None:
+    """m2m_changed of User.groups, from either side: a user taken out of a group (a role)."""
+    if action == "pre_clear":
+        # The members are gone after the clear: note them now.
+        instance._radtriage_cleared = (
+            set(instance.user_set.values_list("pk", flat=True)) if reverse else {instance.pk}
+        )
+    elif action == "post_clear":
+        user_access_end(user_ids=getattr(instance, "_radtriage_cleared", set()))
+    elif action == "post_remove":
+        user_access_end(user_ids=set(pk_set or ()) if reverse else {instance.pk})
+
+
+def _group_deleted(sender: Any, instance: Group, **kwargs: Any) -> None:
+    user_access_end(user_ids=set(instance.user_set.values_list("pk", flat=True)))
+
+
+def access_signals_connect() -> None:
+    user_model = get_user_model()
+    pre_save.connect(_account_changed, sender=user_model, dispatch_uid="radtriage-account-changed")
+    m2m_changed.connect(
+        _roles_changed, sender=user_model.groups.through, dispatch_uid="radtriage-roles-changed"
+    )
+    pre_delete.connect(_group_deleted, sender=Group, dispatch_uid="radtriage-group-deleted")

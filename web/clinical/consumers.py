@@ -8,7 +8,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from web.access import Capability, can
-from web.clinical.events import WORKLIST_GROUP, batch_group, study_group
+from web.clinical.events import WORKLIST_GROUP, batch_group, study_group, user_group
 from web.clinical.models import Batch, Study
 
 CLOSE_UNAUTHENTICATED = 4401
@@ -50,8 +50,9 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
                 await self.close(code=CLOSE_NOT_FOUND)
                 return
             group = study_group(study_id)
-        await self.channel_layer.group_add(group, self.channel_name)
-        self.joined.append(group)
+        for joined in (group, user_group(user.pk)):
+            await self.channel_layer.group_add(joined, self.channel_name)
+            self.joined.append(joined)
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
@@ -85,6 +86,10 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 
     async def batch_progress(self, message: dict[str, Any]) -> None:
         await self.send_json({"type": "batch", "progress": message["progress"]})
+
+    async def access_ended(self, message: dict[str, Any]) -> None:
+        """The account's password changed, or it was deactivated or lost a role: log in again."""
+        await self.close(code=CLOSE_UNAUTHENTICATED)
 
 
 @database_sync_to_async

@@ -45,6 +45,22 @@ def batch_group(batch_id: int) -> str:
     return f"batch-{batch_id}"
 
 
+ACCESS_ENDED_TYPE = "access.ended"  # -> LiveConsumer.access_ended
+
+
+def user_group(user_id: int) -> str:
+    """Every live page of one account (closed when its access ends)."""
+    return f"user-{user_id}"
+
+
+def access_ended_publish(*, user_ids: set[int]) -> None:
+    """These accounts' access ended (web.access.user_access_end): after commit, their open
+    pages' websockets close, so a live page stops showing patient data."""
+    message = {"type": ACCESS_ENDED_TYPE, "event": "access_ended"}
+    groups = [user_group(pk) for pk in sorted(user_ids)]
+    transaction.on_commit(lambda: _send_now(groups, message))
+
+
 def batch_event_publish(*, batch_id: int, progress: dict[str, Any]) -> None:
     """A batch's progress (done / total, failed, ETA), for its page, after commit. Sent by the
     same in-order publisher as the analysis events, so a page sees them in order."""
