@@ -77,6 +77,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "web.request_guard.NulCharacterRefused",  # a NUL in a query or form: 400, before any view
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -380,6 +381,12 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "web.api.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "web.api.errors.json_exception_handler",
+    # JSON with a depth limit; JSON and multipart refuse a NUL; too many files is a JSON 400.
+    "DEFAULT_PARSER_CLASSES": [
+        "web.api.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "web.api.parsers.MultiPartParser",
+    ],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "RadTriage API",

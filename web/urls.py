@@ -6,6 +6,10 @@ from web.clinical.registry.admin_views import registry_view
 from web.health import healthz
 from web.ui.views import favicon
 
+# Under /api/ these answer JSON, as every API error does (web.api.errors).
+handler400 = "web.api.errors.bad_request"
+handler500 = "web.api.errors.server_error"
+
 urlpatterns = [
     path("admin/model-registry/", admin.site.admin_view(registry_view), name="admin-model-registry"),
     path("admin/audit/export.csv", admin.site.admin_view(audit_export_view), name="admin-audit-export"),

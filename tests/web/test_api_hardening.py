@@ -31,7 +31,8 @@ def test_absurd_paging_is_answered_not_a_server_error(api, query: str) -> None:
 def test_an_unknown_status_filter_is_a_400_that_lists_the_known_ones(api, status: str) -> None:
     response = api.get("/api/studies/", {"status": status})
     assert response.status_code == 400
-    assert "ai_complete" in str(response.json())
+    # A NUL is refused before any filter reads it (web.request_guard), and says so.
+    assert ("NUL" if "\x00" in status else "ai_complete") in str(response.json())
 
 
 def test_a_heat_map_that_cannot_be_drawn_says_so_without_server_paths(api) -> None:

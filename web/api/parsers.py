@@ -1,4 +1,13 @@
-"""Multipart parsing that keeps a file whose name is not UTF-8.
+"""The API's request parsers (settings.REST_FRAMEWORK): JSON with a depth limit, multipart that
+keeps a file whose name is not UTF-8; neither lets a NUL character through, and a body over
+Django's limits (files, fields, bytes) is a 400 that says which.
+
+JSON nested deeper than JSON_MAX_DEPTH is refused before anything reads it: Python's decoder
+gives up with a RecursionError (a server error) near 1,000 levels, and code that walks the
+value would meet the same. No request of this API needs more than a few levels.
+
+A NUL character (U+0000) cannot be stored in PostgreSQL text, and no person types one: it is
+refused in any JSON string or form field (query strings: web.request_guard).
 
 Django's multipart parser skips a part whose header line does not decode as UTF-8: a file sent
 with a Latin-1 name (curl or an old client, from a Linux folder) would vanish before any view
@@ -11,9 +20,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.core.files.uploadedfile import UploadedFile
 from django.utils.http import parse_header_parameters
 from rest_framework import parsers
+from rest_framework.exceptions import ParseError
+
+from web.request_guard import NUL_MESSAGE
+
+JSON_MAX_DEPTH = 32
+JSON_TOO_DEEP = f"The JSON body is nested more than {JSON_MAX_DEPTH} levels deep: no request of this API is."
 
 NAME_NOT_UTF8_MARK = "x-radtriage-name-not-utf8"  # a Content-Type parameter the guard adds
 NAME_NOT_UTF8_MESSAGE = (
@@ -103,11 +119,59 @@ def _fixed_header(header: bytes) -> bytes:
 
 class MultiPartParser(parsers.MultiPartParser):
     """DRF's multipart parser; a file whose name is not UTF-8 arrives marked (name_not_utf8)
-    instead of being dropped."""
+    instead of being dropped; a field holding a NUL, or a body past Django's limits, is a 400."""
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
         _, params = parse_header_parameters(media_type or "")
         boundary = params.get("boundary", "")
         if stream is not None and boundary:
             stream = _PartHeaderGuard(stream, boundary.encode("ascii", "replace"))
-        return super().parse(stream, media_type, parser_context)
+        try:
+            parsed = super().parse(stream, media_type, parser_context)
+        except TooManyFilesSent:
+            raise ParseError(_too_many("files", "DATA_UPLOAD_MAX_NUMBER_FILES")) from None
+        except TooManyFieldsSent:
+            raise ParseError(_too_many("fields", "DATA_UPLOAD_MAX_NUMBER_FIELDS")) from None
+        except RequestDataTooBig:
+            raise ParseError("The form's fields (files aside) are too large.") from None
+        for key, values in parsed.data.lists():
+            if "\x00" in key or any("\x00" in value for value in values):
+                raise ParseError(f"{key.replace(chr(0), '')}: {NUL_MESSAGE}")
+        return parsed
+
+
+def _too_many(what: str, setting: str) -> str:
+    from django.conf import settings
+
+    limit = getattr(settings, setting)
+    return f"Too many {what} in one request: at most {limit:,}. Send the rest in another request."
+
+
+class JSONParser(parsers.JSONParser):
+    """DRF's JSON parser, with a depth limit and no NUL in any string (see the module)."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        try:
+            data = super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise ParseError(JSON_TOO_DEEP) from None
+        json_checked(data)
+        return data
+
+
+def json_checked(data: Any) -> None:
+    """Refuse (ParseError) a parsed JSON value nested too deep or holding a NUL in a string.
+    Walked with a stack, not recursion: the check must not fail the way it guards against."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise ParseError(NUL_MESSAGE)
+            continue
+        if not isinstance(value, dict | list):
+            continue
+        if depth > JSON_MAX_DEPTH:
+            raise ParseError(JSON_TOO_DEEP)
+        items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        stack.extend((item, depth + 1) for item in items)

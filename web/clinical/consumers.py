@@ -1,11 +1,19 @@
-"""Websocket consumers: authenticate, join a group, forward analysis and annotation events as JSON."""
+"""Websocket consumers: authenticate, join a group, forward analysis and annotation events as JSON.
+
+While the channel layer (Redis) cannot be reached, a websocket is refused, or closed, with
+CLOSE_TRY_AGAIN and one log line, never a server error: the page reconnects by itself and
+re-reads the server once it is back.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from redis.exceptions import RedisError
 
 from web.access import Capability, can
 from web.clinical.events import WORKLIST_GROUP, batch_group, study_group, user_group
@@ -14,6 +22,10 @@ from web.clinical.models import Batch, Study
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+CLOSE_TRY_AGAIN = 4503  # the channel layer is unavailable
+FRAME_MAX_CHARS = 1024  # a page sends only pings
+
+log = logging.getLogger(__name__)
 
 
 class UnknownPathConsumer(AsyncJsonWebsocketConsumer):
@@ -26,6 +38,15 @@ class UnknownPathConsumer(AsyncJsonWebsocketConsumer):
 class LiveConsumer(AsyncJsonWebsocketConsumer):
     """/ws/worklist/, /ws/studies/<id>/ and /ws/batches/<id>/. Anonymous connections, and
     accounts that may not see studies (no role), are refused at the handshake."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except (RedisError, OSError) as exc:
+            # Joining a group, or the layer's receive loop, could not reach Redis.
+            log.warning("Websocket %s closed: channel layer unavailable (%s)", scope.get("path"), exc)
+            with contextlib.suppress(Exception):  # the browser may have gone already
+                await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN})
 
     async def connect(self) -> None:
         self.joined: list[str] = []
@@ -56,8 +77,23 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
-        for group in self.joined:
-            await self.channel_layer.group_discard(group, self.channel_name)
+        try:
+            for group in getattr(self, "joined", []):
+                await self.channel_layer.group_discard(group, self.channel_name)
+        except (RedisError, OSError):
+            pass  # Redis is down: its group entries expire by themselves (the layer's expiry)
+
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
+    ) -> None:
+        """A frame too large, or not JSON, is ignored: pages only ping (a deeply nested frame
+        must not reach the decoder, which fails on it with a RecursionError)."""
+        if text_data is None or len(text_data) > FRAME_MAX_CHARS:
+            return
+        try:
+            await super().receive(text_data=text_data, **kwargs)
+        except (ValueError, RecursionError):
+            return
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         if isinstance(content, dict) and content.get("type") == "ping":
