@@ -351,13 +351,23 @@ CELERY_BEAT_SCHEDULE = {
 RADTRIAGE_DICOM_HOST = os.environ.get("RADTRIAGE_DICOM_HOST", "0.0.0.0")
 RADTRIAGE_DICOM_PORT = int(os.environ.get("RADTRIAGE_DICOM_PORT", "11112"))
 RADTRIAGE_DICOM_AE_TITLE = os.environ.get("RADTRIAGE_DICOM_AE_TITLE", "RADTRIAGE")
+# The called AE titles the listener answers to (comma-separated; default its own AE title): an
+# association addressed to any other is rejected (A-ASSOCIATE-RJ, called AE title not
+# recognised), so a device configured for another node never files images here by mistake.
+RADTRIAGE_DICOM_CALLED_AE_TITLES = [
+    t.strip() for t in os.environ.get("RADTRIAGE_DICOM_CALLED_AE_TITLES", "").split(",") if t.strip()
+] or [RADTRIAGE_DICOM_AE_TITLE]
 RADTRIAGE_DICOM_ALLOWED_AE_TITLES = [
     t.strip() for t in os.environ.get("RADTRIAGE_DICOM_ALLOWED_AE_TITLES", "").split(",") if t.strip()
 ]
 RADTRIAGE_DICOM_BATCH_SIZE = max(
     1, int(os.environ.get("RADTRIAGE_DICOM_BATCH_SIZE", str(ANALYSIS_BATCH_SIZE)))
 )
-for _title in [RADTRIAGE_DICOM_AE_TITLE, *RADTRIAGE_DICOM_ALLOWED_AE_TITLES]:
+for _title in [
+    RADTRIAGE_DICOM_AE_TITLE,
+    *RADTRIAGE_DICOM_CALLED_AE_TITLES,
+    *RADTRIAGE_DICOM_ALLOWED_AE_TITLES,
+]:
     if not 0 < len(_title) <= 16:
         raise ImproperlyConfigured(f"DICOM AE title {_title!r} must be 1 to 16 characters.")
 # A PACS node to C-STORE the AI results to (Secondary Capture + Comprehensive SR) once all of

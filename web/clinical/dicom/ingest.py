@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, DataError
 
 from web.clinical.ingest.parts import UploadFields
 from web.clinical.ingest.uploads import images_upload_many
@@ -46,6 +46,10 @@ def dicom_instance_store(*, data: bytes, filename: str, ip_address: str | None) 
             ip_address=ip_address,
             dispatch=False,
         )
+    except DataError as exc:
+        # A value of the instance the database cannot hold: sending it again cannot help.
+        log.error("Could not store %s: %s", filename, type(exc).__name__)
+        return Stored(CANNOT_UNDERSTAND, "A value in this instance cannot be stored (invalid data).")
     except (DatabaseError, OSError) as exc:
         # The error's class only: a database error's text quotes the row's values (names, IDs).
         log.error("Could not store %s: %s", filename, type(exc).__name__)

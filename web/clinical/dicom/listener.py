@@ -83,12 +83,22 @@ class _Pending:
 
 
 class StorageSCP:
-    """One listener; `start` binds and serves in background threads until `stop`."""
+    """One listener; `start` binds and serves in background threads until `stop`. It answers
+    only associations addressed to `ae_title` or one of `called_titles`."""
 
     def __init__(
-        self, *, ae_title: str, allowed_calling: Sequence[str] = (), batch_size: int | None = None
+        self,
+        *,
+        ae_title: str,
+        allowed_calling: Sequence[str] = (),
+        batch_size: int | None = None,
+        called_titles: Sequence[str] = (),
     ) -> None:
         self.ae = AE(ae_title=ae_title)
+        self.called_titles = {ae_title.strip(), *(t.strip() for t in called_titles)}
+        # Any other called AE title is rejected at association (A-ASSOCIATE-RJ, reason 7);
+        # _on_requested answers under the title that was called when it is one of ours.
+        self.ae.require_called_aet = True
         self.ae.maximum_pdu_size = 0  # no limit: whole radiographs in few PDUs
         self.ae.dimse_timeout = self.ae.network_timeout = 120
         for sop_class in STORAGE_CLASSES:
@@ -103,6 +113,7 @@ class StorageSCP:
 
     def start(self, host: str, port: int) -> tuple[str, int]:
         handlers: list[Any] = [
+            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, lambda event: 0x0000),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_RELEASED, self._on_end),
@@ -118,6 +129,22 @@ class StorageSCP:
         if self.server is not None:
             self.server.shutdown()
             self.server = None
+
+    def _on_requested(self, event: Any) -> None:
+        """A-ASSOCIATE-RQ received, before negotiation: accept under the called title when it
+        is one of ours (pynetdicom compares it with the acceptor's title); else say why."""
+        assoc = event.assoc
+        called = str(assoc.requestor.primitive.called_ae_title).strip()
+        if called in self.called_titles:
+            assoc.acceptor.ae_title = called
+        else:
+            log.warning(
+                "Rejected an association from %s (%s): called AE title %r is not this listener's (%s)",
+                assoc.requestor.primitive.calling_ae_title,
+                assoc.requestor.address,
+                called,
+                ", ".join(sorted(self.called_titles)),
+            )
 
     def _on_store(self, event: Any) -> Dataset:
         assoc = event.assoc

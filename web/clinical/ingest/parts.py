@@ -133,6 +133,7 @@ def upload_decode(source: UploadSource, filename: str) -> Decoded:
         raise UploadRejected(str(exc)) from None
     for tag in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         uid_check(header_value(xray.metadata, tag), what=f"The DICOM header's {tag}")
+    header_text_check(xray.metadata)
     sha256 = hashlib.sha256(data).hexdigest()
     sop_uid = header_value(xray.metadata, "SOPInstanceUID") or _uid_from(sha256)
     return Decoded(
@@ -321,7 +322,23 @@ def upload_outcome(result: UploadResult | None, error: str = "") -> str:
 
 def header_value(meta: dict[str, Any], key: str) -> str:
     value = meta.get(key)
-    return str(value).strip() if value not in (None, "") else ""
+    return _unpadded(str(value)) if value not in (None, "") else ""
+
+
+def _unpadded(text: str) -> str:
+    return text.strip().strip("\x00").strip()  # NUL at either end: a sender's padding
+
+
+def header_text_check(meta: dict[str, Any]) -> None:
+    """Refuse a header value with a NUL character inside it: not DICOM text (a sender's bug; a
+    DICOM sender is told not to retry), and PostgreSQL cannot store it. The reason names the
+    attribute, never its value."""
+    for tag, value in meta.items():
+        if isinstance(value, str) and "\x00" in _unpadded(value):
+            raise UploadRejected(
+                f"{tag} holds a NUL character (not valid DICOM text): correct it at the sending "
+                "system and send the file again."
+            )
 
 
 def _uid_from(sha256: str) -> str:

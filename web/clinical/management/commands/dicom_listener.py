@@ -32,7 +32,11 @@ class Command(BaseCommand):
         if not 0 < len(ae_title) <= 16:
             raise CommandError(f"The AE title {ae_title!r} must be 1 to 16 characters.")
         allowed = allow if allow is not None else settings.RADTRIAGE_DICOM_ALLOWED_AE_TITLES
-        scp = StorageSCP(ae_title=ae_title, allowed_calling=allowed)
+        # Addressed as RADTRIAGE_DICOM_CALLED_AE_TITLES; an --ae-title given here: as that only.
+        called = (
+            settings.RADTRIAGE_DICOM_CALLED_AE_TITLES if ae_title == settings.RADTRIAGE_DICOM_AE_TITLE else []
+        )
+        scp = StorageSCP(ae_title=ae_title, allowed_calling=allowed, called_titles=called)
         try:
             bound_host, bound_port = scp.start(host, port)
         except OSError as exc:
@@ -41,8 +45,9 @@ class Command(BaseCommand):
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
         callers = ", ".join(allowed) if allowed else "any calling AE title"
+        titles = ", ".join(sorted(scp.called_titles))
         self.stdout.write(
-            f"DICOM listener ready on {bound_host}:{bound_port} as {ae_title} (accepting {callers})",
+            f"DICOM listener ready on {bound_host}:{bound_port} as {titles} (accepting {callers})",
             ending="\n",
         )
         self.stdout.flush()
