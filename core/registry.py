@@ -162,14 +162,17 @@ class Registry:
             "models": [self.models[k].raw for k in sorted(self.models)],
         }
 
-    def register(self, raw: dict[str, Any], *, activate: bool = False) -> ModelEntry:
+    def register(self, raw: dict[str, Any]) -> ModelEntry:
+        """Add or replace an entry; which model is active does not change."""
         entry = ModelEntry(dict(raw))
         self.models[entry.id] = entry
-        if activate:
-            self.active_models[entry.condition] = entry.id
         return entry
 
-    def activate(self, model_id: str) -> None:
+    def set_active(self, model_id: str) -> None:
+        """The low-level write behind an activation: no artifact check, no reason, no audit.
+        Switching a model on goes through web.clinical.registry.activation.registry_activate
+        (the admin page and the manage.py commands call it); tests/test_activation_owner.py
+        keeps every other caller out."""
         entry = self.entry(model_id)
         self.active_models[entry.condition] = entry.id
 
@@ -322,7 +325,7 @@ def registry_sync(source: str | Path, target: str | Path) -> list[str]:
             changes.append(f"added model {model_id}")
     for condition, model_id in sorted(shipped.active_models.items()):
         if condition not in deployed.active_models:
-            deployed.activate(model_id)
+            deployed.set_active(model_id)
             changes.append(f"{condition}: active model {model_id}")
     if changes:
         deployed.save()

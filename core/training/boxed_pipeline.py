@@ -41,11 +41,10 @@ def train_boxed_model(
     registry_path: str | Path,
     config: BoxedHeadConfig,
     cache_dir: str | Path | None = None,
-    activate: bool = False,
     command: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train, evaluate and register; returns the registry entry."""
+    """Train, evaluate and register (inactive); returns the registry entry."""
     from core.training.entries import register_entry
     from core.training.finalize import finalize_model
 
@@ -130,7 +129,7 @@ def train_boxed_model(
     from core.training.model_card import write_card
 
     write_card(out_dir / "card.md", entry)
-    register_entry(entry, registry_path=registry_path, activate=activate)
+    register_entry(entry, registry_path=registry_path)
     return entry
 
 

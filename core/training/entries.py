@@ -15,12 +15,14 @@ from core.training.evaluation import DEFAULT_MIN_SENSITIVITY
 from core.training.finalize import finalize_model
 
 
-def register_entry(entry: dict[str, Any], *, registry_path: str | Path, activate: bool = False) -> None:
+def register_entry(entry: dict[str, Any], *, registry_path: str | Path) -> None:
+    """Register a trained model, inactive: switching it on is a checked, audited step of its
+    own (web.clinical.registry.activation; `manage.py train --activate --reason`)."""
     from core.registry import Registry
 
     registry_path = Path(registry_path)
     registry = Registry.load(registry_path)
-    registry.register(entry, activate=activate)
+    registry.register(entry)
     registry.save()
 
 
@@ -77,13 +79,13 @@ def refinalize_model(
     n_boot: int = 1000,
     min_sensitivity: float = DEFAULT_MIN_SENSITIVITY,
     threshold_confidence: float | None = THRESHOLD_CONFIDENCE,
-    activate: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Re-run calibration, threshold, evaluation, baseline, status and card of a registered
     model with today's rules, on the same splits; the artifact (and its checksum) is not
     touched, nor the training record or the fields other tools wrote (KEPT_FIELDS,
-    metrics.test.pointing_game). Returns the new entry, registered under the same id."""
+    metrics.test.pointing_game). Returns the new entry, registered under the same id (active
+    or not as before)."""
     import keras
 
     from core.registry import Registry
@@ -147,7 +149,7 @@ def refinalize_model(
         merged.pop("experimental_reason", None)
     write_card(out_dir / "card.md", merged)
     registry = Registry.load(registry_path)  # re-read: others may have written meanwhile
-    registry.register(merged, activate=activate)
+    registry.register(merged)
     registry.save()
     log(
         f"re-evaluated {model_id}: status {merged['status']}"

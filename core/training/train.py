@@ -76,13 +76,13 @@ def train_model(
     *,
     models_dir: str | Path,
     registry_path: str | Path | None = None,
-    activate: bool = False,
     resume: bool = False,
     command: str | None = None,
     log: Callable[[str], None] = print,
     stop_after_epochs: int | None = None,
 ) -> RunResult:
-    """Train (or resume), then calibrate, threshold, evaluate, save and register.
+    """Train (or resume), then calibrate, threshold, evaluate, save and register (inactive:
+    activation is the registry's checked, audited step, see register_entry).
 
     stop_after_epochs: stop this sitting after that many new epochs (a budgeted sitting of a
     long run); the run is left resumable and nothing is registered until it finishes.
@@ -136,8 +136,8 @@ def train_model(
         cross_validation=cv,
     )
     if registry_path is not None:
-        register_entry(entry, registry_path=registry_path, activate=activate)
-        log(f"registered {config.model_id} in {registry_path}" + (" (active)" if activate else " (inactive)"))
+        register_entry(entry, registry_path=registry_path)
+        log(f"registered {config.model_id} in {registry_path} (inactive)")
     return RunResult(config.model_id, artifact, entry, run.history, run.epochs_done, True)
 
 

@@ -85,7 +85,8 @@ def test_register_activate_save_round_trips_and_keeps_unknown_fields(tmp_path):
     path = tmp_path / "registry.json"
     path.write_text(json.dumps({"models": [], "active_models": {}, "description": "ours"}))
     registry = Registry.load(path)
-    registry.register(entry(metrics={"test": {"auc": 0.99}}), activate=True)
+    registry.register(entry(metrics={"test": {"auc": 0.99}}))
+    registry.set_active(entry()["id"])
     registry.save()
     again = Registry.load(path)
     assert again.active_entry("pneumonia").threshold == 0.42
@@ -108,7 +109,8 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_files(tmp_path, monkeypa
     path = tmp_path / "registry.json"
     path.write_text(json.dumps({"models": [], "active_models": {}}))
     registry = Registry.load(path)
-    registry.register(entry(), activate=True)
+    registry.register(entry())
+    registry.set_active(entry()["id"])
 
     def explode(*args, **kwargs):
         raise OSError("disk full")
@@ -162,7 +164,8 @@ def test_an_upgrade_adds_new_models_and_keeps_what_the_admins_chose(tmp_path):
     registry_sync(_shipped(tmp_path / "old", [v1], {"pneumonia": v1["id"]}), target)
     # An admin switched pneumonia off the shipped default, to a model of their own.
     deployed = Registry.load(target)
-    deployed.register(entry(id="site-pneumonia", artifact="/srv/site.keras"), activate=True)
+    deployed.register(entry(id="site-pneumonia", artifact="/srv/site.keras"))
+    deployed.set_active("site-pneumonia")
     deployed.save()
 
     changes = registry_sync(

@@ -86,7 +86,6 @@ def test_a_tiny_run_interrupted_and_resumed_learns_registers_and_its_artifact_lo
         models_dir=project / "models",
         registry_path=project / "registry.json",
         resume=True,
-        activate=True,
         command="pytest",
         log=logs.append,
     )
@@ -103,7 +102,8 @@ def test_a_tiny_run_interrupted_and_resumed_learns_registers_and_its_artifact_lo
 
     registry = Registry.load(project / "registry.json")  # validates
     entry = registry.entry("tiny-fracture")
-    assert registry.active_models == {"fracture": "tiny-fracture"}
+    # Registered inactive: switching it on is the registry's checked, audited step.
+    assert registry.active_models == {}
     assert validate_registry(registry.to_document()) == []
     artifact = registry.artifact_path(entry)
     assert entry.artifact == "models/tiny-fracture/model.keras"

@@ -227,9 +227,12 @@ reg = Registry.from_document(doc, path=folder / "registry.json")
 base = {{"architecture": "mobilenetv2", "input_size": [{TINY_SIZE}, {TINY_SIZE}],
          "class_labels": ["normal", "abnormal"], "threshold": 0.5, "status": "validated"}}
 reg.register({{**base, "id": "pneumonia-tiny-test", "condition": "pneumonia",
-               "artifact": "models/tiny.keras", "sha256": sha256_file(artifact)}}, activate=True)
+               "artifact": "models/tiny.keras", "sha256": sha256_file(artifact)}})
 reg.register({{**base, "id": "cardiomegaly-missing", "condition": "cardiomegaly",
-               "artifact": "models/missing.keras"}}, activate=True)
+               "artifact": "models/missing.keras"}})
+# The fixture's own starting choice (no artifact check: one model here is missing on purpose).
+reg.set_active("pneumonia-tiny-test")
+reg.set_active("cardiomegaly-missing")
 yes = {{**base, "condition": "pneumonia", "artifact": "models/always-yes.keras",
         "sha256": sha256_file(always_artifact)}}
 reg.register({{**yes, "id": "pneumonia-always-yes-experimental", "status": "experimental",

@@ -1,14 +1,19 @@
-"""The model registry as admins change it: switching the active model of a condition, after a
-confirmation, a check of its artifact and (for a model not fit for triage) a typed reason; audited.
+"""The one way to switch a model on: a check of its artifact, a reason where one is due, an
+audit row. The admin's registry page and the manage.py commands (train, train_boxed,
+activate_model) all call registry_activate; core's Registry.set_active is only its last step.
 
+A reason is due for a model not fit for triage (experimental, or its card says not to use it)
+and for every activation from the command line, where no confirmation page stands in for it.
 registry.json stays the source of truth (each worker's ModelManager re-reads it when it
 changes), so a switch takes effect on the next analysis without restarting anything.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -36,6 +41,12 @@ TEST_FIGURES = (
 )
 
 
+COMMAND_NEEDS_REASON = (
+    'from the command line a reason is required (--reason "why this model goes live"); '
+    "it is written to the audit log"
+)
+
+
 class ActivationRefused(RadTriageError):
     """The model was not switched on; the message says why."""
 
@@ -56,8 +67,8 @@ class ActivationPreview:
     metrics_source: str  # where the figures come from
 
 
-def registry_activation_preview(*, model_id: str) -> ActivationPreview:
-    registry = Registry.load(settings.RADTRIAGE_REGISTRY)
+def registry_activation_preview(*, model_id: str, registry_path: Path | None = None) -> ActivationPreview:
+    registry = Registry.load(registry_path or settings.RADTRIAGE_REGISTRY)
     entry = registry.entry(model_id)
     test, source = _test_metrics(registry, entry)
     do_not_use = _card_says_do_not_use(registry, entry)
@@ -79,30 +90,43 @@ def registry_activation_preview(*, model_id: str) -> ActivationPreview:
     )
 
 
-def registry_activate(*, model_id: str, actor: Any, reason: str = "", ip_address: str | None = None) -> str:
+def registry_activate(
+    *,
+    model_id: str,
+    actor: Any,
+    reason: str = "",
+    ip_address: str | None = None,
+    registry_path: Path | None = None,
+    command: str = "",
+) -> str:
     """Make `model_id` the active model of its condition; returns that condition's code.
 
-    Refused (ActivationRefused, nothing changed) when the model needs a reason and none is
-    given, or when its artifact fails a check (missing, checksum, does not load, no probability
-    for a probe image)."""
-    preview = registry_activation_preview(model_id=model_id)
+    `actor` is the admin, or None for a manage.py command (then `command` names it and the
+    audit row records the OS user). Refused (ActivationRefused, nothing changed) when a reason
+    is due and none is given, or when its artifact fails a check (missing, checksum, does not
+    load, no probability for a probe image)."""
+    # Absolute: the artifact check runs in a child process from the repository's folder.
+    path = Path(registry_path or settings.RADTRIAGE_REGISTRY).resolve()
+    preview = registry_activation_preview(model_id=model_id, registry_path=path)
     reason = reason.strip()
+    if actor is None and not reason:
+        raise ActivationRefused(f"{model_id} was not activated: {COMMAND_NEEDS_REASON}")
     if preview.needs_reason and not reason:
         why = "its model card says not to use it" if preview.card_says_do_not_use else "it is experimental"
         raise ActivationRefused(
             f"{model_id} was not activated: {why}, so type the reason for switching it on."
         )
-    steps = registry_artifact_check(model_id=model_id)
+    steps = registry_artifact_check(model_id=model_id, registry_path=path)
     failed = next((s for s in steps if not s["ok"]), None)
     if failed is not None or len(steps) != len(CHECKS):
         detail = failed["detail"] if failed else "the check stopped early"
         raise ActivationRefused(
             f"{model_id} was not activated: check '{failed and failed['name']}' failed: {detail}"
         )
-    registry = Registry.load(settings.RADTRIAGE_REGISTRY)
+    registry = Registry.load(path)
     entry = registry.entry(model_id)
     previous = registry.active_models.get(entry.condition)
-    registry.activate(model_id)
+    registry.set_active(model_id)
     registry.save()
     audit_record(
         actor=actor,
@@ -115,16 +139,32 @@ def registry_activate(*, model_id: str, actor: Any, reason: str = "", ip_address
             "status": entry.status,
             "reason": reason,
             "checks": {s["name"]: s["detail"] for s in steps},
+            **({"command": command, "os_user": _os_user()} if actor is None else {}),
         },
     )
     return entry.condition
 
 
-def registry_artifact_check(*, model_id: str) -> list[dict[str, Any]]:
+def registry_activation_reason_check(*, reason: str | None) -> None:
+    """A command that will activate what it trains says so before hours of training: refused
+    at once when no reason is given (registry_activate's rule for the command line)."""
+    if not (reason or "").strip():
+        raise ActivationRefused(f"Not started: {COMMAND_NEEDS_REASON}")
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers) and no LOGNAME/USER
+        return f"uid {os.getuid()}"
+
+
+def registry_artifact_check(*, model_id: str, registry_path: Path | None = None) -> list[dict[str, Any]]:
     """core.model_check in a child process (TensorFlow stays out of the web process)."""
+    path = registry_path or settings.RADTRIAGE_REGISTRY
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "core.model_check", str(settings.RADTRIAGE_REGISTRY), model_id],
+            [sys.executable, "-m", "core.model_check", str(path), model_id],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -143,8 +183,6 @@ def registry_artifact_check(*, model_id: str) -> list[dict[str, Any]]:
 
 
 def _child_env() -> dict[str, str]:
-    import os
-
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 
 

@@ -1,5 +1,7 @@
 """`manage.py train`: train, calibrate, evaluate and register one model (thin wrapper over
-core.training.train.train_model). TensorFlow is imported only inside handle()."""
+core.training.train.train_model). TensorFlow is imported only inside handle(). With
+`--activate --reason "..."` the registered model is then switched on through the registry's
+checked, audited step (web.clinical.registry.activation)."""
 
 from __future__ import annotations
 
@@ -11,12 +13,16 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from web.clinical.registry.activation import ActivationRefused, registry_activation_reason_check
+from web.engine.management.commands.activate_model import activate_or_fail, command_line
+
 
 class Command(BaseCommand):
     help = (
         "Train a model for a condition on a data folder (<split>/<negative|positive>/) or a "
         "manifest CSV; writes models/<model-id>/ and registers it (inactive unless "
-        "--activate). Interrupted runs continue with --resume."
+        "--activate --reason, which checks its artifact and audits the switch). Interrupted runs "
+        "continue with --resume."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -111,7 +117,12 @@ class Command(BaseCommand):
             metavar="REASON",
             help="register with status experimental and this reason",
         )
-        parser.add_argument("--activate", action="store_true")
+        parser.add_argument(
+            "--activate",
+            action="store_true",
+            help="switch the model on once registered (artifact checked, audited; needs --reason)",
+        )
+        parser.add_argument("--reason", default=None, help="with --activate: why it goes live (audit log)")
         parser.add_argument("--resume", action="store_true")
         parser.add_argument(
             "--max-epochs-this-sitting",
@@ -126,6 +137,11 @@ class Command(BaseCommand):
 
         registry = Path(o["registry"])
         confidence = o["threshold_confidence"] or None
+        if o["activate"]:
+            try:  # refused now, not after hours of training
+                registry_activation_reason_check(reason=o["reason"])
+            except ActivationRefused as exc:
+                raise CommandError(str(exc)) from None
         if o["remove"]:
             from core.training.entries import remove_model
 
@@ -176,7 +192,6 @@ class Command(BaseCommand):
                 config,
                 models_dir=Path(o["models_dir"] or registry.parent / "models"),
                 registry_path=registry,
-                activate=o["activate"],
                 resume=o["resume"],
                 command="python manage.py train " + shlex.join(sys.argv[2:]),
                 log=lambda m: self.stdout.write(m),
@@ -186,10 +201,19 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         if result.finished:
             self.stdout.write(self.style.SUCCESS(f"{result.model_id}: {result.artifact}"))
+            if o["activate"]:
+                self._activate(result.model_id, registry, o)
         else:
             self.stdout.write(
                 f"{result.model_id}: {result.epochs_run} epoch(s) done; run again with --resume to continue"
+                + (" (and --activate once it is finished)" if o["activate"] else "")
             )
+
+    def _activate(self, model_id: str, registry: Path, o: dict[str, Any]) -> None:
+        condition = activate_or_fail(
+            model_id=model_id, reason=o["reason"], registry=registry, command=command_line()
+        )
+        self.stdout.write(self.style.SUCCESS(f"{model_id}: now the active {condition} model"))
 
     def _update(self, registry: Path, o: dict[str, Any], confidence: float | None) -> None:
         from core.registry import Registry
@@ -209,7 +233,6 @@ class Command(BaseCommand):
                     cache_dir=o["cache_dir"],
                     min_sensitivity=o["min_sensitivity"],
                     threshold_confidence=confidence,
-                    activate=o["activate"],
                     log=lambda m: self.stdout.write(m),
                 )
             if o["annotate"]:
@@ -222,10 +245,8 @@ class Command(BaseCommand):
                 if o["threshold_reason"]:
                     fields["threshold_reason"] = o["threshold_reason"]
                 annotate_model(registry, o["model_id"], **fields)
-                if o["activate"]:
-                    reg = Registry.load(registry)
-                    reg.activate(o["model_id"])
-                    reg.save()
         except (KeyError, FileNotFoundError, ValueError) as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(self.style.SUCCESS(f"{o['model_id']}: updated"))
+        if o["activate"]:
+            self._activate(o["model_id"], registry, o)

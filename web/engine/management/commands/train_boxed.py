@@ -1,6 +1,7 @@
 """`manage.py train_boxed`: train a box-aware head (core.training.boxed_head) so the heat map
 points at the finding, evaluate it like every model and register it (inactive unless
---activate). Thin wrapper over core.training.boxed_pipeline; TensorFlow only inside handle()."""
+--activate --reason: then switched on through the registry's checked, audited step). Thin
+wrapper over core.training.boxed_pipeline; TensorFlow only inside handle()."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from web.clinical.registry.activation import ActivationRefused, registry_activation_reason_check
+from web.engine.management.commands.activate_model import activate_or_fail, command_line
 
 SHARED = Path(settings.BASE_DIR).parent / "shared"
 
@@ -57,13 +61,23 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=42)
         parser.add_argument("--registry", default=str(settings.RADTRIAGE_REGISTRY))
         parser.add_argument("--cache-dir", default=str(Path(settings.BASE_DIR) / "var" / "cache"))
-        parser.add_argument("--activate", action="store_true")
+        parser.add_argument(
+            "--activate",
+            action="store_true",
+            help="switch the model on once registered (artifact checked, audited; needs --reason)",
+        )
+        parser.add_argument("--reason", default=None, help="with --activate: why it goes live (audit log)")
 
     def handle(self, *args: Any, **o: Any) -> None:
         from core.training.boxed_head import BoxedHeadConfig
         from core.training.boxed_pipeline import train_boxed_model
         from core.training.model_ops import configure_tensorflow
 
+        if o["activate"]:
+            try:  # refused now, not after the training
+                registry_activation_reason_check(reason=o["reason"])
+            except ActivationRefused as exc:
+                raise CommandError(str(exc)) from None
         configure_tensorflow(seed=o["seed"])
         condition = o["condition"]
         boxes = None if o["no_boxes"] else Path(o["boxes"] or Path(o["data_root"]) / f"{condition}_boxes.csv")
@@ -93,8 +107,12 @@ class Command(BaseCommand):
             registry_path=o["registry"],
             config=config,
             cache_dir=o["cache_dir"],
-            activate=o["activate"],
             command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             log=lambda line: self.stdout.write(line),
         )
         self.stdout.write(self.style.SUCCESS(f"registered {entry['id']} (status {entry['status']})"))
+        if o["activate"]:
+            condition = activate_or_fail(
+                model_id=entry["id"], reason=o["reason"], registry=Path(o["registry"]), command=command_line()
+            )
+            self.stdout.write(self.style.SUCCESS(f"{entry['id']}: now the active {condition} model"))
