@@ -159,6 +159,7 @@ def test_one_current_verdict_per_radiologist_per_finding_counted_per_model(
             "model_id": "pneumonia-mobilenetv2-128-v1",
             "model_sha256": "ab" * 32,
             "condition": "pneumonia",
+            "ai_result": "finding",
             "verdict": "disagree",
             "count": 2,
         }

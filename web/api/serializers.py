@@ -8,7 +8,9 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core.conditions import CONDITIONS, KNOWN_BODY_PARTS, normalise_body_part
+from web.clinical.analysis.findings import RESULT_LABELS, ResultRecord
 from web.clinical.models import Analysis, Annotation, Image, Patient, Study
+from web.clinical.worklist.queries import WORKLIST_REGIONS, body_part_region, worklist_strongest
 
 PRIORITIES = {"stat": Study.Priority.STAT, "urgent": Study.Priority.URGENT, "routine": Study.Priority.ROUTINE}
 
@@ -122,6 +124,26 @@ class ImageSerializer(serializers.ModelSerializer):
         return reverse("api:image-thumbnail", args=[obj.pk]) if obj.thumbnail else None
 
 
+class StrongestResultSerializer(serializers.Serializer):
+    """The result a worklist row shows (web.clinical.analysis.findings.result_record): a finding
+    when the study has one, else an applicable result; a not-applicable, experimental or
+    placeholder result only when nothing applicable has finished."""
+
+    id = serializers.IntegerField(help_text="the analysis")
+    condition = serializers.CharField()
+    probability = serializers.FloatField(
+        allow_null=True, help_text="null for a placeholder's or a not-applicable result (meaningless)"
+    )
+    threshold = serializers.FloatField(allow_null=True, help_text="the model's operating threshold")
+    positive = serializers.BooleanField(
+        allow_null=True,
+        help_text="the label at the threshold; null where it means nothing (placeholder, not applicable)",
+    )
+    finding = serializers.BooleanField(help_text="an AI flag: the only kind that may raise a study")
+    kind = serializers.ChoiceField(choices=list(RESULT_LABELS))
+    label = serializers.CharField(help_text=f"the row's words: {'; '.join(RESULT_LABELS.values())}")
+
+
 class StudyListSerializer(serializers.ModelSerializer):
     patient = PatientSerializer(read_only=True)
     priority = serializers.CharField(source="get_priority_display", read_only=True)
@@ -132,6 +154,8 @@ class StudyListSerializer(serializers.ModelSerializer):
     assigned_radiologist = serializers.CharField(
         source="assigned_radiologist.username", default=None, read_only=True, allow_null=True
     )
+    region = serializers.SerializerMethodField()
+    strongest_result = serializers.SerializerMethodField()
 
     class Meta:
         model = Study
@@ -142,6 +166,7 @@ class StudyListSerializer(serializers.ModelSerializer):
             "study_date",
             "modality",
             "body_part",
+            "region",
             "description",
             "priority",
             "status",
@@ -150,12 +175,27 @@ class StudyListSerializer(serializers.ModelSerializer):
             "reviewed_at",
             "patient",
             "ai_flagged",
+            "strongest_result",
             "image_count",
             "pending_count",
             "failed_count",
             "created_at",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(
+        serializers.ChoiceField(
+            choices=list(WORKLIST_REGIONS), allow_blank=True, help_text="the body region (worklist ?region=)"
+        )
+    )
+    def get_region(self, obj: Study) -> str:
+        return body_part_region(obj.body_part)
+
+    @extend_schema_field(StrongestResultSerializer(allow_null=True))
+    def get_strongest_result(self, obj: Study) -> ResultRecord | None:
+        if not hasattr(obj, "strongest_result"):
+            worklist_strongest([obj])
+        return obj.strongest_result  # type: ignore[attr-defined, no-any-return]
 
 
 class StudyDetailSerializer(StudyListSerializer):
@@ -353,6 +393,9 @@ class VerdictCountSerializer(serializers.Serializer):
     model_id = serializers.CharField()
     model_sha256 = serializers.CharField()
     condition = serializers.CharField()
+    ai_result = serializers.ChoiceField(
+        choices=list(RESULT_LABELS), help_text="what the AI said: the result's kind by the finding rule"
+    )
     verdict = serializers.CharField(source="verdict_value")
     count = serializers.IntegerField()
 

@@ -59,6 +59,7 @@ from web.clinical.worklist.queries import (
     study_detail,
     study_worklist,
     worklist_filters_parse,
+    worklist_strongest,
 )
 
 log = logging.getLogger(__name__)
@@ -235,8 +236,17 @@ def bulk_upload_summary(items: list[BulkUploadItem]) -> dict[str, Any]:
     parameters=[
         OpenApiParameter("status", str, enum=list(Study.Status.values)),
         OpenApiParameter("condition", str, description="studies with an analysis of this condition"),
-        OpenApiParameter("positive", bool, description="only studies with a real AI finding"),
-        OpenApiParameter("region", str, enum=list(WORKLIST_REGIONS)),
+        OpenApiParameter(
+            "positive",
+            bool,
+            description="only studies with an AI finding; with condition, a finding for that condition",
+        ),
+        OpenApiParameter(
+            "region",
+            str,
+            enum=list(WORKLIST_REGIONS),
+            description="the body region rows show (region); chest, limb, knee, other still accepted",
+        ),
         OpenApiParameter("date_from", str, description="study date from (YYYY-MM-DD)"),
         OpenApiParameter("date_to", str, description="study date to (YYYY-MM-DD)"),
         OpenApiParameter("assigned", str, enum=list(ASSIGNED_CHOICES)),
@@ -256,6 +266,12 @@ class StudyListView(generics.ListAPIView):
         except WorklistFilterError as exc:
             raise ValidationError({exc.field: str(exc)}) from None
         return study_worklist(filters=filters, user=self.request.user)
+
+    def paginate_queryset(self, queryset: Any) -> Any:
+        page = super().paginate_queryset(queryset)
+        if page is not None:
+            worklist_strongest(page)  # each row's strongest_result: one query for the page
+        return page
 
 
 class StudyDetailView(generics.RetrieveAPIView):

@@ -220,10 +220,17 @@ def study_strongest_result() -> Subquery:
     return Subquery(results_ranked(finished).values("pk")[:1])
 
 
+def strongest_of(analyses: Iterable[Analysis]) -> Analysis | None:
+    """study_strongest_result in memory, over a study's analyses already loaded."""
+    finished = [a for a in analyses if a.state == Analysis.State.SUCCEEDED]
+    return min(finished, key=result_rank_key) if finished else None
+
+
 class ResultRecord(TypedDict):
     id: int
     condition: str
     probability: float | None
+    threshold: float | None
     positive: bool | None
     finding: bool
     kind: str
@@ -239,6 +246,7 @@ def result_record(analysis: Analysis) -> ResultRecord:
         "id": analysis.pk,
         "condition": analysis.condition,
         "probability": None if meaningless else analysis.probability,
+        "threshold": None if meaningless else analysis.threshold,
         "positive": None if meaningless or analysis.positive is None else bool(analysis.positive),
         "finding": kind == "finding",
         "kind": kind,

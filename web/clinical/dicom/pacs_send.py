@@ -92,12 +92,15 @@ def pacs_send_fail(*, send_id: int, message: str) -> None:
 
 
 def results_datasets(image: Image) -> list[Dataset]:
+    from web.clinical.analysis.findings import current_results
     from web.clinical.reporting.dicom_sc import analysis_secondary_capture
     from web.clinical.reporting.dicom_sr import image_structured_report
 
     out = [image_structured_report(image=image)]
-    for analysis in image.analyses.filter(state=Analysis.State.SUCCEEDED).exclude(heatmap_raw=""):
-        out.append(analysis_secondary_capture(analysis=analysis))
+    # The heat maps of the results the SR reports (the current one per condition), no others.
+    for analysis in current_results(image.analyses.filter(state=Analysis.State.SUCCEEDED)):
+        if analysis.heatmap_raw:
+            out.append(analysis_secondary_capture(analysis=analysis))
     return out
 
 

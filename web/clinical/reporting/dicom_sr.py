@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from core.conditions import get_condition
+from web.clinical.analysis.findings import current_results, result_kind
 from web.clinical.dicom.reference import (
     BANNER,
     MANUFACTURER,
@@ -38,13 +39,11 @@ CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
 
 
 def image_structured_report(*, image: Image) -> Dataset:
-    """The latest finished analysis of each condition of the image, as a Comprehensive SR."""
-    latest: dict[str, Analysis] = {}
-    for analysis in image.analyses.filter(state=Analysis.State.SUCCEEDED).order_by("finished_at", "id"):
-        latest[analysis.condition] = analysis
-    if not latest:
+    """The current result of each condition of the image (analysis.findings.current_results,
+    the rule the PDF follows too), strongest first, as a Comprehensive SR."""
+    analyses = current_results(image.analyses.filter(state=Analysis.State.SUCCEEDED))
+    if not analyses:
         raise ResultNotReady(f"Image {image.pk} has no finished analysis yet.")
-    analyses = [latest[c] for c in sorted(latest)]
     ref = reference_dataset(image)
     root = hd.sr.ContainerContentItem(name=TITLE)
     root.ContentSequence = hd.sr.ContentSequence(
@@ -66,18 +65,22 @@ def image_structured_report(*, image: Image) -> Dataset:
 
 
 def _versions(analyses: Sequence[Analysis]) -> list[str]:
-    return [f"{a.pk}:{a.finished_at}" for a in analyses]
+    # In condition order whatever the order shown: the same results, the same instance UID.
+    return [f"{a.pk}:{a.finished_at}" for a in sorted(analyses, key=lambda a: a.condition)]
 
 
 def result_words(analysis: Analysis) -> str:
-    if analysis.is_placeholder:
-        return f"placeholder, no trained model: {analysis.placeholder_reason}"[:1024]
-    if analysis.applicable is False:
-        return f"not applicable: {analysis.not_applicable_reason}"[:1024]
+    """The AI result in words, by the finding rule's kind: a placeholder's, a not-applicable or
+    an experimental result never reads as a plain positive."""
+    kind = result_kind(analysis)
     label = "positive" if analysis.positive else "negative"
-    if analysis.experimental:
+    if kind == "placeholder":
+        return f"placeholder, no trained model: {analysis.placeholder_reason}"[:1024]
+    if kind == "not_applicable":
+        return f"not applicable: {analysis.not_applicable_reason}"[:1024]
+    if kind == "experimental":
         return f"experimental model, {label}: {analysis.experimental_reason}"[:1024]
-    return label
+    return "positive" if kind == "finding" else "negative"
 
 
 def _finding(analysis: Analysis, ref: Dataset) -> hd.sr.ContainerContentItem:

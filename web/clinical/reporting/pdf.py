@@ -14,7 +14,8 @@ from django.template.loader import render_to_string
 
 from core.conditions import get_condition
 from core.wording import NOT_APPLICABLE, PLACEHOLDER
-from web.clinical.models import Analysis, Annotation, Image, Report
+from web.clinical.analysis.findings import current_results, result_kind
+from web.clinical.models import Analysis, Annotation, Image, Report, Study
 
 AI_STATEMENT = (
     "AI output supports and does not replace the radiologist's reading. Heat maps show where "
@@ -23,13 +24,24 @@ AI_STATEMENT = (
 PICTURE_MAX_SIDE = 900  # pixels: sharp in print at the width the page gives a picture
 
 
+# The result column in words, by the finding rule's kind: placeholder, not-applicable and
+# experimental outputs never appear as a result.
+AI_RESULT_WORDS = {
+    "finding": "Positive (AI flag)",
+    "negative": "Negative",
+    "experimental": "Experimental (not a finding)",
+    "not_applicable": "Outside the model's population",
+    "placeholder": "No AI result (placeholder model)",
+}
+
+
 @dataclass
 class Finding:
     image_label: str
     condition: str
     probability: str
     threshold: str
-    ai_result: str  # "Positive" / "Negative", or why there is no AI result
+    ai_result: str  # AI_RESULT_WORDS
     warning: str
     model: str
     verdicts: list[str] = field(default_factory=list)
@@ -67,7 +79,7 @@ def report_html(report: Report) -> str:
         "patient": study.patient,
         "earlier": earlier,
         "figures": [_pictures(index, image) for index, image in enumerate(images, start=1)],
-        "findings": [f for index, image in enumerate(images, start=1) for f in _findings(index, image)],
+        "findings": report_findings(study),
         "statement": AI_STATEMENT,
         "signer": _person(report.signed_by) if report.signed_by else "",
         "author": _person(report.author),
@@ -80,24 +92,23 @@ def _person(user: Any) -> str:
     return f"{full} ({user.get_username()})" if full else user.get_username()
 
 
-def _latest_per_condition(image: Image) -> list[Analysis]:
-    latest: dict[str, Analysis] = {}
-    for analysis in image.analyses.all():  # oldest first: a re-run replaces the earlier one
-        if analysis.state == Analysis.State.SUCCEEDED:
-            latest[analysis.condition] = analysis
-    return list(latest.values())
+def report_findings(study: Study) -> list[Finding]:
+    """The findings table: each image's current result per condition (analysis.findings), the
+    strongest first, as the report shows them."""
+    images = study.images.order_by("created_at", "id").prefetch_related("analyses", "annotations")
+    return [f for index, image in enumerate(images, start=1) for f in _findings(index, image)]
 
 
 def _findings(index: int, image: Image) -> list[Finding]:
     rows = []
-    for analysis in _latest_per_condition(image):
+    for analysis in current_results(image.analyses.all()):
         rows.append(
             Finding(
                 image_label=f"Image {index}",
                 condition=get_condition(analysis.condition).label,
                 probability=_number(None if analysis.is_placeholder else analysis.probability),
                 threshold=_number(None if analysis.is_placeholder else analysis.threshold),
-                ai_result=_ai_result(analysis),
+                ai_result=AI_RESULT_WORDS[result_kind(analysis) or ""],
                 warning=_warning(analysis),
                 model=f"{analysis.model_id} (sha256 {analysis.model_sha256[:12] or 'none: no artifact'})",
                 verdicts=_verdicts(image, analysis),
@@ -108,17 +119,6 @@ def _findings(index: int, image: Image) -> list[Finding]:
 
 def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
-
-
-def _ai_result(analysis: Analysis) -> str:
-    """Placeholder, not-applicable and experimental outputs never appear as a result."""
-    if analysis.is_placeholder:
-        return "No AI result (placeholder model)"
-    if analysis.applicable is False:
-        return "Outside the model's population"
-    if analysis.experimental:
-        return "Experimental (not a finding)"
-    return "Positive" if analysis.positive else "Negative"
 
 
 def _warning(analysis: Analysis) -> str:
@@ -156,7 +156,7 @@ def _pictures(index: int, image: Image) -> list[Picture]:
             _data_uri(_fit(_draw_annotations(np.repeat(gray[:, :, None], 3, axis=2), annotations))),
         )
     ]
-    for analysis in _latest_per_condition(image):
+    for analysis in current_results(image.analyses.all()):
         if not analysis.heatmap_raw or analysis.is_placeholder:
             continue
         overlay = render_overlay(gray, _raw_heatmap(analysis))

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import (
-    Count,
-    F,
-    QuerySet,
-)
+from django.db.models import Count, F, QuerySet
+
+from web.clinical.analysis.findings import result_kind_expression
 
 
 def verdict_counts() -> list[dict[str, Any]]:
-    """Current verdicts counted per model (id and checksum), condition and verdict."""
+    """Current verdicts counted per model (id and checksum), condition, what the AI said (the
+    finding rule's kind: a verdict on a flag and one on a negative mean different things) and
+    verdict."""
     from web.clinical.models import Annotation
 
     return list(
@@ -21,10 +21,11 @@ def verdict_counts() -> list[dict[str, Any]]:
             model_id=F("analysis__model_id"),
             model_sha256=F("analysis__model_sha256"),
             condition=F("analysis__condition"),
+            ai_result=result_kind_expression("analysis__"),
             verdict_value=F("verdict"),
         )
         .annotate(count=Count("pk"))
-        .order_by("model_id", "condition", "verdict_value")
+        .order_by("model_id", "condition", "ai_result", "verdict_value")
     )
 
 

@@ -14,25 +14,25 @@ from django.db.models import (
     DateTimeField,
     Exists,
     F,
-    IntegerField,
     OuterRef,
     Prefetch,
     Q,
     QuerySet,
     Subquery,
-    Value,
     When,
 )
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from core.conditions import (
-    CHEST_PARTS,
-    CONDITION_URGENCY,
-    CONDITIONS,
-    KNEE_PARTS,
-    LIMB_PARTS,
-    OTHER_BODY_PARTS,
+from core.applicability import REGIONS, region_of_body_part
+from core.conditions import CONDITIONS, KNOWN_BODY_PARTS, REGION_BODY_PART
+from web.clinical.analysis.findings import (
+    findings,
+    result_record,
+    results_ranked,
+    strongest_of,
+    study_has_finding,
+    study_strongest_result,
 )
 from web.clinical.models import Analysis, BatchItem, Image, Study
 
@@ -66,12 +66,46 @@ class WorklistFilters:
     batch: int | None = None  # only the studies of this batch's files
 
 
-# Body regions the worklist filters by (DICOM BodyPartExamined values of each).
-WORKLIST_REGIONS: dict[str, frozenset[str]] = {
-    "chest": CHEST_PARTS,
-    "limb": LIMB_PARTS | KNEE_PARTS,
-    "other": OTHER_BODY_PARTS,
+# The body regions a row is labelled with and the worklist filters by: the body part a PNG/JPEG
+# of a recognised region is filed under (core.conditions.REGION_BODY_PART: CHEST, KNEE,
+# EXTREMITY), and OTHER. A DICOM body part belongs to the region the applicability check gives
+# it (core.applicability.region_of_body_part: HAND is an EXTREMITY, KNEE a KNEE).
+OTHER_REGION = "OTHER"
+WORKLIST_REGIONS: tuple[str, ...] = (*(REGION_BODY_PART[r] for r in REGIONS), OTHER_REGION)
+# Earlier values of the filter (and the recogniser's own names), still understood.
+REGION_ALIASES: dict[str, str] = {**{r: REGION_BODY_PART[r] for r in REGIONS}, "other": OTHER_REGION}
+
+
+def body_part_region(body_part: str) -> str:
+    """The region label a row shows for a study's body part: 'HAND' -> 'EXTREMITY'; '' if none."""
+    if not body_part:
+        return ""
+    region = region_of_body_part(body_part)
+    return REGION_BODY_PART[region] if region else OTHER_REGION
+
+
+# Each region label -> the known body parts it stands for (the filter's query; the row's label).
+_REGION_PARTS: dict[str, frozenset[str]] = {
+    label: frozenset(p for p in KNOWN_BODY_PARTS if body_part_region(p) == label)
+    for label in WORKLIST_REGIONS
 }
+
+
+def _region_q(label: str) -> Q:
+    if label == OTHER_REGION:  # any body part no region claims (not a blank one)
+        claimed = set().union(*(_REGION_PARTS[r] for r in WORKLIST_REGIONS if r != OTHER_REGION))
+        return ~Q(body_part__in=sorted(claimed)) & ~Q(body_part="")
+    return Q(body_part__in=sorted(_REGION_PARTS[label]))
+
+
+def region_parse(value: str) -> str:
+    """A region filter value -> its label; WorklistFilterError for one the worklist does not know."""
+    label = value.upper() if value.upper() in WORKLIST_REGIONS else REGION_ALIASES.get(value.lower(), "")
+    if not label:
+        raise WorklistFilterError(
+            "region", f"Unknown body region '{value}'; use one of {', '.join(WORKLIST_REGIONS)}."
+        )
+    return label
 
 
 ASSIGNED_CHOICES = ("mine", "unassigned")
@@ -105,8 +139,6 @@ def worklist_filters_parse(params: Mapping[str, Any]) -> WorklistFilters:
         raise WorklistFilterError("status", f"Unknown status; use one of {', '.join(Study.Status.values)}.")
     if condition and condition not in CONDITIONS:
         raise WorklistFilterError("condition", f"Unknown condition; use one of {', '.join(CONDITIONS)}.")
-    if region and region not in WORKLIST_REGIONS:
-        raise WorklistFilterError("region", f"Unknown body region; use one of {', '.join(WORKLIST_REGIONS)}.")
     if assigned and assigned not in ASSIGNED_CHOICES:
         raise WorklistFilterError("assigned", "Use assigned=mine or assigned=unassigned.")
     batch = text("batch")
@@ -116,28 +148,13 @@ def worklist_filters_parse(params: Mapping[str, Any]) -> WorklistFilters:
         status=status,
         condition=condition,
         positive_only=text("positive") in ("1", "true", "on", "yes"),
-        region=region,
+        region=region_parse(region) if region else "",
         date_from=date("date_from"),
         date_to=date("date_to"),
         assigned=assigned,
         q=text("q")[:100],
         batch=int(batch) if batch else None,
     )
-
-
-def _urgency_of_condition() -> Case:
-    return Case(
-        *[When(Q(condition=code), then=Value(level)) for code, level in CONDITION_URGENCY.items()],
-        default=Value(0),
-        output_field=IntegerField(),
-    )
-
-
-def _real_findings() -> QuerySet[Analysis]:
-    """Analysis.is_finding as a query (a not-applicable result is stored with positive=None)."""
-    return Analysis.objects.filter(
-        state=Analysis.State.SUCCEEDED, positive=True, is_placeholder=False, experimental=False
-    ).exclude(applicable=False)
 
 
 def study_worklist(
@@ -152,8 +169,9 @@ def study_worklist(
        (core.conditions.CONDITION_URGENCY), then by its probability;
     4. then the longest waiting first.
 
-    A reported study no longer waits. `strongest_id` is the analysis the row shows: the most
-    urgent real finding, else the most probable finished result.
+    A study read (reviewed or reported) no longer waits. `strongest_id` is the result the row shows
+    (analysis.findings.study_strongest_result: a finding when there is one, else an applicable
+    result; a not-applicable, experimental or placeholder one only when nothing else finished).
     """
     filters = filters or WorklistFilters(status=status or "")
     now = timezone.now()
@@ -165,17 +183,8 @@ def study_worklist(
         .annotate(n=Count("pk"))
         .values("n")[:1]
     )
-    finding = _real_findings().filter(image__study=OuterRef("pk")).annotate(urgency=_urgency_of_condition())
-    top_finding = finding.order_by("-urgency", "-probability")
-    strongest = (
-        Analysis.objects.filter(image__study=OuterRef("pk"), state=Analysis.State.SUCCEEDED)
-        .annotate(
-            urgency=_urgency_of_condition(),
-            real=Exists(_real_findings().filter(pk=OuterRef("pk"))),
-        )
-        .order_by("-real", "-urgency", F("probability").desc(nulls_last=True), "-id")
-        .values("pk")[:1]
-    )
+    # The finding the study is sorted by is the one its row shows (the same ranking).
+    top_finding = results_ranked(findings().filter(image__study=OuterRef("pk")))
     open_statuses = [s for s in Study.Status.values if s != Study.Status.REPORTED]
     qs = (
         Study.objects.select_related("patient", "assigned_radiologist")
@@ -183,14 +192,14 @@ def study_worklist(
             image_count=Coalesce(Subquery(images), 0),
             pending_count=_analysis_count(state__in=[Analysis.State.QUEUED, Analysis.State.RUNNING]),
             failed_count=_analysis_count(state=Analysis.State.FAILED),
-            finding_urgency=Coalesce(Subquery(top_finding.values("urgency")[:1]), 0),
+            finding_urgency=Coalesce(Subquery(top_finding.values("result_urgency")[:1]), 0),
             finding_probability=Coalesce(Subquery(top_finding.values("probability")[:1]), 0.0),
             overdue_since=Case(
                 When(created_at__lte=cap, status__in=open_statuses, then=F("created_at")),
                 default=None,
                 output_field=DateTimeField(),
             ),
-            strongest_id=Subquery(strongest),
+            strongest_id=study_strongest_result(),
         )
         .order_by(
             "priority",
@@ -207,12 +216,14 @@ def study_worklist(
 def _filtered(qs: QuerySet[Study], f: WorklistFilters, *, user: Any) -> QuerySet[Study]:
     if f.status:
         qs = qs.filter(status=f.status)
-    if f.condition:
+    if f.condition and f.positive_only:  # a finding for this condition, not any finding
+        qs = qs.filter(study_has_finding(condition=f.condition))
+    elif f.condition:  # a result (or a request) for this condition, whatever it says
         qs = qs.filter(Exists(Analysis.objects.filter(image__study=OuterRef("pk"), condition=f.condition)))
-    if f.positive_only:
+    elif f.positive_only:  # the stored flag: any finding, kept by the finding rule
         qs = qs.filter(ai_flagged=True)
     if f.region:
-        qs = qs.filter(body_part__in=sorted(WORKLIST_REGIONS[f.region]))
+        qs = qs.filter(_region_q(f.region))
     if f.date_from:
         qs = qs.filter(study_date__gte=f.date_from)
     if f.date_to:
@@ -236,16 +247,24 @@ def _filtered(qs: QuerySet[Study], f: WorklistFilters, *, user: Any) -> QuerySet
 
 
 def worklist_strongest(studies: list[Study]) -> None:
-    """Attach `strongest` (the Analysis the row shows, or None) to each study of a page:
-    one query for the page."""
+    """Attach to each study `strongest` (the Analysis its row shows, or None), `strongest_result`
+    (analysis.findings.result_record of it, or None) and `region` (body_part_region). A page of
+    study_worklist rows costs one query; a study loaded with study_detail, none (its analyses
+    are ranked in memory by the same rule)."""
     ids = [getattr(s, "strongest_id", None) for s in studies]
     by_id = {a.pk: a for a in Analysis.objects.filter(pk__in=[i for i in ids if i])}
     for study, strongest_id in zip(studies, ids, strict=True):
-        study.strongest = by_id.get(strongest_id) if strongest_id else None  # type: ignore[attr-defined]
+        if hasattr(study, "strongest_id"):
+            strongest = by_id.get(strongest_id) if strongest_id else None
+        else:
+            strongest = strongest_of(a for image in study.images.all() for a in image.analyses.all())
+        study.strongest = strongest  # type: ignore[attr-defined]
+        study.strongest_result = result_record(strongest) if strongest else None  # type: ignore[attr-defined]
+        study.region = body_part_region(study.body_part)  # type: ignore[attr-defined]
 
 
 def waiting_label(study: Study, *, now: dt.datetime | None = None) -> str:
-    """'3 h 12 min' since the study arrived; '—' once reported."""
+    """'3 h 12 min' since the study arrived; '—' once read (reviewed or reported)."""
     if study.status == Study.Status.REPORTED:
         return "—"
     minutes = max(0, int(((now or timezone.now()) - study.created_at).total_seconds() // 60))
@@ -258,14 +277,16 @@ def waiting_label(study: Study, *, now: dt.datetime | None = None) -> str:
 
 
 def study_detail(*, study_id: int) -> Study:
-    """One study with its images and their analyses, newest analysis last. Raises DoesNotExist."""
+    """One study with its images and their analyses, strongest first (findings, then applicable
+    results, then not-applicable, experimental and placeholder ones, then unfinished). Raises
+    DoesNotExist."""
     return (
         Study.objects.select_related("patient", "assigned_radiologist")
         .prefetch_related(
             Prefetch(
                 "images",
                 queryset=Image.objects.order_by("created_at", "id").prefetch_related(
-                    Prefetch("analyses", queryset=Analysis.objects.order_by("created_at", "id")),
+                    Prefetch("analyses", queryset=results_ranked(Analysis.objects.all())),
                     "annotations",
                 ),
             )
