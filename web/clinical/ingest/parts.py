@@ -26,6 +26,7 @@ from core.conditions import (
 from core.errors import RadTriageError, UnknownConditionError, XRayDecodeError
 from core.imaging import XRay, load_xray, validate_radiograph
 from web.clinical.files import field_file_save, thumbnail_jpeg
+from web.clinical.ingest.prechecks import upload_precheck
 from web.clinical.models import Analysis, Image, Patient, Study
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,9 @@ class Decoded:
 
 
 def pixels_digest(pixels: np.ndarray) -> str:
-    head = f"{pixels.shape}{pixels.dtype}".encode()
-    return hashlib.sha256(head + np.ascontiguousarray(pixels).tobytes()).hexdigest()
+    digest = hashlib.sha256(f"{pixels.shape}{pixels.dtype}".encode())
+    digest.update(memoryview(np.ascontiguousarray(pixels)).cast("B"))  # no copy of the pixels
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,11 @@ class Plan:
 
 
 def upload_decode(source: UploadSource, filename: str) -> Decoded:
+    if not isinstance(source, bytes):
+        try:
+            upload_precheck(source)  # refused from its header: never read whole (ingest.prechecks)
+        except XRayDecodeError as exc:
+            raise UploadRejected(str(exc)) from None
     data = source if isinstance(source, bytes) else _read_all(source)
     try:
         xray = validate_radiograph(load_xray(data, max_pixels=settings.RADTRIAGE_MAX_PIXELS))
@@ -298,6 +305,9 @@ class BulkUploadItem:
 
     @classmethod
     def refused(cls, filename: str, exc: UploadRejected) -> BulkUploadItem:
+        # The refusal without its traceback: its frames hold the file's bytes, and a batch of
+        # refused 150 MB files held them all until the response (+770 MB for four).
+        exc.__traceback__ = exc.__context__ = exc.__cause__ = None
         return cls(filename, error=str(exc), status_code=exc.status_code, rejection=exc)
 
 
