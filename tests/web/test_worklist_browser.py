@@ -74,11 +74,11 @@ def test_a_radiologist_searches_filters_claims_and_live_updates_keep_the_filter(
     expect(page.locator("#worklist-body tr[data-study-id]")).to_have_count(1)
     expect(page.locator("#worklist-body tr[data-study-id]")).to_contain_text("MRN-LIVE-1")
 
-    # Filter by body region; claim one of the two chest studies.
+    # Filter by body region (the regions the rows show); claim one of the two chest studies.
     page.fill("#worklist-filters input[name=q]", "")
-    page.select_option("#worklist-filters select[name=region]", "chest")
+    page.select_option("#worklist-filters select[name=region]", "CHEST")
     page.click("#worklist-filters button[type=submit]")
-    expect(page).to_have_url(re.compile(r"region=chest"))
+    expect(page).to_have_url(re.compile(r"region=CHEST"))
     rows = page.locator("#worklist-body tr[data-study-id]")
     expect(rows).to_have_count(2)
     mine = page.locator("#worklist-body tr", has_text="MRN-LIVE-1")
@@ -97,7 +97,7 @@ def test_a_radiologist_searches_filters_claims_and_live_updates_keep_the_filter(
     expect(rows).to_have_count(2)
     expect(page.locator("#worklist-body")).not_to_contain_text("MRN-LIVE-3")
     assert page.evaluate("window.__notReloaded") is True
-    assert "region=chest" in page.url
+    assert "region=CHEST" in page.url
 
     OUTPUT.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(OUTPUT / "worklist.png"), full_page=True)
