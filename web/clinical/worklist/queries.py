@@ -33,6 +33,7 @@ from web.clinical.analysis.findings import (
     strongest_of,
     study_has_finding,
     study_strongest_result,
+    urgency_of_condition,
 )
 from web.clinical.models import Analysis, BatchItem, Image, Study
 
@@ -192,7 +193,7 @@ def study_worklist(
             image_count=Coalesce(Subquery(images), 0),
             pending_count=_analysis_count(state__in=[Analysis.State.QUEUED, Analysis.State.RUNNING]),
             failed_count=_analysis_count(state=Analysis.State.FAILED),
-            finding_urgency=Coalesce(Subquery(top_finding.values("result_urgency")[:1]), 0),
+            finding_urgency=Coalesce(Subquery(top_finding.values(u=urgency_of_condition())[:1]), 0),
             finding_probability=Coalesce(Subquery(top_finding.values("probability")[:1]), 0.0),
             overdue_since=Case(
                 When(created_at__lte=cap, status__in=open_statuses, then=F("created_at")),
