@@ -114,9 +114,10 @@ def test_an_archive_batch_counts_every_file_and_refuses_the_hostile_ones_alone(
     }
     assert "zip-slip" in reasons["../../escaped.dcm"] and "absolute" in reasons["/etc/absolute.dcm"]
     assert "zip bomb" in reasons["bomb.dcm"] and "nested" in reasons["inner.zip"]
-    # Patients: the DICOM headers, the patients.csv for p0/p1, the file names for q0/q1.
-    assert body["patients_from"] == {"DICOM header": 47, "patients.csv": 2, "file name": 2}
-    assert Image.objects.filter(study__patient__patient_id__in=["MRN-CSV0", "q0"]).count() == 2
+    # Patients: the DICOM headers, the patients.csv for p0/p1; q0/q1 have none: unidentified.
+    assert body["patients_from"] == {"DICOM header": 47, "patients.csv": 2, "unidentified": 2}
+    assert Image.objects.filter(study__patient__patient_id="MRN-CSV0").count() == 1
+    assert Image.objects.filter(study__patient__patient_id__startswith="UNIDENTIFIED-").count() == 2
     assert Image.objects.get(study__patient__patient_id="MRN-CSV1").study.accession_number == "A1"
     # Nothing of the escaping members was stored anywhere; inside MEDIA_ROOT only the 50.
     assert not Image.objects.filter(study__patient__patient_id__in=["MRN-ESCAPE", "MRN-ABS"]).exists()
@@ -327,15 +328,19 @@ def test_import_batch_inline_json_on_real_images(transactional_db, tiny_registry
     summary = json.loads(out.stdout)
     assert (summary["files"], summary["accepted"], summary["duplicates"]) == (6, 4, 0)
     assert {r["file"] for r in summary["refused"]} == {"broken.jpg", "nested.zip"}
-    assert summary["patients_from"] == {"patients.csv": 1, "file name": 3}
+    assert summary["patients_from"] == {"patients.csv": 1, "unidentified": 3}
     assert (summary["analyses_done"], summary["analyses_failed"]) == (4, 0)
     assert set(summary["positives"]) == {"pneumonia"} and 0 <= summary["positives"]["pneumonia"] <= 4
     assert len(summary["studies"]) == 4
     batch = Batch.objects.get(pk=summary["batch"])
     assert batch.state == "done" and batch.source == "folder"
     assert BatchItem.objects.get(batch=batch, filename=first).image.study.patient.patient_id == "MRN-REAL1"
-    stems = {Path(r[0]).stem for r in chosen[1:]}
-    assert stems <= set(Image.objects.values_list("study__patient__patient_id", flat=True))
+    # The others came without patient fields: filed as unidentified, never under their file names.
+    others = Image.objects.exclude(study__patient__patient_id="MRN-REAL1")
+    assert others.count() == 3
+    assert all(
+        p.startswith("UNIDENTIFIED-") for p in others.values_list("study__patient__patient_id", flat=True)
+    )
     assert all(
         a.model_id == "pneumonia-tiny-test" and a.heatmap_raw for a in Analysis.objects.filter(batch=batch)
     )

@@ -101,13 +101,13 @@ def test_the_uploader_can_choose_which_conditions_run(api, db) -> None:
     assert list(Analysis.objects.values_list("condition", flat=True)) == ["pneumonia"]
 
 
-def test_a_png_without_a_patient_id_is_refused_and_leaves_nothing_behind(api, db) -> None:
+def test_a_png_without_a_patient_id_is_filed_as_unidentified_not_under_its_name(api, db) -> None:
     response = upload(api, png_bytes(), "chest.png", body_part="chest")
 
-    assert response.status_code == 400
-    assert "patient ID" in response.json()["error"]
-    assert not Patient.objects.exists() and not Image.objects.exists()
-    assert media_files() == []
+    assert response.status_code == 201
+    [patient] = Patient.objects.all()
+    assert patient.patient_id.startswith("UNIDENTIFIED-") and patient.name == "(unidentified)"
+    assert any(patient.patient_id in w for w in response.json()["warnings"])
 
 
 def test_a_truncated_dicom_is_refused_with_the_decoder_message(api, db) -> None:

@@ -55,8 +55,13 @@ def test_a_single_upload_raises_the_refusal_the_batch_reports(db) -> None:
         image_upload(
             data=png_bytes(seed=8), filename="a.png", fields=UploadFields(patient_id="MRN-Y"), conditions=[]
         )
-    with pytest.raises(UploadRejected, match="patient ID"):
-        image_upload(data=png_bytes(seed=9), filename="b.png", fields=UploadFields(), conditions=[])
+    with pytest.raises(UploadRejected, match="not a valid DICOM UID"):
+        image_upload(
+            data=png_bytes(seed=9),
+            filename="b.png",
+            fields=UploadFields(patient_id="MRN-X", study_instance_uid="not-a-uid"),
+            conditions=[],
+        )
 
     assert clash.value.status_code == 409 and clash.value.conflict.pk
     assert Image.objects.count() == 1 and not Patient.objects.filter(patient_id="MRN-Y").exists()

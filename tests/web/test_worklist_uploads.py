@@ -50,13 +50,16 @@ def test_each_file_of_a_bulk_upload_says_what_happened_to_it(db, django_user_mod
     assert len(outcomes["broken.dcm"]) > len("Refused: ") + 10
 
 
-def test_a_png_gets_its_own_patient_and_a_refusal_says_why(db, django_user_model) -> None:
+def test_a_png_gets_its_own_patient_and_one_without_is_filed_as_unidentified(db, django_user_model) -> None:
     api = technologist_api(django_user_model)
 
     missing = upload(api, png_bytes(seed=21), "nobody.png")
     stored = upload(api, png_bytes(seed=22), "knee.png", patient_id="MRN-PNG-1", body_part="KNEE")
 
-    assert missing.status_code == 400 and "patient ID (MRN) is required" in missing.json()["error"]
+    # The one patient-ID rule of every route: a generated, labelled ID, and the upload says so.
+    assert missing.status_code == 201
+    assert missing.json()["study"]["patient"]["patient_id"].startswith("UNIDENTIFIED-")
+    assert any("No patient ID came with this file" in w for w in missing.json()["warnings"])
     assert stored.status_code == 201
     assert "of patient MRN-PNG-1, body part KNEE" in stored.json()["outcome"]
     assert stored.json()["study"]["patient"]["patient_id"] == "MRN-PNG-1"

@@ -24,8 +24,9 @@ from web.clinical.models import Batch
 
 class BatchCreateSerializer(UploadFieldsSerializer):
     """A .zip archive (`archive`) or several files (repeat `files`). PNG/JPEG files take their
-    patient from a patients.csv in the archive, else the form's patient_id, else the file
-    name's stem."""
+    patient from a patients.csv in the archive, else the form's patient_id; a file with neither
+    is filed as unidentified (a generated UNIDENTIFIED-<id>, named "(unidentified)"), as on
+    every upload route, and its item says so."""
 
     archive = serializers.FileField(required=False)
     files = serializers.ListField(child=serializers.FileField(allow_empty_file=True), required=False)

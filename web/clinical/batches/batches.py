@@ -28,7 +28,7 @@ from web.clinical.analysis.jobs import analyses_dispatch, analyses_run
 from web.clinical.audit.records import audit_record
 from web.clinical.events import GroupListener, batch_event_publish, batch_group
 from web.clinical.ingest.archive_safety import Member
-from web.clinical.ingest.parts import BulkUploadItem, UploadFields
+from web.clinical.ingest.parts import BulkUploadItem, UploadFields, UploadResult, patient_is_unidentified
 from web.clinical.ingest.uploads import images_upload_many
 from web.clinical.models import Analysis, Batch, BatchItem
 
@@ -39,7 +39,7 @@ IMPORT_CHUNK = 50
 ENDED = (Analysis.State.SUCCEEDED, Analysis.State.FAILED)
 
 PATIENT_FROM_CSV = "patients.csv"
-PATIENT_FROM_NAME = "file name"
+PATIENT_FROM_NONE = "unidentified"  # no patient fields: filed under a generated ID (parts.py)
 PATIENT_FROM_HEADER = "DICOM header"
 PATIENT_FROM_FORM = "form"
 
@@ -133,8 +133,8 @@ def _patient_for(
         )
     if form is not None and form.patient_id:
         return form, PATIENT_FROM_FORM
-    base = form or UploadFields()
-    return UploadFields(**{**base.__dict__, "patient_id": path.stem[:64]}), PATIENT_FROM_NAME
+    # The upload's one patient-ID rule files it under a generated UNIDENTIFIED-... ID.
+    return form or UploadFields(), PATIENT_FROM_NONE
 
 
 def batch_import(
@@ -154,7 +154,8 @@ def batch_import(
 
     Each file is accepted, recognised as a duplicate, or refused with its reason (a refused
     file never stops the others). PNG/JPEG files take their patient from a patients.csv in
-    their folder, else from `fields` (a browser form), else the file name's stem. The
+    their folder, else from `fields` (a browser form), else they are filed as unidentified
+    (the upload's one patient-ID rule: web.clinical.ingest.parts.patient_values). The
     analyses go on the batch queue now, or wait for the night window when `overnight`, or,
     `inline`, wait for batch_run_inline in this process: never sent to the workers as well,
     where a running worker would race the inline run for them.
@@ -274,7 +275,7 @@ def _import_chunk(
                 filename=member.name[:1024],
                 status=BatchItem.Status.ACCEPTED if result.created else BatchItem.Status.DUPLICATE,
                 reason="; ".join(result.warnings),
-                patient_from=per_file[i][1],
+                patient_from=_patient_from(result, per_file[i][1]),
                 image=result.image,
             )
         )
@@ -326,6 +327,12 @@ class _JobSender:
             if ids:
                 analyses_dispatch(analysis_ids=ids, queue=settings.QUEUE_BATCH)
         self.pending.clear()
+
+
+def _patient_from(result: UploadResult, said: str) -> str:
+    """Where the file's patient came from, as it turned out (a DICOM header without a
+    PatientID leaves the file unidentified too)."""
+    return PATIENT_FROM_NONE if patient_is_unidentified(result.image.study.patient.patient_id) else said
 
 
 def _batch_dispatch(batch: Batch, *, analysis_ids: list[int] | None = None) -> int:

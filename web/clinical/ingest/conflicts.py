@@ -69,15 +69,18 @@ def stored_copy(decoded: Decoded, identity: Identity) -> Image | None:
     existing = _image_find(sha256=decoded.sha256, sop_uid=decoded.sop_uid)
     if existing is None:
         return None
-    kind = _clash_kind(existing, decoded, patient_id=identity.patient.patient_id)
+    # A file sent without any patient ID claims no patient, so it contradicts none: the same
+    # image again is a duplicate of the stored one, whoever's it is.
+    claimed = None if identity.patient.generated else identity.patient.patient_id
+    kind = _clash_kind(existing, decoded, patient_id=claimed)
     if kind is None:
         return existing
     raise _conflict_keep(kind, decoded=decoded, existing=existing, identity=identity)
 
 
-def _clash_kind(existing: Image, decoded: Decoded, *, patient_id: str) -> str | None:
+def _clash_kind(existing: Image, decoded: Decoded, *, patient_id: str | None) -> str | None:
     same_file = existing.sha256 == decoded.sha256
-    if existing.study.patient.patient_id != patient_id:
+    if patient_id is not None and existing.study.patient.patient_id != patient_id:
         return (
             UploadConflict.Kind.SAME_FILE_OTHER_PATIENT
             if same_file

@@ -111,6 +111,7 @@ class PatientValues:
     name: str
     birth_date: dt.date | None
     sex: str
+    generated: bool = False  # no patient ID came with the file: see patient_values
 
 
 @dataclass(frozen=True)
@@ -186,12 +187,13 @@ def upload_plan(decoded: Decoded, fields: UploadFields, conditions: list[str] | 
         recognition=recognition,
     )
     codes, condition_warnings = conditions_resolve(conditions, body_part=body_part)
+    patient = patient_values(decoded, fields)
     return Plan(
         decoded=decoded,
         body_part=body_part,
         codes=codes,
-        warnings=warnings + condition_warnings,
-        patient=patient_values(decoded.xray, fields),
+        warnings=warnings + condition_warnings + unidentified_warnings(patient),
+        patient=patient,
         study_uid=header_value(meta, "StudyInstanceUID") or fields.study_instance_uid.strip(),
         accession=header_value(meta, "AccessionNumber") or fields.accession_number.strip(),
         recognition=recognition,
@@ -371,25 +373,58 @@ def _dicom_date(value: str) -> dt.date | None:
         return None
 
 
-def patient_values(xray: XRay, fields: UploadFields) -> PatientValues:
-    meta = xray.metadata
+# The one patient-ID rule of every route (upload page, API, batches from the browser, an
+# archive or a folder, import_batch, the DICOM listener): the DICOM header's PatientID, else the
+# patient_id given with the file (form, per-file field, patients.csv row); a file with neither
+# is filed under a generated ID that says what it is, never under a guess (a file name is not
+# an MRN), and the upload says so in its warnings.
+UNIDENTIFIED_PREFIX = "UNIDENTIFIED-"
+UNIDENTIFIED_NAME = "(unidentified)"
+
+
+def patient_values(decoded: Decoded, fields: UploadFields) -> PatientValues:
+    meta = decoded.xray.metadata
     patient_id = header_value(meta, "PatientID") or fields.patient_id.strip()
-    if not patient_id:
-        raise UploadRejected(
-            "The patient ID (MRN) is missing: the DICOM header has no PatientID and the form "
-            "gave no patient_id."
-            if xray.source_format == "dicom"
-            else "The patient ID (MRN) is required for PNG/JPEG uploads: fill in patient_id."
-        )
+    generated = not patient_id
+    if generated:
+        patient_id = unidentified_patient_id(decoded, fields)
     if len(patient_id) > 64:
         raise UploadRejected("The patient ID is longer than 64 characters.")
     sex = (header_value(meta, "PatientSex") or fields.sex or "").upper()[:1]
+    name = (header_value(meta, "PatientName") or fields.patient_name.strip())[:200]
     return PatientValues(
         patient_id=patient_id,
-        name=(header_value(meta, "PatientName") or fields.patient_name)[:200],
+        name=name or (UNIDENTIFIED_NAME if generated else ""),
         birth_date=_dicom_date(header_value(meta, "PatientBirthDate")) or fields.birth_date,
         sex=sex if sex in {"M", "F", "O"} else "",
+        generated=generated,
     )
+
+
+def unidentified_patient_id(decoded: Decoded, fields: UploadFields) -> str:
+    """UNIDENTIFIED-<12 hex>, from the file's study (its images are one patient's), else from
+    the image itself (its SOPInstanceUID; a PNG/JPEG's is derived from its bytes): the same
+    file sent again, by any route, lands under the same ID (a duplicate, not a clash), and two
+    unrelated files are never merged under one invented patient."""
+    key = (
+        header_value(decoded.xray.metadata, "StudyInstanceUID")
+        or fields.study_instance_uid.strip()
+        or decoded.sop_uid
+    )
+    return UNIDENTIFIED_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:12].upper()
+
+
+def patient_is_unidentified(patient_id: str) -> bool:
+    return patient_id.startswith(UNIDENTIFIED_PREFIX)
+
+
+def unidentified_warnings(patient: PatientValues) -> list[str]:
+    if not patient.generated:
+        return []
+    return [
+        f"No patient ID came with this file: it is filed under {patient.patient_id} "
+        f"{UNIDENTIFIED_NAME}. Correct the patient before the study is reported."
+    ]
 
 
 def _patient_fill_gaps(patient: Patient, values: PatientValues) -> None:

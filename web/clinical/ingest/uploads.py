@@ -177,7 +177,7 @@ class _Upload:
 
     def _stored(self, decoded: Decoded, fields: UploadFields) -> BulkUploadItem | None:
         identity = Identity(
-            patient=patient_values(decoded.xray, fields),
+            patient=patient_values(decoded, fields),
             fields=fields,
             uploaded_by=self.uploaded_by,
             ip_address=self.ip_address,

@@ -2,7 +2,8 @@
 
 Imports a server folder or a .zip archive as one batch: each file accepted, recognised as a
 duplicate, or refused with its reason. PNG/JPEG files take their patient from a patients.csv
-beside them (file, patient_id, name, birth date, sex, accession), else the file name's stem.
+beside them (file, patient_id, name, birth date, sex, accession); a file without one is filed
+as unidentified (UNIDENTIFIED-<id>, "(unidentified)"), as on every other route.
 """
 
 from __future__ import annotations
