@@ -35,7 +35,7 @@ class Role(enum.StrEnum):
 class Capability(enum.StrEnum):
     VIEW_STUDIES = "view_studies"  # worklist, study page, images, results (patient data)
     UPLOAD = "upload"  # send images, queue their analyses
-    REVIEW = "review"  # claim, annotate, verdicts, re-run, mark reviewed, reports
+    REVIEW = "review"  # claim, take over, annotate, verdicts, re-run, mark reviewed, reports (drafts)
     MANAGE = "manage"  # users, models, audit log
 
 

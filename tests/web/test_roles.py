@@ -137,10 +137,12 @@ ROUTE_RULES: dict[str, list[Check]] = {
     ],
     "api:study-reports": [
         Check("get", "/api/studies/{study}/reports/", API_STUDIES),
+        # The radiologist's own draft (the study is then theirs); the admin, a colleague, is
+        # refused: only the study's holder writes its report.
         Check(
             "post",
             "/api/studies/{study}/reports/",
-            per_persona(401, 403, 403, 200, 200),
+            per_persona(401, 403, 403, 200, 409),
             data=lambda ids: {"impression": "No acute findings."},
             json=True,
         ),
@@ -157,6 +159,11 @@ ROUTE_RULES: dict[str, list[Check]] = {
     ],
     "api:study-reviewed": [
         Check("post", "/api/studies/{study}/reviewed/", per_persona(401, 403, 403, 409, 409))
+    ],
+    # Taking over: nothing to take for the radiologist (nobody holds it; the draft is theirs),
+    # the admin takes over the radiologist's draft.
+    "api:study-take-over": [
+        Check("post", "/api/studies/{study}/take-over/", per_persona(401, 403, 403, 409, 200))
     ],
     # The viewer: reading needs VIEW_STUDIES; drawing and verdicts REVIEW; changing an
     # annotation only its author (the radiologist here, so the admin is refused).

@@ -276,7 +276,7 @@ def test_only_a_reviewer_may_claim(db, django_user_model) -> None:
     assert Study.objects.get(pk=s.pk).assigned_radiologist is None
 
 
-def test_a_claimed_study_goes_in_review_when_its_assignee_opens_it_then_reported(grey, yang) -> None:
+def test_a_claimed_study_goes_in_review_when_its_assignee_opens_it_then_reviewed(grey, yang) -> None:
     s = study("MRN-FLOW", result=("pneumonia", 0.9, True))
 
     as_browser(yang).get(f"/studies/{s.pk}/")  # someone else looking changes nothing
@@ -288,11 +288,13 @@ def test_a_claimed_study_goes_in_review_when_its_assignee_opens_it_then_reported
 
     assert as_api(yang).post(f"/api/studies/{s.pk}/reviewed/").status_code == 409
     done = as_api(grey).post(f"/api/studies/{s.pk}/reviewed/")
-    assert done.status_code == 200 and done.json()["status"] == "reported"
+    # Read, with no report here: reviewed, never reported (only signing a report does that).
+    assert done.status_code == 200 and done.json()["status"] == "reviewed"
     s.refresh_from_db()
     assert s.reviewed_by == grey and s.reviewed_at is not None
-    worklist = as_browser(grey).get("/", {"status": "reported"}).content.decode()
-    assert "MRN-FLOW" in worklist and "Reported" in worklist
+    worklist = as_browser(grey).get("/", {"status": "reviewed"}).content.decode()
+    assert "MRN-FLOW" in worklist and "Reviewed, no report here" in worklist
+    assert "MRN-FLOW" not in as_browser(grey).get("/", {"status": "reported"}).content.decode()
 
 
 def test_releasing_a_study_in_review_gives_it_back_ready_for_review(grey) -> None:

@@ -1,4 +1,6 @@
-"""Study reports over the API: list and draft (radiologists), sign, download the PDF."""
+"""Study reports over the API: list (drafts for radiologists only), draft (the study's holder),
+sign (the draft's author), download the PDF. A refusal answers {"error": why}: 409 when the
+holder, the author or the report's state does not allow it, naming who."""
 
 from __future__ import annotations
 
@@ -12,21 +14,24 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from web.access import Capability, api_requires, can
-from web.api.views import client_ip
+from web.access import Capability, api_requires, can, client_ip
 from web.clinical.models import Report, Study
 from web.clinical.reporting.reports import (
     MAX_IMPRESSION_CHARS,
-    ReportError,
     report_draft_save,
     report_pdf_for_download,
     report_pdf_is_current,
     report_sign,
+    reports_visible,
 )
+from web.clinical.worklist.states import StudyActionRefused
 
 
 class ReportSerializer(serializers.ModelSerializer):
     author = serializers.CharField(source="author.get_username", read_only=True)
+    taken_over_from = serializers.SerializerMethodField(
+        help_text="The draft's first author, when a colleague took the study over with it."
+    )
     signed_by = serializers.SerializerMethodField()
     pdf_ready = serializers.SerializerMethodField()
     pdf_url = serializers.SerializerMethodField()
@@ -41,6 +46,7 @@ class ReportSerializer(serializers.ModelSerializer):
             "state",
             "impression",
             "author",
+            "taken_over_from",
             "signed_by",
             "signed_at",
             "pdf_ready",
@@ -50,6 +56,9 @@ class ReportSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
         read_only_fields = fields
+
+    def get_taken_over_from(self, report: Report) -> str:
+        return report.taken_over_from.get_username() if report.taken_over_from else ""
 
     def get_signed_by(self, report: Report) -> str:
         return report.signed_by.get_username() if report.signed_by else ""
@@ -76,14 +85,16 @@ def _study(pk: int) -> Study:
 
 def _report(pk: int) -> Report:
     try:
-        return Report.objects.select_related("study__patient", "author", "signed_by").get(pk=pk)
+        related = ("study__patient", "author", "signed_by", "taken_over_from")
+        return Report.objects.select_related(*related).get(pk=pk)
     except Report.DoesNotExist:
         raise NotFound("No such report.") from None
 
 
 class StudyReportsView(APIView):
-    """GET: every version of the study's report, oldest first. POST: save the draft (a new
-    version, an addendum, once one is signed)."""
+    """GET: the study's report versions, oldest first (drafts only for radiologists: anyone
+    else sees the signed ones). POST: save my draft (a new version, an addendum once one is
+    signed); 409 naming the colleague who holds the study or wrote the draft."""
 
     def get_permissions(self) -> list[Any]:
         needed = Capability.REVIEW if self.request.method == "POST" else Capability.VIEW_STUDIES
@@ -91,8 +102,7 @@ class StudyReportsView(APIView):
 
     @extend_schema(responses={200: ReportSerializer(many=True)}, summary="The study's report versions")
     def get(self, request: Request, pk: int) -> Response:
-        study = _study(pk)
-        reports = study.reports.select_related("author", "signed_by").order_by("version")
+        reports = reports_visible(study=_study(pk), user=request.user)
         return Response(ReportSerializer(reports, many=True).data)
 
     @extend_schema(request=DraftSerializer, responses={200: ReportSerializer}, summary="Save the draft")
@@ -107,12 +117,14 @@ class StudyReportsView(APIView):
                 impression=form.validated_data["impression"],
                 ip_address=client_ip(request),
             )
-        except ReportError as exc:
+        except StudyActionRefused as exc:
             return Response({"error": str(exc)}, status=exc.status_code)
         return Response(ReportSerializer(report).data, status=status.HTTP_200_OK)
 
 
 class ReportSignView(APIView):
+    """Sign my draft: final; the study becomes reported. 409 unless I wrote the draft."""
+
     permission_classes = [api_requires(Capability.REVIEW)]
 
     @extend_schema(request=None, responses={200: ReportSerializer}, summary="Sign a draft (final)")
@@ -120,7 +132,7 @@ class ReportSignView(APIView):
         _report(pk)
         try:
             report = report_sign(report_id=pk, signer=request.user, ip_address=client_ip(request))
-        except ReportError as exc:
+        except StudyActionRefused as exc:
             return Response({"error": str(exc)}, status=exc.status_code)
         return Response(ReportSerializer(report).data)
 

@@ -33,6 +33,7 @@ urlpatterns = [
     path("studies/<int:pk>/claim/", worklist_views.StudyClaimView.as_view(), name="study-claim"),
     path("studies/<int:pk>/release/", worklist_views.StudyReleaseView.as_view(), name="study-release"),
     path("studies/<int:pk>/reviewed/", worklist_views.StudyReviewedView.as_view(), name="study-reviewed"),
+    path("studies/<int:pk>/take-over/", worklist_views.StudyTakeOverView.as_view(), name="study-take-over"),
     path("analyses/<int:pk>/", views.AnalysisDetailView.as_view(), name="analysis-detail"),
     path("analyses/<int:pk>/heatmap/", views.AnalysisHeatmapView.as_view(), name="analysis-heatmap"),
     path("images/<int:pk>/thumbnail/", views.ImageThumbnailView.as_view(), name="image-thumbnail"),

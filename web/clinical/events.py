@@ -84,8 +84,9 @@ STUDY_EVENT_TYPE = "study.event"  # -> LiveConsumer.study_event
 
 
 def study_event_publish(*, study: Any, event: str) -> None:
-    """A person changed a study (claimed, released, in review, reviewed): after commit, tell
-    the worklist and the study's page. Rare and small, so sent directly, best effort."""
+    """A person changed a study (claimed, released, took it over, moved its state, signed its
+    report): after commit, tell the worklist and the study's page. Rare and small, so sent
+    directly, best effort."""
     message = {
         "type": STUDY_EVENT_TYPE,
         "event": event,
@@ -99,6 +100,16 @@ def study_event_publish(*, study: Any, event: str) -> None:
     }
     groups = [study_group(study.pk), WORKLIST_GROUP]
     transaction.on_commit(lambda: _send_now(groups, message))
+
+
+def studies_event_publish(*, studies: Sequence[dict[str, Any]]) -> None:
+    """Many studies moved by the AI at once ({"id", "status", "assigned_radiologist"} each; the
+    event is the new status): after commit, through the in-order publisher, so a batch's
+    burst travels as one channel message per group, as its analysis events do."""
+    for study in studies:
+        message = {"type": STUDY_EVENT_TYPE, "event": study["status"], "study": dict(study)}
+        groups = [study_group(study["id"]), WORKLIST_GROUP]
+        transaction.on_commit(partial(_publisher.send, groups, message))
 
 
 def _send_now(groups: list[str], message: dict[str, Any]) -> None:

@@ -46,10 +46,14 @@ class Study(models.Model):
         ROUTINE = 3, "Routine"
 
     class Status(models.TextChoices):
+        """The study's state machine (web.clinical.worklist.states): changed only there."""
+
         RECEIVED = "received", "Received"
         ANALYSING = "analysing", "AI analysing"
+        SCHEDULED = "scheduled", "AI scheduled (night window)"
         AI_COMPLETE = "ai_complete", "AI complete"
         IN_REVIEW = "in_review", "In review"
+        REVIEWED = "reviewed", "Reviewed, no report here"
         REPORTED = "reported", "Reported"
 
     patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="studies")
@@ -392,7 +396,13 @@ class Report(models.Model):
     is_addendum = models.BooleanField(default=False)
     impression = models.TextField(blank=True)
     state = models.CharField(max_length=8, choices=State.choices, default=State.DRAFT)
+    # Only the author edits a draft and signs it (web.clinical.reporting.reports).
     author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    # The draft's first author when a colleague took the study over with its draft (audited
+    # "study.take_over", both names): the record shows whose words it began as.
+    taken_over_from = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     signed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
@@ -426,6 +436,8 @@ class Report(models.Model):
     FROZEN_WHEN_SIGNED = (
         "impression",
         "state",
+        "author_id",
+        "taken_over_from_id",
         "signed_by_id",
         "signed_at",
         "version",

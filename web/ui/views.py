@@ -15,6 +15,7 @@ from web.clinical.analysis.queries import analysis_get
 from web.clinical.audit.records import audit_record, audit_record_read
 from web.clinical.batches.batches import batch_progress, batch_summary
 from web.clinical.models import Analysis, Batch, Study
+from web.clinical.reporting.reports import report_desk
 from web.clinical.worklist.claims import study_open
 from web.clinical.worklist.queries import (
     WORKLIST_REGIONS,
@@ -94,19 +95,21 @@ def study_page(request: HttpRequest, study_id: int) -> HttpResponse:
 
 @requires(Capability.VIEW_STUDIES)
 def report_page(request: HttpRequest, study_id: int) -> HttpResponse:
-    """Draft, sign and list a study's report versions (radiologists edit; others read)."""
+    """Draft, sign and list a study's report versions: the holder writes; other radiologists
+    read the draft and may take the study over; anyone else sees the signed versions only."""
     try:
-        study = Study.objects.select_related("patient").get(pk=study_id)
+        study = Study.objects.select_related("patient", "assigned_radiologist").get(pk=study_id)
     except Study.DoesNotExist:
         raise Http404("No such study.") from None
-    reports = list(study.reports.select_related("author", "signed_by").order_by("version"))
-    draft = next((r for r in reports if not r.is_signed), None)
+    desk = report_desk(study=study, user=request.user)
     context = {
         "study": study,
-        "reports": reports,
-        "draft": draft,
-        "signed": any(r.is_signed for r in reports),
-        "can_edit": can(request.user, Capability.REVIEW),
+        "reports": desk.reports,
+        "draft": desk.draft,
+        "signed": any(r.is_signed for r in desk.reports),
+        "can_edit": desk.may_write,
+        "why_not": desk.why_not,
+        "may_take_over": desk.may_take_over,
     }
     return render(request, "ui/report.html", context)
 

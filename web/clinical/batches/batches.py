@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from web.clinical.analysis.findings import finding_q
@@ -31,6 +31,7 @@ from web.clinical.ingest.archive_safety import Member
 from web.clinical.ingest.parts import BulkUploadItem, UploadFields, UploadResult, patient_is_unidentified
 from web.clinical.ingest.uploads import images_upload_many
 from web.clinical.models import Analysis, Batch, BatchItem
+from web.clinical.worklist.states import studies_follow_ai
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +295,9 @@ def _import_chunk(
         batch.refused += counts[BatchItem.Status.REFUSED]
         batch.patients_from = froms
         batch.save(update_fields=["accepted", "duplicates", "refused", "patients_from"])
+        if batch.schedule == Batch.Schedule.OVERNIGHT and batch.state == Batch.State.WAITING:
+            # Its studies wait for the night window, and say so (not "AI analysing" all evening).
+            studies_follow_ai(study_ids=_studies_of(Analysis.objects.filter(pk__in=new_ids)))
     if batch.schedule != Batch.Schedule.NOW or batch.state != Batch.State.RUNNING:
         return []  # overnight, or inline (import_batch --inline runs them itself)
     return list(
@@ -301,6 +305,16 @@ def _import_chunk(
         .order_by("pk")
         .values_list("pk", "condition")
     )
+
+
+def _patient_from(result: UploadResult, said: str) -> str:
+    """Where the file's patient came from, as it turned out (a DICOM header without a
+    PatientID leaves the file unidentified too)."""
+    return PATIENT_FROM_NONE if patient_is_unidentified(result.image.study.patient.patient_id) else said
+
+
+def _studies_of(analyses: QuerySet[Analysis]) -> list[int]:
+    return list(analyses.order_by().values_list("image__study_id", flat=True).distinct())
 
 
 class _JobSender:
@@ -327,12 +341,6 @@ class _JobSender:
             if ids:
                 analyses_dispatch(analysis_ids=ids, queue=settings.QUEUE_BATCH)
         self.pending.clear()
-
-
-def _patient_from(result: UploadResult, said: str) -> str:
-    """Where the file's patient came from, as it turned out (a DICOM header without a
-    PatientID leaves the file unidentified too)."""
-    return PATIENT_FROM_NONE if patient_is_unidentified(result.image.study.patient.patient_id) else said
 
 
 def _batch_dispatch(batch: Batch, *, analysis_ids: list[int] | None = None) -> int:
@@ -403,7 +411,9 @@ def batches_start_due(*, now: dt.datetime | None = None) -> list[int]:
                 batch.state = Batch.State.RUNNING
                 batch.started_at = now
                 batch.save(update_fields=["state", "started_at"])
-                Analysis.objects.filter(batch=batch, state=Analysis.State.QUEUED).update(enqueued_at=now)
+                waiting = Analysis.objects.filter(batch=batch, state=Analysis.State.QUEUED)
+                waiting.update(enqueued_at=now)
+                studies_follow_ai(study_ids=_studies_of(waiting))  # scheduled -> analysing
                 started.append(batch.pk)
         for batch in due:
             sent = _batch_dispatch(batch)

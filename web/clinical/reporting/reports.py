@@ -1,46 +1,101 @@
-"""Study reports: drafted and edited by a radiologist, rendered to PDF by a worker, signed
-(which freezes them and sets the study to "reported"); a change after signing is an addendum,
-a new version, and the signed ones stay as they were."""
+"""Study reports, which belong to people: only the radiologist who holds the study (its
+claim, web.clinical.worklist.claims) starts a draft, and drafting an unclaimed study claims it;
+only the draft's author edits and signs it; a colleague is refused (409) with the holder's or
+the author's name and goes on only by taking the study over (audited, both names kept).
+Drafts are rendered to PDF by a worker. Signing freezes the version and moves the study to
+"reported" through the state machine (the one way there); a change after signing is an
+addendum, a new version, and the signed ones stay as they were."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from typing import Any
 
 from django.core.files.base import ContentFile
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, QuerySet
 from django.utils import timezone
 
+from web.access import Capability, can
 from web.clinical.audit.records import audit_record
 from web.clinical.dispatch import TASK_RENDER_REPORT, job_send
+from web.clinical.events import study_event_publish
 from web.clinical.files import files_delete
 from web.clinical.models import Report, Study
+from web.clinical.worklist.claims import holder_name, study_hold_for_report, study_locked
+from web.clinical.worklist.states import AI_STATES, StudyActionRefused, study_transition
 
 log = logging.getLogger(__name__)
 
 MAX_IMPRESSION_CHARS = 20_000
 
 
-class ReportError(Exception):
-    """The report cannot be changed as asked; `str()` says why, for the radiologist."""
+class ReportError(StudyActionRefused):
+    """The report cannot be changed as asked; `str()` says why, for the radiologist (400, or
+    409 when the report's state or its author does not allow it)."""
 
     def __init__(self, message: str, *, status_code: int = 400) -> None:
-        super().__init__(message)
-        self.status_code = status_code
+        super().__init__(message, status_code=status_code)
+
+
+def reports_visible(*, study: Study, user: Any) -> QuerySet[Report]:
+    """The study's versions `user` may read, oldest first: all of them for a radiologist (the
+    drafts are their working copies), only the signed ones for anyone else."""
+    reports = study.reports.select_related("author", "signed_by", "taken_over_from").order_by("version")
+    return reports if can(user, Capability.REVIEW) else reports.filter(state=Report.State.SIGNED)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportDesk:
+    """What a report page shows `user`: the versions they may read, the draft (if they may see
+    it), whether they may write, and if not, why (naming the holder or the author)."""
+
+    reports: list[Report]
+    draft: Report | None
+    may_write: bool
+    why_not: str
+    may_take_over: bool
+
+
+def report_desk(*, study: Study, user: Any) -> ReportDesk:
+    reports = list(reports_visible(study=study, user=user))
+    draft = next((r for r in reports if not r.is_signed), None)
+    if not can(user, Capability.REVIEW):
+        return ReportDesk(reports, None, False, "Only radiologists write and sign reports.", False)
+    why_not = ""
+    if study.assigned_radiologist_id not in (None, user.pk):
+        why_not = f"{holder_name(study)} holds this study: only they write its report."
+    elif draft is not None and draft.author_id != user.pk:
+        why_not = _whose(draft)
+    return ReportDesk(reports, draft, not why_not, why_not, bool(why_not))
+
+
+def _whose(draft: Report) -> str:
+    author = draft.author.get_username()
+    return f"Version {draft.version} is {author}'s draft: only its author edits and signs it."
+
+
+def _not_yours(draft: Report) -> ReportError:
+    return ReportError(f"{_whose(draft)} Take the study over to go on with it.", status_code=409)
 
 
 def report_draft_save(
     *, study_id: int, author: Any, impression: str, ip_address: str | None = None
 ) -> Report:
-    """Save the study's draft: the one being edited, or a new version (an addendum once a
-    version is signed). Its PDF is rendered by a worker after the commit."""
+    """Save `author`'s draft of the study: the one being edited, or a new version (an addendum
+    once a version is signed). Refused (409) unless `author` holds the study (an unclaimed one
+    is claimed for them) and any draft is theirs. A study waiting to be read goes into review.
+    Its PDF is rendered by a worker after the commit."""
     if len(impression) > MAX_IMPRESSION_CHARS:
         raise ReportError(f"The impression is longer than {MAX_IMPRESSION_CHARS:,} characters.")
     with transaction.atomic():
-        study = Study.objects.select_for_update().select_related("patient").get(pk=study_id)
-        draft = study.reports.filter(state=Report.State.DRAFT).first()
+        study = study_locked(study_id)
+        study_hold_for_report(study=study, user=author, ip_address=ip_address)
+        draft = study.reports.select_for_update().filter(state=Report.State.DRAFT).first()
+        if draft is not None and draft.author_id != author.pk:
+            raise _not_yours(draft)
         if draft is None:
             latest = study.reports.aggregate(n=Max("version"))["n"] or 0
             draft = Report(study=study, version=latest + 1, is_addendum=latest > 0, author=author)
@@ -55,18 +110,39 @@ def report_draft_save(
             ip_address=ip_address,
             detail={"version": draft.version, "addendum": draft.is_addendum},
         )
+        if study.status in AI_STATES:
+            study_transition(
+                study=study,
+                to=Study.Status.IN_REVIEW,
+                actor=author,
+                reason="its holder began a report",
+                ip_address=ip_address,
+                event="in_review",
+            )
         transaction.on_commit(lambda: report_render_request(report_id=draft.pk))
     return draft
 
 
 def report_sign(*, report_id: int, signer: Any, ip_address: str | None = None) -> Report:
-    """Sign a draft: it can no longer change, and the study is reported."""
+    """Sign a draft: only its author may (409 naming them otherwise, or naming the colleague
+    who holds the study now). It can no longer change; the study moves to reported through the
+    state machine, and every open worklist hears of it."""
+    study_id = Report.objects.filter(pk=report_id).values_list("study_id", flat=True).first()
+    if study_id is None:
+        raise ReportError("No such report.", status_code=404)
     with transaction.atomic():
-        report = Report.objects.select_for_update().select_related("study__patient").get(pk=report_id)
+        study = study_locked(study_id)  # the study first, then the report: as drafting does
+        report = Report.objects.select_for_update().select_related("author").get(pk=report_id)
         if report.is_signed:
             raise ReportError(
                 f"Version {report.version} is already signed and cannot change; write an addendum.",
                 status_code=409,
+            )
+        if report.author_id != signer.pk:
+            raise _not_yours(report)
+        if study.assigned_radiologist_id not in (None, signer.pk):
+            raise ReportError(
+                f"{holder_name(study)} holds this study now: only they sign its report.", status_code=409
             )
         if not report.impression.strip():
             raise ReportError("The impression is empty: write it before signing.")
@@ -74,9 +150,6 @@ def report_sign(*, report_id: int, signer: Any, ip_address: str | None = None) -
         report.signed_by = signer
         report.signed_at = timezone.now()
         report.save()
-        study = report.study
-        study.status = Study.Status.REPORTED
-        study.save(update_fields=["status", "updated_at"])
         audit_record(
             actor=signer,
             action="report.sign",
@@ -86,6 +159,11 @@ def report_sign(*, report_id: int, signer: Any, ip_address: str | None = None) -
             ip_address=ip_address,
             detail={"version": report.version, "addendum": report.is_addendum},
         )
+        moved = study_transition(
+            study=study, to=Study.Status.REPORTED, actor=signer, ip_address=ip_address, event="signed"
+        )
+        if not moved:  # an addendum: the study was reported already, its report changed
+            study_event_publish(study=study, event="signed")
         transaction.on_commit(lambda: report_render_request(report_id=report.pk))
     return report
 
@@ -96,7 +174,7 @@ def report_render_request(*, report_id: int) -> None:
     from django.conf import settings
 
     try:
-        job_send(TASK_RENDER_REPORT, args=[report_id], queue=settings.QUEUE_MAINTENANCE)
+        job_send(TASK_RENDER_REPORT, args=[report_id], queue=settings.QUEUE_REPORTS)
     except Exception:  # noqa: BLE001 - any broker failure: rendered on download instead
         log.warning("Could not send report %s to be rendered", report_id, exc_info=True)
 
@@ -127,26 +205,20 @@ def report_render(*, report_id: int) -> Report:
         return report
     wanted = report_text_hash(report)
     data = report_pdf_bytes(report)
-    stored: list[str] = []
-    old = ""
-    try:
-        with transaction.atomic():
-            locked = Report.objects.select_for_update().get(pk=report_id)
-            if report_text_hash(locked) != wanted or report_pdf_is_current(locked):
-                return locked  # edited (or rendered) meanwhile: the newer render wins
-            old = locked.pdf.name if locked.pdf else ""
-            name = f"v{locked.version}-{wanted[:12]}.pdf"
-            locked.pdf.save(name, ContentFile(data), save=False)
-            stored.append(locked.pdf.name)
-            locked.pdf_sha256 = hashlib.sha256(data).hexdigest()
-            locked.rendered_text_hash = wanted
-            locked.render_error = ""
-            locked.save(
-                update_fields=["pdf", "pdf_sha256", "rendered_text_hash", "render_error", "updated_at"]
-            )
-    except BaseException:
-        files_delete(stored)
-        raise
+    # The PDF is written before the row that points at it and not deleted if something fails
+    # after: the row may have committed. One no row points at is removed later
+    # (files.media_remove_orphan_files).
+    with transaction.atomic():
+        locked = Report.objects.select_for_update().get(pk=report_id)
+        if report_text_hash(locked) != wanted or report_pdf_is_current(locked):
+            return locked  # edited (or rendered) meanwhile: the newer render wins
+        old = locked.pdf.name if locked.pdf else ""
+        name = f"v{locked.version}-{wanted[:12]}.pdf"
+        locked.pdf.save(name, ContentFile(data), save=False)
+        locked.pdf_sha256 = hashlib.sha256(data).hexdigest()
+        locked.rendered_text_hash = wanted
+        locked.render_error = ""
+        locked.save(update_fields=["pdf", "pdf_sha256", "rendered_text_hash", "render_error", "updated_at"])
     if old and old != locked.pdf.name:
         files_delete([old])  # a PDF found missing later is simply rendered again
     return locked

@@ -36,6 +36,7 @@ from web.clinical.analysis.findings import (
     urgency_of_condition,
 )
 from web.clinical.models import Analysis, BatchItem, Image, Study
+from web.clinical.worklist.states import READ_STATES
 
 
 def _analysis_count(**filters: Any) -> Coalesce:
@@ -186,7 +187,7 @@ def study_worklist(
     )
     # The finding the study is sorted by is the one its row shows (the same ranking).
     top_finding = results_ranked(findings().filter(image__study=OuterRef("pk")))
-    open_statuses = [s for s in Study.Status.values if s != Study.Status.REPORTED]
+    open_statuses = [s for s in Study.Status.values if s not in READ_STATES]
     qs = (
         Study.objects.select_related("patient", "assigned_radiologist")
         .annotate(
@@ -266,7 +267,7 @@ def worklist_strongest(studies: list[Study]) -> None:
 
 def waiting_label(study: Study, *, now: dt.datetime | None = None) -> str:
     """'3 h 12 min' since the study arrived; '—' once read (reviewed or reported)."""
-    if study.status == Study.Status.REPORTED:
+    if study.status in READ_STATES:
         return "—"
     minutes = max(0, int(((now or timezone.now()) - study.created_at).total_seconds() // 60))
     if minutes < 60:

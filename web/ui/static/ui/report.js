@@ -2,7 +2,27 @@
 "use strict";
 (function () {
   const editor = document.getElementById("report-editor");
-  if (!editor || editor.dataset.canEdit !== "1") return;
+  if (!editor) return;
+  const takeOver = document.getElementById("take-over");
+  if (takeOver) {
+    // A colleague holds the study or wrote its draft: taking it over is explicit and recorded.
+    takeOver.addEventListener("click", async function () {
+      const reason = window.prompt("Take this study over from " + takeOver.dataset.holder +
+                                   "? Its unsigned draft becomes yours to continue. Reason (optional):", "");
+      if (reason === null) return;
+      const response = await fetch("/api/studies/" + editor.dataset.studyId + "/take-over/", {
+        method: "POST", credentials: "same-origin",
+        headers: {"Content-Type": "application/json", "X-CSRFToken": csrfToken()},
+        body: JSON.stringify({reason: reason}),
+      });
+      if (response.ok) { window.location.reload(); return; }
+      const data = await response.json().catch(() => ({}));
+      const message = document.getElementById("report-message");
+      message.textContent = data.error || data.detail || ("Refused (HTTP " + response.status + ").");
+      message.className = "error";
+    });
+  }
+  if (editor.dataset.canEdit !== "1") return;
   const studyId = editor.dataset.studyId;
   const message = document.getElementById("report-message");
   const text = document.getElementById("impression");

@@ -3,8 +3,10 @@
 "use strict";
 (function () {
   const studyId = window.RADTRIAGE_STUDY_ID;
-  const studyLabels = {received: "Received", analysing: "AI analysing", ai_complete: "AI complete",
-                       in_review: "In review", reported: "Reported"};
+  // Study.Status's labels (web/clinical/models.py): the state machine's states.
+  const studyLabels = {received: "Received", analysing: "AI analysing",
+                       scheduled: "AI scheduled (night window)", ai_complete: "AI complete",
+                       in_review: "In review", reviewed: "Reviewed, no report here", reported: "Reported"};
 
   // Heat-map intensity: one slider for the page, remembered across studies. The colour layer's
   // opacity blends exactly like the server's overlay: (1 - alpha) * X-ray + alpha * colour.
@@ -81,6 +83,18 @@
     if (!el || el.dataset.state !== a.state) refreshCard(a.id, a.image_id || a.image);
   }
   function onEvent(data) { update(data.analysis); showStatus(data.analysis.study_status); }
+  // A person moved the study (claimed, released, took it over, reviewed, signed its report):
+  // the status and the holder are redrawn; the bar's buttons come with the next load (the
+  // server refuses, naming the holder, whatever a stale button asks).
+  function onStudy(data) {
+    showStatus(data.study.status);
+    const bar = document.getElementById("study-status-bar");
+    if (!bar) return;
+    const label = bar.querySelector(".status-label");
+    if (label) label.textContent = studyLabels[data.study.status] || data.study.status;
+    const holder = bar.querySelector(".assignee");
+    if (holder) holder.textContent = data.study.assigned_radiologist || "not claimed";
+  }
   function onAnnotation(data) {
     const viewer = viewerOf(data.annotation.image);
     if (viewer) viewer.annotationEvent(data.event, data.annotation);
@@ -137,5 +151,6 @@
     if (viewer) viewer.showHeat(button.dataset.heatmapUrl);
   });
 
-  window.radtriageLive("/ws/studies/" + studyId + "/", onEvent, reconcile, {annotation: onAnnotation});
+  window.radtriageLive("/ws/studies/" + studyId + "/", onEvent, reconcile,
+                       {annotation: onAnnotation, study: onStudy});
 })();

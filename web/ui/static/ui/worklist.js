@@ -39,15 +39,24 @@
     return fallback;
   }
 
-  // Claim / release / mark reviewed.
+  // Claim / release / take over / mark reviewed.
   results.addEventListener("click", function (ev) {
     const button = ev.target.closest("button[data-action]");
     if (!button) return;
     const row = button.closest("tr[data-study-id]");
     const action = button.dataset.action;
+    const body = {};
+    if (action === "take-over") {
+      // Taking a colleague's study is recorded with both names and the reason given.
+      const reason = window.prompt("Take this study over from " + button.dataset.holder +
+                                   "? Its unsigned draft becomes yours to continue. Reason (optional):", "");
+      if (reason === null) return;
+      body.reason = reason;
+    }
     button.disabled = true;
-    post("/api/studies/" + row.dataset.studyId + "/" + action + "/").then(function (res) {
-      const done = {claim: "Claimed.", release: "Released.", reviewed: "Marked reviewed."}[action];
+    post("/api/studies/" + row.dataset.studyId + "/" + action + "/", body).then(function (res) {
+      const done = {claim: "Claimed.", release: "Released.", "take-over": "Taken over.",
+                    reviewed: "Marked reviewed (no report here)."}[action];
       message.textContent = res[0] < 300 ? done : said(res[1], "The server refused (HTTP " + res[0] + ").");
       message.className = res[0] < 300 ? "" : "error";
       refresh();
