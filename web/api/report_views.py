@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from web.access import Capability, api_requires, can, client_ip
+from web.clinical.audit.reads import Read, reader_of, study_read
 from web.clinical.models import Report, Study
 from web.clinical.reporting.reports import (
     MAX_IMPRESSION_CHARS,
@@ -102,7 +103,11 @@ class StudyReportsView(APIView):
 
     @extend_schema(responses={200: ReportSerializer(many=True)}, summary="The study's report versions")
     def get(self, request: Request, pk: int) -> Response:
-        reports = reports_visible(study=_study(pk), user=request.user)
+        try:
+            study = study_read(study_id=pk, reader=reader_of(request), action=Read.REPORTS)
+        except Study.DoesNotExist:
+            raise NotFound("No such study.") from None
+        reports = reports_visible(study=study, user=request.user)
         return Response(ReportSerializer(reports, many=True).data)
 
     @extend_schema(request=DraftSerializer, responses={200: ReportSerializer}, summary="Save the draft")

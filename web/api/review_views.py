@@ -30,7 +30,7 @@ from web.api.serializers import (
 )
 from web.api.views import client_ip
 from web.clinical.analysis.queries import analysis_get
-from web.clinical.audit.records import audit_record
+from web.clinical.audit.reads import Read, analysis_read, annotation_read, image_read, reader_of
 from web.clinical.models import Analysis, Annotation, Image
 from web.clinical.review.annotations import (
     ReviewForbidden,
@@ -65,6 +65,14 @@ def _image(pk: int) -> Image:
     return image
 
 
+def _image_read(request: Request, pk: int, action: str) -> Image:
+    """The image, for showing to the person asking (web.clinical.audit.reads records it)."""
+    try:
+        return image_read(image_id=pk, reader=reader_of(request), action=action)
+    except Image.DoesNotExist:
+        raise NotFound(f"No image with id {pk}.") from None
+
+
 def _display(image: Image) -> tuple[dict[str, Any], bytes]:
     try:
         return image_display(image=image)
@@ -78,7 +86,7 @@ class ImageDisplayView(APIView):
 
     @extend_schema(responses=ImageDisplaySerializer, summary="How to show an image at full resolution")
     def get(self, request: Request, pk: int) -> Response:
-        image = _image(pk)
+        image = _image_read(request, pk, Read.DISPLAY)
         meta, _ = _display(image)
         body = {
             "id": image.pk,
@@ -99,16 +107,8 @@ class ImagePixelsView(APIView):
         summary="The full-resolution pixels, lossless (DICOM: 16-bit codes packed in an RGB PNG)",
     )
     def get(self, request: Request, pk: int) -> HttpResponse:
-        image = _image(pk)
+        image = _image_read(request, pk, Read.PIXELS)
         meta, data = _display(image)
-        audit_record(
-            actor=request.user,
-            action="image.view",
-            patient=image.study.patient,
-            study=image.study,
-            obj=image,
-            ip_address=client_ip(request),
-        )
         response = HttpResponse(data, content_type=meta["content_type"])
         response["Cache-Control"] = "private, max-age=300"
         return response
@@ -117,7 +117,7 @@ class ImagePixelsView(APIView):
 class ImageAnnotationsView(ReadOrReview):
     @extend_schema(responses=AnnotationSerializer(many=True), summary="The team's annotations on an image")
     def get(self, request: Request, pk: int) -> Response:
-        _image(pk)
+        _image_read(request, pk, Read.ANNOTATIONS)
         return Response(AnnotationSerializer(image_annotations(image_id=pk), many=True).data)
 
     @extend_schema(
@@ -153,7 +153,11 @@ class AnnotationDetailView(ReadOrReview):
 
     @extend_schema(responses=AnnotationSerializer, summary="One annotation")
     def get(self, request: Request, pk: int) -> Response:
-        return Response(AnnotationSerializer(self._get(pk)).data)
+        try:
+            annotation = annotation_read(annotation_id=pk, reader=reader_of(request))
+        except Annotation.DoesNotExist:
+            raise NotFound(f"No annotation with id {pk}.") from None
+        return Response(AnnotationSerializer(annotation).data)
 
     @extend_schema(
         request=AnnotationChangeSerializer,
@@ -198,7 +202,10 @@ class AnalysisVerdictView(ReadOrReview):
 
     @extend_schema(responses=VerdictSerializer(many=True), summary="The radiologists' verdicts on a result")
     def get(self, request: Request, pk: int) -> Response:
-        analysis = self._analysis(pk)
+        try:
+            analysis = analysis_read(analysis_id=pk, reader=reader_of(request), action=Read.VERDICTS)
+        except Analysis.DoesNotExist:
+            raise NotFound(f"No analysis with id {pk}.") from None
         rows = analysis.annotations.exclude(verdict="").select_related("author", "analysis")
         return Response(VerdictSerializer(rows, many=True).data)
 

@@ -38,8 +38,7 @@ from web.api.serializers import (
     UploadSerializer,
 )
 from web.clinical.analysis.jobs import image_analyses_request
-from web.clinical.analysis.queries import analysis_get
-from web.clinical.audit.records import audit_record_read
+from web.clinical.audit.reads import Read, analysis_read, image_read, reader_of, studies_read, study_read
 from web.clinical.ingest.conflicts import UploadConflictError
 from web.clinical.ingest.parts import (
     BulkUploadItem,
@@ -56,7 +55,6 @@ from web.clinical.worklist.queries import (
     ASSIGNED_CHOICES,
     WORKLIST_REGIONS,
     WorklistFilterError,
-    study_detail,
     study_worklist,
     worklist_filters_parse,
     worklist_strongest,
@@ -271,6 +269,7 @@ class StudyListView(generics.ListAPIView):
         page = super().paginate_queryset(queryset)
         if page is not None:
             worklist_strongest(page)  # each row's strongest_result: one query for the page
+            studies_read(rows=page, reader=reader_of(self.request))  # the rows this person sees
         return page
 
 
@@ -280,18 +279,9 @@ class StudyDetailView(generics.RetrieveAPIView):
 
     def get_object(self) -> Study:
         try:
-            study = study_detail(study_id=self.kwargs["pk"])
+            return study_read(study_id=self.kwargs["pk"], reader=reader_of(self.request), full=True)
         except Study.DoesNotExist:
             raise NotFound(f"No study with id {self.kwargs['pk']}.") from None
-        audit_record_read(
-            actor=self.request.user,
-            action="study.view",
-            patient=study.patient,
-            study=study,
-            obj=study,
-            ip_address=client_ip(self.request),
-        )
-        return study
 
 
 class AnalysisDetailView(generics.RetrieveAPIView):
@@ -300,7 +290,9 @@ class AnalysisDetailView(generics.RetrieveAPIView):
 
     def get_object(self) -> Analysis:
         try:
-            return analysis_get(analysis_id=self.kwargs["pk"])
+            return analysis_read(
+                analysis_id=self.kwargs["pk"], reader=reader_of(self.request), action=Read.ANALYSIS
+            )
         except Analysis.DoesNotExist:
             raise NotFound(f"No analysis with id {self.kwargs['pk']}.") from None
 
@@ -330,25 +322,18 @@ class AnalysisHeatmapView(APIView):
         summary="Download the Grad-CAM heat map of a finished analysis",
     )
     def get(self, request: Request, pk: int) -> HttpResponseBase:
-        try:
-            analysis = analysis_get(analysis_id=pk)
-        except Analysis.DoesNotExist:
-            raise NotFound(f"No analysis with id {pk}.") from None
         kind = request.query_params.get("kind", "overlay")
         if kind not in ("overlay", "raw", "color"):
             raise ValidationError({"kind": "Use kind=overlay, kind=raw or kind=color."})
         alpha = _alpha(request.query_params.get("alpha"))
+        try:
+            analysis = analysis_read(
+                analysis_id=pk, reader=reader_of(request), action=Read.HEATMAP, detail={"kind": kind}
+            )
+        except Analysis.DoesNotExist:
+            raise NotFound(f"No analysis with id {pk}.") from None
         if not analysis.heatmap_raw:
             raise NotFound(f"Analysis {pk} has no heat map yet (state: {analysis.state}).")
-        audit_record_read(
-            actor=request.user,
-            action="heatmap.download",
-            patient=analysis.image.study.patient,
-            study=analysis.image.study,
-            obj=analysis,
-            ip_address=client_ip(request),
-            detail={"kind": kind},
-        )
         if kind == "raw":
             return FileResponse(
                 analysis.heatmap_raw.open("rb"), content_type="image/png", filename=f"analysis-{pk}-raw.png"
@@ -389,8 +374,11 @@ class ImageThumbnailView(APIView):
 
     @extend_schema(responses={(200, "image/jpeg"): bytes}, summary="A 256 px thumbnail")
     def get(self, request: Request, pk: int) -> FileResponse:
-        image = Image.objects.filter(pk=pk).first()
-        if image is None or not image.thumbnail:
+        try:
+            image = image_read(image_id=pk, reader=reader_of(request), action=Read.THUMBNAIL)
+        except Image.DoesNotExist:
+            raise NotFound(f"No thumbnail for image {pk}.") from None
+        if not image.thumbnail:
             raise NotFound(f"No thumbnail for image {pk}.")
         kind = "image/png" if image.thumbnail.name.endswith(".png") else "image/jpeg"
         return FileResponse(image.thumbnail.open("rb"), content_type=kind)

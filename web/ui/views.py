@@ -11,8 +11,7 @@ from django.views.decorators.cache import cache_control
 
 from core.conditions import CONDITIONS, KNOWN_BODY_PARTS, conditions_for_body_part
 from web.access import Capability, can, client_ip, requires
-from web.clinical.analysis.queries import analysis_get
-from web.clinical.audit.records import audit_record, audit_record_read
+from web.clinical.audit.reads import Read, analysis_read, reader_of, studies_read, study_read
 from web.clinical.batches.batches import batch_progress, batch_summary
 from web.clinical.models import Analysis, Batch, Study
 from web.clinical.reporting.reports import report_desk
@@ -21,7 +20,6 @@ from web.clinical.worklist.queries import (
     WORKLIST_REGIONS,
     WorklistFilterError,
     WorklistFilters,
-    study_detail,
     study_worklist,
     waiting_label,
     worklist_filters_parse,
@@ -42,6 +40,7 @@ def worklist(request: HttpRequest) -> HttpResponse:
     paginator = Paginator(study_worklist(filters=filters, user=request.user), WORKLIST_PAGE_SIZE)
     page = paginator.get_page(request.GET.get("page"))
     rows = list(page.object_list)
+    studies_read(rows=rows, reader=reader_of(request))  # the rows this person sees
     worklist_strongest(rows)
     for study in rows:
         study.waiting = waiting_label(study)
@@ -74,20 +73,10 @@ def worklist(request: HttpRequest) -> HttpResponse:
 @requires(Capability.VIEW_STUDIES)
 def study_page(request: HttpRequest, study_id: int) -> HttpResponse:
     try:
-        study = study_detail(study_id=study_id)
+        study = study_read(study_id=study_id, reader=reader_of(request), full=True)
     except Study.DoesNotExist:
         raise Http404("No such study.") from None
-    moved = study_open(study=study, user=request.user)
-    # A read repeated within the audit window is one action; opening it into review is new.
-    (audit_record if moved else audit_record_read)(
-        actor=request.user,
-        action="study.view",
-        patient=study.patient,
-        study=study,
-        obj=study,
-        ip_address=client_ip(request),
-        detail={"status": Study.Status.IN_REVIEW.value} if moved else None,
-    )
+    study_open(study=study, user=request.user, ip_address=client_ip(request))  # audits a move
     return render(
         request, "ui/study.html", {"study": study, "can_review": can(request.user, Capability.REVIEW)}
     )
@@ -98,7 +87,7 @@ def report_page(request: HttpRequest, study_id: int) -> HttpResponse:
     """Draft, sign and list a study's report versions: the holder writes; other radiologists
     read the draft and may take the study over; anyone else sees the signed versions only."""
     try:
-        study = Study.objects.select_related("patient", "assigned_radiologist").get(pk=study_id)
+        study = study_read(study_id=study_id, reader=reader_of(request), action=Read.REPORTS)
     except Study.DoesNotExist:
         raise Http404("No such study.") from None
     desk = report_desk(study=study, user=request.user)
@@ -129,7 +118,7 @@ def analysis_card(request: HttpRequest, analysis_id: int) -> HttpResponse:
     """One result's card, the same partial the study page is drawn with: the page fetches it
     again when a live event says the result changed (one template draws every card)."""
     try:
-        analysis = analysis_get(analysis_id=analysis_id)
+        analysis = analysis_read(analysis_id=analysis_id, reader=reader_of(request), action=Read.ANALYSIS)
     except Analysis.DoesNotExist:
         raise Http404("No such analysis.") from None
     return render(request, "ui/_analysis.html", {"a": analysis})
