@@ -101,7 +101,7 @@ class Decoded:
 
 def pixels_digest(pixels: np.ndarray) -> str:
     digest = hashlib.sha256(f"{pixels.shape}{pixels.dtype}".encode())
-    digest.update(memoryview(np.ascontiguousarray(pixels)).cast("B"))  # no copy of the pixels
+    digest.update(np.ascontiguousarray(pixels).data.cast("B"))  # no copy of the pixels
     return digest.hexdigest()
 
 
