@@ -150,7 +150,8 @@ def main() -> None:
 
     log_path = scratch / "worker.log"
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "interactive,maintenance,batch"]
+        [sys.executable, "-m", "celery", "-A", "worker", "worker"]
+        + ["-Q", "interactive,maintenance,batch,reports"]
         + [
             "--concurrency",
             str(args.concurrency),

@@ -174,7 +174,8 @@ def main() -> None:
         ),
         (
             "worker",
-            [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "interactive,maintenance,batch"]
+            [sys.executable, "-m", "celery", "-A", "worker", "worker"]
+            + ["-Q", "interactive,maintenance,batch,reports"]
             + [
                 "--concurrency",
                 "1",

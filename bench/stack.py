@@ -190,7 +190,7 @@ class Stack:
                 "worker",
                 "worker",
                 "-Q",
-                "interactive,maintenance,batch",
+                "interactive,maintenance,batch,reports",
                 "--concurrency",
                 str(self.worker_processes),
                 "--prefetch-multiplier",

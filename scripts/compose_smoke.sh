@@ -89,6 +89,9 @@ else
   [ ${#BUILD[@]} -gt 0 ] || fail "no docker client here can build with BuildKit: install docker-buildx (or Debian's docker.io)"
 fi
 say "compose: ${COMPOSE[*]}; builder: ${BUILD[*]}"
+# Creating or removing a container of the 3 GB app image can take minutes (the vfs storage
+# driver copies the whole image each time): longer than docker-compose's 60 s default.
+export COMPOSE_HTTP_TIMEOUT="${COMPOSE_HTTP_TIMEOUT:-900}"
 
 # ---------------------------------------------------------------- images
 step "Debian bookworm base image (debootstrap + docker import)"

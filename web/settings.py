@@ -19,6 +19,7 @@ from django.core.exceptions import ImproperlyConfigured
 from web.clinical.dispatch import (
     TASK_RECOVER_ORPHANS,
     TASK_REMOVE_ABANDONED_UPLOADS,
+    TASK_REMOVE_ORPHAN_FILES,
     TASK_START_OVERNIGHT_BATCHES,
     TASK_SWEEP_STUCK,
 )
@@ -239,9 +240,15 @@ if not DEBUG and "DATABASE_URL" not in os.environ:
 RADTRIAGE_NAMESPACE = os.environ.get("RADTRIAGE_NAMESPACE", "radtriage")
 QUEUE_INTERACTIVE = "interactive"  # single uploads: a person is waiting
 QUEUE_BATCH = "batch"  # bulk imports
-QUEUE_MAINTENANCE = "maintenance"  # the sweeper; cheap, never behind a model job
+QUEUE_MAINTENANCE = "maintenance"  # the sweeps and PACS sends; cheap, never behind a model job
+# Report PDFs (1-3 s each): after every analysis queue, so a render never delays an analysis;
+# one still waiting when its PDF is downloaded is rendered then.
+QUEUE_REPORTS = "reports"
 # What an API client may ask for -> the broker queue (the one mapping of queue names).
 ANALYSIS_QUEUES = {"interactive": QUEUE_INTERACTIVE, "batch": QUEUE_BATCH}
+# Every queue, in the order a worker that serves several takes from them (its -Q list: see
+# queue_order_strategy below): Procfile and docker-compose.yml list theirs in this order.
+WORKER_QUEUES = [QUEUE_INTERACTIVE, QUEUE_MAINTENANCE, QUEUE_BATCH, QUEUE_REPORTS]
 
 CHANNEL_LAYERS = {
     "default": {
@@ -280,6 +287,18 @@ ORPHAN_SWEEP_INTERVAL = float(os.environ.get("RADTRIAGE_ORPHAN_SWEEP_INTERVAL", 
 # long) are removed by a beat task every ABANDONED_UPLOAD_CHECK_INTERVAL seconds.
 ABANDONED_UPLOAD_AFTER = float(os.environ.get("RADTRIAGE_ABANDONED_UPLOAD_AFTER", "900"))
 ABANDONED_UPLOAD_CHECK_INTERVAL = float(os.environ.get("RADTRIAGE_ABANDONED_UPLOAD_CHECK_INTERVAL", "300"))
+# Result files (heat maps, report PDFs) are written before the rows that point at them and
+# never deleted once those rows are committed. A file no committed row points at (its job died
+# between writing it and committing) is removed by a beat task every ORPHAN_FILE_CHECK_INTERVAL
+# seconds once it is ORPHAN_FILE_AFTER seconds old: longer than any job runs (the hard time
+# limit), so a file whose row is about to be committed is never taken.
+ORPHAN_FILE_AFTER = float(os.environ.get("RADTRIAGE_ORPHAN_FILE_AFTER", "3600"))
+ORPHAN_FILE_CHECK_INTERVAL = float(os.environ.get("RADTRIAGE_ORPHAN_FILE_CHECK_INTERVAL", "3600"))
+if ORPHAN_FILE_AFTER <= ANALYSIS_TIME_LIMIT:
+    raise ImproperlyConfigured(
+        f"RADTRIAGE_ORPHAN_FILE_AFTER ({ORPHAN_FILE_AFTER:g} s) must exceed the analysis hard time "
+        f"limit ({ANALYSIS_TIME_LIMIT} s): a result file is committed within it."
+    )
 
 # Batches. Overnight batches run inside this window, local time (TIME_ZONE); "HH:MM-HH:MM",
 # may span midnight ("22:00-05:00").
@@ -314,9 +333,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": ANALYSIS_TIME_LIMIT + 60,
     # Every broker key (queues, unacked set) lives under the namespace.
     "global_keyprefix": f"{RADTRIAGE_NAMESPACE}.",
-    # A worker takes jobs from its queues in the order given (-Q interactive,maintenance,batch):
-    # a person's single upload never waits behind an overnight bulk import, only behind the
-    # job in hand (one batch of ANALYSIS_BATCH_SIZE images, well under a second on a CPU).
+    # A worker takes jobs from its queues in the order given (-Q, as WORKER_QUEUES): a person's
+    # single upload never waits behind an overnight bulk import, only behind the job in hand
+    # (one batch of ANALYSIS_BATCH_SIZE images, well under a second on a CPU), and a report
+    # render waits for every analysis.
     "queue_order_strategy": "priority",
 }
 CELERY_BEAT_SCHEDULE = {
@@ -334,6 +354,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": TASK_REMOVE_ABANDONED_UPLOADS,
         "schedule": ABANDONED_UPLOAD_CHECK_INTERVAL,
         "options": {"queue": QUEUE_MAINTENANCE, "expires": max(ABANDONED_UPLOAD_CHECK_INTERVAL, 1.0)},
+    },
+    "remove-orphan-files": {
+        "task": TASK_REMOVE_ORPHAN_FILES,
+        "schedule": ORPHAN_FILE_CHECK_INTERVAL,
+        "options": {"queue": QUEUE_MAINTENANCE, "expires": max(ORPHAN_FILE_CHECK_INTERVAL, 1.0)},
     },
     # Starts the overnight batches once inside the night window (their jobs go on the batch
     # queue) and says of those still running at its end that they went on past it.
@@ -408,6 +433,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Requests and responses described apart: a file field is a binary upload in a request (not
+    # a URL), and a required text field says it may not be blank (minLength 1).
+    "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "web.api.schema.error_responses",

@@ -1,4 +1,5 @@
-"""Celery workers for RadTriage: `celery -A worker worker -Q interactive,batch,maintenance`."""
+"""Celery workers for RadTriage: `celery -A worker worker -Q interactive,maintenance,batch,reports`
+(settings.WORKER_QUEUES: the order the worker serves them in)."""
 
 from worker.celery import app
 

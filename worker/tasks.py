@@ -17,7 +17,12 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections
 
 from web.clinical.analysis.jobs import analyses_run, analysis_fail, analysis_mark_retrying
-from web.clinical.analysis.recovery import analyses_requeue_orphans, analyses_requeue_stuck, worker_heartbeat
+from web.clinical.analysis.recovery import (
+    analyses_requeue_orphans,
+    analyses_requeue_stuck,
+    pacs_sends_requeue_orphans,
+    worker_heartbeat,
+)
 from web.clinical.batches.batches import batches_note_progress, batches_start_due
 from web.clinical.dicom.pacs_send import PacsSendError, pacs_send_fail, pacs_send_run
 from web.clinical.dispatch import (
@@ -26,11 +31,12 @@ from web.clinical.dispatch import (
     TASK_PACS_SEND,
     TASK_RECOVER_ORPHANS,
     TASK_REMOVE_ABANDONED_UPLOADS,
+    TASK_REMOVE_ORPHAN_FILES,
     TASK_RENDER_REPORT,
     TASK_START_OVERNIGHT_BATCHES,
     TASK_SWEEP_STUCK,
 )
-from web.clinical.files import media_remove_abandoned_uploads
+from web.clinical.files import media_remove_abandoned_uploads, media_remove_orphan_files
 from web.clinical.reporting.reports import report_render
 from worker.celery import app
 
@@ -117,13 +123,22 @@ def sweep_stuck_analyses() -> list[int]:
 
 
 @app.task(name=TASK_RECOVER_ORPHANS, ignore_result=True, soft_time_limit=30, time_limit=45)
-def requeue_orphaned_analyses() -> list[int]:
-    return analyses_requeue_orphans(orphan_after=settings.ORPHAN_AFTER)
+def requeue_orphaned_analyses() -> dict[str, list[int]]:
+    """The orphan sweep: analyses and PACS sends whose job the broker lost, sent again."""
+    return {
+        "analyses": analyses_requeue_orphans(orphan_after=settings.ORPHAN_AFTER),
+        "pacs_sends": pacs_sends_requeue_orphans(orphan_after=settings.ORPHAN_AFTER),
+    }
 
 
 @app.task(name=TASK_REMOVE_ABANDONED_UPLOADS, ignore_result=True, soft_time_limit=120, time_limit=150)
 def remove_abandoned_uploads() -> list[str]:
     return media_remove_abandoned_uploads(older_than=settings.ABANDONED_UPLOAD_AFTER)
+
+
+@app.task(name=TASK_REMOVE_ORPHAN_FILES, ignore_result=True, soft_time_limit=600, time_limit=660)
+def remove_orphan_files() -> list[str]:
+    return media_remove_orphan_files(older_than=settings.ORPHAN_FILE_AFTER)
 
 
 @app.task(

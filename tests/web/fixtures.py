@@ -350,7 +350,7 @@ def celery_worker(name: str, env: dict[str, str], log_dir: Path) -> Service:
         "worker",
         "worker",
         "-Q",
-        "interactive,maintenance,batch",
+        "interactive,maintenance,batch,reports",
         "--concurrency",
         "1",
         "--pool",

@@ -1,10 +1,19 @@
-"""Files the services write beside the rows: thumbnails, heat maps; and their clean-up."""
+"""Files the services write beside the rows: thumbnails, heat maps; and their clean-up.
+
+A file is written before the row that points at it, and a job never deletes a file once its
+row may have committed (an exception after the commit, e.g. a task terminated on a broker
+connection loss, must not take a stored result's heat map). What is left over when a process
+dies between the two is removed later, once no committed row points at it: uploads through
+their journals (media_remove_abandoned_uploads), heat maps and report PDFs by walking their
+folders (media_remove_orphan_files)."""
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +54,10 @@ def files_delete(names: list[str]) -> None:
             log.warning("Could not remove %s after a failed upload", name, exc_info=True)
 
 
-def heatmaps_store(maps: list[tuple[Analysis, np.ndarray]], stored: dict[int, str]) -> None:
+def heatmaps_store(maps: list[tuple[Analysis, np.ndarray]]) -> dict[int, str]:
     """Each raw Grad-CAM map at the model's resolution, as an 8-bit grayscale PNG (a few KB);
-    stored[analysis id] = its file name, also for the caller to delete on a later failure.
+    returns {analysis id: its file name}. Written before the rows; if they never commit, the
+    files are orphans for media_remove_orphan_files.
 
     One after another: a map's PNG and file cost ~0.1 ms; a pool of threads to write them
     cost 0.7-1 ms per map in thread start-ups and GIL hand-offs (16-map batch job, local disk).
@@ -56,10 +66,12 @@ def heatmaps_store(maps: list[tuple[Analysis, np.ndarray]], stored: dict[int, st
     """
     from core.overlay import heatmap_png
 
+    stored: dict[int, str] = {}
     for analysis, heatmap in maps:
         clean = np.clip(np.nan_to_num(np.asarray(heatmap, dtype=np.float32)), 0.0, 1.0)
         name = f"heatmaps/{analysis.image.study_id}/analysis-{analysis.pk}-raw.png"
         stored[analysis.pk] = default_storage.save(name, ContentFile(heatmap_png(clean)))
+    return stored
 
 
 # Beside the media files: one journal per upload in progress, listing the files it writes.
@@ -141,4 +153,75 @@ def media_remove_abandoned_uploads(*, older_than: float) -> list[str]:
         journal.unlink(missing_ok=True)
     if removed:
         log.warning("Removed %d file(s) of abandoned uploads: %s", len(removed), removed[:20])
+    return removed
+
+
+# The result folders the orphan sweep walks: a file's name says which rows may point at it
+# (heatmaps/<study>/analysis-<id>-raw*.png: that analysis; reports/study-<id>/...: that
+# study's reports), so each check is a lookup by primary or foreign key, never a scan.
+_HEATMAP_NAME = re.compile(r"^heatmaps/\d+/analysis-(\d+)-raw[^/]*\.png$")
+_REPORT_NAME = re.compile(r"^reports/study-(\d+)/[^/]+$")
+
+
+def _heatmaps_kept(names: list[str]) -> set[str]:
+    ids = {int(m.group(1)) for n in names if (m := _HEATMAP_NAME.match(n))}
+    return set(
+        Analysis.objects.filter(pk__in=ids).exclude(heatmap_raw="").values_list("heatmap_raw", flat=True)
+    )
+
+
+def _reports_kept(names: list[str]) -> set[str]:
+    from web.clinical.models import Report
+
+    ids = {int(m.group(1)) for n in names if (m := _REPORT_NAME.match(n))}
+    return set(Report.objects.filter(study_id__in=ids).exclude(pdf="").values_list("pdf", flat=True))
+
+
+ORPHAN_FOLDERS: dict[str, tuple[re.Pattern[str], Callable[[list[str]], set[str]]]] = {
+    "heatmaps": (_HEATMAP_NAME, _heatmaps_kept),
+    "reports": (_REPORT_NAME, _reports_kept),
+}
+
+
+def _old_files(folder: Path, *, cutoff: float) -> Iterator[Path]:
+    if not folder.is_dir():
+        return
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                yield path
+        except FileNotFoundError:
+            continue  # removed meanwhile
+
+
+def _chunks(paths: Iterable[Path], size: int) -> Iterator[list[Path]]:
+    chunk: list[Path] = []
+    for path in paths:
+        chunk.append(path)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def media_remove_orphan_files(*, older_than: float) -> list[str]:
+    """Remove the heat maps and report PDFs older than `older_than` seconds that no committed
+    row points at (a job that died after writing them and before committing, a duplicate run).
+    A file whose name is not one this code writes is left alone: nothing here can tell whose
+    it is. `older_than` must exceed the time from a file's write to its row's commit."""
+    root = Path(settings.MEDIA_ROOT)
+    cutoff = time.time() - older_than
+    removed: list[str] = []
+    for folder, (pattern, kept_of) in ORPHAN_FOLDERS.items():
+        for chunk in _chunks(_old_files(root / folder, cutoff=cutoff), 500):
+            names = {path.relative_to(root).as_posix(): path for path in chunk}
+            ours = [name for name in names if pattern.match(name)]
+            kept = kept_of(ours)
+            for name in ours:
+                if name not in kept:
+                    names[name].unlink(missing_ok=True)
+                    removed.append(name)
+    if removed:
+        log.warning("Removed %d result file(s) no row points at: %s", len(removed), removed[:20])
     return removed

@@ -223,21 +223,19 @@ def _analyses_compute_and_store(
         )
     except RadTriageError as exc:  # unknown model, unreadable registry: the same for all
         return [_analysis_fail_permanently(analysis, exc) for analysis, _ in group]
-    stored: dict[int, str] = {}
-    try:
-        heatmaps_store(
-            [(analysis, outcome.heatmap) for (analysis, _), outcome in zip(group, outcomes, strict=True)],
-            stored,
-        )
-        return _analyses_complete(
-            [
-                (analysis, outcome, stored[analysis.pk])
-                for (analysis, _), outcome in zip(group, outcomes, strict=True)
-            ]
-        )
-    except BaseException:
-        files_delete(list(stored.values()))
-        raise
+    # The heat maps are written before the rows that point at them and never deleted here: an
+    # exception after the commit (the task terminated on a broker connection loss, a failing
+    # on-commit step) must not take a stored result's file. If the rows never commit, no row
+    # points at the files and files.media_remove_orphan_files removes them later.
+    stored = heatmaps_store(
+        [(analysis, outcome.heatmap) for (analysis, _), outcome in zip(group, outcomes, strict=True)]
+    )
+    return _analyses_complete(
+        [
+            (analysis, outcome, stored[analysis.pk])
+            for (analysis, _), outcome in zip(group, outcomes, strict=True)
+        ]
+    )
 
 
 def _analyses_complete(results: list[tuple[Analysis, AnalysisOutcome, str]]) -> list[Analysis]:
@@ -286,22 +284,13 @@ def _analyses_complete(results: list[tuple[Analysis, AnalysisOutcome, str]]) -> 
 
 
 def _results_to_pacs(finished: list[Analysis]) -> None:
-    """Once committed, queue the C-STORE of the results of images now fully analysed (only
-    when a PACS node is configured)."""
-    if finished and settings.RADTRIAGE_PACS_HOST:
-        image_ids = sorted({a.image_id for a in finished})
-        transaction.on_commit(partial(_results_to_pacs_now, image_ids=image_ids))
-
-
-def _results_to_pacs_now(*, image_ids: list[int]) -> None:
-    # After the commit: the last of an image's analyses to commit sees all the others done.
-    # Never lets a PACS problem fail the analysis job whose results are already stored.
+    """Queue the C-STORE of the results of images now fully analysed (only when a PACS node
+    is configured), in the transaction that stores the results: the send row commits with
+    them, and a send whose job is lost after the commit is sent again by the recovery sweep."""
     from web.clinical.dicom.pacs_send import pacs_sends_queue
 
-    try:
-        pacs_sends_queue(image_ids=image_ids)
-    except Exception:  # noqa: BLE001 - POST /api/images/<id>/pacs-sends/ can send it later
-        log.error("Could not queue the PACS send of images %s", image_ids, exc_info=True)
+    if finished and settings.RADTRIAGE_PACS_HOST:
+        pacs_sends_queue(image_ids=sorted({a.image_id for a in finished}))
 
 
 def analysis_fail(*, analysis_id: int, message: str) -> Analysis | None:

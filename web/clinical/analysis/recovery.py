@@ -21,7 +21,10 @@ The database row is the truth; the broker (Redis) only carries the job. Five par
    heat-map file is written before its row and never deleted once the row is committed;
    files no committed row points to are removed later by web.clinical.files.
 
-Overnight batches waiting for their night window are left alone by both sweeps.
+Overnight batches waiting for their night window are left alone by both sweeps. The orphan
+sweep also sends again a PACS send (DicomSend) queued for ORPHAN_AFTER with no job in the
+broker (`pacs_sends_requeue_orphans`): its job was lost the same ways, and pacs_send_run
+does nothing for a send already sent.
 """
 
 from __future__ import annotations
@@ -43,8 +46,9 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from web.clinical.analysis.jobs import analyses_dispatch
-from web.clinical.dispatch import ANALYSIS_TASKS
-from web.clinical.models import Analysis, Batch
+from web.clinical.dicom.pacs_send import pacs_sends_dispatch
+from web.clinical.dispatch import ANALYSIS_TASKS, TASK_PACS_SEND
+from web.clinical.models import Analysis, Batch, DicomSend
 
 log = logging.getLogger(__name__)
 
@@ -224,3 +228,26 @@ def _analyses_requeue(rows: QuerySet[Analysis], *, why: str) -> list[int]:
         for queue, ids in by_queue.items():
             transaction.on_commit(partial(analyses_dispatch, analysis_ids=ids, queue=queue))
     return [analysis_id for analysis_id, _ in requeued]
+
+
+def pacs_sends_requeue_orphans(*, orphan_after: float) -> list[int]:
+    """Send again each PACS send queued (and untouched) for over `orphan_after` seconds whose
+    id is in no broker queue and in no worker's hands, e.g. waiting out a retry's countdown:
+    its job never reached the broker (Redis down when the results committed) or Redis lost it."""
+    cutoff = timezone.now() - dt.timedelta(seconds=orphan_after)
+    old = DicomSend.objects.filter(state=DicomSend.State.QUEUED, updated_at__lt=cutoff)
+    candidates = list(old.values_list("pk", flat=True)[:2000])
+    if not candidates:
+        return []
+    in_broker = broker_job_ids(queues=settings.WORKER_QUEUES, tasks=[TASK_PACS_SEND])
+    lost = [pk for pk in candidates if pk not in in_broker]
+    if not lost:
+        return []
+    with transaction.atomic():
+        ids = list(old.filter(pk__in=lost).select_for_update(skip_locked=True).values_list("pk", flat=True))
+        # Touched, so that the next sweep waits `orphan_after` again for this job.
+        DicomSend.objects.filter(pk__in=ids).update(updated_at=timezone.now())
+        transaction.on_commit(partial(pacs_sends_dispatch, send_ids=ids))
+    if ids:
+        log.warning("Re-sending PACS sends %s: no job for them in the broker", ids)
+    return ids

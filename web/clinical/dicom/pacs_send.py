@@ -30,7 +30,8 @@ class PacsSendError(Exception):
 def pacs_sends_queue(*, image_ids: Sequence[int]) -> list[DicomSend]:
     """Queue the results of each image whose analyses are all done (at least one succeeded)
     for the configured PACS; nothing when none is configured. A re-queue replaces the results
-    already sent (same instance UIDs where nothing changed)."""
+    already sent (same instance UIDs where nothing changed). Called in the transaction that
+    stores an image's results, the send row commits with them."""
     if not settings.RADTRIAGE_PACS_HOST:
         return []
     busy = Analysis.objects.filter(state__in=[Analysis.State.QUEUED, Analysis.State.RUNNING])
@@ -41,6 +42,12 @@ def pacs_sends_queue(*, image_ids: Sequence[int]) -> list[DicomSend]:
     )
     sends = []
     with transaction.atomic():
+        # The images locked first: of two jobs storing an image's last results at once, the
+        # second waits for the first to commit and then sees every analysis done, so the last
+        # one to commit queues the send (neither would, each seeing the other still running).
+        list(
+            Image.objects.select_for_update(no_key=True).filter(pk__in=image_ids).order_by("pk").values("pk")
+        )
         for image in ready:
             send, _ = DicomSend.objects.update_or_create(
                 image=image,
@@ -51,11 +58,13 @@ def pacs_sends_queue(*, image_ids: Sequence[int]) -> list[DicomSend]:
             )
             sends.append(send)
         ids = [s.pk for s in sends]
-        transaction.on_commit(lambda: _dispatch(ids))
+        transaction.on_commit(lambda: pacs_sends_dispatch(send_ids=ids))
     return sends
 
 
-def _dispatch(send_ids: list[int]) -> None:
+def pacs_sends_dispatch(*, send_ids: Sequence[int]) -> None:
+    """Send the jobs (after commit). A send the broker never got stays queued, and the
+    recovery sweep (analysis/recovery.py) sends it again."""
     for send_id in send_ids:
         try:
             job_send(TASK_PACS_SEND, args=[send_id], queue=settings.QUEUE_MAINTENANCE)
