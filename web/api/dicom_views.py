@@ -18,6 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from web.access import Capability, api_requires
+from web.api.schema import refused
 from web.api.views import client_ip
 from web.clinical.audit.reads import Read, analysis_read, image_read, reader_of
 from web.clinical.audit.records import audit_record
@@ -212,7 +213,12 @@ class ImagePacsSendsView(APIView):
         return Response(DicomSendSerializer(image.dicom_sends.all(), many=True).data)
 
     @extend_schema(
-        request=None, responses={202: DicomSendSerializer(many=True)}, summary="Send to the PACS now"
+        request=None,
+        responses={
+            202: DicomSendSerializer(many=True),
+            409: refused("No PACS is configured, or the image's analyses are not finished."),
+        },
+        summary="Send to the PACS now",
     )
     def post(self, request: Request, pk: int) -> Response:
         image = Image.objects.select_related("study__patient").filter(pk=pk).first()
@@ -221,7 +227,7 @@ class ImagePacsSendsView(APIView):
         sends = pacs_sends_queue(image_ids=[pk])
         if not sends:
             return Response(
-                {"detail": "Not sent: no PACS is configured, or the image's analyses are not finished."},
+                {"error": "Not sent: no PACS is configured, or the image's analyses are not finished."},
                 status=409,
             )
         audit_record(

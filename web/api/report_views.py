@@ -15,6 +15,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from web.access import Capability, api_requires, can, client_ip
+from web.api.schema import refused
+from web.api.serializers import TextField
 from web.clinical.audit.reads import Read, reader_of, study_read
 from web.clinical.models import Report, Study
 from web.clinical.reporting.reports import (
@@ -72,9 +74,7 @@ class ReportSerializer(serializers.ModelSerializer):
 
 
 class DraftSerializer(serializers.Serializer):
-    impression = serializers.CharField(
-        allow_blank=True, max_length=MAX_IMPRESSION_CHARS, trim_whitespace=False
-    )
+    impression = TextField(allow_blank=True, max_length=MAX_IMPRESSION_CHARS, trim_whitespace=False)
 
 
 def _study(pk: int) -> Study:
@@ -110,7 +110,11 @@ class StudyReportsView(APIView):
         reports = reports_visible(study=study, user=request.user)
         return Response(ReportSerializer(reports, many=True).data)
 
-    @extend_schema(request=DraftSerializer, responses={200: ReportSerializer}, summary="Save the draft")
+    @extend_schema(
+        request=DraftSerializer,
+        responses={200: ReportSerializer, 409: refused("A colleague holds the study or wrote the draft.")},
+        summary="Save the draft",
+    )
     def post(self, request: Request, pk: int) -> Response:
         _study(pk)
         form = DraftSerializer(data=request.data)
@@ -132,7 +136,11 @@ class ReportSignView(APIView):
 
     permission_classes = [api_requires(Capability.REVIEW)]
 
-    @extend_schema(request=None, responses={200: ReportSerializer}, summary="Sign a draft (final)")
+    @extend_schema(
+        request=None,
+        responses={200: ReportSerializer, 409: refused("Not my draft, or already signed.")},
+        summary="Sign a draft (final)",
+    )
     def post(self, request: Request, pk: int) -> Response:
         _report(pk)
         try:

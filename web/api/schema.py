@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import OpenApiResponse
+
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
 ERROR_SCHEMA = {
     "type": "object",
@@ -26,6 +28,12 @@ UPLOADS = {
 }
 
 
+def refused(why: str) -> OpenApiResponse:
+    """A documented refusal (409: the state or the holder does not allow it), for
+    `extend_schema(responses={409: refused("...")})`: its body is the Error object."""
+    return OpenApiResponse(description=why)
+
+
 def error_responses(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
     """drf-spectacular postprocessing hook: the Error schema on every operation's 4xx."""
     result.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
@@ -35,6 +43,9 @@ def error_responses(result: dict[str, Any], generator: Any, request: Any, public
             if method == "post" and path.startswith(("/api/uploads/", "/api/batches/")):
                 codes.update(UPLOADS)
             responses = operation.setdefault("responses", {})
+            for code, response in responses.items():
+                if code.startswith("4") and not response.get("content"):
+                    response["content"] = {"application/json": {"schema": ERROR_REF}}  # refused()
             for code, description in codes.items():
                 if code not in responses:
                     responses[code] = {

@@ -12,6 +12,17 @@ from web.clinical.analysis.findings import RESULT_LABELS, ResultRecord
 from web.clinical.models import Analysis, Annotation, Image, Patient, Study
 from web.clinical.worklist.queries import WORKLIST_REGIONS, body_part_region, worklist_strongest
 
+
+class TextField(serializers.CharField):
+    """Text in a JSON body: a string and nothing else. DRF's CharField turns a number into
+    text ({"impression": 0} was saved as "0"); the schema says string, and so does this."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return str(super().to_internal_value(data))
+
+
 PRIORITIES = {"stat": Study.Priority.STAT, "urgent": Study.Priority.URGENT, "routine": Study.Priority.ROUTINE}
 
 
@@ -360,12 +371,12 @@ class AnnotationChangeSerializer(serializers.Serializer):
     """PATCH of one's own annotation: either field, or both."""
 
     shapes = serializers.JSONField(required=False)
-    note = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    note = TextField(required=False, allow_blank=True, trim_whitespace=False)
 
 
 class VerdictInputSerializer(serializers.Serializer):
     verdict = serializers.ChoiceField(choices=Annotation.Verdict.choices)
-    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+    comment = TextField(required=False, allow_blank=True, default="", max_length=2000)
 
 
 class VerdictSerializer(serializers.ModelSerializer):

@@ -16,16 +16,17 @@ from rest_framework import generics, serializers, status
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.exceptions import NotFound, ValidationError
-from rest_framework.parsers import FormParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 from rest_framework.views import APIView
 
+from core.conditions import CONDITIONS
 from core.errors import XRayDecodeError
 from web.access import CanViewStudies, Capability, api_requires, client_ip
 from web.api.authentication import token_expired
 from web.api.parsers import NAME_NOT_UTF8_MESSAGE, MultiPartParser, name_not_utf8
+from web.api.schema import refused
 from web.api.serializers import (
     PRIORITIES,
     AnalysisSerializer,
@@ -34,6 +35,7 @@ from web.api.serializers import (
     BulkUploadSerializer,
     StudyDetailSerializer,
     StudyListSerializer,
+    TextField,
     UploadResultSerializer,
     UploadSerializer,
 )
@@ -53,6 +55,7 @@ from web.clinical.review.annotations import ReviewRejected, annotation_create, v
 from web.clinical.viewer import OVERLAY_ALPHA, analysis_heatmap_color_png, analysis_heatmap_overlay_png
 from web.clinical.worklist.queries import (
     ASSIGNED_CHOICES,
+    REGION_ALIASES,
     WORKLIST_REGIONS,
     WorklistFilterError,
     study_worklist,
@@ -87,7 +90,7 @@ def too_large_message(size: int) -> str:
 
 class UploadView(APIView):
     permission_classes = [api_requires(Capability.UPLOAD)]
-    parser_classes = [MultiPartParser, FormParser]
+    parser_classes = [MultiPartParser]  # a file travels in multipart only (the schema says so)
 
     @extend_schema(
         request=UploadSerializer,
@@ -230,10 +233,21 @@ def bulk_upload_summary(items: list[BulkUploadItem]) -> dict[str, Any]:
     }
 
 
+def _blank_or(schema: dict[str, Any]) -> dict[str, Any]:
+    """A worklist filter's schema: the value, or empty for no filter (as the page's form sends)."""
+    return {"anyOf": [schema, {"type": "string", "maxLength": 0}]}
+
+
+def _one_of(values: Any) -> dict[str, Any]:
+    return _blank_or({"type": "string", "enum": list(values)})
+
+
 @extend_schema(
     parameters=[
-        OpenApiParameter("status", str, enum=list(Study.Status.values)),
-        OpenApiParameter("condition", str, description="studies with an analysis of this condition"),
+        OpenApiParameter("status", _one_of(Study.Status.values)),
+        OpenApiParameter(
+            "condition", _one_of(CONDITIONS), description="studies with an analysis of this condition"
+        ),
         OpenApiParameter(
             "positive",
             bool,
@@ -241,15 +255,20 @@ def bulk_upload_summary(items: list[BulkUploadItem]) -> dict[str, Any]:
         ),
         OpenApiParameter(
             "region",
-            str,
-            enum=list(WORKLIST_REGIONS),
+            _one_of([*WORKLIST_REGIONS, *REGION_ALIASES]),
             description="the body region rows show (region); chest, limb, knee, other still accepted",
         ),
-        OpenApiParameter("date_from", str, description="study date from (YYYY-MM-DD)"),
-        OpenApiParameter("date_to", str, description="study date to (YYYY-MM-DD)"),
-        OpenApiParameter("assigned", str, enum=list(ASSIGNED_CHOICES)),
+        OpenApiParameter(
+            "date_from", _blank_or({"type": "string", "format": "date"}), description="study date from"
+        ),
+        OpenApiParameter(
+            "date_to", _blank_or({"type": "string", "format": "date"}), description="study date to"
+        ),
+        OpenApiParameter("assigned", _one_of(ASSIGNED_CHOICES)),
         OpenApiParameter("q", str, description="patient name, patient ID or accession contains"),
-        OpenApiParameter("batch", int, description="only the studies of this batch's files"),
+        OpenApiParameter(
+            "batch", _blank_or({"type": "integer", "minimum": 0}), description="only this batch's studies"
+        ),
     ]
 )
 class StudyListView(generics.ListAPIView):
@@ -313,7 +332,7 @@ class AnalysisHeatmapView(APIView):
             ),
             OpenApiParameter(
                 "alpha",
-                float,
+                {"type": "number", "minimum": 0, "maximum": 1},
                 description="overlay only: the heat map's "
                 f"intensity, 0 (X-ray alone) to 1 (default {OVERLAY_ALPHA})",
             ),
@@ -385,9 +404,9 @@ class ImageThumbnailView(APIView):
 
 
 class AnalysisRequestSerializer(serializers.Serializer):
-    conditions = serializers.ListField(child=serializers.CharField(), allow_empty=False)
+    conditions = serializers.ListField(child=serializers.CharField(), allow_empty=False, min_length=1)
     queue = serializers.ChoiceField(choices=list(settings.ANALYSIS_QUEUES), default="interactive")
-    model_id = serializers.CharField(required=False, allow_blank=True, default="")
+    model_id = TextField(required=False, allow_blank=True, default="")
 
 
 class ImageAnalysesView(APIView):
@@ -459,6 +478,12 @@ class TokenView(ObtainAuthToken):
         # own request (not DRF's wrapper), so its middleware answers 429 with the reason.
         return {**super().get_serializer_context(), "request": self.request._request}
 
+    @extend_schema(
+        responses={
+            200: {"type": "object", "properties": {"token": {"type": "string"}}, "required": ["token"]},
+            429: refused("Too many failed logins for this account from this address: wait, or ask an admin."),
+        }
+    )
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)

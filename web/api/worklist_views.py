@@ -14,7 +14,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from web.access import Capability, api_requires, client_ip
-from web.api.serializers import StudyListSerializer
+from web.api.schema import refused
+from web.api.serializers import StudyListSerializer, TextField
 from web.clinical.worklist.claims import (
     study_claim,
     study_mark_reviewed,
@@ -38,7 +39,13 @@ class _StudyActionView(APIView):
     permission_classes = [api_requires(Capability.REVIEW)]
     service: Callable[..., Any]
 
-    @extend_schema(request=None, responses={200: StudyListSerializer})
+    @extend_schema(
+        request=None,
+        responses={
+            200: StudyListSerializer,
+            409: refused("The study's holder or its state does not allow it."),
+        },
+    )
     def post(self, request: Request, pk: int) -> Response:
         service = type(self).service
         return _answer(pk, lambda: service(study_id=pk, user=request.user, ip_address=client_ip(request)))
@@ -64,7 +71,7 @@ class StudyReviewedView(_StudyActionView):
 
 
 class TakeOverSerializer(serializers.Serializer):
-    reason = serializers.CharField(required=False, allow_blank=True, max_length=500, default="")
+    reason = TextField(required=False, allow_blank=True, max_length=500, default="")
 
 
 class StudyTakeOverView(APIView):
@@ -74,7 +81,13 @@ class StudyTakeOverView(APIView):
 
     permission_classes = [api_requires(Capability.REVIEW)]
 
-    @extend_schema(request=TakeOverSerializer, responses={200: StudyListSerializer})
+    @extend_schema(
+        request=TakeOverSerializer,
+        responses={
+            200: StudyListSerializer,
+            409: refused("Nothing to take over: no one else holds the study."),
+        },
+    )
     def post(self, request: Request, pk: int) -> Response:
         form = TakeOverSerializer(data=request.data)
         form.is_valid(raise_exception=True)

@@ -121,6 +121,10 @@ class WorklistFilterError(ValueError):
         self.field = field
 
 
+# ?positive= takes these; anything else is refused (a typo would list every study as if filtered).
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "on", "yes"), ("0", "false", "off", "no")
+
+
 def worklist_filters_parse(params: Mapping[str, Any]) -> WorklistFilters:
     """A query string -> WorklistFilters. Raises WorklistFilterError on a value it cannot use."""
 
@@ -143,13 +147,16 @@ def worklist_filters_parse(params: Mapping[str, Any]) -> WorklistFilters:
         raise WorklistFilterError("condition", f"Unknown condition; use one of {', '.join(CONDITIONS)}.")
     if assigned and assigned not in ASSIGNED_CHOICES:
         raise WorklistFilterError("assigned", "Use assigned=mine or assigned=unassigned.")
+    positive = text("positive").lower()
+    if positive not in ("", *TRUE_WORDS, *FALSE_WORDS):
+        raise WorklistFilterError("positive", "positive: use true or false.")
     batch = text("batch")
     if batch and not batch.isdigit():
         raise WorklistFilterError("batch", "A batch id (a number).")
     return WorklistFilters(
         status=status,
         condition=condition,
-        positive_only=text("positive") in ("1", "true", "on", "yes"),
+        positive_only=positive in TRUE_WORDS,
         region=region_parse(region) if region else "",
         date_from=date("date_from"),
         date_to=date("date_to"),
