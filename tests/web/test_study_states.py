@@ -360,3 +360,13 @@ def test_the_migration_makes_a_reported_study_without_a_signed_report_reviewed(d
         "reported",
         "reviewed",
     )
+
+
+def test_the_admin_cannot_edit_a_studys_state_or_holder(db, django_user_model) -> None:
+    admin = with_role(django_user_model.objects.create_user("ada.admin", password="pw-admin"), "admin")
+    study = make_study("ai_complete")
+
+    page = as_api(admin).get(f"/admin/clinical/study/{study.pk}/change/").content.decode()
+
+    assert page.count('name="status"') == 0 and 'name="assigned_radiologist"' not in page
+    assert "AI complete" in page  # shown, read only

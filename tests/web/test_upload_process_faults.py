@@ -27,7 +27,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 class WebProcess:
     def __init__(self, log_dir: Path) -> None:
         self.port = free_port()
-        argv = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(self.port), "--no-proxy-headers"]
+        argv = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(self.port)]
+        argv.append("--no-proxy-headers")
         self.service = Service("uvicorn", [*argv, "web.asgi:application"], service_env(), log_dir)
         self.url = f"http://127.0.0.1:{self.port}"
 

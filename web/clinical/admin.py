@@ -39,6 +39,9 @@ class StudyAdmin(admin.ModelAdmin):
     list_filter = ["status", "priority", "modality"]
     search_fields = ["study_instance_uid", "accession_number", "patient__patient_id"]
     raw_id_fields = ["patient"]
+    # The state and its holder change only through the state machine and the claim actions
+    # (web.clinical.worklist), which audit and announce them: never by editing the row.
+    readonly_fields = ["status", "assigned_radiologist", "claimed_at", "reviewed_at", "reviewed_by"]
 
 
 @admin.register(Image)

@@ -160,11 +160,12 @@ def studies_ai_state(study_ids: Iterable[int]) -> dict[int, str]:
         pk=OuterRef("batch_id"), schedule=Batch.Schedule.OVERNIGHT, state=Batch.State.WAITING
     )
     pending = Q(state__in=[Analysis.State.QUEUED, Analysis.State.RUNNING])
-    for status, matching in (
-        (S.ANALYSING, pending & ~Exists(night)),
-        (S.SCHEDULED, pending & Exists(night)),
+    steps: list[tuple[str, Q]] = [
+        (S.ANALYSING, pending & Q(~Exists(night))),
+        (S.SCHEDULED, pending & Q(Exists(night))),
         (S.AI_COMPLETE, Q()),
-    ):
+    ]
+    for status, matching in steps:
         if not left:
             break
         found = _studies_with(left, matching)
