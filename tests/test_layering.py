@@ -66,3 +66,31 @@ def test_the_check_sees_imports_inside_functions(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from django.conf import settings\n    import celery\n")
     assert imported_modules(module) == {"django.conf", "celery"}
+
+
+MODULE_LINE_LIMIT = 600
+
+
+def oversized_modules(root: Path = ROOT, limit: int = MODULE_LINE_LIMIT) -> dict[str, int]:
+    """Product modules longer than `limit` lines (migrations are generated, not read)."""
+    found = {}
+    for folder in ("core", "web", "worker"):
+        for path in sorted((root / folder).rglob("*.py")):
+            if "migrations" in path.parts:
+                continue
+            lines = len(path.read_text(encoding="utf-8").splitlines())
+            if lines > limit:
+                found[str(path.relative_to(root))] = lines
+    return found
+
+
+def test_no_product_module_outgrows_one_concern() -> None:
+    """A module over 600 lines holds more than one concern: split it where the concern ends."""
+    assert oversized_modules() == {}
+
+
+def test_the_size_check_finds_a_long_module(tmp_path: Path) -> None:
+    (tmp_path / "web" / "migrations").mkdir(parents=True)
+    (tmp_path / "web" / "long.py").write_text("x = 1\n" * 601)
+    (tmp_path / "web" / "migrations" / "0001_initial.py").write_text("x = 1\n" * 900)
+    assert oversized_modules(tmp_path) == {"web/long.py": 601}

@@ -440,8 +440,10 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "web.api.schema.error_responses",
     ],
-    # Two choice sets share a field name ("status"): each gets its own enum name in the schema.
+    # Two choice sets share a field name ("status"), and one set (the result kinds) is used by
+    # two fields: each set gets one enum name of its own in the schema.
     "ENUM_NAME_OVERRIDES": {
+        "ResultKindEnum": "web.clinical.analysis.findings.RESULT_KIND_KEYS",
         "StudyStatusEnum": "web.clinical.models.Study.Status",
         "BulkUploadStatusEnum": "web.api.serializers.BULK_UPLOAD_STATUSES",
     },

@@ -17,14 +17,22 @@ from web.clinical.models import Analysis
 
 
 @pytest.mark.parametrize(
-    "query",
-    ["?limit=99999999999999999999999", "?offset=99999999999999999999999&limit=5", "?limit=-3", "?offset=abc"],
+    "query", ["?limit=99999999999999999999999", "?offset=99999999999999999999999&limit=5"]
 )
 def test_absurd_paging_is_answered_not_a_server_error(api, query: str) -> None:
     upload(api, dicom_bytes(patient_id="MRN-PAGE"))
     response = api.get(f"/api/studies/{query}")
     assert response.status_code == 200, response.content
     assert isinstance(response.json()["results"], list)
+
+
+@pytest.mark.parametrize(
+    ("query", "name"), [("?limit=-3", "limit"), ("?limit=0", "limit"), ("?offset=abc", "offset")]
+)
+def test_paging_that_is_not_a_whole_number_is_refused_with_the_reason(api, query: str, name: str) -> None:
+    response = api.get(f"/api/studies/{query}")
+    assert response.status_code == 400, response.content
+    assert response.json()["error"].startswith(f"{name}:") and "whole number" in response.json()["error"]
 
 
 @pytest.mark.parametrize("status", ["nonsense", "analysing\x00", "' OR 1=1 --"])

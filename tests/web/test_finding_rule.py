@@ -269,7 +269,7 @@ def _sr_results(image: Image) -> list[tuple[str, str]]:
 
 def test_every_place_that_reads_a_result_follows_the_one_finding_rule(radiologist_clients) -> None:
     from web.clinical.analysis.findings import current_results, result_kind
-    from web.clinical.batches.batches import batch_summary
+    from web.clinical.batches.summary import batch_summary
     from web.clinical.reporting.pdf import report_findings
     from web.clinical.worklist.states import studies_refresh
 
@@ -400,6 +400,50 @@ def test_the_pdf_and_the_sr_report_the_same_current_result_of_a_rerun(radiologis
     ]
     assert _sr_results(image) == [("Pneumonia", "positive")]
     assert second.pk > first.pk
+
+
+@pytest.mark.parametrize(
+    ("later", "stands"),
+    [("negative", False), ("not_applicable", False), ("experimental", True), ("placeholder", True)],
+)
+def test_a_later_reading_of_a_finding_is_read_the_same_by_the_flag_the_row_the_filter_and_the_reports(
+    radiologist_clients, later: str, stands: bool
+) -> None:
+    """A finding, then another reading of the same condition on the same image. A model in
+    clinical use replaces it (negative, or not applicable); an experimental or placeholder run
+    does not. Whichever it is, the flag, the row, the filter, the PDF, the SR and the batch
+    summary all say the same."""
+    from web.clinical.batches.summary import batch_summary
+    from web.clinical.reporting.pdf import report_findings
+    from web.clinical.worklist.states import studies_refresh
+
+    api, browser, _ = radiologist_clients
+    batch = Batch.objects.create(source=Batch.Source.FOLDER, source_name="rerun")
+    study = build(Case(f"MRN-LATER-{later}", "CHEST", 1, ((),), False, None))
+    image = study.images.get()
+    first = _result(image, "pneumonia", "finding", 0.9, batch=batch)
+    second = _result(image, "pneumonia", later, 0.95, batch=batch)
+    Analysis.objects.filter(pk=first.pk).update(finished_at=timezone.now() - dt.timedelta(minutes=5))
+    shown = "finding" if stands else later
+
+    studies_refresh(studies=[study])
+    study.refresh_from_db()
+    assert study.ai_flagged is stands
+    row = api.get("/api/studies/").json()["results"][0]
+    assert (row["strongest_result"]["id"], row["strongest_result"]["kind"]) == (
+        (first if stands else second).pk,
+        shown,
+    )
+    assert bool(_ids(api, condition="pneumonia", positive=1)) is stands
+    assert bool(_ids(api, positive=1)) is stands
+    html = browser.get("/").content.decode()
+    row_html = html[html.index(f'data-study-id="{study.pk}"') :].split("</tr>")[0]
+    assert LABELS[shown] in row_html
+    pdf = [f.ai_result for f in report_findings(study)]
+    assert len(pdf) == 1 and (pdf[0] == "Positive (AI flag)") is stands
+    sr = _sr_results(image)
+    assert len(sr) == 1 and (sr[0][1] == "positive") is stands
+    assert batch_summary(batch)["positives"] == {"pneumonia": int(stands)}
 
 
 # --------------------------------------------------------------------------- what users saw

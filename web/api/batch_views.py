@@ -17,7 +17,8 @@ from web.access import Capability, api_requires
 from web.api.parsers import MultiPartParser
 from web.api.serializers import UploadFieldsSerializer
 from web.api.views import client_ip, upload_fields
-from web.clinical.batches.batches import batch_import, batch_progress, batch_summary
+from web.clinical.batches.batches import batch_import, batch_progress
+from web.clinical.batches.summary import batch_summary
 from web.clinical.ingest.archive_safety import ArchiveRefused, UploadedFiles, ZipFiles
 from web.clinical.models import Batch
 

@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core.conditions import CONDITIONS, KNOWN_BODY_PARTS, normalise_body_part
-from web.clinical.analysis.findings import RESULT_LABELS, ResultRecord
+from web.clinical.analysis.findings import RESULT_KIND_KEYS, RESULT_LABELS, ResultRecord
 from web.clinical.models import Analysis, Annotation, Image, Patient, Study
 from web.clinical.worklist.queries import WORKLIST_REGIONS, body_part_region, worklist_strongest
 
@@ -151,7 +151,7 @@ class StrongestResultSerializer(serializers.Serializer):
         help_text="the label at the threshold; null where it means nothing (placeholder, not applicable)",
     )
     finding = serializers.BooleanField(help_text="an AI flag: the only kind that may raise a study")
-    kind = serializers.ChoiceField(choices=list(RESULT_LABELS))
+    kind = serializers.ChoiceField(choices=RESULT_KIND_KEYS)
     # A field named "label" (the metaclass takes it out of the class): mypy sees Field.label.
     label = serializers.CharField(  # type: ignore[assignment]
         help_text=f"the row's words: {'; '.join(RESULT_LABELS.values())}"
@@ -408,7 +408,7 @@ class VerdictCountSerializer(serializers.Serializer):
     model_sha256 = serializers.CharField()
     condition = serializers.CharField()
     ai_result = serializers.ChoiceField(
-        choices=list(RESULT_LABELS), help_text="what the AI said: the result's kind by the finding rule"
+        choices=RESULT_KIND_KEYS, help_text="what the AI said: the result's kind by the finding rule"
     )
     verdict = serializers.CharField(source="verdict_value")
     count = serializers.IntegerField()

@@ -12,7 +12,8 @@ from django.views.decorators.cache import cache_control
 from core.conditions import CONDITIONS, KNOWN_BODY_PARTS, conditions_for_body_part
 from web.access import Capability, can, client_ip, requires
 from web.clinical.audit.reads import Read, analysis_read, reader_of, studies_read, study_read
-from web.clinical.batches.batches import batch_progress, batch_summary
+from web.clinical.batches.batches import batch_progress
+from web.clinical.batches.summary import batch_summary
 from web.clinical.models import Analysis, Batch, Study
 from web.clinical.reporting.reports import report_desk
 from web.clinical.worklist.claims import study_open

@@ -1,5 +1,5 @@
 """The finding rule: what counts as an AI finding, which results count at all, which result a
-study shows, and which result of a condition is current.
+study shows, and which result of a condition is current (only current results flag a study).
 
 Written once, as data (field -> the values a result must hold there); the query expressions
 and the in-memory checks are both derived from it, so the study's flag, the worklist order and
@@ -28,6 +28,7 @@ from django.db.models import (
     Value,
     When,
 )
+from django.db.models.functions import Coalesce
 
 from core.conditions import CONDITION_URGENCY
 from web.clinical.models import Analysis, Image
@@ -46,6 +47,11 @@ APPLICABLE_RULE: Rule = {
 }
 # A finding (the AI flag): an applicable result positive at the model's threshold.
 FINDING_RULE: Rule = {**APPLICABLE_RULE, "positive": (True,)}
+# A result that replaces the earlier readings of its condition on its image: a finished result
+# of a real model in clinical use (not-applicable included: the model says the image is not
+# for it). An experimental or placeholder run never takes a reading's place, so it cannot take
+# a flag away or put one up.
+REPLACING_RULE: Rule = {"state": _DONE, "is_placeholder": (False,), "experimental": (False,)}
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,7 @@ RESULT_KINDS: tuple[ResultKind, ...] = (
     ),
 )
 RESULT_LABELS: dict[str, str] = {k.key: k.label for k in RESULT_KINDS}
+RESULT_KIND_KEYS: list[str] = [k.key for k in RESULT_KINDS]  # the API schema's ResultKindEnum
 _STANDING = {k.key: len(RESULT_KINDS) - i for i, k in enumerate(RESULT_KINDS)}  # 0: not finished
 
 
@@ -144,15 +151,17 @@ def result_kind_expression(prefix: str = "") -> Case:
 
 
 def findings() -> QuerySet[Analysis]:
-    return Analysis.objects.filter(finding_q())
+    """The findings that stand: current results (current_q) that are findings (finding_q)."""
+    return Analysis.objects.filter(finding_q() & current_q())
 
 
 def studies_with_finding(study_ids: Iterable[int], *, condition: str | None = None) -> set[int]:
     """The studies among these with a finding (for `condition` when given). Starts from the
     studies' images (a few index probes), never from the analysis table, which grows forever.
 
-    Any finding counts, not only the latest result of its condition: a re-run (another model,
-    an experimental one) never silently takes a flag away from a study."""
+    Only current results count (current_q): a later reading by a model in clinical use
+    replaces the earlier one, as in the PDF and the SR; an experimental or placeholder re-run
+    replaces nothing."""
     matching = findings().filter(image=OuterRef("pk"))
     if condition:
         matching = matching.filter(condition=condition)
@@ -216,14 +225,14 @@ def result_rank_key(analysis: Any) -> tuple[int, int, float, int]:
 
 def study_strongest_result() -> Subquery:
     """On Study: the id of the result its row shows (None while nothing has finished)."""
-    finished = Analysis.objects.filter(image__study=OuterRef("pk"), state=Analysis.State.SUCCEEDED)
-    return Subquery(results_ranked(finished).values("pk")[:1])
+    current = Analysis.objects.filter(image__study=OuterRef("pk")).filter(current_q())
+    return Subquery(results_ranked(current).values("pk")[:1])
 
 
 def strongest_of(analyses: Iterable[Analysis]) -> Analysis | None:
     """study_strongest_result in memory, over a study's analyses already loaded."""
-    finished = [a for a in analyses if a.state == Analysis.State.SUCCEEDED]
-    return min(finished, key=result_rank_key) if finished else None
+    current = current_results(analyses)
+    return current[0] if current else None
 
 
 class ResultRecord(TypedDict):
@@ -259,19 +268,43 @@ def result_record(analysis: Analysis) -> ResultRecord:
 _NEVER = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
+def current_q() -> Q:
+    """On Analysis: it is the current result of its condition on its image. That is the last
+    finished (finished_at, then id) of the results that replace (REPLACING_RULE); while none
+    exists, the last finished result of any kind (an experimental or placeholder reading is
+    then all there is, and shows with its warning)."""
+    same = Analysis.objects.filter(image=OuterRef("image"), condition=OuterRef("condition"))
+    replacing = same.filter(_rule_q(REPLACING_RULE, ""))
+    is_replacing = _rule_q(REPLACING_RULE, "")
+    finished = Q(state=Analysis.State.SUCCEEDED)
+    latest_replacing = is_replacing & ~Exists(replacing.filter(_later_than_outer()))
+    only_others = (
+        ~is_replacing
+        & ~Exists(replacing)
+        & ~Exists(same.filter(state=Analysis.State.SUCCEEDED).filter(_later_than_outer()))
+    )
+    return finished & (latest_replacing | only_others)
+
+
+def _later_than_outer() -> Q:
+    mine = Coalesce(OuterRef("finished_at"), Value(_NEVER))
+    return Q(finished_at__gt=mine) | Q(finished_at=mine, pk__gt=OuterRef("pk"))
+
+
 def current_results(analyses: Iterable[Analysis]) -> list[Analysis]:
-    """The current result of each condition among one image's analyses: the one that finished
-    last (by finished_at, then id), since a re-run replaces the earlier reading. The PDF and the
-    SR both report these, strongest first (results_ranked's order)."""
-    latest: dict[str, Analysis] = {}
+    """current_q in memory: the current result of each (image, condition) among these
+    analyses, strongest first (results_ranked's order). The PDF, the SR and the row's
+    strongest result all read these."""
+    latest: dict[tuple[int, str], Analysis] = {}
     for analysis in analyses:
         if analysis.state != Analysis.State.SUCCEEDED:
             continue
-        held = latest.get(analysis.condition)
-        if held is None or _finish_key(analysis) > _finish_key(held):
-            latest[analysis.condition] = analysis
+        key = (analysis.image_id, analysis.condition)
+        held = latest.get(key)
+        if held is None or _current_key(analysis) > _current_key(held):
+            latest[key] = analysis
     return sorted(latest.values(), key=result_rank_key)
 
 
-def _finish_key(analysis: Analysis) -> tuple[dt.datetime, int]:
-    return (analysis.finished_at or _NEVER, analysis.pk or 0)
+def _current_key(analysis: Analysis) -> tuple[bool, dt.datetime, int]:
+    return (_rule_holds(REPLACING_RULE, analysis), analysis.finished_at or _NEVER, analysis.pk or 0)

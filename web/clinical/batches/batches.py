@@ -23,7 +23,6 @@ from django.db import transaction
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
-from web.clinical.analysis.findings import finding_q
 from web.clinical.analysis.jobs import analyses_dispatch, analyses_run
 from web.clinical.audit.records import audit_record
 from web.clinical.events import GroupListener, batch_event_publish, batch_group
@@ -563,46 +562,3 @@ def batch_wait(
             if time.monotonic() > deadline:
                 return False
             listener.wait(min(0.5, max(0.0, deadline - time.monotonic()) + 0.01))
-
-
-# --------------------------------------------------------------------------- summary
-
-
-def batch_summary(batch: Batch) -> dict[str, Any]:
-    """What the batch did, as import_batch --json prints it and the batch page shows it."""
-    analyses = Analysis.objects.filter(batch=batch)
-    positives = dict(
-        analyses.filter(finding_q())  # findings, by the one rule
-        .values_list("condition")
-        .annotate(n=Count("pk"))
-        .order_by("condition")
-    )
-    conditions = sorted(set(analyses.values_list("condition", flat=True)))
-    items = batch.items.all()
-    return {
-        "batch": batch.pk,
-        "state": batch.state,
-        "schedule": batch.schedule,
-        "source": batch.source,
-        "source_name": batch.source_name,
-        "files": batch.files_total,
-        "accepted": batch.accepted,
-        "duplicates": batch.duplicates,
-        "refused": [
-            {"file": i.filename, "reason": i.reason} for i in items.filter(status=BatchItem.Status.REFUSED)
-        ],
-        "patients_from": batch.patients_from,
-        "analyses": analyses.count(),
-        "analyses_done": analyses.filter(state=Analysis.State.SUCCEEDED).count(),
-        "analyses_failed": analyses.filter(state=Analysis.State.FAILED).count(),
-        "failures": [
-            {"analysis": pk, "file": name, "condition": condition, "reason": message}
-            for pk, name, condition, message in analyses.filter(state=Analysis.State.FAILED)
-            .order_by("pk")
-            .values_list("pk", "image__original_filename", "condition", "error_message")
-        ],
-        "positives": {c: positives.get(c, 0) for c in conditions},
-        "studies": sorted(set(items.filter(image__isnull=False).values_list("image__study_id", flat=True))),
-        "overran_window": batch.overran_window,
-        "note": batch.note,
-    }

@@ -15,7 +15,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from web.clinical.batches.batches import batch_import, batch_run_inline, batch_summary, batch_wait
+from web.clinical.batches.batches import batch_import, batch_run_inline, batch_wait
+from web.clinical.batches.summary import batch_summary
 from web.clinical.ingest.archive_safety import ArchiveRefused, FolderFiles, ZipFiles, text_name
 from web.clinical.models import Batch
 
