@@ -94,15 +94,17 @@ def test_the_secondary_capture_is_the_overlay_with_a_burned_in_banner_in_the_sam
     assert again.SOPInstanceUID == ds.SOPInstanceUID
 
 
-def test_results_are_for_people_who_may_see_studies(outsider_api, radiologist_api, transactional_db) -> None:
+def test_results_are_for_people_who_may_see_studies(outsider_api, radiologist_api, db) -> None:
     from tests.web.fixtures import upload
 
+    # In the test's transaction: the job is never sent, so no worker of another test runs it
+    # while the database is being reset.
     response = upload(radiologist_api, dicom_bytes(patient_id="MRN-PRIV"))
     image_id = response.json()["image"]["id"]
     analysis_id = response.json()["image"]["analyses"][0]["id"]
     assert outsider_api.get(f"/api/images/{image_id}/dicom-sr/").status_code == 403
     assert outsider_api.get(f"/api/analyses/{analysis_id}/dicom-sc/").status_code == 403
-    # Not analysed yet (no worker here): a 404 that says so, not an empty report.
+    # Not analysed yet: a 404 that says so, not an empty report.
     pending = radiologist_api.get(f"/api/images/{image_id}/dicom-sr/")
     assert pending.status_code == 404 and "no finished analysis" in pending.content.decode()
 

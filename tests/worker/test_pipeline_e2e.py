@@ -137,7 +137,10 @@ def test_a_study_page_socket_hears_only_its_own_study(live_worker, api) -> None:
         return events
 
     events = async_to_sync(scenario)()
-    assert {e["analysis"]["study_id"] for e in events} == {events[0]["analysis"]["study_id"]}
+    # Analysis events and the study's own state events, all of this one study.
+    studies = {e["analysis"]["study_id"] if "analysis" in e else e["study"]["id"] for e in events}
+    first_study = Analysis.objects.get(pk=next(e["analysis"]["id"] for e in events if "analysis" in e))
+    assert studies == {first_study.image.study_id}
 
 
 def test_a_corrupt_stored_image_fails_once_with_its_message(live_worker, api) -> None:

@@ -223,10 +223,11 @@ def _analyses_compute_and_store(
         )
     except RadTriageError as exc:  # unknown model, unreadable registry: the same for all
         return [_analysis_fail_permanently(analysis, exc) for analysis, _ in group]
-    # The heat maps are written before the rows that point at them and never deleted here: an
-    # exception after the commit (the task terminated on a broker connection loss, a failing
-    # on-commit step) must not take a stored result's file. If the rows never commit, no row
-    # points at the files and files.media_remove_orphan_files removes them later.
+    # The heat maps are written before the rows that point at them. _analyses_complete deletes
+    # them only when its transaction certainly rolled back; an exception once the commit may
+    # have happened (the task terminated on a broker connection loss, a failing on-commit
+    # step) must not take a stored result's file: if those rows did not commit after all, no
+    # row points at the files and files.media_remove_orphan_files removes them later.
     stored = heatmaps_store(
         [(analysis, outcome.heatmap) for (analysis, _), outcome in zip(group, outcomes, strict=True)]
     )
@@ -241,45 +242,58 @@ def _analyses_compute_and_store(
 def _analyses_complete(results: list[tuple[Analysis, AnalysisOutcome, str]]) -> list[Analysis]:
     """Store the results in one transaction. A row that a duplicate delivery finished first
     keeps that result; ours is dropped with its file."""
+    body_done = False
+    try:
+        with transaction.atomic():
+            done = _analyses_store(results)
+            body_done = True  # from here on the commit may happen: the files must stay
+    except BaseException:
+        if not body_done:  # raised inside the transaction: certainly rolled back
+            files_delete([heatmap_name for _, _, heatmap_name in results])
+        raise
+    return done
+
+
+def _analyses_store(results: list[tuple[Analysis, AnalysisOutcome, str]]) -> list[Analysis]:
+    """_analyses_complete's work, inside its transaction."""
     done: list[Analysis] = []
     finished: list[Analysis] = []
-    with transaction.atomic():
-        rows = {
-            a.pk: a
-            for a in Analysis.objects.select_for_update()
-            .select_related("image__study__patient")
-            .filter(pk__in=[a.pk for a, _, _ in results])
-            .order_by("pk")
-        }
-        old_files: list[str] = []
-        for claimed, outcome, heatmap_name in results:
-            analysis = rows.get(claimed.pk)
-            if analysis is None or analysis.state == Analysis.State.SUCCEEDED:
-                transaction.on_commit(partial(files_delete, [heatmap_name]))
-                done.extend([analysis] if analysis is not None else [])
-                continue
-            old_files.extend(n for n in (analysis.heatmap_raw.name,) if n)
-            analysis_apply_outcome(analysis, outcome, heatmap_name=heatmap_name)
-            done.append(analysis)
-            finished.append(analysis)
-        rows_update(finished, OUTCOME_FIELDS)
-        studies_refresh(studies=[a.image.study for a in finished])
-        AuditEvent.objects.bulk_create(
-            [
-                audit_event(
-                    actor=None,
-                    action="analysis.succeeded",
-                    patient=a.image.study.patient,
-                    study=a.image.study,
-                    obj=a,
-                    detail={"model_id": a.model_id, "is_placeholder": a.is_placeholder},
-                )
-                for a in finished
-            ]
-        )
-        analyses_event_publish(analyses=finished, event="finished")
-        transaction.on_commit(lambda: files_delete(old_files))
-        _results_to_pacs(finished)
+    rows = {
+        a.pk: a
+        for a in Analysis.objects.select_for_update()
+        .select_related("image__study__patient")
+        .filter(pk__in=[a.pk for a, _, _ in results])
+        .order_by("pk")
+    }
+    old_files: list[str] = []
+    for claimed, outcome, heatmap_name in results:
+        analysis = rows.get(claimed.pk)
+        if analysis is None or analysis.state == Analysis.State.SUCCEEDED:
+            transaction.on_commit(partial(files_delete, [heatmap_name]))
+            done.extend([analysis] if analysis is not None else [])
+            continue
+        old_files.extend(n for n in (analysis.heatmap_raw.name,) if n)
+        analysis_apply_outcome(analysis, outcome, heatmap_name=heatmap_name)
+        done.append(analysis)
+        finished.append(analysis)
+    rows_update(finished, OUTCOME_FIELDS)
+    studies_refresh(studies=[a.image.study for a in finished])
+    AuditEvent.objects.bulk_create(
+        [
+            audit_event(
+                actor=None,
+                action="analysis.succeeded",
+                patient=a.image.study.patient,
+                study=a.image.study,
+                obj=a,
+                detail={"model_id": a.model_id, "is_placeholder": a.is_placeholder},
+            )
+            for a in finished
+        ]
+    )
+    analyses_event_publish(analyses=finished, event="finished")
+    transaction.on_commit(lambda: files_delete(old_files))
+    _results_to_pacs(finished)
     return done
 
 
