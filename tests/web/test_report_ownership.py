@@ -104,6 +104,7 @@ def test_taking_over_is_audited_and_then_the_new_holder_finishes_the_draft(peopl
         "reason": "Rossi called away",
         "draft_version": 1,
         "draft_author": "dr.rossi",
+        "draft_impression": ROSSI_WORDS,
     }
     refused = rossi.post(f"/api/studies/{study.pk}/reports/", {"impression": "Mine."}, format="json")
     assert refused.status_code == 409 and "dr.chen holds this study" in refused.json()["error"]

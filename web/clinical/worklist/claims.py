@@ -124,8 +124,8 @@ def study_release(*, study_id: int, user: Any, ip_address: str | None = None) ->
 def study_take_over(*, study_id: int, user: Any, reason: str = "", ip_address: str | None = None) -> Study:
     """`user` takes the study over from the colleague who holds it (or from the author of its
     unsigned draft, when nobody holds it): `user` becomes its holder and the author of that
-    draft, whose first author is kept on it (Report.taken_over_from). One audit row names both
-    and the draft's version. Refused (409) when there is nothing to take over: the study is
+    draft, whose first author is kept on it (Report.taken_over_from). One audit row names both,
+    the draft's version and the words its first author had written. Refused (409) when there is nothing to take over: the study is
     `user`'s already, or nobody else holds it or has a draft of it (claim it instead)."""
     with transaction.atomic():
         study = study_locked(study_id)
@@ -142,7 +142,13 @@ def study_take_over(*, study_id: int, user: Any, reason: str = "", ip_address: s
             "reason": reason,
         }
         if draft is not None and foreign_draft:
-            detail.update(draft_version=draft.version, draft_author=draft.author.get_username())
+            # The words as the colleague left them: the new author may rewrite the draft, and
+            # the record keeps what the first author had written.
+            detail.update(
+                draft_version=draft.version,
+                draft_author=draft.author.get_username(),
+                draft_impression=draft.impression,
+            )
             draft.taken_over_from = draft.taken_over_from or draft.author
             draft.author = user
             draft.save(update_fields=["author", "taken_over_from", "updated_at"])
