@@ -17,7 +17,9 @@ def _first_message(detail: Any) -> str:
         for key, value in detail.items():
             message = _first_message(value)
             if message:
-                return message if key in ("detail", "non_field_errors") else f"{key}: {message}"
+                if key in ("detail", "non_field_errors") or message.startswith(f"{key}:"):
+                    return message
+                return f"{key}: {message}"
         return ""
     if isinstance(detail, list):
         return _first_message(detail[0]) if detail else ""

@@ -27,7 +27,7 @@ class BoundedLimitOffsetPagination(LimitOffsetPagination):
     def _checked(self, request: Any, name: str) -> None:
         raw = request.query_params.get(name)
         if raw is not None and (not raw.isdigit() or int(raw) < self.minimums[name]):
-            raise ValidationError({name: f"{name}: use a whole number from {self.minimums[name]}."})
+            raise ValidationError({name: f"use a whole number from {self.minimums[name]}."})
 
     def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
         parameters = super().get_schema_operation_parameters(view)

@@ -125,8 +125,9 @@ def study_take_over(*, study_id: int, user: Any, reason: str = "", ip_address: s
     """`user` takes the study over from the colleague who holds it (or from the author of its
     unsigned draft, when nobody holds it): `user` becomes its holder and the author of that
     draft, whose first author is kept on it (Report.taken_over_from). One audit row names both,
-    the draft's version and the words its first author had written. Refused (409) when there is nothing to take over: the study is
-    `user`'s already, or nobody else holds it or has a draft of it (claim it instead)."""
+    the draft's version and the words its first author had written. Refused (409) when there
+    is nothing to take over: the study is `user`'s already, or nobody else holds it or has a
+    draft of it (claim it instead)."""
     with transaction.atomic():
         study = study_locked(study_id)
         draft = study.reports.select_for_update().filter(state=Report.State.DRAFT).first()
