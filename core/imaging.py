@@ -426,8 +426,28 @@ def _display_by_table(
         table = _stretch_to_uint8(values, span=(min(ends), max(ends)))
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         table = 255 - table
-    # np.take: the same lookup as table[arr], ~40% faster than fancy indexing at 512 px.
-    return np.take(table, arr if start == 0 else arr.astype(np.int32) - start)
+    return _lookup(table, arr, start=start)
+
+
+# Pixels per step of the table lookup: numpy turns the index block into a machine-int array
+# (8 bytes a pixel), so a whole 75-megapixel film at once would need 600 MB for it alone.
+_LOOKUP_BLOCK_PIXELS = 1 << 20
+
+
+def _lookup(table: np.ndarray, arr: np.ndarray, *, start: int) -> np.ndarray:
+    """table[arr - start], by blocks of rows (np.take: ~40% faster than fancy indexing)."""
+    out = np.empty(arr.shape, dtype=table.dtype)
+    step = max(1, _LOOKUP_BLOCK_PIXELS // max(1, arr.shape[1]))
+    for row in range(0, arr.shape[0], step):
+        block = arr[row : row + step]
+        # mode="clip": every index is in the table by construction, and "raise" buffers `out`.
+        np.take(
+            table,
+            block if start == 0 else block.astype(np.int32) - start,
+            out=out[row : row + step],
+            mode="clip",
+        )
+    return out
 
 
 def window_linear(values: np.ndarray, *, center: float, width: float) -> np.ndarray:
