@@ -79,7 +79,13 @@ def test_a_signed_report_pdf_holds_what_the_radiologist_signed(api, reviewed_stu
     path = tmp_path / "report.pdf"
     path.write_bytes(b"".join(pdf.streaming_content))
     text = " ".join(pdf_text(path).split())
-    assert "MRN-REPORT-1" in text and "Report^Rita" in text
+    # The name as a person writes it (family, given), never the raw DICOM 'Report^Rita'.
+    assert "MRN-REPORT-1" in text and "Report, Rita" in text and "^" not in text
+    # The whole StudyInstanceUID, however the cell wraps it.
+    assert study.study_instance_uid in "".join(text.split())
+    # The annotations, with their notes and marks.
+    notes = text[text.index("Annotations") :]
+    assert "Pneumonia: Disagree" in notes and "Normal lungs" in notes and "1 mark: rect" in notes, notes[:400]
     assert "No consolidation. Heart size normal." in text
     # Each cell is read back (pdftotext gives a table's cells in reading order, not by row).
     assert f"Pneumonia {pneumonia.probability:.2f}" in text and f"{pneumonia.threshold:.2f}" in text
@@ -95,6 +101,30 @@ def test_a_signed_report_pdf_holds_what_the_radiologist_signed(api, reviewed_stu
     study.refresh_from_db()
     assert study.status == Study.Status.REPORTED
     assert AuditEvent.objects.filter(action="report.sign", study=study).count() == 1
+
+
+def test_no_page_holds_the_ai_statement_without_the_impression_it_closes(
+    api, reviewed_study, tmp_path
+) -> None:
+    """Impressions of every length from one line to more than a page: the page with the AI
+    statement also shows the signature line and the impression (all of a short one, the last
+    lines of a long one), so the statement never sits alone on the last page."""
+    from web.clinical.reporting.pdf import report_pdf_bytes
+
+    study = reviewed_study
+    checked_pages = set()
+    for lines in range(1, 80, 6):
+        impression = "\n".join(f"Line {n}: no acute cardiopulmonary abnormality." for n in range(lines))
+        draft = api.post(f"/api/studies/{study.pk}/reports/", {"impression": impression}, format="json")
+        assert draft.status_code == 200, draft.content
+        path = tmp_path / f"report-{lines}.pdf"
+        path.write_bytes(report_pdf_bytes(Report.objects.get(pk=draft.json()["id"])))
+        pages = pdf_text(path).split("\f")
+        last = [p for p in pages if p.strip()][-1]
+        checked_pages.add(len([p for p in pages if p.strip()]))
+        assert "AI output supports and does not replace" in last, lines
+        assert "Drafted by" in last and "Line " in last, (lines, last)  # the impression's end
+    assert len(checked_pages) >= 2  # the impressions did push the closing block onto a new page
 
 
 def test_a_signed_report_cannot_change_and_a_later_change_is_an_addendum(
@@ -173,3 +203,21 @@ def test_the_render_job_stores_the_pdf_once_and_a_new_draft_replaces_it(api, rev
     api.post(f"/api/studies/{reviewed_study.pk}/reports/", {"impression": "v1 text, edited"}, format="json")
     edited = report_render(report_id=draft.json()["id"])
     assert edited.pdf.name != first.pdf.name and not Path(first.pdf.path).exists()
+
+
+@pytest.mark.parametrize(
+    ("dicom_name", "printed"),
+    [
+        ("Novak^Petra", "Novak, Petra"),
+        ("Novak^Petra^Jana", "Novak, Petra Jana"),
+        ("Novak^Petra^^Dr.^MD", "Novak, Dr. Petra, MD"),
+        ("Novak", "Novak"),
+        ("^Petra", "Petra"),
+        ("Yamada^Tarou=山田^太郎=やまだ^たろう", "Yamada, Tarou"),
+        ("", "(no name)"),
+    ],
+)
+def test_a_dicom_person_name_is_printed_family_comma_given(dicom_name: str, printed: str) -> None:
+    from web.clinical.models import Patient
+
+    assert Patient(name=dicom_name).formal_name == printed

@@ -38,6 +38,17 @@ class Patient(models.Model):
             return f"{parts[1]} {parts[0]}".strip()
         return self.name or "(no name)"
 
+    @property
+    def formal_name(self) -> str:
+        """'Family, Given Middle' as reports print it. DICOM PN is
+        'Family^Given^Middle^Prefix^Suffix', its first '='-group alphabetic."""
+        family, given, middle, prefix, suffix = ([*self.name.split("=")[0].split("^"), "", "", "", ""])[:5]
+        first = " ".join(p.strip() for p in (prefix, given, middle) if p.strip())
+        text = ", ".join(p for p in (family.strip(), first) if p)
+        if suffix.strip() and text:
+            text = f"{text}, {suffix.strip()}"
+        return text or "(no name)"
+
 
 class Study(models.Model):
     class Priority(models.IntegerChoices):

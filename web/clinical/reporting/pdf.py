@@ -1,5 +1,6 @@
 """A report version as a PDF (WeasyPrint): header, patient and study, each image beside its
-heat-map overlays with the team's annotations drawn on it, the findings table, the impression
+heat-map overlays with the team's annotations drawn on it, the findings table, the annotations
+and their notes, the impression
 (and the versions signed before an addendum), the signer, and the fixed AI statement."""
 
 from __future__ import annotations
@@ -48,6 +49,17 @@ class Finding:
 
 
 @dataclass
+class Note:
+    """One annotation as the report lists it."""
+
+    image_label: str
+    author: str
+    about: str  # the result it concerns ("Pneumonia: Disagree"), or "-"
+    marks: str  # "2 marks: box, arrow", or "-"
+    note: str
+
+
+@dataclass
 class Picture:
     caption: str
     data_uri: str
@@ -65,7 +77,11 @@ def report_pdf_bytes(report: Report) -> bytes:
 
 def report_html(report: Report) -> str:
     study = report.study
-    images = list(study.images.order_by("created_at", "id").prefetch_related("analyses", "annotations"))
+    images = list(
+        study.images.order_by("created_at", "id").prefetch_related(
+            "analyses", "annotations__author", "annotations__analysis"
+        )
+    )
     earlier = list(
         study.reports.filter(state=Report.State.SIGNED, version__lt=report.version)
         .select_related("signed_by")
@@ -80,6 +96,7 @@ def report_html(report: Report) -> str:
         "earlier": earlier,
         "figures": [_pictures(index, image) for index, image in enumerate(images, start=1)],
         "findings": report_findings(study),
+        "notes": report_notes(images),
         "statement": AI_STATEMENT,
         "signer": _person(report.signed_by) if report.signed_by else "",
         "author": _person(report.author),
@@ -115,6 +132,39 @@ def _findings(index: int, image: Image) -> list[Finding]:
             )
         )
     return rows
+
+
+def report_notes(images: list[Image]) -> list[Note]:
+    """Every annotation with a note or a drawn mark, image by image, oldest first."""
+    notes = []
+    for index, image in enumerate(images, start=1):
+        for annotation in sorted(image.annotations.all(), key=lambda a: (a.created_at, a.pk)):
+            if not annotation.note and not annotation.shapes:
+                continue
+            notes.append(
+                Note(
+                    image_label=f"Image {index}",
+                    author=annotation.author.get_username(),
+                    about=_about(annotation),
+                    marks=_marks(annotation.shapes or []),
+                    note=annotation.note,
+                )
+            )
+    return notes
+
+
+def _about(annotation: Annotation) -> str:
+    if annotation.analysis is None:
+        return "-"
+    about = get_condition(annotation.analysis.condition).label
+    return f"{about}: {annotation.get_verdict_display()}" if annotation.verdict else about
+
+
+def _marks(shapes: list[dict[str, Any]]) -> str:
+    if not shapes:
+        return "-"
+    kinds = ", ".join(str(shape.get("type") or shape.get("kind") or "mark") for shape in shapes)
+    return f"{len(shapes)} mark{'s' if len(shapes) != 1 else ''}: {kinds}"
 
 
 def _number(value: float | None) -> str:
