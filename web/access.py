@@ -18,9 +18,8 @@ from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.models import Group
 from django.contrib.auth.views import redirect_to_login
 from django.contrib.sessions.models import Session
-from django.core.exceptions import PermissionDenied
 from django.db.models.signals import m2m_changed, pre_delete, pre_save
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.utils import timezone
 from rest_framework.permissions import BasePermission
@@ -82,13 +81,48 @@ def requires(
             if not request.user.is_authenticated:
                 return redirect_to_login(request.get_full_path())
             if not can(request.user, capability):
-                raise PermissionDenied(f"Your account may not {capability.value.replace('_', ' ')}.")
+                # A page that says what is missing, not an exception: a refused page is an
+                # answer, logged as one line, never as a traceback.
+                return forbidden_page(request, capability)
             return view(request, *args, **kwargs)
 
         checked.required_capability = capability  # type: ignore[attr-defined]
         return checked
 
     return decorate
+
+
+# What each capability lets a person do, in the words of the 403 page.
+CAPABILITY_WORDS: dict[Capability, str] = {
+    Capability.VIEW_STUDIES: "see studies and their AI results",
+    Capability.UPLOAD: "send images",
+    Capability.REVIEW: "review studies and write reports",
+    Capability.MANAGE: "manage accounts, models and the audit log",
+}
+
+
+def forbidden_page(request: HttpRequest, capability: Capability | None, reason: str = "") -> HttpResponse:
+    """The 403 page: who is logged in, the roles the account has (or that it has none), what
+    the page needs and which roles give it, and a way to log out."""
+    from django.shortcuts import render
+
+    needed_by = [r.value for r in Role if capability is not None and capability in CAPABILITIES[r]]
+    context = {
+        "roles": sorted(r.value for r in roles_of(request.user)),
+        "needs": CAPABILITY_WORDS.get(capability, "") if capability is not None else "",
+        "needed_by": needed_by,
+        "reason": reason,
+        "can_view": can(request.user, Capability.VIEW_STUDIES),
+    }
+    return render(request, "ui/forbidden.html", context, status=403)
+
+
+def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler403 (web.urls): JSON under /api/, the 403 page elsewhere."""
+    reason = str(exception) if exception is not None and str(exception) else ""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"error": reason or "You do not have permission to do this."}, status=403)
+    return forbidden_page(request, None, reason)
 
 
 class _Requires(BasePermission):

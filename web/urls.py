@@ -9,6 +9,7 @@ from web.ui.views import favicon
 # Under /api/ these answer JSON, as every API error does (web.api.errors).
 handler400 = "web.api.errors.bad_request"
 handler500 = "web.api.errors.server_error"
+handler403 = "web.access.permission_denied"
 
 urlpatterns = [
     path("admin/model-registry/", admin.site.admin_view(registry_view), name="admin-model-registry"),
