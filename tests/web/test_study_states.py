@@ -234,6 +234,25 @@ def test_mark_reviewed_is_reviewed_and_only_signing_reports_it(rossi) -> None:
     assert moves == [("ai_complete", "in_review"), ("in_review", "reviewed"), ("reviewed", "reported")]
 
 
+def test_the_holder_of_a_reported_study_is_offered_no_release(rossi) -> None:
+    """Release gives a study back to the worklist to be read; a reported study has been read."""
+    study = make_study("ai_complete", mrn="MRN-NO-RELEASE")
+    analysis_on(study, probability=0.2, positive=False)
+    api = as_api(rossi)
+    api.post(f"/api/studies/{study.pk}/claim/")
+
+    def buttons() -> tuple[bool, bool]:
+        page = api.get(f"/studies/{study.pk}/").content.decode()
+        row = api.get("/").content.decode()
+        row = row[row.index(f'data-study-id="{study.pk}"') :].split("</tr>")[0]
+        return 'data-action="release"' in page, 'data-action="release"' in row
+
+    assert buttons() == (True, True)
+    draft = api.post(f"/api/studies/{study.pk}/reports/", {"impression": "Normal."}, format="json")
+    assert api.post(f"/api/reports/{draft.json()['id']}/sign/").status_code == 200
+    assert buttons() == (False, False)
+
+
 def test_a_reported_study_cannot_be_marked_reviewed_the_api_says_why(rossi) -> None:
     study = make_study("reported", signed_by=rossi)
     Study.objects.filter(pk=study.pk).update(assigned_radiologist=rossi)
