@@ -68,3 +68,23 @@ def test_a_refusal_raised_elsewhere_gets_the_page_or_json(logged_in) -> None:
     assert page.status_code == api.status_code == 403
     assert b"Only the holder may." in page.content
     assert api["Content-Type"] == "application/json" and b"Only the holder may." in api.content
+
+
+def test_the_admin_user_list_shows_each_accounts_roles(admin_client, django_user_model) -> None:
+    make = django_user_model.objects.create_user
+    with_role(make("dr.list", password="pw-list-12345"), "radiologist")
+    with_role(with_role(make("tech.list", password="pw-list-12345"), "technologist"), "radiologist")
+    make("nobody.list", password="pw-list-12345")
+
+    page = admin_client.get("/admin/auth/user/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert ">Roles<" in html
+
+    def row(username: str) -> str:
+        return html[html.index(f'">{username}</a>') :].split("</tr>")[0]
+
+    assert "radiologist" in row("dr.list") and "technologist" not in row("dr.list")
+    assert "radiologist, technologist" in row("tech.list")
+    assert "no role (sees no patient data)" in row("nobody.list")
+    assert "admin (superuser)" in row("admin")

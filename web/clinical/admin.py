@@ -2,11 +2,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from web.access import AdminLoginForm, admin_site_permission
+from web.access import AdminLoginForm, Role, admin_site_permission
 from web.clinical.audit.queries import BadAuditFilter, audit_event_filter
 from web.clinical.models import (
     Analysis,
@@ -232,3 +234,29 @@ admin.site.site_header = "RadTriage administration"
 # Only the admin role enters the admin (web.access), not any is_staff account.
 admin.site.has_permission = admin_site_permission  # type: ignore[method-assign]
 admin.site.login_form = AdminLoginForm
+
+
+# --------------------------------------------------------------------------- accounts
+
+_User = get_user_model()
+if admin.site.is_registered(_User):
+    admin.site.unregister(_User)
+
+
+@admin.register(_User)
+class AccountAdmin(UserAdmin):
+    """Django's user admin with each account's RadTriage roles in the list: an account without
+    one sees no patient data, and the list says so."""
+
+    list_display = ("username", "roles", "first_name", "last_name", "email", "is_active", "last_login")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return super().get_queryset(request).prefetch_related("groups")
+
+    @admin.display(description="Roles")
+    def roles(self, user: Any) -> str:
+        known = {role.value for role in Role}
+        names = sorted(g.name for g in user.groups.all() if g.name in known)
+        if user.is_superuser:
+            names = ["admin (superuser)", *[n for n in names if n != "admin"]]
+        return ", ".join(names) or "no role (sees no patient data)"
