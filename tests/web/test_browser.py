@@ -93,7 +93,7 @@ def test_a_radiologist_watches_an_upload_get_analysed_without_reloading(
     log_in_to_the_live_worklist(page, live_server_url)
 
     # Upload through the worklist's form; the row appears and turns "AI complete" by itself.
-    page.click("summary")
+    page.click("details.upload-drawer > summary")
     page.set_input_files(
         "input[name=file]",
         files=[
@@ -207,8 +207,8 @@ def test_a_technologist_uploads_several_xrays_at_once_and_sees_which_were_refuse
     page = browser_page
     log_in_to_the_live_worklist(page, live_server_url)
 
-    page.click("summary")
-    expect(page.locator("summary")).to_have_text("Upload X-rays")
+    page.click("details.upload-drawer > summary")
+    expect(page.locator("details.upload-drawer > summary")).to_have_text("Upload X-rays")
     page.set_input_files(
         "#upload-form input[type=file]",
         [

@@ -112,7 +112,7 @@ def test_two_pngs_with_their_own_patients_each_get_their_outcome(
 
     page = browser_page
     log_in(page, live_server_url)
-    page.click("summary")
+    page.click("details.upload-drawer > summary")
     page.set_input_files(
         "#upload-form input[name=file]",
         [
@@ -157,7 +157,7 @@ def test_the_page_proposes_each_jpegs_body_region_and_the_uploader_may_change_it
     chest, knee = _film("pneumonia"), _film("knee_osteoarthritis")
     page = browser_page
     log_in(page, live_server_url)
-    page.click("summary")
+    page.click("details.upload-drawer > summary")
     page.set_input_files(
         "#upload-form input[name=file]",
         [
@@ -187,7 +187,7 @@ def test_hostile_files_on_the_upload_page_are_each_listed_with_the_server_s_reas
     hostile = [c for c in hostile_files() if c.id in chosen]
     page = browser_page
     log_in(page, live_server_url)
-    page.click("summary")
+    page.click("details.upload-drawer > summary")
     page.set_input_files(
         "#upload-form input[name=file]",
         [{"name": "good.dcm", "mimeType": "application/dicom", "buffer": dicom(seed=4242)}]

@@ -8,6 +8,11 @@
   const esc = window.radtriageEscape;
   const form = document.getElementById("upload-form");
   if (!form) return;
+  // The form is a drawer over the worklist: × or Esc folds it away, keeping what was chosen.
+  const drawer = form.closest("details");
+  const close = function () { if (drawer) drawer.open = false; };
+  form.querySelector(".drawer-close").addEventListener("click", close);
+  document.addEventListener("keydown", function (e) { if (e.key === "Escape" && drawer && drawer.open) close(); });
   const fileInput = form.querySelector("input[name=file]");
   const manifestInput = form.querySelector("input[name=manifest]");
   const fileTable = document.getElementById("upload-files");

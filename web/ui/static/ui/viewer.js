@@ -48,6 +48,7 @@
     let planeData = null;
     let win = {center: 0, width: 1}, invert = false;
     let scale = 1, tx = 0, ty = 0;
+    let fitted = true;  // the view is the fitted one: a new canvas size refits it
     let tool = "pan";
     const heat = new Image();
     let heatUrl = null, heatReady = false;
@@ -148,12 +149,14 @@
       if (!width) return;
       scale = Math.min(s.w / width, s.h / height);
       tx = (s.w - width * scale) / 2; ty = (s.h - height * scale) / 2;
+      fitted = true;
       redraw();
     }
     function zoomAt(factor, x, y) {
       const next = Math.min(40, Math.max(0.02, scale * factor));
       const ix = (x - tx) / scale, iy = (y - ty) / scale;
       scale = next; tx = x - ix * scale; ty = y - iy * scale;
+      fitted = false;
       redraw();
     }
     function zoomCentre(factor) { const s = size(); zoomAt(factor, s.w / 2, s.h / 2); }
@@ -427,7 +430,7 @@
       const p = toImage(e);
       const dx = p.x - drag.start.x, dy = p.y - drag.start.y;
       if (Math.abs(dx) + Math.abs(dy) > 3) drag.moved = true;
-      if (drag.mode === "pan") { tx = drag.tx + dx; ty = drag.ty + dy; redraw(); }
+      if (drag.mode === "pan") { tx = drag.tx + dx; ty = drag.ty + dy; fitted = false; redraw(); }
       else if (drag.mode === "window") {
         const span = meta.range.max - meta.range.min || 255;
         const perPixel = span / 400;
@@ -458,7 +461,9 @@
       redraw();
     });
 
-    new ResizeObserver(function () { if (planeData) redraw(); }).observe(canvas);
+    // A resized pane (the window, a panel folded) keeps a fitted image fitted; a zoomed or
+    // panned view keeps the reader's zoom and position.
+    new ResizeObserver(function () { if (planeData) { if (fitted) fit(); else redraw(); } }).observe(canvas);
     canvas.addEventListener("focus", function () { active = self; });
     setTool("pan");
     self.refreshHeatSources();
