@@ -483,9 +483,20 @@ def dicom_metadata(ds: Any) -> dict[str, Any]:
     for tag in METADATA_TAGS:
         value = ds.get(tag)
         meta[tag] = None if value in (None, "") else str(value)
-    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    # PixelSpacing is calibrated to the patient; ImagerPixelSpacing is at the detector (a
+    # projection radiograph's is magnified by the beam's divergence). Which one it is goes
+    # with the value, so a measurement can say what it is.
+    source = (
+        "PixelSpacing"
+        if ds.get("PixelSpacing")
+        else "ImagerPixelSpacing"
+        if ds.get("ImagerPixelSpacing")
+        else None
+    )
+    spacing = ds.get(source) if source else None
     try:
         meta["PixelSpacing"] = [float(v) for v in spacing] if spacing else None
     except (TypeError, ValueError):
         meta["PixelSpacing"] = None
+    meta["PixelSpacingSource"] = source if meta["PixelSpacing"] else None
     return meta

@@ -39,8 +39,11 @@ def dicom_bytes(
     size: int = 96,
     seed: int = 0,
     birth_date: str = "19700101",
+    pixel_spacing: tuple[float, float] | None = None,
+    spacing_tag: str = "PixelSpacing",
 ) -> bytes:
-    """A small, standard-conformant uncompressed DICOM radiograph."""
+    """A small, standard-conformant uncompressed DICOM radiograph (with `spacing_tag` set to
+    `pixel_spacing`, row then column, in mm, when given)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -70,6 +73,8 @@ def dicom_bytes(
     ds.Rows, ds.Columns = pixels.shape
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.PixelData = pixels.tobytes()
+    if pixel_spacing is not None:
+        setattr(ds, spacing_tag, [f"{v:g}" for v in pixel_spacing])
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()

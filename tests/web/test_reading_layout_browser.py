@@ -5,6 +5,7 @@ in var/test-output/layout/."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -71,3 +72,60 @@ def test_the_worklist_shows_twenty_rows_and_the_study_page_the_image_and_its_res
     in_view = sum(rows.nth(i).evaluate(IN_VIEW) for i in range(rows.count()))
     page.screenshot(path=str(folder / f"worklist-{width}x{height}.png"))
     assert in_view >= 20, f"{in_view} rows in view at {width}x{height}"
+
+
+@pytest.fixture()
+def calibrated_study(live_worker, team) -> dict[str, int]:  # noqa: F811
+    """A 512 x 512 DICOM whose header gives 0.2 mm pixels."""
+    from rest_framework.test import APIClient
+
+    from tests.web.fixtures import dicom_bytes, upload
+
+    client = APIClient()
+    client.force_login(team["dr.ada"])
+    body = upload(
+        client,
+        dicom_bytes(patient_id="MRN-RULER", patient_name="Lovelace^Ada", size=512, pixel_spacing=(0.2, 0.2)),
+        conditions="pneumonia",
+    ).json()
+    return {"study": body["study"]["id"], "image": body["image"]["id"]}
+
+
+@pytest.mark.parametrize(("width", "height"), SCREENS)
+def test_the_length_tool_measures_a_known_distance_in_millimetres(
+    live_server_url,  # noqa: F811
+    calibrated_study,
+    browser,  # noqa: F811
+    width: int,
+    height: int,
+) -> None:
+    from playwright.sync_api import expect
+
+    page: Any = open_study(browser, live_server_url, "dr.ada", calibrated_study["study"])
+    page.set_viewport_size({"width": width, "height": height})
+    page.wait_for_timeout(300)
+    canvas = page.locator("canvas.viewer-canvas")
+    box = canvas.bounding_box()
+    scale = float(canvas.get_attribute("data-scale"))
+    tx, ty = (float(v) for v in canvas.get_attribute("data-pan").split(","))
+
+    def on_screen(ix: float, iy: float) -> tuple[float, float]:
+        return box["x"] + tx + ix * scale, box["y"] + ty + iy * scale
+
+    # 400 image pixels x 0.2 mm = 80 mm.
+    page.click("[data-tool=length]")
+    page.mouse.move(*on_screen(56, 256))
+    page.mouse.down()
+    for step in range(1, 9):
+        page.mouse.move(*on_screen(56 + 50 * step, 256))
+    page.mouse.up()
+
+    item = page.locator(".annotation-list li.annotation").first
+    expect(item).to_contain_text(re.compile(r"length (79\.[5-9]|80\.[0-4]) mm"))
+    page.screenshot(path=str(output_folder("layout") / f"length-{width}x{height}.png"))
+    measured = page.evaluate(
+        "url => fetch(url, {credentials: 'same-origin'}).then(r => r.json())",
+        f"/api/images/{calibrated_study['image']}/annotations/",
+    )[0]["measurements"][0]
+    assert measured["unit"] == "mm" and measured["calibrated"] is True
+    assert measured["value"] == pytest.approx(80.0, abs=0.5)

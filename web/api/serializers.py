@@ -10,6 +10,7 @@ from rest_framework import serializers
 from core.conditions import CONDITIONS, KNOWN_BODY_PARTS, normalise_body_part
 from web.clinical.analysis.findings import RESULT_KIND_KEYS, RESULT_LABELS, ResultRecord
 from web.clinical.models import Analysis, Annotation, Image, Patient, Study
+from web.clinical.review.measure import Measurement, annotation_measurements
 from web.clinical.worklist.queries import WORKLIST_REGIONS, body_part_region, worklist_strongest
 
 
@@ -338,8 +339,20 @@ class UploadResultSerializer(serializers.Serializer):
     image = ImageSerializer()
 
 
+class MeasurementSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=["length"])
+    value = serializers.FloatField()
+    unit = serializers.ChoiceField(choices=["mm", "px"])
+    calibrated = serializers.BooleanField(help_text="false: pixels, the header gives no pixel size")
+    source = serializers.CharField(  # type: ignore[assignment]  # a field named like Field.source
+        help_text="PixelSpacing or ImagerPixelSpacing; empty when uncalibrated"
+    )
+    text = serializers.CharField(help_text='e.g. "23.4 mm" or "112.0 px (uncalibrated)"')
+
+
 class AnnotationSerializer(serializers.ModelSerializer):
     author = serializers.CharField(source="author.username", read_only=True)
+    measurements = serializers.SerializerMethodField()
 
     class Meta:
         model = Annotation
@@ -351,10 +364,16 @@ class AnnotationSerializer(serializers.ModelSerializer):
             "note",
             "analysis",
             "verdict",
+            "measurements",
             "created_at",
             "updated_at",
         ]
-        read_only_fields = ["id", "author", "created_at", "updated_at"]
+        read_only_fields = ["id", "author", "measurements", "created_at", "updated_at"]
+
+    @extend_schema_field(MeasurementSerializer(many=True))
+    def get_measurements(self, annotation: Annotation) -> list[Measurement]:
+        """Each length shape measured (review.measure), from the image's stored header."""
+        return annotation_measurements(annotation.shapes or [], annotation.image.dicom_header)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         analysis = attrs.get("analysis")
@@ -414,6 +433,12 @@ class VerdictCountSerializer(serializers.Serializer):
     count = serializers.IntegerField()
 
 
+class PixelSpacingSerializer(serializers.Serializer):
+    row_mm = serializers.FloatField()
+    col_mm = serializers.FloatField()
+    source = serializers.ChoiceField(choices=["PixelSpacing", "ImagerPixelSpacing"])  # type: ignore[assignment]
+
+
 class ImageDisplaySerializer(serializers.Serializer):
     """How the study page's viewer decodes and windows the full-resolution pixels."""
 
@@ -432,3 +457,6 @@ class ImageDisplaySerializer(serializers.Serializer):
     window = serializers.DictField(child=serializers.FloatField())
     range = serializers.DictField(child=serializers.FloatField())
     auto_window = serializers.DictField(child=serializers.FloatField(), required=False)
+    pixel_spacing = PixelSpacingSerializer(
+        allow_null=True, help_text="the length tool's calibration; null: lengths are in pixels"
+    )

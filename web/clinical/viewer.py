@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 
 from web.clinical.models import Analysis, Image
+from web.clinical.review.measure import image_spacing
 
 OVERLAY_ALPHA = 0.4  # the heat map's default intensity over the X-ray
 
@@ -54,6 +55,18 @@ def image_display(*, image: Image) -> tuple[dict[str, Any], bytes]:
     value = code * scale + offset. PNG/JPEG: the stored file itself (8-bit).
     Returns (description for the page, PNG/JPEG bytes).
     """
+    meta, pixels = _display(image)
+    spacing = image_spacing(image.dicom_header)
+    # The length tool's calibration (review.measure): millimetres per pixel, or None.
+    meta["pixel_spacing"] = (
+        None
+        if spacing is None
+        else {"row_mm": spacing.row_mm, "col_mm": spacing.col_mm, "source": spacing.source}
+    )
+    return meta, pixels
+
+
+def _display(image: Image) -> tuple[dict[str, Any], bytes]:
     with image.file.open("rb") as handle:
         data = handle.read()
     if image.format != Image.Format.DICOM:

@@ -17,6 +17,7 @@ from core.conditions import get_condition
 from core.wording import NOT_APPLICABLE, PLACEHOLDER
 from web.clinical.analysis.findings import current_results, result_kind
 from web.clinical.models import Analysis, Annotation, Image, Report, Study
+from web.clinical.review.measure import image_spacing, shape_measurement
 
 AI_STATEMENT = (
     "AI output supports and does not replace the radiologist's reading. Heat maps show where "
@@ -146,7 +147,7 @@ def report_notes(images: list[Image]) -> list[Note]:
                     image_label=f"Image {index}",
                     author=annotation.author.get_username(),
                     about=_about(annotation),
-                    marks=_marks(annotation.shapes or []),
+                    marks=_marks(annotation.shapes or [], image.dicom_header),
                     note=annotation.note,
                 )
             )
@@ -160,11 +161,16 @@ def _about(annotation: Annotation) -> str:
     return f"{about}: {annotation.get_verdict_display()}" if annotation.verdict else about
 
 
-def _marks(shapes: list[dict[str, Any]]) -> str:
+def _marks(shapes: list[dict[str, Any]], header: dict[str, Any]) -> str:
+    """ "2 marks: rect, length 23.4 mm": each shape, a measurement with its value and unit."""
     if not shapes:
         return "-"
-    kinds = ", ".join(str(shape.get("type") or shape.get("kind") or "mark") for shape in shapes)
-    return f"{len(shapes)} mark{'s' if len(shapes) != 1 else ''}: {kinds}"
+    spacing = image_spacing(header)
+    words = []
+    for shape in shapes:
+        measured = shape_measurement(shape, spacing)
+        words.append(f"length {measured['text']}" if measured else str(shape.get("type") or "mark"))
+    return f"{len(shapes)} mark{'s' if len(shapes) != 1 else ''}: {', '.join(words)}"
 
 
 def _number(value: float | None) -> str:

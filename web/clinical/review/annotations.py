@@ -24,6 +24,7 @@ SHAPE_FIELDS: dict[str, tuple[str, ...]] = {
     "rect": ("x", "y", "w", "h"),
     "ellipse": ("x", "y", "w", "h"),
     "arrow": ("x1", "y1", "x2", "y2"),
+    "length": ("x1", "y1", "x2", "y2"),  # a measured distance (review.measure)
     "freehand": (),
     "text": ("x", "y"),
 }

@@ -1,6 +1,6 @@
 """Drawing the team's annotation shapes onto an image (reports), in the format the viewer
 saves (web.clinical.review.annotations.shapes_clean), in image pixels:
-rect / ellipse {x, y, w, h}; arrow {x1, y1, x2, y2}; freehand {points: [[x, y], ...]};
+rect / ellipse {x, y, w, h}; arrow, length {x1, y1, x2, y2}; freehand {points: [[x, y], ...]};
 text {x, y, text}."""
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ def draw_shape(canvas: np.ndarray, shape: dict[str, Any], *, colour: tuple[int, 
         centre = ((x0 + x1) // 2, (y0 + y1) // 2)
         axes = (max(1, abs(x1 - x0) // 2), max(1, abs(y1 - y0) // 2))
         cv2.ellipse(canvas, centre, axes, 0, 0, 360, colour, thickness)
+    elif kind == "length" and len(points) >= 2:  # a measurement: the line, the value is listed
+        cv2.line(canvas, points[0], points[1], colour, thickness)
+        for end in points[:2]:
+            cv2.circle(canvas, end, thickness * 2, colour, -1)
     elif kind == "arrow" and len(points) >= 2:
         cv2.arrowedLine(canvas, points[0], points[1], colour, thickness, tipLength=0.2)
     elif kind == "freehand" and len(points) >= 2:

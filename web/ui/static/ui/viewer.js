@@ -9,8 +9,8 @@
 (function () {
   const esc = window.radtriageEscape;
   const me = window.RADTRIAGE_USER;
-  const KIND_LABELS = {rect: "rectangle", ellipse: "ellipse", arrow: "arrow", freehand: "freehand", text: "text"};
-  const DRAW_TOOLS = ["rect", "ellipse", "arrow", "freehand", "text"];
+  const KIND_LABELS = {rect: "rectangle", ellipse: "ellipse", arrow: "arrow", freehand: "freehand", text: "text", length: "length"};
+  const DRAW_TOOLS = ["rect", "ellipse", "arrow", "freehand", "text", "length"];
   const viewers = window.radtriageViewers = {};
   let active = null; // the viewer the keyboard drives: the last one used
 
@@ -180,6 +180,22 @@
         ctx.lineTo(shape.x2 - head * Math.cos(angle - 0.45), shape.y2 - head * Math.sin(angle - 0.45));
         ctx.moveTo(shape.x2, shape.y2);
         ctx.lineTo(shape.x2 - head * Math.cos(angle + 0.45), shape.y2 - head * Math.sin(angle + 0.45));
+      } else if (shape.type === "length") {
+        // The measured line with a tick across each end, and its length beside the far end.
+        const angle = Math.atan2(shape.y2 - shape.y1, shape.x2 - shape.x1), tick = 7 / scale;
+        const nx = -Math.sin(angle) * tick, ny = Math.cos(angle) * tick;
+        ctx.moveTo(shape.x1, shape.y1); ctx.lineTo(shape.x2, shape.y2);
+        ctx.moveTo(shape.x1 - nx, shape.y1 - ny); ctx.lineTo(shape.x1 + nx, shape.y1 + ny);
+        ctx.moveTo(shape.x2 - nx, shape.y2 - ny); ctx.lineTo(shape.x2 + nx, shape.y2 + ny);
+        ctx.stroke();
+        ctx.font = "bold " + (14 / scale) + "px system-ui, sans-serif";
+        const label = lengthText(shape), lx = shape.x2 + 8 / scale, ly = shape.y2 + 4 / scale;
+        const stroke = ctx.strokeStyle, lineWidth = ctx.lineWidth;
+        ctx.strokeStyle = "#000"; ctx.lineWidth = 3 / scale;  // a dark edge: legible over the heat map
+        ctx.strokeText(label, lx, ly);
+        ctx.strokeStyle = stroke; ctx.lineWidth = lineWidth;
+        ctx.fillText(label, lx, ly);
+        return;
       } else if (shape.type === "freehand") {
         shape.points.forEach(function (p, i) { if (i) ctx.lineTo(p[0], p[1]); else ctx.moveTo(p[0], p[1]); });
       } else if (shape.type === "text") {
@@ -189,8 +205,17 @@
       }
       ctx.stroke();
     }
+    // A length as web.clinical.review.measure states it: millimetres from the header's pixel
+    // size (ImagerPixelSpacing: at the detector), pixels and "uncalibrated" without one.
+    function lengthText(shape) {
+      const dx = shape.x2 - shape.x1, dy = shape.y2 - shape.y1;
+      const spacing = meta && meta.pixel_spacing;
+      if (!spacing) return Math.hypot(dx, dy).toFixed(1) + " px (uncalibrated)";
+      const mm = Math.hypot(dx * spacing.col_mm, dy * spacing.row_mm);
+      return mm.toFixed(1) + " mm" + (spacing.source === "ImagerPixelSpacing" ? " at the detector" : "");
+    }
     function labelAt(shape) {
-      if (shape.type === "arrow") return [shape.x1, shape.y1];
+      if (shape.type === "arrow" || shape.type === "length") return [shape.x1, shape.y1];
       if (shape.type === "freehand") return shape.points[0];
       return [Math.min(shape.x, shape.x + (shape.w || 0)), Math.min(shape.y, shape.y + (shape.h || 0))];
     }
@@ -267,7 +292,10 @@
 
     // ------------------------------------------------------------------ annotations
     function describe(a) {
-      return a.shapes.map(function (s) { return KIND_LABELS[s.type] || s.type; }).join(", ") || "note";
+      const measured = (a.measurements || []).slice();
+      return a.shapes.map(function (s, i) {
+        return s.type === "length" ? "length " + (measured.length ? measured.shift().text : lengthText(s)) : KIND_LABELS[s.type] || s.type;
+      }).join(", ") || "note";
     }
     // Notes being edited, id -> text typed so far: a live event or a reload re-renders the
     // list, and must not throw away what the radiologist is typing.
@@ -345,7 +373,7 @@
       for (const a of Array.from(annotations.values()).reverse()) {
         for (const s of a.shapes) {
           let x0, y0, x1, y1;
-          if (s.type === "arrow") { x0 = Math.min(s.x1, s.x2); x1 = Math.max(s.x1, s.x2); y0 = Math.min(s.y1, s.y2); y1 = Math.max(s.y1, s.y2); }
+          if (s.type === "arrow" || s.type === "length") { x0 = Math.min(s.x1, s.x2); x1 = Math.max(s.x1, s.x2); y0 = Math.min(s.y1, s.y2); y1 = Math.max(s.y1, s.y2); }
           else if (s.type === "freehand") {
             const xs = s.points.map(function (p) { return p[0]; }), ys = s.points.map(function (p) { return p[1]; });
             x0 = Math.min.apply(null, xs); x1 = Math.max.apply(null, xs); y0 = Math.min.apply(null, ys); y1 = Math.max.apply(null, ys);
@@ -400,6 +428,7 @@
       else if (k === "a" || k === "A") setTool("arrow");
       else if (k === "f" || k === "F") setTool("freehand");
       else if (k === "t" || k === "T") setTool("text");
+      else if (k === "l" || k === "L") setTool("length");
       else if (k === "Escape") { draft = null; drag = null; selected = null; setTool("pan"); renderList(); redraw(); }
       else if ((k === "Delete" || k === "Backspace") && selected && annotations.get(selected) &&
                annotations.get(selected).author === me && canReview) remove(selected);
@@ -422,7 +451,7 @@
       const mode = e.button === 2 ? "window" : e.button === 1 ? "pan" : tool;
       drag = {mode: mode, start: p, tx: tx, ty: ty, win: {center: win.center, width: win.width}, moved: false};
       if (mode === "rect" || mode === "ellipse") draft = {type: mode, x: p.ix, y: p.iy, w: 0, h: 0};
-      else if (mode === "arrow") draft = {type: "arrow", x1: p.ix, y1: p.iy, x2: p.ix, y2: p.iy};
+      else if (mode === "arrow" || mode === "length") draft = {type: mode, x1: p.ix, y1: p.iy, x2: p.ix, y2: p.iy};
       else if (mode === "freehand") draft = {type: "freehand", points: [[p.ix, p.iy]]};
     });
     canvas.addEventListener("pointermove", function (e) {
@@ -437,7 +466,7 @@
         setWindow(drag.win.center + dy * perPixel, drag.win.width + dx * perPixel);
       } else if (draft && (draft.type === "rect" || draft.type === "ellipse")) {
         draft.w = p.ix - draft.x; draft.h = p.iy - draft.y; redraw();
-      } else if (draft && draft.type === "arrow") { draft.x2 = p.ix; draft.y2 = p.iy; redraw(); }
+      } else if (draft && (draft.type === "arrow" || draft.type === "length")) { draft.x2 = p.ix; draft.y2 = p.iy; redraw(); }
       else if (draft && draft.type === "freehand") { draft.points.push([p.ix, p.iy]); redraw(); }
     });
     canvas.addEventListener("pointerup", function (e) {

@@ -1,0 +1,92 @@
+"""Length measurements: millimetres from the DICOM header's pixel size (PixelSpacing, or
+ImagerPixelSpacing said to be at the detector), pixels marked uncalibrated otherwise; the same
+figure in the API, the viewer's calibration and the report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.web.fixtures import dicom_bytes, png_bytes, upload, with_role
+from web.clinical.review.measure import Spacing, image_spacing, shape_measurement
+
+
+def line(x1: float, y1: float, x2: float, y2: float) -> dict[str, Any]:
+    return {"type": "length", "x1": x1, "y1": y1, "x2": x2, "y2": y2}
+
+
+def test_a_length_uses_each_axis_own_pixel_size() -> None:
+    spacing = Spacing(row_mm=0.2, col_mm=0.1, source="PixelSpacing")
+    across, down = (
+        shape_measurement(line(0, 0, 100, 0), spacing),
+        shape_measurement(line(0, 0, 0, 100), spacing),
+    )
+    assert (across["value"], across["unit"], across["text"]) == (10.0, "mm", "10.0 mm")
+    assert (down["value"], down["text"]) == (20.0, "20.0 mm")
+    assert shape_measurement(line(0, 0, 30, 40), Spacing(0.5, 0.5, "PixelSpacing"))["value"] == 25.0
+    assert shape_measurement({"type": "arrow", "x1": 0, "y1": 0, "x2": 1, "y2": 1}, spacing) is None
+
+
+def test_without_a_pixel_size_a_length_is_in_pixels_and_says_uncalibrated() -> None:
+    measured = shape_measurement(line(0, 0, 30, 40), image_spacing({}))
+    assert measured == {
+        "kind": "length",
+        "value": 50.0,
+        "unit": "px",
+        "calibrated": False,
+        "source": "",
+        "text": "50.0 px (uncalibrated)",
+    }
+    for broken in ({"PixelSpacing": None}, {"PixelSpacing": ["0", "0.1"]}, {"PixelSpacing": ["x"]}):
+        assert image_spacing(broken) is None
+
+
+@pytest.fixture()
+def api(db, django_user_model):
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_login(with_role(django_user_model.objects.create_user("dr.measure"), "radiologist"))
+    return client
+
+
+@pytest.mark.parametrize(
+    ("tag", "text"),
+    [("PixelSpacing", "40.0 mm"), ("ImagerPixelSpacing", "40.0 mm at the detector")],
+)
+def test_a_length_on_a_calibrated_dicom_is_in_millimetres_everywhere(api, tag: str, text: str) -> None:
+    from web.clinical.models import Annotation, Image
+    from web.clinical.reporting.pdf import report_notes
+
+    body = upload(
+        api, dicom_bytes(patient_id=f"MRN-MM-{tag}", pixel_spacing=(0.5, 0.25), spacing_tag=tag)
+    ).json()
+    image_id = body["image"]["id"]
+    display = api.get(f"/api/images/{image_id}/display/").json()
+    assert display["pixel_spacing"] == {"row_mm": 0.5, "col_mm": 0.25, "source": tag}
+
+    # 160 columns x 0.25 mm = 40 mm.
+    made = api.post(
+        "/api/annotations/",
+        {"image": image_id, "shapes": [line(10, 20, 170, 20)], "note": "femur"},
+        format="json",
+    )
+    assert made.status_code == 201, made.content
+    measured = made.json()["measurements"]
+    assert [(m["value"], m["unit"], m["calibrated"], m["source"], m["text"]) for m in measured] == [
+        (40.0, "mm", True, tag, text)
+    ]
+    listed = api.get(f"/api/images/{image_id}/annotations/").json()
+    assert listed[0]["measurements"] == measured
+    image = Image.objects.get(pk=image_id)
+    assert Annotation.objects.get(pk=made.json()["id"]).shapes[0]["type"] == "length"
+    assert report_notes([image])[0].marks == f"1 mark: length {text}"
+
+
+def test_a_length_on_a_png_is_in_pixels_and_says_so(api) -> None:
+    body = upload(api, png_bytes(size=64), name="knee.png", patient_id="MRN-MM-PNG", body_part="KNEE").json()
+    image_id = body["image"]["id"]
+    assert api.get(f"/api/images/{image_id}/display/").json()["pixel_spacing"] is None
+    made = api.post("/api/annotations/", {"image": image_id, "shapes": [line(0, 0, 30, 40)]}, format="json")
+    assert made.json()["measurements"][0]["text"] == "50.0 px (uncalibrated)"
