@@ -523,3 +523,17 @@ def test_the_region_filter_offers_and_matches_what_the_rows_show(radiologist_cli
     assert "MRN-HAND" in page and "MRN-CHEST" not in page
     hand = page[page.index("MRN-HAND") :].split("</tr>")[0]
     assert "HAND" in hand and "EXTREMITY" in hand
+
+
+def test_the_alert_filter_lists_open_stat_studies_and_the_most_urgent_findings(radiologist_clients) -> None:
+    api, _, _ = radiologist_clients
+    child = build(CASES[2])  # a pneumonia finding: the most urgent conditions
+    adult = build(CASES[0])  # a cardiomegaly finding: urgent, not the most
+    stat = build(Case("MRN-STAT", "CHEST", 0.2, ((("pneumonia", "negative", 0.1),),), False, None))
+    done = build(Case("MRN-STAT-DONE", "CHEST", 0.3, ((("pneumonia", "finding", 0.9),),), True, None))
+    Study.objects.filter(pk__in=[stat.pk, done.pk]).update(priority=Study.Priority.STAT)
+    Study.objects.filter(pk=done.pk).update(status=Study.Status.REVIEWED)
+
+    assert set(_ids(api, alert=1)) == {child.patient.patient_id, stat.patient.patient_id}
+    assert adult.patient.patient_id not in _ids(api, alert=1)
+    assert api.get("/api/studies/", {"alert": "sometimes"}).status_code == 400

@@ -267,6 +267,11 @@ def _one_of(values: Any) -> dict[str, Any]:
         OpenApiParameter("assigned", _one_of(ASSIGNED_CHOICES)),
         OpenApiParameter("q", str, description="patient name, patient ID or accession contains"),
         OpenApiParameter(
+            "alert",
+            bool,
+            description="only open studies radiologists are alerted to: STAT, or a most urgent AI finding",
+        ),
+        OpenApiParameter(
             "batch", _blank_or({"type": "integer", "minimum": 0}), description="only this batch's studies"
         ),
     ]

@@ -174,11 +174,13 @@ def studies_with_finding(study_ids: Iterable[int], *, condition: str | None = No
     )
 
 
-def study_has_finding(*, condition: str | None = None) -> Exists:
-    """On Study: it has a finding (for `condition` when given)."""
+def study_has_finding(*, condition: str | None = None, conditions: Iterable[str] = ()) -> Exists:
+    """On Study: it has a finding (for `condition`, or one of `conditions`, when given)."""
     matching = findings().filter(image__study=OuterRef("pk"))
     if condition:
         matching = matching.filter(condition=condition)
+    if conditions:
+        matching = matching.filter(condition__in=list(conditions))
     return Exists(matching)
 
 

@@ -25,7 +25,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from core.applicability import REGIONS, region_of_body_part
-from core.conditions import CONDITIONS, KNOWN_BODY_PARTS, REGION_BODY_PART
+from core.conditions import CONDITION_URGENCY, CONDITIONS, KNOWN_BODY_PARTS, REGION_BODY_PART
 from web.clinical.analysis.findings import (
     findings,
     result_record,
@@ -66,6 +66,7 @@ class WorklistFilters:
     assigned: str = ""  # "", "mine" or "unassigned"
     q: str = ""
     batch: int | None = None  # only the studies of this batch's files
+    alert: bool = False  # only the studies a radiologist is alerted to (ALERT_RULE)
 
 
 # The body regions a row is labelled with and the worklist filters by: the body part a PNG/JPEG
@@ -147,9 +148,10 @@ def worklist_filters_parse(params: Mapping[str, Any]) -> WorklistFilters:
         raise WorklistFilterError("condition", f"Unknown condition; use one of {', '.join(CONDITIONS)}.")
     if assigned and assigned not in ASSIGNED_CHOICES:
         raise WorklistFilterError("assigned", "Use assigned=mine or assigned=unassigned.")
-    positive = text("positive").lower()
-    if positive not in ("", *TRUE_WORDS, *FALSE_WORDS):
-        raise WorklistFilterError("positive", "positive: use true or false.")
+    positive, alert = text("positive").lower(), text("alert").lower()
+    for name, value in (("positive", positive), ("alert", alert)):
+        if value not in ("", *TRUE_WORDS, *FALSE_WORDS):
+            raise WorklistFilterError(name, f"{name}: use true or false.")
     batch = text("batch")
     if batch and not batch.isdigit():
         raise WorklistFilterError("batch", "A batch id (a number).")
@@ -163,6 +165,7 @@ def worklist_filters_parse(params: Mapping[str, Any]) -> WorklistFilters:
         assigned=assigned,
         q=text("q")[:100],
         batch=int(batch) if batch else None,
+        alert=alert in TRUE_WORDS,
     )
 
 
@@ -222,6 +225,18 @@ def study_worklist(
     return _filtered(qs, filters, user=user)
 
 
+# A radiologist is alerted to a study not yet read that a person marked STAT, or whose AI
+# finding is of a condition of the highest urgency (core.conditions.CONDITION_URGENCY).
+ALERT_URGENCY = max(CONDITION_URGENCY.values())
+
+
+def alert_q() -> Q:
+    """On Study: an open study that is STAT or has a finding of the most urgent conditions."""
+    urgent = [code for code, level in CONDITION_URGENCY.items() if level >= ALERT_URGENCY]
+    unread = ~Q(status__in=READ_STATES)
+    return unread & (Q(priority=Study.Priority.STAT) | Q(study_has_finding(conditions=urgent)))
+
+
 def _filtered(qs: QuerySet[Study], f: WorklistFilters, *, user: Any) -> QuerySet[Study]:
     if f.status:
         qs = qs.filter(status=f.status)
@@ -249,6 +264,8 @@ def _filtered(qs: QuerySet[Study], f: WorklistFilters, *, user: Any) -> QuerySet
             # DICOM names are stored 'Family^Given': "Jane Doe" should find 'Doe^Jane' too.
             | Q(patient__name__icontains="^".join(reversed(f.q.split())))
         )
+    if f.alert:
+        qs = qs.filter(alert_q())
     if f.batch is not None:
         files = BatchItem.objects.filter(batch_id=f.batch, image__isnull=False)
         qs = qs.filter(pk__in=files.values("image__study_id"))

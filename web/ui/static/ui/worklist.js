@@ -18,7 +18,13 @@
       .then(function (html) { results.innerHTML = html; })
       .catch(function () { /* the next event or reconnect reads again */ });
   }
-  function soon() { clearTimeout(timer); timer = setTimeout(refresh, 250); }
+  function soon() {
+    clearTimeout(timer);
+    timer = setTimeout(function () {
+      refresh();
+      if (window.radtriageCheckAlerts) window.radtriageCheckAlerts();
+    }, 250);
+  }
   window.radtriageRefreshWorklist = refresh;
   window.radtriageLive("/ws/worklist/", soon, refresh, soon);
 
