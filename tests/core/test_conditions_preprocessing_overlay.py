@@ -75,3 +75,33 @@ def test_calibration_temperature_and_platt():
     assert softened[0] > 0.1 and softened[2] < 0.9 and abs(softened[1] - 0.5) < 1e-9
     shifted = apply_calibration(p, {"method": "platt", "a": 1.0, "b": 2.0})
     assert (shifted > p).all()
+
+
+def _blob(h: int, w: int, cx: float, cy: float, sigma: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.exp(-(((xx + 0.5) / w - cx) ** 2 + ((yy + 0.5) / h - cy) ** 2) / (2 * sigma**2)).astype(
+        np.float32
+    )
+
+
+def test_the_hot_region_outlines_and_boxes_the_peak_only() -> None:
+    from core.overlay import hot_region
+
+    heat = _blob(64, 64, 0.7, 0.3, 0.08) + 0.6 * _blob(64, 64, 0.2, 0.8, 0.05)  # a weaker second spot
+    region = hot_region(heat / heat.max())
+
+    assert region["peak"] == pytest.approx([0.7, 0.3], abs=1 / 64)
+    x0, y0, x1, y1 = region["box"]
+    assert x0 < 0.7 < x1 and y0 < 0.3 < y1
+    assert x1 < 0.95 and y1 < 0.55  # the weaker spot (below half the peak) is not in it
+    assert all(x0 - 0.02 <= x <= x1 + 0.02 and y0 - 0.02 <= y <= y1 + 0.02 for x, y in region["contour"])
+    assert len(region["contour"]) >= 4
+
+
+def test_a_flat_heat_map_has_no_hot_region() -> None:
+    from core.overlay import draw_hot_region, hot_region
+
+    region = hot_region(np.full((16, 16), 0.3, dtype=np.float32))
+    assert region["contour"] == [] and region["box"] == []
+    picture = np.zeros((32, 32, 3), dtype=np.uint8)
+    assert np.array_equal(draw_hot_region(picture, region), picture)  # nothing drawn

@@ -61,6 +61,12 @@ def test_the_worklist_shows_twenty_rows_and_the_study_page_the_image_and_its_res
 
     canvas = page.locator("canvas.viewer-canvas")
     card = page.locator(".analysis").first
+    # The finding's heat map with its hot region outlined and boxed, and the legend saying so.
+    from playwright.sync_api import expect
+
+    expect(card).to_have_class(re.compile(r"\bfinding\b"))
+    expect(canvas).to_have_attribute("data-region", "on")
+    expect(page.locator(".heat-legend .region-key")).to_be_visible()
     page.screenshot(path=str(folder / f"study-{width}x{height}.png"))
     assert canvas.evaluate(IN_VIEW), canvas.bounding_box()
     assert card.evaluate(IN_VIEW), card.bounding_box()

@@ -433,6 +433,19 @@ class VerdictCountSerializer(serializers.Serializer):
     count = serializers.IntegerField()
 
 
+class HotRegionSerializer(serializers.Serializer):
+    """core.overlay.hot_region: fractions of the image's width and height."""
+
+    level = serializers.FloatField(help_text="the outline is where the map reaches this share of its peak")
+    peak = serializers.ListField(child=serializers.FloatField(), help_text="[x, y]")
+    box = serializers.ListField(
+        child=serializers.FloatField(), help_text="[x0, y0, x1, y1]; empty: a flat map"
+    )
+    contour = serializers.ListField(
+        child=serializers.ListField(child=serializers.FloatField()), help_text="[[x, y], ...]"
+    )
+
+
 class PixelSpacingSerializer(serializers.Serializer):
     row_mm = serializers.FloatField()
     col_mm = serializers.FloatField()

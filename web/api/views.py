@@ -33,6 +33,7 @@ from web.api.serializers import (
     AnnotationSerializer,
     BulkUploadResultSerializer,
     BulkUploadSerializer,
+    HotRegionSerializer,
     StudyDetailSerializer,
     StudyListSerializer,
     TextField,
@@ -52,7 +53,12 @@ from web.clinical.ingest.parts import (
 from web.clinical.ingest.uploads import image_upload, images_upload_many
 from web.clinical.models import Analysis, Image, Study
 from web.clinical.review.annotations import ReviewRejected, annotation_create, verdict_set
-from web.clinical.viewer import OVERLAY_ALPHA, analysis_heatmap_color_png, analysis_heatmap_overlay_png
+from web.clinical.viewer import (
+    OVERLAY_ALPHA,
+    analysis_heatmap_color_png,
+    analysis_heatmap_overlay_png,
+    analysis_hot_region,
+)
 from web.clinical.worklist.queries import (
     ASSIGNED_CHOICES,
     REGION_ALIASES,
@@ -329,11 +335,13 @@ class AnalysisHeatmapView(APIView):
             OpenApiParameter(
                 "kind",
                 str,
-                enum=["overlay", "raw", "color"],
+                enum=["overlay", "raw", "color", "region"],
                 description="overlay (default): colour Grad-CAM over the X-ray at "
                 "full resolution; raw: 8-bit grayscale heat map at the "
                 "model's resolution; color: the heat map alone in JET "
-                "colours, to lay over the X-ray at any intensity",
+                "colours, to lay over the X-ray at any intensity; region: the hot "
+                "region (JSON: its outline, box and peak where the map reaches half its peak, "
+                "as fractions of the image's width and height)",
             ),
             OpenApiParameter(
                 "alpha",
@@ -342,13 +350,13 @@ class AnalysisHeatmapView(APIView):
                 f"intensity, 0 (X-ray alone) to 1 (default {OVERLAY_ALPHA})",
             ),
         ],
-        responses={(200, "image/png"): bytes},
+        responses={(200, "image/png"): bytes, (200, "application/json"): HotRegionSerializer},
         summary="Download the Grad-CAM heat map of a finished analysis",
     )
     def get(self, request: Request, pk: int) -> HttpResponseBase:
         kind = request.query_params.get("kind", "overlay")
-        if kind not in ("overlay", "raw", "color"):
-            raise ValidationError({"kind": "Use kind=overlay, kind=raw or kind=color."})
+        if kind not in ("overlay", "raw", "color", "region"):
+            raise ValidationError({"kind": "Use kind=overlay, kind=raw, kind=color or kind=region."})
         alpha = _alpha(request.query_params.get("alpha"))
         try:
             analysis = analysis_read(
@@ -363,6 +371,8 @@ class AnalysisHeatmapView(APIView):
                 analysis.heatmap_raw.open("rb"), content_type="image/png", filename=f"analysis-{pk}-raw.png"
             )
         try:
+            if kind == "region":
+                return Response(HotRegionSerializer(analysis_hot_region(analysis=analysis)).data)
             png = (
                 analysis_heatmap_color_png(analysis=analysis)
                 if kind == "color"

@@ -34,6 +34,14 @@ def analysis_heatmap_color_png(*, analysis: Analysis) -> bytes:
     return encode_png(colorize_heatmap(_raw_heatmap(analysis)))
 
 
+def analysis_hot_region(*, analysis: Analysis) -> Any:
+    """core.overlay.hot_region of the stored map: the outline, box and peak the viewer and the
+    report draw on a finding (fractions of the image's width and height)."""
+    from core.overlay import hot_region
+
+    return hot_region(_raw_heatmap(analysis))
+
+
 def _raw_heatmap(analysis: Analysis) -> Any:
     """float32 (h, w) in [0, 1] from the stored 8-bit map."""
     import cv2

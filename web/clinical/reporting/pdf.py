@@ -199,7 +199,7 @@ def _verdicts(image: Image, analysis: Analysis) -> list[str]:
 def _pictures(index: int, image: Image) -> list[Picture]:
     """The image with the annotations drawn on it, then one overlay per condition."""
     from core.imaging import load_xray
-    from core.overlay import render_overlay
+    from core.overlay import draw_hot_region, hot_region, render_overlay
     from web.clinical.viewer import _raw_heatmap
 
     with image.file.open("rb") as handle:
@@ -215,9 +215,14 @@ def _pictures(index: int, image: Image) -> list[Picture]:
     for analysis in current_results(image.analyses.all()):
         if not analysis.heatmap_raw or analysis.is_placeholder:
             continue
-        overlay = render_overlay(gray, _raw_heatmap(analysis))
+        raw = _raw_heatmap(analysis)
+        overlay = render_overlay(gray, raw)
         label = get_condition(analysis.condition).label
-        pictures.append(Picture(f"Image {index}: {label} heat map", _data_uri(_fit(overlay))))
+        caption = f"Image {index}: {label} heat map"
+        if result_kind(analysis) == "finding":  # a finding's hot region, marked as on the screen
+            overlay = draw_hot_region(overlay, hot_region(raw))
+            caption += " (white outline: the hot region, half the peak and more; yellow box: around it)"
+        pictures.append(Picture(caption, _data_uri(_fit(overlay))))
     return pictures
 
 

@@ -233,11 +233,15 @@
       ctx.drawImage(plane, 0, 0);
       if (heatToggle.checked && heatUrl && heatReady) {
         // The model-resolution map stretched over the whole image: how core.overlay aligns it.
-        ctx.globalAlpha = window.radtriageHeatIntensity ? window.radtriageHeatIntensity() : 0.4;
+        const intensity = window.radtriageHeatIntensity ? window.radtriageHeatIntensity() : 0.4;
+        ctx.globalAlpha = intensity;
         ctx.imageSmoothingEnabled = true;
         ctx.drawImage(heat, 0, 0, width, height);
         ctx.globalAlpha = 1;
+        if (intensity > 0) drawRegion();  // faded out to 0 %: the X-ray alone, outline included
       }
+      canvas.dataset.region = heatToggle.checked && heatReady && region && region.contour.length &&
+        (!window.radtriageHeatIntensity || window.radtriageHeatIntensity() > 0) ? "on" : "off";
       ctx.lineWidth = 2 / scale;
       for (const a of annotations.values()) {
         const colour = a.id === selected ? "#ff6b6b" : a.author === me ? "#ffd43b" : "#74c0fc";
@@ -260,12 +264,47 @@
 
     // ------------------------------------------------------------------ heat map
     heat.onload = function () { heatReady = true; redraw(); };
+    // On a finding, the hot region as commercial tools mark it: its outline where the map
+    // reaches half its peak and a box around it (server: core.overlay.hot_region).
+    let region = null;
+    const legend = root.querySelector(".heat-legend");
     function setHeat(url) {
       if (url === heatUrl) return;
-      heatUrl = url; heatReady = false;
+      heatUrl = url; heatReady = false; region = null;
       if (url) heat.src = url;
       heatSource.value = url || "";
+      const card = url && Array.from(section.querySelectorAll(".analysis[data-heatmap-url]"))
+        .find(function (c) { return c.dataset.heatmapUrl === url; });
+      if (card && card.classList.contains("finding")) {
+        fetch(url.replace("kind=color", "kind=region"), {credentials: "same-origin"})
+          .then(function (r) { return r.ok ? r.json() : null; })
+          .then(function (body) { if (heatUrl === url) { region = body; showLegend(); redraw(); } })
+          .catch(function () { region = null; });
+      }
+      showLegend();
       redraw();
+    }
+    function showLegend() {
+      if (!legend) return;
+      legend.hidden = !heatUrl || !heatToggle.checked;
+      legend.querySelector(".region-key").hidden = !(region && region.contour.length);
+    }
+    function drawRegion() {
+      if (!region || !region.contour.length) return;
+      ctx.lineWidth = 2.5 / scale;
+      ctx.strokeStyle = "#fff";
+      ctx.beginPath();
+      region.contour.forEach(function (p, i) {
+        const x = p[0] * width, y = p[1] * height;
+        if (i) ctx.lineTo(x, y); else ctx.moveTo(x, y);
+      });
+      ctx.closePath();
+      ctx.stroke();
+      const b = region.box;
+      ctx.strokeStyle = "#ffd43b";
+      ctx.setLineDash([8 / scale, 5 / scale]);
+      ctx.strokeRect(b[0] * width, b[1] * height, (b[2] - b[0]) * width, (b[3] - b[1]) * height);
+      ctx.setLineDash([]);
     }
     self.refreshHeatSources = function () {
       const cards = section.querySelectorAll(".analysis[data-heatmap-url]");
@@ -288,7 +327,7 @@
     };
     self.showHeat = function (url) { heatToggle.checked = true; setHeat(url); canvas.focus(); active = self; };
     heatSource.addEventListener("change", function () { setHeat(heatSource.value); });
-    heatToggle.addEventListener("change", redraw);
+    heatToggle.addEventListener("change", function () { showLegend(); redraw(); });
 
     // ------------------------------------------------------------------ annotations
     function describe(a) {
