@@ -146,13 +146,22 @@ def test_one_current_verdict_per_radiologist_per_finding_counted_per_model(
     url = f"/api/analyses/{analysis}/verdict/"
 
     first = dr_a.put(url, {"verdict": "agree", "comment": "clear"}, format="json")
-    changed = dr_a.put(url, {"verdict": "disagree", "comment": "artefact"}, format="json")
-    other = dr_b.put(url, {"verdict": "disagree"}, format="json")
+    why_not = dr_a.put(url, {"verdict": "disagree", "comment": "artefact"}, format="json")
+    changed = dr_a.put(
+        url, {"verdict": "disagree", "reason": "false_positive", "comment": "artefact"}, format="json"
+    )
+    other = dr_b.put(url, {"verdict": "disagree", "reason": "wrong_location"}, format="json")
 
+    # A disagreement says why; the reasons are listed when it does not.
+    assert why_not.status_code == 400 and "false_positive, wrong_location" in why_not.json()["error"]
     assert (first.status_code, changed.status_code, other.status_code) == (201, 200, 201)
     assert changed.json()["id"] == first.json()["id"]
-    verdicts = {v["author"]: (v["verdict"], v["comment"]) for v in dr_a.get(url).json()}
-    assert verdicts == {"dr.a": ("disagree", "artefact"), "dr.b": ("disagree", "")}
+    assert changed.json()["reason_label"] == "False positive: no such finding"
+    verdicts = {v["author"]: (v["verdict"], v["reason"], v["comment"]) for v in dr_a.get(url).json()}
+    assert verdicts == {
+        "dr.a": ("disagree", "false_positive", "artefact"),
+        "dr.b": ("disagree", "wrong_location", ""),
+    }
     counts = dr_a.get("/api/verdicts/counts/").json()
     assert counts == [
         {
@@ -165,6 +174,10 @@ def test_one_current_verdict_per_radiologist_per_finding_counted_per_model(
         }
     ]
     assert AuditEvent.objects.filter(action="verdict.set").count() == 3
+    # Agreeing again takes the reason away: it belonged to the disagreement.
+    assert (
+        dr_b.put(url, {"verdict": "agree", "reason": "wrong_location"}, format="json").json()["reason"] == ""
+    )
     # Verdicts are shown on their result, never drawn on the image as annotations.
     assert dr_a.get(f"/api/images/{image_with_result['image']}/annotations/").json() == []
 

@@ -261,15 +261,22 @@ def test_a_radiologist_disagrees_with_a_finding_and_the_verdict_is_kept(
 ) -> None:
     from playwright.sync_api import expect
 
+    colleague = open_study(browser, live_server_url, "dr.bo", analysed_study["study"])
     page = open_study(browser, live_server_url, "dr.ada", analysed_study["study"])
     card = page.locator(".analysis", has_text="pneumonia")
+    expect(card.locator(".verdict-reason")).to_be_hidden()
     card.locator("input[value=disagree]").check()
+    expect(card.locator(".verdict-reason")).to_be_visible()  # disagreeing asks why
+    card.locator("select[name=reason]").select_option("false_positive")
     card.locator("input[name=comment]").fill("rib overlap, not consolidation")
     card.locator(".verdict-form button[type=submit]").click()
-    expect(card.locator(".verdicts")).to_have_text("dr.ada: Disagree — rib overlap, not consolidation")
+    said = "dr.ada: Disagree (False positive: no such finding) — rib overlap, not consolidation"
+    expect(card.locator(".verdicts")).to_have_text(said)
+    # The colleague with the study open sees it without reloading.
+    expect(colleague.locator(".analysis", has_text="pneumonia").locator(".verdicts")).to_have_text(said)
 
     page.reload()
-    expect(card.locator(".verdicts")).to_have_text("dr.ada: Disagree — rib overlap, not consolidation")
+    expect(card.locator(".verdicts")).to_have_text(said)
     expect(card.locator("input[value=disagree]")).to_be_checked()
     expect(card.locator(".verdict-form button[type=submit]")).to_have_text("Change verdict")
 

@@ -212,7 +212,7 @@ class AnalysisVerdictView(ReadOrReview):
     @extend_schema(
         request=VerdictInputSerializer,
         responses={200: VerdictSerializer, 201: VerdictSerializer},
-        summary="Set one's verdict on an AI result (agree, disagree, uncertain) with a comment",
+        summary="Set one's verdict on an AI result (agree, disagree and why, uncertain) with a comment",
     )
     def put(self, request: Request, pk: int) -> Response:
         analysis = self._analysis(pk)
@@ -224,6 +224,7 @@ class AnalysisVerdictView(ReadOrReview):
                 author=request.user,
                 verdict=form.validated_data["verdict"],
                 comment=form.validated_data["comment"],
+                reason=form.validated_data["reason"],
                 ip_address=client_ip(request),
             )
         except ReviewRejected as exc:

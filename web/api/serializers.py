@@ -395,12 +395,21 @@ class AnnotationChangeSerializer(serializers.Serializer):
 
 class VerdictInputSerializer(serializers.Serializer):
     verdict = serializers.ChoiceField(choices=Annotation.Verdict.choices)
+    reason = serializers.ChoiceField(
+        choices=Annotation.DisagreeReason.choices,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="why, required with disagree",
+    )
     comment = TextField(required=False, allow_blank=True, default="", max_length=2000)
 
 
 class VerdictSerializer(serializers.ModelSerializer):
     author = serializers.CharField(source="author.username", read_only=True)
     comment = serializers.CharField(source="note", read_only=True)
+    reason = serializers.CharField(source="verdict_reason", read_only=True)
+    reason_label = serializers.CharField(source="get_verdict_reason_display", read_only=True)
     condition = serializers.CharField(source="analysis.condition", read_only=True)
     model_id = serializers.CharField(source="analysis.model_id", read_only=True)
     model_sha256 = serializers.CharField(source="analysis.model_sha256", read_only=True)
@@ -412,6 +421,8 @@ class VerdictSerializer(serializers.ModelSerializer):
             "analysis",
             "author",
             "verdict",
+            "reason",
+            "reason_label",
             "comment",
             "condition",
             "model_id",

@@ -259,6 +259,14 @@ class Annotation(models.Model):
         DISAGREE = "disagree", "Disagree"
         UNCERTAIN = "uncertain", "Uncertain"
 
+    class DisagreeReason(models.TextChoices):
+        """Why a radiologist disagrees with an AI result: what monitoring and retraining need."""
+
+        FALSE_POSITIVE = "false_positive", "False positive: no such finding"
+        WRONG_LOCATION = "wrong_location", "Wrong location: the finding is elsewhere"
+        OTHER_FINDING = "other_finding", "Another finding, not this one"
+        IMAGE_QUALITY = "image_quality", "Image quality too poor to judge"
+
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="annotations")
     author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="annotations")
     shapes = models.JSONField(default=list, blank=True)
@@ -267,6 +275,9 @@ class Annotation(models.Model):
         Analysis, null=True, blank=True, on_delete=models.SET_NULL, related_name="annotations"
     )
     verdict = models.CharField(max_length=16, choices=Verdict.choices, blank=True)
+    verdict_reason = models.CharField(
+        max_length=24, choices=DisagreeReason.choices, blank=True, help_text="why, for a disagreement"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -192,7 +192,8 @@ def _verdicts(image: Image, analysis: Analysis) -> list[str]:
     for note in image.annotations.all():
         if note.analysis_id == analysis.pk and note.verdict:
             comment = f": {note.note}" if note.note else ""
-            said.append(f"{note.get_verdict_display()} ({note.author.get_username()}){comment}")
+            why = f", {note.get_verdict_reason_display().lower()}" if note.verdict_reason else ""
+            said.append(f"{note.get_verdict_display()}{why} ({note.author.get_username()}){comment}")
     return said
 
 

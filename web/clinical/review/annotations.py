@@ -12,7 +12,7 @@ from typing import Any
 from django.db import transaction
 
 from web.clinical.audit.records import audit_record
-from web.clinical.events import annotation_event_publish
+from web.clinical.events import analyses_event_publish, annotation_event_publish
 from web.clinical.models import Analysis, Annotation, Image
 
 MAX_SHAPES = 50
@@ -191,12 +191,19 @@ def verdict_set(
     author: Any,
     verdict: str,
     comment: Any = "",
+    reason: str = "",
     ip_address: str | None = None,
 ) -> tuple[Annotation, bool]:
     """The author's current verdict on one AI result: the first call creates it, later ones
-    change it. Returns (verdict row, created)."""
+    change it. A disagreement needs its reason (Annotation.DisagreeReason); another verdict
+    has none. Colleagues with the study open see it at once. Returns (verdict row, created)."""
     if verdict not in Annotation.Verdict.values:
         raise ReviewRejected(f"The verdict must be one of {', '.join(Annotation.Verdict.values)}.")
+    if verdict == Annotation.Verdict.DISAGREE and reason not in Annotation.DisagreeReason.values:
+        raise ReviewRejected(
+            "Say why you disagree: one of " + ", ".join(Annotation.DisagreeReason.values) + "."
+        )
+    reason = reason if verdict == Annotation.Verdict.DISAGREE else ""
     if not analysis_accepts_verdict(analysis):
         raise ReviewRejected("This result has no finding to judge (not finished, placeholder or not shown).")
     text = _note_clean(comment)
@@ -211,11 +218,16 @@ def verdict_set(
         previous = "" if row is None else row.verdict
         if row is None:
             row = Annotation.objects.create(
-                image_id=analysis.image_id, author=author, analysis=analysis, verdict=verdict, note=text
+                image_id=analysis.image_id,
+                author=author,
+                analysis=analysis,
+                verdict=verdict,
+                verdict_reason=reason,
+                note=text,
             )
         else:
-            row.verdict, row.note = verdict, text
-            row.save(update_fields=["verdict", "note", "updated_at"])
+            row.verdict, row.verdict_reason, row.note = verdict, reason, text
+            row.save(update_fields=["verdict", "verdict_reason", "note", "updated_at"])
         row.analysis = analysis
         audit_record(
             actor=author,
@@ -227,9 +239,11 @@ def verdict_set(
             detail={
                 "analysis": analysis.pk,
                 "verdict": verdict,
+                "reason": reason,
                 "previous": previous,
                 "model_id": analysis.model_id,
                 "condition": analysis.condition,
             },
         )
+        analyses_event_publish(analyses=[analysis], event="verdict")  # colleagues' cards redraw
     return row, created

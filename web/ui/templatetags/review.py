@@ -7,7 +7,7 @@ from typing import Any
 from django import template
 
 from web.access import Capability, can
-from web.clinical.models import Analysis
+from web.clinical.models import Analysis, Annotation
 from web.clinical.registry.queries import condition_models
 from web.clinical.review.annotations import analysis_accepts_verdict
 
@@ -31,4 +31,5 @@ def review_of(analysis: Analysis, user: Any) -> dict[str, Any]:
         "mine": next((v for v in verdicts if v.author_id == user.pk), None),
         "can_judge": reviewer and analysis_accepts_verdict(analysis),
         "models": condition_models(condition=analysis.condition) if reviewer else [],
+        "reasons": Annotation.DisagreeReason.choices,
     }

@@ -82,7 +82,12 @@
     const el = document.querySelector('.analysis[data-analysis-id="' + a.id + '"]');
     if (!el || el.dataset.state !== a.state) refreshCard(a.id, a.image_id || a.image);
   }
-  function onEvent(data) { update(data.analysis); showStatus(data.analysis.study_status); }
+  // A verdict changes no state: the card is drawn again so a colleague's verdict shows at once.
+  function onEvent(data) {
+    if (data.event === "verdict") refreshCard(data.analysis.id, data.analysis.image_id || data.analysis.image);
+    else update(data.analysis);
+    showStatus(data.analysis.study_status);
+  }
   // A person moved the study (claimed, released, took it over, reviewed, signed its report):
   // the status and the holder are redrawn; the bar's buttons come with the next load (the
   // server refuses, naming the holder, whatever a stale button asks).
@@ -122,6 +127,14 @@
       });
   }
 
+  // "Disagree" asks why (a required choice); another verdict has no reason.
+  document.addEventListener("change", function (e) {
+    if (e.target.name !== "verdict" || !e.target.closest(".verdict-form")) return;
+    const why = e.target.closest(".verdict-form").querySelector(".verdict-reason");
+    const disagree = e.target.value === "disagree";
+    why.hidden = !disagree;
+    why.querySelector("select").required = disagree;
+  });
   document.addEventListener("submit", function (e) {
     const form = e.target;
     if (form.classList.contains("verdict-form")) {
@@ -129,6 +142,7 @@
       const card = form.closest(".analysis");
       const chosen = form.querySelector("input[name=verdict]:checked");
       sendJson(form.dataset.url, "PUT", {verdict: chosen ? chosen.value : "",
+                                         reason: form.querySelector("select[name=reason]").value,
                                          comment: form.querySelector("input[name=comment]").value})
         .then(function () { return refreshCard(card.dataset.analysisId); })
         .catch(function (err) { form.querySelector(".verdict-message").textContent = err.message; });
