@@ -72,6 +72,15 @@ def test_the_worklist_shows_twenty_rows_and_the_study_page_the_image_and_its_res
     assert card.evaluate(IN_VIEW), card.bounding_box()
     assert page.evaluate("document.scrollingElement.scrollTop") == 0
 
+    # The DICOM header, one fold away; then ] and [ walk the worklist's order.
+    page.locator(".dicom-header summary").click()
+    expect(page.locator(".dicom-header")).to_contain_text("Modality")
+    canvas.focus()
+    page.keyboard.press("]")
+    expect(page.locator("h1")).to_contain_text("Row")
+    page.keyboard.press("[")
+    expect(page.locator("h1")).to_contain_text("Ada Lovelace")
+
     page.goto(live_server_url + "/")
     rows = page.locator("#worklist-body tr[data-study-id]")
     assert rows.count() >= 20
@@ -128,6 +137,26 @@ def test_the_length_tool_measures_a_known_distance_in_millimetres(
 
     item = page.locator(".annotation-list li.annotation").first
     expect(item).to_contain_text(re.compile(r"length (79\.[5-9]|80\.[0-4]) mm"))
+
+    # Turned a quarter and flipped, the same 80 mm along the image's rows now runs up the screen.
+    canvas.focus()
+    page.keyboard.press("o")
+    page.keyboard.press("x")
+    expect(canvas).to_have_attribute("data-orientation", "90 flipped")
+    turned = float(canvas.get_attribute("data-scale"))
+    centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.click("[data-tool=length]")
+    page.mouse.move(centre[0], centre[1] - 200 * turned)
+    page.mouse.down()
+    for step in range(1, 9):
+        page.mouse.move(centre[0], centre[1] - 200 * turned + 50 * turned * step)
+    page.mouse.up()
+    expect(page.locator(".annotation-list li.annotation")).to_have_count(2)
+    expect(page.locator(".annotation-list li.annotation").nth(1)).to_contain_text(
+        re.compile(r"length (79\.[5-9]|80\.[0-4]) mm")
+    )
+    page.keyboard.press("0")
+    expect(canvas).to_have_attribute("data-orientation", "0")
     page.screenshot(path=str(output_folder("layout") / f"length-{width}x{height}.png"))
     measured = page.evaluate(
         "url => fetch(url, {credentials: 'same-origin'}).then(r => r.json())",

@@ -24,6 +24,7 @@ from web.clinical.worklist.queries import (
     study_worklist,
     waiting_label,
     worklist_filters_parse,
+    worklist_neighbours,
     worklist_strongest,
 )
 
@@ -78,9 +79,14 @@ def study_page(request: HttpRequest, study_id: int) -> HttpResponse:
     except Study.DoesNotExist:
         raise Http404("No such study.") from None
     study_open(study=study, user=request.user, ip_address=client_ip(request))  # audits a move
-    return render(
-        request, "ui/study.html", {"study": study, "can_review": can(request.user, Capability.REVIEW)}
-    )
+    previous, following = worklist_neighbours(study_id=study.pk, user=request.user)
+    context = {
+        "study": study,
+        "can_review": can(request.user, Capability.REVIEW),
+        "previous_study": previous,
+        "next_study": following,
+    }
+    return render(request, "ui/study.html", context)
 
 
 @requires(Capability.VIEW_STUDIES)

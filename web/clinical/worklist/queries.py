@@ -289,6 +289,17 @@ def worklist_strongest(studies: list[Study]) -> None:
         study.region = body_part_region(study.body_part)  # type: ignore[attr-defined]
 
 
+def worklist_neighbours(*, study_id: int, user: Any) -> tuple[int | None, int | None]:
+    """The studies before and after this one in the worklist's own order (no filter): where
+    "previous" and "next" on the study page go. None at either end, or when it is not listed."""
+    ids = list(study_worklist(filters=WorklistFilters(), user=user).values_list("pk", flat=True))
+    try:
+        at = ids.index(study_id)
+    except ValueError:
+        return None, None
+    return (ids[at - 1] if at > 0 else None), (ids[at + 1] if at + 1 < len(ids) else None)
+
+
 def waiting_label(study: Study, *, now: dt.datetime | None = None) -> str:
     """'3 h 12 min' since the study arrived; '—' once read (reviewed or reported)."""
     if study.status in READ_STATES:

@@ -127,6 +127,12 @@
       });
   }
 
+  // [ and ]: the previous and next study in the worklist's order (not while typing).
+  document.addEventListener("keydown", function (e) {
+    if (e.target.closest("input, textarea, select") || e.ctrlKey || e.metaKey || e.altKey) return;
+    const link = document.getElementById(e.key === "]" ? "next-study" : e.key === "[" ? "previous-study" : "");
+    if (link) { e.preventDefault(); location.href = link.href; }
+  });
   // "Disagree" asks why (a required choice); another verdict has no reason.
   document.addEventListener("change", function (e) {
     if (e.target.name !== "verdict" || !e.target.closest(".verdict-form")) return;

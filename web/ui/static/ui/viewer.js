@@ -47,7 +47,9 @@
     const plane = document.createElement("canvas"); // the windowed image at full resolution
     let planeData = null;
     let win = {center: 0, width: 1}, invert = false;
-    let scale = 1, tx = 0, ty = 0;
+    // The view: the image's centre at (cx, cy) on the canvas, `scale` canvas pixels per image
+    // pixel, turned `rot` quarter turns clockwise after an optional left-right flip.
+    let scale = 1, cx = 0, cy = 0, rot = 0, flip = false;
     let fitted = true;  // the view is the fitted one: a new canvas size refits it
     let tool = "pan";
     const heat = new Image();
@@ -147,15 +149,16 @@
     function fit() {
       const s = size();
       if (!width) return;
-      scale = Math.min(s.w / width, s.h / height);
-      tx = (s.w - width * scale) / 2; ty = (s.h - height * scale) / 2;
+      const turned = rot % 2 === 1;
+      scale = Math.min(s.w / (turned ? height : width), s.h / (turned ? width : height));
+      cx = s.w / 2; cy = s.h / 2;
       fitted = true;
       redraw();
     }
     function zoomAt(factor, x, y) {
       const next = Math.min(40, Math.max(0.02, scale * factor));
-      const ix = (x - tx) / scale, iy = (y - ty) / scale;
-      scale = next; tx = x - ix * scale; ty = y - iy * scale;
+      cx = x - (next / scale) * (x - cx); cy = y - (next / scale) * (y - cy);
+      scale = next;
       fitted = false;
       redraw();
     }
@@ -163,7 +166,30 @@
     function toImage(e) {
       const box = canvas.getBoundingClientRect();
       const x = e.clientX - box.left, y = e.clientY - box.top;
-      return {x: x, y: y, ix: (x - tx) / scale, iy: (y - ty) / scale};
+      const o = orient(), dx = (x - cx) / scale, dy = (y - cy) / scale;
+      return {x: x, y: y, ix: width / 2 + o[0] * dx + o[2] * dy, iy: height / 2 + o[1] * dx + o[3] * dy};
+    }
+    // The orientation as a 2x2 matrix [o00, o01, o10, o11]: image -> view directions.
+    function orient() {
+      const c = [1, 0, -1, 0][rot], sn = [0, 1, 0, -1][rot], f = flip ? -1 : 1;
+      return [c * f, -sn, sn * f, c];
+    }
+    // Where image pixel (0, 0) lands on the canvas: the translation of the view.
+    function origin() {
+      const o = orient();
+      return [cx - scale * (o[0] * width / 2 + o[1] * height / 2), cy - scale * (o[2] * width / 2 + o[3] * height / 2)];
+    }
+    // Text is written upright on the screen, whatever the orientation: at the view position of
+    // image point (ix, iy), shifted by (dx, dy) screen pixels.
+    function label(text, ix, iy, px, dx, dy, outline) {
+      const o = orient(), e = origin(), r = window.devicePixelRatio || 1;
+      const vx = e[0] + scale * (o[0] * ix + o[1] * iy), vy = e[1] + scale * (o[2] * ix + o[3] * iy);
+      ctx.save();
+      ctx.setTransform(r, 0, 0, r, 0, 0);
+      ctx.font = px + "px system-ui, sans-serif";
+      if (outline) { ctx.strokeStyle = "#000"; ctx.lineWidth = 3; ctx.strokeText(text, vx + dx, vy + dy); }
+      ctx.fillText(text, vx + dx, vy + dy);
+      ctx.restore();
     }
 
     // ------------------------------------------------------------------ drawing
@@ -188,19 +214,12 @@
         ctx.moveTo(shape.x1 - nx, shape.y1 - ny); ctx.lineTo(shape.x1 + nx, shape.y1 + ny);
         ctx.moveTo(shape.x2 - nx, shape.y2 - ny); ctx.lineTo(shape.x2 + nx, shape.y2 + ny);
         ctx.stroke();
-        ctx.font = "bold " + (14 / scale) + "px system-ui, sans-serif";
-        const label = lengthText(shape), lx = shape.x2 + 8 / scale, ly = shape.y2 + 4 / scale;
-        const stroke = ctx.strokeStyle, lineWidth = ctx.lineWidth;
-        ctx.strokeStyle = "#000"; ctx.lineWidth = 3 / scale;  // a dark edge: legible over the heat map
-        ctx.strokeText(label, lx, ly);
-        ctx.strokeStyle = stroke; ctx.lineWidth = lineWidth;
-        ctx.fillText(label, lx, ly);
+        label(lengthText(shape), shape.x2, shape.y2, "bold 14", 8, 4, true);  // dark edge: legible over the heat map
         return;
       } else if (shape.type === "freehand") {
         shape.points.forEach(function (p, i) { if (i) ctx.lineTo(p[0], p[1]); else ctx.moveTo(p[0], p[1]); });
       } else if (shape.type === "text") {
-        ctx.font = (16 / scale) + "px system-ui, sans-serif";
-        ctx.fillText(shape.text || "", shape.x, shape.y);
+        label(shape.text || "", shape.x, shape.y, "16", 0, 0, false);
         return;
       }
       ctx.stroke();
@@ -225,10 +244,13 @@
       ctx.fillStyle = "#000";
       ctx.fillRect(0, 0, canvas.width, canvas.height);
       canvas.dataset.scale = scale.toFixed(4);
-      canvas.dataset.pan = tx.toFixed(1) + "," + ty.toFixed(1);
+      const o = orient(), e = origin();
+      canvas.dataset.pan = e[0].toFixed(1) + "," + e[1].toFixed(1);  // where image pixel (0, 0) is
+      canvas.dataset.orientation = rot * 90 + (flip ? " flipped" : "");
       canvas.dataset.heat = heatToggle.checked && heatUrl ? "on" : "off";
       if (!planeData) return;
-      ctx.setTransform(scale * s.ratio, 0, 0, scale * s.ratio, tx * s.ratio, ty * s.ratio);
+      const k = scale * s.ratio;
+      ctx.setTransform(k * o[0], k * o[2], k * o[1], k * o[3], e[0] * s.ratio, e[1] * s.ratio);
       ctx.imageSmoothingEnabled = scale < 1;
       ctx.drawImage(plane, 0, 0);
       if (heatToggle.checked && heatUrl && heatReady) {
@@ -249,8 +271,7 @@
         for (const shape of a.shapes) drawShape(shape);
         if (a.shapes.length && a.shapes[0].type !== "text") {
           const at = labelAt(a.shapes[0]);
-          ctx.font = (12 / scale) + "px system-ui, sans-serif";
-          ctx.fillText(a.author + (a.note ? ": " + a.note : ""), at[0], at[1] - 4 / scale);
+          label(a.author + (a.note ? ": " + a.note : ""), at[0], at[1], "12", 0, -4, false);
         }
       }
       if (draft) {
@@ -443,7 +464,9 @@
     function action(name) {
       if (name === "zoom-in") zoomCentre(1.25);
       else if (name === "zoom-out") zoomCentre(0.8);
-      else if (name === "reset") { invert = !!(meta && meta.invert); preset("default"); fit(); }
+      else if (name === "reset") { invert = !!(meta && meta.invert); rot = 0; flip = false; preset("default"); fit(); }
+      else if (name === "rotate") { rot = (rot + 1) % 4; fit(); }
+      else if (name === "flip") { flip = !flip; fit(); }
       else if (name === "invert") {
         invert = !invert;
         root.querySelector('[data-action="invert"]').setAttribute("aria-pressed", invert !== !!(meta && meta.invert) ? "true" : "false");
@@ -457,6 +480,8 @@
       else if (k === "0") action("reset");
       else if (k === "h" || k === "H") { heatToggle.checked = !heatToggle.checked; redraw(); }
       else if (k === "i" || k === "I") action("invert");
+      else if (k === "o" || k === "O") action("rotate");
+      else if (k === "x" || k === "X") action("flip");
       else if (k === "p" || k === "P") setTool("pan");
       else if (k === "w" || k === "W") setTool("window");
       else if (k === "1") preset("default");
@@ -488,7 +513,7 @@
       canvas.setPointerCapture(e.pointerId);
       const p = toImage(e);
       const mode = e.button === 2 ? "window" : e.button === 1 ? "pan" : tool;
-      drag = {mode: mode, start: p, tx: tx, ty: ty, win: {center: win.center, width: win.width}, moved: false};
+      drag = {mode: mode, start: p, cx: cx, cy: cy, win: {center: win.center, width: win.width}, moved: false};
       if (mode === "rect" || mode === "ellipse") draft = {type: mode, x: p.ix, y: p.iy, w: 0, h: 0};
       else if (mode === "arrow" || mode === "length") draft = {type: mode, x1: p.ix, y1: p.iy, x2: p.ix, y2: p.iy};
       else if (mode === "freehand") draft = {type: "freehand", points: [[p.ix, p.iy]]};
@@ -498,7 +523,7 @@
       const p = toImage(e);
       const dx = p.x - drag.start.x, dy = p.y - drag.start.y;
       if (Math.abs(dx) + Math.abs(dy) > 3) drag.moved = true;
-      if (drag.mode === "pan") { tx = drag.tx + dx; ty = drag.ty + dy; fitted = false; redraw(); }
+      if (drag.mode === "pan") { cx = drag.cx + dx; cy = drag.cy + dy; fitted = false; redraw(); }
       else if (drag.mode === "window") {
         const span = meta.range.max - meta.range.min || 255;
         const perPixel = span / 400;
