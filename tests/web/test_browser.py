@@ -92,7 +92,7 @@ def test_a_radiologist_watches_an_upload_get_analysed_without_reloading(
     page = browser_page
     log_in_to_the_live_worklist(page, live_server_url)
 
-    # Upload through the worklist's form; the row appears and turns "AI complete" by itself.
+    # Upload through the worklist's form; the row appears and turns "Ready for review" by itself.
     page.click("details.upload-drawer > summary")
     page.set_input_files(
         "input[name=file]",
@@ -107,7 +107,7 @@ def test_a_radiologist_watches_an_upload_get_analysed_without_reloading(
     page.click("#upload-form button[type=submit]")
     expect(page.locator("#upload-message")).to_have_text("Uploaded; analyses queued.")
     row = page.locator("#worklist-body tr", has_text="MRN-UI")
-    expect(row).to_contain_text("AI complete", timeout=120_000)
+    expect(row).to_contain_text("Ready for review", timeout=120_000)  # AI complete
 
     # The study page: the real model's result with its heat map, the placeholder labelled.
     row.locator("a").click()
@@ -245,7 +245,7 @@ def test_a_technologist_uploads_several_xrays_at_once_and_sees_which_were_refuse
     for mrn in ("MRN-BULK-1", "MRN-BULK-2"):
         row = page.locator("#worklist-body tr", has_text=mrn)
         expect(row).to_have_count(1)
-        expect(row).to_contain_text("AI complete", timeout=120_000)
+        expect(row).to_contain_text("Ready for review", timeout=120_000)  # AI complete
     assert _in_thread(lambda: Image.objects.count()) == images_before + 2
     assert sorted(
         _in_thread(

@@ -537,3 +537,24 @@ def test_the_alert_filter_lists_open_stat_studies_and_the_most_urgent_findings(r
     assert set(_ids(api, alert=1)) == {child.patient.patient_id, stat.patient.patient_id}
     assert adult.patient.patient_id not in _ids(api, alert=1)
     assert api.get("/api/studies/", {"alert": "sometimes"}).status_code == 400
+
+
+def test_the_worklist_sorts_by_a_column_both_ways_and_refuses_an_unknown_one(radiologist_clients) -> None:
+    api, browser, _ = radiologist_clients
+    studies = [build(case) for case in CASES[:3]]
+    ages = {
+        "MRN-ADULT-FLAG": dt.date(1950, 1, 1),
+        "MRN-ADULT-NEG": dt.date(1990, 1, 1),
+        "MRN-CHILD": dt.date(2022, 5, 1),
+    }
+    for study in studies:
+        Patient.objects.filter(pk=study.patient_id).update(birth_date=ages[study.patient.patient_id])
+
+    assert _ids(api, sort="age") == ["MRN-CHILD", "MRN-ADULT-NEG", "MRN-ADULT-FLAG"]  # youngest first
+    assert _ids(api, sort="-age") == ["MRN-ADULT-FLAG", "MRN-ADULT-NEG", "MRN-CHILD"]
+    refused = api.get("/api/studies/", {"sort": "password"})
+    assert refused.status_code == 400 and "sort: use one of" in refused.json()["error"]
+    page = browser.get("/", {"sort": "age"}).content.decode()
+    child = page[page.index("MRN-CHILD") :].split("</tr>")[0]
+    assert '<td class="age">4 y</td>' in child or '<td class="age">55 mo</td>' in child
+    assert 'aria-sort="ascending"' in page

@@ -164,3 +164,31 @@ def test_the_length_tool_measures_a_known_distance_in_millimetres(
     )[0]["measurements"][0]
     assert measured["unit"] == "mm" and measured["calibrated"] is True
     assert measured["value"] == pytest.approx(80.0, abs=0.5)
+
+
+def test_a_radiologist_sorts_by_a_column_and_saves_the_view(
+    live_server_url,  # noqa: F811
+    analysed_study,  # noqa: F811
+    browser,  # noqa: F811
+) -> None:
+    from playwright.sync_api import expect
+
+    _in_thread(lambda: _more_studies(3))
+    page: Any = open_study(browser, live_server_url, "dr.ada", analysed_study["study"])
+    page.goto(live_server_url + "/")
+    first = page.locator("#worklist-body tr[data-study-id]").first
+
+    page.click("thead a.sort:text-is('Patient')")
+    expect(first).to_contain_text("Ada Lovelace")  # Lovelace^Ada before Row^…
+    expect(page.locator("thead th[aria-sort=ascending]")).to_contain_text("Patient")
+    page.click("thead a.sort:has-text('Patient')")
+    expect(first).to_contain_text("Patient 02 Row")
+    expect(page.locator("thead th[aria-sort=descending]")).to_contain_text("Patient")
+
+    page.fill("#view-name", "Names Z-A")
+    page.click("#save-view")
+    page.goto(live_server_url + "/")
+    expect(first).to_contain_text("Ada Lovelace")  # the triage order again: the finding first
+    page.select_option("#saved-views", label="Names Z-A")
+    expect(page).to_have_url(re.compile(r"sort=-patient"))
+    expect(first).to_contain_text("Patient 02 Row")

@@ -63,6 +63,7 @@ from web.clinical.worklist.queries import (
     ASSIGNED_CHOICES,
     REGION_ALIASES,
     WORKLIST_REGIONS,
+    WORKLIST_SORTS,
     WorklistFilterError,
     study_worklist,
     worklist_filters_parse,
@@ -272,6 +273,11 @@ def _one_of(values: Any) -> dict[str, Any]:
         ),
         OpenApiParameter("assigned", _one_of(ASSIGNED_CHOICES)),
         OpenApiParameter("q", str, description="patient name, patient ID or accession contains"),
+        OpenApiParameter(
+            "sort",
+            _one_of([*WORKLIST_SORTS, *(f"-{key}" for key in WORKLIST_SORTS)]),
+            description="a column to sort by, '-' first for descending; none: the triage order",
+        ),
         OpenApiParameter(
             "alert",
             bool,

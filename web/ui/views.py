@@ -21,6 +21,7 @@ from web.clinical.worklist.queries import (
     WORKLIST_REGIONS,
     WorklistFilterError,
     WorklistFilters,
+    age_label,
     study_worklist,
     waiting_label,
     worklist_filters_parse,
@@ -46,6 +47,7 @@ def worklist(request: HttpRequest) -> HttpResponse:
     worklist_strongest(rows)
     for study in rows:
         study.waiting = waiting_label(study)
+        study.age = age_label(study.patient.birth_date, study.study_date)
         applies = conditions_for_body_part(study.body_part)
         study.analyse_choices = [(c, CONDITIONS[c].label, c in applies) for c in applies] + [
             (c.code, c.label, False) for c in CONDITIONS.values() if c.code not in applies
@@ -53,10 +55,15 @@ def worklist(request: HttpRequest) -> HttpResponse:
     query = request.GET.copy()
     for key in ("page", "fragment"):
         query.pop(key, None)
+    unsorted = query.copy()
+    unsorted.pop("sort", None)
     context = {
+        "sort": filters.sort,
+        "columns": WORKLIST_COLUMNS,
         "studies": rows,
         "page": page,
         "query": query.urlencode(),
+        "query_unsorted": unsorted.urlencode(),
         "filters": filters,
         "filter_error": filter_error,
         "can_review": can(request.user, Capability.REVIEW),
@@ -70,6 +77,25 @@ def worklist(request: HttpRequest) -> HttpResponse:
     if request.GET.get("fragment"):
         return render(request, "ui/_worklist_results.html", context)
     return render(request, "ui/worklist.html", context)
+
+
+# The worklist's header: (label, sort key or "" for a column that does not sort).
+WORKLIST_COLUMNS = [
+    ("Priority", "priority"),
+    ("Patient", "patient"),
+    ("Age", "age"),
+    ("Sex", "sex"),
+    ("Modality", "modality"),
+    ("Accession", "accession"),
+    ("Body region", "region"),
+    ("Study date", "date"),
+    ("Status", "status"),
+    ("Strongest AI result", ""),
+    ("Assigned", ""),
+    ("Waiting", "waiting"),
+    ("Jobs", ""),
+    ("", ""),
+]
 
 
 @requires(Capability.VIEW_STUDIES)

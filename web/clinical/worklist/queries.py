@@ -67,6 +67,7 @@ class WorklistFilters:
     q: str = ""
     batch: int | None = None  # only the studies of this batch's files
     alert: bool = False  # only the studies a radiologist is alerted to (ALERT_RULE)
+    sort: str = ""  # a column of WORKLIST_SORTS, "-" first for descending; "": triage order
 
 
 # The body regions a row is labelled with and the worklist filters by: the body part a PNG/JPEG
@@ -122,6 +123,25 @@ class WorklistFilterError(ValueError):
         self.field = field
 
 
+# The columns a reader may sort the worklist by (?sort=<key> or -<key>): key -> field.
+WORKLIST_SORTS: dict[str, str] = {
+    "priority": "priority",
+    "patient": "patient__name",
+    "age": "patient__birth_date",
+    "sex": "patient__sex",
+    "modality": "modality",
+    "accession": "accession_number",
+    "region": "body_part",
+    "date": "study_date",
+    "status": "status",
+    "waiting": "created_at",
+}
+
+
+# Ascending age is the latest birth date first; ascending waiting, the latest arrival first.
+SORTS_REVERSED = {"age", "waiting"}
+
+
 # ?positive= takes these; anything else is refused (a typo would list every study as if filtered).
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "on", "yes"), ("0", "false", "off", "no")
 
@@ -152,6 +172,11 @@ def worklist_filters_parse(params: Mapping[str, Any]) -> WorklistFilters:
     for name, value in (("positive", positive), ("alert", alert)):
         if value not in ("", *TRUE_WORDS, *FALSE_WORDS):
             raise WorklistFilterError(name, f"{name}: use true or false.")
+    sort = text("sort")
+    if sort and sort.lstrip("-") not in WORKLIST_SORTS:
+        raise WorklistFilterError(
+            "sort", f"sort: use one of {', '.join(WORKLIST_SORTS)}, '-' first for descending."
+        )
     batch = text("batch")
     if batch and not batch.isdigit():
         raise WorklistFilterError("batch", "A batch id (a number).")
@@ -166,6 +191,7 @@ def worklist_filters_parse(params: Mapping[str, Any]) -> WorklistFilters:
         q=text("q")[:100],
         batch=int(batch) if batch else None,
         alert=alert in TRUE_WORDS,
+        sort=sort,
     )
 
 
@@ -222,7 +248,14 @@ def study_worklist(
             "id",
         )
     )
-    return _filtered(qs, filters, user=user)
+    listed = _filtered(qs, filters, user=user)
+    if filters.sort:  # a column the reader chose; ties keep the triage order
+        key = filters.sort.lstrip("-")
+        column = WORKLIST_SORTS[key]
+        descending = filters.sort.startswith("-") != (key in SORTS_REVERSED)
+        first = F(column).desc(nulls_last=True) if descending else F(column).asc(nulls_last=True)
+        listed = listed.order_by(first, *listed.query.order_by)
+    return listed
 
 
 # A radiologist is alerted to a study not yet read that a person marked STAT, or whose AI
@@ -298,6 +331,18 @@ def worklist_neighbours(*, study_id: int, user: Any) -> tuple[int | None, int | 
     except ValueError:
         return None, None
     return (ids[at - 1] if at > 0 else None), (ids[at + 1] if at + 1 < len(ids) else None)
+
+
+def age_label(birth_date: dt.date | None, on: dt.date | None) -> str:
+    """The patient's age on the study date (today without one): '34 y', '8 mo' under two
+    years; '—' without a birth date."""
+    if birth_date is None:
+        return "—"
+    day = on or timezone.localdate()
+    months = (day.year - birth_date.year) * 12 + day.month - birth_date.month - (day.day < birth_date.day)
+    if months < 0:
+        return "—"
+    return f"{months} mo" if months < 24 else f"{months // 12} y"
 
 
 def waiting_label(study: Study, *, now: dt.datetime | None = None) -> str:

@@ -28,6 +28,45 @@
   window.radtriageRefreshWorklist = refresh;
   window.radtriageLive("/ws/worklist/", soon, refresh, soon);
 
+  // Saved views: a name for the current filters and sort (the query string), kept in this
+  // browser for this user; choosing one opens the worklist with them.
+  (function () {
+    const holder = document.querySelector(".saved-views");
+    if (!holder) return;
+    const key = "radtriage-views:" + holder.dataset.user;
+    const select = document.getElementById("saved-views");
+    const name = document.getElementById("view-name");
+    const forget = document.getElementById("forget-view");
+    const views = function () { return JSON.parse(localStorage.getItem(key) || "{}"); };
+    function fill() {
+      const saved = views();
+      select.length = 1;
+      for (const label of Object.keys(saved).sort()) {
+        const option = new Option(label, saved[label]);
+        option.selected = saved[label] === location.search;
+        select.add(option);
+      }
+      forget.hidden = !select.value;
+    }
+    document.getElementById("save-view").addEventListener("click", function () {
+      const label = name.value.trim();
+      if (!label) { name.focus(); return; }
+      const saved = views();
+      saved[label] = location.search;
+      localStorage.setItem(key, JSON.stringify(saved));
+      name.value = "";
+      fill();
+    });
+    select.addEventListener("change", function () { if (select.value !== location.search) location.search = select.value; else fill(); });
+    forget.addEventListener("click", function () {
+      const saved = views();
+      delete saved[select.options[select.selectedIndex].text];
+      localStorage.setItem(key, JSON.stringify(saved));
+      fill();
+    });
+    fill();
+  })();
+
   function post(url, body) {
     return fetch(url, {method: "POST", credentials: "same-origin",
                        headers: {"Content-Type": "application/json", "X-CSRFToken": window.radtriageCsrf()},
