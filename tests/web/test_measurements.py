@@ -90,3 +90,28 @@ def test_a_length_on_a_png_is_in_pixels_and_says_so(api) -> None:
     assert api.get(f"/api/images/{image_id}/display/").json()["pixel_spacing"] is None
     made = api.post("/api/annotations/", {"image": image_id, "shapes": [line(0, 0, 30, 40)]}, format="json")
     assert made.json()["measurements"][0]["text"] == "50.0 px (uncalibrated)"
+
+
+def test_a_finding_the_ai_missed_is_recorded_with_its_condition_and_place(api) -> None:
+    from web.clinical.models import AuditEvent, Image
+    from web.clinical.reporting.pdf import report_notes
+
+    image_id = upload(api, dicom_bytes(patient_id="MRN-MISSED")).json()["image"]["id"]
+    url = "/api/annotations/"
+    box = {"type": "rect", "x": 10, "y": 12, "w": 30, "h": 20}
+
+    made = api.post(url, {"image": image_id, "shapes": [box], "missed_condition": "pneumonia"}, format="json")
+    no_place = api.post(
+        url, {"image": image_id, "note": "there", "missed_condition": "pneumonia"}, format="json"
+    )
+    unknown = api.post(url, {"image": image_id, "shapes": [box], "missed_condition": "gout"}, format="json")
+
+    assert made.status_code == 201, made.content
+    assert made.json()["missed_condition"] == "pneumonia" and made.json()["shapes"][0]["type"] == "rect"
+    assert no_place.status_code == 400 and "Draw where the missed finding is" in no_place.json()["error"]
+    assert unknown.status_code == 400
+    listed = api.get(f"/api/images/{image_id}/annotations/").json()
+    assert [a["missed_condition"] for a in listed] == ["pneumonia"]
+    audit = AuditEvent.objects.get(action="finding.missed")
+    assert audit.detail["condition"] == "pneumonia" and audit.patient.patient_id == "MRN-MISSED"
+    assert report_notes([Image.objects.get(pk=image_id)])[0].about == "Missed by the AI: Pneumonia"

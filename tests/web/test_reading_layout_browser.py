@@ -157,6 +157,18 @@ def test_the_length_tool_measures_a_known_distance_in_millimetres(
     )
     page.keyboard.press("0")
     expect(canvas).to_have_attribute("data-orientation", "0")
+
+    # A finding the AI missed: its condition chosen, then outlined where it is.
+    page.select_option(".missed-condition", "pneumonia")
+    page.click("[data-tool=rect]")
+    page.mouse.move(*on_screen(100, 100))
+    page.mouse.down()
+    for step in range(1, 6):
+        page.mouse.move(*on_screen(100 + 20 * step, 100 + 16 * step))
+    page.mouse.up()
+    expect(page.locator(".annotation-list li.annotation")).to_have_count(3)
+    expect(page.locator(".annotation-list")).to_contain_text("AI missed pneumonia: rectangle")
+    expect(page.locator(".missed-condition")).to_have_value("")
     page.screenshot(path=str(output_folder("layout") / f"length-{width}x{height}.png"))
     measured = page.evaluate(
         "url => fetch(url, {credentials: 'same-origin'}).then(r => r.json())",

@@ -22,6 +22,7 @@ from core.errors import XRayDecodeError
 from web.access import Capability, api_requires
 from web.api.serializers import (
     AnnotationChangeSerializer,
+    AnnotationCreateSerializer,
     AnnotationSerializer,
     ImageDisplaySerializer,
     VerdictCountSerializer,
@@ -121,13 +122,13 @@ class ImageAnnotationsView(ReadOrReview):
         return Response(AnnotationSerializer(image_annotations(image_id=pk), many=True).data)
 
     @extend_schema(
-        request=AnnotationChangeSerializer,
+        request=AnnotationCreateSerializer,
         responses={201: AnnotationSerializer},
         summary="Draw an annotation (shapes in image pixels) and/or write a note on an image",
     )
     def post(self, request: Request, pk: int) -> Response:
         image = _image(pk)
-        form = AnnotationChangeSerializer(data=request.data)
+        form = AnnotationCreateSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         try:
             annotation = annotation_create(
@@ -135,6 +136,7 @@ class ImageAnnotationsView(ReadOrReview):
                 author=request.user,
                 shapes=form.validated_data.get("shapes", []),
                 note=form.validated_data.get("note", ""),
+                missed_condition=form.validated_data.get("missed_condition", ""),
                 ip_address=client_ip(request),
             )
         except ReviewRejected as exc:

@@ -352,6 +352,9 @@ class MeasurementSerializer(serializers.Serializer):
 
 class AnnotationSerializer(serializers.ModelSerializer):
     author = serializers.CharField(source="author.username", read_only=True)
+    missed_condition = serializers.ChoiceField(
+        choices=list(CONDITIONS), required=False, allow_blank=True, help_text="a finding the AI missed, drawn"
+    )
     measurements = serializers.SerializerMethodField()
 
     class Meta:
@@ -364,6 +367,8 @@ class AnnotationSerializer(serializers.ModelSerializer):
             "note",
             "analysis",
             "verdict",
+            "verdict_reason",
+            "missed_condition",
             "measurements",
             "created_at",
             "updated_at",
@@ -391,6 +396,14 @@ class AnnotationChangeSerializer(serializers.Serializer):
 
     shapes = serializers.JSONField(required=False)
     note = TextField(required=False, allow_blank=True, trim_whitespace=False)
+
+
+class AnnotationCreateSerializer(AnnotationChangeSerializer):
+    """A new annotation; with missed_condition, a finding the AI missed (drawn where it is)."""
+
+    missed_condition = serializers.ChoiceField(
+        choices=list(CONDITIONS), required=False, allow_blank=True, default="", help_text="the AI missed this"
+    )
 
 
 class VerdictInputSerializer(serializers.Serializer):

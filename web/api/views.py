@@ -475,6 +475,7 @@ class AnnotationCreateView(generics.CreateAPIView):
                     author=self.request.user,
                     verdict=data["verdict"],
                     comment=data.get("note", ""),
+                    reason=data.get("verdict_reason", ""),
                     ip_address=client_ip(self.request),
                 )
             else:
@@ -484,6 +485,7 @@ class AnnotationCreateView(generics.CreateAPIView):
                     shapes=data.get("shapes", []),
                     note=data.get("note", ""),
                     analysis=data.get("analysis"),
+                    missed_condition=data.get("missed_condition", ""),
                     ip_address=client_ip(self.request),
                 )
         except ReviewRejected as exc:

@@ -278,6 +278,9 @@ class Annotation(models.Model):
     verdict_reason = models.CharField(
         max_length=24, choices=DisagreeReason.choices, blank=True, help_text="why, for a disagreement"
     )
+    # A finding the AI missed: its condition (core.conditions) and, in `shapes`, where it is.
+    # Kept for monitoring (the models' misses) and as labelled examples for retraining.
+    missed_condition = models.CharField(max_length=32, blank=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

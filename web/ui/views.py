@@ -109,6 +109,7 @@ def study_page(request: HttpRequest, study_id: int) -> HttpResponse:
     context = {
         "study": study,
         "can_review": can(request.user, Capability.REVIEW),
+        "conditions": [(c.code, c.label) for c in CONDITIONS.values()],
         "previous_study": previous,
         "next_study": following,
     }

@@ -155,6 +155,8 @@ def report_notes(images: list[Image]) -> list[Note]:
 
 
 def _about(annotation: Annotation) -> str:
+    if annotation.missed_condition:
+        return f"Missed by the AI: {get_condition(annotation.missed_condition).label}"
     if annotation.analysis is None:
         return "-"
     about = get_condition(annotation.analysis.condition).label

@@ -11,6 +11,7 @@ from typing import Any
 
 from django.db import transaction
 
+from core.conditions import CONDITIONS
 from web.clinical.audit.records import audit_record
 from web.clinical.events import analyses_event_publish, annotation_event_publish
 from web.clinical.models import Analysis, Annotation, Image
@@ -102,25 +103,39 @@ def annotation_create(
     shapes: Any,
     note: Any = "",
     analysis: Analysis | None = None,
+    missed_condition: str = "",
     ip_address: str | None = None,
 ) -> Annotation:
-    """A drawing (and/or a note) on the image, by `author`, shown to the whole team."""
+    """A drawing (and/or a note) on the image, by `author`, shown to the whole team. With
+    `missed_condition`: a finding the AI missed, of that condition, where the shapes say."""
     clean = shapes_clean(shapes)
     text = _note_clean(note)
     if not clean and not text:
         raise ReviewRejected("An annotation needs a shape or a note.")
     if analysis is not None and analysis.image_id != image.pk:
         raise ReviewRejected("The analysis belongs to another image.")
+    if missed_condition and missed_condition not in CONDITIONS:
+        raise ReviewRejected(f"The missed finding's condition must be one of {', '.join(CONDITIONS)}.")
+    if missed_condition and not any(s["type"] in ("rect", "ellipse", "freehand") for s in clean):
+        raise ReviewRejected(
+            "Draw where the missed finding is (a rectangle, an ellipse or a freehand outline)."
+        )
     with transaction.atomic():
         annotation = Annotation.objects.create(
-            image=image, author=author, shapes=clean, note=text, analysis=analysis
+            image=image,
+            author=author,
+            shapes=clean,
+            note=text,
+            analysis=analysis,
+            missed_condition=missed_condition,
         )
         _audit(
             actor=author,
-            action="annotation.create",
+            action="finding.missed" if missed_condition else "annotation.create",
             annotation=annotation,
             ip_address=ip_address,
             shapes=[s["type"] for s in clean],
+            **({"condition": missed_condition} if missed_condition else {}),
         )
         annotation_event_publish(annotation=annotation, event="created")
     return annotation

@@ -353,7 +353,8 @@
     // ------------------------------------------------------------------ annotations
     function describe(a) {
       const measured = (a.measurements || []).slice();
-      return a.shapes.map(function (s, i) {
+      const missed = a.missed_condition ? "AI missed " + a.missed_condition + ": " : "";
+      return missed + a.shapes.map(function (s, i) {
         return s.type === "length" ? "length " + (measured.length ? measured.shift().text : lengthText(s)) : KIND_LABELS[s.type] || s.type;
       }).join(", ") || "note";
     }
@@ -398,11 +399,21 @@
       if (event === "deleted") { annotations.delete(a.id); editing.delete(a.id); if (selected === a.id) selected = null; renderList(); redraw(); }
       else upsert(a);
     };
+    // "AI missed…": the next outline drawn (rectangle, ellipse, freehand) records a finding
+    // the AI missed, of the chosen condition, where it is drawn.
+    const missedSelect = root.querySelector(".missed-condition");
     function save(shape) {
       const note = noteInput ? noteInput.value : "";
       if (shape.type === "text") { shape.text = note; }
-      sendJson(root.dataset.annotationsUrl, "POST", {shapes: [shape], note: note})
-        .then(function (a) { if (noteInput) noteInput.value = ""; upsert(a); })
+      const body = {shapes: [shape], note: note};
+      const outline = ["rect", "ellipse", "freehand"].indexOf(shape.type) >= 0;
+      if (missedSelect && missedSelect.value && outline) body.missed_condition = missedSelect.value;
+      sendJson(root.dataset.annotationsUrl, "POST", body)
+        .then(function (a) {
+          if (noteInput) noteInput.value = "";
+          if (body.missed_condition) missedSelect.value = "";
+          upsert(a);
+        })
         .catch(function (err) { statusLine.textContent = "Not saved: " + err.message; });
     }
     function remove(id) {
