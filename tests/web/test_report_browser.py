@@ -3,6 +3,8 @@ Playwright, against uvicorn and a Celery worker that renders the PDF)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.output import TEST_OUTPUT
@@ -28,6 +30,23 @@ def study_to_report(dr_grey) -> Study:  # noqa: F811 - the fixture imported abov
         fields=UploadFields(patient_id="MRN-RPT-UI", patient_name="Report^Ruth", body_part="CHEST"),
         conditions=[],
     )
+    # A finished result to insert into the report (the model's output as a job stores it).
+    from django.utils import timezone
+
+    from web.clinical.models import Analysis
+
+    Analysis.objects.create(
+        image=result.image,
+        condition="pneumonia",
+        state=Analysis.State.SUCCEEDED,
+        probability=0.12,
+        threshold=0.5,
+        positive=False,
+        applicable=True,
+        model_id="pneumonia-report-test",
+        model_sha256="ef" * 32,
+        finished_at=timezone.now(),
+    )
     return result.image.study
 
 
@@ -52,6 +71,19 @@ def test_a_radiologist_drafts_edits_and_signs_a_report(
     page.click("#save-draft")
     expect(page.locator("#report-message")).to_have_text("Draft version 1 saved.")
     page.fill("#impression", "Lungs clear. No effusion.")  # edited before signing
+    # One click inserts the AI's results with their models where the cursor is.
+    page.locator("#impression").press("End")
+    page.click("#insert-ai")
+    expect(page.locator("#impression")).to_have_value(
+        re.compile(r"^Lungs clear\. No effusion\.\nAI, image 1: .*model ")
+    )
+    inserted = page.locator("#impression").input_value()
+    # A critical result, communicated and acknowledged, signed with the report.
+    page.fill("[name=critical_finding]", "Suspected foreign body")
+    page.fill("[name=critical_told_to]", "Dr Ito, ward 4")
+    page.select_option("[name=critical_told_how]", "in_person")
+    page.fill("[name=critical_told_at]", "2026-11-25T09:15")
+    page.check("[name=critical_acknowledged]")
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#sign-report")
 
@@ -67,9 +99,15 @@ def test_a_radiologist_drafts_edits_and_signs_a_report(
     saved = tmp_path / "signed.pdf"
     saved.write_bytes(pdf.body())
     text = " ".join(pdf_text(saved).split())
-    assert "Lungs clear. No effusion." in text and "Signed by dr.grey on" in text
+    assert "Lungs clear. No effusion. AI, image 1:" in text and "Signed by dr.grey on" in text
 
     # What was signed is what was on the screen at signing (read back through the API: the
     # ORM may not run beside Playwright's event loop).
     versions = page.request.get(f"{live_server_url}/api/studies/{study_to_report.pk}/reports/").json()
-    assert [(v["state"], v["impression"]) for v in versions] == [("signed", "Lungs clear. No effusion.")]
+    assert [(v["state"], v["impression"]) for v in versions] == [("signed", inserted)]
+    assert (versions[0]["critical_told_to"], versions[0]["critical_told_how"]) == (
+        "Dr Ito, ward 4",
+        "in_person",
+    )
+    assert versions[0]["critical_acknowledged"] is True
+    assert "Critical result: Suspected foreign body." in text and "Dr Ito, ward 4 in person" in text

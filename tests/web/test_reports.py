@@ -221,3 +221,66 @@ def test_a_dicom_person_name_is_printed_family_comma_given(dicom_name: str, prin
     from web.clinical.models import Patient
 
     assert Patient(name=dicom_name).formal_name == printed
+
+
+def test_a_critical_result_is_signed_only_once_its_communication_is_recorded(
+    api, reviewed_study, tmp_path
+) -> None:
+    study = reviewed_study
+    url = f"/api/studies/{study.pk}/reports/"
+    draft = api.post(
+        url,
+        {"impression": "Large right pneumothorax.", "critical_finding": "Tension pneumothorax, right"},
+        format="json",
+    )
+    assert draft.status_code == 200, draft.content
+    refused = api.post(f"/api/reports/{draft.json()['id']}/sign/")
+    assert refused.status_code == 400 and "record who was told, how and when" in refused.json()["error"]
+    # Saving the text alone keeps the critical result as it was.
+    again = api.post(url, {"impression": "Large right pneumothorax with shift."}, format="json").json()
+    assert again["critical_finding"] == "Tension pneumothorax, right"
+    future = api.post(
+        url,
+        {"impression": "x", "critical_finding": "y", "critical_told_at": "2099-01-01T10:00:00Z"},
+        format="json",
+    )
+    assert future.status_code == 400 and "future" in future.json()["error"]
+
+    told = api.post(
+        url,
+        {
+            "impression": "Large right pneumothorax with shift.",
+            "critical_finding": "Tension pneumothorax, right",
+            "critical_told_to": "Dr Kim, emergency department",
+            "critical_told_how": "phone",
+            "critical_told_at": "2026-11-25T10:42:00Z",
+            "critical_acknowledged": True,
+        },
+        format="json",
+    )
+    assert told.status_code == 200, told.content
+    signed = api.post(f"/api/reports/{told.json()['id']}/sign/")
+    assert signed.status_code == 200, signed.content
+
+    path = tmp_path / "critical.pdf"
+    path.write_bytes(b"".join(api.get(signed.json()["pdf_url"]).streaming_content))
+    text = " ".join(pdf_text(path).split())
+    assert "Critical result: Tension pneumothorax, right." in text
+    assert "Communicated to Dr Kim, emergency department by phone on 2026-11-25" in text
+    assert "acknowledged (read back)" in text
+    page = api.get(f"/studies/{study.pk}/").content.decode()
+    assert (
+        "Critical result:" in page
+        and "told Dr Kim, emergency department by phone" in page
+        and "acknowledged" in page
+    )
+    audit = AuditEvent.objects.filter(action="report.draft", study=study).order_by("pk").last()
+    assert audit.detail["critical"] is True and audit.detail["told_to"] == "Dr Kim, emergency department"
+
+
+def test_the_report_page_offers_the_ai_findings_with_their_models(api, reviewed_study) -> None:
+    page = api.get(f"/studies/{reviewed_study.pk}/report/").content.decode()
+    button = page[page.index('id="insert-ai"') :].split(">")[0]
+    assert "Pneumonia: Positive (AI flag)" in button or "Pneumonia: Negative" in button
+    assert "model pneumonia-tiny-test (sha256" in button
+    assert "Cardiomegaly: No AI result (placeholder model)" in button

@@ -21,6 +21,7 @@ from web.clinical.audit.reads import Read, reader_of, study_read
 from web.clinical.models import Report, Study
 from web.clinical.reporting.reports import (
     MAX_IMPRESSION_CHARS,
+    CriticalCommunication,
     report_draft_save,
     report_pdf_for_download,
     report_pdf_is_current,
@@ -48,6 +49,11 @@ class ReportSerializer(serializers.ModelSerializer):
             "is_addendum",
             "state",
             "impression",
+            "critical_finding",
+            "critical_told_to",
+            "critical_told_how",
+            "critical_told_at",
+            "critical_acknowledged",
             "author",
             "taken_over_from",
             "signed_by",
@@ -75,6 +81,35 @@ class ReportSerializer(serializers.ModelSerializer):
 
 class DraftSerializer(serializers.Serializer):
     impression = TextField(allow_blank=True, max_length=MAX_IMPRESSION_CHARS, trim_whitespace=False)
+    # A critical result and its communication; left out, the draft's stay as they were.
+    critical_finding = TextField(required=False, allow_blank=True, max_length=2000)
+    critical_told_to = TextField(required=False, allow_blank=True, max_length=200)
+    critical_told_how = serializers.ChoiceField(
+        choices=Report.ToldHow.choices, required=False, allow_blank=True
+    )
+    critical_told_at = serializers.DateTimeField(required=False, allow_null=True)
+    critical_acknowledged = serializers.BooleanField(required=False)
+
+
+CRITICAL_FIELDS = (
+    "critical_finding",
+    "critical_told_to",
+    "critical_told_how",
+    "critical_told_at",
+    "critical_acknowledged",
+)
+
+
+def _critical(data: dict[str, Any]) -> CriticalCommunication | None:
+    if not any(name in data for name in CRITICAL_FIELDS):
+        return None
+    return CriticalCommunication(
+        finding=data.get("critical_finding", ""),
+        told_to=data.get("critical_told_to", ""),
+        told_how=data.get("critical_told_how", ""),
+        told_at=data.get("critical_told_at"),
+        acknowledged=data.get("critical_acknowledged", False),
+    )
 
 
 def _study(pk: int) -> Study:
@@ -124,6 +159,7 @@ class StudyReportsView(APIView):
                 study_id=pk,
                 author=request.user,
                 impression=form.validated_data["impression"],
+                critical=_critical(form.validated_data),
                 ip_address=client_ip(request),
             )
         except StudyActionRefused as exc:

@@ -432,6 +432,21 @@ class Report(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     signed_at = models.DateTimeField(null=True, blank=True)
+
+    class ToldHow(models.TextChoices):
+        PHONE = "phone", "by phone"
+        IN_PERSON = "in_person", "in person"
+        SECURE_MESSAGE = "secure_message", "by secure message"
+        PAGE = "page", "by page"
+
+    # A critical result and its communication: what, to whom, how, when, and whether they
+    # acknowledged it (read it back). A version with a critical result is signed only once
+    # the communication is recorded (web.clinical.reporting.reports).
+    critical_finding = models.TextField(blank=True)
+    critical_told_to = models.CharField(max_length=200, blank=True)
+    critical_told_how = models.CharField(max_length=16, choices=ToldHow.choices, blank=True)
+    critical_told_at = models.DateTimeField(null=True, blank=True)
+    critical_acknowledged = models.BooleanField(default=False)
     # The PDF of this version's current text; rendered by a worker (maintenance queue).
     pdf = models.FileField(upload_to=report_upload_to, max_length=255, blank=True)
     pdf_sha256 = models.CharField(max_length=64, blank=True)

@@ -14,8 +14,9 @@ from web.access import Capability, can, client_ip, requires
 from web.clinical.audit.reads import Read, analysis_read, reader_of, studies_read, study_read
 from web.clinical.batches.batches import batch_progress
 from web.clinical.batches.summary import batch_summary
-from web.clinical.models import Analysis, Batch, Study
-from web.clinical.reporting.reports import report_desk
+from web.clinical.models import Analysis, Batch, Report, Study
+from web.clinical.reporting.pdf import report_ai_text
+from web.clinical.reporting.reports import report_desk, reports_visible
 from web.clinical.worklist.claims import study_open
 from web.clinical.worklist.queries import (
     WORKLIST_REGIONS,
@@ -110,6 +111,15 @@ def study_page(request: HttpRequest, study_id: int) -> HttpResponse:
         "study": study,
         "can_review": can(request.user, Capability.REVIEW),
         "conditions": [(c.code, c.label) for c in CONDITIONS.values()],
+        # The latest version this person may read that states a critical result.
+        "critical": next(
+            (
+                r
+                for r in reversed(list(reports_visible(study=study, user=request.user)))
+                if r.critical_finding
+            ),
+            None,
+        ),
         "previous_study": previous,
         "next_study": following,
     }
@@ -133,6 +143,8 @@ def report_page(request: HttpRequest, study_id: int) -> HttpResponse:
         "can_edit": desk.may_write,
         "why_not": desk.why_not,
         "may_take_over": desk.may_take_over,
+        "ai_text": report_ai_text(study),
+        "told_how": Report.ToldHow.choices,
     }
     return render(request, "ui/report.html", context)
 

@@ -135,6 +135,17 @@ def _findings(index: int, image: Image) -> list[Finding]:
     return rows
 
 
+def report_ai_text(study: Study) -> str:
+    """The AI's current results as lines a radiologist inserts into the report with one click,
+    each naming its model (id and checksum), in the words of the findings table."""
+    return "\n".join(
+        f"AI, {f.image_label.lower()}: {f.condition}: {f.ai_result}"
+        + (f", probability {f.probability} (threshold {f.threshold})" if f.probability != "-" else "")
+        + f"; model {f.model}."
+        for f in report_findings(study)
+    )
+
+
 def report_notes(images: list[Image]) -> list[Note]:
     """Every annotation with a note or a drawn mark, image by image, oldest first."""
     notes = []

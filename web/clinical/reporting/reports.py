@@ -9,8 +9,10 @@ addendum, a new version, and the signed ones stay as they were."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from django.core.files.base import ContentFile
@@ -81,8 +83,36 @@ def _not_yours(draft: Report) -> ReportError:
     return ReportError(f"{_whose(draft)} Take the study over to go on with it.", status_code=409)
 
 
+@dataclass(frozen=True)
+class CriticalCommunication:
+    """A critical result in a draft and how it was communicated (all optional while drafting;
+    signing needs who was told, how and when once there is a critical finding)."""
+
+    finding: str = ""
+    told_to: str = ""
+    told_how: str = ""
+    told_at: dt.datetime | None = None
+    acknowledged: bool = False
+
+
+def _critical_check(critical: CriticalCommunication) -> None:
+    if critical.told_how and critical.told_how not in Report.ToldHow.values:
+        raise ReportError(f"How it was told: one of {', '.join(Report.ToldHow.values)}.")
+    if critical.told_at and critical.told_at > timezone.now() + dt.timedelta(minutes=5):
+        raise ReportError("The communication cannot be dated in the future.")
+    if len(critical.finding) > 2000 or len(critical.told_to) > 200:
+        raise ReportError("The critical result or the name of who was told is too long.")
+    if not critical.finding and (critical.told_to or critical.told_how or critical.told_at):
+        raise ReportError("Say which critical result was communicated.")
+
+
 def report_draft_save(
-    *, study_id: int, author: Any, impression: str, ip_address: str | None = None
+    *,
+    study_id: int,
+    author: Any,
+    impression: str,
+    critical: CriticalCommunication | None = None,
+    ip_address: str | None = None,
 ) -> Report:
     """Save `author`'s draft of the study: the one being edited, or a new version (an addendum
     once a version is signed). Refused (409) unless `author` holds the study (an unclaimed one
@@ -100,6 +130,13 @@ def report_draft_save(
             latest = study.reports.aggregate(n=Max("version"))["n"] or 0
             draft = Report(study=study, version=latest + 1, is_addendum=latest > 0, author=author)
         draft.impression = impression
+        if critical is not None:
+            _critical_check(critical)
+            draft.critical_finding = critical.finding.strip()
+            draft.critical_told_to = critical.told_to.strip()
+            draft.critical_told_how = critical.told_how
+            draft.critical_told_at = critical.told_at
+            draft.critical_acknowledged = critical.acknowledged and bool(critical.finding)
         draft.save()
         audit_record(
             actor=author,
@@ -108,7 +145,11 @@ def report_draft_save(
             study=study,
             obj=draft,
             ip_address=ip_address,
-            detail={"version": draft.version, "addendum": draft.is_addendum},
+            detail={
+                "version": draft.version,
+                "addendum": draft.is_addendum,
+                **({"critical": True, "told_to": draft.critical_told_to} if draft.critical_finding else {}),
+            },
         )
         if study.status in AI_STATES:
             study_transition(
@@ -146,6 +187,12 @@ def report_sign(*, report_id: int, signer: Any, ip_address: str | None = None) -
             )
         if not report.impression.strip():
             raise ReportError("The impression is empty: write it before signing.")
+        if report.critical_finding and not (
+            report.critical_told_to and report.critical_told_how and report.critical_told_at
+        ):
+            raise ReportError(
+                "This report has a critical result: record who was told, how and when before signing."
+            )
         report.state = Report.State.SIGNED
         report.signed_by = signer
         report.signed_at = timezone.now()
@@ -181,8 +228,21 @@ def report_render_request(*, report_id: int) -> None:
 
 def report_text_hash(report: Report) -> str:
     """What the PDF must show: its text, state, signer and time (a signed PDF shows them)."""
+    critical = [
+        report.critical_finding,
+        report.critical_told_to,
+        report.critical_told_how,
+        str(report.critical_told_at or ""),
+        str(report.critical_acknowledged),
+    ]
     key = "|".join(
-        [report.impression, report.state, str(report.signed_by_id or ""), str(report.signed_at or "")]
+        [
+            report.impression,
+            report.state,
+            str(report.signed_by_id or ""),
+            str(report.signed_at or ""),
+            *critical,
+        ]
     )
     return hashlib.sha256(key.encode()).hexdigest()
 

@@ -51,10 +51,35 @@
   }
   let draftId = null;
 
+  // The draft as on the screen: the impression, and the critical result with its communication.
+  const critical = document.getElementById("critical-result");
+  function draftBody() {
+    const body = {impression: text.value};
+    if (!critical) return body;
+    const field = function (name) { return critical.querySelector("[name=" + name + "]"); };
+    const toldAt = field("critical_told_at").value;
+    body.critical_finding = field("critical_finding").value;
+    body.critical_told_to = field("critical_told_to").value;
+    body.critical_told_how = field("critical_told_how").value;
+    body.critical_told_at = toldAt ? new Date(toldAt).toISOString() : null;
+    body.critical_acknowledged = field("critical_acknowledged").checked;
+    return body;
+  }
+  // One click puts the AI's current results into the text, each with its model.
+  const insertAi = document.getElementById("insert-ai");
+  if (insertAi) {
+    insertAi.addEventListener("click", function () {
+      const lines = insertAi.dataset.text;
+      const at = text.selectionStart != null ? text.selectionStart : text.value.length;
+      text.value = text.value.slice(0, at) + (at && text.value[at - 1] !== "\n" ? "\n" : "") + lines + "\n" + text.value.slice(at);
+      text.focus();
+    });
+  }
+
   document.getElementById("save-draft").addEventListener("click", async function () {
     say("Saving…");
     try {
-      const report = await send("/api/studies/" + studyId + "/reports/", {impression: text.value});
+      const report = await send("/api/studies/" + studyId + "/reports/", draftBody());
       draftId = report.id;
       signButton.disabled = false;
       say("Draft version " + report.version + " saved.");
@@ -66,7 +91,7 @@
     say("Signing…");
     try {
       // Sign exactly what is on the screen: save it first.
-      const draft = await send("/api/studies/" + studyId + "/reports/", {impression: text.value});
+      const draft = await send("/api/studies/" + studyId + "/reports/", draftBody());
       draftId = draft.id;
       const report = await send("/api/reports/" + draftId + "/sign/");
       say("Version " + report.version + " signed.");
