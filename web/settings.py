@@ -444,6 +444,7 @@ SPECTACULAR_SETTINGS = {
     # two fields: each set gets one enum name of its own in the schema.
     "ENUM_NAME_OVERRIDES": {
         "ResultKindEnum": "web.clinical.analysis.findings.RESULT_KIND_KEYS",
+        "DisagreeReasonEnum": "web.clinical.models.Annotation.DisagreeReason",
         "StudyStatusEnum": "web.clinical.models.Study.Status",
         "BulkUploadStatusEnum": "web.api.serializers.BULK_UPLOAD_STATUSES",
     },

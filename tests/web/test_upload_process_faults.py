@@ -25,11 +25,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 class WebProcess:
-    def __init__(self, log_dir: Path) -> None:
+    """uvicorn as the Procfile runs it, sending its jobs to `broker`: a Redis no worker reads,
+    so the analyses it queues stay queued (no worker of another test runs them, or holds
+    their rows, while the database is reset after the test)."""
+
+    def __init__(self, log_dir: Path, broker: str) -> None:
         self.port = free_port()
         argv = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(self.port)]
         argv.append("--no-proxy-headers")
-        self.service = Service("uvicorn", [*argv, "web.asgi:application"], service_env(), log_dir)
+        env = service_env(REDIS_URL=broker)
+        self.service = Service("uvicorn", [*argv, "web.asgi:application"], env, log_dir)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> WebProcess:
@@ -43,6 +48,11 @@ class WebProcess:
     def pid(self) -> int:
         assert self.service.proc is not None
         return self.service.proc.pid
+
+
+@pytest.fixture()
+def parked(private_redis: Any) -> str:
+    return f"redis://127.0.0.1:{private_redis[1]}/0"
 
 
 @pytest.fixture()
@@ -106,7 +116,7 @@ def _hold_sop_instance_uid(sop_uid: str) -> None:
 
 
 def test_a_web_process_killed_mid_batch_leaves_nothing_and_the_batch_sent_again_says_each_file_made_it(
-    radiologist, token, service_logs, settings
+    radiologist, token, service_logs, settings, parked
 ) -> None:
     """The web process is SIGKILLed while it stores a 4-file batch (every file written to
     disk, the rows not committed). The uploader's request fails without an answer; no row
@@ -127,7 +137,7 @@ def test_a_web_process_killed_mid_batch_leaves_nothing_and_the_batch_sent_again_
         except requests.RequestException as exc:
             answer["error"] = exc
 
-    with WebProcess(service_logs) as web:
+    with WebProcess(service_logs, parked) as web:
         # The upload writes its 4 files and thumbnails, then inserts its image rows and waits
         # on this uncommitted row's unique SOPInstanceUID. That is when the process dies.
         with transaction.atomic():
@@ -154,7 +164,7 @@ def test_a_web_process_killed_mid_batch_leaves_nothing_and_the_batch_sent_again_
     assert set(media_files()) == before  # no orphan file left
     assert not any((Path(settings.MEDIA_ROOT) / UPLOAD_JOURNALS).iterdir())  # nor its journal
 
-    with WebProcess(service_logs) as web:
+    with WebProcess(service_logs, parked) as web:
         again = _post_batch(web.url, token, body, content_type)
     assert again.status_code == 201, again.text
     results = again.json()["results"]
@@ -173,7 +183,7 @@ def _rss_kib(pid: int, field: str) -> int:
 
 
 def test_a_600_mb_batch_streams_to_disk_and_costs_the_web_process_no_more_than_one_file(
-    token, service_logs
+    token, service_logs, parked
 ) -> None:
     """60 DICOM files of 10 MB in one request (572 MiB): all stored, and the web process's
     peak memory (VmHWM) stays within 50 MiB of its peak for a request of one such file: the
@@ -197,7 +207,7 @@ def test_a_600_mb_batch_streams_to_disk_and_costs_the_web_process_no_more_than_o
             [("one.dcm", dicom_bytes(patient_id="MRN-ONE", size=side, seed=99))], {}
         )
 
-        with WebProcess(service_logs) as web:
+        with WebProcess(service_logs, parked) as web:
             idle = _rss_kib(web.pid, "VmRSS")
             assert _post_batch(web.url, token, one_body, one_type).status_code == 201
             one_file_peak = _rss_kib(web.pid, "VmHWM")

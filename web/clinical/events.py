@@ -277,6 +277,16 @@ def events_flush(timeout: float = 2.0) -> bool:
     return _publisher.flush(timeout)
 
 
+def _private_layer() -> Any:
+    """A new instance of the configured channel layer (None when there is none)."""
+    from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
+
+    try:
+        return channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
+    except Exception:  # noqa: BLE001 - no layer configured: the listener polls
+        return None
+
+
 class GroupListener:
     """Blocking wake-ups from a group's messages, for a process outside the ASGI server (the
     import_batch command waiting for its batch): wait() returns True as soon as a message
@@ -285,7 +295,10 @@ class GroupListener:
 
     def __init__(self, group: str) -> None:
         self.group = group
-        self._layer = get_channel_layer()
+        # A layer of its own, used only on this listener's loop: the process's shared layer
+        # keeps per-loop state (a receive lock), and a receive cut short by the timeout on a
+        # private loop would leave that state to trip every other loop of the process.
+        self._layer = _private_layer()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._channel = ""
 
@@ -320,6 +333,10 @@ class GroupListener:
         if self._loop is not None and self._layer is not None:
             with contextlib.suppress(Exception):
                 self._loop.run_until_complete(self._layer.group_discard(self.group, self._channel))
+            close_pools = getattr(self._layer, "close_pools", None)
+            if close_pools is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.run_until_complete(close_pools())
         self._close()
 
     def _close(self) -> None:

@@ -34,6 +34,8 @@ from web.clinical.worklist.states import studies_follow_ai
 
 log = logging.getLogger(__name__)
 
+# batch_wait reads the database at least this often, events or not (no layer, Redis down).
+BATCH_WAIT_POLL_SECONDS = 0.5
 # Files per call of the upload service: bounds memory, and lets the page show progress.
 IMPORT_CHUNK = 50
 ENDED = (Analysis.State.SUCCEEDED, Analysis.State.FAILED)
@@ -561,4 +563,4 @@ def batch_wait(
                 return True
             if time.monotonic() > deadline:
                 return False
-            listener.wait(min(0.5, max(0.0, deadline - time.monotonic()) + 0.01))
+            listener.wait(min(BATCH_WAIT_POLL_SECONDS, max(0.0, deadline - time.monotonic()) + 0.01))
