@@ -16,6 +16,7 @@ from tests.web.test_viewer_browser import (  # noqa: F401 - fixtures
     analysed_study,
     browser,
     isolated_media,
+    look,
     open_study,
     team,
 )
@@ -169,6 +170,33 @@ def test_the_length_tool_measures_a_known_distance_in_millimetres(
     expect(page.locator(".annotation-list li.annotation")).to_have_count(3)
     expect(page.locator(".annotation-list")).to_contain_text("AI missed pneumonia: rectangle")
     expect(page.locator(".missed-condition")).to_have_value("")
+
+    # The results fold away and the image takes the width; they come back.
+    narrow = canvas.bounding_box()["width"]
+    page.click(".fold-results")
+    expect(page.locator("section.image .side")).to_be_hidden()
+    page.wait_for_function(
+        "w => document.querySelector('canvas.viewer-canvas').clientWidth > w + 200", arg=narrow
+    )
+    page.click(".fold-results")
+    expect(page.locator("section.image .side")).to_be_visible()
+
+    # The magnifier (G): a lens over the image where the pointer is, and gone when off.
+    page.wait_for_timeout(300)
+    box = canvas.bounding_box()
+    centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    canvas.focus()
+    page.mouse.move(*centre)
+    plain = look(page)
+    page.keyboard.press("g")
+    expect(canvas).to_have_attribute("data-magnifier", "on")
+    page.mouse.move(centre[0] + 1, centre[1])
+    page.mouse.move(*centre)
+    lens = look(page)
+    assert lens["sum"] != plain["sum"]
+    page.keyboard.press("g")
+    expect(canvas).to_have_attribute("data-magnifier", "off")
+    assert look(page)["sum"] == plain["sum"]
     page.screenshot(path=str(output_folder("layout") / f"length-{width}x{height}.png"))
     measured = page.evaluate(
         "url => fetch(url, {credentials: 'same-origin'}).then(r => r.json())",

@@ -127,6 +127,15 @@
       });
   }
 
+  // The results panel folds away (the image takes the whole width) and comes back.
+  document.addEventListener("click", function (e) {
+    const button = e.target.closest(".fold-results");
+    if (!button) return;
+    const section = button.closest("section.image");
+    const folded = section.classList.toggle("results-folded");
+    button.setAttribute("aria-expanded", folded ? "false" : "true");
+    button.textContent = folded ? "⇤ Results" : "Results ⇥";
+  });
   // [ and ]: the previous and next study in the worklist's order (not while typing).
   document.addEventListener("keydown", function (e) {
     if (e.target.closest("input, textarea, select") || e.ctrlKey || e.metaKey || e.altKey) return;

@@ -51,6 +51,8 @@
     // pixel, turned `rot` quarter turns clockwise after an optional left-right flip.
     let scale = 1, cx = 0, cy = 0, rot = 0, flip = false;
     let fitted = true;  // the view is the fitted one: a new canvas size refits it
+    let magnifier = false, pointer = null;  // the magnifier (G) follows the pointer
+    const MAGNIFY = 3, LENS = 90;  // times the view's zoom; the lens radius in screen pixels
     let tool = "pan";
     const heat = new Image();
     let heatUrl = null, heatReady = false;
@@ -280,6 +282,40 @@
         drawShape(draft);
         ctx.setLineDash([]);
       }
+      drawLens(s);
+      canvas.dataset.magnifier = magnifier ? "on" : "off";
+    }
+    // The magnifier: a round lens at the pointer showing the image MAGNIFY times closer, in the
+    // current window, orientation and heat map.
+    function drawLens(s) {
+      if (!magnifier || !pointer || !planeData) return;
+      const o = orient(), k = scale * MAGNIFY, p = toImage(pointer);
+      ctx.save();
+      ctx.setTransform(s.ratio, 0, 0, s.ratio, 0, 0);
+      ctx.beginPath();
+      ctx.arc(pointer.x, pointer.y, LENS, 0, 2 * Math.PI);
+      ctx.fillStyle = "#000";
+      ctx.fill();
+      ctx.clip();
+      const ex = pointer.x - k * (o[0] * p.ix + o[1] * p.iy), ey = pointer.y - k * (o[2] * p.ix + o[3] * p.iy);
+      ctx.setTransform(k * o[0] * s.ratio, k * o[2] * s.ratio, k * o[1] * s.ratio, k * o[3] * s.ratio, ex * s.ratio, ey * s.ratio);
+      ctx.imageSmoothingEnabled = false;
+      ctx.drawImage(plane, 0, 0);
+      if (heatToggle.checked && heatUrl && heatReady) {
+        ctx.globalAlpha = window.radtriageHeatIntensity ? window.radtriageHeatIntensity() : 0.4;
+        ctx.imageSmoothingEnabled = true;
+        ctx.drawImage(heat, 0, 0, width, height);
+        ctx.globalAlpha = 1;
+      }
+      ctx.restore();
+      ctx.save();
+      ctx.setTransform(s.ratio, 0, 0, s.ratio, 0, 0);
+      ctx.beginPath();
+      ctx.arc(pointer.x, pointer.y, LENS, 0, 2 * Math.PI);
+      ctx.strokeStyle = "#fff";
+      ctx.lineWidth = 2;
+      ctx.stroke();
+      ctx.restore();
     }
     self.redraw = redraw;
 
@@ -478,6 +514,12 @@
       else if (name === "reset") { invert = !!(meta && meta.invert); rot = 0; flip = false; preset("default"); fit(); }
       else if (name === "rotate") { rot = (rot + 1) % 4; fit(); }
       else if (name === "flip") { flip = !flip; fit(); }
+      else if (name === "magnify") {
+        magnifier = !magnifier;
+        const button = root.querySelector("[data-action=magnify]");
+        if (button) button.setAttribute("aria-pressed", magnifier ? "true" : "false");
+        redraw();
+      }
       else if (name === "invert") {
         invert = !invert;
         root.querySelector('[data-action="invert"]').setAttribute("aria-pressed", invert !== !!(meta && meta.invert) ? "true" : "false");
@@ -493,6 +535,7 @@
       else if (k === "i" || k === "I") action("invert");
       else if (k === "o" || k === "O") action("rotate");
       else if (k === "x" || k === "X") action("flip");
+      else if (k === "g" || k === "G") action("magnify");
       else if (k === "p" || k === "P") setTool("pan");
       else if (k === "w" || k === "W") setTool("window");
       else if (k === "1") preset("default");
@@ -512,6 +555,7 @@
     };
 
     canvas.addEventListener("contextmenu", function (e) { e.preventDefault(); });
+    canvas.addEventListener("pointerleave", function () { if (magnifier) { pointer = null; redraw(); } });
     canvas.addEventListener("wheel", function (e) {
       e.preventDefault();
       const p = toImage(e);
@@ -530,6 +574,7 @@
       else if (mode === "freehand") draft = {type: "freehand", points: [[p.ix, p.iy]]};
     });
     canvas.addEventListener("pointermove", function (e) {
+      if (magnifier) { const at = toImage(e); pointer = {clientX: e.clientX, clientY: e.clientY, x: at.x, y: at.y}; if (!drag) redraw(); }
       if (!drag) return;
       const p = toImage(e);
       const dx = p.x - drag.start.x, dy = p.y - drag.start.y;
