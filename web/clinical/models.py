@@ -1,4 +1,6 @@
-"""The clinical domain. Logic lives in services.py / selectors.py; these are the tables."""
+"""The clinical domain's tables. The logic that changes them lives in the concept packages
+(analysis, worklist, reporting, batches, dicom, audit); batches and PACS sends keep their
+tables beside their logic and are re-exported here."""
 
 from __future__ import annotations
 
@@ -506,103 +508,22 @@ class SignedReportChanged(Exception):
     """A signed report version was about to change: never allowed (write an addendum)."""
 
 
-class Batch(models.Model):
-    """One import of many files: who, when, where from, what became of each file (BatchItem),
-    which analyses it asked for (Analysis.batch) and when they run."""
+# Tables kept beside their logic; imported last, as they refer to the ones above.
+from web.clinical.batches.models import Batch, BatchItem  # noqa: E402
+from web.clinical.dicom.models import DicomSend  # noqa: E402
 
-    class Source(models.TextChoices):
-        BROWSER = "browser", "Files from the browser"
-        ARCHIVE = "archive", "Archive (.zip)"
-        FOLDER = "folder", "Server folder"
-
-    class Schedule(models.TextChoices):
-        NOW = "now", "Now"
-        OVERNIGHT = "overnight", "In the night window"
-
-    class State(models.TextChoices):
-        WAITING = "waiting", "Waiting for the night window"
-        RUNNING = "running", "Running"
-        DONE = "done", "Done"
-
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    ip_address = models.GenericIPAddressField(null=True, blank=True)
-    source = models.CharField(max_length=16, choices=Source.choices)
-    source_name = models.CharField("archive or folder name", max_length=255, blank=True)
-    schedule = models.CharField(max_length=16, choices=Schedule.choices, default=Schedule.NOW)
-    state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING, db_index=True)
-    conditions = models.JSONField("conditions asked for (null: all that apply)", null=True, blank=True)
-    files_total = models.PositiveIntegerField(default=0)
-    accepted = models.PositiveIntegerField(default=0)
-    duplicates = models.PositiveIntegerField(default=0)
-    refused = models.PositiveIntegerField(default=0)
-    patients_from = models.JSONField("where patient IDs came from -> file count", default=dict, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    overran_window = models.BooleanField("went on past the night window", default=False)
-    note = models.TextField(blank=True)
-
-    class Meta:
-        ordering = ["-created_at", "-id"]
-        verbose_name_plural = "batches"
-
-    def __str__(self) -> str:
-        return f"batch #{self.pk} ({self.get_source_display()}, {self.files_total} files)"
-
-
-class BatchItem(models.Model):
-    """One file of a batch and what became of it."""
-
-    class Status(models.TextChoices):
-        ACCEPTED = "accepted", "Accepted"
-        DUPLICATE = "duplicate", "Duplicate"
-        REFUSED = "refused", "Refused"
-
-    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="items")
-    position = models.PositiveIntegerField()
-    filename = models.CharField(max_length=1024)
-    status = models.CharField(max_length=16, choices=Status.choices)
-    reason = models.TextField(blank=True)
-    patient_from = models.CharField(max_length=32, blank=True)
-    image = models.ForeignKey(Image, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-
-    class Meta:
-        ordering = ["batch", "position"]
-
-    def __str__(self) -> str:
-        return f"{self.filename}: {self.status}"
-
-
-class DicomSend(models.Model):
-    """The C-STORE of an image's AI results (Comprehensive SR + heat-map Secondary Captures) to
-    a PACS node: queued when all its analyses are done, then sent or failed (after retries)."""
-
-    class State(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        SENT = "sent", "Sent"
-        FAILED = "failed", "Failed"
-
-    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="dicom_sends")
-    host = models.CharField(max_length=255)
-    port = models.PositiveIntegerField()
-    ae_title = models.CharField("called AE title", max_length=16)
-    state = models.CharField(max_length=8, choices=State.choices, default=State.QUEUED, db_index=True)
-    attempts = models.PositiveIntegerField(default=0)
-    last_error = models.TextField(blank=True)
-    instances = models.JSONField("SOP instance UIDs sent", default=list, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
-    sent_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-updated_at", "-id"]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["image", "host", "port", "ae_title"], name="dicom_send_once_per_node"
-            )
-        ]
-
-    def __str__(self) -> str:
-        return f"image {self.image_id} -> {self.ae_title}@{self.host}:{self.port}: {self.state}"
+__all__ = [
+    "Analysis",
+    "Annotation",
+    "AuditEvent",
+    "AuditLogIsAppendOnly",
+    "Batch",
+    "BatchItem",
+    "DicomSend",
+    "Image",
+    "Patient",
+    "Report",
+    "SignedReportChanged",
+    "Study",
+    "UploadConflict",
+]
