@@ -118,7 +118,10 @@ def test_a_batch_export_holds_no_identifiers_and_maps_uids_consistently(admin_ap
     assert events.count() == 1 and events.get().detail["instances"] == 3
 
 
-def test_a_study_export_is_for_admins_only(admin_api, radiologist_api, outsider_api) -> None:
+def test_a_study_export_is_for_admins_only(
+    admin_api, radiologist_api, outsider_api, private_redis, broker_switch
+) -> None:
+    broker_switch(f"redis://127.0.0.1:{private_redis[1]}/0")  # no worker runs its jobs during the reset
     upload(admin_api, identified(patient_id="MRN-9", study_uid=generate_uid(), seed=4))
     study = Study.objects.get()
     assert radiologist_api.get(f"/api/studies/{study.pk}/deidentified/").status_code == 403

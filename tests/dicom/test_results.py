@@ -94,11 +94,14 @@ def test_the_secondary_capture_is_the_overlay_with_a_burned_in_banner_in_the_sam
     assert again.SOPInstanceUID == ds.SOPInstanceUID
 
 
-def test_results_are_for_people_who_may_see_studies(outsider_api, radiologist_api, db) -> None:
+def test_results_are_for_people_who_may_see_studies(
+    outsider_api, radiologist_api, private_redis, broker_switch
+) -> None:
     from tests.web.fixtures import upload
 
-    # In the test's transaction: the job is never sent, so no worker of another test runs it
-    # while the database is being reset.
+    # Its job goes to a Redis no worker reads: no worker of another test runs it, holding its
+    # rows, while the database is reset after the test.
+    broker_switch(f"redis://127.0.0.1:{private_redis[1]}/0")
     response = upload(radiologist_api, dicom_bytes(patient_id="MRN-PRIV"))
     image_id = response.json()["image"]["id"]
     analysis_id = response.json()["image"]["analyses"][0]["id"]
