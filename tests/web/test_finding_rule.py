@@ -558,3 +558,20 @@ def test_the_worklist_sorts_by_a_column_both_ways_and_refuses_an_unknown_one(rad
     child = page[page.index("MRN-CHILD") :].split("</tr>")[0]
     assert '<td class="age">4 y</td>' in child or '<td class="age">55 mo</td>' in child
     assert 'aria-sort="ascending"' in page
+
+
+def test_previous_and_next_walk_the_studies_still_to_be_read(radiologist_clients) -> None:
+    _, browser, _ = radiologist_clients
+    _, done, _ = (build(case) for case in CASES[:3])
+    Study.objects.filter(pk=done.pk).update(status=Study.Status.REVIEWED)
+    order = [s for s in _ids_in_order(browser) if s != done.pk]
+
+    assert len(order) == 2  # the child's pneumonia, then the adult's cardiomegaly; the read one last
+    page = browser.get(f"/studies/{order[1]}/").content.decode()
+    assert f'id="previous-study" rel="prev" href="/studies/{order[0]}/"' in page
+    assert f"/studies/{done.pk}/" not in page  # read: not on the way
+    assert 'id="next-study"' not in page
+
+
+def _ids_in_order(browser: Client) -> list[int]:
+    return [s.pk for s in browser.get("/").context["studies"]]

@@ -33,4 +33,5 @@ def image_annotations(*, image_id: int) -> QuerySet[Any]:
     """The drawings and notes on an image, oldest first (verdicts are shown on their results)."""
     from web.clinical.models import Annotation
 
-    return Annotation.objects.filter(image_id=image_id, verdict="").select_related("author")
+    # The image too: each annotation's measurements read its header (review.measure).
+    return Annotation.objects.filter(image_id=image_id, verdict="").select_related("author", "image")

@@ -323,9 +323,14 @@ def worklist_strongest(studies: list[Study]) -> None:
 
 
 def worklist_neighbours(*, study_id: int, user: Any) -> tuple[int | None, int | None]:
-    """The studies before and after this one in the worklist's own order (no filter): where
-    "previous" and "next" on the study page go. None at either end, or when it is not listed."""
-    ids = list(study_worklist(filters=WorklistFilters(), user=user).values_list("pk", flat=True))
+    """The studies before and after this one in the worklist's own order (no filter) among
+    the studies still to be read, this one included: where "previous" and "next" on the study
+    page go. Read studies are left out, so the cost follows the open worklist, not the years of
+    reported studies. None at either end."""
+    waiting = ~Q(status__in=READ_STATES) | Q(pk=study_id)
+    ids = list(
+        study_worklist(filters=WorklistFilters(), user=user).filter(waiting).values_list("pk", flat=True)
+    )
     try:
         at = ids.index(study_id)
     except ValueError:
