@@ -11,6 +11,8 @@ import shutil
 import tempfile
 import uuid
 
+import pytest
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "web.settings")
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 # A Redis database index of its own, and a namespace (queue keys, channel-layer prefix) per
@@ -48,3 +50,28 @@ def pytest_unconfigure(config) -> None:
 # Shared fixtures (users, tiny registry, worker/beat/redis processes) live in one place so
 # their session-scoped instances are shared by tests/web and tests/worker (one worker).
 from tests.web.fixtures import *  # noqa: E402, F403
+
+
+@pytest.fixture(autouse=True)
+def _no_analysis_in_flight_at_database_reset(request):
+    """A transactional test's database is reset (TRUNCATE) after it; the session's shared
+    worker may still be storing an analysis the test queued and did not wait for, and the two
+    deadlock. Before the reset: queued analyses are ended (the worker's claim of one then finds
+    nothing to do) and running ones are waited for."""
+    marker = request.node.get_closest_marker("django_db")
+    transactional = "transactional_db" in request.fixturenames or bool(
+        marker and marker.kwargs.get("transaction")
+    )
+    if not transactional:
+        yield
+        return
+    request.getfixturevalue("transactional_db")  # set up first, so reset after this ends
+    yield
+    import time
+
+    from web.clinical.models import Analysis
+
+    Analysis.objects.filter(state=Analysis.State.QUEUED).update(state=Analysis.State.FAILED)
+    deadline = time.monotonic() + 120
+    while Analysis.objects.filter(state=Analysis.State.RUNNING).exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
