@@ -50,14 +50,16 @@ def pytest_unconfigure(config) -> None:
 # Shared fixtures (users, tiny registry, worker/beat/redis processes) live in one place so
 # their session-scoped instances are shared by tests/web and tests/worker (one worker).
 from tests.web.fixtures import *  # noqa: E402, F403
+from tests.web.fixtures import SHARED_WORKER_NODES, drain_shared_worker  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _no_analysis_in_flight_at_database_reset(request):
+def _no_job_in_flight_at_database_reset(request):
     """A transactional test's database is reset (TRUNCATE) after it; the session's shared
-    worker may still be storing an analysis the test queued and did not wait for, and the two
-    deadlock. Before the reset: queued analyses are ended (the worker's claim of one then finds
-    nothing to do) and running ones are waited for."""
+    worker may still be running a job the test sent and did not wait for (an analysis, a
+    report render, a PACS send), and the two deadlock. Before the reset: queued analyses are
+    ended (a worker's claim of one then finds nothing to do), the session's queues are
+    emptied, and the shared worker is waited for until it holds no job."""
     marker = request.node.get_closest_marker("django_db")
     transactional = "transactional_db" in request.fixturenames or bool(
         marker and marker.kwargs.get("transaction")
@@ -67,11 +69,8 @@ def _no_analysis_in_flight_at_database_reset(request):
         return
     request.getfixturevalue("transactional_db")  # set up first, so reset after this ends
     yield
-    import time
-
     from web.clinical.models import Analysis
 
     Analysis.objects.filter(state=Analysis.State.QUEUED).update(state=Analysis.State.FAILED)
-    deadline = time.monotonic() + 120
-    while Analysis.objects.filter(state=Analysis.State.RUNNING).exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    if SHARED_WORKER_NODES:
+        drain_shared_worker(SHARED_WORKER_NODES)

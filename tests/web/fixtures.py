@@ -399,6 +399,39 @@ def service_logs() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+# Node names of the session's shared worker once started: every transactional test's
+# teardown waits until it holds no job (tests/conftest.py).
+SHARED_WORKER_NODES: list[str] = []
+
+
+def drain_shared_worker(nodes: list[str], timeout: float = 120) -> None:
+    """Empty the session's queues, then wait until the given workers run and hold no job."""
+    from django.conf import settings
+
+    from web.clinical.dispatch import celery_app
+
+    app = celery_app()
+    queues = (
+        settings.QUEUE_INTERACTIVE,
+        settings.QUEUE_BATCH,
+        settings.QUEUE_MAINTENANCE,
+        settings.QUEUE_REPORTS,
+    )
+    with app.connection_for_write() as connection:
+        for queue in queues:
+            connection.default_channel.queue_purge(queue)
+    inspector = app.control.inspect(destination=nodes, timeout=2.0)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        held = [inspector.active(), inspector.reserved()]
+        if all(replies is not None and len(replies) == len(nodes) for replies in held) and not any(
+            jobs for replies in held for jobs in replies.values()
+        ):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the shared worker still holds a job after {timeout:.0f} s: {held}")
+
+
 @pytest.fixture(scope="session")
 def live_worker(
     django_db_setup: Any, django_db_blocker: Any, tiny_registry: Path, service_logs: Path
@@ -408,7 +441,9 @@ def live_worker(
     with django_db_blocker.unblock():
         env = service_env(RADTRIAGE_REGISTRY=str(tiny_registry))
     worker = celery_worker("live", env, service_logs).start(ready_text="ready.", timeout=90)
+    SHARED_WORKER_NODES.append(f"live@{socket.gethostname()}")
     yield worker
+    SHARED_WORKER_NODES.clear()
     worker.stop()
     if os.environ.get("RADTRIAGE_SHOW_WORKER_LOG"):
         print(worker.log())
