@@ -57,6 +57,12 @@ if ! command -v storescu >/dev/null; then
   apt_install dcmtk || say "could not install dcmtk: the DICOM network tests will fail"
 fi
 
+# dciodvfy (dicom3tools): the validator the SR and secondary capture RadTriage sends must pass
+if ! command -v dciodvfy >/dev/null; then
+  say "installing dicom3tools (DICOM conformance checks)"
+  apt_install dicom3tools || say "could not install dicom3tools: the conformance tests will skip"
+fi
+
 # WeasyPrint's system libraries (Pango) for PDF reports
 if ! ldconfig -p 2>/dev/null | grep -q libpango-1.0; then
   say "installing Pango for WeasyPrint"

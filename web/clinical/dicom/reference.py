@@ -3,9 +3,13 @@ UIDs of the results (the same analysis always yields the same instance: a re-sen
 
 from __future__ import annotations
 
+import re
+
 import pydicom
+from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+from pydicom.valuerep import validate_value
 
 from web.clinical.models import Image
 
@@ -28,16 +32,19 @@ TYPE_2_COPIED = (
 )
 
 
-def reference_dataset(image: Image) -> Dataset:
-    """The source's header (patient, study, series, instance): read from the stored DICOM, or
-    built from the rows for a PNG/JPEG upload (its instance UID is the one it was filed under)."""
+def reference_dataset(image: Image) -> tuple[Dataset, list[str]]:
+    """The source's header (patient, study, series, instance) and what had to be repaired in
+    it: read from the stored DICOM, or built from the rows for a PNG/JPEG upload (its instance
+    UID is the one it was filed under). A value invalid for its VR is never copied into what
+    RadTriage sends: it is repaired where its meaning is plain, else dropped, with a note."""
     if image.format == Image.Format.DICOM:
         with image.file.open("rb") as handle:
             header: Dataset = pydicom.dcmread(handle, stop_before_pixels=True)
+        notes = header_repair(header)
         for keyword in TYPE_2_COPIED:  # present, if empty, in what the results copy
             if keyword not in header:
                 setattr(header, keyword, "")
-        return header
+        return header, notes
     study = image.study
     patient = study.patient
     ds = Dataset()
@@ -55,7 +62,38 @@ def reference_dataset(image: Image) -> Dataset:
     ds.PatientBirthDate = patient.birth_date.strftime("%Y%m%d") if patient.birth_date else ""
     ds.PatientSex = patient.sex
     ds.Modality = study.modality or "OT"
-    return ds
+    return ds, []
+
+
+def header_repair(header: Dataset) -> list[str]:
+    """Repair or drop the top-level values invalid for their VR (a modality's "81" for
+    Patient's Age, a date with slashes); returns one note per change, naming the attribute."""
+    notes = []
+    for element in list(header):
+        if element.VR in ("SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN") or element.value in (None, ""):
+            continue
+        values = element.value if element.VM > 1 else [element.value]
+        if all(_valid(element.VR, value) for value in values):
+            continue
+        name = element.keyword or str(element.tag)
+        if element.VR == "AS" and re.fullmatch(r"\s*\d{1,3}\s*", str(element.value)):
+            element.value = f"{int(str(element.value)):03d}Y"
+            notes.append(f"{name} in the source was not a valid DICOM age; sent as {element.value}.")
+        elif element.keyword in TYPE_2_COPIED:
+            element.value = ""
+            notes.append(f"{name} in the source was invalid for its type ({element.VR}); sent empty.")
+        else:
+            del header[element.tag]
+            notes.append(f"{name} in the source was invalid for its type ({element.VR}); not copied.")
+    return notes
+
+
+def _valid(vr: str, value: object) -> bool:
+    try:
+        validate_value(vr, value, pydicom_config.RAISE)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def stable_uid(*parts: object) -> str:

@@ -35,7 +35,7 @@ def analysis_secondary_capture(*, analysis: Analysis) -> Dataset:
         xray = load_xray(handle.read(), max_pixels=settings.RADTRIAGE_MAX_PIXELS, read_metadata=False)
     overlay = render_overlay(xray.pixels, analysis_heatmap_raw(analysis=analysis), alpha=OVERLAY_ALPHA)
     pixels = with_banner(overlay, f"{BANNER} | {analysis.condition} p={analysis.probability:.2f}")
-    ref = reference_dataset(image)
+    ref, repairs = reference_dataset(image)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=ref,
         pixel_array=pixels,
@@ -54,7 +54,10 @@ def analysis_secondary_capture(*, analysis: Analysis) -> Dataset:
     sc.PatientOrientation = list(orientation) if orientation and len(orientation) == 2 else []
     sc.BurnedInAnnotation = "YES"
     sc.SeriesDescription = f"AI heat map (not for diagnosis): {analysis.condition}"[:64]
-    sc.ImageComments = f"{BANNER}. {analysis.condition}, model {analysis.model_id}."
+    sc.ImageComments = " ".join([f"{BANNER}. {analysis.condition}, model {analysis.model_id}.", *repairs])
+    # General Series' Laterality (type 2C): the source's side where it states one, else empty.
+    side = ref.get("Laterality") or ref.get("ImageLaterality") or ""
+    sc.Laterality = side if side in ("R", "L") else ""
     sc.DerivationDescription = f"Grad-CAM heat map of {analysis.model_id} over the source image"[:1024]
     source = Dataset()
     source.ReferencedSOPClassUID = ref.SOPClassUID

@@ -44,10 +44,11 @@ def image_structured_report(*, image: Image) -> Dataset:
     analyses = current_results(image.analyses.filter(state=Analysis.State.SUCCEEDED))
     if not analyses:
         raise ResultNotReady(f"Image {image.pk} has no finished analysis yet.")
-    ref = reference_dataset(image)
+    ref, repairs = reference_dataset(image)
     root = hd.sr.ContainerContentItem(name=TITLE)
     root.ContentSequence = hd.sr.ContentSequence(
         [hd.sr.TextContentItem(name=COMMENT, value=BANNER, relationship_type=CONTAINS)]
+        + [hd.sr.TextContentItem(name=COMMENT, value=note, relationship_type=CONTAINS) for note in repairs]
         + [_finding(a, ref) for a in analyses]
     )
     return hd.sr.ComprehensiveSR(
