@@ -18,5 +18,6 @@ urlpatterns = [
     path("healthz/", healthz, name="healthz"),
     path("favicon.ico", favicon, name="favicon"),
     path("api/", include("web.api.urls")),
+    path("dicom-web/", include("web.api.dicomweb_urls")),
     path("", include("web.ui.urls")),
 ]

@@ -41,6 +41,7 @@ def dicom_bytes(
     birth_date: str = "19700101",
     pixel_spacing: tuple[float, float] | None = None,
     spacing_tag: str = "PixelSpacing",
+    study_date: str = "20261125",
 ) -> bytes:
     """A small, standard-conformant uncompressed DICOM radiograph (with `spacing_tag` set to
     `pixel_spacing`, row then column, in mm, when given)."""
@@ -63,7 +64,7 @@ def dicom_bytes(
     ds.PatientBirthDate = birth_date
     ds.PatientSex = "F"
     ds.AccessionNumber = accession
-    ds.StudyDate = "20261125"
+    ds.StudyDate = study_date
     ds.StudyDescription = "XR CHEST PA"
     ds.Modality = modality
     ds.BodyPartExamined = body_part

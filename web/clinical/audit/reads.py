@@ -38,6 +38,8 @@ class Read:
     ANNOTATIONS = "annotation.view"  # the team's annotations on an image, or one of them
     VERDICTS = "verdict.view"  # the radiologists' verdicts on an AI result
     PACS_SENDS = "pacs_send.view"  # where an image's results were sent
+    DICOMWEB_QUERY = "dicomweb.query"  # a QIDO-RS answer: the studies it named
+    DICOMWEB_RETRIEVE = "dicomweb.retrieve"  # a WADO-RS answer: instances, metadata or a picture
 
 
 # Reads recorded by the service that produces them (a PDF is rendered, then handed over).
@@ -109,6 +111,19 @@ def annotation_read(*, annotation_id: int, reader: Reader) -> Annotation:
     annotation = Annotation.objects.select_related("author", "image__study__patient").get(pk=annotation_id)
     _record(reader, Read.ANNOTATIONS, study=annotation.image.study, obj=annotation)
     return annotation
+
+
+def dicomweb_instances_read(
+    *, reader: Reader, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, what: str
+) -> tuple[Study, list[Any]]:
+    """The instances under these UIDs (web.clinical.dicomweb.wado.instances_find), read by
+    `reader` over WADO-RS (`what`: files, metadata or rendered). Raises wado.NotFound."""
+    from web.clinical.dicomweb.wado import instances_find
+
+    study, instances = instances_find(study_uid, series_uid, sop_uid)
+    detail = {"what": what, "instances": [i.sop_uid for i in instances][:100]}
+    _record(reader, Read.DICOMWEB_RETRIEVE, study=study, obj=study, detail=detail)
+    return study, instances
 
 
 def _record(

@@ -4,6 +4,7 @@ UIDs of the results (the same analysis always yields the same instance: a re-sen
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import pydicom
 from pydicom import config as pydicom_config
@@ -11,13 +12,16 @@ from pydicom.dataset import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 from pydicom.valuerep import validate_value
 
-from web.clinical.models import Image
+from web.clinical.models import Analysis, Image
 
 BANNER = "AI result - not for diagnosis"
 MANUFACTURER = "RadTriage"
 # Stable series numbers, so the results sort after the modality's own series in a viewer.
 SC_SERIES_NUMBER = 9901
 SR_SERIES_NUMBER = 9902
+# One description per series (a series-level attribute): the condition is said per instance.
+SR_SERIES_DESCRIPTION = "AI results (not for diagnosis)"
+SC_SERIES_DESCRIPTION = "AI heat maps (not for diagnosis)"
 
 TYPE_2_COPIED = (
     "PatientName",
@@ -98,6 +102,23 @@ def _valid(vr: str, value: object) -> bool:
 
 def stable_uid(*parts: object) -> str:
     return str(generate_uid(entropy_srcs=["radtriage", *map(str, parts)]))
+
+
+def sr_uids(image: Image, analyses: Sequence[Analysis]) -> tuple[str, str]:
+    """(series, instance) UIDs of the image's SR reporting these current results: the same
+    results give the same instance, so a PACS or a DICOMweb client replaces, never duplicates."""
+    versions = [f"{a.pk}:{a.finished_at}" for a in sorted(analyses, key=lambda a: a.condition)]
+    return stable_uid("sr-series", image.sop_instance_uid), stable_uid(
+        "sr", image.sop_instance_uid, *versions
+    )
+
+
+def sc_uids(analysis: Analysis) -> tuple[str, str]:
+    """(series, instance) UIDs of an analysis's heat-map secondary capture."""
+    return (
+        stable_uid("sc-series", analysis.image.sop_instance_uid),
+        stable_uid("sc", analysis.pk, analysis.model_sha256, analysis.finished_at),
+    )
 
 
 class ResultNotReady(Exception):

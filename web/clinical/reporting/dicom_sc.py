@@ -13,10 +13,11 @@ from pydicom.uid import ExplicitVRLittleEndian
 from web.clinical.dicom.reference import (
     BANNER,
     MANUFACTURER,
+    SC_SERIES_DESCRIPTION,
     SC_SERIES_NUMBER,
     ResultNotReady,
     reference_dataset,
-    stable_uid,
+    sc_uids,
 )
 from web.clinical.models import Analysis
 
@@ -36,6 +37,7 @@ def analysis_secondary_capture(*, analysis: Analysis) -> Dataset:
     overlay = render_overlay(xray.pixels, analysis_heatmap_raw(analysis=analysis), alpha=OVERLAY_ALPHA)
     pixels = with_banner(overlay, f"{BANNER} | {analysis.condition} p={analysis.probability:.2f}")
     ref, repairs = reference_dataset(image)
+    series_uid, sop_uid = sc_uids(analysis)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=ref,
         pixel_array=pixels,
@@ -43,9 +45,9 @@ def analysis_secondary_capture(*, analysis: Analysis) -> Dataset:
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
         patient_orientation=("L", "F"),  # replaced below by the source's own (or none)
-        series_instance_uid=stable_uid("sc-series", image.sop_instance_uid),
+        series_instance_uid=series_uid,
         series_number=SC_SERIES_NUMBER,
-        sop_instance_uid=stable_uid("sc", analysis.pk, analysis.model_sha256, analysis.finished_at),
+        sop_instance_uid=sop_uid,
         instance_number=1,
         manufacturer=MANUFACTURER,
         transfer_syntax_uid=ExplicitVRLittleEndian,
@@ -53,7 +55,7 @@ def analysis_secondary_capture(*, analysis: Analysis) -> Dataset:
     orientation = ref.get("PatientOrientation")
     sc.PatientOrientation = list(orientation) if orientation and len(orientation) == 2 else []
     sc.BurnedInAnnotation = "YES"
-    sc.SeriesDescription = f"AI heat map (not for diagnosis): {analysis.condition}"[:64]
+    sc.SeriesDescription = SC_SERIES_DESCRIPTION
     sc.ImageComments = " ".join([f"{BANNER}. {analysis.condition}, model {analysis.model_id}.", *repairs])
     # General Series' Laterality (type 2C): the source's side where it states one, else empty.
     side = ref.get("Laterality") or ref.get("ImageLaterality") or ""

@@ -4,7 +4,6 @@ the model, each referencing the source instance, in the source's study."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import highdicom as hd
@@ -16,10 +15,11 @@ from web.clinical.analysis.findings import current_results, result_kind
 from web.clinical.dicom.reference import (
     BANNER,
     MANUFACTURER,
+    SR_SERIES_DESCRIPTION,
     SR_SERIES_NUMBER,
     ResultNotReady,
     reference_dataset,
-    stable_uid,
+    sr_uids,
 )
 from web.clinical.models import Analysis, Image
 
@@ -45,29 +45,27 @@ def image_structured_report(*, image: Image) -> Dataset:
     if not analyses:
         raise ResultNotReady(f"Image {image.pk} has no finished analysis yet.")
     ref, repairs = reference_dataset(image)
+    series_uid, sop_uid = sr_uids(image, analyses)
     root = hd.sr.ContainerContentItem(name=TITLE)
     root.ContentSequence = hd.sr.ContentSequence(
         [hd.sr.TextContentItem(name=COMMENT, value=BANNER, relationship_type=CONTAINS)]
         + [hd.sr.TextContentItem(name=COMMENT, value=note, relationship_type=CONTAINS) for note in repairs]
         + [_finding(a, ref) for a in analyses]
     )
-    return hd.sr.ComprehensiveSR(
+    sr = hd.sr.ComprehensiveSR(
         evidence=[ref],
         content=root,
-        series_instance_uid=stable_uid("sr-series", image.sop_instance_uid),
+        series_instance_uid=series_uid,
         series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=stable_uid("sr", image.sop_instance_uid, *_versions(analyses)),
+        sop_instance_uid=sop_uid,
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,
         is_final=False,  # preliminary, unverified: an AI result, not a report
         is_verified=False,
     )
-
-
-def _versions(analyses: Sequence[Analysis]) -> list[str]:
-    # In condition order whatever the order shown: the same results, the same instance UID.
-    return [f"{a.pk}:{a.finished_at}" for a in sorted(analyses, key=lambda a: a.condition)]
+    sr.SeriesDescription = SR_SERIES_DESCRIPTION
+    return sr
 
 
 def result_words(analysis: Analysis) -> str:
