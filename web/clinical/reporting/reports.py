@@ -42,10 +42,14 @@ REPORT_SECTIONS: tuple[tuple[str, str], ...] = (
 )
 
 
-def report_sections(report: Report | ReportTemplate) -> list[tuple[str, str]]:
+def report_sections(
+    report: Report | ReportTemplate, *, leave_out: tuple[str, ...] = ()
+) -> list[tuple[str, str]]:
     """(heading, text) of each field that has text, in the order a report prints them."""
     return [
-        (heading, getattr(report, name)) for name, heading in REPORT_SECTIONS if getattr(report, name).strip()
+        (heading, getattr(report, name))
+        for name, heading in REPORT_SECTIONS
+        if name not in leave_out and getattr(report, name).strip()
     ]
 
 
