@@ -302,3 +302,20 @@ print(names, guard, "findings" in columns and "clinical_information" in columns)
     assert out.stdout.split("\n")[-2] == (
         "['Chest X-ray, normal', 'Extremity X-ray, normal', 'Knee X-ray, normal'] kept True"
     )
+
+
+def test_a_take_over_keeps_the_first_authors_findings_in_the_audit_row(api, django_user_model) -> None:
+    from rest_framework.test import APIClient
+
+    study = make_study()
+    save(api, study, clinical_information="Trauma.", findings="Rib fracture, left 7th.", impression="")
+    colleague = APIClient()
+    colleague.force_login(
+        with_role(django_user_model.objects.create_user("dr.chen", password="pw-chen-1"), "radiologist")
+    )
+
+    assert colleague.post(f"/api/studies/{study.pk}/take-over/", {}, format="json").status_code == 200
+
+    detail = AuditEvent.objects.get(study=study, action="study.take_over").detail
+    assert detail["draft_clinical_information"] == "Trauma."
+    assert detail["draft_findings"] == "Rib fracture, left 7th."
