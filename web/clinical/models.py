@@ -1,6 +1,6 @@
 """The clinical domain's tables. The logic that changes them lives in the concept packages
-(analysis, worklist, reporting, batches, dicom, audit); batches and PACS sends keep their
-tables beside their logic and are re-exported here."""
+(analysis, worklist, reporting, batches, dicom, audit); batches, PACS sends and report templates
+keep their tables beside their logic and are re-exported here."""
 
 from __future__ import annotations
 
@@ -421,7 +421,12 @@ class Report(models.Model):
     study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="reports")
     version = models.PositiveIntegerField()
     is_addendum = models.BooleanField(default=False)
+    # The report's text, in three fields: each printed under its heading.
+    clinical_information = models.TextField(blank=True)
+    findings = models.TextField(blank=True)
     impression = models.TextField(blank=True)
+    # The report template last applied to this version (its name as it was then), if any.
+    template_name = models.CharField(max_length=100, blank=True)
     state = models.CharField(max_length=8, choices=State.choices, default=State.DRAFT)
     # Only the author edits a draft and signs it (web.clinical.reporting.reports).
     author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
@@ -476,7 +481,10 @@ class Report(models.Model):
 
     # What signing freezes; only the rendering bookkeeping may still change.
     FROZEN_WHEN_SIGNED = (
+        "clinical_information",
+        "findings",
         "impression",
+        "template_name",
         "state",
         "author_id",
         "taken_over_from_id",
@@ -511,6 +519,7 @@ class SignedReportChanged(Exception):
 # Tables kept beside their logic; imported last, as they refer to the ones above.
 from web.clinical.batches.models import Batch, BatchItem  # noqa: E402
 from web.clinical.dicom.models import DicomSend  # noqa: E402
+from web.clinical.reporting.models import ReportTemplate  # noqa: E402
 
 __all__ = [
     "Analysis",
@@ -523,6 +532,7 @@ __all__ = [
     "Image",
     "Patient",
     "Report",
+    "ReportTemplate",
     "SignedReportChanged",
     "Study",
     "UploadConflict",
