@@ -198,3 +198,15 @@ def test_an_angle_is_saved_listed_and_reported_with_its_three_points(api) -> Non
         "/api/annotations/", {"image": image_id, "shapes": [{"type": "angle"}]}, format="json"
     )
     assert no_points.json()["error"].endswith("Shape 0: an angle needs 3 points.")
+
+
+def test_the_report_draws_an_angle_as_its_two_rays() -> None:
+    import numpy as np
+
+    from web.clinical.review.shapes import draw_shape
+
+    canvas = np.zeros((100, 100, 3), np.uint8)
+    draw_shape(canvas, angle((90, 50), (10, 50), (10, 5)), colour=(255, 212, 59))
+    assert canvas[50, 50].tolist() == [255, 212, 59]  # on the first ray
+    assert canvas[30, 10].tolist() == [255, 212, 59]  # on the second
+    assert canvas[20, 60].tolist() == [0, 0, 0]  # not between them
