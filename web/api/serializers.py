@@ -340,14 +340,16 @@ class UploadResultSerializer(serializers.Serializer):
 
 
 class MeasurementSerializer(serializers.Serializer):
-    kind = serializers.ChoiceField(choices=["length"])
+    kind = serializers.ChoiceField(choices=["length", "angle"])
     value = serializers.FloatField()
-    unit = serializers.ChoiceField(choices=["mm", "px"])
-    calibrated = serializers.BooleanField(help_text="false: pixels, the header gives no pixel size")
+    unit = serializers.ChoiceField(choices=["mm", "px", "deg"])
+    calibrated = serializers.BooleanField(
+        help_text="false: the header gives no pixel size (a length in pixels; an angle on square pixels)"
+    )
     source = serializers.CharField(  # type: ignore[assignment]  # a field named like Field.source
         help_text="PixelSpacing or ImagerPixelSpacing; empty when uncalibrated"
     )
-    text = serializers.CharField(help_text='e.g. "23.4 mm" or "112.0 px (uncalibrated)"')
+    text = serializers.CharField(help_text='e.g. "23.4 mm", "112.0 px (uncalibrated)" or "42.5°"')
 
 
 class AnnotationSerializer(serializers.ModelSerializer):
@@ -377,7 +379,7 @@ class AnnotationSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(MeasurementSerializer(many=True))
     def get_measurements(self, annotation: Annotation) -> list[Measurement]:
-        """Each length shape measured (review.measure), from the image's stored header."""
+        """Each length and angle shape measured (review.measure), from the image's stored header."""
         return annotation_measurements(annotation.shapes or [], annotation.image.dicom_header)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:

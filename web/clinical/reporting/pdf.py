@@ -180,14 +180,16 @@ def _about(annotation: Annotation) -> str:
 
 
 def _marks(shapes: list[dict[str, Any]], header: dict[str, Any]) -> str:
-    """ "2 marks: rect, length 23.4 mm": each shape, a measurement with its value and unit."""
+    """ "3 marks: rect, length 23.4 mm, angle 42.0°": each shape, a measurement with its value."""
     if not shapes:
         return "-"
     spacing = image_spacing(header)
     words = []
     for shape in shapes:
         measured = shape_measurement(shape, spacing)
-        words.append(f"length {measured['text']}" if measured else str(shape.get("type") or "mark"))
+        words.append(
+            f"{measured['kind']} {measured['text']}" if measured else str(shape.get("type") or "mark")
+        )
     return f"{len(shapes)} mark{'s' if len(shapes) != 1 else ''}: {', '.join(words)}"
 
 
