@@ -74,11 +74,15 @@ def test_a_signed_version_refuses_a_change_of_any_field_and_a_later_one_is_an_ad
     draft = save(api, study, clinical_information="Fall.", findings="No fracture.", impression="Normal.")
     assert api.post(f"/api/reports/{draft.json()['id']}/sign/").status_code == 200
 
-    for field in ("clinical_information", "findings", "impression", "template_name"):
+    for field in ("clinical_information", "findings", "impression", "template_name", "critical_told_to"):
         report = Report.objects.get(pk=draft.json()["id"])
         setattr(report, field, "Tampered.")
         with pytest.raises(SignedReportChanged, match=field):
             report.save()
+    report = Report.objects.get(pk=draft.json()["id"])
+    report.critical_acknowledged = True  # who was told, and whether they read it back, stay as signed
+    with pytest.raises(SignedReportChanged, match="critical_acknowledged"):
+        report.save()
     addendum = save(
         api, study, findings="Subtle fracture of the fifth metatarsal base.", impression="Fracture."
     )
