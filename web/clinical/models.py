@@ -274,6 +274,12 @@ class Analysis(models.Model):
         return str((self.applicability or {}).get("body_part_source") or "")
 
     @property
+    def model_card_url(self) -> str:
+        from web.clinical.registry.cards import model_card_url
+
+        return model_card_url(self.model_id)
+
+    @property
     def chosen_body_part(self) -> str:
         return str((self.applicability or {}).get("chosen_body_part") or "")
 
