@@ -43,6 +43,16 @@ class AnalysisSerializer(serializers.ModelSerializer):
         child=serializers.DictField(child=serializers.CharField()), read_only=True
     )
     image_thumbnail_url = serializers.SerializerMethodField()
+    body_part_source = serializers.ChoiceField(
+        choices=["header", "uploader", "recogniser", ""],
+        read_only=True,
+        help_text="who placed the image in the model's region: the DICOM header, the uploader's "
+        "choice (followed over the image recogniser, which is then only noted), the recogniser, "
+        "or nobody (blank)",
+    )
+    chosen_body_part = serializers.CharField(
+        read_only=True, help_text="the body part the uploader chose, where the result followed it"
+    )
 
     class Meta:
         model = Analysis
@@ -69,6 +79,8 @@ class AnalysisSerializer(serializers.ModelSerializer):
             "applicable",
             "not_applicable_reason",
             "applicability",
+            "body_part_source",
+            "chosen_body_part",
             "heatmap_peak",
             "gradcam_method",
             "gradcam_layer",
@@ -221,7 +233,7 @@ class StudyDetailSerializer(StudyListSerializer):
             f
             for f in StudyListSerializer.Meta.fields
             if f not in ("image_count", "pending_count", "failed_count")
-        ] + ["images"]
+        ] + ["body_part_source", "images"]
         read_only_fields = fields
 
 

@@ -53,6 +53,14 @@ class Patient(models.Model):
 
 
 class Study(models.Model):
+    class BodyPartSource(models.TextChoices):
+        """Who gave the study its body part at upload."""
+
+        HEADER = "header", "DICOM header"
+        UPLOADER = "uploader", "chosen by the uploader"
+        RECOGNISER = "recogniser", "image recogniser"
+        NONE = "", "none"
+
     class Priority(models.IntegerChoices):
         STAT = 1, "STAT"
         URGENT = 2, "Urgent"
@@ -75,6 +83,11 @@ class Study(models.Model):
     study_date = models.DateField(null=True, blank=True)
     modality = models.CharField(max_length=16, blank=True)
     body_part = models.CharField("Body part (DICOM BodyPartExamined)", max_length=64, blank=True)
+    # A body part chosen by a person is followed by the analyses as the header would be
+    # (core.applicability.CHOSEN_BODY_PART); one the recogniser proposed is not.
+    body_part_source = models.CharField(
+        max_length=16, choices=BodyPartSource.choices, blank=True, default=BodyPartSource.NONE
+    )
     description = models.CharField(max_length=200, blank=True)
     priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.ROUTINE)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RECEIVED)
@@ -253,6 +266,22 @@ class Analysis(models.Model):
     @property
     def is_not_applicable(self) -> bool:
         return self.state == self.State.SUCCEEDED and self.applicable is False
+
+    @property
+    def body_part_source(self) -> str:
+        """Who placed the image in the model's region for this result: "header", "uploader"
+        (a person's choice at upload, followed over the recogniser), "recogniser", or ""."""
+        return str((self.applicability or {}).get("body_part_source") or "")
+
+    @property
+    def model_card_url(self) -> str:
+        from web.clinical.registry.cards import model_card_url
+
+        return model_card_url(self.model_id)
+
+    @property
+    def chosen_body_part(self) -> str:
+        return str((self.applicability or {}).get("chosen_body_part") or "")
 
 
 class Annotation(models.Model):
