@@ -9,7 +9,10 @@ checked against the model's declared population (registry entry `population`) th
    age (PatientAge, or PatientBirthDate and StudyDate);
 2. the image recogniser (core.recognition), from the pixels, always: body region, and within a
    region the kind of image (children's vs adults' chest, knee joint crop vs full knee film).
-   For DICOM the header decides the region and a disagreeing recogniser is noted;
+   For DICOM the header decides the region and a disagreeing recogniser is noted. Where the
+   header has no body part, a body part a person chose at upload (metadata key
+   CHOSEN_BODY_PART) decides in the same way: the region's model runs and the recogniser's
+   disagreement is a note, never a problem. The other checks still apply to it;
 3. the distance of the image's own pooled features (as the model sees them) to the model's
    training features (core.population), with a cut-off set on validation.
 
@@ -31,6 +34,9 @@ REGIONS = ("chest", "knee", "limb")
 # LIMB_PARTS (a knee is a limb for the fracture model), so the knee is asked first.
 REGION_BODY_PARTS = {"chest": CHEST_PARTS, "knee": KNEE_PARTS, "limb": LIMB_PARTS}
 FRONTAL_VIEWS = frozenset({"PA", "AP", "APSUPINE", "APERECT", "PAERECT"})
+# Not a DICOM attribute: the body part a person chose at upload for an image whose header
+# has none (the caller adds it to the metadata; the header's BodyPartExamined always wins).
+CHOSEN_BODY_PART = "chosen_body_part"
 
 # Recogniser population classes in words (core.recognition names them).
 CLASS_WORDS = {
@@ -103,7 +109,8 @@ def check_applicability(
     cutoff: float | None = None,
 ) -> Applicability:
     """Decide whether a result of the model named `model_name` ("the pneumonia model") may
-    count for this image. metadata: the DICOM header summary ({} for PNG/JPEG)."""
+    count for this image. metadata: the DICOM header summary ({} for PNG/JPEG), plus
+    CHOSEN_BODY_PART where a person chose the body part at upload."""
     checks = _checks_seen(metadata, recognition, distance, cutoff)
     if population is None:
         return Applicability(
@@ -134,18 +141,12 @@ def _header_and_pixels(
     problems: list[str] = []
     notes: list[str] = []
     header_region = region_of_body_part(str(metadata.get("BodyPartExamined") or ""))
+    given = _given_body_part(metadata)
     seen_region = recognition.region if recognition is not None else None
-    if header_region:
-        if header_region != population.region and not _limb_model_on_knee(population, header_region):
-            problems.append(f"the DICOM header says body part {metadata.get('BodyPartExamined')}")
-        if recognition is None:
-            notes.append("The image recogniser could not run; the DICOM header decided.")
-        elif seen_region and seen_region not in (header_region, "unrecognised"):
-            notes.append(
-                f"The image recogniser sees {seen_as(recognition)}, but the DICOM "
-                f"header says {metadata.get('BodyPartExamined')}; the header was "
-                "followed."
-            )
+    if given is not None:
+        if given.region != population.region and not _limb_model_on_knee(population, given.region):
+            problems.append(given.said)
+        notes.extend(_recogniser_notes(recognition, given))
     elif recognition is None:
         problems.append("the image recogniser could not run, so the image's body region is unknown")
     elif seen_region == "unrecognised":
@@ -155,6 +156,54 @@ def _header_and_pixels(
     problems.extend(_kind_problems(population, metadata, recognition, header_region))
     problems.extend(_view_problems(population, metadata))
     return problems, notes
+
+
+@dataclass(frozen=True)
+class _Given:
+    """A body part given by the header or chosen by a person, and its region."""
+
+    region: str
+    body_part: str
+    from_header: bool
+
+    @property
+    def said(self) -> str:
+        who = "the DICOM header says" if self.from_header else "the uploader chose"
+        return f"{who} body part {self.body_part}"
+
+
+def _given_body_part(metadata: dict[str, Any]) -> _Given | None:
+    """The header's body part where it names a region, else a person's choice at upload."""
+    header = str(metadata.get("BodyPartExamined") or "")
+    if region_of_body_part(header):
+        return _Given(region_of_body_part(header), header, from_header=True)
+    chosen = normalise_body_part(str(metadata.get(CHOSEN_BODY_PART) or ""))
+    if region_of_body_part(chosen):
+        return _Given(region_of_body_part(chosen), chosen, from_header=False)
+    return None
+
+
+def _recogniser_notes(recognition: RecognitionLike | None, given: _Given) -> list[str]:
+    """The recogniser disagreeing with the header or a person's choice: said, not followed."""
+    if recognition is None:
+        decided = "the DICOM header decided" if given.from_header else "the uploader's choice decided"
+        return [f"The image recogniser could not run; {decided}."]
+    seen_region = recognition.region
+    if not seen_region or seen_region == given.region:
+        return []
+    if given.from_header:
+        # An image the recogniser does not place says nothing against the header.
+        if seen_region == "unrecognised":
+            return []
+        return [
+            f"The image recogniser sees {seen_as(recognition)}, but the DICOM header says "
+            f"{given.body_part}; the header was followed."
+        ]
+    # Against a person's choice even an unplaced image is worth saying: only the choice placed it.
+    return [
+        f"The image recogniser sees {seen_as(recognition)}, but the uploader chose body part "
+        f"{given.body_part}; the choice was followed."
+    ]
 
 
 def seen_as(recognition: RecognitionLike | None) -> str:
@@ -279,6 +328,8 @@ def _checks_seen(
 ) -> dict[str, Any]:
     return {
         "header_body_part": str(metadata.get("BodyPartExamined") or ""),
+        "chosen_body_part": normalise_body_part(str(metadata.get(CHOSEN_BODY_PART) or "")),
+        "body_part_source": _body_part_source(metadata, recognition),
         "header_view": str(metadata.get("ViewPosition") or ""),
         "patient_age_years": _round(patient_age_years(metadata)),
         "recognised": recognition.describe() if recognition is not None else None,
@@ -287,6 +338,18 @@ def _checks_seen(
         "feature_distance": _round(distance),
         "feature_cutoff": _round(cutoff),
     }
+
+
+def _body_part_source(metadata: dict[str, Any], recognition: RecognitionLike | None) -> str:
+    """Who placed the image in its region: "header", "uploader" (a person's choice at upload),
+    "recogniser", or "" (nobody)."""
+    if region_of_body_part(str(metadata.get("BodyPartExamined") or "")):
+        return "header"
+    if region_of_body_part(str(metadata.get(CHOSEN_BODY_PART) or "")):
+        return "uploader"
+    if recognition is not None and recognition.region in REGIONS:
+        return "recogniser"
+    return ""
 
 
 def _round(value: float | None) -> float | None:

@@ -139,3 +139,43 @@ def test_patient_age_comes_from_patient_age_or_birth_and_study_dates() -> None:
     assert patient_age_years({"PatientAge": "006M"}) == 0.5
     assert round(patient_age_years({"PatientBirthDate": "20000101", "StudyDate": "20100101"}), 1) == 10.0
     assert patient_age_years({"PatientAge": "garbage"}) is None
+
+
+def test_a_body_part_chosen_at_upload_is_followed_and_the_recogniser_only_noted() -> None:
+    chosen = {"chosen_body_part": "EXTREMITY"}
+    for recognition in (seen("unrecognised", "unrecognised", 0.4), seen("chest_adult", "chest")):
+        result = check(LIMB, recognition, chosen)
+        assert result.applicable and result.reason == "", result.reason
+        assert any(
+            note.startswith("The image recogniser sees")
+            and note.endswith("but the uploader chose body part EXTREMITY; the choice was followed.")
+            for note in result.notes
+        ), result.notes
+        assert result.checks["body_part_source"] == "uploader"
+        assert result.checks["chosen_body_part"] == "EXTREMITY"
+
+
+def test_a_chosen_body_part_still_faces_the_age_view_and_feature_checks() -> None:
+    unplaced = seen("unrecognised", "unrecognised", 0.4)
+    chosen = {"chosen_body_part": "CHEST"}
+    too_old = check(CHILD_CHEST, unplaced, {**chosen, "PatientAge": "045Y"})
+    far = check(LIMB, unplaced, {"chosen_body_part": "HAND"}, distance=9.0, cutoff=5.0)
+    lateral = check(CHILD_CHEST, unplaced, {**chosen, "ViewPosition": "LL"})
+
+    assert not too_old.applicable and "the patient is 45 years old" in too_old.reason
+    assert not far.applicable and "distance 9.0, cut-off 5.0" in far.reason
+    assert not lateral.applicable and "the view is LL" in lateral.reason
+    for result in (too_old, far, lateral):
+        assert "not recognised" not in result.reason and "recogniser" not in result.reason
+
+
+def test_the_dicom_header_wins_over_a_chosen_body_part() -> None:
+    result = check(LIMB, seen("limb", "limb"), {"BodyPartExamined": "CHEST", "chosen_body_part": "HAND"})
+    assert not result.applicable and "the DICOM header says body part CHEST" in result.reason
+    assert result.checks["body_part_source"] == "header"
+
+
+def test_without_a_header_or_a_choice_an_unrecognised_image_still_never_counts() -> None:
+    result = check(LIMB, seen("unrecognised", "unrecognised", 0.3), {"chosen_body_part": ""})
+    assert not result.applicable and "not recognised" in result.reason
+    assert result.checks["body_part_source"] == ""

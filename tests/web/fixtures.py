@@ -204,8 +204,9 @@ WS_ORIGIN = (b"origin", b"http://testserver")
 
 @pytest.fixture(scope="session")
 def tiny_registry() -> Iterator[Path]:
-    """registry.json with a tiny real Keras model for pneumonia and a missing artifact for
-    cardiomegaly (so that condition runs the flagged placeholder)."""
+    """registry.json with a tiny real Keras model for pneumonia and for fracture (with a limb
+    population) and a missing artifact for cardiomegaly (so that condition runs the flagged
+    placeholder)."""
     folder = Path(tempfile.mkdtemp(prefix="radtriage-registry-"))
     code = f"""
 import keras
@@ -236,9 +237,16 @@ reg.register({{**base, "id": "pneumonia-tiny-test", "condition": "pneumonia",
                "artifact": "models/tiny.keras", "sha256": sha256_file(artifact)}})
 reg.register({{**base, "id": "cardiomegaly-missing", "condition": "cardiomegaly",
                "artifact": "models/missing.keras"}})
+# A limb model with a declared population (no population.npz: no feature distance), so the
+# population check runs on fracture results.
+reg.register({{**base, "id": "fracture-tiny-test", "condition": "fracture",
+               "artifact": "models/tiny.keras", "sha256": sha256_file(artifact), "population": {{
+    "region": "limb", "description": "Limb films of adults and children",
+    "recogniser_classes": ["limb"], "views": ["frontal", "lateral", "oblique"], "age_group": "both"}}}})
 # The fixture's own starting choice (no artifact check: one model here is missing on purpose).
 reg.set_active("pneumonia-tiny-test")
 reg.set_active("cardiomegaly-missing")
+reg.set_active("fracture-tiny-test")
 yes = {{**base, "condition": "pneumonia", "artifact": "models/always-yes.keras",
         "sha256": sha256_file(always_artifact)}}
 reg.register({{**yes, "id": "pneumonia-always-yes-experimental", "status": "experimental",

@@ -115,3 +115,98 @@ def test_a_finding_the_ai_missed_is_recorded_with_its_condition_and_place(api) -
     audit = AuditEvent.objects.get(action="finding.missed")
     assert audit.detail["condition"] == "pneumonia" and audit.patient.patient_id == "MRN-MISSED"
     assert report_notes([Image.objects.get(pk=image_id)])[0].about == "Missed by the AI: Pneumonia"
+
+
+def angle(*points: tuple[float, float]) -> dict[str, Any]:
+    return {"type": "angle", "points": [list(p) for p in points]}
+
+
+def test_an_angle_is_in_degrees_from_its_vertex_and_needs_no_calibration() -> None:
+    right = angle((100, 0), (0, 0), (0, 100))
+    assert shape_measurement(right, None) == {
+        "kind": "angle",
+        "value": 90.0,
+        "unit": "deg",
+        "calibrated": False,
+        "source": "",
+        "text": "90.0°",
+    }
+    square = Spacing(row_mm=0.2, col_mm=0.2, source="ImagerPixelSpacing")
+    assert shape_measurement(right, square)["text"] == "90.0°"  # no "at the detector": an angle
+    assert shape_measurement(angle((10, 10), (0, 0), (10, 0)), None)["value"] == 45.0
+    assert shape_measurement(angle((10, 0), (0, 0), (-10, 0)), None)["value"] == 180.0
+    assert shape_measurement(angle((10, 0), (0, 0), (20, 0)), None)["value"] == 0.0
+    assert shape_measurement(angle((0, 0), (0, 0), (5, 5)), None)["value"] == 0.0  # no ray: no angle
+    # Which ray comes first does not matter: 0 to 180, never negative or reflex.
+    assert shape_measurement(angle((0, 100), (0, 0), (100, 30)), None)["value"] == pytest.approx(
+        73.3, abs=0.05
+    )
+    assert shape_measurement(angle((100, 30), (0, 0), (0, 100)), None)["value"] == pytest.approx(
+        73.3, abs=0.05
+    )
+
+
+def test_with_anisotropic_pixels_an_angle_is_the_one_in_physical_space() -> None:
+    # 45° on the pixel grid; rows 0.2 mm apart, columns 0.1 mm: the ray is 1 mm across and 2 mm
+    # down, so atan(2 / 1) = 63.4° from the horizontal ray.
+    diagonal = angle((10, 0), (0, 0), (10, 10))
+    assert shape_measurement(diagonal, None)["value"] == 45.0
+    measured = shape_measurement(diagonal, Spacing(row_mm=0.2, col_mm=0.1, source="PixelSpacing"))
+    assert (measured["value"], measured["calibrated"], measured["source"]) == (63.4, True, "PixelSpacing")
+    # A right angle on the grid between two diagonals is not one in the patient.
+    tilted = angle((10, -10), (0, 0), (10, 10))
+    assert shape_measurement(tilted, None)["value"] == 90.0
+    assert shape_measurement(tilted, Spacing(0.2, 0.1, "PixelSpacing"))["value"] == 126.9
+
+
+def test_an_angle_is_saved_listed_and_reported_with_its_three_points(api) -> None:
+    from web.clinical.models import Annotation, Image
+    from web.clinical.reporting.pdf import report_notes
+
+    body = upload(api, dicom_bytes(patient_id="MRN-ANGLE", pixel_spacing=(0.2, 0.1))).json()
+    image_id = body["image"]["id"]
+    # In millimetres: ray one 1 mm across and 2 mm down, ray two 2 mm across: 63.4°.
+    shape = angle((20, 30), (10, 20), (30, 20))
+    made = api.post(
+        "/api/annotations/", {"image": image_id, "shapes": [shape], "note": "Cobb"}, format="json"
+    )
+    assert made.status_code == 201, made.content
+    assert made.json()["shapes"] == [shape]
+    assert made.json()["measurements"] == [
+        {
+            "kind": "angle",
+            "value": 63.4,
+            "unit": "deg",
+            "calibrated": True,
+            "source": "PixelSpacing",
+            "text": "63.4°",
+        }
+    ]
+    listed = api.get(f"/api/images/{image_id}/annotations/").json()
+    assert listed[0]["shapes"] == [shape] and listed[0]["measurements"] == made.json()["measurements"]
+    assert Annotation.objects.get(pk=made.json()["id"]).shapes == [shape]
+    assert report_notes([Image.objects.get(pk=image_id)])[0].marks == "1 mark: angle 63.4°"
+
+    for points in ([[0, 0], [1, 1]], [[0, 0], [1, 1], [2, 2], [3, 3]], [[0, 0], [1, 1], ["x", 2]]):
+        refused = api.post(
+            "/api/annotations/",
+            {"image": image_id, "shapes": [{"type": "angle", "points": points}]},
+            format="json",
+        )
+        assert refused.status_code == 400, points
+    no_points = api.post(
+        "/api/annotations/", {"image": image_id, "shapes": [{"type": "angle"}]}, format="json"
+    )
+    assert no_points.json()["error"].endswith("Shape 0: an angle needs 3 points.")
+
+
+def test_the_report_draws_an_angle_as_its_two_rays() -> None:
+    import numpy as np
+
+    from web.clinical.review.shapes import draw_shape
+
+    canvas = np.zeros((100, 100, 3), np.uint8)
+    draw_shape(canvas, angle((90, 50), (10, 50), (10, 5)), colour=(255, 212, 59))
+    assert canvas[50, 50].tolist() == [255, 212, 59]  # on the first ray
+    assert canvas[30, 10].tolist() == [255, 212, 59]  # on the second
+    assert canvas[20, 60].tolist() == [0, 0, 0]  # not between them

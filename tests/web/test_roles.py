@@ -151,6 +151,12 @@ ROUTE_RULES: dict[str, list[Check]] = {
     "api:report-sign": [Check("post", "/api/reports/{report}/sign/", per_persona(401, 403, 403, 200, 409))],
     # A draft is the radiologists' working copy: a technologist does not see it exists.
     "api:report-pdf": [Check("get", "/api/reports/{report}/pdf/", per_persona(401, 403, 404, 200, 200))],
+    # The templates offered while drafting: radiologists (who write reports) read them; admins
+    # edit them in the Django admin, never over the API.
+    "api:report-templates": [
+        Check("get", "/api/report-templates/?study={study}", per_persona(401, 403, 403, 200, 200)),
+        Check("post", "/api/report-templates/", per_persona(401, 403, 403, 405, 405), data=lambda ids: {}),
+    ],
     # Claim, release, mark reviewed: reviewers only. The radiologist claims first, so the
     # admin then finds it claimed (409); release/reviewed are the assignee's (the admin is not).
     "api:study-claim": [Check("post", "/api/studies/{study}/claim/", per_persona(401, 403, 403, 200, 409))],

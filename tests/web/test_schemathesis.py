@@ -29,6 +29,7 @@ BUSINESS_RULES = {
     "POST /api/auth/token/": "the username and password must be an account's",
     "POST /api/images/{id}/analyses/": "each condition must be known and fit the image's body part",
     "POST /api/exports/deidentified/": "the studies named in the body must exist",
+    "POST /api/studies/{id}/reports/": "a report template named in the body must exist and be active",
 }
 
 

@@ -1,6 +1,7 @@
 """Study reports over the API: list (drafts for radiologists only), draft (the study's holder),
-sign (the draft's author), download the PDF. A refusal answers {"error": why}: 409 when the
-holder, the author or the report's state does not allow it, naming who."""
+sign (the draft's author), download the PDF; the report templates offered while drafting. A
+refusal answers {"error": why}: 409 when the holder, the author or the report's state does not
+allow it, naming who."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from web.access import Capability, api_requires, can, client_ip
 from web.api.schema import refused
 from web.api.serializers import TextField
 from web.clinical.audit.reads import Read, reader_of, study_read
-from web.clinical.models import Report, Study
+from web.clinical.models import Report, ReportTemplate, Study
+from web.clinical.reporting.report_templates import report_templates_offered, study_template_region
 from web.clinical.reporting.reports import (
     MAX_IMPRESSION_CHARS,
     CriticalCommunication,
@@ -48,7 +50,10 @@ class ReportSerializer(serializers.ModelSerializer):
             "version",
             "is_addendum",
             "state",
+            "clinical_information",
+            "findings",
             "impression",
+            "template_name",
             "critical_finding",
             "critical_told_to",
             "critical_told_how",
@@ -79,8 +84,26 @@ class ReportSerializer(serializers.ModelSerializer):
         return f"/api/reports/{report.pk}/pdf/"
 
 
+def _report_text(**kwargs: Any) -> TextField:
+    return TextField(allow_blank=True, max_length=MAX_IMPRESSION_CHARS, trim_whitespace=False, **kwargs)
+
+
 class DraftSerializer(serializers.Serializer):
-    impression = TextField(allow_blank=True, max_length=MAX_IMPRESSION_CHARS, trim_whitespace=False)
+    impression = _report_text()
+    # Left out, the draft's stay as they were.
+    clinical_information = _report_text(required=False)
+    findings = _report_text(required=False)
+    template = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        help_text="An active report template: its text fills the fields left empty.",
+    )
+    template_replace = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="The template's text replaces what the fields hold (the radiologist confirmed it).",
+    )
     # A critical result and its communication; left out, the draft's stay as they were.
     critical_finding = TextField(required=False, allow_blank=True, max_length=2000)
     critical_told_to = TextField(required=False, allow_blank=True, max_length=200)
@@ -159,7 +182,11 @@ class StudyReportsView(APIView):
                 study_id=pk,
                 author=request.user,
                 impression=form.validated_data["impression"],
+                clinical_information=form.validated_data.get("clinical_information"),
+                findings=form.validated_data.get("findings"),
                 critical=_critical(form.validated_data),
+                template_id=form.validated_data.get("template"),
+                template_replace=form.validated_data["template_replace"],
                 ip_address=client_ip(request),
             )
         except StudyActionRefused as exc:
@@ -198,3 +225,40 @@ class ReportPdfView(APIView):
         study = report.study
         name = f"report-{study.accession_number or study.pk}-v{report.version}.pdf"
         return FileResponse(report.pdf.open("rb"), content_type="application/pdf", filename=name)
+
+
+class ReportTemplateSerializer(serializers.ModelSerializer):
+    for_this_region = serializers.SerializerMethodField(help_text="For the body region of ?study.")
+
+    class Meta:
+        model = ReportTemplate
+        fields = ["id", "name", "region", "clinical_information", "findings", "impression", "for_this_region"]
+        read_only_fields = fields
+
+    def get_for_this_region(self, template: ReportTemplate) -> bool:
+        region = self.context.get("region", "")
+        return bool(region) and template.region == region
+
+
+class TemplateQuerySerializer(serializers.Serializer):
+    study = serializers.IntegerField(required=False, min_value=1)
+
+
+class ReportTemplatesView(APIView):
+    """GET: the active report templates (admins edit them in the admin); with ?study=<id>, those
+    for that study's body region first."""
+
+    permission_classes = [api_requires(Capability.REVIEW)]
+
+    @extend_schema(
+        parameters=[TemplateQuerySerializer],
+        responses={200: ReportTemplateSerializer(many=True)},
+        summary="The report templates offered while drafting",
+    )
+    def get(self, request: Request) -> Response:
+        form = TemplateQuerySerializer(data=request.query_params)
+        form.is_valid(raise_exception=True)
+        study = _study(form.validated_data["study"]) if "study" in form.validated_data else None
+        templates = report_templates_offered(study=study)
+        context = {"region": study_template_region(study)}
+        return Response(ReportTemplateSerializer(templates, many=True, context=context).data)

@@ -43,6 +43,16 @@ class AnalysisSerializer(serializers.ModelSerializer):
         child=serializers.DictField(child=serializers.CharField()), read_only=True
     )
     image_thumbnail_url = serializers.SerializerMethodField()
+    body_part_source = serializers.ChoiceField(
+        choices=["header", "uploader", "recogniser", ""],
+        read_only=True,
+        help_text="who placed the image in the model's region: the DICOM header, the uploader's "
+        "choice (followed over the image recogniser, which is then only noted), the recogniser, "
+        "or nobody (blank)",
+    )
+    chosen_body_part = serializers.CharField(
+        read_only=True, help_text="the body part the uploader chose, where the result followed it"
+    )
 
     class Meta:
         model = Analysis
@@ -69,6 +79,8 @@ class AnalysisSerializer(serializers.ModelSerializer):
             "applicable",
             "not_applicable_reason",
             "applicability",
+            "body_part_source",
+            "chosen_body_part",
             "heatmap_peak",
             "gradcam_method",
             "gradcam_layer",
@@ -221,7 +233,7 @@ class StudyDetailSerializer(StudyListSerializer):
             f
             for f in StudyListSerializer.Meta.fields
             if f not in ("image_count", "pending_count", "failed_count")
-        ] + ["images"]
+        ] + ["body_part_source", "images"]
         read_only_fields = fields
 
 
@@ -340,14 +352,16 @@ class UploadResultSerializer(serializers.Serializer):
 
 
 class MeasurementSerializer(serializers.Serializer):
-    kind = serializers.ChoiceField(choices=["length"])
+    kind = serializers.ChoiceField(choices=["length", "angle"])
     value = serializers.FloatField()
-    unit = serializers.ChoiceField(choices=["mm", "px"])
-    calibrated = serializers.BooleanField(help_text="false: pixels, the header gives no pixel size")
+    unit = serializers.ChoiceField(choices=["mm", "px", "deg"])
+    calibrated = serializers.BooleanField(
+        help_text="false: the header gives no pixel size (a length in pixels; an angle on square pixels)"
+    )
     source = serializers.CharField(  # type: ignore[assignment]  # a field named like Field.source
         help_text="PixelSpacing or ImagerPixelSpacing; empty when uncalibrated"
     )
-    text = serializers.CharField(help_text='e.g. "23.4 mm" or "112.0 px (uncalibrated)"')
+    text = serializers.CharField(help_text='e.g. "23.4 mm", "112.0 px (uncalibrated)" or "42.5°"')
 
 
 class AnnotationSerializer(serializers.ModelSerializer):
@@ -377,7 +391,7 @@ class AnnotationSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(MeasurementSerializer(many=True))
     def get_measurements(self, annotation: Annotation) -> list[Measurement]:
-        """Each length shape measured (review.measure), from the image's stored header."""
+        """Each length and angle shape measured (review.measure), from the image's stored header."""
         return annotation_measurements(annotation.shapes or [], annotation.image.dicom_header)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:

@@ -42,6 +42,7 @@ urlpatterns = [
     path("studies/<int:pk>/reports/", report_views.StudyReportsView.as_view(), name="study-reports"),
     path("reports/<int:pk>/sign/", report_views.ReportSignView.as_view(), name="report-sign"),
     path("reports/<int:pk>/pdf/", report_views.ReportPdfView.as_view(), name="report-pdf"),
+    path("report-templates/", report_views.ReportTemplatesView.as_view(), name="report-templates"),
     # The reading room (web.api.review_views): viewing needs VIEW_STUDIES, changes need REVIEW.
     path("images/<int:pk>/display/", review_views.ImageDisplayView.as_view(), name="image-display"),
     path("images/<int:pk>/pixels/", review_views.ImagePixelsView.as_view(), name="image-pixels"),

@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from web.access import AdminLoginForm, Role, admin_site_permission
+from web.access import AdminLoginForm, Role, admin_site_permission, client_ip
 from web.clinical.audit.queries import BadAuditFilter, audit_event_filter
 from web.clinical.models import (
     Analysis,
@@ -16,9 +16,11 @@ from web.clinical.models import (
     AuditEvent,
     Image,
     Patient,
+    ReportTemplate,
     Study,
     UploadConflict,
 )
+from web.clinical.reporting.report_templates import report_template_delete, report_template_save
 
 
 @admin.register(Patient)
@@ -226,6 +228,27 @@ class UploadConflictAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(ReportTemplate)
+class ReportTemplateAdmin(admin.ModelAdmin):
+    """Report templates per body region: radiologists apply them while drafting. Each edit names
+    its admin and is audited (web.clinical.reporting.report_templates)."""
+
+    list_display = ["name", "region", "active", "updated_by", "updated_at"]
+    list_filter = ["region", "active"]
+    search_fields = ["name"]
+    fields = ["name", "region", "clinical_information", "findings", "impression", "active"]
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        report_template_save(template=obj, actor=request.user, ip_address=client_ip(request))
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        report_template_delete(template=obj, actor=request.user, ip_address=client_ip(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        for template in queryset:
+            report_template_delete(template=template, actor=request.user, ip_address=client_ip(request))
 
 
 # The admin home links to the model registry page (web/clinical/registry_admin.py).

@@ -1,6 +1,6 @@
 """The clinical domain's tables. The logic that changes them lives in the concept packages
-(analysis, worklist, reporting, batches, dicom, audit); batches and PACS sends keep their
-tables beside their logic and are re-exported here."""
+(analysis, worklist, reporting, batches, dicom, audit); batches, PACS sends and report templates
+keep their tables beside their logic and are re-exported here."""
 
 from __future__ import annotations
 
@@ -53,6 +53,14 @@ class Patient(models.Model):
 
 
 class Study(models.Model):
+    class BodyPartSource(models.TextChoices):
+        """Who gave the study its body part at upload."""
+
+        HEADER = "header", "DICOM header"
+        UPLOADER = "uploader", "chosen by the uploader"
+        RECOGNISER = "recogniser", "image recogniser"
+        NONE = "", "none"
+
     class Priority(models.IntegerChoices):
         STAT = 1, "STAT"
         URGENT = 2, "Urgent"
@@ -75,6 +83,11 @@ class Study(models.Model):
     study_date = models.DateField(null=True, blank=True)
     modality = models.CharField(max_length=16, blank=True)
     body_part = models.CharField("Body part (DICOM BodyPartExamined)", max_length=64, blank=True)
+    # A body part chosen by a person is followed by the analyses as the header would be
+    # (core.applicability.CHOSEN_BODY_PART); one the recogniser proposed is not.
+    body_part_source = models.CharField(
+        max_length=16, choices=BodyPartSource.choices, blank=True, default=BodyPartSource.NONE
+    )
     description = models.CharField(max_length=200, blank=True)
     priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.ROUTINE)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RECEIVED)
@@ -254,6 +267,22 @@ class Analysis(models.Model):
     def is_not_applicable(self) -> bool:
         return self.state == self.State.SUCCEEDED and self.applicable is False
 
+    @property
+    def body_part_source(self) -> str:
+        """Who placed the image in the model's region for this result: "header", "uploader"
+        (a person's choice at upload, followed over the recogniser), "recogniser", or ""."""
+        return str((self.applicability or {}).get("body_part_source") or "")
+
+    @property
+    def model_card_url(self) -> str:
+        from web.clinical.registry.cards import model_card_url
+
+        return model_card_url(self.model_id)
+
+    @property
+    def chosen_body_part(self) -> str:
+        return str((self.applicability or {}).get("chosen_body_part") or "")
+
 
 class Annotation(models.Model):
     class Verdict(models.TextChoices):
@@ -421,7 +450,12 @@ class Report(models.Model):
     study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="reports")
     version = models.PositiveIntegerField()
     is_addendum = models.BooleanField(default=False)
+    # The report's text, in three fields: each printed under its heading.
+    clinical_information = models.TextField(blank=True)
+    findings = models.TextField(blank=True)
     impression = models.TextField(blank=True)
+    # The report template last applied to this version (its name as it was then), if any.
+    template_name = models.CharField(max_length=100, blank=True)
     state = models.CharField(max_length=8, choices=State.choices, default=State.DRAFT)
     # Only the author edits a draft and signs it (web.clinical.reporting.reports).
     author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
@@ -476,7 +510,15 @@ class Report(models.Model):
 
     # What signing freezes; only the rendering bookkeeping may still change.
     FROZEN_WHEN_SIGNED = (
+        "clinical_information",
+        "findings",
         "impression",
+        "template_name",
+        "critical_finding",
+        "critical_told_to",
+        "critical_told_how",
+        "critical_told_at",
+        "critical_acknowledged",
         "state",
         "author_id",
         "taken_over_from_id",
@@ -511,6 +553,7 @@ class SignedReportChanged(Exception):
 # Tables kept beside their logic; imported last, as they refer to the ones above.
 from web.clinical.batches.models import Batch, BatchItem  # noqa: E402
 from web.clinical.dicom.models import DicomSend  # noqa: E402
+from web.clinical.reporting.models import ReportTemplate  # noqa: E402
 
 __all__ = [
     "Analysis",
@@ -523,6 +566,7 @@ __all__ = [
     "Image",
     "Patient",
     "Report",
+    "ReportTemplate",
     "SignedReportChanged",
     "Study",
     "UploadConflict",

@@ -16,6 +16,8 @@ urlpatterns = [
     path("studies/<int:study_id>/", views.study_page, name="study"),
     path("studies/<int:study_id>/report/", views.report_page, name="report"),
     path("analyses/<int:analysis_id>/card/", views.analysis_card, name="analysis-card"),
+    path("models/<str:model_id>/card/", views.model_card_page, name="model-card"),
+    path("models/<str:model_id>/card/<str:name>", views.model_card_figure_file, name="model-card-figure"),
     path("batches/", views.batches_page, name="batches"),
     path("batches/<int:batch_id>/", views.batch_page, name="batch"),
 ]

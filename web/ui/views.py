@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib.staticfiles import finders
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.cache import cache_control
 
@@ -14,9 +14,11 @@ from web.access import Capability, can, client_ip, requires
 from web.clinical.audit.reads import Read, analysis_read, reader_of, studies_read, study_read
 from web.clinical.batches.batches import batch_progress
 from web.clinical.batches.summary import batch_summary
-from web.clinical.models import Analysis, Batch, Report, Study
+from web.clinical.models import Analysis, Batch, Report, ReportTemplate, Study
+from web.clinical.registry.cards import ModelUnknown, model_card_figure, model_card_read
 from web.clinical.reporting.pdf import report_ai_text
-from web.clinical.reporting.reports import report_desk, reports_visible
+from web.clinical.reporting.report_templates import report_templates_offered, study_template_region
+from web.clinical.reporting.reports import REPORT_SECTIONS, report_desk, report_sections, reports_visible
 from web.clinical.worklist.claims import study_open
 from web.clinical.worklist.queries import (
     WORKLIST_REGIONS,
@@ -135,6 +137,8 @@ def report_page(request: HttpRequest, study_id: int) -> HttpResponse:
     except Study.DoesNotExist:
         raise Http404("No such study.") from None
     desk = report_desk(study=study, user=request.user)
+    for report in desk.reports:
+        report.sections = report_sections(report)  # type: ignore[attr-defined]
     context = {
         "study": study,
         "reports": desk.reports,
@@ -145,8 +149,21 @@ def report_page(request: HttpRequest, study_id: int) -> HttpResponse:
         "may_take_over": desk.may_take_over,
         "ai_text": report_ai_text(study),
         "told_how": Report.ToldHow.choices,
+        "templates": _template_choices(study) if desk.may_write else [],
     }
     return render(request, "ui/report.html", context)
+
+
+def _template_choices(study: Study) -> list[tuple[str, list[ReportTemplate]]]:
+    """The template picker's groups: this body region's templates, then the others; each
+    template says which of the report's fields it has text for (`fills`)."""
+    region = study_template_region(study)
+    groups: dict[str, list[ReportTemplate]] = {}
+    for template in report_templates_offered(study=study):
+        template.fills = " ".join(n for n, _h in REPORT_SECTIONS if getattr(template, n).strip())  # type: ignore[attr-defined]
+        mine = bool(region) and template.region == region
+        groups.setdefault("For this body region" if mine else "Other templates", []).append(template)
+    return list(groups.items())
 
 
 @cache_control(public=True, max_age=86400)
@@ -168,6 +185,27 @@ def analysis_card(request: HttpRequest, analysis_id: int) -> HttpResponse:
     except Analysis.DoesNotExist:
         raise Http404("No such analysis.") from None
     return render(request, "ui/_analysis.html", {"a": analysis})
+
+
+@requires(Capability.VIEW_STUDIES)
+def model_card_page(request: HttpRequest, model_id: str) -> HttpResponse:
+    """A model's card rendered, with its figures; a clear 404 page for an unknown model."""
+    try:
+        card = model_card_read(model_id=model_id)
+    except ModelUnknown as exc:
+        return render(request, "ui/model_card.html", {"unknown": str(exc), "model_id": model_id}, status=404)
+    return render(request, "ui/model_card.html", {"card": card, "model_id": model_id})
+
+
+@requires(Capability.VIEW_STUDIES)
+@cache_control(private=True, max_age=3600)
+def model_card_figure_file(request: HttpRequest, model_id: str, name: str) -> FileResponse:
+    """One figure beside a model's card (a plain .png name in that model's folder only)."""
+    try:
+        path = model_card_figure(model_id=model_id, name=name)
+    except (ModelUnknown, FileNotFoundError):
+        raise Http404("No such figure.") from None
+    return FileResponse(path.open("rb"), content_type="image/png")
 
 
 @requires(Capability.VIEW_STUDIES)

@@ -15,6 +15,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from core.applicability import CHOSEN_BODY_PART
 from core.conditions import (
     get_condition,
 )
@@ -193,10 +194,21 @@ def _analysis_xray(analysis: Analysis) -> XRay:
     # The header summary was read and stored at upload: only the pixels are needed again.
     xray = dataclasses.replace(
         load_xray(data, max_pixels=settings.RADTRIAGE_MAX_PIXELS, read_metadata=False),
-        metadata=dict(analysis.image.dicom_header or {}),
+        metadata=analysis_metadata(analysis),
     )
     check_body_part(xray, condition=analysis.condition)
     return xray
+
+
+def analysis_metadata(analysis: Analysis) -> dict[str, Any]:
+    """What the applicability check reads of the image: its stored header summary, and the
+    body part a person chose at upload (core.applicability.CHOSEN_BODY_PART), which the check
+    follows as it follows the header (and the header wins where it names one)."""
+    metadata = dict(analysis.image.dicom_header or {})
+    study = analysis.image.study
+    if study.body_part_source == study.BodyPartSource.UPLOADER and study.body_part:
+        metadata[CHOSEN_BODY_PART] = study.body_part
+    return metadata
 
 
 def _analysis_fail_permanently(analysis: Analysis, exc: Exception) -> Analysis:

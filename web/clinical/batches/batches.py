@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from web.clinical.analysis.jobs import analyses_dispatch, analyses_run
 from web.clinical.audit.records import audit_record
+from web.clinical.batches.summary import batch_eta, batch_positives
 from web.clinical.events import GroupListener, batch_event_publish, batch_group
 from web.clinical.ingest.archive_safety import Member
 from web.clinical.ingest.parts import BulkUploadItem, UploadFields, UploadResult, patient_is_unidentified
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 BATCH_WAIT_POLL_SECONDS = 0.5
 # Files per call of the upload service: bounds memory, and lets the page show progress.
 IMPORT_CHUNK = 50
-ENDED = (Analysis.State.SUCCEEDED, Analysis.State.FAILED)
 
 PATIENT_FROM_CSV = "patients.csv"
 PATIENT_FROM_NONE = "unidentified"  # no patient fields: filed under a generated ID (parts.py)
@@ -445,8 +445,9 @@ def _overran_note(started_at: dt.datetime) -> str:
 
 
 def batch_progress(batch: Batch, *, now: dt.datetime | None = None) -> dict[str, Any]:
-    """done / total (ended analyses), failed, percent, and the ETA in seconds (None until
-    something has finished, or once all have)."""
+    """done / total (ended analyses), failed, percent, the positives per condition so far, and
+    the time left at the rate measured on this batch (summary.batch_eta: eta_seconds and
+    eta_text, "measuring…" until there is a rate). Each progress event carries this."""
     counts = Analysis.objects.filter(batch=batch).aggregate(
         total=Count("pk"),
         succeeded=Count("pk", filter=Q(state=Analysis.State.SUCCEEDED)),
@@ -456,10 +457,6 @@ def batch_progress(batch: Batch, *, now: dt.datetime | None = None) -> dict[str,
     done = counts["succeeded"] + failed
     # While files are still being imported the total still grows: never 100 % before the end.
     imported = BatchItem.objects.filter(batch=batch).count() >= batch.files_total
-    eta: float | None = None
-    if batch.started_at and 0 < done < total:
-        elapsed = ((now or timezone.now()) - batch.started_at).total_seconds()
-        eta = round(elapsed / done * (total - done), 1)
     return {
         "batch": batch.pk,
         "state": batch.state,
@@ -468,7 +465,8 @@ def batch_progress(batch: Batch, *, now: dt.datetime | None = None) -> dict[str,
         "failed": failed,
         "imported": imported,
         "percent": _percent(done=done, total=total, imported=imported),
-        "eta_seconds": eta,
+        **batch_eta(batch, done=done, total=total, now=now),
+        "positives": batch_positives(batch),
         "overran_window": batch.overran_window,
         "note": batch.note,
     }

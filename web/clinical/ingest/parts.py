@@ -120,6 +120,7 @@ class Plan:
 
     decoded: Decoded
     body_part: str
+    body_part_source: str  # Study.BodyPartSource
     codes: list[str]
     warnings: list[str]
     patient: PatientValues
@@ -181,7 +182,7 @@ def upload_plan(decoded: Decoded, fields: UploadFields, conditions: list[str] | 
     meta = decoded.xray.metadata
     uid_check(fields.study_instance_uid.strip(), what="The study_instance_uid given")
     recognition = decoded.recognition
-    body_part, warnings = _body_part_resolve(
+    body_part, source, warnings = _body_part_resolve(
         header=normalise_body_part(header_value(meta, "BodyPartExamined")),
         chosen=normalise_body_part(fields.body_part),
         recognition=recognition,
@@ -191,6 +192,7 @@ def upload_plan(decoded: Decoded, fields: UploadFields, conditions: list[str] | 
     return Plan(
         decoded=decoded,
         body_part=body_part,
+        body_part_source=source,
         codes=codes,
         warnings=warnings + condition_warnings + unidentified_warnings(patient),
         patient=patient,
@@ -236,26 +238,25 @@ def _recognise(xray: XRay) -> dict[str, Any]:
     }
 
 
-def _body_part_resolve(*, header: str, chosen: str, recognition: dict[str, Any]) -> tuple[str, list[str]]:
-    """The DICOM header decides; else the uploader's choice; else the recognised region.
-    A recogniser that disagrees with the header or the choice is said, not followed."""
+def _body_part_resolve(
+    *, header: str, chosen: str, recognition: dict[str, Any]
+) -> tuple[str, str, list[str]]:
+    """The body part, who gave it (Study.BodyPartSource: the analyses follow a person's choice
+    as they follow the header) and warnings. The DICOM header decides; else the uploader's
+    choice; else the recognised region. A disagreeing recogniser is said, not followed."""
     seen = recognition.get("region") or ""
-    given = header or chosen
+    given, source = (header, "header") if header else (chosen, "uploader")
+    region = region_of_body_part(given)
+    if given and seen in REGION_BODY_PART and region not in ("", seen) and (seen, region) != ("knee", "limb"):
+        says = "the DICOM header says" if header else "the upload says"
+        words = f"The image recogniser sees {recognition['description']}, but {says} body part {given}"
+        return given, source, [f"{words}; {given} was followed."]
     if given:
-        source = "the DICOM header says" if header else "the upload says"
-        if (
-            seen in REGION_BODY_PART
-            and region_of_body_part(given) not in ("", seen)
-            and not (seen == "knee" and region_of_body_part(given) == "limb")
-        ):
-            return given, [
-                f"The image recogniser sees {recognition['description']}, but "
-                f"{source} body part {given}; {given} was followed."
-            ]
-        return given, []
+        return given, source, []
     if seen in REGION_BODY_PART:
-        return REGION_BODY_PART[seen], [f"Body part recognised from the image: {recognition['description']}."]
-    return "", []
+        words = f"Body part recognised from the image: {recognition['description']}."
+        return REGION_BODY_PART[seen], "recogniser", [words]
+    return "", "", []
 
 
 def conditions_resolve(conditions: list[str] | None, *, body_part: str) -> tuple[list[str], list[str]]:
@@ -489,6 +490,7 @@ def _study_build(plan: Plan, fields: UploadFields, *, patient: Patient) -> Study
             or ("DX" if xray.source_format == "dicom" else "OT")
         )[:16],
         body_part=plan.body_part[:64],
+        body_part_source=plan.body_part_source,
         description=(header_value(meta, "StudyDescription") or fields.description)[:200],
         priority=fields.priority,
         # Created in its final state: no second write when its analyses are queued.

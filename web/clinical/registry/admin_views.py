@@ -20,6 +20,7 @@ from core.errors import RadTriageError
 from core.registry import Registry
 from web.access import Capability, can
 from web.clinical.registry.activation import ActivationRefused, registry_activate, registry_activation_preview
+from web.clinical.registry.cards import model_card_url
 
 
 def _rows(registry: Registry) -> list[dict[str, Any]]:
@@ -43,6 +44,7 @@ def _rows(registry: Registry) -> list[dict[str, Any]]:
                     "active": registry.active_models.get(code) == entry.id,
                     "population": (entry.raw.get("population") or {}).get("description", ""),
                     "check_pass_rate": _percent((entry.raw.get("applicability") or {}).get("test_pass_rate")),
+                    "card_url": model_card_url(entry.id),
                 }
             )
     return rows

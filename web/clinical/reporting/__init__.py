@@ -1,1 +1,2 @@
-"""Reports: their lifecycle and ownership, the PDF, and the AI results as DICOM SR and SC."""
+"""Reports: their lifecycle and ownership, report templates, the PDF, and the AI results as
+DICOM SR and SC."""

@@ -1,7 +1,7 @@
 """A report version as a PDF (WeasyPrint): header, patient and study, each image beside its
 heat-map overlays with the team's annotations drawn on it, the findings table, the annotations
-and their notes, the impression
-(and the versions signed before an addendum), the signer, and the fixed AI statement."""
+and their notes, the report's clinical information, findings and impression, each under its
+heading (and the versions signed before an addendum), the signer, and the fixed AI statement."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from core.conditions import get_condition
 from core.wording import NOT_APPLICABLE, PLACEHOLDER
 from web.clinical.analysis.findings import current_results, result_kind
 from web.clinical.models import Analysis, Annotation, Image, Report, Study
+from web.clinical.reporting.reports import report_sections
 from web.clinical.review.measure import image_spacing, shape_measurement
 
 AI_STATEMENT = (
@@ -88,10 +89,14 @@ def report_html(report: Report) -> str:
         .select_related("signed_by")
         .order_by("version")
     )
+    for earlier_report in earlier:
+        earlier_report.sections = report_sections(earlier_report)  # type: ignore[attr-defined]
     context = {
         "institution": settings.RADTRIAGE_INSTITUTION_NAME,
         "institution_address": settings.RADTRIAGE_INSTITUTION_ADDRESS,
         "report": report,
+        # The impression closes the report with the signature: the fields before it here.
+        "sections": report_sections(report, leave_out=("impression",)),
         "study": study,
         "patient": study.patient,
         "earlier": earlier,
@@ -175,14 +180,16 @@ def _about(annotation: Annotation) -> str:
 
 
 def _marks(shapes: list[dict[str, Any]], header: dict[str, Any]) -> str:
-    """ "2 marks: rect, length 23.4 mm": each shape, a measurement with its value and unit."""
+    """ "3 marks: rect, length 23.4 mm, angle 42.0°": each shape, a measurement with its value."""
     if not shapes:
         return "-"
     spacing = image_spacing(header)
     words = []
     for shape in shapes:
         measured = shape_measurement(shape, spacing)
-        words.append(f"length {measured['text']}" if measured else str(shape.get("type") or "mark"))
+        words.append(
+            f"{measured['kind']} {measured['text']}" if measured else str(shape.get("type") or "mark")
+        )
     return f"{len(shapes)} mark{'s' if len(shapes) != 1 else ''}: {', '.join(words)}"
 
 

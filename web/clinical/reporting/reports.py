@@ -4,7 +4,8 @@ only the draft's author edits and signs it; a colleague is refused (409) with th
 the author's name and goes on only by taking the study over (audited, both names kept).
 Drafts are rendered to PDF by a worker. Signing freezes the version and moves the study to
 "reported" through the state machine (the one way there); a change after signing is an
-addendum, a new version, and the signed ones stay as they were."""
+addendum, a new version, and the signed ones stay as they were. A report's text is three fields
+(clinical information, findings, impression); a report template may fill the empty ones."""
 
 from __future__ import annotations
 
@@ -25,13 +26,31 @@ from web.clinical.audit.records import audit_record
 from web.clinical.dispatch import TASK_RENDER_REPORT, job_send
 from web.clinical.events import study_event_publish
 from web.clinical.files import files_delete
-from web.clinical.models import Report, Study
+from web.clinical.models import Report, ReportTemplate, Study
 from web.clinical.worklist.claims import holder_name, study_hold_for_report, study_locked
 from web.clinical.worklist.states import AI_STATES, StudyActionRefused, study_transition
 
 log = logging.getLogger(__name__)
 
-MAX_IMPRESSION_CHARS = 20_000
+MAX_IMPRESSION_CHARS = 20_000  # the most any one of the report's fields holds
+
+# The report's text fields, in the order a report prints them, each under its heading.
+REPORT_SECTIONS: tuple[tuple[str, str], ...] = (
+    ("clinical_information", "Clinical information"),
+    ("findings", "Findings"),
+    ("impression", "Impression"),
+)
+
+
+def report_sections(
+    report: Report | ReportTemplate, *, leave_out: tuple[str, ...] = ()
+) -> list[tuple[str, str]]:
+    """(heading, text) of each field that has text, in the order a report prints them."""
+    return [
+        (heading, getattr(report, name))
+        for name, heading in REPORT_SECTIONS
+        if name not in leave_out and getattr(report, name).strip()
+    ]
 
 
 class ReportError(StudyActionRefused):
@@ -106,20 +125,44 @@ def _critical_check(critical: CriticalCommunication) -> None:
         raise ReportError("Say which critical result was communicated.")
 
 
+def _template_fill(draft: Report, template: ReportTemplate, *, replace: bool) -> list[str]:
+    """Put the template's text into the draft's empty fields (into every field the template has
+    text for when `replace`: the radiologist confirmed it); the names of the fields filled."""
+    filled = []
+    for name, _heading in REPORT_SECTIONS:
+        text = getattr(template, name)
+        if text.strip() and (replace or not getattr(draft, name).strip()):
+            setattr(draft, name, text)
+            filled.append(name)
+    draft.template_name = template.name
+    return filled
+
+
+def _template_offered(template_id: int) -> ReportTemplate:
+    template = ReportTemplate.objects.filter(pk=template_id, active=True).first()
+    if template is None:
+        raise ReportError("No such report template, or it is no longer offered.")
+    return template
+
+
 def report_draft_save(
     *,
     study_id: int,
     author: Any,
     impression: str,
+    clinical_information: str | None = None,
+    findings: str | None = None,
     critical: CriticalCommunication | None = None,
+    template_id: int | None = None,
+    template_replace: bool = False,
     ip_address: str | None = None,
 ) -> Report:
     """Save `author`'s draft of the study: the one being edited, or a new version (an addendum
     once a version is signed). Refused (409) unless `author` holds the study (an unclaimed one
     is claimed for them) and any draft is theirs. A study waiting to be read goes into review.
-    Its PDF is rendered by a worker after the commit."""
-    if len(impression) > MAX_IMPRESSION_CHARS:
-        raise ReportError(f"The impression is longer than {MAX_IMPRESSION_CHARS:,} characters.")
+    Its PDF is rendered by a worker after the commit. A field passed as None stays as it was.
+    With `template_id`, that active template fills the fields left empty (every field it has
+    text for when `template_replace`); its name is kept on the version and in the audit row."""
     with transaction.atomic():
         study = study_locked(study_id)
         study_hold_for_report(study=study, user=author, ip_address=ip_address)
@@ -130,6 +173,17 @@ def report_draft_save(
             latest = study.reports.aggregate(n=Max("version"))["n"] or 0
             draft = Report(study=study, version=latest + 1, is_addendum=latest > 0, author=author)
         draft.impression = impression
+        if clinical_information is not None:
+            draft.clinical_information = clinical_information
+        if findings is not None:
+            draft.findings = findings
+        filled = None
+        if template_id is not None:
+            template = _template_offered(template_id)
+            filled = _template_fill(draft, template, replace=template_replace)
+        for name, heading in REPORT_SECTIONS:
+            if len(getattr(draft, name)) > MAX_IMPRESSION_CHARS:
+                raise ReportError(f"{heading} is longer than {MAX_IMPRESSION_CHARS:,} characters.")
         if critical is not None:
             _critical_check(critical)
             draft.critical_finding = critical.finding.strip()
@@ -149,6 +203,9 @@ def report_draft_save(
                 "version": draft.version,
                 "addendum": draft.is_addendum,
                 **({"critical": True, "told_to": draft.critical_told_to} if draft.critical_finding else {}),
+                **(
+                    {"template": draft.template_name, "template_filled": filled} if filled is not None else {}
+                ),
             },
         )
         if study.status in AI_STATES:
@@ -227,7 +284,9 @@ def report_render_request(*, report_id: int) -> None:
 
 
 def report_text_hash(report: Report) -> str:
-    """What the PDF must show: its text, state, signer and time (a signed PDF shows them)."""
+    """What the PDF must show: its text, state, signer and time (a signed PDF shows them). The
+    clinical information and findings count only once either has text, so a version without
+    them keeps the hash its PDF was rendered under (a signed PDF is never rendered again)."""
     critical = [
         report.critical_finding,
         report.critical_told_to,
@@ -244,6 +303,8 @@ def report_text_hash(report: Report) -> str:
             *critical,
         ]
     )
+    if report.clinical_information or report.findings:
+        key += "|" + "|".join([report.clinical_information, report.findings])
     return hashlib.sha256(key.encode()).hexdigest()
 
 

@@ -20,7 +20,8 @@ MAX_SHAPES = 50
 MAX_POINTS = 5000
 MAX_NOTE = 2000
 
-# type -> the numeric fields it needs (image pixel coordinates; freehand also has "points").
+# type -> the numeric fields it needs (image pixel coordinates; freehand and angle also have
+# "points": an angle's are [first ray's end, vertex, second ray's end]).
 SHAPE_FIELDS: dict[str, tuple[str, ...]] = {
     "rect": ("x", "y", "w", "h"),
     "ellipse": ("x", "y", "w", "h"),
@@ -28,6 +29,12 @@ SHAPE_FIELDS: dict[str, tuple[str, ...]] = {
     "length": ("x1", "y1", "x2", "y2"),  # a measured distance (review.measure)
     "freehand": (),
     "text": ("x", "y"),
+    "angle": (),  # a measured angle (review.measure)
+}
+# type -> how many points it takes (at least, at most), and what it is called.
+SHAPE_POINTS: dict[str, tuple[int, int, str]] = {
+    "freehand": (2, MAX_POINTS, "a freehand line"),
+    "angle": (3, 3, "an angle"),
 }
 
 
@@ -59,10 +66,12 @@ def shapes_clean(shapes: Any) -> list[dict[str, Any]]:
         out: dict[str, Any] = {"type": kind}
         for name in SHAPE_FIELDS[kind]:
             out[name] = _number(shape.get(name), f"Shape {index}: {name}")
-        if kind == "freehand":
+        if kind in SHAPE_POINTS:
+            least, most, called = SHAPE_POINTS[kind]
             points = shape.get("points")
-            if not isinstance(points, list) or not 2 <= len(points) <= MAX_POINTS:
-                raise ReviewRejected(f"Shape {index}: a freehand line needs 2 to {MAX_POINTS} points.")
+            if not isinstance(points, list) or not least <= len(points) <= most:
+                needs = f"{least} to {most}" if least != most else str(least)
+                raise ReviewRejected(f"Shape {index}: {called} needs {needs} points.")
             out["points"] = [
                 [_number(p[0], f"Shape {index}: point"), _number(p[1], f"Shape {index}: point")]
                 if isinstance(p, list | tuple) and len(p) == 2

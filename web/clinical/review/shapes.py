@@ -1,7 +1,7 @@
 """Drawing the team's annotation shapes onto an image (reports), in the format the viewer
 saves (web.clinical.review.annotations.shapes_clean), in image pixels:
 rect / ellipse {x, y, w, h}; arrow, length {x1, y1, x2, y2}; freehand {points: [[x, y], ...]};
-text {x, y, text}."""
+angle {points: [end, vertex, end]}; text {x, y, text}."""
 
 from __future__ import annotations
 
@@ -44,6 +44,9 @@ def draw_shape(canvas: np.ndarray, shape: dict[str, Any], *, colour: tuple[int, 
         cv2.line(canvas, points[0], points[1], colour, thickness)
         for end in points[:2]:
             cv2.circle(canvas, end, thickness * 2, colour, -1)
+    elif kind == "angle" and len(points) == 3:  # a measurement: the two rays, the value is listed
+        cv2.polylines(canvas, [np.array(points, np.int32)], False, colour, thickness)
+        cv2.circle(canvas, points[1], thickness * 2, colour, -1)
     elif kind == "arrow" and len(points) >= 2:
         cv2.arrowedLine(canvas, points[0], points[1], colour, thickness, tipLength=0.2)
     elif kind == "freehand" and len(points) >= 2:

@@ -25,6 +25,9 @@ from web.clinical.worklist.states import (
     study_transition,
 )
 
+# A taken-over draft's fields the audit row keeps beside its impression, when they hold text.
+DRAFT_FIELDS = ("clinical_information", "findings")
+
 
 class WorklistActionRefused(StudyActionRefused):
     """A claim, release, take-over or review that cannot be done now (409, or 404)."""
@@ -149,6 +152,7 @@ def study_take_over(*, study_id: int, user: Any, reason: str = "", ip_address: s
                 draft_version=draft.version,
                 draft_author=draft.author.get_username(),
                 draft_impression=draft.impression,
+                **{f"draft_{name}": getattr(draft, name) for name in DRAFT_FIELDS if getattr(draft, name)},
             )
             draft.taken_over_from = draft.taken_over_from or draft.author
             draft.author = user

@@ -25,7 +25,7 @@
   if (editor.dataset.canEdit !== "1") return;
   const studyId = editor.dataset.studyId;
   const message = document.getElementById("report-message");
-  const text = document.getElementById("impression");
+  const findings = document.getElementById("findings");
   const signButton = document.getElementById("sign-report");
 
   function csrfToken() {
@@ -40,7 +40,8 @@
     });
     const data = await response.json().catch(() => ({}));
     if (!response.ok) {
-      const detail = data.error || data.detail || (data.impression && data.impression[0]) || response.statusText;
+      const fieldError = Object.values(data).find(Array.isArray);
+      const detail = data.error || data.detail || (fieldError && fieldError[0]) || response.statusText;
       throw new Error(detail);
     }
     return data;
@@ -51,10 +52,13 @@
   }
   let draftId = null;
 
-  // The draft as on the screen: the impression, and the critical result with its communication.
+  // The report's text fields, as the API and the page name them.
+  const FIELDS = {clinical_information: "Clinical information", findings: "Findings", impression: "Impression"};
+  // The draft as on the screen: its text, and the critical result with its communication.
   const critical = document.getElementById("critical-result");
   function draftBody() {
-    const body = {impression: text.value};
+    const body = {};
+    Object.keys(FIELDS).forEach(function (name) { body[name] = document.getElementById(name).value; });
     if (!critical) return body;
     const field = function (name) { return critical.querySelector("[name=" + name + "]"); };
     const toldAt = field("critical_told_at").value;
@@ -65,14 +69,45 @@
     body.critical_acknowledged = field("critical_acknowledged").checked;
     return body;
   }
-  // One click puts the AI's current results into the text, each with its model.
+  // One click puts the AI's current results into the findings, each with its model.
   const insertAi = document.getElementById("insert-ai");
   if (insertAi) {
     insertAi.addEventListener("click", function () {
       const lines = insertAi.dataset.text;
-      const at = text.selectionStart != null ? text.selectionStart : text.value.length;
-      text.value = text.value.slice(0, at) + (at && text.value[at - 1] !== "\n" ? "\n" : "") + lines + "\n" + text.value.slice(at);
-      text.focus();
+      const at = findings.selectionStart != null ? findings.selectionStart : findings.value.length;
+      findings.value = findings.value.slice(0, at) + (at && findings.value[at - 1] !== "\n" ? "\n" : "") + lines + "\n" + findings.value.slice(at);
+      findings.focus();
+    });
+  }
+
+  // A template fills the empty fields (the server does, and records which template); text
+  // already written is replaced only when the radiologist says so.
+  const templateChoice = document.getElementById("template-choice");
+  if (templateChoice) {
+    document.getElementById("apply-template").addEventListener("click", async function () {
+      const option = templateChoice.selectedOptions[0];
+      if (!option || !option.value) { say("Choose a template first.", true); return; }
+      const written = option.dataset.fills.split(" ").filter(function (name) {
+        return name && document.getElementById(name).value.trim();
+      });
+      let replace = false;
+      if (written.length) {
+        replace = window.confirm("“" + option.textContent + "” has text for " +
+          written.map(function (name) { return FIELDS[name]; }).join(", ") +
+          ", where you have written already. Replace your text with the template's?\n\n" +
+          "Cancel keeps your text and fills only the empty fields.");
+      }
+      const body = draftBody();
+      body.template = Number(option.value);
+      body.template_replace = replace;
+      say("Applying…");
+      try {
+        const report = await send("/api/studies/" + studyId + "/reports/", body);
+        Object.keys(FIELDS).forEach(function (name) { document.getElementById(name).value = report[name]; });
+        draftId = report.id;
+        signButton.disabled = false;
+        say("Template “" + report.template_name + "” applied; draft version " + report.version + " saved.");
+      } catch (error) { say("Not applied: " + error.message, true); }
     });
   }
 

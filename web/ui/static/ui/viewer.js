@@ -9,8 +9,9 @@
 (function () {
   const esc = window.radtriageEscape;
   const me = window.RADTRIAGE_USER;
-  const KIND_LABELS = {rect: "rectangle", ellipse: "ellipse", arrow: "arrow", freehand: "freehand", text: "text", length: "length"};
-  const DRAW_TOOLS = ["rect", "ellipse", "arrow", "freehand", "text", "length"];
+  const KIND_LABELS = {rect: "rectangle", ellipse: "ellipse", arrow: "arrow", freehand: "freehand", text: "text", length: "length", angle: "angle"};
+  const DRAW_TOOLS = ["rect", "ellipse", "arrow", "freehand", "text", "length", "angle"];
+  const angleTool = window.radtriageAngle;  // angle.js
   const viewers = window.radtriageViewers = {};
   let active = null; // the viewer the keyboard drives: the last one used
 
@@ -223,6 +224,9 @@
       } else if (shape.type === "text") {
         label(shape.text || "", shape.x, shape.y, "16", 0, 0, false);
         return;
+      } else if (shape.type === "angle") {
+        angleTool.draw(ctx, shape, scale, meta && meta.pixel_spacing, label);
+        return;
       }
       ctx.stroke();
     }
@@ -237,7 +241,7 @@
     }
     function labelAt(shape) {
       if (shape.type === "arrow" || shape.type === "length") return [shape.x1, shape.y1];
-      if (shape.type === "freehand") return shape.points[0];
+      if (shape.type === "freehand" || shape.type === "angle") return shape.points[0];
       return [Math.min(shape.x, shape.x + (shape.w || 0)), Math.min(shape.y, shape.y + (shape.h || 0))];
     }
     function redraw() {
@@ -276,6 +280,9 @@
           label(a.author + (a.note ? ": " + a.note : ""), at[0], at[1], "12", 0, -4, false);
         }
       }
+      // What is being measured, live, as drawn beside the shape (for assistive reading and tests).
+      canvas.dataset.measuring = !draft ? "" : draft.type === "angle" ? angleTool.text(draft, meta.pixel_spacing)
+        : draft.type === "length" ? lengthText(draft) : "";
       if (draft) {
         ctx.strokeStyle = ctx.fillStyle = "#ffd43b";
         ctx.setLineDash([6 / scale, 4 / scale]);
@@ -391,7 +398,9 @@
       const measured = (a.measurements || []).slice();
       const missed = a.missed_condition ? "AI missed " + a.missed_condition + ": " : "";
       return missed + a.shapes.map(function (s, i) {
-        return s.type === "length" ? "length " + (measured.length ? measured.shift().text : lengthText(s)) : KIND_LABELS[s.type] || s.type;
+        if (s.type === "length") return "length " + (measured.length ? measured.shift().text : lengthText(s));
+        if (s.type === "angle") return "angle " + (measured.length ? measured.shift().text : angleTool.text(s, meta && meta.pixel_spacing));
+        return KIND_LABELS[s.type] || s.type;
       }).join(", ") || "note";
     }
     // Notes being edited, id -> text typed so far: a live event or a reload re-renders the
@@ -481,7 +490,7 @@
         for (const s of a.shapes) {
           let x0, y0, x1, y1;
           if (s.type === "arrow" || s.type === "length") { x0 = Math.min(s.x1, s.x2); x1 = Math.max(s.x1, s.x2); y0 = Math.min(s.y1, s.y2); y1 = Math.max(s.y1, s.y2); }
-          else if (s.type === "freehand") {
+          else if (s.type === "freehand" || s.type === "angle") {
             const xs = s.points.map(function (p) { return p[0]; }), ys = s.points.map(function (p) { return p[1]; });
             x0 = Math.min.apply(null, xs); x1 = Math.max.apply(null, xs); y0 = Math.min.apply(null, ys); y1 = Math.max.apply(null, ys);
           } else if (s.type === "text") { x0 = s.x; y0 = s.y - 16 / scale; x1 = s.x + 100 / scale; y1 = s.y; }
@@ -495,6 +504,7 @@
     // ------------------------------------------------------------------ tools and input
     function setTool(name) {
       if (DRAW_TOOLS.indexOf(name) >= 0 && !canReview) return;
+      if (draft && draft.type === "angle" && name !== "angle") { draft = null; redraw(); }
       tool = name;
       for (const b of root.querySelectorAll("[data-tool]")) b.setAttribute("aria-pressed", b.dataset.tool === tool ? "true" : "false");
       canvas.dataset.mode = tool;
@@ -547,6 +557,7 @@
       else if (k === "f" || k === "F") setTool("freehand");
       else if (k === "t" || k === "T") setTool("text");
       else if (k === "l" || k === "L") setTool("length");
+      else if (k === "n" || k === "N") setTool("angle");
       else if (k === "Escape") { draft = null; drag = null; selected = null; setTool("pan"); renderList(); redraw(); }
       else if ((k === "Delete" || k === "Backspace") && selected && annotations.get(selected) &&
                annotations.get(selected).author === me && canReview) remove(selected);
@@ -572,9 +583,11 @@
       if (mode === "rect" || mode === "ellipse") draft = {type: mode, x: p.ix, y: p.iy, w: 0, h: 0};
       else if (mode === "arrow" || mode === "length") draft = {type: mode, x1: p.ix, y1: p.iy, x2: p.ix, y2: p.iy};
       else if (mode === "freehand") draft = {type: "freehand", points: [[p.ix, p.iy]]};
+      else if (mode === "angle" && !(draft && draft.type === "angle")) { draft = angleTool.start(p.ix, p.iy); drag.opened = true; }
     });
     canvas.addEventListener("pointermove", function (e) {
       if (magnifier) { const at = toImage(e); pointer = {clientX: e.clientX, clientY: e.clientY, x: at.x, y: at.y}; if (!drag) redraw(); }
+      if (!drag && draft && draft.type === "angle") { const at = toImage(e); angleTool.follow(draft, at.ix, at.iy); redraw(); }
       if (!drag) return;
       const p = toImage(e);
       const dx = p.x - drag.start.x, dy = p.y - drag.start.y;
@@ -588,10 +601,18 @@
         draft.w = p.ix - draft.x; draft.h = p.iy - draft.y; redraw();
       } else if (draft && (draft.type === "arrow" || draft.type === "length")) { draft.x2 = p.ix; draft.y2 = p.iy; redraw(); }
       else if (draft && draft.type === "freehand") { draft.points.push([p.ix, p.iy]); redraw(); }
+      else if (draft && draft.type === "angle") { angleTool.follow(draft, p.ix, p.iy); redraw(); }
     });
     canvas.addEventListener("pointerup", function (e) {
       if (!drag) return;
       const p = toImage(e);
+      if (drag.mode === "angle" && draft && draft.type === "angle") {
+        const done = angleTool.release(draft, p.ix, p.iy, drag.opened, drag.moved);
+        drag = null;
+        if (done) { draft = null; save(done); }
+        redraw();
+        return;
+      }
       const finished = draft, d = drag;
       drag = null; draft = null;
       if (d.mode === "pan" && !d.moved) { selected = hit(p.ix, p.iy); renderList(); redraw(); return; }
