@@ -39,6 +39,19 @@ AUDITED: dict[str, str] = {
     "api:annotation-detail": Read.ANNOTATIONS,
     "api:image-dicom-sr": Read.DICOM_SR,
     "api:image-pacs-sends": Read.PACS_SENDS,
+    "dicomweb:studies": Read.DICOMWEB_QUERY,
+    "dicomweb:series": Read.DICOMWEB_QUERY,
+    "dicomweb:instances": Read.DICOMWEB_QUERY,
+    "dicomweb:study-series": Read.DICOMWEB_QUERY,
+    "dicomweb:study-instances": Read.DICOMWEB_QUERY,
+    "dicomweb:series-instances": Read.DICOMWEB_QUERY,
+    "dicomweb:study": Read.DICOMWEB_RETRIEVE,
+    "dicomweb:series-files": Read.DICOMWEB_RETRIEVE,
+    "dicomweb:instance": Read.DICOMWEB_RETRIEVE,
+    "dicomweb:study-metadata": Read.DICOMWEB_RETRIEVE,
+    "dicomweb:series-metadata": Read.DICOMWEB_RETRIEVE,
+    "dicomweb:instance-metadata": Read.DICOMWEB_RETRIEVE,
+    "dicomweb:instance-rendered": Read.DICOMWEB_RETRIEVE,
 }
 NO_PATIENT_DATA: dict[str, str] = {
     "healthz": "the service's health",
@@ -50,6 +63,9 @@ NO_PATIENT_DATA: dict[str, str] = {
     "ui:batch": "one batch: counts, file names, study ids; no patient fields",
     "api:batch-list": "batches: counts, sources, who imported them",
     "api:batch-detail": "one batch: counts, file names, study ids; no patient fields",
+    "api:report-templates": "report templates: the department's wording, no patient data",
+    "ui:model-card": "a model's card: its training and test figures, no patient data",
+    "ui:model-card-figure": "a model card's figure (ROC, calibration, confusion), no patient data",
     "api:verdict-counts": "verdicts counted per model and condition, across all patients",
 }
 

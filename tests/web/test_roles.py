@@ -73,6 +73,14 @@ ROUTE_RULES: dict[str, list[Check]] = {
     "ui:batches": [Check("get", "/batches/", PAGE_STUDIES, location="/login/")],
     "ui:batch": [Check("get", "/batches/{batch}/", PAGE_STUDIES, location="/login/")],
     "ui:report": [Check("get", "/studies/{study}/report/", PAGE_STUDIES, location="/login/")],
+    "ui:model-card": [
+        Check("get", "/models/fracture-mobilenetv2-384-boxed-v2/card/", PAGE_STUDIES, location="/login/")
+    ],
+    "ui:model-card-figure": [
+        Check(
+            "get", "/models/fracture-mobilenetv2-384-boxed-v2/card/roc.png", PAGE_STUDIES, location="/login/"
+        )
+    ],
     "healthz": [Check("get", "/healthz/", PUBLIC)],
     "favicon": [Check("get", "/favicon.ico", PUBLIC)],
     # Django admin: the model registry page and admin's own routes (index, every model list)
@@ -112,6 +120,51 @@ ROUTE_RULES: dict[str, list[Check]] = {
         )
     ],
     "api:upload-batch": [Check("post", "/api/uploads/batch/", API_UPLOAD, data=_bulk_upload)],
+    # DICOMweb (/dicom-web/): the API's rules. A POST that is not multipart/related: 415.
+    "dicomweb:studies": [
+        Check("get", "/dicom-web/studies", API_STUDIES),
+        Check("post", "/dicom-web/studies", per_persona(401, 403, 415, 415, 415), data=lambda ids: {}),
+    ],
+    "dicomweb:series": [Check("get", "/dicom-web/series", API_STUDIES)],
+    "dicomweb:instances": [Check("get", "/dicom-web/instances", API_STUDIES)],
+    "dicomweb:study-series": [Check("get", "/dicom-web/studies/{study_uid}/series", API_STUDIES)],
+    "dicomweb:study-instances": [Check("get", "/dicom-web/studies/{study_uid}/instances", API_STUDIES)],
+    "dicomweb:series-instances": [
+        Check("get", "/dicom-web/studies/{study_uid}/series/{series_uid}/instances", API_STUDIES)
+    ],
+    "dicomweb:study": [
+        Check("get", "/dicom-web/studies/{study_uid}", API_STUDIES),
+        Check(
+            "post",
+            "/dicom-web/studies/{study_uid}",
+            per_persona(401, 403, 415, 415, 415),
+            data=lambda ids: {},
+        ),
+    ],
+    "dicomweb:series-files": [
+        Check("get", "/dicom-web/studies/{study_uid}/series/{series_uid}", API_STUDIES)
+    ],
+    "dicomweb:instance": [
+        Check("get", "/dicom-web/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}", API_STUDIES)
+    ],
+    "dicomweb:study-metadata": [Check("get", "/dicom-web/studies/{study_uid}/metadata", API_STUDIES)],
+    "dicomweb:series-metadata": [
+        Check("get", "/dicom-web/studies/{study_uid}/series/{series_uid}/metadata", API_STUDIES)
+    ],
+    "dicomweb:instance-metadata": [
+        Check(
+            "get",
+            "/dicom-web/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}/metadata",
+            API_STUDIES,
+        )
+    ],
+    "dicomweb:instance-rendered": [
+        Check(
+            "get",
+            "/dicom-web/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}/rendered",
+            API_STUDIES,
+        )
+    ],
     "api:study-list": [Check("get", "/api/studies/", API_STUDIES)],
     "api:study-detail": [Check("get", "/api/studies/{study}/", API_STUDIES)],
     "api:analysis-detail": [Check("get", "/api/analyses/{analysis}/", API_STUDIES)],
@@ -310,6 +363,9 @@ def objects(people: dict[str, Any]) -> dict[str, int]:
         "report": report.pk,
         "annotation": annotation.pk,
         "batch": batch.pk,
+        "study_uid": image.study.study_instance_uid,
+        "series_uid": image.series_instance_uid,
+        "sop_uid": image.sop_instance_uid,
         "n": 0,
     }
 
