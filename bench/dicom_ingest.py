@@ -1,11 +1,13 @@
-"""DICOM ingest throughput: storescu -> `manage.py dicom_listener` -> worker, vs the raw engine.
+"""DICOM ingest throughput: C-STORE (storescu -> `manage.py dicom_listener`) and STOW-RS (HTTP
+-> the web process's /dicom-web/studies), each -> worker, vs the raw engine.
 
 Starts its own listener and Celery worker (as the Procfile does) on a scratch PostgreSQL
 database and media folder, generates --n chest DX instances (--studies studies, 512 px, 12 bit),
 sends them all with dcmtk's storescu in one association, and prints:
 
 1. received: instances/s from storescu's start to its exit (every C-STORE answered only after
-   the instance is stored: decode, recogniser, thumbnail, rows, file);
+   the instance is stored: decode, recogniser, thumbnail, rows, file); then the same files
+   again (their rows deleted first) by STOW-RS, --stow-batch instances per request, one client;
 2. analysed: seconds from storescu's start (the worker's models already loaded by one
    instance sent before) until every analysis of those instances finished
    (the listener sends an association's analyses in mini-batches of RADTRIAGE_DICOM_BATCH_SIZE);
@@ -31,7 +33,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parents[1]
@@ -115,6 +119,30 @@ def bench_raw(files: list[Path], *, registry: Path) -> float:
     return len(xrays) * len(conditions) / (time.perf_counter() - start)
 
 
+def stow_session() -> Any:
+    """A requests session with a technologist's API token (made in the scratch database)."""
+    import requests
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+    from rest_framework.authtoken.models import Token
+
+    user, _ = get_user_model().objects.get_or_create(username="bench.stow")
+    user.groups.add(Group.objects.get(name="technologist"))
+    token, _ = Token.objects.get_or_create(user=user)
+    session = requests.Session()
+    session.headers["Authorization"] = f"Token {token.key}"
+    return session
+
+
+def stow(session: Any, url: str, files: list[Path]) -> Any:
+    """One STOW-RS request (multipart/related, one instance per part)."""
+    boundary = uuid.uuid4().hex
+    head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    body = b"".join(head + path.read_bytes() + b"\r\n" for path in files) + f"--{boundary}--\r\n".encode()
+    content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    return session.post(url, data=body, headers={"Content-Type": content_type}, timeout=600)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=200)
@@ -122,6 +150,7 @@ def main() -> None:
     parser.add_argument("--registry", type=Path, default=REPO / "registry.json")
     parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/bench_dicom")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
+    parser.add_argument("--stow-batch", type=int, default=20, help="instances per STOW-RS request")
     args = parser.parse_args()
     if not shutil.which("storescu"):
         sys.exit("dcmtk's storescu is missing: apt-get install dcmtk (scripts/test-prereqs.sh)")
@@ -166,8 +195,13 @@ def main() -> None:
     raw_before = bench_raw(files[:64], registry=args.registry)
 
     procs = []
-    port = free_port()
+    port, web_port = free_port(), free_port()
     for name, argv in (
+        (
+            "web",  # as the Procfile starts it
+            [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(web_port)]
+            + ["--no-proxy-headers", "web.asgi:application"],
+        ),
         (
             "listener",
             [sys.executable, "manage.py", "dicom_listener", "--host", "127.0.0.1", "--port", str(port)],
@@ -197,6 +231,7 @@ def main() -> None:
     try:
         wait_for_text(tmp / "listener.log", "DICOM listener ready", 60)
         wait_for_text(tmp / "worker.log", "ready.", 120)
+        wait_for_text(tmp / "web.log", "Uvicorn running on", 60)
         # One instance first, outside the timing: the worker loads its models (as raw does).
         warm = tmp / "warm.dcm"
         warm.write_bytes(chest_dicom(seed=10**6, study_uid=generate_uid(), patient_id="WARM-1"))
@@ -205,22 +240,45 @@ def main() -> None:
             Analysis.objects.filter(state__in=["queued", "running"]).exists() or not Analysis.objects.exists()
         ):
             time.sleep(0.25)
-        started = time.perf_counter()
-        sent = subprocess.run(
-            ["storescu", "-aet", "BENCH", "-aec", "RADTRIAGE", "127.0.0.1", str(port), *map(str, files)],
-            capture_output=True,
-            text=True,
+
+        def measure(send: Callable[[], None]) -> tuple[int, float, int, float, int]:
+            """(stored, seconds to receive, analyses, seconds until all analysed, failed)."""
+            started = time.perf_counter()
+            send()
+            received_s = time.perf_counter() - started
+            stored = Image.objects.filter(study__patient__patient_id__startswith="BENCH-").count()
+            analyses = Analysis.objects.filter(image__study__patient__patient_id__startswith="BENCH-")
+            total = analyses.count()
+            while analyses.filter(state__in=["queued", "running"]).exists():
+                time.sleep(0.25)
+            analysed_s = time.perf_counter() - started
+            return stored, received_s, total, analysed_s, analyses.filter(state="failed").count()
+
+        def by_storescu() -> None:
+            sent = subprocess.run(
+                ["storescu", "-aet", "BENCH", "-aec", "RADTRIAGE", "127.0.0.1", str(port), *map(str, files)],
+                capture_output=True,
+                text=True,
+            )
+            if sent.returncode != 0:
+                sys.exit(f"storescu failed: {sent.stderr[-2000:]}")
+
+        def by_stow() -> None:
+            session = stow_session()
+            for start in range(0, len(files), args.stow_batch):
+                batch = files[start : start + args.stow_batch]
+                answer = stow(session, f"http://127.0.0.1:{web_port}/dicom-web/studies", batch)
+                if answer.status_code != 200:
+                    sys.exit(f"STOW-RS failed: {answer.status_code} {answer.text[:2000]}")
+
+        figures = {}
+        ways = (
+            ("C-STORE (storescu, one association)", by_storescu),
+            (f"STOW-RS ({args.stow_batch} instances per request, one client)", by_stow),
         )
-        received_s = time.perf_counter() - started
-        if sent.returncode != 0:
-            sys.exit(f"storescu failed: {sent.stderr[-2000:]}")
-        stored = Image.objects.filter(study__patient__patient_id__startswith="BENCH-").count()
-        analyses = Analysis.objects.filter(image__study__patient__patient_id__startswith="BENCH-")
-        total = analyses.count()
-        while analyses.filter(state__in=["queued", "running"]).exists():
-            time.sleep(0.25)
-        analysed_s = time.perf_counter() - started
-        failed = analyses.filter(state="failed").count()
+        for way, send in ways:
+            Study.objects.filter(patient__patient_id__startswith="BENCH-").delete()  # the same files again
+            figures[way] = measure(send)
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -230,14 +288,16 @@ def main() -> None:
     raw_after = bench_raw(files[:64], registry=args.registry)
     raw = (raw_before + raw_after) / 2
 
-    print(f"instances: {args.n} DX 512x512 12-bit in {args.studies} studies, one storescu association")
-    print(f"received: {stored} stored in {received_s:.1f} s = {stored / received_s:.1f} instances/s")
-    print(
-        f"analysed: {total} analyses ({failed} failed) all finished {analysed_s:.1f} s after the first "
-        f"C-STORE = {total / analysed_s:.1f} analyses/s, {stored / analysed_s:.1f} instances/s"
-    )
+    print(f"instances: {args.n} DX 512x512 12-bit in {args.studies} studies, the same files each way")
+    for way, (stored, received_s, total, analysed_s, failed) in figures.items():
+        print(f"{way}:")
+        print(f"  received: {stored} stored in {received_s:.1f} s = {stored / received_s:.1f} instances/s")
+        print(
+            f"  analysed: {total} analyses ({failed} failed) all finished {analysed_s:.1f} s after the "
+            f"first instance = {total / analysed_s:.1f} analyses/s, {stored / analysed_s:.1f} instances/s"
+        )
+        print(f"  platform / raw: {100 * (total / analysed_s) / raw:.0f} %")
     print(f"raw core (analyze_xrays, batches of 16, same images): {raw:.1f} analyses/s")
-    print(f"platform / raw: {100 * (total / analysed_s) / raw:.0f} %")
     shutil.rmtree(tmp, ignore_errors=True)
 
 
