@@ -1,7 +1,23 @@
 """Who gave a study its body part at upload: the DICOM header, the uploader, or the image
 recogniser. The analyses follow a body part a person chose as they follow the header."""
 
+import importlib
+
 from django.db import migrations, models
+
+# SQLite rebuilds the study table to add a column, which drops the study-state guard's
+# triggers (0012): they are removed first and put back after, as 0015 and 0016 do.
+_states = importlib.import_module("web.clinical.migrations.0012_study_states")
+
+
+def sqlite_guard_remove(apps, schema_editor):
+    if schema_editor.connection.vendor == "sqlite":
+        _states.guard_remove(apps, schema_editor)
+
+
+def sqlite_guard_add(apps, schema_editor):
+    if schema_editor.connection.vendor == "sqlite":
+        _states.guard_add(apps, schema_editor)
 
 
 class Migration(migrations.Migration):
@@ -10,6 +26,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.RunPython(sqlite_guard_remove, sqlite_guard_add),
         migrations.AddField(
             model_name="study",
             name="body_part_source",
@@ -25,4 +42,5 @@ class Migration(migrations.Migration):
                 max_length=16,
             ),
         ),
+        migrations.RunPython(sqlite_guard_add, sqlite_guard_remove),
     ]
