@@ -151,6 +151,17 @@ class Export:
     def pseudonym(self, patient_id: str) -> str:
         return "RT-" + self._digest("patient", patient_id)[:12].upper()
 
+    def token(self, kind: str, value: str) -> str:
+        """A short name for `value` (an image, a file) that only this export's secret links
+        back to it: 16 hex digits."""
+        return self._digest(kind, value)[:16]
+
+
+def burned_in_annotation(ds: Dataset) -> bool:
+    """The header says text is burned into the pixels (names, dates): the basic profile, which
+    does not clean pixel data, must not release the image."""
+    return str(ds.get("BurnedInAnnotation", "")).upper() == "YES"
+
 
 def dataset_deidentify(ds: Dataset, export: Export) -> Dataset:
     """The data set with the basic profile applied (in place; returned for convenience)."""
@@ -199,7 +210,7 @@ def studies_export_deidentified(*, studies: Iterable[Study], out: IO[bytes]) -> 
                 reason = _not_exportable(image)
                 with image.file.open("rb") as handle:
                     ds = pydicom.dcmread(handle) if reason is None else None
-                if ds is not None and str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+                if ds is not None and burned_in_annotation(ds):
                     reason = "burned-in annotation (the basic profile does not clean pixels)"
                 if ds is None or reason:
                     manifest["not_exported"].append(
