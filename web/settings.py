@@ -447,6 +447,8 @@ SPECTACULAR_SETTINGS = {
         "DisagreeReasonEnum": "web.clinical.models.Annotation.DisagreeReason",
         "StudyStatusEnum": "web.clinical.models.Study.Status",
         "BulkUploadStatusEnum": "web.api.serializers.BULK_UPLOAD_STATUSES",
+        "ReportTemplateRegionEnum": "web.clinical.reporting.models.ReportTemplate.Region",
+        "WorklistRegionEnum": "web.clinical.worklist.queries.WORKLIST_REGIONS",
     },
 }
 

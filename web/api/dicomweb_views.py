@@ -68,6 +68,7 @@ class DicomWebView(APIView):
     error answers only (401, 403), which are JSON whatever the client accepts."""
 
     renderer_classes = [JSONRenderer]
+    schema = None  # described by PS3.18 and docs/dicom-conformance.md, not by the OpenAPI schema
 
     def get_permissions(self) -> list[Any]:
         # Reading needs VIEW_STUDIES, storing (POST) UPLOAD: one resource may do both.
