@@ -37,11 +37,35 @@ JOINT_CROP_UNVALIDATED = (
 
 
 @dataclass(frozen=True)
+class SiteThreshold:
+    """A site's own operating threshold for one model artifact (chosen on its validation ROC
+    and stored by the web side). It applies only to that model id with that checksum: once the
+    active model changes, results fall back to the registry's threshold."""
+
+    model_id: str
+    model_sha256: str
+    threshold: float
+
+
+def operating_threshold(loaded: LoadedModel, site: SiteThreshold | None) -> float:
+    """The threshold a result of `loaded` is judged at: the site's, when it is for exactly this
+    artifact (never for a placeholder), else the registry's."""
+    if (
+        site is not None
+        and not loaded.is_placeholder
+        and site.model_id == loaded.model_id
+        and site.model_sha256 == loaded.sha256
+    ):
+        return float(site.threshold)
+    return loaded.threshold
+
+
+@dataclass(frozen=True)
 class AnalysisOutcome:
     condition: str
     probability: float  # calibrated
-    positive: bool  # probability >= the model's operating threshold
-    threshold: float
+    positive: bool  # probability >= the operating threshold (operating_threshold)
+    threshold: float  # the threshold actually applied
     model_id: str
     model_sha256: str | None
     architecture: str
@@ -111,6 +135,7 @@ def analyze_xray(
     manager: ModelManager,
     model_id: str | None = None,
     allow_body_part_mismatch: bool = False,
+    site_threshold: SiteThreshold | None = None,
 ) -> AnalysisOutcome:
     return analyze_xrays(
         [xray],
@@ -118,6 +143,7 @@ def analyze_xray(
         manager=manager,
         model_id=model_id,
         allow_body_part_mismatch=allow_body_part_mismatch,
+        site_threshold=site_threshold,
     )[0]
 
 
@@ -129,15 +155,19 @@ def analyze_xrays(
     model_id: str | None = None,
     allow_body_part_mismatch: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    site_threshold: SiteThreshold | None = None,
 ) -> list[AnalysisOutcome]:
     """Several X-rays, one condition: the outcomes analyze_xray gives one by one, computed in
     model calls of up to `batch_size` images (on a CPU, ~3x cheaper per image from 8 on).
-    Each outcome says whether the image is one the model was made for (core.applicability)."""
+    Each outcome says whether the image is one the model was made for (core.applicability).
+    `site_threshold`: a site's operating threshold, used when it is for the model that runs."""
     if not allow_body_part_mismatch:
         for xray in xrays:
             check_body_part(xray, condition=condition)
     loaded = manager.get(condition=condition, model_id=model_id)
-    return analyze_with_model_batch(xrays, loaded=loaded, batch_size=batch_size)
+    return analyze_with_model_batch(
+        xrays, loaded=loaded, batch_size=batch_size, site_threshold=site_threshold
+    )
 
 
 def check_body_part(xray: XRay, *, condition: str) -> None:
@@ -156,7 +186,11 @@ def check_body_part(xray: XRay, *, condition: str) -> None:
 
 
 def analyze_with_model_batch(
-    xrays: Sequence[XRay], *, loaded: LoadedModel, batch_size: int = DEFAULT_BATCH_SIZE
+    xrays: Sequence[XRay],
+    *,
+    loaded: LoadedModel,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    site_threshold: SiteThreshold | None = None,
 ) -> list[AnalysisOutcome]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -177,7 +211,10 @@ def analyze_with_model_batch(
                 recognition=view.recognition,
                 distance=None if distances is None else float(distances[i]),
             )
-        outcomes.extend(_film_outcome(views, loaded=loaded, layer=cam.layer) for views in film_views)
+        threshold = operating_threshold(loaded, site_threshold)
+        outcomes.extend(
+            _film_outcome(views, loaded=loaded, layer=cam.layer, threshold=threshold) for views in film_views
+        )
     return outcomes
 
 
@@ -231,7 +268,9 @@ def _crop_xray(view: _View) -> XRay:
     return XRay(pixels=view.pixels, metadata=view.xray.metadata, source_format=view.xray.source_format)
 
 
-def _film_outcome(views: list[_View], *, loaded: LoadedModel, layer: str | None) -> AnalysisOutcome:
+def _film_outcome(
+    views: list[_View], *, loaded: LoadedModel, layer: str | None, threshold: float
+) -> AnalysisOutcome:
     """One outcome per film: the film's own view, or its joints combined (_joints_read)."""
     view = views[0]
     if view.box is None:
@@ -249,6 +288,7 @@ def _film_outcome(views: list[_View], *, loaded: LoadedModel, layer: str | None)
         heatmap=heatmap,
         applicability=applicability,
         experimental_reason=experimental_reason,
+        threshold=threshold,
     )
 
 
@@ -324,14 +364,15 @@ def _outcome(
     layer: str | None,
     heatmap: np.ndarray,
     applicability: Applicability,
+    threshold: float,
     experimental_reason: str | None = None,
 ) -> AnalysisOutcome:
     """experimental_reason: this read is experimental even if the model is not (never a flag)."""
     return AnalysisOutcome(
         condition=loaded.condition,
         probability=probability,
-        positive=applicability.applicable and probability >= loaded.threshold,
-        threshold=loaded.threshold,
+        positive=applicability.applicable and probability >= threshold,
+        threshold=threshold,
         model_id=loaded.model_id,
         model_sha256=loaded.sha256,
         architecture=loaded.architecture,

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from web.clinical.audit.export import audit_export_view
-from web.clinical.registry.admin_views import registry_view
+from web.clinical.registry.admin_views import operating_point_view, registry_view
 from web.health import healthz
 from web.ui.views import favicon
 
@@ -13,6 +13,11 @@ handler403 = "web.access.permission_denied"
 
 urlpatterns = [
     path("admin/model-registry/", admin.site.admin_view(registry_view), name="admin-model-registry"),
+    path(
+        "admin/model-registry/<str:model_id>/operating-point/",
+        admin.site.admin_view(operating_point_view),
+        name="admin-operating-point",
+    ),
     path("admin/audit/export.csv", admin.site.admin_view(audit_export_view), name="admin-audit-export"),
     path("admin/", admin.site.urls),
     path("healthz/", healthz, name="healthz"),

@@ -94,6 +94,23 @@ ROUTE_RULES: dict[str, list[Check]] = {
             location="/admin/login/",
         ),
     ],
+    # A site's operating point for the active model (Capability.MANAGE): a POST without a
+    # target goes back to the form with the refusal.
+    "admin-operating-point": [
+        Check(
+            "get",
+            "/admin/model-registry/fracture-mobilenetv2-384-boxed-v2/operating-point/",
+            ADMIN_ONLY,
+            location="/admin/login/",
+        ),
+        Check(
+            "post",
+            "/admin/model-registry/fracture-mobilenetv2-384-boxed-v2/operating-point/",
+            per_persona(302, 302, 302, 302, 302),
+            data=lambda ids: {},
+            location="/admin/login/",
+        ),
+    ],
     # The audit log as CSV (Capability.MANAGE): the admin login page for anyone else.
     "admin-audit-export": [Check("get", "/admin/audit/export.csv", ADMIN_ONLY, location="/admin/login/")],
     ADMIN_FAMILY: [

@@ -553,6 +553,7 @@ class SignedReportChanged(Exception):
 # Tables kept beside their logic; imported last, as they refer to the ones above.
 from web.clinical.batches.models import Batch, BatchItem  # noqa: E402
 from web.clinical.dicom.models import DicomSend  # noqa: E402
+from web.clinical.registry.models import SiteOperatingPoint  # noqa: E402
 from web.clinical.reporting.models import ReportTemplate  # noqa: E402
 
 __all__ = [
@@ -568,6 +569,7 @@ __all__ = [
     "Report",
     "ReportTemplate",
     "SignedReportChanged",
+    "SiteOperatingPoint",
     "Study",
     "UploadConflict",
 ]

@@ -28,6 +28,7 @@ from web.clinical.events import analyses_event_publish, analysis_event_publish
 from web.clinical.files import files_delete, heatmaps_store
 from web.clinical.ingest.parts import conditions_resolve
 from web.clinical.models import Analysis, AuditEvent, Image
+from web.clinical.registry.operating_points import site_threshold_for_worker
 from web.clinical.rows import rows_update
 from web.clinical.worklist.states import studies_mark_analysing, studies_refresh, study_refresh_status
 
@@ -232,6 +233,8 @@ def _analyses_compute_and_store(
             manager=get_manager(settings.RADTRIAGE_REGISTRY),
             model_id=model_id or None,
             allow_body_part_mismatch=True,
+            # The site's operating point, read per job: a change applies from the next result.
+            site_threshold=site_threshold_for_worker(condition=condition),
         )
     except RadTriageError as exc:  # unknown model, unreadable registry: the same for all
         return [_analysis_fail_permanently(analysis, exc) for analysis, _ in group]

@@ -26,6 +26,7 @@ from core.errors import RadTriageError
 from core.model_check import CHECKS
 from core.registry import ModelEntry, Registry
 from web.clinical.audit.records import audit_record
+from web.clinical.registry.operating_points import site_operating_point_clear_stale
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,10 @@ def registry_activate(
             "checks": {s["name"]: s["detail"] for s in steps},
             **({"command": command, "os_user": _os_user()} if actor is None else {}),
         },
+    )
+    # A site threshold was chosen for the model that ran until now: it ends here.
+    site_operating_point_clear_stale(
+        registry=registry, condition=entry.condition, actor=actor, ip_address=ip_address
     )
     return entry.condition
 

@@ -18,14 +18,23 @@ from django.urls import reverse
 from core.conditions import CONDITIONS
 from core.errors import RadTriageError
 from core.registry import Registry
+from core.training.operating_points import MAX_TARGET, MIN_TARGET, PRESET_TARGETS
 from web.access import Capability, can
 from web.clinical.registry.activation import ActivationRefused, registry_activate, registry_activation_preview
 from web.clinical.registry.cards import model_card_url
+from web.clinical.registry.operating_points import (
+    site_operating_point_clear,
+    site_operating_point_current,
+    site_operating_point_preview,
+    site_operating_point_set,
+    site_operating_point_state,
+)
 
 
 def _rows(registry: Registry) -> list[dict[str, Any]]:
     rows = []
     for code, condition in CONDITIONS.items():
+        site = site_operating_point_current(registry=registry, condition=code)
         for entry in sorted((e for e in registry.models.values() if e.condition == code), key=lambda e: e.id):
             test = (entry.raw.get("metrics") or {}).get("test") or {}
             rows.append(
@@ -45,6 +54,9 @@ def _rows(registry: Registry) -> list[dict[str, Any]]:
                     "population": (entry.raw.get("population") or {}).get("description", ""),
                     "check_pass_rate": _percent((entry.raw.get("applicability") or {}).get("test_pass_rate")),
                     "card_url": model_card_url(entry.id),
+                    "site": site if site is not None and site.model_id == entry.id else None,
+                    "may_move_threshold": entry.status == "validated"
+                    and registry.active_models.get(code) == entry.id,
                 }
             )
     return rows
@@ -102,3 +114,65 @@ def registry_view(request: HttpRequest) -> HttpResponse:
         rows=rows, missing=missing, problems=problems, registry_path=str(settings.RADTRIAGE_REGISTRY)
     )
     return TemplateResponse(request, "admin/model_registry.html", context)
+
+
+def operating_point_view(request: HttpRequest, model_id: str) -> HttpResponse:
+    """A site's operating point for the active model `model_id`: `?target=` previews the
+    threshold and the figures to expect; a POST (action=set, with the reason) confirms it,
+    action=clear goes back to the registry's threshold. Admins only."""
+    registry_page = reverse("admin-model-registry")
+    if not can(request.user, Capability.MANAGE):
+        messages.error(request, "You are not allowed to change the models' thresholds.")
+        return HttpResponseRedirect(registry_page)
+    here = reverse("admin-operating-point", args=[model_id])
+    if request.method == "POST":
+        target = request.POST.get("target", "")
+        try:
+            if request.POST.get("action") == "clear":
+                state = site_operating_point_state(model_id=model_id)
+                site_operating_point_clear(
+                    condition=state.site.condition if state.site else "",
+                    actor=request.user,
+                    reason=request.POST.get("reason", ""),
+                    ip_address=request.META.get("REMOTE_ADDR"),
+                )
+                messages.success(request, f"{model_id} is back at the registry's threshold.")
+                return HttpResponseRedirect(registry_page)
+            point = site_operating_point_set(
+                model_id=model_id,
+                target_sensitivity=target,
+                reason=request.POST.get("reason", ""),
+                actor=request.user,
+                ip_address=request.META.get("REMOTE_ADDR"),
+            )
+        except RadTriageError as exc:
+            messages.error(request, str(exc))
+            return HttpResponseRedirect(f"{here}?{urlencode({'target': target})}" if target else here)
+        messages.success(
+            request,
+            f"The site threshold of {model_id} is now {point.threshold:.4f} (target sensitivity "
+            f"{point.target_sensitivity:.2f}); the next results use it.",
+        )
+        return HttpResponseRedirect(registry_page)
+    context: dict[str, Any] = {
+        **admin.site.each_context(request),
+        "title": f"Operating point of {model_id}",
+        "model_id": model_id,
+        "presets": PRESET_TARGETS,
+        "min_target": MIN_TARGET,
+        "max_target": MAX_TARGET,
+        "target": request.GET.get("target") or None,
+    }
+    try:
+        context["state"] = site_operating_point_state(model_id=model_id)
+    except RadTriageError as exc:
+        messages.error(request, str(exc))
+        return HttpResponseRedirect(registry_page)
+    if context["target"] is not None:
+        try:
+            context["preview"] = site_operating_point_preview(
+                model_id=model_id, target_sensitivity=context["target"]
+            )
+        except RadTriageError as exc:
+            context["refused"] = str(exc)
+    return TemplateResponse(request, "admin/model_operating_point.html", context)

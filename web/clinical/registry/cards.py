@@ -23,6 +23,7 @@ from markdown_it import MarkdownIt
 from core.conditions import CONDITIONS
 from core.errors import RadTriageError
 from core.registry import ModelEntry, Registry
+from web.clinical.registry.operating_points import OperatingPointState, site_operating_point_state
 
 CARD_FILE = "card.md"
 # The figures every trained model has beside its card, in the order a reader wants them.
@@ -48,6 +49,8 @@ class ModelCard:
     html: str  # the card rendered; "" when the card file is missing
     missing: str = ""  # why there is no card to show, in words; "" when there is one
     figures: list[tuple[str, str, str]] = field(default_factory=list)  # (name, caption, url)
+    # The threshold results are judged at here: the registry's, or the site's operating point.
+    operating: OperatingPointState | None = None
 
 
 def model_card_read(*, model_id: str) -> ModelCard:
@@ -57,6 +60,7 @@ def model_card_read(*, model_id: str) -> ModelCard:
     figures = [
         (name, caption, _figure_url(model_id, name)) for name, caption in FIGURES if (folder / name).is_file()
     ]
+    operating = site_operating_point_state(model_id=model_id)
     card = folder / CARD_FILE
     try:
         text = card.read_text(encoding="utf-8")
@@ -68,9 +72,17 @@ def model_card_read(*, model_id: str) -> ModelCard:
             html="",
             missing=f"The model card of {model_id} is missing: no readable {CARD_FILE} in its folder.",
             figures=figures,
+            operating=operating,
         )
     html = card_markdown_render(text, figure_url=lambda name: _figure_if_present(folder, model_id, name))
-    return ModelCard(model_id=model_id, condition=label, status=entry.status, html=html, figures=figures)
+    return ModelCard(
+        model_id=model_id,
+        condition=label,
+        status=entry.status,
+        html=html,
+        figures=figures,
+        operating=operating,
+    )
 
 
 def model_card_figure(*, model_id: str, name: str) -> Path:
