@@ -54,6 +54,19 @@ from tests.web.fixtures import SHARED_WORKER_NODES, drain_shared_worker  # noqa:
 
 
 @pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """Each test gets its own channel-layer object. channels_redis binds the lock its receive
+    holds to the event loop that first waits on it; a test whose loop ended while a consumer
+    was still receiving leaves that lock held by a dead loop, and the next test's websocket
+    then fails ("bound to a different event loop"). One web process runs one loop, so only
+    tests meet this."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends = {}
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _no_job_in_flight_at_database_reset(request):
     """A transactional test's database is reset (TRUNCATE) after it; the session's shared
     worker may still be running a job the test sent and did not wait for (an analysis, a
