@@ -235,7 +235,12 @@ class Analysis(models.Model):
     class Meta:
         ordering = ["created_at", "id"]
         verbose_name_plural = "analyses"
-        indexes = [models.Index(fields=["state", "enqueued_at"], name="analysis_sweep_idx")]
+        indexes = [
+            models.Index(fields=["state", "enqueued_at"], name="analysis_sweep_idx"),
+            # Monitoring: a model's results in a window, and its first results (its reference).
+            models.Index(fields=["model_id", "model_sha256", "finished_at"], name="analysis_model_time_idx"),
+            models.Index(fields=["finished_at"], name="analysis_finished_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.condition} on image {self.image_id}: {self.state}"
@@ -553,6 +558,7 @@ class SignedReportChanged(Exception):
 # Tables kept beside their logic; imported last, as they refer to the ones above.
 from web.clinical.batches.models import Batch, BatchItem  # noqa: E402
 from web.clinical.dicom.models import DicomSend  # noqa: E402
+from web.clinical.monitoring.models import DriftAlert, ModelReference  # noqa: E402
 from web.clinical.reporting.models import ReportTemplate  # noqa: E402
 
 __all__ = [
@@ -563,7 +569,9 @@ __all__ = [
     "Batch",
     "BatchItem",
     "DicomSend",
+    "DriftAlert",
     "Image",
+    "ModelReference",
     "Patient",
     "Report",
     "ReportTemplate",

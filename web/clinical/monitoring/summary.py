@@ -1,0 +1,283 @@
+"""Each model's results in a window, counted in the database with the finding rule's query
+forms (web.clinical.analysis.findings), and judged against its reference (monitoring.reference).
+
+A model here is a model id and checksum: a retrained artifact under the same id is another
+model, with its own reference. Results are the model's finished analyses (each re-run counts:
+these are the records), placed in the window by when they finished.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Count, F, Max, Q, QuerySet
+from django.utils import timezone
+
+from core.drift import psi, wilson_interval
+from web.clinical.analysis.findings import result_kind_q
+from web.clinical.models import Analysis, Annotation
+from web.clinical.monitoring.reference import Reference, model_reference, scored_q
+
+KINDS = ("finding", "negative", "not_applicable", "experimental", "placeholder")
+VERDICTS = tuple(Annotation.Verdict.values)  # agree, disagree, uncertain
+
+
+@dataclass
+class ModelMonitoring:
+    """One model's numbers in a window, and what its reference makes of them."""
+
+    model_id: str
+    model_sha256: str
+    condition: str
+    analysed: int = 0
+    counts: dict[str, int] = field(default_factory=dict)  # KINDS -> results
+    scored: int = 0  # findings, negatives and experimental results: those with a meaningful score
+    flagged: int = 0  # of them positive at the model's threshold
+    threshold: float | None = None
+    last_result: dt.datetime | None = None
+    last_clinical: dt.datetime | None = None
+    verdicts: dict[str, int] = field(default_factory=dict)  # on its findings
+    verdicts_on_negatives: dict[str, int] = field(default_factory=dict)
+    missed: int = 0
+    superseded: bool = False  # a later checksum of this id, or another model now answers
+    reference: Reference = field(default_factory=lambda: Reference("", "none", "no validation reference"))
+    histogram: list[int] = field(default_factory=list)  # window's scores in the reference's bins
+    psi: float | None = None
+    drift_reasons: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def flag_rate(self) -> float | None:
+        return self.flagged / self.scored if self.scored else None
+
+    @property
+    def agreement(self) -> float | None:
+        judged = self.verdicts.get("agree", 0) + self.verdicts.get("disagree", 0)
+        return self.verdicts.get("agree", 0) / judged if judged else None
+
+    @property
+    def expected_band(self) -> tuple[float, float] | None:
+        if self.reference.flag_rate is None or not self.scored:
+            return None
+        return wilson_interval(
+            self.reference.flag_rate, self.scored, confidence=settings.RADTRIAGE_MONITORING_BAND_CONFIDENCE
+        )
+
+    @property
+    def psi_level(self) -> str:
+        if self.psi is None:
+            return ""
+        if self.psi > settings.RADTRIAGE_MONITORING_PSI_ALERT:
+            return "major"
+        return "moderate" if self.psi >= settings.RADTRIAGE_MONITORING_PSI_MODERATE else "stable"
+
+    @property
+    def drift_alert(self) -> bool:
+        return bool(self.drift_reasons)
+
+    def as_dict(self) -> dict[str, Any]:
+        band = self.expected_band
+        return {
+            "model_id": self.model_id,
+            "model_sha256": self.model_sha256,
+            "condition": self.condition,
+            "analysed": self.analysed,
+            "findings": self.counts.get("finding", 0),
+            "negatives": self.counts.get("negative", 0),
+            "not_applicable": self.counts.get("not_applicable", 0),
+            "experimental": self.counts.get("experimental", 0),
+            "placeholder": self.counts.get("placeholder", 0),
+            "scored": self.scored,
+            "flagged": self.flagged,
+            "flag_rate": self.flag_rate,
+            "expected_flag_rate": self.reference.flag_rate,
+            "expected_flag_rate_interval": list(band) if band else None,
+            "band_confidence": settings.RADTRIAGE_MONITORING_BAND_CONFIDENCE,
+            "agree": self.verdicts.get("agree", 0),
+            "disagree": self.verdicts.get("disagree", 0),
+            "uncertain": self.verdicts.get("uncertain", 0),
+            "verdicts_on_negatives": {v: self.verdicts_on_negatives.get(v, 0) for v in VERDICTS},
+            "missed": self.missed,
+            "agreement": self.agreement,
+            "psi": self.psi,
+            "psi_level": self.psi_level or None,
+            "drift_alert": self.drift_alert,
+            "drift_reasons": self.drift_reasons,
+            "superseded": self.superseded,
+            "last_result": self.last_result.isoformat() if self.last_result else None,
+            "reference": self.reference.as_dict(),
+            "histogram": self.histogram,
+        }
+
+
+def window_results(*, start: dt.datetime, end: dt.datetime) -> QuerySet[Analysis]:
+    """The finished results of registered models that finished in (start, end]."""
+    return Analysis.objects.filter(
+        state=Analysis.State.SUCCEEDED, finished_at__gt=start, finished_at__lte=end
+    ).exclude(model_id="")
+
+
+def _kind_counts(prefix: str = "") -> dict[str, Count]:
+    return {kind: Count("pk", filter=result_kind_q(kind, prefix)) for kind in KINDS}
+
+
+def monitoring_models(*, days: int, now: dt.datetime | None = None) -> list[ModelMonitoring]:
+    """One entry per model (id, checksum, condition) with results in the last `days` days,
+    by condition then model id; counts exact, computed by a few aggregate queries."""
+    now = now or timezone.now()
+    start = now - dt.timedelta(days=days)
+    results = window_results(start=start, end=now)
+    clinical = Q(experimental=False, is_placeholder=False)
+    models: dict[tuple[str, str, str], ModelMonitoring] = {}
+    for row in (
+        results.values("model_id", "model_sha256", "condition")
+        .annotate(
+            analysed=Count("pk"),
+            scored=Count("pk", filter=scored_q()),
+            flagged=Count("pk", filter=scored_q() & Q(positive=True)),
+            threshold=Max("threshold"),
+            last_result=Max("finished_at"),
+            last_clinical=Max("finished_at", filter=clinical),
+            **_kind_counts(),
+        )
+        .order_by()
+    ):
+        key = (row["model_id"], row["model_sha256"], row["condition"])
+        models[key] = ModelMonitoring(
+            model_id=row["model_id"],
+            model_sha256=row["model_sha256"],
+            condition=row["condition"],
+            analysed=row["analysed"],
+            counts={kind: row[kind] for kind in KINDS},
+            scored=row["scored"],
+            flagged=row["flagged"],
+            threshold=row["threshold"],
+            last_result=row["last_result"],
+            last_clinical=row["last_clinical"],
+        )
+    if not models:
+        return []
+    _verdicts_add(models, start=start, end=now)
+    _missed_add(models, results)
+    _superseded_mark(models)
+    for model in models.values():
+        model.reference = model_reference(
+            model_id=model.model_id, model_sha256=model.model_sha256, threshold=model.threshold, now=now
+        )
+        _drift_judge(model, results)
+    return sorted(models.values(), key=lambda m: (m.condition, m.model_id, m.superseded, m.model_sha256))
+
+
+def _verdicts_add(
+    models: dict[tuple[str, str, str], ModelMonitoring], *, start: dt.datetime, end: dt.datetime
+) -> None:
+    """Current verdicts on the window's results (one per radiologist and result), on findings
+    (agreement) and on negatives."""
+    on = "analysis__"
+    finding, negative = result_kind_q("finding", on), result_kind_q("negative", on)
+    counts = {
+        **{f"f_{v}": Count("pk", filter=finding & Q(verdict=v)) for v in VERDICTS},
+        **{f"n_{v}": Count("pk", filter=negative & Q(verdict=v)) for v in VERDICTS},
+    }
+    for row in (
+        Annotation.objects.exclude(verdict="")
+        .filter(
+            analysis__state=Analysis.State.SUCCEEDED,
+            analysis__finished_at__gt=start,
+            analysis__finished_at__lte=end,
+        )
+        .exclude(analysis__model_id="")
+        .values("analysis__model_id", "analysis__model_sha256", "analysis__condition")
+        .annotate(**counts)
+        .order_by()
+    ):
+        key = (row["analysis__model_id"], row["analysis__model_sha256"], row["analysis__condition"])
+        if key in models:
+            models[key].verdicts = {v: row[f"f_{v}"] for v in VERDICTS}
+            models[key].verdicts_on_negatives = {v: row[f"n_{v}"] for v in VERDICTS}
+
+
+def _missed_add(models: dict[tuple[str, str, str], ModelMonitoring], results: QuerySet[Analysis]) -> None:
+    """AI-missed records of the model's condition on images the model analysed in the window
+    (each record once, however many times the model read its image)."""
+    for row in (
+        results.filter(image__annotations__missed_condition=F("condition"))
+        .values("model_id", "model_sha256", "condition")
+        .annotate(missed=Count("image__annotations", distinct=True))
+        .order_by()
+    ):
+        key = (row["model_id"], row["model_sha256"], row["condition"])
+        if key in models:
+            models[key].missed = row["missed"]
+
+
+def _superseded_mark(models: dict[tuple[str, str, str], ModelMonitoring]) -> None:
+    """A model is superseded when a later checksum of its id answered after it, or when another
+    model in clinical use answered its condition after it: its alerts no longer stand."""
+    for model in models.values():
+        for other in models.values():
+            if other is model or other.last_result is None or model.last_result is None:
+                continue
+            newer_checksum = other.model_id == model.model_id and other.last_result > model.last_result
+            replaced = (
+                model.last_clinical is not None
+                and other.condition == model.condition
+                and other.model_id != model.model_id
+                and other.last_clinical is not None
+                and other.last_clinical > model.last_clinical
+            )
+            if newer_checksum or replaced:
+                model.superseded = True
+
+
+def _drift_judge(model: ModelMonitoring, results: QuerySet[Analysis]) -> None:
+    reference = model.reference
+    mine = results.filter(model_id=model.model_id, model_sha256=model.model_sha256, condition=model.condition)
+    if reference.cuts:
+        model.histogram = histogram_count(mine, reference.cuts)
+        total = sum(model.histogram)
+        if total:
+            model.psi = psi(reference.fractions, [c / total for c in model.histogram])
+    if model.scored < settings.RADTRIAGE_MONITORING_MIN_RESULTS:
+        return
+    band = model.expected_band
+    rate = model.flag_rate
+    if band is not None and rate is not None and not band[0] <= rate <= band[1]:
+        model.drift_reasons.append(
+            {
+                "reason": "flag_rate",
+                "text": (
+                    f"flag rate {rate:.1%} outside its expected {band[0]:.1%}-{band[1]:.1%} "
+                    f"({reference.flag_rate:.1%} in the reference, {model.scored} results)"
+                ),
+            }
+        )
+    if model.psi is not None and model.psi > settings.RADTRIAGE_MONITORING_PSI_ALERT:
+        model.drift_reasons.append(
+            {
+                "reason": "psi",
+                "text": (
+                    f"score distribution shifted: PSI {model.psi:.2f} > "
+                    f"{settings.RADTRIAGE_MONITORING_PSI_ALERT:g}"
+                ),
+            }
+        )
+
+
+def histogram_count(results: QuerySet[Analysis], cuts: list[float]) -> list[int]:
+    """How many scored results fall in each bin the cuts make (bin i: cuts[i-1] <= p < cuts[i]),
+    counted in one query."""
+    edges: list[float | None] = [None, *cuts, None]
+    aggregates = {}
+    for i in range(len(edges) - 1):
+        low, high = edges[i], edges[i + 1]
+        q = scored_q() & Q(probability__isnull=False)
+        if low is not None:
+            q &= Q(probability__gte=low)
+        if high is not None:
+            q &= Q(probability__lt=high)
+        aggregates[f"b{i}"] = Count("pk", filter=q)
+    row = results.aggregate(**aggregates)
+    return [int(row[f"b{i}"]) for i in range(len(edges) - 1)]
