@@ -31,6 +31,15 @@ def wilson_interval(rate: float, n: int, *, confidence: float = 0.99) -> tuple[f
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def effective_n(n: int, reference_n: int) -> int:
+    """The window's n, shrunk for the reference's own sampling error when the reference is a
+    sample too (1/n_eff = 1/n + 1/n_ref): a band around a rate seen in 20,000 results is not
+    exact, and treating it so would alert on noise."""
+    if n <= 0 or reference_n <= 0:
+        return max(n, 0)
+    return max(1, round(1 / (1 / n + 1 / reference_n)))
+
+
 def decile_cuts(scores: Sequence[float]) -> list[float]:
     """The 9 inner cut points (10%, 20%, ... 90% quantiles, linear interpolation) of scores."""
     ordered = sorted(float(s) for s in scores)

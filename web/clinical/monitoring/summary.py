@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db.models import Count, F, Max, Q, QuerySet
 from django.utils import timezone
 
-from core.drift import psi, wilson_interval
+from core.drift import effective_n, psi, wilson_interval
 from web.clinical.analysis.findings import result_kind_q
 from web.clinical.models import Analysis, Annotation
 from web.clinical.monitoring.reference import Reference, model_reference, scored_q
@@ -62,7 +62,9 @@ class ModelMonitoring:
         if self.reference.flag_rate is None or not self.scored:
             return None
         return wilson_interval(
-            self.reference.flag_rate, self.scored, confidence=settings.RADTRIAGE_MONITORING_BAND_CONFIDENCE
+            self.reference.flag_rate,
+            effective_n(self.scored, self.reference.n),
+            confidence=settings.RADTRIAGE_MONITORING_BAND_CONFIDENCE,
         )
 
     @property
@@ -166,7 +168,9 @@ def monitoring_models(*, days: int, now: dt.datetime | None = None) -> list[Mode
         model.reference = model_reference(
             model_id=model.model_id, model_sha256=model.model_sha256, threshold=model.threshold, now=now
         )
-        _drift_judge(model, results)
+    _histograms_count(list(models.values()), results)
+    for model in models.values():
+        _drift_judge(model)
     return sorted(models.values(), key=lambda m: (m.condition, m.model_id, m.superseded, m.model_sha256))
 
 
@@ -232,14 +236,11 @@ def _superseded_mark(models: dict[tuple[str, str, str], ModelMonitoring]) -> Non
                 model.superseded = True
 
 
-def _drift_judge(model: ModelMonitoring, results: QuerySet[Analysis]) -> None:
+def _drift_judge(model: ModelMonitoring) -> None:
     reference = model.reference
-    mine = results.filter(model_id=model.model_id, model_sha256=model.model_sha256, condition=model.condition)
-    if reference.cuts:
-        model.histogram = histogram_count(mine, reference.cuts)
-        total = sum(model.histogram)
-        if total:
-            model.psi = psi(reference.fractions, [c / total for c in model.histogram])
+    total = sum(model.histogram)
+    if reference.cuts and total:
+        model.psi = psi(reference.fractions, [c / total for c in model.histogram])
     if model.scored < settings.RADTRIAGE_MONITORING_MIN_RESULTS:
         return
     band = model.expected_band
@@ -266,18 +267,26 @@ def _drift_judge(model: ModelMonitoring, results: QuerySet[Analysis]) -> None:
         )
 
 
-def histogram_count(results: QuerySet[Analysis], cuts: list[float]) -> list[int]:
-    """How many scored results fall in each bin the cuts make (bin i: cuts[i-1] <= p < cuts[i]),
-    counted in one query."""
-    edges: list[float | None] = [None, *cuts, None]
-    aggregates = {}
-    for i in range(len(edges) - 1):
-        low, high = edges[i], edges[i + 1]
-        q = scored_q() & Q(probability__isnull=False)
-        if low is not None:
-            q &= Q(probability__gte=low)
-        if high is not None:
-            q &= Q(probability__lt=high)
-        aggregates[f"b{i}"] = Count("pk", filter=q)
-    row = results.aggregate(**aggregates)
-    return [int(row[f"b{i}"]) for i in range(len(edges) - 1)]
+def _histograms_count(models: list[ModelMonitoring], results: QuerySet[Analysis]) -> None:
+    """Each model's scored results in its reference's bins (bin i: cuts[i-1] <= p < cuts[i]),
+    all models counted in one pass over the window."""
+    aggregates: dict[str, Count] = {}
+    for index, model in enumerate(models):
+        if not model.reference.cuts:
+            continue
+        mine = Q(model_id=model.model_id, model_sha256=model.model_sha256, condition=model.condition)
+        edges: list[float | None] = [None, *model.reference.cuts, None]
+        for i in range(len(edges) - 1):
+            low, high = edges[i], edges[i + 1]
+            q = mine & Q(probability__isnull=False)
+            if low is not None:
+                q &= Q(probability__gte=low)
+            if high is not None:
+                q &= Q(probability__lt=high)
+            aggregates[f"m{index}_b{i}"] = Count("pk", filter=q)
+    if not aggregates:
+        return
+    row = results.filter(scored_q()).aggregate(**aggregates)
+    for index, model in enumerate(models):
+        if model.reference.cuts:
+            model.histogram = [int(row[f"m{index}_b{i}"]) for i in range(len(model.reference.cuts) + 1)]

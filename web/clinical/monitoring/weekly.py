@@ -11,7 +11,7 @@ from django.db.models import Count, Q
 from django.db.models.functions import TruncWeek
 from django.utils import timezone
 
-from core.drift import wilson_interval
+from core.drift import effective_n, wilson_interval
 from web.clinical.analysis.findings import result_kind_q
 from web.clinical.models import Annotation
 from web.clinical.monitoring.reference import scored_q
@@ -99,7 +99,8 @@ def monitoring_weeks(
     for key, model in keys.items():
         for week in series[key].values():
             if model.reference.flag_rate is not None and week.scored:
-                week.band = wilson_interval(model.reference.flag_rate, week.scored, confidence=confidence)
+                n = effective_n(week.scored, model.reference.n)
+                week.band = wilson_interval(model.reference.flag_rate, n, confidence=confidence)
     return {key: sorted(weeks_of.values(), key=lambda w: w.start) for key, weeks_of in series.items()}
 
 
