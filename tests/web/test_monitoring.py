@@ -389,3 +389,103 @@ def test_the_weekly_summary_downloads_as_csv_and_pdf(admin_client, model_files, 
     radiologist = Client()
     radiologist.force_login(people["radiologist"])
     assert radiologist.get("/monitoring/weekly.csv").status_code == 403
+
+
+def _both_paths(days: int, weeks: int) -> tuple[Any, Any]:
+    """The window and the weeks from the days' counts, and counted live from the rows."""
+    from web.clinical.monitoring.summary import monitoring_models
+    from web.clinical.monitoring.weekly import monitoring_weeks
+
+    now = timezone.now()
+    answers = []
+    for counted in (True, False):
+        models = monitoring_models(days=days, now=now, counted=counted)
+        series = monitoring_weeks(models=models, weeks=weeks, now=now, counted=counted)
+        answers.append(
+            (
+                [m.as_dict() for m in models],
+                {
+                    key: [(w.start, w.analysed, w.counts, w.scored, w.flagged) for w in ws]
+                    for key, ws in series.items()
+                },
+            )
+        )
+    return answers[0], answers[1]
+
+
+def test_the_days_counts_add_up_to_the_live_count_even_when_a_counted_day_changes(
+    people, admin_client, model_files
+):
+    from web.clinical.models import CountedDay, ModelDay, ResultChange
+
+    model_files("pneu-a", scores=UNIFORM)
+    rad = people["radiologist"]
+    rows = []
+    # Every kind of result, two models, on past days (counted once) and today (live); a window
+    # whose first day is partial (29.5 days back).
+    for days_ago in (0.01, 0.2, 1.5, 3, 9, 29.4, 29.6, 40):
+        for i, kind in enumerate(KIND_FIELDS):
+            for model_id, sha, condition in MODELS_AB:
+                rows.append(
+                    result(
+                        kind,
+                        model_id=model_id,
+                        sha=sha,
+                        condition=condition,
+                        days_ago=days_ago,
+                        probability=(i + 1) / 7 + days_ago / 1000,
+                    )
+                )
+    _verdict(rows[0], rad, "agree")
+    summarised, live = _both_paths(29.5, 6)
+    assert summarised == live
+    assert ModelDay.objects.exists() and CountedDay.objects.count() >= 28
+    assert not ResultChange.objects.filter(lo__lt=timezone.now() - dt.timedelta(days=1)).exists()
+    before = {m["model_id"]: m for m in summarised[0]}["pneu-a"]
+    before_b = {m["model_id"]: m for m in summarised[0]}["card-b"]
+
+    # After the days were counted: a finding of 3 days ago turns negative (an edit), a negative
+    # of 9 days ago is deleted, a finding that finished 3 days ago commits only now (a late
+    # finish), a radiologist disagrees with a finding of 9 days ago; then the department's
+    # reference replaces the validation scores (other bins for the histograms).
+    def aged(model_id: str, kind: str, days_ago: float) -> Analysis:
+        age = dt.timedelta(days=days_ago)
+        return next(
+            r
+            for r in rows
+            if r.model_id == model_id
+            and result_kind(r) == kind
+            and abs(timezone.now() - r.finished_at - age) < dt.timedelta(hours=1)
+        )
+
+    Analysis.objects.filter(pk=aged("pneu-a", "finding", 3).pk).update(positive=False)
+    aged("card-b", "negative", 9).delete()
+    result("finding", days_ago=3, probability=0.99)
+    _verdict(aged("pneu-a", "finding", 9), rad, "disagree")  # a verdict on a counted day's result
+    assert ResultChange.objects.filter(lo__lt=timezone.now() - dt.timedelta(days=2)).count() == 4
+    summarised, live = _both_paths(29.5, 6)
+    assert summarised == live
+    after = {m["model_id"]: m for m in summarised[0]}["pneu-a"]
+    assert after["analysed"] == before["analysed"] + 1
+    assert after["findings"] == before["findings"]  # one edited away, one finished late
+    assert after["negatives"] == before["negatives"] + 1
+    assert after["disagree"] == before["disagree"] + 1
+    assert {m["model_id"]: m for m in summarised[0]}["card-b"]["negatives"] == before_b["negatives"] - 1
+
+    ModelReference.objects.create(
+        model_id="pneu-a",
+        model_sha256=SHA_A,
+        period_start=timezone.now() - dt.timedelta(days=90),
+        period_end=timezone.now() - dt.timedelta(days=62),
+        n=1000,
+        flagged=500,
+        cuts=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        fractions=[0.1] * 10,
+    )
+    summarised, live = _both_paths(29.5, 6)
+    assert summarised == live
+    assert {m["model_id"]: m for m in summarised[0]}["pneu-a"]["reference"]["source"] == "department"
+    # The days were counted again in the new reference's bins.
+    assert {tuple(c) for c in ModelDay.objects.filter(model_id="pneu-a").values_list("cuts", flat=True)} == {
+        (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    }

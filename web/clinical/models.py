@@ -558,7 +558,13 @@ class SignedReportChanged(Exception):
 # Tables kept beside their logic; imported last, as they refer to the ones above.
 from web.clinical.batches.models import Batch, BatchItem  # noqa: E402
 from web.clinical.dicom.models import DicomSend  # noqa: E402
-from web.clinical.monitoring.models import DriftAlert, ModelReference  # noqa: E402
+from web.clinical.monitoring.models import (  # noqa: E402
+    CountedDay,
+    DriftAlert,
+    ModelDay,
+    ModelReference,
+    ResultChange,
+)
 from web.clinical.reporting.models import ReportTemplate  # noqa: E402
 
 __all__ = [
@@ -568,13 +574,16 @@ __all__ = [
     "AuditLogIsAppendOnly",
     "Batch",
     "BatchItem",
+    "CountedDay",
     "DicomSend",
     "DriftAlert",
     "Image",
+    "ModelDay",
     "ModelReference",
     "Patient",
     "Report",
     "ReportTemplate",
+    "ResultChange",
     "SignedReportChanged",
     "Study",
     "UploadConflict",

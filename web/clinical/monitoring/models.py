@@ -62,3 +62,70 @@ class DriftAlert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_id}: {self.get_reason_display()}"
+
+
+class ModelDay(models.Model):
+    """One model's results of one past day (local time), counted once (monitoring.days): the
+    window's numbers add these up instead of counting a year of rows on every request. A day is
+    counted again whenever a result of it changes (ResultChange)."""
+
+    model_id = models.CharField(max_length=128)
+    model_sha256 = models.CharField(max_length=64, blank=True)
+    condition = models.CharField(max_length=32)
+    day = models.DateField()
+    analysed = models.PositiveIntegerField(default=0)
+    finding = models.PositiveIntegerField(default=0)
+    negative = models.PositiveIntegerField(default=0)
+    not_applicable = models.PositiveIntegerField(default=0)
+    experimental = models.PositiveIntegerField(default=0)
+    placeholder = models.PositiveIntegerField(default=0)
+    scored = models.PositiveIntegerField(default=0)
+    flagged = models.PositiveIntegerField(default=0)
+    # Radiologists' current verdicts on the day's findings, and on its negatives.
+    agree = models.PositiveIntegerField(default=0)
+    disagree = models.PositiveIntegerField(default=0)
+    uncertain = models.PositiveIntegerField(default=0)
+    negative_agree = models.PositiveIntegerField(default=0)
+    negative_disagree = models.PositiveIntegerField(default=0)
+    negative_uncertain = models.PositiveIntegerField(default=0)
+    threshold = models.FloatField(null=True, blank=True, help_text="the day's highest threshold")
+    last_result = models.DateTimeField(null=True, blank=True)
+    last_clinical = models.DateTimeField(null=True, blank=True)
+    cuts = models.JSONField(default=list, blank=True, help_text="the reference's cuts the histogram uses")
+    histogram = models.JSONField(default=list, blank=True, help_text="scored results per bin of `cuts`")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "model_id", "model_sha256", "condition"], name="model_day_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_id} ({self.model_sha256[:12]}) on {self.day}"
+
+
+class CountedDay(models.Model):
+    """A past day whose ModelDay rows are written (a day without results has none)."""
+
+    day = models.DateField(unique=True)
+    counted_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return str(self.day)
+
+
+class ResultChange(models.Model):
+    """Finished results written, changed or deleted, or verdicts on them given, changed or
+    withdrawn, between `lo` and `hi` (the results' finished_at): written by the database itself,
+    in the writing transaction (triggers on the analysis and annotation tables, migration 0021),
+    whoever writes (the job, a radiologist, the admin, a cascade). Its days are counted again."""
+
+    lo = models.DateTimeField()
+    hi = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["lo"], name="result_change_lo_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.lo} - {self.hi}"

@@ -13,6 +13,7 @@ import datetime as dt
 import functools
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,17 @@ def model_reference(
             note=note,
         )
     return Reference(source="", key="none", label="no validation reference", note=note)
+
+
+def reference_cuts(*, now: dt.datetime) -> Callable[[str, str], list[float]]:
+    """(model id, checksum) -> the cuts of its reference now (model_reference's), asked once
+    per model: the bins a day's scores are counted in (monitoring.days)."""
+
+    @functools.cache
+    def cuts_of(model_id: str, model_sha256: str) -> list[float]:
+        return model_reference(model_id=model_id, model_sha256=model_sha256, threshold=None, now=now).cuts
+
+    return cuts_of
 
 
 def _department_reference_save(

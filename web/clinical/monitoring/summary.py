@@ -3,7 +3,9 @@ forms (web.clinical.analysis.findings), and judged against its reference (monito
 
 A model here is a model id and checksum: a retrained artifact under the same id is another
 model, with its own reference. Results are the model's finished analyses (each re-run counts:
-these are the records), placed in the window by when they finished.
+these are the records), placed in the window by when they finished. The results' counts and
+the verdicts on them are added up from each day's (monitoring.days); AI-missed records (each
+counted once however many days the model read its image) are counted live.
 """
 
 from __future__ import annotations
@@ -13,16 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, F, Max, Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
 from core.drift import effective_n, psi, wilson_interval
-from web.clinical.analysis.findings import result_kind_q
 from web.clinical.models import Analysis, Annotation
-from web.clinical.monitoring.reference import Reference, model_reference, scored_q
+from web.clinical.monitoring.days import KINDS, VERDICTS, Key, Tally, day_tallies, window_results
+from web.clinical.monitoring.reference import Reference, model_reference, reference_cuts, scored_q
 
-KINDS = ("finding", "negative", "not_applicable", "experimental", "placeholder")
-VERDICTS = tuple(Annotation.Verdict.values)  # agree, disagree, uncertain
+__all__ = ["KINDS", "VERDICTS", "ModelMonitoring", "monitoring_models", "window_results"]
 
 
 @dataclass
@@ -114,105 +115,76 @@ class ModelMonitoring:
         }
 
 
-def window_results(*, start: dt.datetime, end: dt.datetime) -> QuerySet[Analysis]:
-    """The finished results of registered models that finished in (start, end]."""
-    return Analysis.objects.filter(
-        state=Analysis.State.SUCCEEDED, finished_at__gt=start, finished_at__lte=end
-    ).exclude(model_id="")
-
-
-def _kind_counts(prefix: str = "") -> dict[str, Count]:
-    return {kind: Count("pk", filter=result_kind_q(kind, prefix)) for kind in KINDS}
-
-
-def monitoring_models(*, days: int, now: dt.datetime | None = None) -> list[ModelMonitoring]:
+def monitoring_models(
+    *, days: int, now: dt.datetime | None = None, counted: bool = True
+) -> list[ModelMonitoring]:
     """One entry per model (id, checksum, condition) with results in the last `days` days,
-    by condition then model id; counts exact, computed by a few aggregate queries."""
+    by condition then model id; counts exact, added up from the days' counts (monitoring.days;
+    counted=False: every result counted live, the same numbers)."""
     now = now or timezone.now()
     start = now - dt.timedelta(days=days)
     results = window_results(start=start, end=now)
-    clinical = Q(experimental=False, is_placeholder=False)
+    cuts_of = reference_cuts(now=now)
+    tallies: dict[Key, Tally] = {}
+    for (key, _), tally in day_tallies(start=start, end=now, cuts_of=cuts_of, counted=counted).items():
+        tallies.setdefault(key, Tally()).add(tally)
     models: dict[tuple[str, str, str], ModelMonitoring] = {}
-    for row in (
-        results.values("model_id", "model_sha256", "condition")
-        .annotate(
-            analysed=Count("pk"),
-            scored=Count("pk", filter=scored_q()),
-            flagged=Count("pk", filter=scored_q() & Q(positive=True)),
-            threshold=Max("threshold"),
-            last_result=Max("finished_at"),
-            last_clinical=Max("finished_at", filter=clinical),
-            **_kind_counts(),
-        )
-        .order_by()
-    ):
-        key = (row["model_id"], row["model_sha256"], row["condition"])
+    for key, tally in sorted(tallies.items()):
         models[key] = ModelMonitoring(
-            model_id=row["model_id"],
-            model_sha256=row["model_sha256"],
-            condition=row["condition"],
-            analysed=row["analysed"],
-            counts={kind: row[kind] for kind in KINDS},
-            scored=row["scored"],
-            flagged=row["flagged"],
-            threshold=row["threshold"],
-            last_result=row["last_result"],
-            last_clinical=row["last_clinical"],
+            model_id=key[0],
+            model_sha256=key[1],
+            condition=key[2],
+            analysed=tally.analysed,
+            counts=dict(tally.counts),
+            scored=tally.scored,
+            flagged=tally.flagged,
+            threshold=tally.threshold,
+            last_result=tally.last_result,
+            last_clinical=tally.last_clinical,
+            verdicts=dict(tally.verdicts),
+            verdicts_on_negatives=dict(tally.verdicts_on_negatives),
         )
     if not models:
         return []
-    _verdicts_add(models, start=start, end=now)
-    _missed_add(models, results)
+    _missed_add(models, start=start, end=now)
     _superseded_mark(models)
     for model in models.values():
         model.reference = model_reference(
             model_id=model.model_id, model_sha256=model.model_sha256, threshold=model.threshold, now=now
         )
-    _histograms_count(list(models.values()), results)
+    for key, model in models.items():
+        if model.reference.cuts and tallies[key].cuts == model.reference.cuts:
+            model.histogram = list(tallies[key].histogram)
+    # Days counted against other bins (the reference changed meanwhile): counted live.
+    _histograms_count([m for m in models.values() if m.reference.cuts and not m.histogram], results)
     for model in models.values():
         _drift_judge(model)
     return sorted(models.values(), key=lambda m: (m.condition, m.model_id, m.superseded, m.model_sha256))
 
 
-def _verdicts_add(
+def _missed_add(
     models: dict[tuple[str, str, str], ModelMonitoring], *, start: dt.datetime, end: dt.datetime
 ) -> None:
-    """Current verdicts on the window's results (one per radiologist and result), on findings
-    (agreement) and on negatives."""
-    on = "analysis__"
-    finding, negative = result_kind_q("finding", on), result_kind_q("negative", on)
-    counts = {
-        **{f"f_{v}": Count("pk", filter=finding & Q(verdict=v)) for v in VERDICTS},
-        **{f"n_{v}": Count("pk", filter=negative & Q(verdict=v)) for v in VERDICTS},
-    }
-    for row in (
-        Annotation.objects.exclude(verdict="")
-        .filter(
-            analysis__state=Analysis.State.SUCCEEDED,
-            analysis__finished_at__gt=start,
-            analysis__finished_at__lte=end,
-        )
-        .exclude(analysis__model_id="")
-        .values("analysis__model_id", "analysis__model_sha256", "analysis__condition")
-        .annotate(**counts)
-        .order_by()
-    ):
-        key = (row["analysis__model_id"], row["analysis__model_sha256"], row["analysis__condition"])
-        if key in models:
-            models[key].verdicts = {v: row[f"f_{v}"] for v in VERDICTS}
-            models[key].verdicts_on_negatives = {v: row[f"n_{v}"] for v in VERDICTS}
-
-
-def _missed_add(models: dict[tuple[str, str, str], ModelMonitoring], results: QuerySet[Analysis]) -> None:
     """AI-missed records of the model's condition on images the model analysed in the window
-    (each record once, however many times the model read its image)."""
+    (each record once, however many times the model read its image). Starts from the records
+    (few), each joined to its image's results by the image's index."""
+    read = "image__analyses__"
     for row in (
-        results.filter(image__annotations__missed_condition=F("condition"))
-        .values("model_id", "model_sha256", "condition")
-        .annotate(missed=Count("image__annotations", distinct=True))
+        Annotation.objects.exclude(missed_condition="")
+        .filter(
+            **{
+                f"{read}condition": F("missed_condition"),
+                f"{read}state": Analysis.State.SUCCEEDED,
+                f"{read}finished_at__gt": start,
+                f"{read}finished_at__lte": end,
+                f"{read}model_id__gt": "",  # a registered model (the id is not blank)
+            }
+        )
+        .values(f"{read}model_id", f"{read}model_sha256", f"{read}condition")
+        .annotate(missed=Count("pk", distinct=True))
         .order_by()
     ):
-        key = (row["model_id"], row["model_sha256"], row["condition"])
+        key = (row[f"{read}model_id"], row[f"{read}model_sha256"], row[f"{read}condition"])
         if key in models:
             models[key].missed = row["missed"]
 

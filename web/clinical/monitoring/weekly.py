@@ -1,5 +1,6 @@
 """Each model's results week by week (weeks start on Monday, local time): the page's charts and
-the weekly summary (CSV, PDF) read these. Counted in the database, two queries in all."""
+the weekly summary (CSV, PDF) read these. The results' counts are added up from each day's
+(monitoring.days), verdicts included."""
 
 from __future__ import annotations
 
@@ -7,15 +8,12 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db.models import Count, Q
-from django.db.models.functions import TruncWeek
 from django.utils import timezone
 
 from core.drift import effective_n, wilson_interval
-from web.clinical.analysis.findings import result_kind_q
-from web.clinical.models import Annotation
-from web.clinical.monitoring.reference import scored_q
-from web.clinical.monitoring.summary import KINDS, VERDICTS, ModelMonitoring, window_results
+from web.clinical.monitoring.days import KINDS, VERDICTS, day_start, day_tallies, local_day
+from web.clinical.monitoring.reference import reference_cuts
+from web.clinical.monitoring.summary import ModelMonitoring
 
 
 @dataclass
@@ -43,58 +41,34 @@ class Week:
 
 
 def week_start(moment: dt.datetime) -> dt.date:
-    local = timezone.localtime(moment).date()
+    local = local_day(moment)
     return local - dt.timedelta(days=local.weekday())
 
 
 def monitoring_weeks(
-    *, models: list[ModelMonitoring], weeks: int, now: dt.datetime | None = None
+    *, models: list[ModelMonitoring], weeks: int, now: dt.datetime | None = None, counted: bool = True
 ) -> dict[tuple[str, str, str], list[Week]]:
     """(model id, checksum, condition) -> its last `weeks` weeks, oldest first, every week
     present (an empty week has zero counts), each with its expected flag-rate band."""
     now = now or timezone.now()
     first = week_start(now) - dt.timedelta(weeks=weeks - 1)
-    start = timezone.make_aware(dt.datetime.combine(first, dt.time.min))
+    start = day_start(first)
     keys = {(m.model_id, m.model_sha256, m.condition): m for m in models}
     series: dict[tuple[str, str, str], dict[dt.date, Week]] = {
         key: {first + dt.timedelta(weeks=i): Week(start=first + dt.timedelta(weeks=i)) for i in range(weeks)}
         for key in keys
     }
-    results = window_results(start=start - dt.timedelta(microseconds=1), end=now)
-    rows = (
-        results.annotate(week=TruncWeek("finished_at"))
-        .values("model_id", "model_sha256", "condition", "week")
-        .annotate(
-            analysed=Count("pk"),
-            scored=Count("pk", filter=scored_q()),
-            flagged=Count("pk", filter=scored_q() & Q(positive=True)),
-            **{kind: Count("pk", filter=result_kind_q(kind)) for kind in KINDS},
-        )
-        .order_by()
-    )
-    for row in rows:
-        week = _week_of(series, (row["model_id"], row["model_sha256"], row["condition"]), row["week"])
+    cuts_of = reference_cuts(now=now)
+    for (key, day), tally in day_tallies(
+        start=start - dt.timedelta(microseconds=1), end=now, cuts_of=cuts_of, counted=counted
+    ).items():
+        week = series.get(key, {}).get(day - dt.timedelta(days=day.weekday()))
         if week is not None:
-            week.analysed, week.scored, week.flagged = row["analysed"], row["scored"], row["flagged"]
-            week.counts = {kind: row[kind] for kind in KINDS}
-    finding = result_kind_q("finding", "analysis__")
-    verdicts = (
-        Annotation.objects.exclude(verdict="")
-        .filter(
-            finding,
-            analysis__finished_at__gt=start - dt.timedelta(microseconds=1),
-            analysis__finished_at__lte=now,
-        )
-        .annotate(week=TruncWeek("analysis__finished_at"))
-        .values("analysis__model_id", "analysis__model_sha256", "analysis__condition", "week")
-        .annotate(**{v: Count("pk", filter=Q(verdict=v)) for v in VERDICTS})
-        .order_by()
-    )
-    for row in verdicts:
-        key = (row["analysis__model_id"], row["analysis__model_sha256"], row["analysis__condition"])
-        week = _week_of(series, key, row["week"])
-        if week is not None:
-            week.verdicts = {v: row[v] for v in VERDICTS}
+            week.analysed += tally.analysed
+            week.scored += tally.scored
+            week.flagged += tally.flagged
+            week.counts = {kind: week.counts.get(kind, 0) + tally.counts[kind] for kind in KINDS}
+            week.verdicts = {v: week.verdicts.get(v, 0) + tally.verdicts[v] for v in VERDICTS}
     confidence = settings.RADTRIAGE_MONITORING_BAND_CONFIDENCE
     for key, model in keys.items():
         for week in series[key].values():
@@ -102,13 +76,3 @@ def monitoring_weeks(
                 n = effective_n(week.scored, model.reference.n)
                 week.band = wilson_interval(model.reference.flag_rate, n, confidence=confidence)
     return {key: sorted(weeks_of.values(), key=lambda w: w.start) for key, weeks_of in series.items()}
-
-
-def _week_of(
-    series: dict[tuple[str, str, str], dict[dt.date, Week]], key: tuple[str, str, str], moment: dt.datetime
-) -> Week | None:
-    weeks_of = series.get(key)
-    if weeks_of is None or moment is None:
-        return None
-    day = timezone.localtime(moment).date() if timezone.is_aware(moment) else moment.date()
-    return weeks_of.get(day)

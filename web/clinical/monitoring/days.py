@@ -1,0 +1,308 @@
+"""Each model's results counted day by day (local days, settings.TIME_ZONE), with the finding
+rule's query forms (web.clinical.analysis.findings).
+
+A past day is counted once into ModelDay rows (one per model and day; CountedDay says the day
+is done), so that a window adds up a few hundred rows instead of counting a year of results on
+every request; today, the window's partial first day and any day not counted yet are counted
+live, by the same query. Counts stay exact when a past day's results change (a late commit, an
+admin's edit, a deletion): the database records every write to a finished result in
+ResultChange in the writing transaction (migration 0021's trigger), and the next count takes
+those records first and counts their days again. A day's score histogram is kept in the bins of
+the reference it was counted against; when the reference changes, the day is counted again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Count, Max, Q, QuerySet
+from django.db.models.functions import TruncDate
+from django.utils import timezone
+
+from web.clinical.analysis.findings import result_kind_q
+from web.clinical.models import Analysis, Annotation, CountedDay, ModelDay, ResultChange
+from web.clinical.monitoring.reference import scored_q
+
+KINDS = ("finding", "negative", "not_applicable", "experimental", "placeholder")
+VERDICTS = tuple(Annotation.Verdict.values)  # agree, disagree, uncertain
+Key = tuple[str, str, str]  # model id, checksum, condition
+CutsOf = Callable[[str, str], list[float]]  # (model id, checksum) -> its reference's cuts
+_LOCK = 0x6D6F6E69  # the advisory lock that serialises counting days (any constant)
+
+
+@dataclass
+class Tally:
+    """One model's results of one day (or of a window, once added up)."""
+
+    analysed: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    scored: int = 0
+    flagged: int = 0
+    verdicts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(VERDICTS, 0))  # on findings
+    verdicts_on_negatives: dict[str, int] = field(default_factory=lambda: dict.fromkeys(VERDICTS, 0))
+    threshold: float | None = None
+    last_result: dt.datetime | None = None
+    last_clinical: dt.datetime | None = None
+    cuts: list[float] | None = None  # the bins of `histogram`; None: no day added yet
+    histogram: list[int] = field(default_factory=list)
+
+    def add(self, other: Tally) -> None:
+        self.analysed += other.analysed
+        self.counts = {k: self.counts[k] + other.counts[k] for k in KINDS}
+        self.scored += other.scored
+        self.flagged += other.flagged
+        self.verdicts = {v: self.verdicts[v] + other.verdicts[v] for v in VERDICTS}
+        self.verdicts_on_negatives = {
+            v: self.verdicts_on_negatives[v] + other.verdicts_on_negatives[v] for v in VERDICTS
+        }
+        self.threshold = _max(self.threshold, other.threshold)
+        self.last_result = _max(self.last_result, other.last_result)
+        self.last_clinical = _max(self.last_clinical, other.last_clinical)
+        if self.cuts is None:
+            self.cuts, self.histogram = other.cuts, list(other.histogram)
+        elif self.cuts == other.cuts and self.histogram and other.histogram:
+            self.histogram = [a + b for a, b in zip(self.histogram, other.histogram, strict=True)]
+        elif self.cuts != other.cuts or bool(self.histogram) != bool(other.histogram):
+            self.cuts, self.histogram = [float("nan")], []  # days binned differently: no histogram
+
+
+def _max(a: Any, b: Any) -> Any:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def window_results(*, start: dt.datetime, end: dt.datetime) -> QuerySet[Analysis]:
+    """The finished results of registered models that finished in (start, end]."""
+    return _finished().filter(finished_at__gt=start, finished_at__lte=end)
+
+
+def _finished() -> QuerySet[Analysis]:
+    return Analysis.objects.filter(state=Analysis.State.SUCCEEDED).exclude(model_id="")
+
+
+def zone() -> zoneinfo.ZoneInfo:
+    return zoneinfo.ZoneInfo(settings.TIME_ZONE)
+
+
+def local_day(moment: dt.datetime) -> dt.date:
+    return moment.astimezone(zone()).date()
+
+
+def day_start(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time.min, tzinfo=zone())
+
+
+def day_tallies(
+    *, start: dt.datetime, end: dt.datetime, cuts_of: CutsOf, counted: bool = True
+) -> dict[tuple[Key, dt.date], Tally]:
+    """Each model's results that finished in (start, end], per local day. The past days whole
+    inside the window come from ModelDay (counted first where missing or changed); the rest is
+    counted live. counted=False counts everything live (the same numbers, slower)."""
+    results = window_results(start=start, end=end)
+    first = local_day(start) + dt.timedelta(days=1 if day_start(local_day(start)) <= start else 0)
+    last = min(local_day(end), local_day(timezone.now())) - dt.timedelta(days=1)
+    if not counted or first > last:
+        return _tallies_count(results, cuts_of)
+    days_count(first=first, last=last, cuts_of=cuts_of)
+    rows = list(ModelDay.objects.filter(day__gte=first, day__lte=last))
+    wanted = {key: cuts_of(key[0], key[1]) for key in {_key(row) for row in rows}}
+    stale = sorted({row.day for row in rows if row.cuts != wanted[_key(row)]})
+    if stale:  # counted against an earlier reference: counted again in the current bins
+        days_count(first=first, last=last, cuts_of=cuts_of, again=stale)
+        rows = list(ModelDay.objects.filter(day__gte=first, day__lte=last))
+    # Two ranges, each its own index range (an OR inside the window's range would scan it all).
+    live = _finished().filter(
+        Q(finished_at__gt=start, finished_at__lt=day_start(first))
+        | Q(finished_at__gte=day_start(last + _DAY), finished_at__lte=end)
+    )
+    tallies = _tallies_count(live, cuts_of)
+    for row in rows:
+        tallies[(_key(row), row.day)] = Tally(
+            analysed=row.analysed,
+            counts={kind: getattr(row, kind) for kind in KINDS},
+            scored=row.scored,
+            flagged=row.flagged,
+            verdicts={v: getattr(row, v) for v in VERDICTS},
+            verdicts_on_negatives={v: getattr(row, f"negative_{v}") for v in VERDICTS},
+            threshold=row.threshold,
+            last_result=row.last_result,
+            last_clinical=row.last_clinical,
+            cuts=list(row.cuts),
+            histogram=list(row.histogram),
+        )
+    return tallies
+
+
+_DAY = dt.timedelta(days=1)
+
+
+def _key(row: ModelDay) -> Key:
+    return (row.model_id, row.model_sha256, row.condition)
+
+
+def days_count(*, first: dt.date, last: dt.date, cuts_of: CutsOf, again: Iterable[dt.date] = ()) -> None:
+    """Make sure every past day from `first` to `last` is counted, and counted since its results
+    last changed (`again`: count these days again whatever). Idempotent; concurrent callers
+    take turns (an advisory lock) and the second finds the work done."""
+    today = local_day(timezone.now())
+    last = min(last, today - _DAY)
+    again = {d for d in again if first <= d <= last}
+    if first > last:
+        return
+    today_start = day_start(today)
+    span = {first + dt.timedelta(days=i) for i in range((last - first).days + 1)}
+    if (
+        not again
+        and not ResultChange.objects.filter(lo__lt=today_start).exists()
+        and CountedDay.objects.filter(day__gte=first, day__lte=last).count() == len(span)
+    ):
+        return
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK])
+            # The changes are taken first, the results counted after, each statement seeing what
+            # was committed when it began: a result committed before this statement is in the
+            # counts below; one committed after it leaves its change for the next count.
+            cursor.execute(
+                f"DELETE FROM {ResultChange._meta.db_table} WHERE lo < %s RETURNING lo, hi", [today_start]
+            )
+            changes = cursor.fetchall()
+        changed: set[dt.date] = set(again)
+        for lo, hi in changes:
+            day, end = local_day(lo), min(local_day(hi), today - _DAY)
+            while day <= end:
+                changed.add(day)
+                day += _DAY
+        counted = set(CountedDay.objects.filter(day__gte=first, day__lte=last).values_list("day", flat=True))
+        todo = (span - counted) | (changed & span)
+        # Changed days outside the span are forgotten: counted afresh when a window needs them.
+        forget = todo | changed
+        ModelDay.objects.filter(day__in=sorted(forget)).delete()
+        CountedDay.objects.filter(day__in=sorted(forget)).delete()
+        if not todo:
+            return
+        ranges = Q()
+        for run_first, run_last in _runs(sorted(todo)):
+            ranges |= Q(finished_at__gte=day_start(run_first), finished_at__lt=day_start(run_last + _DAY))
+        tallies = _tallies_count(_finished().filter(ranges), cuts_of)
+        ModelDay.objects.bulk_create(
+            [
+                ModelDay(
+                    model_id=key[0],
+                    model_sha256=key[1],
+                    condition=key[2],
+                    day=day,
+                    analysed=t.analysed,
+                    scored=t.scored,
+                    flagged=t.flagged,
+                    threshold=t.threshold,
+                    last_result=t.last_result,
+                    last_clinical=t.last_clinical,
+                    cuts=t.cuts or [],
+                    histogram=t.histogram,
+                    **t.counts,
+                    **t.verdicts,
+                    **{f"negative_{v}": n for v, n in t.verdicts_on_negatives.items()},
+                )
+                for (key, day), t in tallies.items()
+            ],
+            batch_size=1000,
+        )
+        CountedDay.objects.bulk_create([CountedDay(day=day) for day in sorted(todo)])
+
+
+def _runs(days: list[dt.date]) -> list[tuple[dt.date, dt.date]]:
+    runs: list[tuple[dt.date, dt.date]] = []
+    for day in days:
+        if runs and runs[-1][1] + _DAY == day:
+            runs[-1] = (runs[-1][0], day)
+        else:
+            runs.append((day, day))
+    return runs
+
+
+def _tallies_count(results: QuerySet[Analysis], cuts_of: CutsOf) -> dict[tuple[Key, dt.date], Tally]:
+    """Count these results per model and local day: two aggregate queries (the counts, then the
+    scores in each model's reference bins: bin i holds cuts[i-1] <= p < cuts[i])."""
+    clinical = Q(experimental=False, is_placeholder=False)
+    day = TruncDate("finished_at", tzinfo=zone())
+    tallies: dict[tuple[Key, dt.date], Tally] = {}
+    for row in (
+        results.annotate(day=day)
+        .values("model_id", "model_sha256", "condition", "day")
+        .annotate(
+            analysed=Count("pk"),
+            scored=Count("pk", filter=scored_q()),
+            flagged=Count("pk", filter=scored_q() & Q(positive=True)),
+            threshold=Max("threshold"),
+            last_result=Max("finished_at"),
+            last_clinical=Max("finished_at", filter=clinical),
+            **{kind: Count("pk", filter=result_kind_q(kind)) for kind in KINDS},
+        )
+        .order_by()
+    ):
+        key = (row["model_id"], row["model_sha256"], row["condition"])
+        tallies[(key, row["day"])] = Tally(
+            analysed=row["analysed"],
+            counts={kind: row[kind] for kind in KINDS},
+            scored=row["scored"],
+            flagged=row["flagged"],
+            threshold=row["threshold"],
+            last_result=row["last_result"],
+            last_clinical=row["last_clinical"],
+            cuts=[],
+        )
+    _verdicts_count(results, day, tallies)
+    cuts = {key: cuts_of(key[0], key[1]) for key in {key for key, _ in tallies}}
+    aggregates: dict[str, Count] = {}
+    binned = [(index, key, c) for index, (key, c) in enumerate(sorted(cuts.items())) if c]
+    for index, key, c in binned:
+        mine = Q(model_id=key[0], model_sha256=key[1], condition=key[2], probability__isnull=False)
+        edges: list[float | None] = [None, *c, None]
+        for i in range(len(edges) - 1):
+            low, high = edges[i], edges[i + 1]
+            q = mine
+            if low is not None:
+                q &= Q(probability__gte=low)
+            if high is not None:
+                q &= Q(probability__lt=high)
+            aggregates[f"m{index}_b{i}"] = Count("pk", filter=q)
+    if aggregates:
+        binned_rows = results.filter(scored_q()).annotate(day=day).values("day").annotate(**aggregates)
+        for row in binned_rows.order_by():
+            for index, key, c in binned:
+                tally = tallies.get((key, row["day"]))
+                if tally is not None:
+                    tally.cuts = list(c)
+                    tally.histogram = [int(row[f"m{index}_b{i}"]) for i in range(len(c) + 1)]
+    for (key, _), tally in tallies.items():
+        if cuts[key] and not tally.histogram:  # no scored result that day
+            tally.cuts, tally.histogram = list(cuts[key]), [0] * (len(cuts[key]) + 1)
+    return tallies
+
+
+def _verdicts_count(
+    results: QuerySet[Analysis], day: TruncDate, tallies: dict[tuple[Key, dt.date], Tally]
+) -> None:
+    """Current verdicts (one per radiologist and result) on these results' findings and negatives."""
+    finding, negative = result_kind_q("finding"), result_kind_q("negative")
+    counts = {
+        **{f"f_{v}": Count("annotations", filter=finding & Q(annotations__verdict=v)) for v in VERDICTS},
+        **{f"n_{v}": Count("annotations", filter=negative & Q(annotations__verdict=v)) for v in VERDICTS},
+    }
+    for row in (
+        results.filter(annotations__verdict__in=VERDICTS)
+        .annotate(day=day)
+        .values("model_id", "model_sha256", "condition", "day")
+        .annotate(**counts)
+        .order_by()
+    ):
+        tally = tallies.get(((row["model_id"], row["model_sha256"], row["condition"]), row["day"]))
+        if tally is not None:
+            tally.verdicts = {v: row[f"f_{v}"] for v in VERDICTS}
+            tally.verdicts_on_negatives = {v: row[f"n_{v}"] for v in VERDICTS}
