@@ -436,18 +436,7 @@ def test_the_days_counts_add_up_to_the_live_count_even_when_a_counted_day_change
                         probability=(i + 1) / 7 + days_ago / 1000,
                     )
                 )
-    _verdict(rows[0], rad, "agree")
-    summarised, live = _both_paths(29.5, 6)
-    assert summarised == live
-    assert ModelDay.objects.exists() and CountedDay.objects.count() >= 28
-    assert not ResultChange.objects.filter(lo__lt=timezone.now() - dt.timedelta(days=1)).exists()
-    before = {m["model_id"]: m for m in summarised[0]}["pneu-a"]
-    before_b = {m["model_id"]: m for m in summarised[0]}["card-b"]
 
-    # After the days were counted: a finding of 3 days ago turns negative (an edit), a negative
-    # of 9 days ago is deleted, a finding that finished 3 days ago commits only now (a late
-    # finish), a radiologist disagrees with a finding of 9 days ago; then the department's
-    # reference replaces the validation scores (other bins for the histograms).
     def aged(model_id: str, kind: str, days_ago: float) -> Analysis:
         age = dt.timedelta(days=days_ago)
         return next(
@@ -458,11 +447,30 @@ def test_the_days_counts_add_up_to_the_live_count_even_when_a_counted_day_change
             and abs(timezone.now() - r.finished_at - age) < dt.timedelta(hours=1)
         )
 
+    _verdict(rows[0], rad, "agree")
+    # A missed record on an image the model read on two counted days counts once.
+    _missed(aged("pneu-a", "negative", 3).image, rad)
+    result("negative", days_ago=1.5, image=aged("pneu-a", "negative", 3).image)
+    _missed(aged("pneu-a", "negative", 0.2).image, rad)
+    summarised, live = _both_paths(29.5, 6)
+    assert summarised == live
+    assert {m["model_id"]: m for m in summarised[0]}["pneu-a"]["missed"] == 2
+    assert ModelDay.objects.exists() and CountedDay.objects.count() >= 28
+    assert not ResultChange.objects.filter(lo__lt=timezone.now() - dt.timedelta(days=1)).exists()
+    before = {m["model_id"]: m for m in summarised[0]}["pneu-a"]
+    before_b = {m["model_id"]: m for m in summarised[0]}["card-b"]
+
+    # After the days were counted: a finding of 3 days ago turns negative (an edit), a negative
+    # of 9 days ago is deleted, a finding that finished 3 days ago commits only now (a late
+    # finish), a radiologist disagrees with a finding of 9 days ago and marks a finding the model
+    # missed on an image it read 9 days ago; then the department's reference replaces the
+    # validation scores (other bins for the histograms).
     Analysis.objects.filter(pk=aged("pneu-a", "finding", 3).pk).update(positive=False)
     aged("card-b", "negative", 9).delete()
     result("finding", days_ago=3, probability=0.99)
     _verdict(aged("pneu-a", "finding", 9), rad, "disagree")  # a verdict on a counted day's result
-    assert ResultChange.objects.filter(lo__lt=timezone.now() - dt.timedelta(days=2)).count() == 4
+    _missed(aged("pneu-a", "negative", 9).image, rad)  # a finding it missed, seen later
+    assert ResultChange.objects.filter(lo__lt=timezone.now() - dt.timedelta(days=2)).count() == 5
     summarised, live = _both_paths(29.5, 6)
     assert summarised == live
     after = {m["model_id"]: m for m in summarised[0]}["pneu-a"]
@@ -470,6 +478,7 @@ def test_the_days_counts_add_up_to_the_live_count_even_when_a_counted_day_change
     assert after["findings"] == before["findings"]  # one edited away, one finished late
     assert after["negatives"] == before["negatives"] + 1
     assert after["disagree"] == before["disagree"] + 1
+    assert after["missed"] == before["missed"] + 1
     assert {m["model_id"]: m for m in summarised[0]}["card-b"]["negatives"] == before_b["negatives"] - 1
 
     ModelReference.objects.create(
@@ -479,13 +488,23 @@ def test_the_days_counts_add_up_to_the_live_count_even_when_a_counted_day_change
         period_end=timezone.now() - dt.timedelta(days=62),
         n=1000,
         flagged=500,
-        cuts=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        cuts=[0.1, 0.2, 0.3, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9],  # cuts may repeat
         fractions=[0.1] * 10,
     )
     summarised, live = _both_paths(29.5, 6)
     assert summarised == live
+    # The days' bins are the reference's bins, score by score (cuts[i-1] <= p < cuts[i]).
+    scores = Analysis.objects.filter(
+        model_id="pneu-a", finished_at__gt=timezone.now() - dt.timedelta(days=29.5)
+    )
+    cuts = [0.1, 0.2, 0.3, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9]
+    binned = [0] * 10
+    for a in scores:
+        if result_kind(a) in ("finding", "negative", "experimental"):
+            binned[sum(1 for c in cuts if c <= a.probability)] += 1
+    assert {m["model_id"]: m for m in summarised[0]}["pneu-a"]["histogram"] == binned
     assert {m["model_id"]: m for m in summarised[0]}["pneu-a"]["reference"]["source"] == "department"
     # The days were counted again in the new reference's bins.
     assert {tuple(c) for c in ModelDay.objects.filter(model_id="pneu-a").values_list("cuts", flat=True)} == {
-        (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+        tuple(cuts)
     }

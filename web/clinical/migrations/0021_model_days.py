@@ -3,10 +3,11 @@
 from django.db import migrations, models
 
 # Every write to a finished result (new, changed or deleted; by a job, the admin, a cascade or
-# SQL), and every verdict given, changed or withdrawn on one, records the span of the results'
-# finished_at in the same transaction: monitoring.days counts those days again. An update
-# records only rows whose counted columns changed (those monitoring.days counts by: the finding
-# rule's fields, the model, the score, the time; a verdict and the result it is on).
+# SQL), every verdict given, changed or withdrawn on one, and every AI-missed record on an
+# image a model read, records the span of the results' finished_at in the same transaction:
+# monitoring.days counts those days again. An update records only rows whose counted columns
+# changed (those monitoring.days counts by: the finding rule's fields, the model, the score,
+# the time, the image; a verdict and the result it is on; a missed record's condition and image).
 MARK_SQL = """
 CREATE FUNCTION clinical_result_change_mark() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -27,10 +28,10 @@ BEGIN
             ]) AS t
             FROM old_rows o JOIN new_rows n ON n.id = o.id
             WHERE (o.state, o.finished_at, o.model_id, o.model_sha256, o.condition, o.probability,
-                   o.threshold, o.positive, o.applicable, o.experimental, o.is_placeholder)
+                   o.threshold, o.positive, o.applicable, o.experimental, o.is_placeholder, o.image_id)
                 IS DISTINCT FROM
                   (n.state, n.finished_at, n.model_id, n.model_sha256, n.condition, n.probability,
-                   n.threshold, n.positive, n.applicable, n.experimental, n.is_placeholder)
+                   n.threshold, n.positive, n.applicable, n.experimental, n.is_placeholder, n.image_id)
         ) changed WHERE t IS NOT NULL HAVING count(*) > 0;
     END IF;
     RETURN NULL;
@@ -40,20 +41,31 @@ BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO clinical_resultchange (lo, hi)
         SELECT min(a.finished_at), max(a.finished_at) FROM clinical_analysis a
-        WHERE a.state = 'succeeded' AND a.finished_at IS NOT NULL
-            AND a.id IN (SELECT analysis_id FROM new_rows WHERE verdict <> '') HAVING count(*) > 0;
+        WHERE a.state = 'succeeded' AND a.finished_at IS NOT NULL AND (
+            a.id IN (SELECT analysis_id FROM new_rows WHERE verdict <> '')
+            OR a.image_id IN (SELECT image_id FROM new_rows WHERE missed_condition <> '')
+        ) HAVING count(*) > 0;
     ELSIF TG_OP = 'DELETE' THEN
         INSERT INTO clinical_resultchange (lo, hi)
         SELECT min(a.finished_at), max(a.finished_at) FROM clinical_analysis a
-        WHERE a.state = 'succeeded' AND a.finished_at IS NOT NULL
-            AND a.id IN (SELECT analysis_id FROM old_rows WHERE verdict <> '') HAVING count(*) > 0;
+        WHERE a.state = 'succeeded' AND a.finished_at IS NOT NULL AND (
+            a.id IN (SELECT analysis_id FROM old_rows WHERE verdict <> '')
+            OR a.image_id IN (SELECT image_id FROM old_rows WHERE missed_condition <> '')
+        ) HAVING count(*) > 0;
     ELSE
         INSERT INTO clinical_resultchange (lo, hi)
         SELECT min(a.finished_at), max(a.finished_at) FROM clinical_analysis a
-        WHERE a.state = 'succeeded' AND a.finished_at IS NOT NULL AND a.id IN (
-            SELECT unnest(ARRAY[o.analysis_id, n.analysis_id])
-            FROM old_rows o JOIN new_rows n ON n.id = o.id
-            WHERE (o.verdict, o.analysis_id) IS DISTINCT FROM (n.verdict, n.analysis_id)
+        WHERE a.state = 'succeeded' AND a.finished_at IS NOT NULL AND (
+            a.id IN (
+                SELECT unnest(ARRAY[o.analysis_id, n.analysis_id])
+                FROM old_rows o JOIN new_rows n ON n.id = o.id
+                WHERE (o.verdict, o.analysis_id) IS DISTINCT FROM (n.verdict, n.analysis_id)
+            )
+            OR a.image_id IN (
+                SELECT unnest(ARRAY[o.image_id, n.image_id])
+                FROM old_rows o JOIN new_rows n ON n.id = o.id
+                WHERE (o.missed_condition, o.image_id) IS DISTINCT FROM (n.missed_condition, n.image_id)
+            )
         ) HAVING count(*) > 0;
     END IF;
     RETURN NULL;
@@ -131,6 +143,14 @@ class Migration(migrations.Migration):
                 ("negative_agree", models.PositiveIntegerField(default=0)),
                 ("negative_disagree", models.PositiveIntegerField(default=0)),
                 ("negative_uncertain", models.PositiveIntegerField(default=0)),
+                (
+                    "missed",
+                    models.JSONField(
+                        blank=True,
+                        default=list,
+                        help_text="AI-missed records of its condition on images it read that day (ids)",
+                    ),
+                ),
                 (
                     "threshold",
                     models.FloatField(blank=True, help_text="the day's highest threshold", null=True),

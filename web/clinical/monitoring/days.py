@@ -20,12 +20,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.contrib.postgres.expressions import ArraySubquery
+from django.contrib.postgres.fields import ArrayField
 from django.db import connection, transaction
-from django.db.models import Count, Max, Q, QuerySet
+from django.db.models import (
+    Case,
+    Count,
+    F,
+    FloatField,
+    Func,
+    IntegerField,
+    Max,
+    OuterRef,
+    Q,
+    QuerySet,
+    Value,
+    When,
+)
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from web.clinical.analysis.findings import result_kind_q
+from web.clinical.analysis.findings import result_kind_expression, result_kind_q
 from web.clinical.models import Analysis, Annotation, CountedDay, ModelDay, ResultChange
 from web.clinical.monitoring.reference import scored_q
 
@@ -46,6 +61,7 @@ class Tally:
     flagged: int = 0
     verdicts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(VERDICTS, 0))  # on findings
     verdicts_on_negatives: dict[str, int] = field(default_factory=lambda: dict.fromkeys(VERDICTS, 0))
+    missed: set[int] = field(default_factory=set)  # AI-missed records of its condition, on images it read
     threshold: float | None = None
     last_result: dt.datetime | None = None
     last_clinical: dt.datetime | None = None
@@ -61,6 +77,7 @@ class Tally:
         self.verdicts_on_negatives = {
             v: self.verdicts_on_negatives[v] + other.verdicts_on_negatives[v] for v in VERDICTS
         }
+        self.missed = self.missed | other.missed
         self.threshold = _max(self.threshold, other.threshold)
         self.last_result = _max(self.last_result, other.last_result)
         self.last_clinical = _max(self.last_clinical, other.last_clinical)
@@ -120,7 +137,7 @@ def day_tallies(
         Q(finished_at__gt=start, finished_at__lt=day_start(first))
         | Q(finished_at__gte=day_start(last + _DAY), finished_at__lte=end)
     )
-    tallies = _tallies_count(live, cuts_of)
+    tallies = _tallies_count(live, cuts_of, few=True)
     for row in rows:
         tallies[(_key(row), row.day)] = Tally(
             analysed=row.analysed,
@@ -129,6 +146,7 @@ def day_tallies(
             flagged=row.flagged,
             verdicts={v: getattr(row, v) for v in VERDICTS},
             verdicts_on_negatives={v: getattr(row, f"negative_{v}") for v in VERDICTS},
+            missed=set(row.missed),
             threshold=row.threshold,
             last_result=row.last_result,
             last_clinical=row.last_clinical,
@@ -200,6 +218,7 @@ def days_count(*, first: dt.date, last: dt.date, cuts_of: CutsOf, again: Iterabl
                     analysed=t.analysed,
                     scored=t.scored,
                     flagged=t.flagged,
+                    missed=sorted(t.missed),
                     threshold=t.threshold,
                     last_result=t.last_result,
                     last_clinical=t.last_clinical,
@@ -226,9 +245,13 @@ def _runs(days: list[dt.date]) -> list[tuple[dt.date, dt.date]]:
     return runs
 
 
-def _tallies_count(results: QuerySet[Analysis], cuts_of: CutsOf) -> dict[tuple[Key, dt.date], Tally]:
-    """Count these results per model and local day: two aggregate queries (the counts, then the
-    scores in each model's reference bins: bin i holds cuts[i-1] <= p < cuts[i])."""
+def _tallies_count(
+    results: QuerySet[Analysis], cuts_of: CutsOf, *, few: bool = False
+) -> dict[tuple[Key, dt.date], Tally]:
+    """Count these results per model and local day: the counts, the verdicts and missed records
+    (_annotations_count), then the scores in each model's reference bins (bin i holds
+    cuts[i-1] <= p < cuts[i]; the cuts are sorted). `few`: a day or two of results (today's, a
+    partial day's)."""
     clinical = Q(experimental=False, is_placeholder=False)
     day = TruncDate("finished_at", tzinfo=zone())
     tallies: dict[tuple[Key, dt.date], Tally] = {}
@@ -257,52 +280,109 @@ def _tallies_count(results: QuerySet[Analysis], cuts_of: CutsOf) -> dict[tuple[K
             last_clinical=row["last_clinical"],
             cuts=[],
         )
-    _verdicts_count(results, day, tallies)
+    _annotations_count(results, tallies, few=few)
     cuts = {key: cuts_of(key[0], key[1]) for key in {key for key, _ in tallies}}
-    aggregates: dict[str, Count] = {}
-    binned = [(index, key, c) for index, (key, c) in enumerate(sorted(cuts.items())) if c]
-    for index, key, c in binned:
-        mine = Q(model_id=key[0], model_sha256=key[1], condition=key[2], probability__isnull=False)
-        edges: list[float | None] = [None, *c, None]
-        for i in range(len(edges) - 1):
-            low, high = edges[i], edges[i + 1]
-            q = mine
-            if low is not None:
-                q &= Q(probability__gte=low)
-            if high is not None:
-                q &= Q(probability__lt=high)
-            aggregates[f"m{index}_b{i}"] = Count("pk", filter=q)
-    if aggregates:
-        binned_rows = results.filter(scored_q()).annotate(day=day).values("day").annotate(**aggregates)
-        for row in binned_rows.order_by():
-            for index, key, c in binned:
-                tally = tallies.get((key, row["day"]))
-                if tally is not None:
-                    tally.cuts = list(c)
-                    tally.histogram = [int(row[f"m{index}_b{i}"]) for i in range(len(c) + 1)]
+    binned = sorted((key, c) for key, c in cuts.items() if c)
+    if binned:
+        # The bin of a score: how many cuts are <= it (PostgreSQL's width_bucket over the sorted
+        # cuts), so bin i holds cuts[i-1] <= p < cuts[i].
+        bucket = Case(
+            *[
+                When(
+                    Q(model_id=key[0], model_sha256=key[1], condition=key[2]),
+                    then=Func(
+                        F("probability"),
+                        Value(list(c), output_field=ArrayField(FloatField())),
+                        function="width_bucket",
+                        output_field=IntegerField(),
+                    ),
+                )
+                for key, c in binned
+            ],
+            default=None,
+            output_field=IntegerField(),
+        )
+        for row in (
+            results.filter(scored_q(), probability__isnull=False)
+            .annotate(day=day, bin=bucket)
+            .exclude(bin=None)
+            .values("model_id", "model_sha256", "condition", "day", "bin")
+            .annotate(n=Count("pk"))
+            .order_by()
+        ):
+            key = (row["model_id"], row["model_sha256"], row["condition"])
+            tally = tallies.get((key, row["day"]))
+            if tally is not None:
+                if not tally.histogram:
+                    tally.cuts, tally.histogram = list(cuts[key]), [0] * (len(cuts[key]) + 1)
+                tally.histogram[row["bin"]] += row["n"]
     for (key, _), tally in tallies.items():
         if cuts[key] and not tally.histogram:  # no scored result that day
             tally.cuts, tally.histogram = list(cuts[key]), [0] * (len(cuts[key]) + 1)
     return tallies
 
 
-def _verdicts_count(
-    results: QuerySet[Analysis], day: TruncDate, tallies: dict[tuple[Key, dt.date], Tally]
+def _annotations_count(
+    results: QuerySet[Analysis], tallies: dict[tuple[Key, dt.date], Tally], *, few: bool
 ) -> None:
-    """Current verdicts (one per radiologist and result) on these results' findings and negatives."""
-    finding, negative = result_kind_q("finding"), result_kind_q("negative")
+    """Current verdicts (one per radiologist and result) on these results' findings and
+    negatives, and the AI-missed records of each result's condition on its image: joined to the
+    results, or, when they are few, looked up result by result (_annotations_count_each)."""
+    if few:
+        _annotations_count_each(results, tallies)
+        return
+    analyses = results.values("pk")
+    on = "analysis__"
+    finding, negative = result_kind_q("finding", on), result_kind_q("negative", on)
     counts = {
-        **{f"f_{v}": Count("annotations", filter=finding & Q(annotations__verdict=v)) for v in VERDICTS},
-        **{f"n_{v}": Count("annotations", filter=negative & Q(annotations__verdict=v)) for v in VERDICTS},
+        **{f"f_{v}": Count("pk", filter=finding & Q(verdict=v)) for v in VERDICTS},
+        **{f"n_{v}": Count("pk", filter=negative & Q(verdict=v)) for v in VERDICTS},
     }
     for row in (
-        results.filter(annotations__verdict__in=VERDICTS)
-        .annotate(day=day)
-        .values("model_id", "model_sha256", "condition", "day")
+        Annotation.objects.filter(analysis_id__in=analyses, verdict__in=VERDICTS)
+        .annotate(day=TruncDate(f"{on}finished_at", tzinfo=zone()))
+        .values(f"{on}model_id", f"{on}model_sha256", f"{on}condition", "day")
         .annotate(**counts)
         .order_by()
     ):
-        tally = tallies.get(((row["model_id"], row["model_sha256"], row["condition"]), row["day"]))
+        key = (row[f"{on}model_id"], row[f"{on}model_sha256"], row[f"{on}condition"])
+        tally = tallies.get((key, row["day"]))
         if tally is not None:
             tally.verdicts = {v: row[f"f_{v}"] for v in VERDICTS}
             tally.verdicts_on_negatives = {v: row[f"n_{v}"] for v in VERDICTS}
+    read = "image__analyses__"
+    missed = Annotation.objects.exclude(missed_condition="").filter(
+        **{f"{read}in": analyses, f"{read}condition": F("missed_condition")}
+    )
+    for pk, model_id, sha, condition, day in (
+        missed.annotate(day=TruncDate(f"{read}finished_at", tzinfo=zone()))
+        .values_list("pk", f"{read}model_id", f"{read}model_sha256", f"{read}condition", "day")
+        .order_by()
+        .distinct()
+    ):
+        tally = tallies.get(((model_id, sha, condition), day))
+        if tally is not None:
+            tally.missed.add(pk)
+
+
+def _annotations_count_each(results: QuerySet[Analysis], tallies: dict[tuple[Key, dt.date], Tally]) -> None:
+    """_annotations_count for a day or two of results: each result's verdicts and missed records
+    looked up by the annotations' indexes (on the result, on the image), which a join over the
+    whole annotation table would not use."""
+    verdicts = Annotation.objects.filter(analysis=OuterRef("pk"), verdict__in=VERDICTS)
+    missed = Annotation.objects.filter(image=OuterRef("image"), missed_condition=OuterRef("condition"))
+    rows = results.annotate(
+        day=TruncDate("finished_at", tzinfo=zone()),
+        kind=result_kind_expression(),
+        verdict_list=ArraySubquery(verdicts.values("verdict")),
+        missed_list=ArraySubquery(missed.values("pk")),
+    ).values_list("model_id", "model_sha256", "condition", "day", "kind", "verdict_list", "missed_list")
+    for model_id, sha, condition, day, kind, verdict_list, missed_list in rows.order_by():
+        tally = tallies.get(((model_id, sha, condition), day))
+        if tally is None:
+            continue
+        tally.missed |= set(missed_list)
+        into = {"finding": tally.verdicts, "negative": tally.verdicts_on_negatives}.get(kind)
+        if into is not None:
+            for verdict in verdict_list:
+                into[verdict] += 1

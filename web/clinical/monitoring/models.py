@@ -88,6 +88,11 @@ class ModelDay(models.Model):
     negative_agree = models.PositiveIntegerField(default=0)
     negative_disagree = models.PositiveIntegerField(default=0)
     negative_uncertain = models.PositiveIntegerField(default=0)
+    missed = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="AI-missed records of its condition on images it read that day (ids)",
+    )
     threshold = models.FloatField(null=True, blank=True, help_text="the day's highest threshold")
     last_result = models.DateTimeField(null=True, blank=True)
     last_clinical = models.DateTimeField(null=True, blank=True)
@@ -116,10 +121,11 @@ class CountedDay(models.Model):
 
 
 class ResultChange(models.Model):
-    """Finished results written, changed or deleted, or verdicts on them given, changed or
-    withdrawn, between `lo` and `hi` (the results' finished_at): written by the database itself,
-    in the writing transaction (triggers on the analysis and annotation tables, migration 0021),
-    whoever writes (the job, a radiologist, the admin, a cascade). Its days are counted again."""
+    """Finished results written, changed or deleted, verdicts on them or AI-missed records on
+    their images given, changed or withdrawn, between `lo` and `hi` (the results' finished_at):
+    written by the database itself, in the writing transaction (triggers on the analysis and
+    annotation tables, migration 0021), whoever writes (the job, a radiologist, the admin, a
+    cascade). Its days are counted again."""
 
     lo = models.DateTimeField()
     hi = models.DateTimeField()

@@ -3,9 +3,9 @@ forms (web.clinical.analysis.findings), and judged against its reference (monito
 
 A model here is a model id and checksum: a retrained artifact under the same id is another
 model, with its own reference. Results are the model's finished analyses (each re-run counts:
-these are the records), placed in the window by when they finished. The results' counts and
-the verdicts on them are added up from each day's (monitoring.days); AI-missed records (each
-counted once however many days the model read its image) are counted live.
+these are the records), placed in the window by when they finished. The numbers are added up
+from each day's (monitoring.days): counts and verdicts summed, AI-missed records as the union
+of each day's (a record counts once however many days the model read its image).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from core.drift import effective_n, psi, wilson_interval
-from web.clinical.models import Analysis, Annotation
+from web.clinical.models import Analysis
 from web.clinical.monitoring.days import KINDS, VERDICTS, Key, Tally, day_tallies, window_results
 from web.clinical.monitoring.reference import Reference, model_reference, reference_cuts, scored_q
 
@@ -143,10 +143,10 @@ def monitoring_models(
             last_clinical=tally.last_clinical,
             verdicts=dict(tally.verdicts),
             verdicts_on_negatives=dict(tally.verdicts_on_negatives),
+            missed=len(tally.missed),
         )
     if not models:
         return []
-    _missed_add(models, start=start, end=now)
     _superseded_mark(models)
     for model in models.values():
         model.reference = model_reference(
@@ -160,33 +160,6 @@ def monitoring_models(
     for model in models.values():
         _drift_judge(model)
     return sorted(models.values(), key=lambda m: (m.condition, m.model_id, m.superseded, m.model_sha256))
-
-
-def _missed_add(
-    models: dict[tuple[str, str, str], ModelMonitoring], *, start: dt.datetime, end: dt.datetime
-) -> None:
-    """AI-missed records of the model's condition on images the model analysed in the window
-    (each record once, however many times the model read its image). Starts from the records
-    (few), each joined to its image's results by the image's index."""
-    read = "image__analyses__"
-    for row in (
-        Annotation.objects.exclude(missed_condition="")
-        .filter(
-            **{
-                f"{read}condition": F("missed_condition"),
-                f"{read}state": Analysis.State.SUCCEEDED,
-                f"{read}finished_at__gt": start,
-                f"{read}finished_at__lte": end,
-                f"{read}model_id__gt": "",  # a registered model (the id is not blank)
-            }
-        )
-        .values(f"{read}model_id", f"{read}model_sha256", f"{read}condition")
-        .annotate(missed=Count("pk", distinct=True))
-        .order_by()
-    ):
-        key = (row[f"{read}model_id"], row[f"{read}model_sha256"], row[f"{read}condition"])
-        if key in models:
-            models[key].missed = row["missed"]
 
 
 def _superseded_mark(models: dict[tuple[str, str, str], ModelMonitoring]) -> None:
