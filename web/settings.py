@@ -17,6 +17,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from web.clinical.dispatch import (
+    TASK_MONITORING_CHECK,
     TASK_RECOVER_ORPHANS,
     TASK_REMOVE_ABANDONED_UPLOADS,
     TASK_REMOVE_ORPHAN_FILES,
@@ -123,6 +124,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "web.access.template_context",
+                "web.clinical.monitoring.alerts.alerts_context",
             ],
         },
     },
@@ -316,6 +318,27 @@ RADTRIAGE_ARCHIVE_MAX_MEMBERS = int(os.environ.get("RADTRIAGE_ARCHIVE_MAX_MEMBER
 RADTRIAGE_ARCHIVE_MAX_BYTES = int(os.environ.get("RADTRIAGE_ARCHIVE_MAX_BYTES", str(20 * 2**30)))
 RADTRIAGE_ARCHIVE_MAX_RATIO = float(os.environ.get("RADTRIAGE_ARCHIVE_MAX_RATIO", "100"))
 
+# Model monitoring (web.clinical.monitoring, docs/monitoring.md). Drift is judged over the last
+# WINDOW_DAYS of results against a reference: the department's first REFERENCE_DAYS of results
+# of that model (id and checksum) once that period is over and holds REFERENCE_MIN results, else
+# the model's validation scores (models/<id>/scores.json). A flag rate outside its Wilson
+# BAND_CONFIDENCE band, or a PSI above PSI_ALERT, raises an alert (PSI_MODERATE: shown, no
+# alert); fewer than MIN_RESULTS scored results in the window are too few to judge.
+RADTRIAGE_MONITORING_WINDOW_DAYS = int(os.environ.get("RADTRIAGE_MONITORING_WINDOW_DAYS", "30"))
+RADTRIAGE_MONITORING_REFERENCE_DAYS = int(os.environ.get("RADTRIAGE_MONITORING_REFERENCE_DAYS", "28"))
+RADTRIAGE_MONITORING_REFERENCE_MIN = int(os.environ.get("RADTRIAGE_MONITORING_REFERENCE_MIN", "500"))
+RADTRIAGE_MONITORING_MIN_RESULTS = int(os.environ.get("RADTRIAGE_MONITORING_MIN_RESULTS", "50"))
+RADTRIAGE_MONITORING_BAND_CONFIDENCE = float(os.environ.get("RADTRIAGE_MONITORING_BAND_CONFIDENCE", "0.99"))
+RADTRIAGE_MONITORING_PSI_ALERT = float(os.environ.get("RADTRIAGE_MONITORING_PSI_ALERT", "0.25"))
+RADTRIAGE_MONITORING_PSI_MODERATE = float(os.environ.get("RADTRIAGE_MONITORING_PSI_MODERATE", "0.1"))
+RADTRIAGE_MONITORING_CHECK_INTERVAL = float(os.environ.get("RADTRIAGE_MONITORING_CHECK_INTERVAL", "3600"))
+if not 0 < RADTRIAGE_MONITORING_BAND_CONFIDENCE < 1:
+    raise ImproperlyConfigured("RADTRIAGE_MONITORING_BAND_CONFIDENCE must lie between 0 and 1 (e.g. 0.99).")
+if min(RADTRIAGE_MONITORING_WINDOW_DAYS, RADTRIAGE_MONITORING_REFERENCE_DAYS) < 1:
+    raise ImproperlyConfigured(
+        "RADTRIAGE_MONITORING_WINDOW_DAYS and RADTRIAGE_MONITORING_REFERENCE_DAYS must be at least 1."
+    )
+
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_TASK_IGNORE_RESULT = True  # the database row is the result
 CELERY_RESULT_BACKEND = None
@@ -359,6 +382,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": TASK_REMOVE_ORPHAN_FILES,
         "schedule": ORPHAN_FILE_CHECK_INTERVAL,
         "options": {"queue": QUEUE_MAINTENANCE, "expires": max(ORPHAN_FILE_CHECK_INTERVAL, 1.0)},
+    },
+    "check-model-drift": {
+        "task": TASK_MONITORING_CHECK,
+        "schedule": RADTRIAGE_MONITORING_CHECK_INTERVAL,
+        "options": {"queue": QUEUE_MAINTENANCE, "expires": max(RADTRIAGE_MONITORING_CHECK_INTERVAL, 1.0)},
     },
     # Starts the overnight batches once inside the night window (their jobs go on the batch
     # queue) and says of those still running at its end that they went on past it.

@@ -28,6 +28,7 @@ from web.clinical.dicom.pacs_send import PacsSendError, pacs_send_fail, pacs_sen
 from web.clinical.dispatch import (
     TASK_ANALYZE,
     TASK_ANALYZE_BATCH,
+    TASK_MONITORING_CHECK,
     TASK_PACS_SEND,
     TASK_RECOVER_ORPHANS,
     TASK_REMOVE_ABANDONED_UPLOADS,
@@ -37,6 +38,7 @@ from web.clinical.dispatch import (
     TASK_SWEEP_STUCK,
 )
 from web.clinical.files import media_remove_abandoned_uploads, media_remove_orphan_files
+from web.clinical.monitoring.alerts import monitoring_check as monitoring_alerts_check
 from web.clinical.reporting.reports import report_render
 from worker.celery import app
 
@@ -192,3 +194,9 @@ def pacs_send(self, send_id: int) -> None:
             return
         delay = settings.RADTRIAGE_PACS_RETRY_DELAY * 2**self.request.retries
         raise self.retry(exc=exc, countdown=delay) from None
+
+
+@app.task(name=TASK_MONITORING_CHECK, ignore_result=True, soft_time_limit=120, time_limit=150)
+def monitoring_check() -> int:
+    """Raise and clear the models' drift alerts (web.clinical.monitoring.alerts)."""
+    return len(monitoring_alerts_check())

@@ -69,6 +69,15 @@ NO_PATIENT_DATA: dict[str, str] = {
     "api:verdict-counts": "verdicts counted per model and condition, across all patients",
 }
 
+# Reads only an admin may make (Capability.MANAGE) that show no patient data: they are not in
+# the radiologist's table above, so they are listed, and checked, here.
+ADMIN_READS_WITHOUT_PATIENT_DATA: dict[str, str] = {
+    "ui:monitoring": "each model's counts, rates and score histogram, across all patients",
+    "ui:monitoring-csv": "each model's weekly counts and rates, across all patients",
+    "ui:monitoring-pdf": "each model's weekly counts, rates and charts, across all patients",
+    "api:monitoring-models": "each model's counts, rates, PSI and drift, across all patients",
+}
+
 
 def _reads_of_a_radiologist() -> dict[str, str]:
     """rule key -> path of every GET the table lets a radiologist make."""
@@ -125,4 +134,16 @@ def test_a_person_without_the_right_leaves_no_read_row(people: dict[str, Any], o
     for key, path in _reads_of_a_radiologist().items():
         if key in AUDITED:
             assert client.get(path.format(**objects)).status_code == 403, path
+    assert _read_rows() == []
+
+
+def test_admin_reads_of_counts_name_no_patient_and_write_no_read_row(people, objects) -> None:  # noqa: F811
+    client = Client()
+    client.force_login(people["admin"])
+    for key in ADMIN_READS_WITHOUT_PATIENT_DATA:
+        [check] = [c for c in ROUTE_RULES[key] if c.method == "get"]
+        assert (check.expect["admin"], check.expect["radiologist"]) == (200, 403), key
+        response = client.get(check.path.format(**objects))
+        assert response.status_code == 200, key
+        assert b"MRN-ROLES" not in response.content, key
     assert _read_rows() == []

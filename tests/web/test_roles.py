@@ -53,6 +53,7 @@ API_STUDIES = per_persona(401, 403, 200, 200, 200)  # API reads of patient data
 API_UPLOAD = per_persona(401, 403, 201, 201, 201)
 API_REVIEW = per_persona(401, 403, 403, 201, 201)  # annotate, re-run analyses
 ADMIN_ONLY = per_persona(302, 302, 302, 302, 200)  # anyone else -> the admin login page
+PAGE_MANAGE = per_persona(302, 403, 403, 403, 200)  # product pages for admins (monitoring)
 
 
 def _dicom_upload(ids: dict[str, int]) -> dict[str, Any]:
@@ -73,6 +74,10 @@ ROUTE_RULES: dict[str, list[Check]] = {
     "ui:batches": [Check("get", "/batches/", PAGE_STUDIES, location="/login/")],
     "ui:batch": [Check("get", "/batches/{batch}/", PAGE_STUDIES, location="/login/")],
     "ui:report": [Check("get", "/studies/{study}/report/", PAGE_STUDIES, location="/login/")],
+    # Model monitoring (Capability.MANAGE): the admin's page and its weekly downloads.
+    "ui:monitoring": [Check("get", "/monitoring/", PAGE_MANAGE, location="/login/")],
+    "ui:monitoring-csv": [Check("get", "/monitoring/weekly.csv", PAGE_MANAGE, location="/login/")],
+    "ui:monitoring-pdf": [Check("get", "/monitoring/weekly.pdf?weeks=2", PAGE_MANAGE, location="/login/")],
     "ui:model-card": [
         Check("get", "/models/fracture-mobilenetv2-384-boxed-v2/card/", PAGE_STUDIES, location="/login/")
     ],
@@ -276,6 +281,9 @@ ROUTE_RULES: dict[str, list[Check]] = {
         ),
     ],
     "api:verdict-counts": [Check("get", "/api/verdicts/counts/", API_STUDIES)],
+    "api:monitoring-models": [
+        Check("get", "/api/monitoring/models/?days=30", per_persona(401, 403, 403, 403, 200))
+    ],
     "api:batch-list": [
         Check("get", "/api/batches/", API_STUDIES),
         Check(

@@ -2,7 +2,16 @@ from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
-from web.api import batch_views, dicom_views, errors, report_views, review_views, views, worklist_views
+from web.api import (
+    batch_views,
+    dicom_views,
+    errors,
+    monitoring_views,
+    report_views,
+    review_views,
+    views,
+    worklist_views,
+)
 
 app_name = "api"
 
@@ -54,6 +63,7 @@ urlpatterns = [
     path("annotations/<int:pk>/", review_views.AnnotationDetailView.as_view(), name="annotation-detail"),
     path("analyses/<int:pk>/verdict/", review_views.AnalysisVerdictView.as_view(), name="analysis-verdict"),
     path("verdicts/counts/", review_views.VerdictCountsView.as_view(), name="verdict-counts"),
+    path("monitoring/models/", monitoring_views.MonitoringModelsView.as_view(), name="monitoring-models"),
     path(
         "analyses/<int:pk>/dicom-sc/",
         dicom_views.AnalysisSecondaryCaptureView.as_view(),

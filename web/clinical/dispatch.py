@@ -30,6 +30,7 @@ TASK_RECOVER_ORPHANS = "worker.tasks.requeue_orphaned_analyses"
 TASK_REMOVE_ABANDONED_UPLOADS = "worker.tasks.remove_abandoned_uploads"
 TASK_REMOVE_ORPHAN_FILES = "worker.tasks.remove_orphan_files"
 TASK_START_OVERNIGHT_BATCHES = "worker.tasks.start_overnight_batches"
+TASK_MONITORING_CHECK = "worker.tasks.monitoring_check"
 
 # The jobs whose first argument is an analysis id, or a list of them.
 ANALYSIS_TASKS = (TASK_ANALYZE, TASK_ANALYZE_BATCH)

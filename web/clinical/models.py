@@ -235,7 +235,12 @@ class Analysis(models.Model):
     class Meta:
         ordering = ["created_at", "id"]
         verbose_name_plural = "analyses"
-        indexes = [models.Index(fields=["state", "enqueued_at"], name="analysis_sweep_idx")]
+        indexes = [
+            models.Index(fields=["state", "enqueued_at"], name="analysis_sweep_idx"),
+            # Monitoring: a model's results in a window, and its first results (its reference).
+            models.Index(fields=["model_id", "model_sha256", "finished_at"], name="analysis_model_time_idx"),
+            models.Index(fields=["finished_at"], name="analysis_finished_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.condition} on image {self.image_id}: {self.state}"
@@ -553,6 +558,13 @@ class SignedReportChanged(Exception):
 # Tables kept beside their logic; imported last, as they refer to the ones above.
 from web.clinical.batches.models import Batch, BatchItem  # noqa: E402
 from web.clinical.dicom.models import DicomSend  # noqa: E402
+from web.clinical.monitoring.models import (  # noqa: E402
+    CountedDay,
+    DriftAlert,
+    ModelDay,
+    ModelReference,
+    ResultChange,
+)
 from web.clinical.registry.models import SiteOperatingPoint  # noqa: E402
 from web.clinical.reporting.models import ReportTemplate  # noqa: E402
 
@@ -563,11 +575,16 @@ __all__ = [
     "AuditLogIsAppendOnly",
     "Batch",
     "BatchItem",
+    "CountedDay",
     "DicomSend",
+    "DriftAlert",
     "Image",
+    "ModelDay",
+    "ModelReference",
     "Patient",
     "Report",
     "ReportTemplate",
+    "ResultChange",
     "SignedReportChanged",
     "SiteOperatingPoint",
     "Study",

@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from web.ui import views
+from web.ui import monitoring_views, views
 
 app_name = "ui"
 
@@ -20,4 +20,7 @@ urlpatterns = [
     path("models/<str:model_id>/card/<str:name>", views.model_card_figure_file, name="model-card-figure"),
     path("batches/", views.batches_page, name="batches"),
     path("batches/<int:batch_id>/", views.batch_page, name="batch"),
+    path("monitoring/", monitoring_views.monitoring, name="monitoring"),
+    path("monitoring/weekly.csv", monitoring_views.monitoring_csv, name="monitoring-csv"),
+    path("monitoring/weekly.pdf", monitoring_views.monitoring_pdf, name="monitoring-pdf"),
 ]

@@ -124,6 +124,16 @@ def applicable_q(prefix: str = "") -> Q:
     return _rule_q(APPLICABLE_RULE, prefix)
 
 
+def result_kind_q(key: str, prefix: str = "") -> Q:
+    """One kind of result (a RESULT_KINDS key: "finding", "negative", ...) as a query
+    expression on Analysis, for counting each kind with a filtered aggregate (the kinds do not
+    overlap: every finished result is exactly one of them)."""
+    for kind in RESULT_KINDS:
+        if kind.key == key:
+            return _rule_q(kind.rule, prefix)
+    raise ValueError(f"unknown result kind {key!r}")
+
+
 def analysis_is_finding(analysis: Any) -> bool:
     """The finding rule for one object in memory (an Analysis, or anything with its fields)."""
     return _rule_holds(FINDING_RULE, analysis)

@@ -68,13 +68,18 @@ class Picture:
 
 
 def report_pdf_bytes(report: Report) -> bytes:
+    return html_pdf_bytes(report_html(report))
+
+
+def html_pdf_bytes(html: str) -> bytes:
+    """A self-contained HTML page (inline images and SVG, no network) as PDF bytes."""
     from PIL import ImageFile
 
     truncated_allowed = ImageFile.LOAD_TRUNCATED_IMAGES
     from weasyprint import HTML  # its import switches Pillow to accept truncated images...
 
     ImageFile.LOAD_TRUNCATED_IMAGES = truncated_allowed  # ...which uploads must never do
-    return HTML(string=report_html(report)).write_pdf()
+    return HTML(string=html).write_pdf()
 
 
 def report_html(report: Report) -> str:
