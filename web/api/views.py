@@ -67,6 +67,7 @@ from web.clinical.worklist.queries import (
     WorklistFilterError,
     study_worklist,
     worklist_filters_parse,
+    worklist_rows,
     worklist_strongest,
 )
 
@@ -299,7 +300,7 @@ class StudyListView(generics.ListAPIView):
             filters = worklist_filters_parse(self.request.query_params)
         except WorklistFilterError as exc:
             raise ValidationError({exc.field: str(exc)}) from None
-        return study_worklist(filters=filters, user=self.request.user)
+        return worklist_rows(filters=filters, user=self.request.user)
 
     def paginate_queryset(self, queryset: Any) -> Any:
         page = super().paginate_queryset(queryset)

@@ -95,6 +95,11 @@ class Study(models.Model):
     # services whenever an analysis ends, so the worklist sorts on an index instead of
     # searching every analysis on each page load.
     ai_flagged = models.BooleanField("AI flag", default=False, editable=False)
+    # The urgency of the strongest finding's condition (core.conditions.CONDITION_URGENCY; 0:
+    # none) and its probability: kept with the flag by the same service, in the same
+    # transaction, so the worklist's triage order is a sort on indexed columns.
+    finding_urgency = models.PositiveSmallIntegerField(default=0, editable=False)
+    finding_probability = models.FloatField(default=0.0, editable=False)
     assigned_radiologist = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -120,9 +125,20 @@ class Study(models.Model):
         verbose_name_plural = "studies"
         indexes = [
             models.Index(fields=["priority", "-created_at"], name="study_worklist_idx"),
+            # The triage order of the studies not waiting past the cap (web.clinical.worklist.queries).
             models.Index(
-                fields=["priority", "-ai_flagged", "-created_at", "-id"], name="study_worklist_flag_idx"
+                fields=["priority", "-finding_urgency", "-finding_probability", "created_at", "id"],
+                name="study_triage_idx",
             ),
+            # The studies still to be read: few, whatever the years of reported ones.
+            models.Index(
+                fields=["created_at", "id"],
+                name="study_waiting_idx",
+                condition=~Q(status__in=["reviewed", "reported"]),
+            ),
+            models.Index(fields=["status", "priority"], name="study_status_idx"),
+            models.Index(fields=["study_date", "id"], name="study_date_idx"),
+            models.Index(fields=["created_at", "id"], name="study_arrival_idx"),
         ]
 
     def __str__(self) -> str:

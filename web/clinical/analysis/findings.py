@@ -174,6 +174,19 @@ def studies_with_finding(study_ids: Iterable[int], *, condition: str | None = No
     )
 
 
+def studies_top_finding(study_ids: Iterable[int]) -> dict[int, tuple[int, float]]:
+    """Each study among these with a finding -> (the urgency of its condition, its probability)
+    for its strongest finding (results_ranked's first): what Study.ai_flagged,
+    Study.finding_urgency and Study.finding_probability hold, so the worklist sorts on columns.
+    Studies without a finding are left out. One query."""
+    ranked = results_ranked(findings().filter(image__study_id__in=list(study_ids)))
+    top: dict[int, tuple[int, float]] = {}
+    rows = ranked.values_list("image__study_id", "result_urgency", "probability")  # type: ignore[misc]
+    for study_id, urgency, probability in rows:  # result_urgency: annotated by results_ranked
+        top.setdefault(study_id, (urgency, probability or 0.0))
+    return top
+
+
 def study_has_finding(*, condition: str | None = None, conditions: Iterable[str] = ()) -> Exists:
     """On Study: it has a finding (for `condition`, or one of `conditions`, when given)."""
     matching = findings().filter(image__study=OuterRef("pk"))
