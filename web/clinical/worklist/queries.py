@@ -314,7 +314,12 @@ class WorklistRows:
             .order_by(*_order(self.filters.sort, overdue=True))
             .values_list("pk", flat=True)
         )[start - skip : stop - skip]
-        rows = {s.pk: s for s in _row_annotations(Study.objects.filter(pk__in=ordered))}
+        # The row's "analyse" form lists the study's image ids: one query for the page.
+        images = Prefetch(
+            "images", queryset=Image.objects.only("pk", "study_id").order_by("created_at", "id")
+        )
+        found = _row_annotations(Study.objects.filter(pk__in=ordered)).prefetch_related(images)
+        rows = {s.pk: s for s in found}
         return [rows[pk] for pk in ordered]
 
 
