@@ -17,8 +17,9 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from core.conditions import CONDITIONS as CONDITION_CODES
 from tests.web.fixtures import with_role
-from web.clinical.analysis.findings import studies_top_finding
+from web.clinical.analysis.findings import studies_top_finding, study_finding_stored_q, study_has_finding
 from web.clinical.analysis.jobs import analysis_fail
 from web.clinical.models import Analysis, Image, Patient, Report, Study
 from web.clinical.reporting.reports import report_draft_save, report_sign
@@ -144,6 +145,8 @@ def _page_ids(filters: WorklistFilters, user: Any, start: int, stop: int) -> lis
         WorklistFilters(status="ai_complete"),
         WorklistFilters(region="CHEST"),
         WorklistFilters(condition="pneumonia", positive_only=True),
+        WorklistFilters(condition="fracture", positive_only=True),
+        WorklistFilters(condition="fracture"),
         WorklistFilters(positive_only=True),
         WorklistFilters(q="DOE"),
         *[WorklistFilters(sort=s) for s in WORKLIST_SORTS],
@@ -188,6 +191,11 @@ def _finding_columns_agree(study: Study) -> None:
     stored = Study.objects.filter(pk=study.pk).values_list(*FINDING).get()
     urgency, probability = studies_top_finding([study.pk]).get(study.pk, (0, 0.0))
     assert stored == (study.pk in studies_top_finding([study.pk]), urgency, probability)
+    # The condition filter's stored marker says what the rule's own query says, condition by condition.
+    one = Study.objects.filter(pk=study.pk)
+    for condition in CONDITION_CODES:
+        by_rule = one.filter(study_has_finding(condition=condition)).exists()
+        assert one.filter(study_finding_stored_q(condition)).exists() == by_rule, condition
 
 
 def test_the_finding_columns_follow_every_change_of_state(radiologist) -> None:
@@ -240,3 +248,27 @@ def test_the_finding_columns_follow_every_change_of_state(radiologist) -> None:
     assert Report.objects.get(pk=draft.pk).is_signed
     assert Study.objects.get(pk=study.pk).status == Study.Status.REPORTED
     _finding_columns_agree(study)
+
+
+def test_the_count_stops_past_the_cap_and_says_so(radiologist, monkeypatch) -> None:
+    from web.clinical.worklist import queries
+
+    many_studies(60)
+    total = Study.objects.count()
+    monkeypatch.setattr(queries, "COUNT_CAP", 20)
+    rows = worklist_rows(filters=WorklistFilters(), user=radiologist)
+    assert (rows.count(), rows.count_capped) == (21, True)
+    deep = worklist_rows(filters=WorklistFilters(), user=radiologist, count_from=50)
+    assert (deep.count(), deep.count_capped) == (total, False)
+    browser, api = Client(), APIClient()
+    browser.force_login(radiologist)
+    api.force_login(radiologist)
+    page = browser.get("/?fragment=1").content.decode()
+    assert "more than 20 studies · page 1<" in page  # (a next link: once the cap passes a page)
+    body = api.get("/api/studies/?limit=10").json()
+    assert (body["count"], body["count_capped"], len(body["results"])) == (20, True, 10)
+    assert body["next"]
+    assert api.get("/api/studies/?limit=10&offset=40").json()["count"] == total
+    assert api.get("/api/studies/?limit=10&offset=40").json()["count_capped"] is False
+    monkeypatch.setattr(queries, "COUNT_CAP", 10_000)
+    assert f"{total} studies" in browser.get("/?fragment=1").content.decode()

@@ -25,6 +25,7 @@ from core.conditions import CONDITIONS
 from core.errors import XRayDecodeError
 from web.access import CanViewStudies, Capability, api_requires, client_ip
 from web.api.authentication import token_expired
+from web.api.pagination import WorklistPagination
 from web.api.parsers import NAME_NOT_UTF8_MESSAGE, MultiPartParser, name_not_utf8
 from web.api.schema import refused
 from web.api.serializers import (
@@ -294,6 +295,7 @@ class StudyListView(generics.ListAPIView):
 
     permission_classes = [CanViewStudies]
     serializer_class = StudyListSerializer
+    pagination_class = WorklistPagination
 
     def get_queryset(self):
         try:

@@ -100,6 +100,9 @@ class Study(models.Model):
     # transaction, so the worklist's triage order is a sort on indexed columns.
     finding_urgency = models.PositiveSmallIntegerField(default=0, editable=False)
     finding_probability = models.FloatField(default=0.0, editable=False)
+    # The conditions of its findings, ',a,b,' (analysis.findings.finding_conditions_text): the
+    # worklist's "condition and positive" filter, kept with the flag.
+    finding_conditions = models.CharField(max_length=200, default="", editable=False)
     assigned_radiologist = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -135,6 +138,12 @@ class Study(models.Model):
                 fields=["created_at", "id"],
                 name="study_waiting_idx",
                 condition=~Q(status__in=["reviewed", "reported"]),
+            ),
+            # The flagged studies' finding conditions: the condition filter reads only this.
+            models.Index(
+                fields=["finding_conditions", "id"],
+                name="study_finding_conditions_idx",
+                condition=Q(ai_flagged=True),
             ),
             models.Index(fields=["status", "priority"], name="study_status_idx"),
             models.Index(fields=["study_date", "id"], name="study_date_idx"),

@@ -30,7 +30,7 @@ from web.clinical.analysis.findings import (
     result_record,
     results_ranked,
     strongest_of,
-    study_has_finding,
+    study_finding_stored_q,
     study_strongest_result,
 )
 from web.clinical.models import Analysis, BatchItem, Image, Patient, Study
@@ -267,6 +267,10 @@ def _order(sort: str, *, overdue: bool) -> list[Any]:
     return [first, *triage]
 
 
+# How far past the first row shown the worklist counts its studies (WorklistRows.count).
+COUNT_CAP = 10_000
+
+
 class WorklistRows:
     """The worklist as the page and the API page through it: `count()` and slices, in
     study_worklist's order, each slice read on indexes at any number of studies.
@@ -277,8 +281,9 @@ class WorklistRows:
     (started early enough to leave room for them), ordered together by the database with the
     full order; the slice's rows are then loaded with what a row shows (one more query)."""
 
-    def __init__(self, *, filters: WorklistFilters, user: Any) -> None:
+    def __init__(self, *, filters: WorklistFilters, user: Any, count_from: int = 0) -> None:
         self.filters, self.user = filters, user
+        self.count_from = max(0, count_from)
         self._base = _filtered(Study.objects.all(), filters, user=user)
         self._overdue: list[int] | None = None
         self._count: int | None = None
@@ -289,9 +294,21 @@ class WorklistRows:
         return self._overdue
 
     def count(self) -> int:
+        """The number of matching studies, counted up to COUNT_CAP past `count_from` (the
+        first row the caller shows) and one more: past that, `count_capped` is True and the
+        count says "more than count - 1". Counting a million studies exactly costs more than
+        the page; a count that stops costs what the rows up to it cost."""
         if self._count is None:
-            self._count = len(self.overdue_ids()) + self._others().count()
+            limit = self.count_from + COUNT_CAP + 1
+            overdue = len(self.overdue_ids())
+            others = self._others().order_by()[: max(0, limit - overdue)].count()
+            self._count = min(overdue + others, limit)
         return self._count
+
+    @property
+    def count_capped(self) -> bool:
+        """Whether count() stopped: more studies match than it says."""
+        return self.count() > self.count_from + COUNT_CAP
 
     def __len__(self) -> int:
         return self.count()
@@ -323,9 +340,10 @@ class WorklistRows:
         return [rows[pk] for pk in ordered]
 
 
-def worklist_rows(*, filters: WorklistFilters, user: Any) -> WorklistRows:
-    """The worklist's rows for a page or the API (study_worklist's order and filters)."""
-    return WorklistRows(filters=filters, user=user)
+def worklist_rows(*, filters: WorklistFilters, user: Any, count_from: int = 0) -> WorklistRows:
+    """The worklist's rows for a page or the API (study_worklist's order and filters);
+    `count_from`: the first row shown, from which the count goes on COUNT_CAP rows."""
+    return WorklistRows(filters=filters, user=user, count_from=count_from)
 
 
 # A radiologist is alerted to a study not yet read that a person marked STAT, or whose AI
@@ -345,7 +363,7 @@ def _filtered(qs: QuerySet[Study], f: WorklistFilters, *, user: Any) -> QuerySet
     if f.status:
         qs = qs.filter(status=f.status)
     if f.condition and f.positive_only:  # a finding for this condition, not any finding
-        qs = qs.filter(study_has_finding(condition=f.condition))
+        qs = qs.filter(study_finding_stored_q(f.condition))  # study_has_finding, kept on the study
     elif f.condition:  # a result (or a request) for this condition, whatever it says
         qs = qs.filter(Exists(Analysis.objects.filter(image__study=OuterRef("pk"), condition=f.condition)))
     elif f.positive_only:  # the stored flag: any finding, kept by the finding rule

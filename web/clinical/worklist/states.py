@@ -29,7 +29,7 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from web.clinical.analysis.findings import studies_top_finding
+from web.clinical.analysis.findings import studies_findings
 from web.clinical.audit.records import audit_event, audit_record
 from web.clinical.events import studies_event_publish, study_event_publish
 from web.clinical.models import Analysis, AuditEvent, Batch, Image, Report, Study
@@ -253,9 +253,10 @@ def study_refresh_status(study: Study) -> None:
     studies_refresh(studies=[study])
 
 
-# What the finding rule keeps on each study (analysis.findings.studies_top_finding): the flag,
-# and the urgency and probability of its strongest finding, which the worklist sorts on.
-FINDING_COLUMNS = ("ai_flagged", "finding_urgency", "finding_probability")
+# What the finding rule keeps on each study (analysis.findings.studies_findings): the flag,
+# the urgency and probability of its strongest finding, which the worklist sorts on, and the
+# conditions of its findings, which the condition filter reads.
+FINDING_COLUMNS = ("ai_flagged", "finding_urgency", "finding_probability", "finding_conditions")
 
 
 def studies_refresh(*, studies: list[Study]) -> None:
@@ -270,8 +271,8 @@ def studies_refresh(*, studies: list[Study]) -> None:
         return
     with transaction.atomic():
         now = timezone.now()
-        top = studies_top_finding(list(by_pk))  # the finding rule (analysis.findings)
-        wanted = {pk: (pk in top, *top.get(pk, (0, 0.0))) for pk in by_pk}
+        top = studies_findings(list(by_pk))  # the finding rule (analysis.findings)
+        wanted = {pk: (pk in top, *top.get(pk, (0, 0.0, ""))) for pk in by_pk}
         _studies_set(studies, FINDING_COLUMNS, wanted, now=now)
         studies_follow_ai(studies=studies)
 
