@@ -51,9 +51,10 @@ class WorklistPagination(BoundedLimitOffsetPagination):
         return count
 
     def get_paginated_response(self, data: Any) -> Response:
+        count = self.count or 0
         return Response(
             {
-                "count": self.count - 1 if self.count_capped else self.count,
+                "count": count - 1 if self.count_capped else count,
                 "count_capped": self.count_capped,
                 "next": self.get_next_link(),
                 "previous": self.get_previous_link(),

@@ -11,6 +11,7 @@ from django.db import models
 from django.db.models import Q
 
 from core.wording import result_warnings
+from web.clinical.worklist.sort_indexes import WORKLIST_SORT_INDEXES
 
 
 class Patient(models.Model):
@@ -148,6 +149,7 @@ class Study(models.Model):
             models.Index(fields=["status", "priority"], name="study_status_idx"),
             models.Index(fields=["study_date", "id"], name="study_date_idx"),
             models.Index(fields=["created_at", "id"], name="study_arrival_idx"),
+            *WORKLIST_SORT_INDEXES,
         ]
 
     def __str__(self) -> str:

@@ -138,6 +138,8 @@ WORKLIST_SORTS: dict[str, str] = {
 
 # Ascending age is the latest birth date first; ascending waiting, the latest arrival first.
 SORTS_REVERSED = {"age", "waiting"}
+# The sort columns that may be NULL (the others are NOT NULL: NULLS LAST changes nothing there).
+SORTS_NULLABLE = {"age", "date"}
 
 
 # ?positive= takes these; anything else is refused (a typo would list every study as if filtered).
@@ -263,7 +265,9 @@ def _order(sort: str, *, overdue: bool) -> list[Any]:
     key = sort.lstrip("-")
     column = WORKLIST_SORTS[key]
     descending = sort.startswith("-") != (key in SORTS_REVERSED)
-    first = F(column).desc(nulls_last=True) if descending else F(column).asc(nulls_last=True)
+    # Empty values last; a column that is never empty sorts plainly, as its index reads backwards.
+    nulls_last = True if key in SORTS_NULLABLE else None
+    first = F(column).desc(nulls_last=nulls_last) if descending else F(column).asc(nulls_last=nulls_last)
     return [first, *triage]
 
 
