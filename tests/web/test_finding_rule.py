@@ -22,6 +22,7 @@ from core.analysis import AnalysisOutcome
 from core.conditions import CONDITIONS
 from tests.web.fixtures import with_role
 from web.clinical.models import Analysis, Annotation, Batch, Image, Patient, Study
+from web.clinical.worklist.states import studies_refresh
 
 _seq = itertools.count(1)
 SUCCEEDED, FAILED, QUEUED = Analysis.State.SUCCEEDED, Analysis.State.FAILED, Analysis.State.QUEUED
@@ -217,6 +218,7 @@ def build(case: Case, *, batch: Batch | None = None) -> Study:
         image = _image(study, n * 10 + i)
         for condition, kind, probability in results:
             _result(image, condition, kind, probability, batch=batch)
+    studies_refresh(studies=[study])  # as when its analyses end: the flag and the finding's urgency
     return study
 
 

@@ -14,6 +14,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from web.clinical.models import Analysis, AuditEvent, Image, Patient, Study
+from web.clinical.worklist.states import studies_refresh
 
 _seq = itertools.count(1)
 
@@ -83,11 +84,7 @@ def study(
             model_id=f"{condition}-test",
             **result_fields,
         )
-        Study.objects.filter(pk=s.pk).update(
-            ai_flagged=bool(positive)
-            and not result_fields.get("is_placeholder")
-            and not result_fields.get("experimental")
-        )
+        studies_refresh(studies=[s])  # the flag and the finding's urgency, by the finding rule
     return s
 
 

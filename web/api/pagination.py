@@ -8,6 +8,9 @@ from typing import Any
 
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.response import Response
+
+from web.clinical.worklist.queries import COUNT_CAP
 
 MAX_OFFSET = 2**31 - 1
 
@@ -34,3 +37,42 @@ class BoundedLimitOffsetPagination(LimitOffsetPagination):
         for parameter in parameters:
             parameter["schema"]["minimum"] = self.minimums[parameter["name"]]
         return parameters
+
+
+class WorklistPagination(BoundedLimitOffsetPagination):
+    """/api/studies/: the count stops COUNT_CAP studies past the page's offset (worklist_rows);
+    then `count_capped` is true and `count` says "more than this many". Paging on with `next`
+    goes on past it: each page counts again from its own offset."""
+
+    def get_count(self, queryset: Any) -> int:
+        queryset.count_from = self.get_offset(self.request)
+        count = int(queryset.count())
+        self.count_capped = bool(queryset.count_capped)
+        return count
+
+    def get_paginated_response(self, data: Any) -> Response:
+        count = self.count or 0
+        return Response(
+            {
+                "count": count - 1 if self.count_capped else count,
+                "count_capped": self.count_capped,
+                "next": self.get_next_link(),
+                "previous": self.get_previous_link(),
+                "results": data,
+            }
+        )
+
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        paginated = super().get_paginated_response_schema(schema)
+        paginated["required"] = ["count", "count_capped", "results"]
+        properties = paginated["properties"]
+        properties["count"]["description"] = (
+            f"the studies matching; with count_capped, more than this many (counting stops "
+            f"{COUNT_CAP:,} studies past the offset)"
+        )
+        paginated["properties"] = {
+            "count": properties["count"],
+            "count_capped": {"type": "boolean", "description": "more studies match than count says"},
+            **{k: v for k, v in properties.items() if k != "count"},
+        }
+        return paginated

@@ -25,6 +25,7 @@ from core.conditions import CONDITIONS
 from core.errors import XRayDecodeError
 from web.access import CanViewStudies, Capability, api_requires, client_ip
 from web.api.authentication import token_expired
+from web.api.pagination import WorklistPagination
 from web.api.parsers import NAME_NOT_UTF8_MESSAGE, MultiPartParser, name_not_utf8
 from web.api.schema import refused
 from web.api.serializers import (
@@ -67,6 +68,7 @@ from web.clinical.worklist.queries import (
     WorklistFilterError,
     study_worklist,
     worklist_filters_parse,
+    worklist_rows,
     worklist_strongest,
 )
 
@@ -293,13 +295,14 @@ class StudyListView(generics.ListAPIView):
 
     permission_classes = [CanViewStudies]
     serializer_class = StudyListSerializer
+    pagination_class = WorklistPagination
 
     def get_queryset(self):
         try:
             filters = worklist_filters_parse(self.request.query_params)
         except WorklistFilterError as exc:
             raise ValidationError({exc.field: str(exc)}) from None
-        return study_worklist(filters=filters, user=self.request.user)
+        return worklist_rows(filters=filters, user=self.request.user)
 
     def paginate_queryset(self, queryset: Any) -> Any:
         page = super().paginate_queryset(queryset)

@@ -11,6 +11,7 @@ from django.db import models
 from django.db.models import Q
 
 from core.wording import result_warnings
+from web.clinical.worklist.sort_indexes import WORKLIST_SORT_INDEXES
 
 
 class Patient(models.Model):
@@ -95,6 +96,14 @@ class Study(models.Model):
     # services whenever an analysis ends, so the worklist sorts on an index instead of
     # searching every analysis on each page load.
     ai_flagged = models.BooleanField("AI flag", default=False, editable=False)
+    # The urgency of the strongest finding's condition (core.conditions.CONDITION_URGENCY; 0:
+    # none) and its probability: kept with the flag by the same service, in the same
+    # transaction, so the worklist's triage order is a sort on indexed columns.
+    finding_urgency = models.PositiveSmallIntegerField(default=0, editable=False)
+    finding_probability = models.FloatField(default=0.0, editable=False)
+    # The conditions of its findings, ',a,b,' (analysis.findings.finding_conditions_text): the
+    # worklist's "condition and positive" filter, kept with the flag.
+    finding_conditions = models.CharField(max_length=200, default="", editable=False)
     assigned_radiologist = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -120,9 +129,27 @@ class Study(models.Model):
         verbose_name_plural = "studies"
         indexes = [
             models.Index(fields=["priority", "-created_at"], name="study_worklist_idx"),
+            # The triage order of the studies not waiting past the cap (web.clinical.worklist.queries).
             models.Index(
-                fields=["priority", "-ai_flagged", "-created_at", "-id"], name="study_worklist_flag_idx"
+                fields=["priority", "-finding_urgency", "-finding_probability", "created_at", "id"],
+                name="study_triage_idx",
             ),
+            # The studies still to be read: few, whatever the years of reported ones.
+            models.Index(
+                fields=["created_at", "id"],
+                name="study_waiting_idx",
+                condition=~Q(status__in=["reviewed", "reported"]),
+            ),
+            # The flagged studies' finding conditions: the condition filter reads only this.
+            models.Index(
+                fields=["finding_conditions", "id"],
+                name="study_finding_conditions_idx",
+                condition=Q(ai_flagged=True),
+            ),
+            models.Index(fields=["status", "priority"], name="study_status_idx"),
+            models.Index(fields=["study_date", "id"], name="study_date_idx"),
+            models.Index(fields=["created_at", "id"], name="study_arrival_idx"),
+            *WORKLIST_SORT_INDEXES,
         ]
 
     def __str__(self) -> str:
@@ -341,53 +368,6 @@ class Annotation(models.Model):
         return f"{kind} by {self.author_id} on image {self.image_id}"
 
 
-class AuditLogIsAppendOnly(Exception):
-    """An attempt to change or delete an audit row through the application."""
-
-
-class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
-    def update(self, **kwargs: Any) -> int:
-        raise AuditLogIsAppendOnly("Audit events are never changed.")
-
-    def delete(self) -> tuple[int, dict[str, int]]:
-        raise AuditLogIsAppendOnly("Audit events are never deleted.")
-
-
-class AuditEvent(models.Model):
-    """Who did what to which patient's data. Append-only: rows are added, never changed or
-    deleted through the application (admin, API, ORM: save of a stored row, update and delete
-    refuse). A deleted user, patient or study leaves its rows, with the link emptied."""
-
-    at = models.DateTimeField(auto_now_add=True, db_index=True)
-    actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    actor_label = models.CharField(max_length=150, help_text="username, or 'system' for jobs")
-    action = models.CharField(max_length=64)
-    patient = models.ForeignKey(Patient, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    study = models.ForeignKey(Study, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    object_type = models.CharField(max_length=32, blank=True)
-    object_id = models.CharField(max_length=64, blank=True)
-    detail = models.JSONField(default=dict, blank=True)
-    ip_address = models.GenericIPAddressField(null=True, blank=True)
-
-    objects = AuditEventQuerySet.as_manager()
-
-    class Meta:
-        ordering = ["-at", "-id"]
-
-    def __str__(self) -> str:
-        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action}"
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if not self._state.adding:
-            raise AuditLogIsAppendOnly("Audit events are never changed.")
-        super().save(*args, **kwargs)
-
-    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
-        raise AuditLogIsAppendOnly("Audit events are never deleted.")
-
-
 def quarantine_upload_to(instance: UploadConflict, filename: str) -> str:
     return f"quarantine/{instance.sha256[:16]}/{filename}"
 
@@ -556,6 +536,7 @@ class SignedReportChanged(Exception):
 
 
 # Tables kept beside their logic; imported last, as they refer to the ones above.
+from web.clinical.audit.models import AuditEvent, AuditLogIsAppendOnly  # noqa: E402
 from web.clinical.batches.models import Batch, BatchItem  # noqa: E402
 from web.clinical.dicom.models import DicomSend  # noqa: E402
 from web.clinical.monitoring.models import (  # noqa: E402

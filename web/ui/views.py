@@ -25,10 +25,10 @@ from web.clinical.worklist.queries import (
     WorklistFilterError,
     WorklistFilters,
     age_label,
-    study_worklist,
     waiting_label,
     worklist_filters_parse,
     worklist_neighbours,
+    worklist_rows,
     worklist_strongest,
 )
 
@@ -43,7 +43,10 @@ def worklist(request: HttpRequest) -> HttpResponse:
         filters, filter_error = worklist_filters_parse(request.GET), ""
     except WorklistFilterError as exc:
         filters, filter_error = WorklistFilters(), str(exc)
-    paginator = Paginator(study_worklist(filters=filters, user=request.user), WORKLIST_PAGE_SIZE)
+    asked = str(request.GET.get("page") or "1")
+    first_row = (int(asked) - 1) * WORKLIST_PAGE_SIZE if asked.isdigit() and int(asked) > 0 else 0
+    studies = worklist_rows(filters=filters, user=request.user, count_from=min(first_row, 2**31 - 1))
+    paginator: Paginator[Study] = Paginator(studies, WORKLIST_PAGE_SIZE)  # type: ignore[arg-type]
     page = paginator.get_page(request.GET.get("page"))
     rows = list(page.object_list)
     studies_read(rows=rows, reader=reader_of(request))  # the rows this person sees
@@ -65,6 +68,8 @@ def worklist(request: HttpRequest) -> HttpResponse:
         "columns": WORKLIST_COLUMNS,
         "studies": rows,
         "page": page,
+        "count_capped": studies.count_capped,  # "more than <count_floor> studies"
+        "count_floor": f"{paginator.count - 1:,}",
         "query": query.urlencode(),
         "query_unsorted": unsorted.urlencode(),
         "filters": filters,

@@ -184,6 +184,43 @@ def studies_with_finding(study_ids: Iterable[int], *, condition: str | None = No
     )
 
 
+def studies_top_finding(study_ids: Iterable[int]) -> dict[int, tuple[int, float]]:
+    """Each study among these with a finding -> (the urgency of its condition, its probability)
+    for its strongest finding (results_ranked's first): what Study.ai_flagged,
+    Study.finding_urgency and Study.finding_probability hold, so the worklist sorts on columns.
+    Studies without a finding are left out. One query."""
+    return {
+        pk: (urgency, probability) for pk, (urgency, probability, _) in studies_findings(study_ids).items()
+    }
+
+
+def studies_findings(study_ids: Iterable[int]) -> dict[int, tuple[int, float, str]]:
+    """studies_top_finding, and the conditions of all the study's findings as
+    Study.finding_conditions holds them (finding_conditions_text). One query."""
+    ranked = results_ranked(findings().filter(image__study_id__in=list(study_ids)))
+    top: dict[int, tuple[int, float]] = {}
+    conditions: dict[int, set[str]] = {}
+    rows = ranked.values_list("image__study_id", "result_urgency", "probability", "condition")  # type: ignore[misc]
+    for study_id, urgency, probability, condition in rows:  # result_urgency: from results_ranked
+        top.setdefault(study_id, (urgency, probability or 0.0))
+        conditions.setdefault(study_id, set()).add(condition)
+    return {pk: (*top[pk], finding_conditions_text(conditions[pk])) for pk in top}
+
+
+def finding_conditions_text(conditions: Iterable[str]) -> str:
+    """Study.finding_conditions for a study with findings of these conditions: ',a,b,' (sorted,
+    so that a condition is found as ',code,'); '' without a finding."""
+    codes = sorted(set(conditions))
+    return f",{','.join(codes)}," if codes else ""
+
+
+def study_finding_stored_q(condition: str) -> Q:
+    """On Study: study_has_finding(condition=condition), read from the columns the finding rule
+    keeps on the study (ai_flagged, finding_conditions: states.studies_refresh), so the filter
+    costs no search of the results. A test checks the two agree after every change."""
+    return Q(ai_flagged=True, finding_conditions__contains=f",{condition},")
+
+
 def study_has_finding(*, condition: str | None = None, conditions: Iterable[str] = ()) -> Exists:
     """On Study: it has a finding (for `condition`, or one of `conditions`, when given)."""
     matching = findings().filter(image__study=OuterRef("pk"))

@@ -6,7 +6,7 @@ is done), so that a window adds up a few hundred rows instead of counting a year
 every request; today, the window's partial first day and any day not counted yet are counted
 live, by the same query. Counts stay exact when a past day's results change (a late commit, an
 admin's edit, a deletion): the database records every write to a finished result in
-ResultChange in the writing transaction (migration 0021's trigger), and the next count takes
+ResultChange in the writing transaction (migration 0020_model_days's trigger), and the next count takes
 those records first and counts their days again. A day's score histogram is kept in the bins of
 the reference it was counted against; when the reference changes, the day is counted again.
 """

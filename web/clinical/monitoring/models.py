@@ -124,7 +124,7 @@ class ResultChange(models.Model):
     """Finished results written, changed or deleted, verdicts on them or AI-missed records on
     their images given, changed or withdrawn, between `lo` and `hi` (the results' finished_at):
     written by the database itself, in the writing transaction (triggers on the analysis and
-    annotation tables, migration 0021), whoever writes (the job, a radiologist, the admin, a
+    annotation tables, migration 0020_model_days), whoever writes (the job, a radiologist, the admin, a
     cascade). Its days are counted again."""
 
     lo = models.DateTimeField()

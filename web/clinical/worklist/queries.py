@@ -27,15 +27,13 @@ from django.utils import timezone
 from core.applicability import REGIONS, region_of_body_part
 from core.conditions import CONDITION_URGENCY, CONDITIONS, KNOWN_BODY_PARTS, REGION_BODY_PART
 from web.clinical.analysis.findings import (
-    findings,
     result_record,
     results_ranked,
     strongest_of,
-    study_has_finding,
+    study_finding_stored_q,
     study_strongest_result,
-    urgency_of_condition,
 )
-from web.clinical.models import Analysis, BatchItem, Image, Study
+from web.clinical.models import Analysis, BatchItem, Image, Patient, Study
 from web.clinical.worklist.states import READ_STATES
 
 
@@ -140,6 +138,8 @@ WORKLIST_SORTS: dict[str, str] = {
 
 # Ascending age is the latest birth date first; ascending waiting, the latest arrival first.
 SORTS_REVERSED = {"age", "waiting"}
+# The sort columns that may be NULL (the others are NOT NULL: NULLS LAST changes nothing there).
+SORTS_NULLABLE = {"age", "date"}
 
 
 # ?positive= takes these; anything else is refused (a typo would list every study as if filtered).
@@ -204,16 +204,35 @@ def study_worklist(
     2. within a priority, a study waiting longer than RADTRIAGE_WAITING_CAP_HOURS first
        (longest waiting first), so AI-negative studies never starve;
     3. then studies with a real AI finding, by the urgency of the condition
-       (core.conditions.CONDITION_URGENCY), then by its probability;
+       (core.conditions.CONDITION_URGENCY), then by its probability (the strongest finding's,
+       kept on the study by the finding rule: Study.finding_urgency, finding_probability);
     4. then the longest waiting first.
 
     A study read (reviewed or reported) no longer waits. `strongest_id` is the result the row shows
     (analysis.findings.study_strongest_result: a finding when there is one, else an applicable
     result; a not-applicable, experimental or placeholder one only when nothing else finished).
+    One row, or the few studies still to be read, read well from this; a page of the whole
+    worklist comes from `worklist_rows`, in the same order.
     """
     filters = filters or WorklistFilters(status=status or "")
-    now = timezone.now()
-    cap = now - dt.timedelta(hours=settings.RADTRIAGE_WAITING_CAP_HOURS)
+    return _row_annotations(_filtered(Study.objects.all(), filters, user=user)).order_by(
+        *_order(filters.sort, overdue=True)
+    )
+
+
+def _overdue_q() -> Q:
+    """On Study: still to be read and waiting longer than the cap."""
+    cap = timezone.now() - dt.timedelta(hours=settings.RADTRIAGE_WAITING_CAP_HOURS)
+    return Q(created_at__lte=cap) & ~Q(status__in=READ_STATES)
+
+
+def _overdue_since() -> Case:
+    return Case(When(_overdue_q(), then=F("created_at")), default=None, output_field=DateTimeField())
+
+
+def _row_annotations(qs: QuerySet[Study]) -> QuerySet[Study]:
+    """What a row shows beyond the study's columns (PostgreSQL evaluates these subqueries for
+    the rows returned only, after the sort and the limit)."""
     images = (
         Image.objects.filter(study=OuterRef("pk"))
         .order_by()
@@ -221,41 +240,114 @@ def study_worklist(
         .annotate(n=Count("pk"))
         .values("n")[:1]
     )
-    # The finding the study is sorted by is the one its row shows (the same ranking).
-    top_finding = results_ranked(findings().filter(image__study=OuterRef("pk")))
-    open_statuses = [s for s in Study.Status.values if s not in READ_STATES]
-    qs = (
-        Study.objects.select_related("patient", "assigned_radiologist")
-        .annotate(
-            image_count=Coalesce(Subquery(images), 0),
-            pending_count=_analysis_count(state__in=[Analysis.State.QUEUED, Analysis.State.RUNNING]),
-            failed_count=_analysis_count(state=Analysis.State.FAILED),
-            finding_urgency=Coalesce(Subquery(top_finding.values(u=urgency_of_condition())[:1]), 0),
-            finding_probability=Coalesce(Subquery(top_finding.values("probability")[:1]), 0.0),
-            overdue_since=Case(
-                When(created_at__lte=cap, status__in=open_statuses, then=F("created_at")),
-                default=None,
-                output_field=DateTimeField(),
-            ),
-            strongest_id=study_strongest_result(),
-        )
-        .order_by(
-            "priority",
-            F("overdue_since").asc(nulls_last=True),
-            "-finding_urgency",
-            "-finding_probability",
-            "created_at",
-            "id",
-        )
+    return qs.select_related("patient", "assigned_radiologist").annotate(
+        image_count=Coalesce(Subquery(images), 0),
+        pending_count=_analysis_count(state__in=[Analysis.State.QUEUED, Analysis.State.RUNNING]),
+        failed_count=_analysis_count(state=Analysis.State.FAILED),
+        overdue_since=_overdue_since(),
+        strongest_id=study_strongest_result(),
     )
-    listed = _filtered(qs, filters, user=user)
-    if filters.sort:  # a column the reader chose; ties keep the triage order
-        key = filters.sort.lstrip("-")
-        column = WORKLIST_SORTS[key]
-        descending = filters.sort.startswith("-") != (key in SORTS_REVERSED)
-        first = F(column).desc(nulls_last=True) if descending else F(column).asc(nulls_last=True)
-        listed = listed.order_by(first, *listed.query.order_by)
-    return listed
+
+
+def _order(sort: str, *, overdue: bool) -> list[Any]:
+    """The worklist's ORDER BY: the reader's column first, if any, then the triage order. Without
+    `overdue`, for studies none of which waits past the cap: the order the triage index holds."""
+    triage: list[Any] = [
+        "priority",
+        *([F("overdue_since").asc(nulls_last=True)] if overdue else []),
+        "-finding_urgency",
+        "-finding_probability",
+        "created_at",
+        "id",
+    ]
+    if not sort:
+        return triage
+    key = sort.lstrip("-")
+    column = WORKLIST_SORTS[key]
+    descending = sort.startswith("-") != (key in SORTS_REVERSED)
+    # Empty values last; a column that is never empty sorts plainly, as its index reads backwards.
+    nulls_last = True if key in SORTS_NULLABLE else None
+    first = F(column).desc(nulls_last=nulls_last) if descending else F(column).asc(nulls_last=nulls_last)
+    return [first, *triage]
+
+
+# How far past the first row shown the worklist counts its studies (WorklistRows.count).
+COUNT_CAP = 10_000
+
+
+class WorklistRows:
+    """The worklist as the page and the API page through it: `count()` and slices, in
+    study_worklist's order, each slice read on indexes at any number of studies.
+
+    The order puts the studies waiting past the cap first in their priority; that depends on
+    the clock, so no index holds it. Those studies are few (they are still to be read), so a
+    slice is: all of them, plus the slice of the other studies in the triage index's order
+    (started early enough to leave room for them), ordered together by the database with the
+    full order; the slice's rows are then loaded with what a row shows (one more query)."""
+
+    def __init__(self, *, filters: WorklistFilters, user: Any, count_from: int = 0) -> None:
+        self.filters, self.user = filters, user
+        self.count_from = max(0, count_from)
+        self._base = _filtered(Study.objects.all(), filters, user=user)
+        self._overdue: list[int] | None = None
+        self._count: int | None = None
+
+    def overdue_ids(self) -> list[int]:
+        if self._overdue is None:
+            self._overdue = list(self._base.filter(_overdue_q()).values_list("pk", flat=True))
+        return self._overdue
+
+    def count(self) -> int:
+        """The number of matching studies, counted up to COUNT_CAP past `count_from` (the
+        first row the caller shows) and one more: past that, `count_capped` is True and the
+        count says "more than count - 1". Counting a million studies exactly costs more than
+        the page; a count that stops costs what the rows up to it cost."""
+        if self._count is None:
+            limit = self.count_from + COUNT_CAP + 1
+            overdue = len(self.overdue_ids())
+            others = self._others().order_by()[: max(0, limit - overdue)].count()
+            self._count = min(overdue + others, limit)
+        return self._count
+
+    @property
+    def count_capped(self) -> bool:
+        """Whether count() stopped: more studies match than it says."""
+        return self.count() > self.count_from + COUNT_CAP
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def _others(self) -> QuerySet[Study]:
+        return self._base.exclude(pk__in=self.overdue_ids())
+
+    def __getitem__(self, key: slice) -> list[Study]:
+        start, stop = key.start or 0, key.stop
+        if stop is None or key.step is not None:
+            raise TypeError("WorklistRows takes slices with an end and no step.")
+        overdue = self.overdue_ids()
+        # The slice's rows are among all the overdue ones and these others (see the class).
+        skip = max(0, start - len(overdue))
+        others = self._others().order_by(*_order(self.filters.sort, overdue=False))
+        candidates = [*overdue, *others.values_list("pk", flat=True)[skip:stop]]
+        ordered = list(
+            Study.objects.filter(pk__in=candidates)
+            .annotate(overdue_since=_overdue_since())
+            .order_by(*_order(self.filters.sort, overdue=True))
+            .values_list("pk", flat=True)
+        )[start - skip : stop - skip]
+        # The row's "analyse" form lists the study's image ids: one query for the page.
+        images = Prefetch(
+            "images", queryset=Image.objects.only("pk", "study_id").order_by("created_at", "id")
+        )
+        found = _row_annotations(Study.objects.filter(pk__in=ordered)).prefetch_related(images)
+        rows = {s.pk: s for s in found}
+        return [rows[pk] for pk in ordered]
+
+
+def worklist_rows(*, filters: WorklistFilters, user: Any, count_from: int = 0) -> WorklistRows:
+    """The worklist's rows for a page or the API (study_worklist's order and filters);
+    `count_from`: the first row shown, from which the count goes on COUNT_CAP rows."""
+    return WorklistRows(filters=filters, user=user, count_from=count_from)
 
 
 # A radiologist is alerted to a study not yet read that a person marked STAT, or whose AI
@@ -265,16 +357,17 @@ ALERT_URGENCY = max(CONDITION_URGENCY.values())
 
 def alert_q() -> Q:
     """On Study: an open study that is STAT or has a finding of the most urgent conditions."""
-    urgent = [code for code, level in CONDITION_URGENCY.items() if level >= ALERT_URGENCY]
     unread = ~Q(status__in=READ_STATES)
-    return unread & (Q(priority=Study.Priority.STAT) | Q(study_has_finding(conditions=urgent)))
+    # finding_urgency is the most urgent finding's (kept by the finding rule): the same as
+    # asking whether a finding of these conditions stands.
+    return unread & (Q(priority=Study.Priority.STAT) | Q(finding_urgency__gte=ALERT_URGENCY))
 
 
 def _filtered(qs: QuerySet[Study], f: WorklistFilters, *, user: Any) -> QuerySet[Study]:
     if f.status:
         qs = qs.filter(status=f.status)
     if f.condition and f.positive_only:  # a finding for this condition, not any finding
-        qs = qs.filter(study_has_finding(condition=f.condition))
+        qs = qs.filter(study_finding_stored_q(f.condition))  # study_has_finding, kept on the study
     elif f.condition:  # a result (or a request) for this condition, whatever it says
         qs = qs.filter(Exists(Analysis.objects.filter(image__study=OuterRef("pk"), condition=f.condition)))
     elif f.positive_only:  # the stored flag: any finding, kept by the finding rule
@@ -290,19 +383,32 @@ def _filtered(qs: QuerySet[Study], f: WorklistFilters, *, user: Any) -> QuerySet
     elif f.assigned == "unassigned":
         qs = qs.filter(assigned_radiologist__isnull=True)
     if f.q:
-        qs = qs.filter(
-            Q(patient__name__icontains=f.q)
-            | Q(patient__patient_id__icontains=f.q)
-            | Q(accession_number__icontains=f.q)
-            # DICOM names are stored 'Family^Given': "Jane Doe" should find 'Doe^Jane' too.
-            | Q(patient__name__icontains="^".join(reversed(f.q.split())))
-        )
+        qs = qs.filter(_search_q(f.q))
     if f.alert:
         qs = qs.filter(alert_q())
     if f.batch is not None:
         files = BatchItem.objects.filter(batch_id=f.batch, image__isnull=False)
         qs = qs.filter(pk__in=files.values("image__study_id"))
     return qs
+
+
+# A search matching at most this many patients lists their studies by the patient index; one
+# matching more (a few letters) is left to a join.
+SEARCH_PATIENTS_MAX = 2000
+
+
+def _search_q(text: str) -> Q:
+    """On Study: the patient's name or ID, or the accession number, contains `text` (PostgreSQL
+    finds each on a trigram index). DICOM names are stored 'Family^Given': "Jane Doe" finds
+    'Doe^Jane' too."""
+    patients = Patient.objects.filter(
+        Q(name__icontains=text)
+        | Q(patient_id__icontains=text)
+        | Q(name__icontains="^".join(reversed(text.split())))
+    ).order_by()
+    ids = list(patients.values_list("pk", flat=True)[: SEARCH_PATIENTS_MAX + 1])
+    by_patient = Q(patient__in=patients) if len(ids) > SEARCH_PATIENTS_MAX else Q(patient_id__in=ids)
+    return by_patient | Q(accession_number__icontains=text)
 
 
 def worklist_strongest(studies: list[Study]) -> None:

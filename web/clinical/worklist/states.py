@@ -29,7 +29,7 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from web.clinical.analysis.findings import studies_with_finding
+from web.clinical.analysis.findings import studies_findings
 from web.clinical.audit.records import audit_event, audit_record
 from web.clinical.events import studies_event_publish, study_event_publish
 from web.clinical.models import Analysis, AuditEvent, Batch, Image, Report, Study
@@ -253,8 +253,15 @@ def study_refresh_status(study: Study) -> None:
     studies_refresh(studies=[study])
 
 
+# What the finding rule keeps on each study (analysis.findings.studies_findings): the flag,
+# the urgency and probability of its strongest finding, which the worklist sorts on, and the
+# conditions of its findings, which the condition filter reads.
+FINDING_COLUMNS = ("ai_flagged", "finding_urgency", "finding_probability", "finding_conditions")
+
+
 def studies_refresh(*, studies: list[Study]) -> None:
-    """After analyses end: each study's AI flag (the finding rule) and its AI state.
+    """After analyses end: each study's AI flag and the strongest finding's urgency and
+    probability (the finding rule), and its AI state, in one transaction.
 
     The objects passed in are updated too (several may stand for one study), so events built
     from them say what the database says.
@@ -262,10 +269,12 @@ def studies_refresh(*, studies: list[Study]) -> None:
     by_pk = {s.pk: s for s in studies}
     if not by_pk:
         return
-    now = timezone.now()
-    flagged = studies_with_finding(list(by_pk))  # the finding rule (analysis.findings)
-    _studies_set(studies, "ai_flagged", {pk: pk in flagged for pk in by_pk}, now=now)
-    studies_follow_ai(studies=studies)
+    with transaction.atomic():
+        now = timezone.now()
+        top = studies_findings(list(by_pk))  # the finding rule (analysis.findings)
+        wanted = {pk: (pk in top, *top.get(pk, (0, 0.0, ""))) for pk in by_pk}
+        _studies_set(studies, FINDING_COLUMNS, wanted, now=now)
+        studies_follow_ai(studies=studies)
 
 
 def _studies_with(study_ids: Iterable[int], matching: Q) -> set[int]:
@@ -281,15 +290,18 @@ def _studies_with(study_ids: Iterable[int], matching: Q) -> set[int]:
     )
 
 
-def _studies_set(studies: list[Study], field: str, wanted: dict[int, Any], *, now: dt.datetime) -> None:
-    """Write `field` where it differs from `wanted` (one UPDATE per distinct value)."""
-    current = {s.pk: getattr(s, field) for s in studies}
-    changed = {pk for pk, value in wanted.items() if current[pk] != value}
-    for value in {wanted[pk] for pk in changed}:
-        Study.objects.filter(pk__in=[pk for pk in changed if wanted[pk] == value]).update(
-            **{field: value, "updated_at": now}
+def _studies_set(
+    studies: list[Study], fields: tuple[str, ...], wanted: dict[int, tuple[Any, ...]], *, now: dt.datetime
+) -> None:
+    """Write `fields` where they differ from `wanted` (one UPDATE per distinct set of values)."""
+    current = {s.pk: tuple(getattr(s, f) for f in fields) for s in studies}
+    changed = {pk for pk, values in wanted.items() if current[pk] != values}
+    for values in {wanted[pk] for pk in changed}:
+        Study.objects.filter(pk__in=[pk for pk in changed if wanted[pk] == values]).update(
+            **dict(zip(fields, values, strict=True)), updated_at=now
         )
     for study in studies:
         if study.pk in changed:
-            setattr(study, field, wanted[study.pk])
+            for field, value in zip(fields, wanted[study.pk], strict=True):
+                setattr(study, field, value)
             study.updated_at = now
