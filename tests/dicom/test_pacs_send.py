@@ -62,7 +62,7 @@ def test_received_images_are_analysed_and_their_results_stored_in_the_pacs(
 
 
 def test_a_pacs_that_refuses_leaves_a_visible_failure_after_retries(
-    pacs_stack, radiologist_api, tmp_path, settings
+    pacs_stack, radiologist_api, tmp_path, settings, private_redis, broker_switch
 ) -> None:
     pacs_stack.pacs.refuse = True
     try:
@@ -79,12 +79,14 @@ def test_a_pacs_that_refuses_leaves_a_visible_failure_after_retries(
     # Sent again by hand once the PACS takes it: the same row, queued afresh, then sent.
     settings.RADTRIAGE_PACS_HOST, settings.RADTRIAGE_PACS_PORT = "127.0.0.1", pacs_stack.pacs.port
     settings.RADTRIAGE_PACS_AE_TITLE = "TESTPACS"
+    # The job goes to a Redis no worker reads (the session's shared worker would otherwise send
+    # it at the same time as the call below).
+    broker_switch(f"redis://127.0.0.1:{private_redis[1]}/0")
     again = radiologist_api.post(f"/api/images/{image.pk}/pacs-sends/")
     assert again.status_code == 202, again.content
     assert again.json()[0]["id"] == send.pk and again.json()[0]["state"] == "queued"
     assert again.json()[0]["last_error"] == ""
-    # The job went to this test process's queue, where no worker of this stack listens: the
-    # task's service runs here instead (the same call the task makes).
+    # The task's service runs here instead (the same call the task makes).
     assert pacs_send_run(send_id=send.pk).state == "sent"
     [row] = radiologist_api.get(f"/api/images/{image.pk}/pacs-sends/").json()
     assert row["state"] == "sent" and len(row["instances"]) >= 2
