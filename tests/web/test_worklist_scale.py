@@ -292,7 +292,7 @@ def test_the_sorts_that_say_nulls_last_are_the_nullable_columns() -> None:
 def test_a_sort_by_a_study_column_reads_an_index_in_order(radiologist, sort) -> None:
     if connection.vendor != "postgresql":
         pytest.skip("the plan is PostgreSQL's")
-    many_studies(2000)
+    many_studies(1000)
     with CaptureQueriesContext(connection) as captured:
         list(worklist_rows(filters=WorklistFilters(sort=sort), user=radiologist)[0:50])
     slice_sql = next(q["sql"] for q in captured.captured_queries if "LIMIT 50" in q["sql"])
