@@ -7,6 +7,8 @@ from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
+from web.clinical.media_storage import media_reachable
+
 
 def healthz(request: HttpRequest) -> JsonResponse:
     checks: dict[str, str] = {}
@@ -21,6 +23,11 @@ def healthz(request: HttpRequest) -> JsonResponse:
         checks["broker"] = "ok"
     except Exception as exc:  # noqa: BLE001
         checks["broker"] = f"error: {type(exc).__name__}"
+    try:
+        media_reachable()
+        checks["storage"] = "ok"
+    except OSError as exc:
+        checks["storage"] = f"error: {type(exc).__name__}"
     healthy = all(v == "ok" for v in checks.values())
     models = models_health()
     status = "unhealthy" if not healthy else ("ok" if all(v == "ok" for v in models.values()) else "degraded")

@@ -24,6 +24,7 @@ from web.clinical.dispatch import (
     TASK_START_OVERNIGHT_BATCHES,
     TASK_SWEEP_STUCK,
 )
+from web.storage_config import StorageConfigError, media_storage_setting
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -166,9 +167,15 @@ STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "var" / "static"))
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", BASE_DIR / "var" / "media"))
+# Where stored files live (docs/storage.md): `filesystem` (MEDIA_ROOT, one machine) or `s3`
+# (an S3-compatible bucket that every host reaches; MEDIA_ROOT is then never used).
+MEDIA_STORAGE = os.environ.get("MEDIA_STORAGE") or "filesystem"
+try:
+    _MEDIA_STORAGE = media_storage_setting(os.environ)
+except StorageConfigError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
 STORAGES = {
-    # FileSystemStorage that removes a half-written file (disk full) instead of leaving it.
-    "default": {"BACKEND": "web.clinical.media_storage.MediaStorage"},
+    "default": _MEDIA_STORAGE,
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 

@@ -97,6 +97,10 @@ def too_large_message(size: int) -> str:
     )
 
 
+# A whole upload refused because the storage is full (507) or unreachable (503) says so.
+STORAGE_FAILURES = (status.HTTP_507_INSUFFICIENT_STORAGE, status.HTTP_503_SERVICE_UNAVAILABLE)
+
+
 class UploadView(APIView):
     permission_classes = [api_requires(Capability.UPLOAD)]
     parser_classes = [MultiPartParser]  # a file travels in multipart only (the schema says so)
@@ -203,8 +207,12 @@ class BulkUploadView(APIView):
         code: int
         if body["created"]:
             code = status.HTTP_201_CREATED
-        elif body["rejected"] and all(i.status_code == status.HTTP_507_INSUFFICIENT_STORAGE for i in items):
-            code = status.HTTP_507_INSUFFICIENT_STORAGE
+        elif (
+            body["rejected"]
+            and items[0].status_code in STORAGE_FAILURES
+            and all(i.status_code == items[0].status_code for i in items)
+        ):
+            code = items[0].status_code
             body["error"] = items[0].error
         elif body["rejected"]:
             code = status.HTTP_400_BAD_REQUEST

@@ -1,5 +1,6 @@
-"""Backup and restore: the database, the stored files (MEDIA_ROOT), the model registry and the
-model files it names, with a manifest of every file's sha256.
+"""Backup and restore: the database, the stored files (MEDIA_ROOT or the S3 bucket, through the
+media storage), the model registry and the model files it names, with a manifest of every
+file's sha256.
 
 A backup folder holds:
   database.dump      PostgreSQL (pg_dump, custom format)   or  database.sqlite3 (SQLite)
@@ -25,9 +26,12 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.files import File
+from django.core.files.storage import default_storage
 from django.db import connection, connections
 
 from core.registry import Registry, sha256_file
+from web.clinical.media_storage import media_describe, media_is_empty, media_walk, media_write
 from web.clinical.models import Analysis, AuditEvent, Image, Patient, Report, Study
 
 FORMAT = "radtriage-backup/1"
@@ -162,12 +166,8 @@ def backup_create(*, folder: Path, models: str = "copy", say: Say = _quiet) -> O
             source.close()
 
     # 2. Stored files, after the dump: every file a dumped row names is already there.
-    media_root = Path(settings.MEDIA_ROOT)
-    say(f"Copying stored files from {media_root} ...")
-    if media_root.is_dir():
-        shutil.copytree(media_root, folder / "media", symlinks=False)
-    else:
-        (folder / "media").mkdir()
+    say(f"Copying stored files from {media_describe()} ...")
+    _media_copy_out(folder / "media")
 
     # 3. The model registry and the model files it names.
     registry_path = Path(settings.RADTRIAGE_REGISTRY)
@@ -259,13 +259,31 @@ def backup_verify(folder: Path) -> dict[str, Any]:
     return dict(manifest)
 
 
-def _media_is_empty(root: Path) -> bool:
-    return not root.exists() or next(_files_under(root), None) is None
+def _media_copy_out(target: Path) -> None:
+    target.mkdir()
+    for name, _modified in media_walk():
+        path = (target / name).resolve()
+        if not path.is_relative_to(target):
+            raise BackupRefused(f"The stored file {name!r} names a place outside the backup folder.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with default_storage.open(name, "rb") as source, open(path, "wb") as copy:
+            shutil.copyfileobj(source, copy, 1 << 20)
+
+
+def _media_copy_in(source: Path) -> int:
+    for name, _modified in list(media_walk()):
+        default_storage.delete(name)
+    copied = 0
+    for path in _files_under(source):
+        with open(path, "rb") as handle:
+            media_write(path.relative_to(source).as_posix(), File(handle))
+        copied += 1
+    return copied
 
 
 def backup_restore(*, folder: Path, force: bool = False, say: Say = _quiet) -> Outcome:
-    """Restore a backup into this deployment's database, MEDIA_ROOT and registry. Refuses an
-    incomplete or altered backup, and a non-empty database or MEDIA_ROOT unless `force`
+    """Restore a backup into this deployment's database, media storage and registry. Refuses an
+    incomplete or altered backup, and a non-empty database or media storage unless `force`
     (which replaces them)."""
     manifest = backup_verify(folder)
     folder = folder.resolve()
@@ -275,7 +293,6 @@ def backup_restore(*, folder: Path, force: bool = False, say: Say = _quiet) -> O
             f"This backup is of a {manifest['database']['engine']} database; DATABASE_URL points at "
             f"{engine}. Restore into the same kind of database."
         )
-    media_root = Path(settings.MEDIA_ROOT)
     if not force:
         if not database_is_empty():
             raise BackupRefused(
@@ -283,10 +300,10 @@ def backup_restore(*, folder: Path, force: bool = False, say: Say = _quiet) -> O
                 "studies or audit events). Restore into an empty database, or add --force to replace "
                 "everything in it with the backup."
             )
-        if not _media_is_empty(media_root):
+        if not media_is_empty():
             raise BackupRefused(
-                f"MEDIA_ROOT {media_root} is not empty. Point MEDIA_ROOT at an empty folder, or add "
-                "--force to replace its files with the backup's."
+                f"The media storage ({media_describe()}) is not empty. Point MEDIA_ROOT (or S3_BUCKET) at "
+                "an empty folder (bucket), or add --force to replace its files with the backup's."
             )
     registry_path = Path(settings.RADTRIAGE_REGISTRY)
     notes: list[str] = []
@@ -350,18 +367,8 @@ def backup_restore(*, folder: Path, force: bool = False, say: Say = _quiet) -> O
             backup_db.close()
 
     # Stored files.
-    say(f"Restoring stored files into {media_root} ...")
-    if media_root.exists():
-        for child in media_root.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-    media_root.mkdir(parents=True, exist_ok=True)
-    backup_media = folder / manifest["media"]
-    copied = 0
-    for path in _files_under(backup_media):
-        target_file = media_root / path.relative_to(backup_media)
-        target_file.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target_file)
-        copied += 1
+    say(f"Restoring stored files into {media_describe()} ...")
+    copied = _media_copy_in(folder / manifest["media"])
 
     # The registry and its model files.
     if manifest.get("registry"):

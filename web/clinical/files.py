@@ -14,15 +14,14 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 
 import numpy as np
-from django.conf import settings
 from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
 from django.db.models import Q
 from django.db.models.fields.files import FieldFile
 
+from web.clinical.media_storage import media_walk, media_write
 from web.clinical.models import Analysis
 
 log = logging.getLogger(__name__)
@@ -80,23 +79,21 @@ UPLOAD_JOURNALS = ".uploads-in-progress"
 
 class StoredFiles(list[str]):
     """The media files one upload writes (for its caller to delete if it fails), also listed
-    in a journal file until its rows are committed or its files removed: a web process killed
-    half-way through leaves a journal, and media_remove_abandoned_uploads removes the files no
-    row points to. Each name is journalled before its file is written."""
+    in a journal in the media storage until its rows are committed or its files removed: a web
+    process killed half-way through leaves a journal, and media_remove_abandoned_uploads removes
+    the files no row points to. Each name is journalled before its file is written."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.journal: Path | None = None
-        self._expected: set[str] = set()
+        self.journal: str | None = None
+        self._expected: list[str] = []
 
     def expect(self, name: str) -> None:
         if self.journal is None:
-            folder = Path(settings.MEDIA_ROOT) / UPLOAD_JOURNALS
-            folder.mkdir(parents=True, exist_ok=True)
-            self.journal = folder / f"{uuid.uuid4().hex}.txt"
-        with open(self.journal, "a") as handle:
-            handle.write(name + "\n")
-        self._expected.add(name)
+            self.journal = f"{UPLOAD_JOURNALS}/{uuid.uuid4().hex}.txt"
+        self._expected.append(name)
+        # Rewritten whole: an object store cannot append (the journal is a few names long).
+        media_write(self.journal, "".join(f"{n}\n" for n in self._expected).encode())
 
     def append(self, name: str) -> None:
         if self.journal is not None and name not in self._expected:
@@ -106,7 +103,7 @@ class StoredFiles(list[str]):
     def close(self) -> None:
         """The upload is settled (committed, or its files removed): no journal needed."""
         if self.journal is not None:
-            self.journal.unlink(missing_ok=True)
+            default_storage.delete(self.journal)
             self.journal = None
 
 
@@ -126,16 +123,14 @@ def media_remove_abandoned_uploads(*, older_than: float) -> list[str]:
     untouched for `older_than` seconds) that no row points to: removed, with their journals."""
     from web.clinical.models import Image, UploadConflict
 
-    folder = Path(settings.MEDIA_ROOT) / UPLOAD_JOURNALS
-    if not folder.is_dir():
-        return []
     cutoff = time.time() - older_than
     removed: list[str] = []
-    for journal in sorted(folder.glob("*.txt")):
+    for journal, modified in list(media_walk(f"{UPLOAD_JOURNALS}/")):
+        if modified > cutoff:
+            continue  # an upload still in progress
         try:
-            if journal.stat().st_mtime > cutoff:
-                continue  # an upload still in progress
-            names = [n for n in journal.read_text().splitlines() if n]
+            with default_storage.open(journal, "rb") as handle:
+                names = [n for n in handle.read().decode().splitlines() if n]
         except FileNotFoundError:
             continue  # it finished meanwhile
         kept = {
@@ -150,7 +145,7 @@ def media_remove_abandoned_uploads(*, older_than: float) -> list[str]:
             if name not in kept and default_storage.exists(name):
                 default_storage.delete(name)
                 removed.append(name)
-        journal.unlink(missing_ok=True)
+        default_storage.delete(journal)
     if removed:
         log.warning("Removed %d file(s) of abandoned uploads: %s", len(removed), removed[:20])
     return removed
@@ -183,21 +178,14 @@ ORPHAN_FOLDERS: dict[str, tuple[re.Pattern[str], Callable[[list[str]], set[str]]
 }
 
 
-def _old_files(folder: Path, *, cutoff: float) -> Iterator[Path]:
-    if not folder.is_dir():
-        return
-    for path in folder.rglob("*"):
-        try:
-            if path.is_file() and path.stat().st_mtime < cutoff:
-                yield path
-        except FileNotFoundError:
-            continue  # removed meanwhile
+def _old_files(folder: str, *, cutoff: float) -> Iterator[str]:
+    return (name for name, modified in media_walk(f"{folder}/") if modified < cutoff)
 
 
-def _chunks(paths: Iterable[Path], size: int) -> Iterator[list[Path]]:
-    chunk: list[Path] = []
-    for path in paths:
-        chunk.append(path)
+def _chunks(names: Iterable[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for name in names:
+        chunk.append(name)
         if len(chunk) == size:
             yield chunk
             chunk = []
@@ -210,17 +198,15 @@ def media_remove_orphan_files(*, older_than: float) -> list[str]:
     row points at (a job that died after writing them and before committing, a duplicate run).
     A file whose name is not one this code writes is left alone: nothing here can tell whose
     it is. `older_than` must exceed the time from a file's write to its row's commit."""
-    root = Path(settings.MEDIA_ROOT)
     cutoff = time.time() - older_than
     removed: list[str] = []
     for folder, (pattern, kept_of) in ORPHAN_FOLDERS.items():
-        for chunk in _chunks(_old_files(root / folder, cutoff=cutoff), 500):
-            names = {path.relative_to(root).as_posix(): path for path in chunk}
-            ours = [name for name in names if pattern.match(name)]
+        for chunk in _chunks(_old_files(folder, cutoff=cutoff), 500):
+            ours = [name for name in chunk if pattern.match(name)]
             kept = kept_of(ours)
             for name in ours:
                 if name not in kept:
-                    names[name].unlink(missing_ok=True)
+                    default_storage.delete(name)
                     removed.append(name)
     if removed:
         log.warning("Removed %d result file(s) no row points at: %s", len(removed), removed[:20])

@@ -36,7 +36,7 @@ from web.clinical.ingest.parts import (
     upload_detail,
     upload_plan,
 )
-from web.clinical.media_storage import storage_is_full
+from web.clinical.media_storage import storage_is_full, storage_is_unavailable
 from web.clinical.models import Analysis, AuditEvent, Image
 from web.clinical.worklist.states import studies_mark_analysing
 
@@ -131,14 +131,14 @@ def images_upload_many(
             else:  # its first copy was refused where it was filed: this one is settled alone
                 items.update(upload.store({index: settled}, per_file))
     except OSError as exc:
-        if not storage_is_full(exc):
+        refusal = _storage_refusal(exc)
+        if refusal is None:
             raise
         # Nothing of the failed transaction is left (rows rolled back, files removed): each
         # file not yet settled is refused, and the uploader is told to try again later.
-        log.error("Media storage full: %d upload(s) refused: %s", len(files) - len(items), exc)
-        full = UploadRejected(STORAGE_FULL_MESSAGE, status_code=507)
+        log.error("Media storage failed: %d upload(s) refused: %s", len(files) - len(items), exc)
         for index, decoded in readable.items():
-            items.setdefault(index, BulkUploadItem.refused(decoded.filename, full))
+            items.setdefault(index, BulkUploadItem.refused(decoded.filename, refusal))
     finally:
         # Also after a crash half-way: what was committed is sent now, not at the next sweep.
         if dispatch:
@@ -247,6 +247,18 @@ STORAGE_FULL_MESSAGE = (
     "The image storage is full: the file was not stored and nothing of it was kept. "
     "Tell your administrator, then send it again."
 )
+STORAGE_UNAVAILABLE_MESSAGE = (
+    "The image storage cannot be reached: the file was not stored and nothing of it was kept. "
+    "Send it again in a few minutes; tell your administrator if this goes on."
+)
+
+
+def _storage_refusal(exc: OSError) -> UploadRejected | None:
+    if storage_is_full(exc):
+        return UploadRejected(STORAGE_FULL_MESSAGE, status_code=507)
+    if storage_is_unavailable(exc):
+        return UploadRejected(STORAGE_UNAVAILABLE_MESSAGE, status_code=503)
+    return None
 
 
 # A queued job older than this whose image is sent again has probably lost its message (web

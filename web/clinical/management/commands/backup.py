@@ -12,7 +12,10 @@ from web.clinical.backup import BackupRefused, backup_create
 
 
 class Command(BaseCommand):
-    help = "Back up the database, stored files (MEDIA_ROOT) and model registry into a new or empty folder."
+    help = (
+        "Back up the database, stored files (MEDIA_ROOT or the S3 bucket) and model registry into a new "
+        "or empty folder."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("folder", help="a new or empty folder")

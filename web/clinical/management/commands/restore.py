@@ -1,5 +1,6 @@
 """manage.py restore DIR [--force]: put a backup (manage.py backup) back into this deployment's
-database, MEDIA_ROOT and model registry, after checking every file against its manifest."""
+database, media storage (MEDIA_ROOT or the S3 bucket) and model registry, after checking every
+file against its manifest."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ from web.clinical.backup import BackupRefused, backup_restore
 
 
 class Command(BaseCommand):
-    help = "Restore a backup folder into an empty database and MEDIA_ROOT (--force replaces non-empty ones)."
+    help = "Restore a backup into an empty database and media storage (--force replaces non-empty ones)."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("folder", help="a folder written by manage.py backup")
         parser.add_argument(
             "--force",
             action="store_true",
-            help="replace a database and MEDIA_ROOT that already hold data (everything in them is lost)",
+            help="replace a database and media storage that already hold data (everything in them is lost)",
         )
 
     def handle(self, *args: Any, folder: str, force: bool, **options: Any) -> None:
