@@ -8,6 +8,7 @@ named h_backup_*."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -36,7 +37,10 @@ from core.registry import Registry, sha256_file
 from web.clinical.models import Analysis, AuditEvent, Image, Study
 
 def digest(field):
-    return sha256_file(field.path) if field else ""
+    if not field:
+        return ""
+    with field.open("rb") as handle:  # through the media storage: a folder or a bucket
+        return hashlib.sha256(handle.read()).hexdigest()
 
 registry = Registry.load(settings.RADTRIAGE_REGISTRY)
 print(json.dumps({
@@ -66,10 +70,11 @@ print(json.dumps({
 class Site:
     """One deployment's places: its database, stored files and model registry."""
 
-    def __init__(self, database_url: str, root: Path) -> None:
+    def __init__(self, database_url: str, root: Path, storage: dict[str, str] | None = None) -> None:
         self.database_url = database_url
         self.media = root / "media"
         self.registry = root / "models" / "registry.json"
+        self.storage = storage or {}  # MEDIA_STORAGE=s3 and its bucket, or the folder
 
     def env(self) -> dict[str, str]:
         return {
@@ -79,6 +84,7 @@ class Site:
             "RADTRIAGE_REGISTRY": str(self.registry),
             "TF_CPP_MIN_LOG_LEVEL": "3",
             "LOG_LEVEL": "WARNING",
+            **self.storage,
         }
 
     def manage(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -152,16 +158,25 @@ def source(transactional_db: Any, api: Any, settings: Any, tmp_path: Path) -> Si
     return site
 
 
-@pytest.fixture()
-def fresh(tmp_path: Path) -> Iterator[Site]:
-    """An empty database (no tables) and empty folders: where a backup is restored."""
+@contextlib.contextmanager
+def empty_database() -> Iterator[str]:
+    """The URL of a new database with no tables, dropped afterwards."""
     name = f"h_backup_{uuid.uuid4().hex[:8]}"
     admin_url = db_url_for_services().rsplit("/", 1)[0] + "/postgres"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    yield Site(db_url_for_services().rsplit("/", 1)[0] + f"/{name}", tmp_path / "fresh")
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield db_url_for_services().rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture()
+def fresh(tmp_path: Path) -> Iterator[Site]:
+    """An empty database (no tables) and empty folders: where a backup is restored."""
+    with empty_database() as url:
+        yield Site(url, tmp_path / "fresh")
 
 
 def backed_up(site: Site, folder: Path, *args: str) -> Path:

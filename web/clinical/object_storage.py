@@ -26,7 +26,8 @@ def _translated(call: Callable[..., T], *args: Any) -> T:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         if code in NOT_FOUND_CODES:
-            raise FileNotFoundError(errno.ENOENT, "not in the object store", str(args[0]) if args else "") from exc
+            name = str(args[0]) if args else ""
+            raise FileNotFoundError(errno.ENOENT, "not in the object store", name) from exc
         message = f"The object store refused the request: {code} {error.get('Message', '')}".strip()
         raise StorageUnavailable(message, code) from exc
     except BotoCoreError as exc:
