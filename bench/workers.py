@@ -154,7 +154,10 @@ def batch_run(*, folder: Path, condition: str, pids: list[int]) -> Run:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "--n", type=int, default=64, help="films in the batch (a multiple of 2 jobs divides evenly)"
+        "--n",
+        type=int,
+        default=64,
+        help="films in the batch (a multiple of 32 keeps the jobs even between two workers)",
     )
     parser.add_argument("--workers", default="1,2", help="worker processes of each configuration, in order")
     parser.add_argument("--rounds", type=int, default=3, help="times each configuration runs, alternating")
