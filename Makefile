@@ -11,7 +11,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/5
 PYTEST_ARGS ?=
 
-.PHONY: run test venv lint analyze bench bench-pipeline bench-dicom bench-load bench-batch
+.PHONY: run test venv lint analyze bench bench-pipeline bench-dicom bench-load bench-batch bench-workers
 
 venv: $(STAMP)
 
@@ -52,3 +52,6 @@ bench-load: $(STAMP)
 
 bench-batch: $(STAMP)
 	$(PY) bench/batch.py
+
+bench-workers: $(STAMP)
+	$(PY) bench/workers.py

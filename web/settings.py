@@ -145,6 +145,10 @@ DATABASES = {
         conn_max_age=DB_CONN_MAX_AGE,
     )
 }
+# Behind a pooler in transaction mode (PgBouncer pool_mode=transaction) consecutive statements
+# may reach different server connections, so the server-side cursor QuerySet.iterator() opens
+# on PostgreSQL could be gone by its next fetch: Django then reads the rows client-side.
+DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env_bool("DB_DISABLE_SERVER_SIDE_CURSORS", False)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The embedded default is written by the web process and the worker at once: WAL lets
     # readers go on during a write, IMMEDIATE takes the write lock up front (no upgrade
