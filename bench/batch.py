@@ -69,6 +69,31 @@ def database_create(url: str) -> None:
             connection.execute(f'CREATE DATABASE "{name}"')
 
 
+def django_on_scratch(args: argparse.Namespace, scratch: Path, **extra: str) -> dict[str, str]:
+    """This process's environment for a bench on its own database (created and migrated), Redis
+    namespace and media folder; returns it for the worker processes the bench starts."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": args.database_url,
+        "REDIS_URL": args.redis_url,
+        "RADTRIAGE_NAMESPACE": f"bench{uuid.uuid4().hex[:8]}",
+        "MEDIA_ROOT": str(scratch / "media"),
+        "RADTRIAGE_REGISTRY": args.registry,
+        "DJANGO_SETTINGS_MODULE": "web.settings",
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    }
+    os.environ.update(env)
+    database_create(args.database_url)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    return env
+
+
 def write_images(folder: Path, n: int, size: int) -> None:
     from tests.web.fixtures import dicom_bytes
 
@@ -92,25 +117,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="bench-batch-"))
-    env = {
-        **os.environ,
-        "DATABASE_URL": args.database_url,
-        "REDIS_URL": args.redis_url,
-        "RADTRIAGE_NAMESPACE": f"bench{uuid.uuid4().hex[:8]}",
-        "MEDIA_ROOT": str(scratch / "media"),
-        "RADTRIAGE_REGISTRY": args.registry,
-        "DJANGO_SETTINGS_MODULE": "web.settings",
-        "PYTHONUNBUFFERED": "1",
-    }
-    os.environ.update(env)
-    database_create(args.database_url)
-    import django
-
-    django.setup()
+    env = django_on_scratch(args, scratch)
     from django.conf import settings
-    from django.core.management import call_command
 
-    call_command("migrate", verbosity=0)
     from tests.web.fixtures import dicom_bytes
     from web.clinical.ingest.parts import UploadFields
     from web.clinical.ingest.uploads import image_upload

@@ -36,7 +36,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from bench.batch import children, cpu_seconds, database_create, machine_cpu  # noqa: E402
+from bench.batch import children, cpu_seconds, django_on_scratch, machine_cpu  # noqa: E402
 
 QUEUES = ("interactive", "batch")  # the worker containers' -Q (docker-compose.yml)
 
@@ -174,27 +173,10 @@ def main() -> None:
     if not (data / "manifest.csv").is_file():
         sys.exit(f"No real films at {data} (its manifest.csv): see --data.")
     scratch = Path(tempfile.mkdtemp(prefix="bench-workers-"))
-    env = {
-        **os.environ,
-        "DATABASE_URL": args.database_url,
-        "REDIS_URL": args.redis_url,
-        "RADTRIAGE_NAMESPACE": f"bench{uuid.uuid4().hex[:8]}",
-        "MEDIA_ROOT": str(scratch / "media"),
-        "RADTRIAGE_REGISTRY": args.registry,
-        "DJANGO_SETTINGS_MODULE": "web.settings",
-        # The whole day is night: this process starts the overnight batch when it chooses.
-        "RADTRIAGE_NIGHT_WINDOW": "00:00-23:59",
-        "PYTHONUNBUFFERED": "1",
-    }
-    os.environ.update(env)
-    database_create(args.database_url)
-    import django
-
-    django.setup()
+    # The whole day is night: this process starts the overnight batch when it chooses.
+    env = django_on_scratch(args, scratch, RADTRIAGE_NIGHT_WINDOW="00:00-23:59")
     from django.conf import settings
-    from django.core.management import call_command
 
-    call_command("migrate", verbosity=0)
     from web.clinical.dispatch import celery_app
     from web.engine.readiness import warm_processes_since
 
