@@ -355,6 +355,8 @@ def measure(*, runs: int, only: set[str], statement_timeout: float) -> None:
     if statement_timeout:
         with connection.cursor() as cursor:
             cursor.execute(f"SET statement_timeout = {int(statement_timeout * 1000)}")
+    import web.asgi  # noqa: F401 - the process starts as the web process does (warm-up, gc.freeze)
+
     client = Client()
     client.force_login(User.objects.get(username="bench"))
     reported = Study.objects.filter(status="reported").order_by("-pk").values_list("pk", flat=True)[1000]
