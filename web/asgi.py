@@ -66,5 +66,5 @@ def _recogniser_load() -> None:
 _warm_up()
 # What start-up loaded (the modules, the URL tree, the recogniser) lives as long as the process:
 # kept out of the collector's full passes, which would otherwise walk it again every few pages
-# (about 70 ms of one page in seven, measured with bench/scale.py).
+# (about 70 ms of one page in five to seven at 1M studies, measured in-process as bench/scale.py runs).
 gc.freeze()
