@@ -141,13 +141,20 @@ def seed(*, studies: int, results: int, seed_value: int = 7) -> None:
         # and the reports are loaded after the studies.
         cursor.execute("ALTER TABLE clinical_study DISABLE TRIGGER USER")
 
+        # Each patient's name, birth date and sex: the studies carry copies (worklist.patients).
+        people: list[tuple[str, dt.date, str]] = []
+
         def patients() -> Iterator[dict[str, Any]]:
             for i in range(n_patients):
+                name = f"{rng.choice(FAMILY)}^{rng.choice(GIVEN)}"
+                born = dt.date(1930, 1, 1) + dt.timedelta(days=rng.randrange(33000))
+                sex = rng.choice("MF")
+                people.append((name, born, sex))
                 yield {
                     "patient_id": f"MRN{i:08d}",
-                    "name": f"{rng.choice(FAMILY)}^{rng.choice(GIVEN)}",
-                    "birth_date": dt.date(1930, 1, 1) + dt.timedelta(days=rng.randrange(33000)),
-                    "sex": rng.choice("MF"),
+                    "name": name,
+                    "birth_date": born,
+                    "sex": sex,
                     "created_at": now,
                 }
 
@@ -175,7 +182,7 @@ def seed(*, studies: int, results: int, seed_value: int = 7) -> None:
         extra = max(0, results - base)  # re-runs (a later reading of the same condition)
         rerun = set(rng.sample(range(studies), min(studies, extra))) if extra else set()
 
-        flags: list[tuple[bool, int, float]] = []  # per study: flagged, urgency, probability
+        flags: list[tuple[bool, int, float, str]] = []  # per study: flagged, urgency, probability, conditions
         analyses: list[tuple[int, str, str, float | None, bool | None, dt.datetime | None]] = []
         span = dt.timedelta(days=365).total_seconds()
         created: list[dt.datetime] = []
@@ -186,7 +193,7 @@ def seed(*, studies: int, results: int, seed_value: int = 7) -> None:
             else:
                 at = now - dt.timedelta(seconds=span * (studies - i) / studies + 8 * 3600)
             created.append(at)
-            best = (False, 0, 0.0)
+            best: tuple[bool, int, float] = (False, 0, 0.0)
             todo = [*conditions, *(conditions[:1] if i in rerun else ())]
             for k, condition in enumerate(todo):
                 if status in ("received",):
@@ -210,15 +217,17 @@ def seed(*, studies: int, results: int, seed_value: int = 7) -> None:
                 if positive:
                     key = (True, CONDITION_URGENCY[condition], float(p or 0))
                     best = max(best, key)
-            flags.append(best)
+            found = sorted(c for c, (_p, positive) in current.items() if positive)
+            flags.append((*best, f",{','.join(found)}," if found else ""))
         analyses = analyses[:results]
         print(f"  planned {studies:,} studies, {len(analyses):,} results", flush=True)
 
         def study_rows() -> Iterator[dict[str, Any]]:
             for i, (status, region, _c) in enumerate(plan):
-                flagged, urgency, probability = flags[i]
+                flagged, urgency, probability, finding_conditions = flags[i]
+                person = rng.randrange(n_patients)
                 row = {
-                    "patient_id": first_patient + rng.randrange(n_patients),
+                    "patient_id": first_patient + person,
                     "study_instance_uid": f"1.2.826.0.1.3680043.10.999.{i}",
                     "accession_number": f"ACC{i:09d}",
                     "study_date": created[i].date(),
@@ -234,6 +243,10 @@ def seed(*, studies: int, results: int, seed_value: int = 7) -> None:
                 }
                 if "finding_urgency" in study_columns:
                     row["finding_urgency"], row["finding_probability"] = urgency, probability
+                if "finding_conditions" in study_columns:
+                    row["finding_conditions"] = finding_conditions
+                if "patient_name" in study_columns:
+                    row["patient_name"], row["patient_birth_date"], row["patient_sex"] = people[person]
                 if status in ("in_review", "reviewed", "reported"):
                     row["assigned_radiologist_id"] = rng.choice(readers)
                     row["claimed_at"] = created[i] + dt.timedelta(minutes=20)
@@ -342,6 +355,8 @@ def measure(*, runs: int, only: set[str], statement_timeout: float) -> None:
     if statement_timeout:
         with connection.cursor() as cursor:
             cursor.execute(f"SET statement_timeout = {int(statement_timeout * 1000)}")
+    import web.asgi  # noqa: F401 - the process starts as the web process does (warm-up, gc.freeze)
+
     client = Client()
     client.force_login(User.objects.get(username="bench"))
     reported = Study.objects.filter(status="reported").order_by("-pk").values_list("pk", flat=True)[1000]

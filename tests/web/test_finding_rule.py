@@ -22,6 +22,7 @@ from core.analysis import AnalysisOutcome
 from core.conditions import CONDITIONS
 from tests.web.fixtures import with_role
 from web.clinical.models import Analysis, Annotation, Batch, Image, Patient, Study
+from web.clinical.worklist.patients import patient_save
 from web.clinical.worklist.states import studies_refresh
 
 _seq = itertools.count(1)
@@ -549,8 +550,9 @@ def test_the_worklist_sorts_by_a_column_both_ways_and_refuses_an_unknown_one(rad
         "MRN-ADULT-NEG": dt.date(1990, 1, 1),
         "MRN-CHILD": dt.date(2022, 5, 1),
     }
-    for study in studies:
-        Patient.objects.filter(pk=study.patient_id).update(birth_date=ages[study.patient.patient_id])
+    for study in studies:  # a patient's fields change through their one writer (and its studies' copies)
+        study.patient.birth_date = ages[study.patient.patient_id]
+        patient_save(patient=study.patient)
 
     assert _ids(api, sort="age") == ["MRN-CHILD", "MRN-ADULT-NEG", "MRN-ADULT-FLAG"]  # youngest first
     assert _ids(api, sort="-age") == ["MRN-ADULT-FLAG", "MRN-ADULT-NEG", "MRN-CHILD"]

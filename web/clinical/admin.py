@@ -21,12 +21,16 @@ from web.clinical.models import (
     UploadConflict,
 )
 from web.clinical.reporting.report_templates import report_template_delete, report_template_save
+from web.clinical.worklist.patients import patient_save, studies_patient_refresh
 
 
 @admin.register(Patient)
 class PatientAdmin(admin.ModelAdmin):
     list_display = ["patient_id", "name", "birth_date", "sex"]
     search_fields = ["patient_id", "name"]
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        patient_save(patient=obj)  # and its studies' copies of the name, birth date and sex
 
 
 @admin.register(Study)
@@ -46,6 +50,11 @@ class StudyAdmin(admin.ModelAdmin):
     # The state and its holder change only through the state machine and the claim actions
     # (web.clinical.worklist), which audit and announce them: never by editing the row.
     readonly_fields = ["status", "assigned_radiologist", "claimed_at", "reviewed_at", "reviewed_by"]
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if "patient" in form.changed_data or not change:  # the new patient's name, birth date, sex
+            studies_patient_refresh(study_ids=[obj.pk])
 
 
 @admin.register(Image)

@@ -104,6 +104,11 @@ class Study(models.Model):
     # The conditions of its findings, ',a,b,' (analysis.findings.finding_conditions_text): the
     # worklist's "condition and positive" filter, kept with the flag.
     finding_conditions = models.CharField(max_length=200, default="", editable=False)
+    # The patient's name, birth date and sex, copied onto each of its studies so the worklist's
+    # sorts by them read an index of this table (web.clinical.worklist.patients keeps them).
+    patient_name = models.CharField(max_length=200, blank=True, default="", editable=False)
+    patient_birth_date = models.DateField(null=True, blank=True, editable=False)
+    patient_sex = models.CharField(max_length=1, blank=True, default="", editable=False)
     assigned_radiologist = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,

@@ -28,6 +28,7 @@ from core.imaging import XRay, load_xray, validate_radiograph
 from web.clinical.files import field_file_save, thumbnail_jpeg
 from web.clinical.ingest.prechecks import upload_precheck
 from web.clinical.models import Analysis, Image, Patient, Study
+from web.clinical.worklist.patients import patient_save, study_patient_copies
 
 log = logging.getLogger(__name__)
 
@@ -429,7 +430,8 @@ def unidentified_warnings(patient: PatientValues) -> list[str]:
 
 
 def _patient_fill_gaps(patient: Patient, values: PatientValues) -> None:
-    """An existing record is never overwritten by an upload; only its empty fields are filled."""
+    """An existing record is never overwritten by an upload; only its empty fields are filled
+    (and copied onto its studies: worklist.patients)."""
     changed = False
     for attr in ("name", "birth_date", "sex"):
         value = getattr(values, attr)
@@ -437,7 +439,7 @@ def _patient_fill_gaps(patient: Patient, values: PatientValues) -> None:
             setattr(patient, attr, value)
             changed = True
     if changed:
-        patient.save()
+        patient_save(patient=patient)
 
 
 def patients_resolve_many(values: list[PatientValues]) -> dict[str, Patient]:
@@ -481,6 +483,7 @@ def _study_build(plan: Plan, fields: UploadFields, *, patient: Patient) -> Study
     meta, xray = plan.decoded.xray.metadata, plan.decoded.xray
     return Study(
         patient=patient,
+        **study_patient_copies(patient),
         study_instance_uid=plan.study_uid or _new_uid(),
         accession_number=plan.accession[:64],
         study_date=_dicom_date(header_value(meta, "StudyDate")) or fields.study_date or timezone.localdate(),

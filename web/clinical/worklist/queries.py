@@ -121,12 +121,13 @@ class WorklistFilterError(ValueError):
         self.field = field
 
 
-# The columns a reader may sort the worklist by (?sort=<key> or -<key>): key -> field.
+# The columns a reader may sort the worklist by (?sort=<key> or -<key>): key -> field. The
+# patient's fields are read from the study's copies of them (worklist.patients), on indexes.
 WORKLIST_SORTS: dict[str, str] = {
     "priority": "priority",
-    "patient": "patient__name",
-    "age": "patient__birth_date",
-    "sex": "patient__sex",
+    "patient": "patient_name",
+    "age": "patient_birth_date",
+    "sex": "patient_sex",
     "modality": "modality",
     "accession": "accession_number",
     "region": "body_part",
