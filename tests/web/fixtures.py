@@ -3,6 +3,7 @@ model in a tiny registry, and real Celery worker / beat / Redis subprocesses."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -159,12 +160,19 @@ def web_login_user(user_model: Any, username: str, password: str) -> Any:
     """A user who logs in with a password on a web server started as a subprocess: hashed with
     the production hasher, which that server knows (the test process hashes with MD5, see
     tests/conftest.py)."""
-    from django.contrib.auth.hashers import make_password
-
     user = user_model.objects.create_user(username)
-    user.password = make_password(password, hasher="pbkdf2_sha256")
+    user.password = _production_hash(password)
     user.save(update_fields=["password"])
     return user
+
+
+@functools.cache
+def _production_hash(password: str) -> str:
+    """One PBKDF2 hash per password per session (a million rounds: ~0.3 s each, and the
+    browser tests make the same few users again and again); the server checks it the same."""
+    from django.contrib.auth.hashers import make_password
+
+    return make_password(password, hasher="pbkdf2_sha256")
 
 
 def with_role(user: Any, *roles: str) -> Any:
