@@ -3,6 +3,7 @@ model in a tiny registry, and real Celery worker / beat / Redis subprocesses."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -159,12 +160,19 @@ def web_login_user(user_model: Any, username: str, password: str) -> Any:
     """A user who logs in with a password on a web server started as a subprocess: hashed with
     the production hasher, which that server knows (the test process hashes with MD5, see
     tests/conftest.py)."""
-    from django.contrib.auth.hashers import make_password
-
     user = user_model.objects.create_user(username)
-    user.password = make_password(password, hasher="pbkdf2_sha256")
+    user.password = _production_hash(password)
     user.save(update_fields=["password"])
     return user
+
+
+@functools.cache
+def _production_hash(password: str) -> str:
+    """One PBKDF2 hash per password per session (a million rounds: ~0.3 s each, and the
+    browser tests make the same few users again and again); the server checks it the same."""
+    from django.contrib.auth.hashers import make_password
+
+    return make_password(password, hasher="pbkdf2_sha256")
 
 
 def with_role(user: Any, *roles: str) -> Any:
@@ -486,3 +494,85 @@ def broker_switch() -> Iterator[Callable[[str], None]]:
 
     yield switch
     switch(original)
+
+
+# --------------------------------------------------------------------------- browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def live_web_server(live_worker: Service, service_logs: Path) -> Iterator[tuple[Service, str]]:
+    """The web process as `make run` starts it (uvicorn), once for the session, beside the
+    session's worker (its database, MEDIA_ROOT and Redis namespace). It keeps nothing of a test
+    between tests: sessions, login throttling and rows are in the database that each
+    transactional test resets; pages and sockets belong to that test's browser."""
+    port = free_port()
+    env = service_env(MEDIA_ROOT=live_worker.env["MEDIA_ROOT"])
+    server = Service("uvicorn", uvicorn_argv(port), env, service_logs)
+    server.start(ready_text="Uvicorn running on", timeout=60)
+    yield server, f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture()
+def live_server_url(live_web_server: tuple[Service, str]) -> str:
+    """The session's web server. Its files are the session's MEDIA_ROOT: a test that uses it
+    keeps that one (no isolated_media of its own), so what it stores is what the server reads."""
+    from django.conf import settings
+
+    server, url = live_web_server
+    assert server.proc is not None
+    if server.proc.poll() is not None:
+        raise AssertionError(f"the session's web server has exited:\n{server.log()[-4000:]}")
+    assert str(settings.MEDIA_ROOT) == server.env["MEDIA_ROOT"], "keep the session's MEDIA_ROOT here"
+    return url
+
+
+@pytest.fixture()
+def chromium() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright, for one test. Not shared across tests: while
+    Playwright runs, its event loop runs in this thread, and Django then refuses the ORM here
+    (SynchronousOnlyOperation): in the next test's fixtures and in the database reset after
+    each test. Launching costs under a second; each page gets a fresh context anyway."""
+    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def new_page(browser: Any, *, width: int = 1440, height: int = 900, timeout_ms: int = 60_000) -> Any:
+    """A page in a context of its own (its own cookies: one user each) at this screen size."""
+    page = browser.new_context(viewport={"width": width, "height": height}).new_page()
+    page.set_default_timeout(timeout_ms)
+    return page
+
+
+@pytest.fixture()
+def browser_page(chromium: Any) -> Any:
+    """One page at Playwright's default size (1280x720); tests that need a screen size set it."""
+    page = chromium.new_page()
+    page.set_default_timeout(60_000)
+    return page
+
+
+def log_in(
+    page: Any, base_url: str, username: str, password: str, *, next_path: str = "", admin: bool = False
+) -> None:
+    """Fill in and send the login form (the admin's own with admin=True), then to `next_path`."""
+    login = "/admin/login/" if admin else "/login/"
+    page.goto(f"{base_url}{login}" + (f"?next={next_path}" if next_path else ""))
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("input[type=submit]" if admin else "button[type=submit]")

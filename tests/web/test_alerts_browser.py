@@ -9,8 +9,8 @@ import pytest
 from django.contrib.auth.models import Group
 
 from tests.output import output_folder
-from tests.web.fixtures import dicom_bytes, web_login_user
-from tests.web.test_browser import _in_thread, browser_page, isolated_media, live_server_url  # noqa: F401
+from tests.web.fixtures import dicom_bytes, log_in, web_login_user
+from tests.web.test_browser import _in_thread, isolated_media  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -37,16 +37,13 @@ def _stat_upload(user, mrn: str, seed: int) -> int:
     return response.json()["study"]["id"]
 
 
-def test_a_stat_study_arriving_raises_one_alert(live_server_url, people, browser_page) -> None:  # noqa: F811
+def test_a_stat_study_arriving_raises_one_alert(live_server_url, people, browser_page) -> None:
     from playwright.sync_api import expect
 
     _in_thread(lambda: _stat_upload(people, "MRN-STAT-OLD", 1))  # there before the page opens
     page = browser_page
     page.set_viewport_size({"width": 1440, "height": 900})
-    page.goto(live_server_url + "/login/")
-    page.fill("input[name=username]", "dr.shep")
-    page.fill("input[name=password]", "pw-shep-12345")
-    page.click("button[type=submit]")
+    log_in(page, live_server_url, "dr.shep", "pw-shep-12345")
     expect(page.locator("#live-status")).to_have_text("live")
     page.wait_for_load_state("networkidle")
     alerts = page.locator("#alerts .alert-item")

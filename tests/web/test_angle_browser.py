@@ -11,9 +11,7 @@ from typing import Any
 import pytest
 
 from tests.output import output_folder
-from tests.web.test_browser import live_server_url  # noqa: F401 - the fixture
 from tests.web.test_viewer_browser import (  # noqa: F401 - fixtures
-    browser,
     isolated_media,
     open_study,
     team,
@@ -45,15 +43,15 @@ def anisotropic_study(live_worker, team) -> dict[str, int]:  # noqa: F811
 
 @pytest.mark.parametrize(("width", "height"), SCREENS)
 def test_the_angle_tool_shows_the_physical_angle_while_drawing_and_saves_it(
-    live_server_url,  # noqa: F811
+    live_server_url,
     anisotropic_study,
-    browser,  # noqa: F811
+    chromium,
     width: int,
     height: int,
 ) -> None:
     from playwright.sync_api import expect
 
-    page: Any = open_study(browser, live_server_url, "dr.ada", anisotropic_study["study"])
+    page: Any = open_study(chromium, live_server_url, "dr.ada", anisotropic_study["study"])
     page.set_viewport_size({"width": width, "height": height})
     page.wait_for_timeout(300)
     page.locator(".heat-toggle").uncheck()

@@ -12,9 +12,10 @@ import pytest
 from django.utils import timezone
 
 from tests.output import output_folder
+from tests.web.fixtures import log_in, new_page
 from tests.web.test_batch_summary import analysis, running_batch, stored_image
-from tests.web.test_browser import _in_thread, live_server_url  # noqa: F401 - the fixture
-from tests.web.test_viewer_browser import browser, isolated_media, team  # noqa: F401 - fixtures
+from tests.web.test_browser import _in_thread
+from tests.web.test_viewer_browser import isolated_media, team  # noqa: F401 - fixtures
 from web.clinical.models import Analysis, BatchItem
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -43,18 +44,16 @@ def half_done_batch(team) -> dict[str, Any]:  # noqa: F811
 
 
 def test_the_batch_page_shows_positives_and_time_left_while_it_runs_and_updates_live(
-    live_server_url,  # noqa: F811
+    live_server_url,
     half_done_batch,
-    browser,  # noqa: F811
+    chromium,
 ) -> None:
     from playwright.sync_api import expect
 
-    page = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
-    page.set_default_timeout(30_000)
-    page.goto(f"{live_server_url}/login/?next=/batches/{half_done_batch['batch']}/")
-    page.fill("input[name=username]", "dr.ada")
-    page.fill("input[name=password]", "pw-dr.ada-123")
-    page.click("button[type=submit]")
+    page = new_page(chromium, timeout_ms=30_000)
+    log_in(
+        page, live_server_url, "dr.ada", "pw-dr.ada-123", next_path=f"/batches/{half_done_batch['batch']}/"
+    )
     expect(page.locator("#live-status")).to_have_text("live")
 
     positives = page.locator("#batch-positives")

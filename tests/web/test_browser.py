@@ -4,24 +4,11 @@ log in, upload on the worklist, watch the pages update without reloading them.""
 from __future__ import annotations
 
 import re
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.web.fixtures import (
-    Service,
-    dicom_bytes,
-    free_port,
-    service_env,
-    uvicorn_argv,
-    wait_for,
-    web_login_user,
-    with_role,
-)
+from tests.web.fixtures import dicom_bytes, wait_for, web_login_user, with_role
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
@@ -29,40 +16,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 def isolated_media(settings):
     """Here the web server and the worker are subprocesses: keep the session's MEDIA_ROOT."""
     return settings.MEDIA_ROOT
-
-
-@pytest.fixture()
-def live_server_url(live_worker, service_logs: Path) -> Iterator[str]:
-    """The web process as `make run` starts it (uvicorn), on a free port."""
-    port = free_port()
-    argv = uvicorn_argv(port)
-    server = Service("uvicorn", argv, service_env(), service_logs)
-    server.start(ready_text="Uvicorn running on", timeout=60)
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture()
-def browser_page() -> Iterator[object]:
-    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
-        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        page = browser.new_page()
-        page.set_default_timeout(60_000)
-        yield page
-        browser.close()
 
 
 @pytest.fixture()

@@ -12,8 +12,8 @@ from django.contrib.auth.models import Group
 from django.utils import timezone
 
 from tests.output import TEST_OUTPUT
-from tests.web.fixtures import web_login_user
-from tests.web.test_browser import _in_thread, browser_page, isolated_media, live_server_url  # noqa: F401
+from tests.web.fixtures import log_in, web_login_user
+from tests.web.test_browser import _in_thread, isolated_media  # noqa: F401
 from web.clinical.models import Analysis, Image, Patient, Study
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -67,10 +67,7 @@ def _flagged_study() -> Study:
 
 
 def _log_in(page, base_url: str, username: str, password: str) -> None:
-    page.goto(base_url + "/login/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", password)
-    page.click("button[type=submit]")
+    log_in(page, base_url, username, password)
     page.wait_for_load_state("networkidle")
 
 
@@ -83,9 +80,9 @@ def _low_contrast(page, name: str) -> list[dict]:
 
 
 def test_every_text_on_every_page_meets_wcag_aa_contrast(
-    live_server_url,  # noqa: F811
+    live_server_url,
     people,
-    browser_page,  # noqa: F811
+    browser_page,
 ) -> None:
     study = _in_thread(_flagged_study)
     page = browser_page

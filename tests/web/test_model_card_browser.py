@@ -4,15 +4,12 @@ the rendered card with its figures, as a radiologist opens it from a result. A s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.output import output_folder
-from tests.web.fixtures import web_login_user, with_role
-from tests.web.test_browser import CHROMIUM, live_server_url  # noqa: F401 - the fixture
+from tests.web.fixtures import log_in, new_page, web_login_user, with_role
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -32,32 +29,18 @@ def reader(django_user_model) -> Any:
 
 
 @pytest.fixture()
-def page() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        page = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
-        page.set_default_timeout(60_000)
-        yield page
-        browser.close()
+def page(chromium) -> Any:
+    return new_page(chromium, width=1440, height=900)
 
 
 def test_a_radiologist_reads_a_model_card_with_its_figures_in_the_browser(
-    live_server_url,  # noqa: F811
+    live_server_url,
     reader,
     page,
 ) -> None:
     from playwright.sync_api import expect
 
-    page.goto(f"{live_server_url}/login/?next=/models/{MODEL}/card/")
-    page.fill("input[name=username]", "dr.card")
-    page.fill("input[name=password]", "pw-card-123")
-    page.click("button[type=submit]")
+    log_in(page, live_server_url, "dr.card", "pw-card-123", next_path=f"/models/{MODEL}/card/")
 
     expect(page.locator("#model-card h1")).to_have_text(f"Model card: {MODEL}")
     expect(page.locator("#model-card h2", has_text="Performance (95% intervals)")).to_be_visible()

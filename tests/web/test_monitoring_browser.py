@@ -13,8 +13,16 @@ from typing import Any
 import pytest
 
 from tests.output import output_folder
-from tests.web.fixtures import Service, free_port, service_env, uvicorn_argv, web_login_user, with_role
-from tests.web.test_browser import CHROMIUM
+from tests.web.fixtures import (
+    Service,
+    free_port,
+    log_in,
+    new_page,
+    service_env,
+    uvicorn_argv,
+    web_login_user,
+    with_role,
+)
 from tests.web.test_monitoring import UNIFORM, _scored_results, result
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -52,30 +60,12 @@ def server(admin, registry_folder, service_logs) -> Iterator[str]:
     web.stop()
 
 
-@pytest.fixture()
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as p:
-        launched = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield launched
-        launched.close()
-
-
-def test_an_admin_sees_each_models_charts_as_svg_at_two_sizes(server, browser) -> None:
+def test_an_admin_sees_each_models_charts_as_svg_at_two_sizes(server, chromium) -> None:
     from playwright.sync_api import expect
 
     for width, height in SIZES:
-        page = browser.new_context(viewport={"width": width, "height": height}).new_page()
-        page.set_default_timeout(60_000)
-        page.goto(f"{server}/login/?next=/monitoring/")
-        page.fill("input[name=username]", "mon.browser")
-        page.fill("input[name=password]", "pw-monitor-123")
-        page.click("button[type=submit]")
+        page = new_page(chromium, width=width, height=height)
+        log_in(page, server, "mon.browser", "pw-monitor-123", next_path="/monitoring/")
 
         panel = page.locator("section.monitor-panel").first
         expect(panel).to_be_visible()

@@ -13,8 +13,16 @@ from typing import Any
 import pytest
 
 from tests.output import output_folder
-from tests.web.fixtures import Service, free_port, service_env, uvicorn_argv, web_login_user, with_role
-from tests.web.test_browser import CHROMIUM
+from tests.web.fixtures import (
+    Service,
+    free_port,
+    log_in,
+    new_page,
+    service_env,
+    uvicorn_argv,
+    web_login_user,
+    with_role,
+)
 from tests.web.test_operating_points import MODEL, write_scores
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -49,29 +57,15 @@ def server_url(tiny_registry: Path, tmp_path: Path, service_logs: Path) -> Itera
 
 
 @pytest.fixture()
-def page() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        page = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
-        page.set_default_timeout(60_000)
-        yield page
-        browser.close()
+def page(chromium) -> Any:
+    return new_page(chromium, width=1440, height=900)
 
 
 def test_an_admin_previews_and_confirms_a_site_operating_point(server_url, admin_person, page) -> None:
     from playwright.sync_api import expect
 
     shots = output_folder("operating-points")
-    page.goto(f"{server_url}/admin/login/?next=/admin/model-registry/")
-    page.fill("input[name=username]", "site.admin")
-    page.fill("input[name=password]", "pw-admin-123")
-    page.click("input[type=submit]")
+    log_in(page, server_url, "site.admin", "pw-admin-123", next_path="/admin/model-registry/", admin=True)
     row = page.locator(f'#model-registry tr[data-model-id="{MODEL}"]')
     expect(row.locator("td.threshold")).to_contain_text("0.5000")
     row.locator("a.operating-point-link").click()

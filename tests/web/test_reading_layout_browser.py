@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 
 from tests.output import output_folder
-from tests.web.test_browser import _in_thread, live_server_url  # noqa: F401 - the fixture
+from tests.web.test_browser import _in_thread
 from tests.web.test_viewer_browser import (  # noqa: F401 - fixtures
     analysed_study,
-    browser,
     isolated_media,
     look,
     open_study,
@@ -48,15 +47,15 @@ def _more_studies(count: int) -> None:
 
 @pytest.mark.parametrize(("width", "height"), SCREENS)
 def test_the_worklist_shows_twenty_rows_and_the_study_page_the_image_and_its_result(
-    live_server_url,  # noqa: F811
+    live_server_url,
     analysed_study,  # noqa: F811
-    browser,  # noqa: F811
+    chromium,
     width: int,
     height: int,
 ) -> None:
     _in_thread(lambda: _more_studies(24))
     folder = output_folder("layout")
-    page: Any = open_study(browser, live_server_url, "dr.ada", analysed_study["study"])
+    page: Any = open_study(chromium, live_server_url, "dr.ada", analysed_study["study"])
     page.set_viewport_size({"width": width, "height": height})
     page.wait_for_timeout(300)  # the viewer refits the image to the new size
 
@@ -109,15 +108,15 @@ def calibrated_study(live_worker, team) -> dict[str, int]:  # noqa: F811
 
 @pytest.mark.parametrize(("width", "height"), SCREENS)
 def test_the_length_tool_measures_a_known_distance_in_millimetres(
-    live_server_url,  # noqa: F811
+    live_server_url,
     calibrated_study,
-    browser,  # noqa: F811
+    chromium,
     width: int,
     height: int,
 ) -> None:
     from playwright.sync_api import expect
 
-    page: Any = open_study(browser, live_server_url, "dr.ada", calibrated_study["study"])
+    page: Any = open_study(chromium, live_server_url, "dr.ada", calibrated_study["study"])
     page.set_viewport_size({"width": width, "height": height})
     page.wait_for_timeout(300)
     canvas = page.locator("canvas.viewer-canvas")
@@ -207,14 +206,14 @@ def test_the_length_tool_measures_a_known_distance_in_millimetres(
 
 
 def test_a_radiologist_sorts_by_a_column_and_saves_the_view(
-    live_server_url,  # noqa: F811
+    live_server_url,
     analysed_study,  # noqa: F811
-    browser,  # noqa: F811
+    chromium,
 ) -> None:
     from playwright.sync_api import expect
 
     _in_thread(lambda: _more_studies(3))
-    page: Any = open_study(browser, live_server_url, "dr.ada", analysed_study["study"])
+    page: Any = open_study(chromium, live_server_url, "dr.ada", analysed_study["study"])
     page.goto(live_server_url + "/")
     first = page.locator("#worklist-body tr[data-study-id]").first
 

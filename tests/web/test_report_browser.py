@@ -8,8 +8,8 @@ import re
 import pytest
 
 from tests.output import TEST_OUTPUT
-from tests.web.fixtures import png_bytes
-from tests.web.test_browser import browser_page, dr_grey, live_server_url  # noqa: F401 - fixtures
+from tests.web.fixtures import log_in, png_bytes
+from tests.web.test_browser import dr_grey, isolated_media  # noqa: F401 - fixtures
 from tests.web.test_report_fields import seed_templates
 from tests.web.test_reports import pdf_text
 from web.clinical.models import Study
@@ -53,18 +53,15 @@ def study_to_report(dr_grey) -> Study:  # noqa: F811 - the fixture imported abov
 
 
 def test_a_radiologist_drafts_edits_and_signs_a_report(
-    live_server_url,  # noqa: F811
+    live_server_url,
     study_to_report,
-    browser_page,  # noqa: F811
+    browser_page,
     tmp_path,
 ) -> None:
     from playwright.sync_api import expect
 
     page = browser_page
-    page.goto(live_server_url + "/login/")
-    page.fill("input[name=username]", "dr.grey")
-    page.fill("input[name=password]", "pw-grey-123")
-    page.click("button[type=submit]")
+    log_in(page, live_server_url, "dr.grey", "pw-grey-123")
     page.goto(f"{live_server_url}/studies/{study_to_report.pk}/")
     page.click("#report-link")
     expect(page.locator("h1")).to_contain_text("Report: Ruth Report")
@@ -120,9 +117,9 @@ def test_a_radiologist_drafts_edits_and_signs_a_report(
 
 @pytest.mark.parametrize(("width", "height"), [(1440, 900), (1920, 1080)])
 def test_a_radiologist_writes_a_report_from_the_chest_template_and_signs_its_three_sections(
-    live_server_url,  # noqa: F811
+    live_server_url,
     study_to_report,
-    browser_page,  # noqa: F811
+    browser_page,
     tmp_path,
     width: int,
     height: int,
@@ -134,10 +131,7 @@ def test_a_radiologist_writes_a_report_from_the_chest_template_and_signs_its_thr
 
     page = browser_page
     page.set_viewport_size({"width": width, "height": height})
-    page.goto(live_server_url + "/login/")
-    page.fill("input[name=username]", "dr.grey")
-    page.fill("input[name=password]", "pw-grey-123")
-    page.click("button[type=submit]")
+    log_in(page, live_server_url, "dr.grey", "pw-grey-123")
     page.goto(f"{live_server_url}/studies/{study_to_report.pk}/")
     page.click("#study-status-bar [data-action=claim]")
     expect(page.locator("#study-status-bar [data-action=release]")).to_be_visible()  # reloaded: held

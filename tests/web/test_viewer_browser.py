@@ -8,15 +8,13 @@ in var/test-output/viewer (or $RADTRIAGE_TEST_OUTPUT/viewer)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.output import output_folder
-from tests.web.fixtures import dicom_bytes, upload, wait_for, web_login_user
-from tests.web.test_browser import CHROMIUM, live_server_url  # noqa: F401 - the fixture
+from tests.web.fixtures import dicom_bytes, log_in, new_page, upload, wait_for, web_login_user
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -82,30 +80,12 @@ def analysed_study(live_worker, team) -> dict[str, int]:
     return {"study": body["study"]["id"], "image": body["image"]["id"], "pneumonia": pneumonia}
 
 
-@pytest.fixture()
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield browser
-        browser.close()
-
-
 def open_study(browser: Any, base_url: str, username: str, study_id: int) -> Any:
     """A fresh browser context: log in, open the study, wait for the image and the socket."""
     from playwright.sync_api import expect
 
-    page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
-    page.set_default_timeout(60_000)
-    page.goto(f"{base_url}/login/?next=/studies/{study_id}/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", f"pw-{username}-123")
-    page.click("button[type=submit]")
+    page = new_page(browser, width=1400, height=900)
+    log_in(page, base_url, username, f"pw-{username}-123", next_path=f"/studies/{study_id}/")
     expect(page.locator("h1")).to_contain_text("Ada Lovelace")
     expect(page.locator("canvas.viewer-canvas")).to_have_attribute("data-ready", "1")
     expect(page.locator("#live-status")).to_have_text("live")
@@ -129,14 +109,14 @@ def drag(page: Any, start: tuple[float, float], end: tuple[float, float], button
 
 
 def test_a_radiologist_zooms_windows_and_toggles_the_heat_map(
-    live_server_url,  # noqa: F811
+    live_server_url,
     analysed_study,
-    browser,
+    chromium,
     artifacts,
 ) -> None:
     from playwright.sync_api import expect
 
-    page = open_study(browser, live_server_url, "dr.ada", analysed_study["study"])
+    page = open_study(chromium, live_server_url, "dr.ada", analysed_study["study"])
     canvas = page.locator("canvas.viewer-canvas")
     # The real model's map is shown; the placeholder's is offered, labelled as such.
     expect(page.locator(".heat-source option")).to_have_count(2)
@@ -195,15 +175,15 @@ def test_a_radiologist_zooms_windows_and_toggles_the_heat_map(
 
 
 def test_annotations_persist_are_shared_live_and_only_their_author_changes_them(
-    live_server_url,  # noqa: F811
+    live_server_url,
     analysed_study,
-    browser,
+    chromium,
     artifacts,
 ) -> None:
     from playwright.sync_api import expect
 
-    ada = open_study(browser, live_server_url, "dr.ada", analysed_study["study"])
-    bo = open_study(browser, live_server_url, "dr.bo", analysed_study["study"])
+    ada = open_study(chromium, live_server_url, "dr.ada", analysed_study["study"])
+    bo = open_study(chromium, live_server_url, "dr.bo", analysed_study["study"])
     for page in (ada, bo):
         page.locator(".heat-toggle").uncheck()  # annotations alone on the grey X-ray
     assert look(ada)["yellow"] == 0
@@ -255,14 +235,14 @@ def test_annotations_persist_are_shared_live_and_only_their_author_changes_them(
 
 
 def test_a_radiologist_disagrees_with_a_finding_and_the_verdict_is_kept(
-    live_server_url,  # noqa: F811
+    live_server_url,
     analysed_study,
-    browser,
+    chromium,
 ) -> None:
     from playwright.sync_api import expect
 
-    colleague = open_study(browser, live_server_url, "dr.bo", analysed_study["study"])
-    page = open_study(browser, live_server_url, "dr.ada", analysed_study["study"])
+    colleague = open_study(chromium, live_server_url, "dr.bo", analysed_study["study"])
+    page = open_study(chromium, live_server_url, "dr.ada", analysed_study["study"])
     card = page.locator(".analysis", has_text="pneumonia")
     expect(card.locator(".verdict-reason")).to_be_hidden()
     card.locator("input[value=disagree]").check()
@@ -282,13 +262,13 @@ def test_a_radiologist_disagrees_with_a_finding_and_the_verdict_is_kept(
 
 
 def test_a_technologist_sees_the_image_but_has_no_annotation_tools(
-    live_server_url,  # noqa: F811
+    live_server_url,
     analysed_study,
-    browser,
+    chromium,
 ) -> None:
     from playwright.sync_api import expect
 
-    page = open_study(browser, live_server_url, "tech.cy", analysed_study["study"])
+    page = open_study(chromium, live_server_url, "tech.cy", analysed_study["study"])
     expect(page.locator("[data-tool=pan]")).to_be_visible()
     expect(page.locator(".annotate-tools")).to_have_count(0)
     expect(page.locator(".verdict-form")).to_have_count(0)

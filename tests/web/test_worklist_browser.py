@@ -10,8 +10,9 @@ import pytest
 from django.contrib.auth.models import Group
 
 from tests.output import TEST_OUTPUT
+from tests.web.fixtures import log_in as log_in_as
 from tests.web.fixtures import png_bytes, web_login_user
-from tests.web.test_browser import _in_thread, browser_page, isolated_media, live_server_url  # noqa: F401
+from tests.web.test_browser import _in_thread, isolated_media  # noqa: F401
 from web.clinical.models import Patient, Study
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -43,18 +44,15 @@ def _study(mrn: str, name: str, body_part: str, n: int) -> Study:
 def log_in(page, base_url: str) -> None:
     from playwright.sync_api import expect
 
-    page.goto(base_url + "/")
-    page.fill("input[name=username]", "dr.bailey")
-    page.fill("input[name=password]", "pw-bailey-123")
-    page.click("button[type=submit]")
+    log_in_as(page, base_url, "dr.bailey", "pw-bailey-123")
     expect(page.locator("h1")).to_have_text("Worklist")
     expect(page.locator("#live-status")).to_have_text("live")
 
 
 def test_a_radiologist_searches_filters_claims_and_live_updates_keep_the_filter(
-    live_server_url,  # noqa: F811
+    live_server_url,
     dr_bailey,
-    browser_page,  # noqa: F811
+    browser_page,
 ) -> None:
     from playwright.sync_api import expect
 
@@ -104,9 +102,9 @@ def test_a_radiologist_searches_filters_claims_and_live_updates_keep_the_filter(
 
 
 def test_two_pngs_with_their_own_patients_each_get_their_outcome(
-    live_server_url,  # noqa: F811
+    live_server_url,
     dr_bailey,
-    browser_page,  # noqa: F811
+    browser_page,
 ) -> None:
     from playwright.sync_api import expect
 
@@ -146,9 +144,9 @@ def test_two_pngs_with_their_own_patients_each_get_their_outcome(
 
 
 def test_the_page_proposes_each_jpegs_body_region_and_the_uploader_may_change_it(
-    live_server_url,  # noqa: F811
+    live_server_url,
     dr_bailey,
-    browser_page,  # noqa: F811
+    browser_page,
 ) -> None:
     from playwright.sync_api import expect
 
@@ -175,9 +173,9 @@ def test_the_page_proposes_each_jpegs_body_region_and_the_uploader_may_change_it
 
 
 def test_hostile_files_on_the_upload_page_are_each_listed_with_the_server_s_reason(
-    live_server_url,  # noqa: F811
+    live_server_url,
     dr_bailey,
-    browser_page,  # noqa: F811
+    browser_page,
 ) -> None:
     from playwright.sync_api import expect
 

@@ -9,10 +9,11 @@ import datetime as dt
 import itertools
 import random
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -67,8 +68,10 @@ def many_studies(n: int, *, seed: int = 3) -> list[Study]:
         )
         for i in range(n)
     )
-    for s in studies:  # arrival times spread over ten hours: the cap (4 h) splits them
-        s.created_at = now - dt.timedelta(minutes=rng.randrange(600))
+    # Arrival times spread over ten hours: the cap (4 h) splits them. None within the hour
+    # before the cap, so no study crosses it while tests read the same studies for minutes.
+    for s in studies:
+        s.created_at = now - dt.timedelta(minutes=rng.choice([*range(180), *range(240, 600)]))
     Study.objects.bulk_update(studies, ["created_at"])
     images = Image.objects.bulk_create(
         Image(
@@ -107,6 +110,40 @@ def radiologist(db, django_user_model) -> Any:
     return with_role(django_user_model.objects.create_user("dr.scale"), "radiologist")
 
 
+@pytest.fixture(scope="class")
+def shared_studies(request: Any, django_db_setup: Any, django_db_blocker: Any) -> Iterator[list[Study]]:
+    """The class's STUDIES studies, seeded once for its tests (which only read them), inside a
+    transaction rolled back after the class: each test's own transaction is a savepoint in it,
+    so what a test adds is gone after it, and nothing is ever committed."""
+    with django_db_blocker.unblock():
+        outer = transaction.atomic()
+        outer.__enter__()
+    try:
+        with django_db_blocker.unblock():
+            studies = many_studies(request.cls.STUDIES)
+            # The planner sees them, as it would once autovacuum had (statistics of a few rows
+            # left by earlier tests would have it choose plans no site would ever get).
+            with connection.cursor() as cursor:
+                for model in (Patient, Study, Image, Analysis):
+                    cursor.execute(f"ANALYZE {model._meta.db_table}")
+        yield studies
+    finally:
+        with django_db_blocker.unblock():
+            transaction.set_rollback(True)
+            outer.__exit__(None, None, None)
+
+
+def _plan(sql: str) -> str:
+    """PostgreSQL's plan for `sql`; a few thousand rows: ask what it would use were a whole-table
+    read not cheaper."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET enable_seqscan = off")
+        cursor.execute(f"EXPLAIN {sql}")
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute("RESET enable_seqscan")
+    return plan
+
+
 def _queries(client: Any, url: str) -> int:
     with CaptureQueriesContext(connection) as captured:
         response = client.get(url)
@@ -114,82 +151,138 @@ def _queries(client: Any, url: str) -> int:
     return len(captured.captured_queries)
 
 
-def test_each_page_costs_the_same_few_queries_with_many_studies(radiologist) -> None:
-    studies = many_studies(3000)
-    browser, api = Client(), APIClient()
-    browser.force_login(radiologist)
-    api.force_login(radiologist)
-    one = Study.objects.filter(status="in_review").first()
-    assert one is not None
-    name = one.patient.name.split("^")[0]
-    pages = {
-        "/": 20,
-        "/?status=reviewed": 20,
-        "/?region=CHEST&sort=-patient": 20,
-        "/?condition=pneumonia&positive=1": 20,
-        f"/?q={name}": 22,
-        f"/?q={one.accession_number}": 22,
-        f"/studies/{one.pk}/": 25,
-        "/api/studies/": 20,
-        f"/api/studies/?q={name}": 22,
-    }
-    counts = {url: _queries(browser if not url.startswith("/api") else api, url) for url in pages}
-    assert {url: n for url, n in counts.items() if n > pages[url]} == {}
-    # More studies, still within the same bounds (a row never costs a query of its own).
-    many_studies(500, seed=4)
-    again = {url: _queries(browser if not url.startswith("/api") else api, url) for url in pages}
-    assert {url: n for url, n in again.items() if n > pages[url]} == {}
-    assert len(studies) == 3000
-
-
 def _page_ids(filters: WorklistFilters, user: Any, start: int, stop: int) -> list[int]:
     return [s.pk for s in worklist_rows(filters=filters, user=user)[start:stop]]
 
 
-@pytest.mark.parametrize(
-    "filters",
-    [
-        WorklistFilters(),
-        WorklistFilters(status="ai_complete"),
-        WorklistFilters(region="CHEST"),
-        WorklistFilters(condition="pneumonia", positive_only=True),
-        WorklistFilters(condition="fracture", positive_only=True),
-        WorklistFilters(condition="fracture"),
-        WorklistFilters(positive_only=True),
-        WorklistFilters(q="DOE"),
-        *[WorklistFilters(sort=s) for s in WORKLIST_SORTS],
-        *[WorklistFilters(sort=f"-{s}") for s in ("priority", "patient", "age", "date", "status", "waiting")],
-    ],
-    ids=lambda f: ",".join(f"{k}={v}" for k, v in vars(f).items() if v) or "default",
-)
-def test_every_page_of_worklist_rows_is_that_slice_of_the_triage_order(radiologist, filters) -> None:
-    many_studies(400)
-    expected = list(study_worklist(filters=filters, user=radiologist).values_list("pk", flat=True))
-    rows = worklist_rows(filters=filters, user=radiologist)
-    assert rows.count() == len(expected)
-    assert any(Study.objects.filter(pk__in=expected, created_at__lte=timezone.now() - dt.timedelta(hours=4)))
-    for start, stop in [(0, 50), (50, 100), (37, 83), (len(expected) - 10, len(expected) + 40)]:
-        assert _page_ids(filters, radiologist, start, stop) == expected[start:stop], (start, stop)
+# The index each sort reads its rows from in order (the patient's fields: the study's copies).
+SORT_INDEXES = {
+    "modality": "study_sort_modality_idx",
+    "region": "study_sort_region_idx",
+    "-priority": "",  # its own index at scale; on a thousand rows, any priority index (sorted within)
+    "-date": "study_sort_date_desc_idx",
+    "waiting": "study_arrival_idx",
+    "date": "study_date_idx",
+    "accession": "",
+    "patient": "study_sort_patient_idx",
+    "-patient": "study_sort_patient_desc_idx",
+    "age": "study_sort_age_idx",
+    "-age": "study_sort_birth_date_idx",
+    "sex": "study_sort_sex_idx",
+}
 
 
-def test_the_worklist_is_sorted_on_an_index_without_a_subquery_per_study(radiologist) -> None:
-    many_studies(2000)
-    with CaptureQueriesContext(connection) as captured:
-        list(worklist_rows(filters=WorklistFilters(), user=radiologist)[0:50])
-    slice_sql = next(q["sql"] for q in captured.captured_queries if "LIMIT 50" in q["sql"])
-    order_by = slice_sql.rsplit("ORDER BY", 1)[1]
-    assert "SELECT" not in order_by.upper()  # plain columns: no correlated subquery to sort by
-    assert '"finding_urgency" DESC' in order_by
-    if connection.vendor != "postgresql":
-        return
-    with connection.cursor() as cursor:
-        cursor.execute("SET enable_seqscan = off")  # a few thousand rows: ask what it would use
-        cursor.execute(f"EXPLAIN {slice_sql}")
-        plan = "\n".join(row[0] for row in cursor.fetchall())
-        cursor.execute("RESET enable_seqscan")
-    assert "study_triage_idx" in plan, plan
-    assert "Sort" not in plan.replace("Incremental Sort", ""), plan
-    assert "SubPlan" not in plan, plan
+class TestOnOneThousandStudies:
+    """Queries and plans on one set of 1,000 studies; one test adds 500 of its own."""
+
+    STUDIES = 1000
+
+    def test_each_page_costs_the_same_few_queries_with_many_studies(
+        self, shared_studies, radiologist
+    ) -> None:
+        browser, api = Client(), APIClient()
+        browser.force_login(radiologist)
+        api.force_login(radiologist)
+        one = Study.objects.filter(status="in_review").first()
+        assert one is not None
+        name = one.patient.name.split("^")[0]
+        pages = {
+            "/": 20,
+            "/?status=reviewed": 20,
+            "/?region=CHEST&sort=-patient": 20,
+            "/?condition=pneumonia&positive=1": 20,
+            f"/?q={name}": 22,
+            f"/?q={one.accession_number}": 22,
+            f"/studies/{one.pk}/": 25,
+            "/api/studies/": 20,
+            f"/api/studies/?q={name}": 22,
+        }
+        counts = {url: _queries(browser if not url.startswith("/api") else api, url) for url in pages}
+        assert {url: n for url, n in counts.items() if n > pages[url]} == {}
+        # More studies, still within the same bounds (a row never costs a query of its own).
+        many_studies(500, seed=4)
+        again = {url: _queries(browser if not url.startswith("/api") else api, url) for url in pages}
+        assert {url: n for url, n in again.items() if n > pages[url]} == {}
+        assert Study.objects.count() == 1500
+
+    def test_the_worklist_is_sorted_on_an_index_without_a_subquery_per_study(
+        self, shared_studies, radiologist
+    ) -> None:
+        with CaptureQueriesContext(connection) as captured:
+            list(worklist_rows(filters=WorklistFilters(), user=radiologist)[0:50])
+        slice_sql = next(q["sql"] for q in captured.captured_queries if "LIMIT 50" in q["sql"])
+        order_by = slice_sql.rsplit("ORDER BY", 1)[1]
+        assert "SELECT" not in order_by.upper()  # plain columns: no correlated subquery to sort by
+        assert '"finding_urgency" DESC' in order_by
+        if connection.vendor != "postgresql":
+            return
+        plan = _plan(slice_sql)
+        assert "study_triage_idx" in plan, plan
+        assert "Sort" not in plan.replace("Incremental Sort", ""), plan
+        assert "SubPlan" not in plan, plan
+
+    def test_a_sort_by_a_column_or_the_patients_field_reads_an_index_in_order(
+        self, shared_studies, radiologist
+    ) -> None:
+        if connection.vendor != "postgresql":
+            pytest.skip("the plan is PostgreSQL's")
+        unordered = {}
+        for sort, index in SORT_INDEXES.items():
+            with CaptureQueriesContext(connection) as captured:
+                list(worklist_rows(filters=WorklistFilters(sort=sort), user=radiologist)[0:50])
+            slice_sql = next(q["sql"] for q in captured.captured_queries if "LIMIT 50" in q["sql"])
+            with connection.cursor() as cursor:
+                # A thousand rows would rather be sorted whole: ask which index gives the order, if
+                # any (a sort of the whole is still planned where none does).
+                cursor.execute("SET enable_seqscan = off; SET enable_sort = off")
+                cursor.execute(f"EXPLAIN {slice_sql}")
+                plan = "\n".join(row[0] for row in cursor.fetchall())
+                cursor.execute("RESET enable_seqscan; RESET enable_sort")
+            # The rows come in the sort's order from an index; at most the few sharing a value are sorted.
+            sorted_whole = [line for line in plan.splitlines() if re.match(r"\s*(->\s*)?Sort\s+\(", line)]
+            if "Index" not in plan or index not in plan or sorted_whole:
+                unordered[sort] = plan
+        assert unordered == {}
+
+
+DESCENDING_SORTS = ("priority", "patient", "age", "date", "status", "waiting")
+
+
+class TestOnFourHundredStudies:
+    """Pages of every filter and sort, on one set of 400 studies."""
+
+    STUDIES = 400
+
+    @pytest.mark.parametrize(
+        "filters",
+        [
+            WorklistFilters(),
+            WorklistFilters(status="ai_complete"),
+            WorklistFilters(region="CHEST"),
+            WorklistFilters(condition="pneumonia", positive_only=True),
+            WorklistFilters(condition="fracture", positive_only=True),
+            WorklistFilters(condition="fracture"),
+            WorklistFilters(positive_only=True),
+            WorklistFilters(q="DOE"),
+            *[WorklistFilters(sort=s) for s in WORKLIST_SORTS],
+            *[
+                WorklistFilters(sort=f"-{s}")
+                for s in ("priority", "patient", "age", "date", "status", "waiting")
+            ],
+        ],
+        ids=lambda f: ",".join(f"{k}={v}" for k, v in vars(f).items() if v) or "default",
+    )
+    def test_every_page_of_worklist_rows_is_that_slice_of_the_triage_order(
+        self, shared_studies, radiologist, filters
+    ) -> None:
+        expected = list(study_worklist(filters=filters, user=radiologist).values_list("pk", flat=True))
+        rows = worklist_rows(filters=filters, user=radiologist)
+        assert rows.count() == len(expected)
+        assert any(
+            Study.objects.filter(pk__in=expected, created_at__lte=timezone.now() - dt.timedelta(hours=4))
+        )
+        for start, stop in [(0, 50), (50, 100), (37, 83), (len(expected) - 10, len(expected) + 40)]:
+            assert _page_ids(filters, radiologist, start, stop) == expected[start:stop], (start, stop)
 
 
 FINDING = ("ai_flagged", "finding_urgency", "finding_probability")
@@ -293,48 +386,6 @@ def test_the_sorts_that_say_nulls_last_are_the_nullable_columns() -> None:
         return bool(model._meta.get_field(name).null)
 
     assert {key for key, path in WORKLIST_SORTS.items() if nullable(path)} == SORTS_NULLABLE
-
-
-# The index each sort reads its rows from in order (the patient's fields: the study's copies).
-SORT_INDEXES = {
-    "modality": "study_sort_modality_idx",
-    "region": "study_sort_region_idx",
-    "-priority": "",  # its own index at scale; on a thousand rows, any priority index (sorted within)
-    "-date": "study_sort_date_desc_idx",
-    "waiting": "study_arrival_idx",
-    "date": "study_date_idx",
-    "accession": "",
-    "patient": "study_sort_patient_idx",
-    "-patient": "study_sort_patient_desc_idx",
-    "age": "study_sort_age_idx",
-    "-age": "study_sort_birth_date_idx",
-    "sex": "study_sort_sex_idx",
-}
-
-
-def test_a_sort_by_a_column_or_the_patients_field_reads_an_index_in_order(radiologist) -> None:
-    if connection.vendor != "postgresql":
-        pytest.skip("the plan is PostgreSQL's")
-    many_studies(1000)
-    with connection.cursor() as cursor:
-        cursor.execute("ANALYZE")  # fresh tables: the rows' own query planned on what they hold
-    unordered = {}
-    for sort, index in SORT_INDEXES.items():
-        with CaptureQueriesContext(connection) as captured:
-            list(worklist_rows(filters=WorklistFilters(sort=sort), user=radiologist)[0:50])
-        slice_sql = next(q["sql"] for q in captured.captured_queries if "LIMIT 50" in q["sql"])
-        with connection.cursor() as cursor:
-            # A thousand rows would rather be sorted whole: ask which index gives the order, if any
-            # (a sort of the whole is still planned where none does).
-            cursor.execute("SET enable_seqscan = off; SET enable_sort = off")
-            cursor.execute(f"EXPLAIN {slice_sql}")
-            plan = "\n".join(row[0] for row in cursor.fetchall())
-            cursor.execute("RESET enable_seqscan; RESET enable_sort")
-        # The rows come in the sort's order from an index; at most the few sharing a value are sorted.
-        sorted_whole = [line for line in plan.splitlines() if re.match(r"\s*(->\s*)?Sort\s+\(", line)]
-        if "Index" not in plan or index not in plan or sorted_whole:
-            unordered[sort] = plan
-    assert unordered == {}
 
 
 def _copies_agree() -> dict[int, tuple[Any, ...]]:
