@@ -441,3 +441,6 @@ def test_the_studies_copies_of_the_patients_fields_follow_every_change(api, djan
     other.name = "Roe^Richard"
     assert patient_save(patient=other) == 1
     assert _copies_agree() == {}
+    # A study built any other way (a script, the admin's "add study") takes them too.
+    Study.objects.create(patient=other, study_instance_uid="1.2.826.0.79.1")
+    assert other.studies.count() == 2 and _copies_agree() == {}

@@ -53,6 +53,14 @@ class Patient(models.Model):
         return text or "(no name)"
 
 
+# Study column -> the Patient field it copies (the worklist's sorts by the patient's fields).
+STUDY_PATIENT_COPIES: dict[str, str] = {
+    "patient_name": "name",
+    "patient_birth_date": "birth_date",
+    "patient_sex": "sex",
+}
+
+
 class Study(models.Model):
     class BodyPartSource(models.TextChoices):
         """Who gave the study its body part at upload."""
@@ -159,6 +167,14 @@ class Study(models.Model):
 
     def __str__(self) -> str:
         return f"{self.accession_number or self.study_instance_uid} ({self.patient.patient_id})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # A new study takes its patient's fields, however it is built; every later change goes
+        # through web.clinical.worklist.patients.
+        if self._state.adding and self.patient_id is not None:
+            for column, field in STUDY_PATIENT_COPIES.items():
+                setattr(self, column, getattr(self.patient, field))
+        super().save(*args, **kwargs)
 
 
 def image_upload_to(instance: Image, filename: str) -> str:

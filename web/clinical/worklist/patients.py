@@ -1,8 +1,9 @@
 """The patient's fields the worklist sorts by, copied onto each of its studies (Study.patient_name,
 patient_birth_date, patient_sex), so a sort by name, age or sex reads an index of the study
-table instead of sorting the join with the patients. This module is their one writer: a study
-takes them when it is built, and every change of a patient's name, birth date or sex, or of a
-study's patient, goes through here and re-copies them in the same transaction."""
+table instead of sorting the join with the patients. A study takes them when it is built
+(Study.save, or study_patient_copies for a bulk insert); every change of a patient's name,
+birth date or sex, or of a study's patient, goes through here and re-copies them in the same
+transaction."""
 
 from __future__ import annotations
 
@@ -12,14 +13,8 @@ from typing import Any
 from django.db import transaction
 from django.db.models import OuterRef, Subquery
 
+from web.clinical.models import STUDY_PATIENT_COPIES as PATIENT_COPIES
 from web.clinical.models import Patient, Study
-
-# Study column -> the Patient field it copies.
-PATIENT_COPIES: dict[str, str] = {
-    "patient_name": "name",
-    "patient_birth_date": "birth_date",
-    "patient_sex": "sex",
-}
 
 
 def study_patient_copies(patient: Patient) -> dict[str, Any]:
