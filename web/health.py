@@ -44,7 +44,9 @@ def models_health() -> dict[str, str]:
     from core.conditions import CONDITIONS
     from core.errors import RadTriageError
     from core.registry import Registry, sha256_file
+    from web.clinical.registry.shared import registry_pull
 
+    registry_pull()
     try:
         registry = Registry.load(settings.RADTRIAGE_REGISTRY)
     except RadTriageError as exc:

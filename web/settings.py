@@ -185,6 +185,9 @@ STORAGES = {
 
 # Engine (core/) configuration: where the registry lives; model paths in it are relative to it.
 RADTRIAGE_REGISTRY = Path(os.environ.get("RADTRIAGE_REGISTRY", BASE_DIR / "registry.json"))
+# With MEDIA_STORAGE=s3: how often (seconds) a process refreshes its copy of the registry from
+# the object store, so a model activated on one host runs on every host within this.
+RADTRIAGE_REGISTRY_PULL_SECONDS = float(os.environ.get("RADTRIAGE_REGISTRY_PULL_SECONDS", "5"))
 # The report header (signed PDF reports): the site's name and one address line.
 RADTRIAGE_INSTITUTION_NAME = os.environ.get("RADTRIAGE_INSTITUTION_NAME", "RadTriage radiology department")
 RADTRIAGE_INSTITUTION_ADDRESS = os.environ.get("RADTRIAGE_INSTITUTION_ADDRESS", "")

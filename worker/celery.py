@@ -83,8 +83,10 @@ def warm_models() -> None:
 
     from core.analysis import warm_active_models
     from core.model_manager import get_manager
+    from web.clinical.registry.shared import registry_pull
 
     try:
+        registry_pull()
         took = warm_active_models(get_manager(settings.RADTRIAGE_REGISTRY))
     except Exception:  # noqa: BLE001 - an unreadable registry: the first job says why
         log.warning("Could not warm the models", exc_info=True)

@@ -2,7 +2,9 @@
 loopback, started here), and neither this process nor the worker has a media folder, as on a
 worker host that shares no volume with the web server. Upload, analysis by a real worker, heat
 map, report PDF, de-identified export, backup and restore all work; the sweeps and the upload
-journals work on the bucket; an unreachable store refuses an upload and keeps nothing."""
+journals work on the bucket; the registry is shared through it, so a model activated on the
+web host is the one the worker host runs; an unreachable store refuses an upload and keeps
+nothing."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import sys
 import uuid
 import zipfile
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 
 from tests.web.fixtures import (
     Service,
@@ -31,7 +35,7 @@ from tests.web.fixtures import (
     wait_for,
     with_role,
 )
-from tests.web.test_backup_restore import Site, empty_database, write_registry
+from tests.web.test_backup_restore import Site, empty_database
 from web.storage_config import media_storage_setting
 
 
@@ -96,8 +100,15 @@ def bucket(s3_endpoint: str, settings: Any, tmp_path: Path) -> Bucket:
     storages = dict(settings.STORAGES)
     storages["default"] = media_storage_setting(made.env)
     settings.STORAGES = storages
+    settings.MEDIA_STORAGE = "s3"
     settings.MEDIA_ROOT = made.no_media
     return made
+
+
+def host_registry(tiny_registry: Path, host: Path) -> Path:
+    """A host's own copy of the registry and the model files (which ship in the image)."""
+    shutil.copytree(tiny_registry.parent, host)
+    return host / tiny_registry.name
 
 
 def admin_client(django_user_model: Any) -> Any:
@@ -108,7 +119,7 @@ def admin_client(django_user_model: Any) -> Any:
     return client
 
 
-def test_a_study_goes_from_upload_to_signed_report_export_and_backup_with_no_media_folder(
+def test_a_study_goes_from_upload_to_signed_report_export_and_backup_with_no_shared_folder(
     transactional_db: Any,
     api: Any,
     django_user_model: Any,
@@ -118,12 +129,25 @@ def test_a_study_goes_from_upload_to_signed_report_export_and_backup_with_no_med
     tiny_registry: Path,
     service_logs: Path,
     tmp_path: Path,
+    settings: Any,
 ) -> None:
     from web.clinical.models import Analysis, Image, Report
+    from web.clinical.registry.activation import registry_activate
+    from web.clinical.registry.shared import REGISTRY_OBJECT
 
+    # The web host (this process) and the worker host each have their own registry file.
+    settings.RADTRIAGE_REGISTRY = host_registry(tiny_registry, tmp_path / "web-host")
+    worker_registry = host_registry(tiny_registry, tmp_path / "worker-host")
+    call_command("registry_sync", "--from", str(tiny_registry), "--to", str(settings.RADTRIAGE_REGISTRY))
+    assert REGISTRY_OBJECT in bucket.objects()
     redis_url = f"redis://127.0.0.1:{private_redis[1]}/0"
     broker_switch(redis_url)  # this test's own worker, on a Redis no other worker reads
-    env = service_env(RADTRIAGE_REGISTRY=str(tiny_registry), REDIS_URL=redis_url, **bucket.env)
+    env = service_env(
+        RADTRIAGE_REGISTRY=str(worker_registry),
+        RADTRIAGE_REGISTRY_PULL_SECONDS="0",
+        REDIS_URL=redis_url,
+        **bucket.env,
+    )
     worker = celery_worker("s3-worker", env, service_logs).start(ready_text="ready.", timeout=120)
     try:
         response = upload(
@@ -144,6 +168,7 @@ def test_a_study_goes_from_upload_to_signed_report_export_and_backup_with_no_med
             what="the worker's result",
         )
         assert analysis.heatmap_raw.name.startswith("heatmaps/")
+        assert analysis.model_id == "pneumonia-tiny-test"
         raw = api.get(f"/api/analyses/{analysis.pk}/heatmap/?kind=raw")
         assert raw.status_code == 200
         assert b"".join(raw.streaming_content) == bucket.objects()[analysis.heatmap_raw.name]
@@ -172,6 +197,22 @@ def test_a_study_goes_from_upload_to_signed_report_export_and_backup_with_no_med
         archive = zipfile.ZipFile(io.BytesIO(b"".join(export.streaming_content)))
         dicoms = [n for n in archive.namelist() if n.endswith(".dcm")]
         assert len(dicoms) == 1 and b"Bucket^Bea" not in archive.read(dicoms[0])
+
+        # An admin activates another model on the web host: the worker host runs it next.
+        admin = django_user_model.objects.get(username="it.admin")
+        registry_activate(
+            model_id="pneumonia-always-yes-experimental", actor=admin, reason="Trying the other head"
+        )
+        second = upload(api, dicom_bytes(patient_id="MRN-S3-2", seed=7), conditions="pneumonia")
+        assert second.status_code == 201, second.content
+        rerun = wait_for(
+            lambda: Analysis.objects.filter(image_id=second.json()["image"]["id"], state="succeeded").first(),
+            timeout=120,
+            what="the second result",
+        )
+        assert rerun.model_id == "pneumonia-always-yes-experimental"
+        active = json.loads(worker_registry.read_text())["active_models"]
+        assert active["pneumonia"] == "pneumonia-always-yes-experimental"
     finally:
         worker.stop()
     assert not bucket.no_media.exists(), "a media folder was written"
@@ -179,8 +220,7 @@ def test_a_study_goes_from_upload_to_signed_report_export_and_backup_with_no_med
     # Backup and restore, as an operator runs them: every object of the bucket comes back,
     # byte for byte, into a new bucket beside a new database.
     folder = tmp_path / "backup"
-    write_registry(tmp_path / "models" / "registry.json")
-    source = Site(env["DATABASE_URL"], tmp_path, storage=bucket.env)
+    source = Site(env["DATABASE_URL"], tmp_path / "source", storage=bucket.env)
     made = source.manage("backup", str(folder), "--models", "checksums")
     assert made.returncode == 0, made.stderr[-3000:]
     assert "the bucket" in made.stdout
@@ -190,7 +230,7 @@ def test_a_study_goes_from_upload_to_signed_report_export_and_backup_with_no_med
     before = source.snapshot()
     target_bucket = new_bucket(bucket.env["S3_ENDPOINT_URL"], tmp_path / "target")
     with empty_database() as url:
-        target = Site(url, tmp_path, storage=target_bucket.env)
+        target = Site(url, tmp_path / "source", storage=target_bucket.env)
         restored = target.manage("restore", str(folder))
         assert restored.returncode == 0, restored.stderr[-3000:]
         assert target.snapshot() == before

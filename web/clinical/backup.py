@@ -33,6 +33,7 @@ from django.db import connection, connections
 from core.registry import Registry, sha256_file
 from web.clinical.media_storage import media_describe, media_is_empty, media_walk, media_write
 from web.clinical.models import Analysis, AuditEvent, Image, Patient, Report, Study
+from web.clinical.registry.shared import registry_publish, registry_pull
 
 FORMAT = "radtriage-backup/1"
 MANIFEST = "manifest.json"
@@ -171,6 +172,7 @@ def backup_create(*, folder: Path, models: str = "copy", say: Say = _quiet) -> O
 
     # 3. The model registry and the model files it names.
     registry_path = Path(settings.RADTRIAGE_REGISTRY)
+    registry_pull(registry_path, every=0)  # the deployment's, if shared through the store
     model_rows: list[dict[str, Any]] = []
     if registry_path.is_file():
         (folder / "registry").mkdir()
@@ -378,6 +380,7 @@ def backup_restore(*, folder: Path, force: bool = False, say: Say = _quiet) -> O
             shutil.copy2(source_file, target_file)
         registry_path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(folder / manifest["registry"], registry_path)
+        registry_publish(registry_path)
 
     counts = row_counts()
     if counts != manifest["counts"]:

@@ -29,6 +29,7 @@ from web.clinical.files import files_delete, heatmaps_store
 from web.clinical.ingest.parts import conditions_resolve
 from web.clinical.models import Analysis, AuditEvent, Image
 from web.clinical.registry.operating_points import site_threshold_for_worker
+from web.clinical.registry.shared import registry_pull
 from web.clinical.rows import rows_update
 from web.clinical.worklist.states import studies_mark_analysing, studies_refresh, study_refresh_status
 
@@ -226,6 +227,7 @@ def _analyses_compute_and_store(
     from core.analysis import analyze_xrays
     from core.model_manager import get_manager
 
+    registry_pull()  # a model activated on another host: run it from the next job
     try:
         outcomes = analyze_xrays(
             [xray for _, xray in group],

@@ -27,6 +27,7 @@ from core.model_check import CHECKS
 from core.registry import ModelEntry, Registry
 from web.clinical.audit.records import audit_record
 from web.clinical.registry.operating_points import site_operating_point_clear_stale
+from web.clinical.registry.shared import registry_publish, registry_pull
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class ActivationPreview:
 
 
 def registry_activation_preview(*, model_id: str, registry_path: Path | None = None) -> ActivationPreview:
+    registry_pull(registry_path)
     registry = Registry.load(registry_path or settings.RADTRIAGE_REGISTRY)
     entry = registry.entry(model_id)
     test, source = _test_metrics(registry, entry)
@@ -124,11 +126,13 @@ def registry_activate(
         raise ActivationRefused(
             f"{model_id} was not activated: check '{failed and failed['name']}' failed: {detail}"
         )
+    registry_pull(path, every=0)  # another host may have changed it since
     registry = Registry.load(path)
     entry = registry.entry(model_id)
     previous = registry.active_models.get(entry.condition)
     registry.set_active(model_id)
     registry.save()
+    registry_publish(path)
     audit_record(
         actor=actor,
         action="model.activate",

@@ -29,6 +29,7 @@ from web.clinical.registry.operating_points import (
     site_operating_point_set,
     site_operating_point_state,
 )
+from web.clinical.registry.shared import registry_pull
 
 
 def _rows(registry: Registry) -> list[dict[str, Any]]:
@@ -104,6 +105,7 @@ def registry_view(request: HttpRequest) -> HttpResponse:
         context.update(title=f"Activate {preview.model_id}?", preview=preview)
         return TemplateResponse(request, "admin/model_registry_confirm.html", context)
     problems = None
+    registry_pull()  # what is active on every host, not this host's last copy
     try:
         registry = Registry.load(settings.RADTRIAGE_REGISTRY)
         rows = _rows(registry)

@@ -12,7 +12,9 @@ def condition_models(*, condition: str) -> list[dict[str, Any]]:
     registry cannot be read (the page then offers no re-run, and says nothing false)."""
     from core.errors import RadTriageError
     from core.registry import Registry
+    from web.clinical.registry.shared import registry_pull
 
+    registry_pull()
     try:
         registry = Registry.load(settings.RADTRIAGE_REGISTRY)
     except (RadTriageError, OSError, ValueError):
