@@ -379,10 +379,16 @@ def test_the_minio_profile_runs_an_object_store_with_its_volume_and_a_health_che
     assert minio["environment"]["MINIO_ROOT_PASSWORD"].startswith("${AWS_SECRET_ACCESS_KEY")
 
 
-def test_the_web_container_checks_the_stored_files_and_makes_the_bucket_before_it_serves() -> None:
-    command = _compose()["services"]["web"]["command"]
-    assert "manage.py storage_check --create-bucket &&" in command
-    assert command.index("manage.py migrate") < command.index("storage_check") < command.index("uvicorn")
+def test_web_and_the_workers_check_the_stored_files_and_make_the_bucket_before_they_start() -> None:
+    # Whichever starts first makes the bucket; the registry is published into it next.
+    services = _compose()["services"]
+    for name, serves in (("web", "uvicorn"), ("worker", "celery"), ("worker-cpu", "celery")):
+        command = services[name]["command"]
+        assert "manage.py storage_check --create-bucket &&" in command, name
+        assert command.index("storage_check") < command.index("registry_sync") < command.index(serves), name
+    assert services["web"]["command"].index("manage.py migrate") < services["web"]["command"].index(
+        "storage_check"
+    )
 
 
 def test_the_s3_override_moves_every_app_service_to_the_bucket() -> None:
