@@ -413,8 +413,9 @@ print("0x%04X" % status.Status)' 2>/dev/null | tail -n 1)
 say "C-ECHO: $ECHO (success); listener published on $(docker port "$(cid dicom)" 11112/tcp | tr '\n' ' ')"
 
 # ---------------------------------------------------------------- the bucket (s3)
-# The stored files' names (count and a digest of the sorted list), as the app's storage lists them.
-STORED='from web.clinical.media_storage import media_describe, media_walk; import hashlib; names = sorted(n for n, _ in media_walk()); print(len(names), hashlib.sha256("\n".join(names).encode()).hexdigest()[:16], media_describe())'
+# The stored files as the app's storage lists and reads them: their number, a digest of every
+# name and content, and where they are.
+STORED='from django.core.files.storage import default_storage as s; from web.clinical.media_storage import media_describe, media_walk; import hashlib; d = hashlib.sha256(); names = sorted(n for n, _ in media_walk()); [d.update(n.encode() + b"\0" + s.open(n, "rb").read()) for n in names]; print(len(names), d.hexdigest()[:16], media_describe())'
 if [ "$STORAGE" = s3 ]; then
   step "every stored file is in the bucket, none in a container's media folder"
   for service in "${APP_SERVICES[@]}"; do
@@ -423,7 +424,7 @@ if [ "$STORAGE" = s3 ]; then
   done
   read -r OBJECTS OBJECTS_DIGEST where < <(web_shell "$STORED")
   [ -n "$OBJECTS" ] && [ "$OBJECTS" -ge $((2 * (BATCH + 1))) ] || fail "only '$OBJECTS' objects in $where for $((BATCH + 1)) images"
-  say "$OBJECTS objects in $where (names digest $OBJECTS_DIGEST); /data/media empty in ${APP_SERVICES[*]}"
+  say "$OBJECTS objects in $where (digest of names and contents $OBJECTS_DIGEST); /data/media empty in ${APP_SERVICES[*]}"
 fi
 
 # ---------------------------------------------------------------- backup, disaster, restore
@@ -481,8 +482,8 @@ if [ "$STORAGE" = s3 ]; then
     || fail "$where holds $objects objects (digest $digest); before the backup: $OBJECTS ($OBJECTS_DIGEST)"
   case $where in *" $S3_BUCKET "*) ;; *) fail "the restored app uses $where, not the bucket $S3_BUCKET" ;; esac
   MOUNTS=$(no_shared_volume) || exit 1
-  say "the new bucket holds the same $objects objects (names digest $digest): $where; still no shared volume"
-  STORE_NOTE="storage=s3: SeaweedFS $(docker run --rm "$S3_IMAGE" weed version 2>/dev/null | awk '{print $3}') in the minio service; web, worker-cpu, beat, dicom share no volume (docker inspect), /data/media empty in each; $OBJECTS objects backed up and restored into a new store and bucket, names identical | "
+  say "the new bucket holds the same $objects objects (digest of names and contents $digest): $where; still no shared volume"
+  STORE_NOTE="storage=s3: SeaweedFS $(docker run --rm "$S3_IMAGE" weed version 2>/dev/null | awk '{print $3}') in the minio service; web, worker-cpu, beat, dicom share no volume (docker inspect), /data/media empty in each; $OBJECTS objects backed up and restored into a new store and bucket, names and contents identical | "
 fi
 
 printf '\nRESULT  %sbuild time %ss | start-up time %ss (up -> every health check) | time to first result %ss (upload -> result + heat map, through the TLS proxy) | worker restart mid-batch (%sleft at the restart): %s/%s succeeded, none duplicated, %ss to finish after the restart | audit address = the proxy'"'"'s client (%s), forged X-Forwarded-For ignored | web on 127.0.0.1 only, HTTP -> HTTPS, HSTS | backup %ss, restore into new volumes + restart %ss, rows and heat map identical (pg_dump %s = server %s)\n' \
