@@ -34,7 +34,9 @@
 # PostgreSQL project's apt repository that 16 needs may be out of reach), RADTRIAGE_DATA (../shared/data),
 # RADTRIAGE_SMOKE_BATCH (images in the restart batch; 10), CPU_WORKERS (1), DEBIAN_MIRROR,
 # RADTRIAGE_SMOKE_BUILD_NETWORK (the image builds' network; host),
-# RADTRIAGE_SMOKE_KEEP=1 (leave the stack running; `down -v` it yourself).
+# RADTRIAGE_SMOKE_KEEP=1 (leave the stack running; `down -v` it yourself), RADTRIAGE_SMOKE_BUILD=0
+# (run the radtriage-smoke/* images already here instead of building them: with the vfs storage
+# driver every image layer is a full copy, and a rebuild needs tens of GB more disk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -53,6 +55,7 @@ DATA="${RADTRIAGE_DATA:-$REPO/../shared/data}"
 BATCH="${RADTRIAGE_SMOKE_BATCH:-10}"
 STORAGE="${RADTRIAGE_SMOKE_STORAGE:-volume}"
 KEEP="${RADTRIAGE_SMOKE_KEEP:-0}"
+REBUILD="${RADTRIAGE_SMOKE_BUILD:-1}"
 PROJECT=radtriage-smoke
 DEBIAN_IMAGE=radtriage-smoke/debian:bookworm
 PYTHON_IMAGE=radtriage-smoke/python:3.11-bookworm
@@ -132,8 +135,12 @@ EOF
   say "imported $DEBIAN_IMAGE from $TARBALL"
 fi
 
-build() {  # build <what> <args...>
+build() {  # build <what> <args...>; <what> starts with the image's tag
   local what=$1; shift
+  if [ "$REBUILD" = 0 ]; then
+    docker image inspect "${what%% *}" >/dev/null 2>&1 || fail "RADTRIAGE_SMOKE_BUILD=0, but there is no image ${what%% *}"
+    say "reusing ${what%% *} as it is (RADTRIAGE_SMOKE_BUILD=0)"; return
+  fi
   say "building $what"
   local log; log=$(mktemp)
   # RUN steps on the host's network: they reach the package mirrors even where the daemon's
