@@ -175,7 +175,9 @@ if docker run --rm --entrypoint sh "$APP_IMAGE:$TF_BUILD" -c 'test -e /run/secre
   fail "the CA bundle is present in $APP_IMAGE:$TF_BUILD"
 fi
 BUILD_S=$(($(date +%s) - BUILD_START))
-say "images built in ${BUILD_S}s: $(docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' 'radtriage-smoke/*' | tr '\n' ';' | sed 's/;/; /g')"
+BUILT="built in ${BUILD_S}s"
+[ "$REBUILD" = 0 ] && BUILT="reused, not built (RADTRIAGE_SMOKE_BUILD=0; ${BUILD_S}s for the CA-bundle check)"
+say "images $BUILT: $(docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' 'radtriage-smoke/*' | tr '\n' ';' | sed 's/;/; /g')"
 
 if [ "$TF_BUILD" = gpu ]; then
   step "GPU image: TensorFlow imports (no GPU here, so no compose run)"
@@ -493,5 +495,5 @@ if [ "$STORAGE" = s3 ]; then
   STORE_NOTE="storage=s3: SeaweedFS $(docker run --rm "$S3_IMAGE" weed version 2>/dev/null | awk '{print $3}') in the minio service; web, worker-cpu, beat, dicom share no volume (docker inspect), /data/media empty in each; $OBJECTS objects backed up and restored into a new store and bucket, names and contents identical | "
 fi
 
-printf '\nRESULT  %sbuild time %ss | start-up time %ss (up -> every health check) | time to first result %ss (upload -> result + heat map, through the TLS proxy) | worker restart mid-batch (%sleft at the restart): %s/%s succeeded, none duplicated, %ss to finish after the restart | audit address = the proxy'"'"'s client (%s), forged X-Forwarded-For ignored | web on 127.0.0.1 only, HTTP -> HTTPS, HSTS | backup %ss, restore into new volumes + restart %ss, rows and heat map identical (pg_dump %s = server %s)\n' \
-  "$STORE_NOTE" "$BUILD_S" "$STARTUP_S" "$FIRST_S" "$INTERRUPTED" "$BATCH" "$BATCH" "$BATCH_S" "$AUDIT_IP" "$BACKUP_S" "$RESTORE_S" "$CLIENT_MAJOR" "$SERVER_MAJOR"
+printf '\nRESULT  %simages %s | start-up time %ss (up -> every health check) | time to first result %ss (upload -> result + heat map, through the TLS proxy) | worker restart mid-batch (%sleft at the restart): %s/%s succeeded, none duplicated, %ss to finish after the restart | audit address = the proxy'"'"'s client (%s), forged X-Forwarded-For ignored | web on 127.0.0.1 only, HTTP -> HTTPS, HSTS | backup %ss, restore into new volumes + restart %ss, rows and heat map identical (pg_dump %s = server %s)\n' \
+  "$STORE_NOTE" "$BUILT" "$STARTUP_S" "$FIRST_S" "$INTERRUPTED" "$BATCH" "$BATCH" "$BATCH_S" "$AUDIT_IP" "$BACKUP_S" "$RESTORE_S" "$CLIENT_MAJOR" "$SERVER_MAJOR"
