@@ -280,7 +280,7 @@ no_shared_volume() {  # fails unless every volume or host folder is mounted into
   if printf '%s\n' "$mounts" | awk -F'|' '{print $3}' | grep -qx -e "${PROJECT}_media" -e "${PROJECT}_registry"; then
     fail "the media or registry volume is mounted: $(printf '%s\n' "$mounts" | tr '\n' ' ')"
   fi
-  printf '%s\n' "$mounts" | awk -F'|' '{m[$1] = m[$1] (m[$1] ? ", " : "") ($2 == "tmpfs" ? "tmpfs " $4 : $2 " " $3 " at " $4)}
+  printf '%s\n' "$mounts" | awk -F'|' '{m[$1] = m[$1] (m[$1] ? ", " : "") (length($3) == 64 ? "own anonymous volume" : $2 " " $3) " at " $4}
     END {for (s in m) printf "%s: %s; ", s, m[s]}'
 }
 if [ "$STORAGE" = s3 ]; then
