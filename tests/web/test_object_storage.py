@@ -282,3 +282,23 @@ def test_an_unreachable_store_refuses_the_upload_with_a_reason_and_keeps_nothing
     assert "nothing of it was kept" in response.json()["error"]
     assert stored_state() == before
     assert not closed.no_media.exists()
+
+
+def test_containers_starting_together_each_make_sure_of_the_bucket(bucket: Bucket) -> None:
+    # Web and the workers each run `storage_check --create-bucket` as they start: the one whose
+    # create comes second finds the bucket made (MinIO and SeaweedFS answer
+    # BucketAlreadyOwnedByYou) and goes on.
+    from botocore.stub import Stubber
+    from django.core.files.storage import default_storage
+
+    from web.clinical.media_storage import media_check
+
+    client = default_storage.connection.meta.client
+    with Stubber(client) as stub:
+        stub.add_client_error("head_bucket", service_error_code="404", http_status_code=404)
+        stub.add_client_error(
+            "create_bucket", service_error_code="BucketAlreadyOwnedByYou", http_status_code=409
+        )
+        assert default_storage.bucket_ensure() is False
+        stub.assert_no_pending_responses()
+    assert "bucket created" not in media_check(create_bucket=True)

@@ -76,7 +76,13 @@ class ObjectMediaStorage(S3Storage):
             where = {}
             if self.region_name and self.region_name != "us-east-1":  # AWS's rule for any other region
                 where = {"CreateBucketConfiguration": {"LocationConstraint": self.region_name}}
-            _translated(lambda: client.create_bucket(Bucket=self.bucket_name, **where))
+            try:
+                _translated(lambda: client.create_bucket(Bucket=self.bucket_name, **where))
+            except StorageUnavailable as exc:
+                # Another process (a container starting beside this one) made it in between.
+                if exc.code == "BucketAlreadyOwnedByYou":
+                    return False
+                raise
             return True
 
     def reach(self) -> None:
