@@ -60,6 +60,18 @@ def guard_remove(apps, schema_editor):
             schema_editor.execute(statement, params=None)
 
 
+# Used by the later migrations that add a column to the study table: SQLite rebuilds the table
+# for it, which drops these triggers; they are removed before and made again after.
+def sqlite_guard_remove(apps, schema_editor):
+    if schema_editor.connection.vendor == "sqlite":
+        guard_remove(apps, schema_editor)
+
+
+def sqlite_guard_add(apps, schema_editor):
+    if schema_editor.connection.vendor == "sqlite":
+        guard_add(apps, schema_editor)
+
+
 def reported_without_report_to_reviewed(apps, schema_editor):
     Study = apps.get_model("clinical", "Study")
     Report = apps.get_model("clinical", "Report")

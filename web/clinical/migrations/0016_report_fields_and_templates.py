@@ -11,14 +11,7 @@ from django.db import migrations, models
 _states = importlib.import_module("web.clinical.migrations.0012_study_states")
 
 
-def sqlite_guard_remove(apps, schema_editor):
-    if schema_editor.connection.vendor == "sqlite":
-        _states.guard_remove(apps, schema_editor)
-
-
-def sqlite_guard_add(apps, schema_editor):
-    if schema_editor.connection.vendor == "sqlite":
-        _states.guard_add(apps, schema_editor)
+sqlite_guard_remove, sqlite_guard_add = _states.sqlite_guard_remove, _states.sqlite_guard_add
 
 
 # The templates a new site starts with: normal-study wording, edited by admins afterwards.

@@ -22,14 +22,7 @@ TRIGRAM_INDEXES = [
 ]
 
 
-def sqlite_guard_remove(apps, schema_editor):
-    if schema_editor.connection.vendor == "sqlite":
-        _states.guard_remove(apps, schema_editor)
-
-
-def sqlite_guard_add(apps, schema_editor):
-    if schema_editor.connection.vendor == "sqlite":
-        _states.guard_add(apps, schema_editor)
+sqlite_guard_remove, sqlite_guard_add = _states.sqlite_guard_remove, _states.sqlite_guard_add
 
 
 def trigram_add(apps, schema_editor):

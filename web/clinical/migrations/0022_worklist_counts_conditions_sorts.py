@@ -17,14 +17,7 @@ from web.clinical.worklist.sort_indexes import DATE_DESC_INDEX_SQL
 _states = importlib.import_module("web.clinical.migrations.0012_study_states")
 
 
-def sqlite_guard_remove(apps, schema_editor):
-    if schema_editor.connection.vendor == "sqlite":
-        _states.guard_remove(apps, schema_editor)
-
-
-def sqlite_guard_add(apps, schema_editor):
-    if schema_editor.connection.vendor == "sqlite":
-        _states.guard_add(apps, schema_editor)
+sqlite_guard_remove, sqlite_guard_add = _states.sqlite_guard_remove, _states.sqlite_guard_add
 
 
 def finding_conditions_fill(apps, schema_editor):

@@ -20,14 +20,7 @@ _states = importlib.import_module("web.clinical.migrations.0012_study_states")
 COPIES = {"patient_name": "name", "patient_birth_date": "birth_date", "patient_sex": "sex"}
 
 
-def sqlite_guard_remove(apps, schema_editor):
-    if schema_editor.connection.vendor == "sqlite":
-        _states.guard_remove(apps, schema_editor)
-
-
-def sqlite_guard_add(apps, schema_editor):
-    if schema_editor.connection.vendor == "sqlite":
-        _states.guard_add(apps, schema_editor)
+sqlite_guard_remove, sqlite_guard_add = _states.sqlite_guard_remove, _states.sqlite_guard_add
 
 
 def patient_copies_fill(apps, schema_editor):
