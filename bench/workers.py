@@ -17,7 +17,7 @@ times. Prints images/s for each run and the median of each configuration, its ra
 first, the workers' CPU per image, the share of the cores left idle and the load average. On
 a scratch database, media folder and Redis namespace. Asserts nothing.
 
-    .venv/bin/python bench/workers.py [--n 64] [--workers 1,2] [--rounds 3] [--condition pneumonia]
+    .venv/bin/python bench/workers.py [--n 384] [--workers 1,2] [--rounds 3] [--condition pneumonia]
         [--data ../shared/data] [--registry registry.json] [--database-url postgres://...]
         [--redis-url redis://...]
 """
@@ -155,7 +155,7 @@ def main() -> None:
     parser.add_argument(
         "--n",
         type=int,
-        default=64,
+        default=384,
         help="films in the batch (a multiple of 32 keeps the jobs even between two workers)",
     )
     parser.add_argument("--workers", default="1,2", help="worker processes of each configuration, in order")
