@@ -36,6 +36,7 @@ from tests.web.fixtures import (
     with_role,
 )
 from tests.web.test_backup_restore import Site, empty_database
+from web.clinical.media_storage import StorageUnavailable
 from web.storage_config import media_storage_setting
 
 
@@ -284,10 +285,11 @@ def test_an_unreachable_store_refuses_the_upload_with_a_reason_and_keeps_nothing
     assert not closed.no_media.exists()
 
 
-def test_containers_starting_together_each_make_sure_of_the_bucket(bucket: Bucket) -> None:
-    # Web and the workers each run `storage_check --create-bucket` as they start: the one whose
-    # create comes second finds the bucket made (MinIO and SeaweedFS answer
-    # BucketAlreadyOwnedByYou) and goes on.
+def test_a_bucket_made_meanwhile_counts_as_there_and_a_missing_one_stops_the_check(
+    bucket: Bucket, s3_endpoint: str, settings: Any, tmp_path: Path
+) -> None:
+    # Two web containers starting together: the one whose create comes second finds the
+    # bucket made (MinIO and SeaweedFS answer BucketAlreadyOwnedByYou) and goes on.
     from botocore.stub import Stubber
     from django.core.files.storage import default_storage
 
@@ -301,4 +303,82 @@ def test_containers_starting_together_each_make_sure_of_the_bucket(bucket: Bucke
         )
         assert default_storage.bucket_ensure() is False
         stub.assert_no_pending_responses()
-    assert "bucket created" not in media_check(create_bucket=True)
+    # A worker's check (no creating) on a bucket that does not exist: stopped, with the reason.
+    missing = new_bucket(s3_endpoint, tmp_path / "missing", create=False)
+    storages = dict(settings.STORAGES)
+    storages["default"] = media_storage_setting(missing.env)
+    settings.STORAGES = storages
+    with pytest.raises(StorageUnavailable, match=f"The bucket {missing.name} does not exist"):
+        media_check()
+    assert missing.name not in {b["Name"] for b in missing.client().list_buckets()["Buckets"]}
+
+
+def test_a_journal_that_cannot_be_removed_after_the_commit_keeps_the_upload(
+    transactional_db: Any, api: Any, bucket: Bucket, monkeypatch: Any
+) -> None:
+    from web.clinical.files import UPLOAD_JOURNALS
+    from web.clinical.models import Image
+    from web.clinical.object_storage import ObjectMediaStorage
+
+    real_delete = ObjectMediaStorage.delete
+
+    def delete(self: ObjectMediaStorage, name: str) -> None:  # fails the journal's removal
+        if name.startswith(f"{UPLOAD_JOURNALS}/"):
+            raise StorageUnavailable("The object store refused the request: SlowDown", "SlowDown")
+        real_delete(self, name)
+
+    monkeypatch.setattr(ObjectMediaStorage, "delete", delete)
+    response = upload(api, dicom_bytes(patient_id="MRN-S3-JOURNAL"), conditions="pneumonia")
+
+    assert response.status_code == 201, response.content
+    image = Image.objects.get(pk=response.json()["image"]["id"])
+    kept = bucket.objects()
+    assert image.file.name in kept and image.thumbnail.name in kept
+    assert [k for k in kept if k.startswith(f"{UPLOAD_JOURNALS}/")]  # left for the sweep
+
+
+def test_a_store_outage_asks_a_dicom_sender_to_send_again(db: Any, settings: Any, tmp_path: Path) -> None:
+    from web.clinical.dicom.ingest import OUT_OF_RESOURCES, dicom_instance_store
+    from web.clinical.models import Image
+
+    closed = new_bucket(f"http://127.0.0.1:{free_port()}", tmp_path, create=False)  # nothing listens
+    storages = dict(settings.STORAGES)
+    storages["default"] = media_storage_setting(closed.env)
+    settings.STORAGES = storages
+
+    stored = dicom_instance_store(
+        data=dicom_bytes(patient_id="MRN-S3-CSTORE"), filename="a.dcm", ip_address=None
+    )
+
+    assert stored.status == OUT_OF_RESOURCES  # 0xA700: try again later, not "cannot understand"
+    assert "cannot be reached" in stored.comment and not Image.objects.exists()
+
+
+def test_a_change_that_cannot_be_published_is_undone_and_not_on_record(
+    db: Any, bucket: Bucket, settings: Any, tiny_registry: Path, tmp_path: Path, monkeypatch: Any
+) -> None:
+    from web.clinical.models import AuditEvent
+    from web.clinical.registry import shared
+    from web.clinical.registry.activation import registry_activate
+
+    settings.RADTRIAGE_REGISTRY = host_registry(tiny_registry, tmp_path / "web-host")
+    before = settings.RADTRIAGE_REGISTRY.read_bytes()
+
+    def publish(path: Any = None) -> None:
+        raise StorageUnavailable("The object store cannot be reached: timed out")
+
+    monkeypatch.setattr(shared, "registry_publish", publish)
+    with pytest.raises(StorageUnavailable):
+        registry_activate(
+            model_id="pneumonia-always-yes-experimental", actor=None, reason="trial", command="t"
+        )
+
+    assert settings.RADTRIAGE_REGISTRY.read_bytes() == before  # this host runs what it ran
+    assert not AuditEvent.objects.filter(action="model.activate").exists()
+
+
+def test_training_refuses_a_registry_shared_through_the_bucket(db: Any, bucket: Bucket) -> None:
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="shares one registry across hosts"):
+        call_command("fit_population", "--model", "pneumonia-tiny-test")

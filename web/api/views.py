@@ -51,7 +51,7 @@ from web.clinical.ingest.parts import (
     body_part_proposal,
     upload_outcome,
 )
-from web.clinical.ingest.uploads import image_upload, images_upload_many
+from web.clinical.ingest.uploads import STORAGE_FAILURES, image_upload, images_upload_many
 from web.clinical.models import Analysis, Image, Study
 from web.clinical.review.annotations import ReviewRejected, annotation_create, verdict_set
 from web.clinical.viewer import (
@@ -95,10 +95,6 @@ def too_large_message(size: int) -> str:
     return (
         f"The file is {size:,} bytes; the largest accepted is {settings.RADTRIAGE_MAX_UPLOAD_BYTES:,} bytes."
     )
-
-
-# A whole upload refused because the storage is full (507) or unreachable (503) says so.
-STORAGE_FAILURES = (status.HTTP_507_INSUFFICIENT_STORAGE, status.HTTP_503_SERVICE_UNAVAILABLE)
 
 
 class UploadView(APIView):
@@ -207,13 +203,11 @@ class BulkUploadView(APIView):
         code: int
         if body["created"]:
             code = status.HTTP_201_CREATED
-        elif (
-            body["rejected"]
-            and items[0].status_code in STORAGE_FAILURES
-            and all(i.status_code == items[0].status_code for i in items)
-        ):
-            code = items[0].status_code
-            body["error"] = items[0].error
+        elif body["rejected"] and all(i.status_code in STORAGE_FAILURES for i in items):
+            # All refused by the storage: full (507) only if every one was; out of reach wins.
+            worst = max(items, key=lambda i: i.status_code == status.HTTP_503_SERVICE_UNAVAILABLE)
+            code = worst.status_code
+            body["error"] = worst.error
         elif body["rejected"]:
             code = status.HTTP_400_BAD_REQUEST
             body["error"] = f"None of the {len(items)} files was accepted; see results."

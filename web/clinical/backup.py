@@ -268,8 +268,12 @@ def _media_copy_out(target: Path) -> None:
         if not path.is_relative_to(target):
             raise BackupRefused(f"The stored file {name!r} names a place outside the backup folder.")
         path.parent.mkdir(parents=True, exist_ok=True)
-        with default_storage.open(name, "rb") as source, open(path, "wb") as copy:
-            shutil.copyfileobj(source, copy, 1 << 20)
+        try:
+            with default_storage.open(name, "rb") as source, open(path, "wb") as copy:
+                shutil.copyfileobj(source, copy, 1 << 20)
+        except FileNotFoundError:
+            # Removed since the listing (a sweep of a file no row names): not in the dump either.
+            path.unlink(missing_ok=True)
 
 
 def _media_copy_in(source: Path) -> int:

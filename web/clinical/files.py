@@ -101,9 +101,16 @@ class StoredFiles(list[str]):
         super().append(name)
 
     def close(self) -> None:
-        """The upload is settled (committed, or its files removed): no journal needed."""
+        """The upload is settled (committed, or its files removed): no journal needed. Best
+        effort: a journal left behind costs nothing (the sweep keeps every file a row names),
+        and a failure here must never undo a committed upload."""
         if self.journal is not None:
-            default_storage.delete(self.journal)
+            try:
+                default_storage.delete(self.journal)
+            except OSError:
+                log.warning(
+                    "Could not remove the upload journal %s; the sweep will", self.journal, exc_info=True
+                )
             self.journal = None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +24,8 @@ STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # The object store's own words for the same.
 # Where media_check writes its probe file.
 CHECK_FOLDER = ".storage-check"
+# The model registry's shared copy (web.clinical.registry.shared), beside the stored files.
+REGISTRY_OBJECT = "registry/registry.json"
 STORAGE_FULL_CODES = frozenset({"QuotaExceeded", "XMinioStorageFull", "InsufficientStorage"})
 
 
@@ -75,6 +78,21 @@ class MediaStorage(FileSystemStorage):
     def describe(self) -> str:
         return f"the folder {self.location}"
 
+    def overwrite(self, name: str, content: bytes) -> None:
+        """`content` under exactly `name`, replacing what is there in one step."""
+        path = self.path(name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".overwrite-", dir=os.path.dirname(path))
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
+
 
 # --------------------------------------------------------------------------- the whole store
 
@@ -97,7 +115,11 @@ def media_walk(prefix: str = "") -> Iterator[tuple[str, float]]:
 
 
 def media_is_empty() -> bool:
-    return next(media_walk(), None) is None
+    """No stored file (the registry's shared copy and the storage check's probe aside: a store a
+    deployment has started on once holds them, and they are not patients' files)."""
+    return not any(
+        name != REGISTRY_OBJECT and not name.startswith(f"{CHECK_FOLDER}/") for name, _ in media_walk()
+    )
 
 
 def media_describe() -> str:
@@ -106,7 +128,12 @@ def media_describe() -> str:
 
 
 def media_write(name: str, content: bytes | File) -> None:
-    """Store `content` under exactly `name`, replacing what is there (a restore, a journal)."""
+    """Store `content` under exactly `name`, replacing what is there (a restore, a journal, the
+    registry's shared copy): in one step where the storage can."""
+    overwrite = getattr(default_storage, "overwrite", None)
+    if overwrite is not None:
+        overwrite(name, content if isinstance(content, bytes) else content.read())
+        return
     if default_storage.exists(name):
         default_storage.delete(name)
     saved = default_storage.save(name, ContentFile(content) if isinstance(content, bytes) else content)
@@ -121,6 +148,7 @@ def media_check(*, create_bucket: bool = False) -> str:
     ensure = getattr(default_storage, "bucket_ensure", None)
     if create_bucket and ensure is not None and ensure():
         notes.append("bucket created")
+    media_reachable()  # a missing bucket said as such
     name = f"{CHECK_FOLDER}/{os.getpid()}-{time.time_ns()}.txt"
     payload = b"radtriage storage check\n"
     media_write(name, payload)

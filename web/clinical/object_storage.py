@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 from storages.backends.s3 import S3Storage
+from storages.utils import clean_name
 
 from web.clinical.media_storage import StorageUnavailable
 
@@ -41,7 +42,22 @@ class ObjectMediaStorage(S3Storage):
         return _translated(super()._save, name, content)
 
     def _open(self, name: str, mode: str = "rb") -> Any:
-        return _translated(super()._open, name, mode)
+        def opened() -> Any:
+            handle = super(ObjectMediaStorage, self)._open(name, mode)
+            if "r" in mode:
+                handle.file  # noqa: B018 - the GET now, so its failures are translated here too
+            return handle
+
+        try:
+            return _translated(opened)
+        except FileNotFoundError:
+            self.reach()  # a missing bucket is the store's fault, not a missing file
+            raise
+
+    def overwrite(self, name: str, content: bytes) -> None:
+        """`content` under exactly `name`, replacing what is there: one PUT."""
+        key = self._normalize_name(clean_name(name))
+        _translated(lambda: self.bucket.Object(key).put(Body=content))
 
     def delete(self, name: str) -> None:
         _translated(super().delete, name)
@@ -61,7 +77,8 @@ class ObjectMediaStorage(S3Storage):
         pages = _translated(lambda: iter(listing.pages()))
         while (page := _translated(next, pages, None)) is not None:
             for summary in page:
-                yield summary.key[cut:], summary.last_modified.timestamp()
+                if not summary.key.endswith("/"):  # a "folder" marker some tools make: no file
+                    yield summary.key[cut:], summary.last_modified.timestamp()
 
     def describe(self) -> str:
         return f"the bucket {self.bucket_name} at {self.endpoint_url or 'AWS S3'}"
@@ -86,5 +103,11 @@ class ObjectMediaStorage(S3Storage):
             return True
 
     def reach(self) -> None:
+        """StorageUnavailable if the store cannot be reached or the bucket does not exist."""
         client = self.connection.meta.client
-        _translated(lambda: client.head_bucket(Bucket=self.bucket_name))
+        try:
+            _translated(lambda: client.head_bucket(Bucket=self.bucket_name))
+        except FileNotFoundError:
+            raise StorageUnavailable(
+                f"The bucket {self.bucket_name} does not exist.", "NoSuchBucket"
+            ) from None

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db import DatabaseError, DataError
 
 from web.clinical.ingest.parts import UploadFields
-from web.clinical.ingest.uploads import images_upload_many
+from web.clinical.ingest.uploads import STORAGE_FAILURES, images_upload_many
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,9 @@ def dicom_instance_store(*, data: bytes, filename: str, ip_address: str | None) 
         log.error("Could not store %s: %s", filename, type(exc).__name__)
         return Stored(OUT_OF_RESOURCES, f"Not stored, try again later: {exc}")
     if item.result is None:
-        return Stored(CANNOT_UNDERSTAND, item.error)
+        # The storage full or out of reach: nothing was kept, and the sender may send it again.
+        code = OUT_OF_RESOURCES if item.status_code in STORAGE_FAILURES else CANNOT_UNDERSTAND
+        return Stored(code, item.error)
     ids: dict[str, list[int]] = {}
     if item.result.created:
         for analysis in item.result.analyses:

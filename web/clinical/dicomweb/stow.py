@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from web.clinical.ingest.parts import UploadFields
-from web.clinical.ingest.uploads import images_upload_many
+from web.clinical.ingest.uploads import STORAGE_FAILURES, images_upload_many
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def instances_store(
                     _referenced(header, image.sop_instance_uid, base_url, image.study.study_instance_uid)
                 )
                 study_ids.append(image.study_id)
-            elif item is None:
+            elif item is None or item.status_code in STORAGE_FAILURES:
                 failed.append(_failed(header, OUT_OF_RESOURCES))
                 failures.append(f"instance {number}: not stored now, send it again later.")
             else:

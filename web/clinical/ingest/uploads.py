@@ -253,6 +253,11 @@ STORAGE_UNAVAILABLE_MESSAGE = (
 )
 
 
+# An upload refused because the storage is full (507) or out of reach (503): nothing was kept,
+# and the same file may be sent again later.
+STORAGE_FAILURES = (507, 503)
+
+
 def _storage_refusal(exc: OSError) -> UploadRejected | None:
     if storage_is_full(exc):
         return UploadRejected(STORAGE_FULL_MESSAGE, status_code=507)
@@ -304,7 +309,7 @@ def _images_store(
     try:
         with transaction.atomic():
             # Once the rows are in (at the outermost commit) the journal has done its job.
-            transaction.on_commit(stored.close)
+            transaction.on_commit(stored.close, robust=True)
             placed = studies_resolve_many(plans, fields=fields, items=items)
             images = {
                 i: image_build(plans[i], study=study, uploaded_by=by, stored=stored)

@@ -11,7 +11,12 @@ import importlib
 from django.db import migrations, models
 from django.db.models import OuterRef, Subquery
 
-from web.clinical.worklist.sort_indexes import AGE_INDEX_SQL
+# As web.clinical.worklist.sort_indexes.AGE_INDEX_SQL reads today; written out here, so the
+# migration stays what it was when applied.
+AGE_INDEX_SQL = (
+    "CREATE INDEX IF NOT EXISTS study_sort_age_idx ON clinical_study (patient_birth_date DESC NULLS LAST, "
+    "priority, finding_urgency DESC, finding_probability DESC, created_at, id)"
+)
 
 # SQLite rebuilds a table to add a column; the study-state guard's triggers (0012) are dropped
 # for the rebuild and made again after it (as in 0021 and 0022).

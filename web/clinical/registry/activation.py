@@ -27,7 +27,7 @@ from core.model_check import CHECKS
 from core.registry import ModelEntry, Registry
 from web.clinical.audit.records import audit_record
 from web.clinical.registry.operating_points import site_operating_point_clear_stale
-from web.clinical.registry.shared import registry_publish, registry_pull
+from web.clinical.registry.shared import registry_changing, registry_pull
 
 log = logging.getLogger(__name__)
 
@@ -126,31 +126,31 @@ def registry_activate(
         raise ActivationRefused(
             f"{model_id} was not activated: check '{failed and failed['name']}' failed: {detail}"
         )
-    registry_pull(path, every=0)  # another host may have changed it since
-    registry = Registry.load(path)
-    entry = registry.entry(model_id)
-    previous = registry.active_models.get(entry.condition)
-    registry.set_active(model_id)
-    registry.save()
-    registry_publish(path)
-    audit_record(
-        actor=actor,
-        action="model.activate",
-        ip_address=ip_address,
-        detail={
-            "condition": entry.condition,
-            "model_id": model_id,
-            "previous": previous,
-            "status": entry.status,
-            "reason": reason,
-            "checks": {s["name"]: s["detail"] for s in steps},
-            **({"command": command, "os_user": _os_user()} if actor is None else {}),
-        },
-    )
-    # A site threshold was chosen for the model that ran until now: it ends here.
-    site_operating_point_clear_stale(
-        registry=registry, condition=entry.condition, actor=actor, ip_address=ip_address
-    )
+    # One change at a time, on the deployment's latest copy, published and audited together.
+    with registry_changing(path):
+        registry = Registry.load(path)
+        entry = registry.entry(model_id)
+        previous = registry.active_models.get(entry.condition)
+        registry.set_active(model_id)
+        registry.save()
+        audit_record(
+            actor=actor,
+            action="model.activate",
+            ip_address=ip_address,
+            detail={
+                "condition": entry.condition,
+                "model_id": model_id,
+                "previous": previous,
+                "status": entry.status,
+                "reason": reason,
+                "checks": {s["name"]: s["detail"] for s in steps},
+                **({"command": command, "os_user": _os_user()} if actor is None else {}),
+            },
+        )
+        # A site threshold was chosen for the model that ran until now: it ends here.
+        site_operating_point_clear_stale(
+            registry=registry, condition=entry.condition, actor=actor, ip_address=ip_address
+        )
     return entry.condition
 
 

@@ -11,6 +11,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from web.clinical.registry.shared import RegistryShared, registry_refuse_local_change
+
 DATA = Path(settings.BASE_DIR).parent / "shared" / "data"
 
 
@@ -24,6 +26,10 @@ class Command(BaseCommand):
         parser.add_argument("--registry", default=str(settings.RADTRIAGE_REGISTRY))
 
     def handle(self, *args: Any, **o: Any) -> None:
+        try:
+            registry_refuse_local_change("manage.py fit_joint_crop", registry=o["registry"])
+        except RegistryShared as exc:
+            raise CommandError(str(exc)) from None
         from core.analysis import analyze_with_model_batch
         from core.errors import RadTriageError
         from core.imaging import load_xray

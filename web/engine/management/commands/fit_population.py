@@ -12,6 +12,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from web.clinical.registry.shared import RegistryShared, registry_refuse_local_change
+
 DEFAULT_DATA = Path(settings.BASE_DIR).parent / "shared" / "data"
 
 
@@ -52,6 +54,10 @@ class Command(BaseCommand):
         parser.add_argument("--json", default=None, metavar="OUT", help="write the reports here")
 
     def handle(self, *args: Any, **o: Any) -> None:
+        try:
+            registry_refuse_local_change("manage.py fit_population", registry=o["registry"])
+        except RegistryShared as exc:
+            raise CommandError(str(exc)) from None
         from core.errors import RadTriageError
         from core.registry import Registry
         from core.training.model_ops import configure_tensorflow

@@ -16,12 +16,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from core.errors import RegistryError
 from core.registry import registry_sync
-from web.clinical.registry.shared import (
-    registry_is_shared,
-    registry_publish,
-    registry_published,
-    registry_pull,
-)
+from web.clinical.registry.shared import registry_changing, registry_is_shared
 
 
 class Command(BaseCommand):
@@ -47,16 +42,18 @@ class Command(BaseCommand):
         if source.resolve() == target.resolve():
             self.stdout.write(f"{target} is the shipped registry itself: nothing to do.")
             return
-        shared = registry_is_shared() and target.resolve() == Path(settings.RADTRIAGE_REGISTRY).resolve()
-        if shared and registry_pull(target, every=0):
-            self.stdout.write(f"{target}: taken from the object store (the deployment's registry)")
-        try:
-            changes = registry_sync(source, target)
-        except RegistryError as exc:
-            raise CommandError(str(exc)) from None
-        if shared and (changes or not registry_published()):
-            registry_publish(target)
-            self.stdout.write(f"{target}: published to the object store for every host")
+        if registry_is_shared() and target.resolve() == Path(settings.RADTRIAGE_REGISTRY).resolve():
+            # The deployment's copy first (another host's choices), then the image's new models.
+            try:
+                with registry_changing(target):
+                    changes = registry_sync(source, target)
+            except (RegistryError, OSError) as exc:
+                raise CommandError(f"The shared registry could not be updated: {exc}") from None
+        else:
+            try:
+                changes = registry_sync(source, target)
+            except RegistryError as exc:
+                raise CommandError(str(exc)) from None
         for change in changes:
             self.stdout.write(f"{target}: {change}")
         if not changes:

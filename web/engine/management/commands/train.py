@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from web.clinical.registry.activation import ActivationRefused, registry_activation_reason_check
+from web.clinical.registry.shared import RegistryShared, registry_refuse_local_change
 from web.engine.management.commands.activate_model import activate_or_fail, command_line
 
 
@@ -132,6 +133,10 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **o: Any) -> None:
+        try:
+            registry_refuse_local_change("manage.py train", registry=o["registry"])
+        except RegistryShared as exc:
+            raise CommandError(str(exc)) from None
         from core.training.config import TrainConfig
         from core.training.train import train_model
 

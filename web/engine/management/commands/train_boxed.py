@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from web.clinical.registry.activation import ActivationRefused, registry_activation_reason_check
+from web.clinical.registry.shared import RegistryShared, registry_refuse_local_change
 from web.engine.management.commands.activate_model import activate_or_fail, command_line
 
 SHARED = Path(settings.BASE_DIR).parent / "shared"
@@ -69,6 +70,10 @@ class Command(BaseCommand):
         parser.add_argument("--reason", default=None, help="with --activate: why it goes live (audit log)")
 
     def handle(self, *args: Any, **o: Any) -> None:
+        try:
+            registry_refuse_local_change("manage.py train_boxed", registry=o["registry"])
+        except RegistryShared as exc:
+            raise CommandError(str(exc)) from None
         from core.training.boxed_head import BoxedHeadConfig
         from core.training.boxed_pipeline import train_boxed_model
         from core.training.model_ops import configure_tensorflow
