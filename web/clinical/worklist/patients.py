@@ -33,7 +33,13 @@ def patient_save(*, patient: Patient) -> int:
 def studies_patient_refresh(*, study_ids: Iterable[int]) -> int:
     """Copy each study's patient's fields onto it again: after a study is moved to another
     patient. One UPDATE; returns the number of studies written."""
-    of_patient = Patient.objects.filter(pk=OuterRef("patient_id"))
-    return Study.objects.filter(pk__in=list(study_ids)).update(
-        **{column: Subquery(of_patient.values(field)[:1]) for column, field in PATIENT_COPIES.items()}
-    )
+    ids = list(study_ids)
+    with transaction.atomic():
+        # The patients' rows locked first: a patient_save under way on one of them commits
+        # before these copies are read, so they are never the values it replaced.
+        patients = Study.objects.filter(pk__in=ids).values("patient_id")
+        list(Patient.objects.select_for_update().filter(pk__in=patients).values_list("pk", flat=True))
+        of_patient = Patient.objects.filter(pk=OuterRef("patient_id"))
+        return Study.objects.filter(pk__in=ids).update(
+            **{column: Subquery(of_patient.values(field)[:1]) for column, field in PATIENT_COPIES.items()}
+        )
