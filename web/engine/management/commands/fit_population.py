@@ -9,12 +9,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from web.clinical.registry.shared import RegistryShared, registry_refuse_local_change
-
-DEFAULT_DATA = Path(settings.BASE_DIR).parent / "shared" / "data"
+from web.engine.management.model_options import models_and_data_arguments
 
 
 class Command(BaseCommand):
@@ -24,17 +22,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        which = parser.add_mutually_exclusive_group(required=True)
-        which.add_argument(
-            "--model", action="append", default=None, metavar="ID", help="registered model id (repeatable)"
-        )
-        which.add_argument("--active", action="store_true", help="every active model")
-        parser.add_argument(
-            "--data-root",
-            default=str(DEFAULT_DATA),
-            help="folder holding <condition>/<split>/<negative|positive>/",
-        )
-        parser.add_argument("--registry", default=str(settings.RADTRIAGE_REGISTRY))
+        models_and_data_arguments(parser)
         parser.add_argument("--max-train", type=int, default=3000)
         parser.add_argument("--max-other-val", type=int, default=300)
         parser.add_argument(
@@ -45,7 +33,6 @@ class Command(BaseCommand):
         )
         parser.add_argument("--pass-rate", type=float, default=0.97)
         parser.add_argument("--margin", type=float, default=0.015)
-        parser.add_argument("--cache-dir", default=str(Path(settings.BASE_DIR) / "var" / "cache"))
         parser.add_argument(
             "--dry-run",
             action="store_true",

@@ -7,10 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-DEFAULT_DATA = Path(settings.BASE_DIR).parent / "shared" / "data"
+from web.engine.management.model_options import models_and_data_arguments
 
 
 class Command(BaseCommand):
@@ -20,18 +19,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        which = parser.add_mutually_exclusive_group(required=True)
-        which.add_argument(
-            "--model", action="append", default=None, metavar="ID", help="registered model id (repeatable)"
-        )
-        which.add_argument("--active", action="store_true", help="every active model")
-        parser.add_argument(
-            "--data-root",
-            default=str(DEFAULT_DATA),
-            help="folder holding <condition>/<split>/<negative|positive>/",
-        )
-        parser.add_argument("--registry", default=str(settings.RADTRIAGE_REGISTRY))
-        parser.add_argument("--cache-dir", default=str(Path(settings.BASE_DIR) / "var" / "cache"))
+        models_and_data_arguments(parser)
 
     def handle(self, *args: Any, **o: Any) -> None:
         from core.errors import RadTriageError
