@@ -94,15 +94,20 @@ def new_bucket(endpoint: str, root: Path, *, create: bool = True) -> Bucket:
     return bucket
 
 
+def store_in(bucket: Bucket, settings: Any) -> None:
+    """This process's media storage pointed at `bucket`, with no media folder."""
+    storages = dict(settings.STORAGES)
+    storages["default"] = media_storage_setting(bucket.env)
+    settings.STORAGES = storages
+    settings.MEDIA_STORAGE = "s3"
+    settings.MEDIA_ROOT = bucket.no_media
+
+
 @pytest.fixture()
 def bucket(s3_endpoint: str, settings: Any, tmp_path: Path) -> Bucket:
     """A new bucket, and this process's media storage pointed at it."""
     made = new_bucket(s3_endpoint, tmp_path)
-    storages = dict(settings.STORAGES)
-    storages["default"] = media_storage_setting(made.env)
-    settings.STORAGES = storages
-    settings.MEDIA_STORAGE = "s3"
-    settings.MEDIA_ROOT = made.no_media
+    store_in(made, settings)
     return made
 
 
@@ -270,10 +275,7 @@ def test_an_unreachable_store_refuses_the_upload_with_a_reason_and_keeps_nothing
     db: Any, api: Any, settings: Any, tmp_path: Path
 ) -> None:
     closed = new_bucket(f"http://127.0.0.1:{free_port()}", tmp_path, create=False)  # nothing listens
-    storages = dict(settings.STORAGES)
-    storages["default"] = media_storage_setting(closed.env)
-    settings.STORAGES = storages
-    settings.MEDIA_ROOT = closed.no_media
+    store_in(closed, settings)
     before = stored_state()
 
     response = upload(api, dicom_bytes(patient_id="MRN-S3-DOWN"), conditions="pneumonia")
@@ -305,9 +307,7 @@ def test_a_bucket_made_meanwhile_counts_as_there_and_a_missing_one_stops_the_che
         stub.assert_no_pending_responses()
     # A worker's check (no creating) on a bucket that does not exist: stopped, with the reason.
     missing = new_bucket(s3_endpoint, tmp_path / "missing", create=False)
-    storages = dict(settings.STORAGES)
-    storages["default"] = media_storage_setting(missing.env)
-    settings.STORAGES = storages
+    store_in(missing, settings)
     with pytest.raises(StorageUnavailable, match=f"The bucket {missing.name} does not exist"):
         media_check()
     assert missing.name not in {b["Name"] for b in missing.client().list_buckets()["Buckets"]}
@@ -342,9 +342,7 @@ def test_a_store_outage_asks_a_dicom_sender_to_send_again(db: Any, settings: Any
     from web.clinical.models import Image
 
     closed = new_bucket(f"http://127.0.0.1:{free_port()}", tmp_path, create=False)  # nothing listens
-    storages = dict(settings.STORAGES)
-    storages["default"] = media_storage_setting(closed.env)
-    settings.STORAGES = storages
+    store_in(closed, settings)
 
     stored = dicom_instance_store(
         data=dicom_bytes(patient_id="MRN-S3-CSTORE"), filename="a.dcm", ip_address=None
